@@ -1,0 +1,3 @@
+"""The version of the seven_segments package."""
+
+__version__ = "0.1.0"
