@@ -19,12 +19,12 @@ class SevenSegmentsError(Exception):
         self.errors: Tuple[str, ...] = tuple(str(error) for error in errors)
 
     def __str__(self) -> str:
-        parts = [self.message]
+        text = self.message
         if self.status is not None:
-            parts.append(f"(HTTP {self.status})")
+            text += f" (HTTP {self.status})"
         if self.errors:
-            parts.append(": " + "; ".join(self.errors))
-        return " ".join(parts[:2]) + (parts[2] if len(parts) > 2 else "")
+            text += ": " + "; ".join(self.errors)
+        return text
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.message!r}, status={self.status!r}, errors={list(self.errors)!r})"
