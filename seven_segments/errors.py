@@ -44,3 +44,7 @@ class ServiceUnavailable(SevenSegmentsError):
 
 class ClientClosedError(SevenSegmentsError, RuntimeError):
     """The client was closed; it takes no more commands."""
+
+
+class QueueFull(SevenSegmentsError):
+    """A buffered client's queue was full, so commands were dropped (reported to ``on_error``)."""

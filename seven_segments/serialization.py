@@ -1,0 +1,247 @@
+"""Checking and capturing what callers pass, before anything is queued or sent.
+
+Every public tracking call runs its arguments through this module on the caller's thread. It
+raises ``TypeError``/``ValueError`` naming the bad value and where it is (for example
+``properties['cart'][2]: float nan is not valid JSON``), and it returns a private copy in plain JSON
+types, so that mutating a dict after ``track()`` returned never changes what is sent.
+
+Conversions: ``datetime``/``date``/``time`` become ISO 8601 strings, ``Decimal`` a number, ``UUID`` a
+string, ``Enum`` its value, tuples, lists, sets and frozensets lists, other ``Mapping`` types dicts.
+
+The fast path (a flat dict of strings and numbers) is a single loop without recursion: it runs on
+every ``track`` of every request thread of a web server.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import decimal
+import enum
+import math
+import os
+import secrets
+import time
+import uuid
+from collections.abc import Mapping
+from itertools import count
+from typing import Any, Dict, Iterator, Optional, Tuple, Union
+
+from .protocol import DEFAULT_ID_TYPE, MAX_COMMAND_BYTES, MAX_EVENT_TYPE_LENGTH
+
+__all__ = [
+    "CustomerIds",
+    "JSONObject",
+    "Timestamp",
+    "capture_properties",
+    "customer_ids",
+    "event_type",
+    "new_command_id",
+    "timestamp_seconds",
+]
+
+JSONObject = Dict[str, Any]
+CustomerIds = Dict[str, str]
+Timestamp = Union[int, float, _dt.datetime]
+
+#: How deep properties may nest; deeper is refused (it is almost always a cycle).
+MAX_DEPTH = 32
+
+_INFINITY = math.inf
+_SHORT_REPR = 60
+
+
+def _short(value: Any) -> str:
+    """A repr of ``value`` cut to a readable length, for error messages."""
+    text = repr(value)
+    return text if len(text) <= _SHORT_REPR else text[: _SHORT_REPR - 3] + "..."
+
+
+def _where(path: str, key: Any) -> str:
+    return f"{path}[{key!r}]"
+
+
+def capture_properties(properties: Any, path: str = "properties") -> JSONObject:
+    """Check ``properties`` and return a private copy in plain JSON types.
+
+    ``None`` means no properties. Raises ``TypeError`` or ``ValueError`` naming the bad value, and
+    ``ValueError`` when the properties would clearly not fit in one command (100 KiB of JSON).
+    """
+    if properties is None:
+        return {}
+    if type(properties) is not dict:
+        if not isinstance(properties, Mapping):
+            raise TypeError(f"{path} must be a dict, not {type(properties).__name__} {_short(properties)}")
+    copy: JSONObject = {}
+    size = 2
+    for key, value in properties.items():
+        if type(key) is not str:
+            raise TypeError(f"{path}: key {_short(key)} is {type(key).__name__}; keys must be strings")
+        kind = type(value)
+        if kind is str:
+            size += len(key) + len(value) + 6
+        elif kind is int or kind is bool or value is None:
+            size += len(key) + 24
+        elif kind is float:
+            if value != value or value == _INFINITY or value == -_INFINITY:
+                raise ValueError(f"{_where(path, key)}: float {value!r} is not valid JSON")
+            size += len(key) + 28
+        else:
+            value, nested = _capture_value(value, _where(path, key), 1)
+            size += len(key) + nested + 4
+        copy[key] = value
+    if size > MAX_COMMAND_BYTES:
+        raise ValueError(
+            f"{path} take about {size} bytes as JSON; a command may take at most {MAX_COMMAND_BYTES}"
+        )
+    return copy
+
+
+def _capture_value(value: Any, path: str, depth: int) -> Tuple[Any, int]:
+    """Check and copy one nested value; returns ``(JSON value, approximate size)``."""
+    if depth > MAX_DEPTH:
+        raise ValueError(f"{path}: nested deeper than {MAX_DEPTH} levels (is there a cycle?)")
+    if value is None or value is True or value is False:
+        return value, 5
+    if isinstance(value, enum.Enum):
+        return _capture_value(value.value, path, depth + 1)
+    if isinstance(value, str):
+        return str(value), len(value) + 2
+    if isinstance(value, int):
+        return int(value), 20
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"{path}: float {value!r} is not valid JSON")
+        return float(value), 24
+    if isinstance(value, Mapping):
+        copy: JSONObject = {}
+        size = 2
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError(f"{path}: key {_short(key)} is {type(key).__name__}; keys must be strings")
+            copy[str(key)], item_size = _capture_value(item, _where(path, key), depth + 1)
+            size += len(key) + item_size + 4
+        return copy, size
+    if isinstance(value, (list, tuple, set, frozenset)):
+        items = sorted(value, key=repr) if isinstance(value, (set, frozenset)) else value
+        listed = []
+        size = 2
+        for index, item in enumerate(items):
+            captured, item_size = _capture_value(item, f"{path}[{index}]", depth + 1)
+            listed.append(captured)
+            size += item_size + 1
+        return listed, size
+    if isinstance(value, (_dt.datetime, _dt.date, _dt.time)):
+        text = value.isoformat()
+        return text, len(text) + 2
+    if isinstance(value, decimal.Decimal):
+        if not value.is_finite():
+            raise ValueError(f"{path}: Decimal {value} is not valid JSON")
+        number: Union[int, float] = int(value) if value == value.to_integral_value() else float(value)
+        return number, 24
+    if isinstance(value, uuid.UUID):
+        return str(value), 38
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        raise TypeError(f"{path}: {type(value).__name__} {_short(value)} is not valid JSON; decode it to str first")
+    raise TypeError(f"{path}: {type(value).__name__} {_short(value)} is not valid JSON")
+
+
+def customer_ids(customer: Any, path: str = "customer") -> CustomerIds:
+    """Turn a customer (a string id or a dict of id types to ids) into the wire's ids object.
+
+    A plain string ``"john123"`` means ``{"registered": "john123"}``. Raises ``TypeError`` or
+    ``ValueError`` naming the bad value.
+    """
+    if isinstance(customer, str):
+        if not customer:
+            raise ValueError(f"{path} must be a non-empty string or a dict of id types to ids, not ''")
+        return {DEFAULT_ID_TYPE: str(customer)}
+    if isinstance(customer, Mapping):
+        if not customer:
+            raise ValueError(f"{path} must name at least one id, not an empty dict")
+        ids: CustomerIds = {}
+        for id_type, id_value in customer.items():
+            if not isinstance(id_type, str) or not id_type:
+                raise TypeError(f"{path}: id type {_short(id_type)} must be a non-empty string")
+            if not isinstance(id_value, str) or not id_value:
+                raise TypeError(f"{path}[{id_type!r}]: id {_short(id_value)} must be a non-empty string")
+            ids[str(id_type)] = str(id_value)
+        return ids
+    if customer is None:
+        raise ValueError(
+            "no customer identified: pass customer= to SevenSegments(...) or to this call, or call identify() first"
+        )
+    raise TypeError(
+        f"{path} must be a string id or a dict of id types to ids, not {type(customer).__name__} {_short(customer)}"
+    )
+
+
+def event_type(value: Any) -> str:
+    """Check an event type: a non-empty string of at most 256 characters."""
+    if not isinstance(value, str):
+        raise TypeError(f"event type must be a string, not {type(value).__name__} {_short(value)}")
+    if not value or len(value) > MAX_EVENT_TYPE_LENGTH:
+        raise ValueError(
+            f"event type must be 1 to {MAX_EVENT_TYPE_LENGTH} characters, not {len(value)} ({_short(value)})"
+        )
+    return value
+
+
+def timestamp_seconds(timestamp: Optional[Timestamp]) -> float:
+    """Seconds since the epoch for ``timestamp``; ``None`` means now (following a frozen clock in tests)."""
+    if timestamp is None:
+        return time.time()
+    kind = type(timestamp)
+    if kind is float or kind is int:
+        seconds = float(timestamp)  # type: ignore[arg-type]
+    elif isinstance(timestamp, _dt.datetime):
+        if timestamp.tzinfo is None or timestamp.utcoffset() is None:
+            raise ValueError(
+                f"timestamp {timestamp.isoformat()} has no time zone; pass an aware datetime "
+                "(for example datetime.now(timezone.utc)) or seconds since the epoch"
+            )
+        return timestamp.timestamp()
+    elif isinstance(timestamp, (int, float)) and not isinstance(timestamp, bool):
+        seconds = float(timestamp)
+    else:
+        raise TypeError(
+            f"timestamp must be seconds since the epoch or an aware datetime, not {kind.__name__} {_short(timestamp)}"
+        )
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"timestamp {timestamp!r} must be a finite, non-negative number of seconds since the epoch")
+    return seconds
+
+
+class _CommandIds:
+    """Unique command ids: a random per-process prefix and a counter, renewed in a forked child.
+
+    The prefix and its counter live in one tuple, read once per id, so two threads that both notice
+    a fork (uwsgi skips ``os.register_at_fork`` hooks) can never mix one prefix with another's count.
+    No lock is taken: a lock held by another thread at ``fork()`` would deadlock the child.
+    """
+
+    def __init__(self) -> None:
+        self._pid = 0
+        self._state: Tuple[str, Iterator[int]] = ("", count(1))
+        self.reseed()
+
+    def reseed(self) -> None:
+        """Start a new prefix (called in a forked child)."""
+        self._state = (secrets.token_urlsafe(12) + "-", count(1))  # 17 characters of [A-Za-z0-9_-]
+        self._pid = os.getpid()
+
+    def source(self) -> Tuple[str, Iterator[int]]:
+        """``(prefix, counter)``: ids are ``prefix + str(next(counter))``; for loops that make many."""
+        if self._pid != os.getpid():
+            self.reseed()
+        return self._state
+
+    def __call__(self) -> str:
+        prefix, counter = self.source()
+        return prefix + str(next(counter))
+
+
+#: ``new_command_id()`` returns an id unique across processes and forks, valid for PROTOCOL.md.
+new_command_id = _CommandIds()
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=new_command_id.reseed)

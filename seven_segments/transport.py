@@ -1,0 +1,300 @@
+"""HTTP to the 7SEGMENTS API: one ``requests.Session`` per client, answers mapped to errors, retries.
+
+``Transport.post`` makes exactly one attempt and sorts the outcome the way PROTOCOL.md says:
+a passing failure (connection refused or reset, timeout, 429, 500/502/503/504) raises
+``TransientError`` (internal, carries ``Retry-After``); anything else that is not a success raises
+the public error for it. ``call_with_retries`` retries transient failures through tenacity with
+exponential backoff and jitter, never sooner than ``Retry-After``, until a deadline, and then raises
+``ServiceUnavailable``.
+
+Secrets (the company token, which also travels as ``?company=``, and the password) are scrubbed
+from every message this module builds, including reasons quoted from ``requests`` exceptions.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import math
+import time
+import zlib
+from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Tuple, TypeVar
+from urllib.parse import urlsplit
+
+import requests
+import tenacity
+
+from .clock import Clock, monotonic
+from .errors import AuthenticationError, InvalidRequest, SevenSegmentsError, ServiceUnavailable
+from .protocol import TRANSIENT_STATUSES, USER_AGENT
+
+__all__ = ["Backoff", "Transport", "TransientError", "call_with_retries", "normalize_target", "parse_retry_after"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Bodies at least this long are gzipped when compression is on; smaller ones gain nothing.
+GZIP_MIN_BYTES = 1024
+#: zlib level 1: about 6x smaller JSON for a fraction of the CPU of the default level.
+GZIP_LEVEL = 1
+#: ``Retry-After`` values longer than this are taken as this (a server bug should not park us for a day).
+MAX_RETRY_AFTER = 600.0
+
+
+def normalize_target(target: Any) -> str:
+    """Check a base URL ``http(s)://host[:port][/prefix]`` and return it without a trailing slash.
+
+    Raises ``ValueError`` naming the bad value for any other scheme, no host, a query or fragment.
+    """
+    if not isinstance(target, str):
+        raise TypeError(f"target must be a URL string such as 'https://api.7segments.com', not {type(target).__name__}")
+    try:
+        parts = urlsplit(target.strip())
+        port = parts.port  # raises ValueError for a port that is not a number in range
+    except ValueError as error:
+        raise ValueError(f"target {target!r} is not a valid URL: {error}") from None
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"target {target!r} must start with http:// or https://")
+    if not parts.hostname:
+        raise ValueError(f"target {target!r} has no host")
+    if parts.query or parts.fragment:
+        raise ValueError(f"target {target!r} must not have a query or fragment")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("target must not contain credentials; pass them to the client instead")
+    del port
+    return f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
+
+
+def parse_retry_after(value: Optional[str], now: Optional[float] = None) -> Optional[float]:
+    """Seconds to wait from a ``Retry-After`` header (seconds or an HTTP date), or ``None``."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            moment = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if moment is None:
+            return None
+        seconds = moment.timestamp() - (time.time() if now is None else now)
+    if not math.isfinite(seconds):
+        return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+
+
+class TransientError(Exception):
+    """A passing failure of one attempt: worth retrying (internal to the client)."""
+
+    def __init__(
+        self, reason: str, *, status: Optional[int] = None, retry_after: Optional[float] = None, errors: Sequence[str] = ()
+    ) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+        self.retry_after = retry_after
+        self.errors = tuple(errors)
+
+
+class Transport:
+    """One client's HTTP connection pool to its target, and the rules for reading answers."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        timeout: float,
+        gzip: bool = False,
+        secrets: Iterable[str] = (),
+        auth: Optional[Tuple[str, str]] = None,
+    ) -> None:
+        self.target = normalize_target(target)
+        self.timeout = timeout
+        self.gzip = gzip
+        self._secrets = tuple(sorted((secret for secret in secrets if secret), key=len, reverse=True))
+        self._auth = auth
+        self._session = self._new_session()
+
+    def _new_session(self) -> requests.Session:
+        session = requests.Session()
+        session.headers.update(
+            {"User-Agent": USER_AGENT, "Content-Type": "application/json", "Accept": "application/json"}
+        )
+        return session
+
+    def renew_after_fork(self) -> None:
+        """Drop the parent's pooled sockets (without closing them: they are the parent's) and start anew."""
+        self._session = self._new_session()
+
+    def close(self) -> None:
+        """Close the pooled connections."""
+        self._session.close()
+
+    def add_secret(self, secret: str) -> None:
+        """Also scrub ``secret`` (such as a company token passed per call) from messages."""
+        if secret and secret not in self._secrets:
+            self._secrets = tuple(sorted(self._secrets + (secret,), key=len, reverse=True))
+
+    def scrub(self, text: str) -> str:
+        """``text`` with every secret of this client replaced by ``***``."""
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def post(
+        self, path: str, body: bytes, *, timeout: Optional[float] = None, params: Optional[Dict[str, str]] = None
+    ) -> Dict[str, Any]:
+        """One ``POST {target}/{path}`` attempt; returns the JSON answer of a success, else raises.
+
+        Raises ``TransientError`` for a passing failure, ``InvalidRequest``/``AuthenticationError``/
+        ``SevenSegmentsError`` for a permanent one.
+        """
+        headers = None
+        if self.gzip and len(body) >= GZIP_MIN_BYTES:
+            compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
+            body = compressor.compress(body) + compressor.flush()
+            headers = {"Content-Encoding": "gzip"}
+        wait = self.timeout if timeout is None else max(timeout, 0.001)
+        try:
+            response = self._session.post(
+                f"{self.target}/{path}", data=body, headers=headers, params=params, timeout=wait, auth=self._auth
+            )
+        except requests.Timeout:
+            raise TransientError(f"{path}: no answer within {wait:.3g} s") from None
+        except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as error:
+            raise TransientError(f"{path}: connection failed ({self._reason(error)})") from None
+        except requests.RequestException as error:
+            raise SevenSegmentsError(f"{path}: request failed ({self._reason(error)})") from None
+        return self._read_answer(path, response)
+
+    def _reason(self, error: BaseException) -> str:
+        """A short, secret-free reason for a ``requests`` exception."""
+        root: BaseException = error
+        while root.__context__ is not None and root.__context__ is not root and len(str(root)) > 200:
+            root = root.__context__
+        text = str(root) or type(root).__name__
+        if len(text) > 300:
+            text = text[:297] + "..."
+        return self.scrub(text)
+
+    def _read_answer(self, path: str, response: requests.Response) -> Dict[str, Any]:
+        status = response.status_code
+        try:
+            payload: Any = response.json()
+        except ValueError:
+            payload = None
+        errors: Sequence[str] = ()
+        if isinstance(payload, dict) and isinstance(payload.get("errors"), list):
+            errors = [self.scrub(str(error)) for error in payload["errors"]]
+        if status == 200:
+            if isinstance(payload, dict) and payload.get("success") is True:
+                return payload
+            if isinstance(payload, dict) and payload.get("success") is False:
+                raise InvalidRequest(f"{path}: the request was refused", status=status, errors=errors)
+            raise SevenSegmentsError(f"{path}: the server's answer is not a JSON success object", status=status)
+        if status in TRANSIENT_STATUSES:
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            reason = f"{path}: HTTP {status}"
+            if retry_after is not None:
+                reason += f", retry after {retry_after:.3g} s"
+            raise TransientError(reason, status=status, retry_after=retry_after, errors=errors)
+        if status in (401, 403):
+            what = "bad token or credentials" if status == 401 else "no access to that company"
+            raise AuthenticationError(f"{path}: {what}", status=status, errors=errors)
+        if status in (400, 404, 413):
+            what = {400: "the request is invalid", 404: "not found", 413: "the body is too large"}[status]
+            raise InvalidRequest(f"{path}: {what}", status=status, errors=errors)
+        raise SevenSegmentsError(f"{path}: unexpected HTTP status", status=status, errors=errors)
+
+
+class Backoff:
+    """Exponential backoff with jitter that never waits less than the server's ``Retry-After``."""
+
+    def __init__(self, initial: float, maximum: float) -> None:
+        self._jittered = tenacity.wait_exponential_jitter(initial=initial, max=maximum, jitter=initial)
+
+    def __call__(self, state: tenacity.RetryCallState) -> float:
+        delay = float(self._jittered(state))
+        error = state.outcome.exception() if state.outcome is not None else None
+        if isinstance(error, TransientError) and error.retry_after is not None:
+            delay = max(delay, error.retry_after)
+        return delay
+
+    def for_attempt(self, attempt_number: int) -> float:
+        """The delay after the ``attempt_number``-th attempt, outside a tenacity loop."""
+        state = tenacity.RetryCallState(tenacity.Retrying(), None, (), {})
+        state.attempt_number = attempt_number
+        return float(self._jittered(state))
+
+
+class _Schedule:
+    """The delay before each retry, computed once per attempt so that tenacity's ``stop`` and
+    ``wait`` (called in either order, depending on tenacity's version) agree on it."""
+
+    def __init__(self, backoff: Backoff) -> None:
+        self._backoff = backoff
+        self._attempt = 0
+        self._delay = 0.0
+
+    def delay(self, state: tenacity.RetryCallState) -> float:
+        if state.attempt_number != self._attempt:
+            self._attempt = state.attempt_number
+            self._delay = self._backoff(state)
+        return self._delay
+
+
+def call_with_retries(
+    attempt: Callable[[float], T],
+    *,
+    what: str,
+    deadline: Callable[[], float],
+    timeout: float,
+    backoff: Backoff,
+    sleep: Callable[[float], None],
+    clock: Clock = monotonic,
+    on_retry: Optional[Callable[[TransientError, float], None]] = None,
+) -> T:
+    """Run ``attempt(timeout_for_this_attempt)``, retrying ``TransientError`` until ``deadline()``.
+
+    ``deadline`` returns a moment on ``clock``'s scale; it is read anew before each decision, so a
+    shutdown can bring it forward. Each attempt's timeout is cut to the time left. A retry is never
+    made sooner than ``Retry-After``; when the next retry would start past the deadline we stop at
+    once. Raises ``ServiceUnavailable`` (with the last status and errors) when the retries run out;
+    other exceptions pass through.
+    """
+    started = clock()
+    schedule = _Schedule(backoff)
+
+    def should_stop(state: tenacity.RetryCallState) -> bool:
+        return clock() + schedule.delay(state) >= deadline()
+
+    def before_sleep(state: tenacity.RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome is not None else None
+        if isinstance(error, TransientError):
+            delay = schedule.delay(state)
+            logger.debug("%s; retrying in %.3g s (attempt %d)", error.reason, delay, state.attempt_number)
+            if on_retry is not None:
+                on_retry(error, delay)
+
+    def one_attempt() -> T:
+        return attempt(max(0.001, min(timeout, deadline() - clock())))
+
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_exception_type(TransientError),
+        stop=should_stop,
+        wait=schedule.delay,
+        sleep=sleep,
+        before_sleep=before_sleep,
+        reraise=True,
+    )
+    try:
+        return retrying(one_attempt)
+    except TransientError as error:
+        raise ServiceUnavailable(
+            f"{what}: {error.reason}; gave up after {schedule._attempt or 1} attempts in {clock() - started:.1f} s",
+            status=error.status,
+            errors=error.errors,
+        ) from None

@@ -1,0 +1,607 @@
+"""Buffered delivery: a lock-free queue that one background thread drains into ``bulk`` requests.
+
+The caller's side (``submit``) is a few attribute reads, a ``deque.append`` and, once per wake-up of
+the worker, an ``Event.set``: no I/O, no JSON, no lock. Everything else happens on the worker thread:
+
+1. *take*: commands are popped from the incoming deque, given their ``command_id`` and encoded to
+   JSON bytes at once, so a queued command costs little more memory than its JSON;
+2. *send*: the oldest pending commands go out in one ``bulk`` request when a batch is full, when the
+   oldest has waited ``flush_interval``, when a ``flush()`` waits on them, or when closing;
+3. *settle*: each command ends ``ok`` (sent), ``error`` (failed, reported to ``on_error``) or is put
+   back at the front for another try. Whole-request failures are retried through tenacity (see
+   ``transport.call_with_retries``) until ``retry_deadline``; 413 splits the batch in halves.
+
+Pending commands stay sorted by arrival (retried ones are older than all the rest and go back to
+the front), so "every command queued before this flush has settled" is one comparison with the
+front's sequence number.
+
+Process life: the worker thread is a daemon started on the first command. At interpreter exit an
+``atexit`` hook closes every live worker, all against one deadline each (``shutdown_timeout``), and
+logs one warning with the number of commands lost. In a forked child (``os.register_at_fork`` and,
+for uwsgi which skips those hooks, a process-id check on every call) a worker starts over with a
+fresh queue, lock, thread and connection pool; what the parent had queued stays the parent's.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import math
+import os
+import threading
+import weakref
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
+
+from .clock import Clock, monotonic
+from .errors import InvalidRequest, QueueFull, SevenSegmentsError, ServiceUnavailable
+from .protocol import MAX_BULK_BYTES, MAX_COMMAND_BYTES, PATH_BULK, PATH_CUSTOMERS, PATH_EVENTS, RESULT_ERROR, RESULT_OK
+from .serialization import new_command_id
+from .transport import Backoff, Transport, call_with_retries
+
+__all__ = ["Command", "ErrorCallback", "WorkerSettings", "BufferedWorker"]
+
+logger = logging.getLogger(__name__)
+
+#: ``(path, data)``: what a caller queues; ``data`` is the command's body without ``command_id``.
+Command = Tuple[str, Dict[str, Any]]
+#: ``on_error(error, commands)``; each command is ``{"name": path, "data": {...}}``.
+ErrorCallback = Callable[[SevenSegmentsError, List[Dict[str, Any]]], None]
+
+#: Memory a command takes while it waits, not yet encoded, in the incoming deque (Python objects).
+RAW_COMMAND_COST = 512
+#: How many dropped commands are kept for ``on_error`` between two reports (the count is exact).
+MAX_KEPT_DROPS = 10_000
+#: A drop warning is logged at most this often (seconds).
+DROP_WARNING_INTERVAL = 10.0
+#: How long ``close()`` waits past its deadline for a worker that is finishing an answer.
+CLOSE_GRACE = 0.25
+#: Exponential backoff of the worker: first retry after about this, at most this long apart.
+BACKOFF_INITIAL = 0.1
+BACKOFF_MAX = 30.0
+
+_PAYLOAD_HEAD = {
+    PATH_EVENTS: b'{"name":"' + PATH_EVENTS.encode() + b'","data":',
+    PATH_CUSTOMERS: b'{"name":"' + PATH_CUSTOMERS.encode() + b'","data":',
+}
+_BULK_HEAD = b'{"commands":['
+_BULK_TAIL = b"]}"
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """The tuning of a buffered client (validated by the client, documented there)."""
+
+    batch_size: int
+    max_batch_bytes: int
+    flush_interval: float
+    max_queue_size: int
+    max_queue_bytes: int
+    retry_deadline: float
+    shutdown_timeout: float
+    timeout: float
+    on_error: Optional[ErrorCallback]
+
+
+class _FlushRequest:
+    """A ``flush()`` waiting, in the queue, for the commands before it to settle."""
+
+    __slots__ = ("done", "upto", "delivered_all")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.upto = -1  # the sequence number of the last command queued before it
+        self.delivered_all = True
+
+
+_Entry = Tuple[int, bytes]  # (sequence number, the command's JSON as it goes into a bulk body)
+
+
+class BufferedWorker:
+    """The queue and background sender of one buffered client."""
+
+    def __init__(self, transport: Transport, settings: WorkerSettings, clock: Clock = monotonic) -> None:
+        self._transport = transport
+        self._settings = settings
+        self._clock = clock
+        self._backoff = Backoff(BACKOFF_INITIAL, BACKOFF_MAX)
+        self._encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+        self._reset_state()
+        _live_workers.add(self)
+
+    # ----------------------------------------------------------------------------------------
+    # State, and starting over in a forked child
+
+    def _reset_state(self) -> None:
+        self._pid = os.getpid()
+        self._lock = threading.Lock()  # start, close, drop counting: never held during I/O
+        self._incoming: Deque[Any] = deque()  # Command tuples and _FlushRequest objects
+        self._wakeup = threading.Event()
+        self._wake_at = 1  # a producer wakes the worker when len(incoming) reaches this
+        self._started = False
+        self._thread: Optional[threading.Thread] = None
+        self._closing = False
+        self._shutdown_at = math.inf
+        self._abandoned = False
+        self._pending: Deque[_Entry] = deque()
+        self._pending_bytes = 0
+        self._in_flight = 0
+        self._oldest_at = 0.0
+        self._seq = 0
+        self._flushes: List[_FlushRequest] = []
+        self._flushes_queued = 0
+        self._last_flush_upto = 0
+        self._last_failed_seq = 0
+        self._drops_seen_by_flush = 0
+        self._retry_since: Dict[int, float] = {}
+        self._retry_rounds = 0
+        self._drops: List[Command] = []
+        self._drops_not_kept = 0
+        self._drop_warning_at = -math.inf
+        self._drops_unwarned = 0
+        # Counters. The worker alone writes these ...
+        self._taken = 0
+        self._sent = 0
+        self._retried = 0
+        self._failed = 0
+        self._batches = 0
+        self._failed_at_close = 0
+        self._last_close_error = ""
+        # ... and producers this one, under the lock.
+        self._dropped = 0
+
+    def _check_fork(self) -> None:
+        if self._pid != os.getpid():
+            self.after_fork()
+
+    def after_fork(self) -> None:
+        """Start over in a forked child: nothing of the parent's queue, thread, locks or sockets."""
+        self._reset_state()
+        self._transport.renew_after_fork()
+
+    # ----------------------------------------------------------------------------------------
+    # The caller's side
+
+    def submit(self, command: Command) -> None:
+        """Queue ``command`` without blocking; drop it (counted, reported) when the queue is full."""
+        if self._pid != os.getpid():
+            self.after_fork()
+        incoming = self._incoming
+        if (
+            len(incoming) >= self._settings.max_queue_size
+            or self._pending_bytes + len(incoming) * RAW_COMMAND_COST > self._settings.max_queue_bytes
+        ):
+            self._drop(command)
+            return
+        incoming.append(command)
+        if not self._started:
+            self._start()
+        elif len(incoming) >= self._wake_at and not self._wakeup.is_set():
+            self._wakeup.set()
+
+    def _drop(self, command: Command) -> None:
+        with self._lock:
+            self._dropped += 1
+            if len(self._drops) < MAX_KEPT_DROPS:
+                self._drops.append(command)
+            else:
+                self._drops_not_kept += 1
+        self._wakeup.set()
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._started or self._closing:
+                return
+            self._started = True
+            thread = threading.Thread(target=self._run, name="seven-segments-worker", daemon=True)
+            try:
+                thread.start()
+            except RuntimeError:
+                # The interpreter is shutting down (Python 3.12+ starts no thread then): flush()
+                # and close() will deliver on the caller's thread instead.
+                logger.debug("cannot start the worker thread; delivering on the closing thread")
+                return
+            self._thread = thread
+
+    def flush(self, timeout: Optional[float] = None) -> bool:
+        """Wait until every command queued before this call settled; True when all were delivered."""
+        self._check_fork()
+        if self._closing:
+            return not self._pending and not self._incoming and self._in_flight == 0
+        request = _FlushRequest()
+        with self._lock:
+            self._flushes_queued += 1
+        self._incoming.append(request)
+        self._wakeup.set()
+        if not self._started:
+            self._start()
+        if self._thread is None:
+            deadline = math.inf if timeout is None else self._clock() + timeout
+            self._loop(until=lambda: request.done.is_set() or self._clock() >= deadline)
+            return request.done.is_set() and request.delivered_all
+        return request.done.wait(timeout) and request.delivered_all
+
+    def begin_close(self, timeout: Optional[float] = None) -> None:
+        """Stop taking commands and tell the worker to deliver what it has within the timeout."""
+        self._check_fork()
+        with self._lock:
+            if self._closing:
+                return
+            self._closing = True
+            self._failed_at_close = self._failed
+            wait = self._settings.shutdown_timeout if timeout is None else max(0.0, timeout)
+            self._shutdown_at = self._clock() + wait
+        self._wakeup.set()
+
+    def finish_close(self) -> None:
+        """Wait (bounded by the close deadline) for the worker to finish; report what was lost."""
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(max(0.0, self._shutdown_at - self._clock()) + CLOSE_GRACE)
+            if thread.is_alive():
+                self._abandon_from_closer()
+        elif thread is None and (self._incoming or self._pending):
+            self._loop(until=lambda: False)
+        self._transport.close()
+
+    def close(self, timeout: Optional[float] = None) -> None:
+        """Deliver what is queued (within ``timeout``, default ``shutdown_timeout``) and stop."""
+        self.begin_close(timeout)
+        self.finish_close()
+
+    @property
+    def closing(self) -> bool:
+        """True once ``close()`` has begun."""
+        return self._closing
+
+    def stats(self) -> Dict[str, int]:
+        """Counts: queued, sent, retried, failed, dropped, batches, and pending (not yet settled)."""
+        self._check_fork()
+        waiting = len(self._incoming) - self._flushes_queued
+        queued = self._taken + max(0, waiting)
+        return {
+            "queued": queued,
+            "sent": self._sent,
+            "retried": self._retried,
+            "failed": self._failed,
+            "dropped": self._dropped,
+            "batches": self._batches,
+            "pending": queued - self._sent - self._failed,
+        }
+
+    # ----------------------------------------------------------------------------------------
+    # The worker's side
+
+    def _run(self) -> None:
+        self._loop(until=lambda: False)
+
+    def _loop(self, until: Callable[[], bool]) -> None:
+        """Take, send and settle until closed and done, or until ``until()`` says stop."""
+        while not until():
+            try:
+                self._take_incoming()
+                self._report_drops()
+                if self._abandoned:
+                    return
+                if self._should_send():
+                    self._send_batch()
+                    continue
+                self._settle_flushes()
+                if self._closing:
+                    if not self._pending and not self._incoming:
+                        self._report_close_losses()
+                        return
+                    if self._clock() >= self._shutdown_at:
+                        self._abandon()
+                        return
+                    continue
+                self._sleep(self._time_to_send())
+            except Exception:  # a bug of ours must not kill delivery for good
+                logger.exception("seven_segments worker: unexpected error; carrying on")
+
+    def _take_incoming(self) -> None:
+        """Give queued commands their id and encode them; place flush requests after them."""
+        incoming = self._incoming
+        if not incoming:
+            return
+        pending = self._pending
+        encode = self._encode
+        prefix, counter = new_command_id.source()
+        was_empty = not pending
+        taken = added_bytes = 0
+        while True:
+            try:
+                item = incoming.popleft()
+            except IndexError:
+                break
+            if type(item) is tuple:
+                path, data = item
+                data["command_id"] = prefix + str(next(counter))
+                body = encode(data)
+                self._seq += 1
+                taken += 1
+                if len(body) > MAX_COMMAND_BYTES:
+                    self._fail_entries(
+                        [(self._seq, _PAYLOAD_HEAD[path] + body.encode() + b"}")],
+                        InvalidRequest(f"{path}: the command takes {len(body)} bytes as JSON, more than {MAX_COMMAND_BYTES}"),
+                    )
+                    continue
+                payload = _PAYLOAD_HEAD[path] + body.encode() + b"}"
+                pending.append((self._seq, payload))
+                added_bytes += len(payload)
+            else:
+                self._place_flush(item)
+        self._taken += taken
+        self._pending_bytes += added_bytes
+        if was_empty and pending:
+            self._oldest_at = self._clock()
+
+    def _place_flush(self, request: _FlushRequest) -> None:
+        request.upto = self._seq
+        with self._lock:
+            self._flushes_queued -= 1
+            dropped = self._dropped
+        if self._last_failed_seq > self._last_flush_upto or dropped > self._drops_seen_by_flush:
+            request.delivered_all = False  # a command since the last flush failed or was dropped
+        self._last_flush_upto = request.upto
+        self._drops_seen_by_flush = dropped
+        self._flushes.append(request)
+
+    def _should_send(self) -> bool:
+        pending = self._pending
+        if not pending:
+            return False
+        settings = self._settings
+        return (
+            self._closing
+            or len(pending) >= settings.batch_size
+            or self._pending_bytes >= settings.max_batch_bytes
+            or any(request.upto >= pending[0][0] for request in self._flushes)
+            or self._clock() - self._oldest_at >= settings.flush_interval
+        )
+
+    def _time_to_send(self) -> Optional[float]:
+        if not self._pending:
+            return None
+        return max(0.0, self._oldest_at + self._settings.flush_interval - self._clock())
+
+    def _sleep(self, timeout: Optional[float]) -> None:
+        """Wait for producers (a batch's worth, or the first command), a flush, a close or the timer."""
+        pending = len(self._pending)
+        self._wake_at = max(1, self._settings.batch_size - pending) if pending else 1
+        if len(self._incoming) < self._wake_at and not self._drops:
+            self._wakeup.wait(timeout)
+        self._wakeup.clear()
+        self._wake_at = 1 << 62  # busy: producers need not wake us
+
+    def _pause(self, seconds: float) -> None:
+        """Sleep between retries, still taking (and so bounding) incoming commands; a close ends it early
+        when its deadline comes first."""
+        end = self._clock() + seconds
+        while True:
+            self._take_incoming()
+            self._report_drops()
+            remaining = min(end, self._shutdown_at) - self._clock()
+            if remaining <= 0 or self._abandoned:
+                return
+            self._wake_at = self._settings.batch_size
+            if len(self._incoming) < self._wake_at and not self._drops:
+                self._wakeup.wait(remaining)
+            self._wakeup.clear()
+            self._wake_at = 1 << 62
+
+    def _send_batch(self) -> None:
+        settings = self._settings
+        pending = self._pending
+        batch: List[_Entry] = []
+        size = len(_BULK_HEAD) + len(_BULK_TAIL)
+        while pending and len(batch) < settings.batch_size:
+            entry_size = len(pending[0][1]) + 1
+            if batch and size + entry_size > settings.max_batch_bytes:
+                break
+            batch.append(pending.popleft())
+            size += entry_size
+        self._pending_bytes -= size - len(_BULK_HEAD) - len(_BULK_TAIL) - len(batch)
+        started = self._clock()
+        self._in_flight = len(batch)
+        try:
+            retry = self._deliver(batch, started)
+        finally:
+            self._in_flight = 0
+        if self._abandoned:
+            return
+        if retry:
+            pending.extendleft(reversed(retry))
+            self._pending_bytes += sum(len(payload) for _, payload in retry)
+            self._retried += len(retry)
+            self._retry_rounds += 1
+            self._pause(self._backoff.for_attempt(self._retry_rounds))
+        else:
+            self._retry_rounds = 0
+        if pending:
+            self._oldest_at = min(started, self._clock())
+
+    def _deliver(self, batch: List[_Entry], started: float) -> List[_Entry]:
+        """Send one bulk request (retrying whole-request failures); return the entries to send again."""
+        body = _BULK_HEAD + b",".join(payload for _, payload in batch) + _BULK_TAIL
+        settings = self._settings
+
+        def count_retry(error: Exception, delay: float) -> None:
+            self._retried += len(batch)
+
+        try:
+            answer = call_with_retries(
+                lambda timeout: self._transport.post(PATH_BULK, body, timeout=timeout),
+                what=f"{PATH_BULK} of {len(batch)} commands",
+                deadline=lambda: min(started + settings.retry_deadline, self._shutdown_at),
+                timeout=settings.timeout,
+                backoff=self._backoff,
+                sleep=self._pause,
+                clock=self._clock,
+                on_retry=count_retry,
+            )
+        except InvalidRequest as error:
+            if error.status == 413 and len(batch) > 1:
+                half = len(batch) // 2
+                return self._deliver(batch[:half], started) + self._deliver(batch[half:], started)
+            self._fail_entries(batch, error)
+            return []
+        except SevenSegmentsError as error:
+            self._fail_entries(batch, error)
+            return []
+        if self._abandoned:
+            return []
+        self._batches += 1
+        results = answer.get("results")
+        if not isinstance(results, list):
+            results = []
+        retry: List[_Entry] = []
+        now = self._clock()
+        for index, entry in enumerate(batch):
+            result = results[index] if index < len(results) else None
+            status = result.get("status") if isinstance(result, dict) else None
+            if status == RESULT_OK:
+                self._sent += 1
+                if self._retry_since:
+                    self._retry_since.pop(entry[0], None)
+            elif status == RESULT_ERROR:
+                errors = result.get("errors") if isinstance(result, dict) else None
+                self._fail_entries(
+                    [entry],
+                    InvalidRequest(
+                        f"{PATH_BULK}: the command was refused",
+                        status=200,
+                        errors=[self._transport.scrub(str(e)) for e in errors] if isinstance(errors, list) else (),
+                    ),
+                )
+            else:  # "retry", or a missing or unknown result: send it again
+                first = self._retry_since.setdefault(entry[0], now)
+                if now - first >= settings.retry_deadline or now >= self._shutdown_at:
+                    self._fail_entries(
+                        [entry], ServiceUnavailable(f"{PATH_BULK}: the server kept answering 'retry' for the command")
+                    )
+                else:
+                    retry.append(entry)
+        return retry
+
+    # ----------------------------------------------------------------------------------------
+    # Settling, reporting
+
+    def _settle_flushes(self) -> None:
+        if not self._flushes:
+            return
+        first_unsettled = self._pending[0][0] if self._pending else math.inf
+        waiting = []
+        for request in self._flushes:
+            if request.upto < first_unsettled:
+                request.done.set()
+            else:
+                waiting.append(request)
+        self._flushes = waiting
+
+    def _fail_entries(self, entries: Sequence[_Entry], error: SevenSegmentsError) -> None:
+        """Count ``entries`` as failed for good and report them (before any flush waiting on them returns)."""
+        if not entries:
+            return
+        self._failed += len(entries)
+        last = max(seq for seq, _ in entries)
+        self._last_failed_seq = max(self._last_failed_seq, last)
+        for request in self._flushes:
+            if any(seq <= request.upto for seq, _ in entries):
+                request.delivered_all = False
+        if self._retry_since:
+            for seq, _ in entries:
+                self._retry_since.pop(seq, None)
+        if self._closing:
+            self._last_close_error = str(error)  # one warning at the end of the close says it all
+        else:
+            logger.warning("seven_segments: %d commands could not be delivered: %s", len(entries), error)
+        self._call_on_error(error, lambda: [json.loads(payload) for _, payload in entries])
+
+    def _call_on_error(self, error: SevenSegmentsError, commands: Callable[[], List[Dict[str, Any]]]) -> None:
+        callback = self._settings.on_error
+        if callback is None:
+            return
+        try:
+            callback(error, commands())
+        except Exception:
+            logger.exception("seven_segments: the on_error callback raised")
+
+    def _report_drops(self) -> None:
+        if not self._drops and not self._drops_not_kept:
+            return
+        with self._lock:
+            drops, self._drops = self._drops, []
+            not_kept, self._drops_not_kept = self._drops_not_kept, 0
+        count = len(drops) + not_kept
+        message = f"the queue is full ({self._settings.max_queue_size} commands or {self._settings.max_queue_bytes} bytes)"
+        if not_kept:
+            message += f"; {not_kept} more dropped commands were counted but not kept"
+        error = QueueFull(f"{count} commands dropped: {message}")
+        self._drops_unwarned += count
+        now = self._clock()
+        if now - self._drop_warning_at >= DROP_WARNING_INTERVAL:
+            logger.warning("seven_segments: dropped %d commands: %s", self._drops_unwarned, message)
+            self._drops_unwarned = 0
+            self._drop_warning_at = now
+        self._call_on_error(error, lambda: [{"name": path, "data": data} for path, data in drops])
+
+    def _abandon(self) -> None:
+        """The close deadline passed: fail what is left, on the worker's thread."""
+        self._take_incoming()
+        left = list(self._pending)
+        self._pending.clear()
+        self._pending_bytes = 0
+        timeout = self._settings.shutdown_timeout
+        self._fail_entries(left, ServiceUnavailable(f"not delivered within the close deadline ({timeout:g} s)"))
+        self._settle_flushes()
+        self._report_close_losses()
+
+    def _abandon_from_closer(self) -> None:
+        """The worker is still busy past the deadline: count what it holds as lost, from the closer."""
+        with self._lock:
+            if self._abandoned:
+                return
+            self._abandoned = True
+        lost = len(self._pending) + self._in_flight + max(0, len(self._incoming) - self._flushes_queued)
+        self._failed += lost
+        self._last_close_error = f"not delivered within the close deadline ({self._settings.shutdown_timeout:g} s)"
+        for request in self._flushes:
+            request.delivered_all = False
+            request.done.set()
+        self._report_close_losses()
+
+    def _report_close_losses(self) -> None:
+        lost = self._failed - self._failed_at_close
+        if lost:
+            logger.warning("seven_segments: %d commands were lost at close: %s", lost, self._last_close_error)
+
+
+# --------------------------------------------------------------------------------------------
+# Every live worker: closed at interpreter exit, started over in a forked child.
+
+_live_workers: "weakref.WeakSet[BufferedWorker]" = weakref.WeakSet()
+
+
+def close_all_at_exit() -> None:
+    """Close every live buffered worker, all at once, each within its ``shutdown_timeout``."""
+    workers = [worker for worker in list(_live_workers) if worker._started or worker._incoming]
+    for worker in workers:
+        worker.begin_close()
+    for worker in workers:
+        try:
+            worker.finish_close()
+        except Exception:
+            logger.exception("seven_segments: closing a client at exit failed")
+
+
+def _after_fork_in_child() -> None:
+    for worker in list(_live_workers):
+        worker.after_fork()
+
+
+atexit.register(close_all_at_exit)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
