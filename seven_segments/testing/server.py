@@ -67,6 +67,8 @@ _LOCAL = "/_local/"
 _DRAIN_LIMIT = 64 * 1024 * 1024
 #: How many requests ``requests()`` keeps (the most recent).
 DEFAULT_MAX_RECORDED = 10_000
+#: At most this many body bytes (as received) are kept for ``requests()``.
+MAX_RECORDED_BYTES = 64 * 1024 * 1024
 
 _TOKEN_ERROR = "company_id is not a known company token"
 
@@ -304,7 +306,9 @@ class LocalServer:
         self.verbose = verbose
         self.faults = Faults()
         self._store = Store(db, counting_only=counting_only)
-        self._recorded: Deque[JSONDict] = collections.deque(maxlen=max_recorded_requests)
+        self._recorded: Deque[JSONDict] = collections.deque()
+        self._recorded_bytes = 0
+        self.max_recorded_requests = max_recorded_requests
         self._stats_lock = threading.Lock()
         self._stats: JSONDict = {}
         self._reset_stats()
@@ -391,13 +395,24 @@ class LocalServer:
         return None
 
     def requests(self) -> List[JSONDict]:
-        """Recorded API requests, oldest first (the last ``max_recorded_requests``; none when counting only).
+        """Recorded API requests, oldest first (none when counting only).
 
-        Each: method, path (with query), headers (``Authorization`` redacted), body (decoded JSON after
-        gunzip, ``None`` if not JSON), gzipped, status (``None`` when dropped or not answered yet), time.
+        At most the last ``max_recorded_requests`` (10,000), and their bodies total at most
+        ``MAX_RECORDED_BYTES`` (64 MiB; older requests are forgotten first). Each: method, path (with
+        query), headers (``Authorization`` value redacted), user (the HTTP Basic user name, if any),
+        body (decoded JSON after gunzip, ``None`` if not JSON), gzipped, status (``None`` when dropped
+        or not answered yet) and time (seconds since the epoch).
         """
         with self._stats_lock:
-            return [dict(record) for record in self._recorded]
+            records = [dict(record) for record in self._recorded]
+        for record in records:
+            raw = record.pop("raw")
+            try:
+                text = _gunzip(raw, MAX_BULK_BYTES) if record["gzipped"] else raw
+                record["body"] = json.loads(text.decode("utf-8")) if text else None
+            except (_Refusal, ValueError):
+                record["body"] = None
+        return records
 
     def stats(self) -> JSONDict:
         """Counters since start or reset (see the package docstring)."""
@@ -416,6 +431,7 @@ class LocalServer:
         self.faults.reset()
         with self._stats_lock:
             self._recorded.clear()
+            self._recorded_bytes = 0
             self._reset_stats()
 
     def wait_for_events(self, n: int, timeout: Optional[float] = 5.0) -> bool:
@@ -483,8 +499,8 @@ class LocalServer:
                 fault = self.faults.take_request(path == _BULK)
                 if fault is not None:
                     self._pre_fault(fault)
-                body = self._decode(handler, raw, MAX_BULK_BYTES if path == _BULK else MAX_COMMAND_BYTES)
-                answer, extra_headers = self._process(handler, path, query, body, received, fault, results)
+                body, size = self._decode(handler, raw, MAX_BULK_BYTES if path == _BULK else MAX_COMMAND_BYTES)
+                answer, extra_headers = self._process(handler, path, query, body, size, received, fault, results)
                 status = 200
             except _Refusal as refusal:
                 status = refusal.status
@@ -527,27 +543,27 @@ class LocalServer:
                 user = _basic_credentials(value)[0] if scheme.lower() == "basic" else None
                 value = f"{scheme} <redacted>"
             headers[name] = value
-        body: Any = None
-        try:
-            text = _gunzip(raw, MAX_BULK_BYTES) if gzipped else raw
-            body = json.loads(text.decode("utf-8")) if text else None
-        except (_Refusal, ValueError):
-            body = None
         record: JSONDict = {
             "method": handler.command,
             "path": path + ("?" + query if query else ""),
             "headers": headers,
-            "body": body,
-            "gzipped": gzipped,
             "user": user,
+            "raw": raw,
+            "gzipped": gzipped,
             "status": None,
             "time": received,
         }
         with self._stats_lock:
             self._recorded.append(record)
+            self._recorded_bytes += len(raw)
+            while self._recorded and (
+                len(self._recorded) > self.max_recorded_requests or self._recorded_bytes > MAX_RECORDED_BYTES
+            ):
+                self._recorded_bytes -= len(self._recorded.popleft()["raw"])
         return record
 
-    def _decode(self, handler: _Handler, raw: bytes, limit: int) -> Any:
+    def _decode(self, handler: _Handler, raw: bytes, limit: int) -> Tuple[JSONDict, int]:
+        """The JSON object of the body (after gunzip) and its uncompressed size; refusals as ``_Refusal``."""
         content_type = handler.headers.get("Content-Type", "")
         if content_type.split(";", 1)[0].strip().lower() != "application/json":
             raise _Refusal(400, ["Content-Type must be application/json"])
@@ -566,7 +582,7 @@ class LocalServer:
             raise _Refusal(400, [f"the body is not valid JSON: {error}"]) from None
         if not isinstance(body, dict):
             raise _Refusal(400, ["the body must be a JSON object"])
-        return body
+        return body, len(raw)
 
     def _process(
         self,
@@ -574,12 +590,13 @@ class LocalServer:
         path: str,
         query: str,
         body: JSONDict,
+        size: int,
         received: float,
         fault: Optional[RequestFault],
         results: Dict[str, int],
     ) -> Tuple[JSONDict, Optional[Dict[str, str]]]:
         if path == _BULK:
-            return self._bulk(body, received, fault, results), None
+            return self._bulk(body, size, received, fault, results), None
         if path == _EVENTS or path == _CUSTOMERS:
             command = validate_event(body, received) if path == _EVENTS else validate_customer(body, received)
             if isinstance(command, list):
@@ -599,7 +616,7 @@ class LocalServer:
         return self.tokens is None or token in self.tokens
 
     def _bulk(
-        self, body: JSONDict, received: float, fault: Optional[RequestFault], counts: Dict[str, int]
+        self, body: JSONDict, size: int, received: float, fault: Optional[RequestFault], counts: Dict[str, int]
     ) -> JSONDict:
         commands = body.get("commands")
         if not isinstance(commands, list):
@@ -609,55 +626,68 @@ class LocalServer:
             raise _Refusal(400, [f"{name} is not a known field of a bulk body" for name in extra])
         if len(commands) > MAX_BULK_COMMANDS:
             raise _Refusal(413, [f"a bulk request holds at most {MAX_BULK_COMMANDS} commands, not {len(commands)}"])
-        if commands and len(json.dumps(commands, separators=(",", ":"), ensure_ascii=False)) > MAX_COMMAND_BYTES:
-            for index, command in enumerate(commands):
-                if isinstance(command, dict) and "data" in command:
-                    size = command_size(command["data"])
-                    if size > MAX_COMMAND_BYTES:
-                        raise _Refusal(
-                            413, [f"commands[{index}].data is {size} bytes as JSON, more than {MAX_COMMAND_BYTES}"]
-                        )
-        injected = self.faults.take_commands(len(commands), fault)
-        results: List[JSONDict] = [{}] * len(commands)
-        valid: List[Command] = []
-        valid_index: List[int] = []
-        ok = {"status": RESULT_OK}
-        for index, command in enumerate(commands):
-            kind = injected[index]
-            if kind == COMMAND_RETRY:
-                results[index] = {"status": RESULT_RETRY}
-                continue
-            if kind == COMMAND_ERROR:
-                results[index] = {"status": RESULT_ERROR, "errors": ["injected fault: command refused"]}
-                continue
+        tokens = self.tokens
+        validated: List[Union[EventRow, CustomerUpdate, List[str]]] = []
+        for command in commands:
             # Fast path for the usual shape; split_command reports anything else.
             errors: List[str]
             if type(command) is dict and len(command) == 2 and "data" in command:
                 name, data, errors = command.get("name"), command["data"], []
             else:
                 name, data, errors = split_command(command)
-            validated: Union[EventRow, CustomerUpdate, List[str]]
             if errors:
-                validated = errors
+                validated.append(errors)
             elif name == PATH_EVENTS:
-                validated = validate_event(data, received)
+                validated.append(validate_event(data, received))
             elif name == PATH_CUSTOMERS:
-                validated = validate_customer(data, received)
+                validated.append(validate_customer(data, received))
             else:
-                validated = [f"name must be {PATH_EVENTS} or {PATH_CUSTOMERS}"]
-            if type(validated) is list:
-                results[index] = {"status": RESULT_ERROR, "errors": validated}
-            elif self.tokens is not None and validated.company_id not in self.tokens:  # type: ignore[union-attr]
-                results[index] = {"status": RESULT_ERROR, "errors": [_TOKEN_ERROR]}
+                validated.append([f"name must be {PATH_EVENTS} or {PATH_CUSTOMERS}"])
+        if size > MAX_COMMAND_BYTES:
+            self._check_command_sizes(commands, validated)
+        injected = self.faults.take_commands(len(commands), fault)
+        results: List[JSONDict] = []
+        valid: List[Command] = []
+        ok = {"status": RESULT_OK}
+        for index, item in enumerate(validated):
+            kind = injected[index]
+            if kind == COMMAND_RETRY:
+                results.append({"status": RESULT_RETRY})
+            elif kind == COMMAND_ERROR:
+                results.append({"status": RESULT_ERROR, "errors": ["injected fault: command refused"]})
+            elif type(item) is list:
+                results.append({"status": RESULT_ERROR, "errors": item})
+            elif tokens is not None and item.company_id not in tokens:  # type: ignore[union-attr]
+                results.append({"status": RESULT_ERROR, "errors": [_TOKEN_ERROR]})
             else:
-                valid.append(validated)  # type: ignore[arg-type]
-                valid_index.append(index)
-                results[index] = ok
+                valid.append(item)  # type: ignore[arg-type]
+                results.append(ok)
         self._store.apply(valid)
         for result in results:
             status = result["status"]
             counts[status] = counts.get(status, 0) + 1
         return {"success": True, "results": results}
+
+    @staticmethod
+    def _check_command_sizes(commands: List[Any], validated: List[Union[EventRow, CustomerUpdate, List[str]]]) -> None:
+        """413 if any command's data is over ``MAX_COMMAND_BYTES`` as JSON (exact size only when it may be)."""
+        for index, item in enumerate(validated):
+            if isinstance(item, EventRow):
+                estimate = len(item.properties_json) + len(item.customer_key) + len(item.type) + len(item.company_id)
+            elif isinstance(item, CustomerUpdate):
+                estimate = sum(len(key) + len(value) + 4 for key, value in item.properties.items())
+                estimate += len(item.customer_key) + len(item.company_id)
+            else:
+                estimate = MAX_COMMAND_BYTES  # refused anyway: measure exactly
+            # 4 bytes per character at most in UTF-8, plus the other fields' names and syntax.
+            if 4 * estimate + 256 > MAX_COMMAND_BYTES:
+                command = commands[index]
+                if isinstance(command, dict) and "data" in command:
+                    size = command_size(command["data"])
+                    if size > MAX_COMMAND_BYTES:
+                        raise _Refusal(
+                            413, [f"commands[{index}].data is {size} bytes as JSON, more than {MAX_COMMAND_BYTES}"]
+                        )
 
     def _html(self, body: JSONDict) -> JSONDict:
         request = validate_html(body)
