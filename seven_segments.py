@@ -1,0 +1,12 @@
+#!/usr/bin/env python3
+"""The 7SEGMENTS command line, run from a checkout: ``./seven_segments.py track|update|get_html|export|serve|demo``.
+
+The same program as the ``seven-segments`` console script and ``python -m seven_segments``.
+"""
+
+import sys
+
+from seven_segments.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())
