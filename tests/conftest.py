@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import sys
 from typing import Iterator
 
 import pytest
+
+# Import the package from this checkout even when it is not installed in the venv.
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
 
 from seven_segments.testing import LocalServer
 
