@@ -1,8 +1,35 @@
-"""Shared test setup: make the repository's package importable without installing it."""
+"""Shared fixtures: a fresh local server per test, and a URL where nothing listens."""
+
+from __future__ import annotations
 
 import os
+import socket
 import sys
+from typing import Iterator
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+import pytest
+
+# Import the package from this checkout even when it is not installed in the venv.
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+from seven_segments.testing import LocalServer
+
+TOKEN = "test-token-5f1c9d0e-secret"
+
+
+@pytest.fixture
+def server() -> Iterator[LocalServer]:
+    """A fresh LocalServer on 127.0.0.1 for one test."""
+    with LocalServer() as local_server:
+        yield local_server
+
+
+@pytest.fixture
+def dead_url() -> str:
+    """A loopback URL on a port that was free a moment ago: connections are refused."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
