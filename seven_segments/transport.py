@@ -214,7 +214,7 @@ class Backoff:
     """Exponential backoff with jitter that never waits less than the server's ``Retry-After``."""
 
     def __init__(self, initial: float, maximum: float) -> None:
-        self._jittered = tenacity.wait_exponential_jitter(initial=initial, max=maximum, jitter=initial)
+        self._jittered = tenacity.wait_exponential(multiplier=initial, max=maximum) + tenacity.wait_random(0, initial)
 
     def __call__(self, state: tenacity.RetryCallState) -> float:
         delay = float(self._jittered(state))
