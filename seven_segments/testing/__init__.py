@@ -89,7 +89,7 @@ Campaigns (``campaigns/html/get``)
   ``{"property": P, "equals": V}``, ``{"property": P, "in": [V...]}``, ``{"property": P, "exists": bool}``,
   ``{"all": [C...]}``, ``{"any": [C...]}``, ``{"not": C}``, matched against the customer's merged properties
   (``true`` does not equal ``1``). Campaigns are the same for every company. Unknown name -> 404; condition false
-  (or unknown customer with a condition) -> ``"data": ""``.
+  -> ``"data": ""`` (an unknown customer has no properties: ``exists: false`` holds, ``equals`` does not).
 
 Export API (``analytics/{type}``)
 
