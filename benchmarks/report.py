@@ -1,0 +1,236 @@
+"""Turn the aggregated results into the markdown tables that ``run.py`` prints."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional
+
+import libs
+
+Results = Dict[str, Dict[str, Any]]
+
+
+def number(value: Any) -> Optional[float]:
+    """A finite float, or None for anything else (missing, NaN, text)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def fmt(value: Any) -> str:
+    """Three significant figures, thousands separated; text unchanged; ``-`` for nothing."""
+    x = number(value)
+    if x is None:
+        return "-" if value is None or isinstance(value, float) else str(value)
+    if abs(x) >= 1000 or x == int(x):
+        return f"{x:,.0f}"
+    if abs(x) >= 100:
+        return f"{x:.0f}"
+    if abs(x) >= 10:
+        return f"{x:.1f}"
+    return f"{x:.2f}"
+
+
+@dataclass
+class Figure:
+    """One row of the summary: where the number is, and which way is better."""
+
+    label: str
+    key: str
+    field: str
+    lower_is_better: bool = True
+    complete_only: bool = False  # only peers that delivered every event compete for "best"
+
+    def value(self, results: Results, lib: str) -> Optional[float]:
+        return number(results.get(lib, {}).get(self.key, {}).get(self.field))
+
+    def eligible(self, results: Results, lib: str) -> bool:
+        cell = results.get(lib, {}).get(self.key, {})
+        return not self.complete_only or cell.get("lost", 1) == 0
+
+
+FIGURES = [
+    Figure("caller: `track` median, 1 thread (µs)", "caller1", "median_us"),
+    Figure("caller: `track` p99, 1 thread (µs)", "caller1", "p99_us"),
+    Figure("caller: `track` median, 4 threads (µs)", "caller4", "median_us"),
+    Figure("caller: `track` p99, 4 threads (µs)", "caller4", "p99_us"),
+    Figure("delivery: events/s, first call until the server has all", "delivery", "events_per_s", False, True),
+    Figure("CPU per delivered event (µs, client process)", "delivery", "cpu_us_per_event", True, True),
+    Figure("memory per queued command, server down (bytes)", "memory", "bytes_per_command"),
+    Figure("exit: last call until the process ended, no flush call (s)", "exit", "exit_s", True, True),
+    Figure("exit: same, with the library's flush/shutdown call (s)", "exit_explicit", "exit_s", True, True),
+    Figure("exit, server down: last call until the process ended (s)", "exit_down", "exit_s"),
+]
+
+TARGETS = [
+    ("caller median, 1 thread <= 3 µs", "caller1", "median_us", lambda v: v <= 3),
+    ("caller p99, 1 thread <= 20 µs", "caller1", "p99_us", lambda v: v <= 20),
+    ("caller median, 4 threads <= 3 µs", "caller4", "median_us", lambda v: v <= 3),
+    ("caller p99, 4 threads <= 20 µs", "caller4", "p99_us", lambda v: v <= 20),
+    (">= 100,000 events/s delivered", "delivery", "events_per_s", lambda v: v >= 100_000),
+    ("<= 10 µs CPU per event", "delivery", "cpu_us_per_event", lambda v: v <= 10),
+    ("<= 300 bytes per queued command", "memory", "bytes_per_command", lambda v: v <= 300),
+]
+
+
+def table(header: List[str], rows: List[List[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(cell.replace("|", "/").replace("\n", " ") for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def error_of(results: Results, lib: str, key: str) -> str:
+    entry = results.get(lib, {})
+    if "install_error" in entry:
+        return "not installed"
+    cell = entry.get(key)
+    if cell is None:
+        return "not run"
+    return str(cell.get("error", "-"))
+
+
+def summary(results: Results, peers: List[str]) -> str:
+    rows = []
+    for figure in FIGURES:
+        ours = figure.value(results, "ours")
+        candidates = [(p, figure.value(results, p)) for p in peers]
+        valid = [(p, v) for p, v in candidates if v is not None]
+        eligible = [(p, v) for p, v in valid if figure.eligible(results, p)]
+        pool, mark = (eligible, "") if eligible else (valid, " †")
+        best: Optional[tuple] = None
+        if pool:
+            best = (min if figure.lower_is_better else max)(pool, key=lambda pv: pv[1])
+        ours_text = fmt(ours) if ours is not None else error_of(results, "ours", figure.key)
+        if best is None:
+            best_text, ratio = ("-" if not peers else "no peer result"), "-"
+        else:
+            best_text = f"{fmt(best[1])} ({best[0]}{mark})"
+            ratio = f"{ours / best[1]:.2f}×" if ours is not None and best[1] else "-"
+        rows.append([figure.label, ours_text, best_text, ratio, "lower" if figure.lower_is_better else "higher"])
+    delivery = results.get("ours", {}).get("delivery", {})
+    exit_ = results.get("ours", {}).get("exit", {})
+    down = results.get("ours", {}).get("exit_down", {})
+    rows.append(["delivery: lost / duplicated events", f"{fmt(delivery.get('lost'))} / {fmt(delivery.get('duplicates'))}",
+                 "see detail", "-", "lower"])
+    rows.append(["exit: events lost without a flush call", fmt(exit_.get("lost")), "see detail", "-", "lower"])
+    rows.append(["exit, server down: loss reported", yes_no(down.get("loss_reported")), "see detail", "-", "yes"])
+    return table(["figure", "ours", "best peer", "ratio ours/best", "better"], rows)
+
+
+def yes_no(value: Any) -> str:
+    return "-" if value is None else ("yes" if value else "no")
+
+
+def floors(results: Results) -> str:
+    cell = results.get("ours", {}).get("floors", {})
+    if "error" in cell or not cell:
+        return f"floors: {cell.get('error', 'not run')}"
+    rows = [
+        ["timer overhead (one `perf_counter_ns` pair around an empty call)", fmt(cell.get("timer_median_us")), fmt(cell.get("timer_p99_us")), "µs"],
+        ["`queue.SimpleQueue.put` of one command", fmt(cell.get("put_median_us")), fmt(cell.get("put_p99_us")), "µs"],
+        ["`json.dumps` of one command", fmt(cell.get("dumps_median_us")), fmt(cell.get("dumps_p99_us")), "µs"],
+        ["one keep-alive POST of a 100-command `bulk` with requests", fmt(cell.get("post100_median_us")), fmt(cell.get("post100_p99_us")), "µs"],
+        ["  = events/s one connection could carry, at 100 per request", fmt(cell.get("post100_events_per_s")), "", "events/s"],
+    ]
+    return table(["floor", "median", "p99", "unit"], rows) + f"\n\n(server: {cell.get('server', '?')})"
+
+
+def ours_only(results: Results) -> str:
+    blocking = results.get("ours", {}).get("blocking", {})
+    cli = results.get("ours", {}).get("cli", {})
+    rows = []
+    if "error" in blocking or not blocking:
+        rows.append(["blocking `track`", blocking.get("error", "not run"), "", ""])
+    else:
+        rows.append(["blocking `track` median (µs)", fmt(blocking.get("ours_median_us")), fmt(blocking.get("raw_median_us")),
+                     f"{fmt(blocking.get('ratio_median'))}×"])
+        rows.append(["blocking `track` p99 (µs)", fmt(blocking.get("ours_p99_us")), fmt(blocking.get("raw_p99_us")), "-"])
+    if "error" in cli or not cli:
+        rows.append(["command line `track`", cli.get("error", "not run"), "", ""])
+    else:
+        rows.append(["`./seven_segments.py track ...` wall time (ms)", fmt(cli.get("cli_median_ms")),
+                     fmt(cli.get("import_requests_median_ms")), f"{fmt(cli.get('ratio'))}×"])
+        if cli.get("failures"):
+            rows.append(["command line failures", str(cli.get("failures")), cli.get("failure", ""), ""])
+    return table(["figure", "ours", "baseline (raw `requests.Session.post` / `python -c \"import requests\"`)", "ratio"], rows)
+
+
+def targets(results: Results) -> str:
+    rows = []
+    for label, key, field, check in TARGETS:
+        value = number(results.get("ours", {}).get(key, {}).get(field))
+        rows.append([label, fmt(value) if value is not None else error_of(results, "ours", key),
+                     "-" if value is None else ("met" if check(value) else "NOT met")])
+    return table(["target", "ours", "met?"], rows)
+
+
+DETAIL: List[tuple] = [
+    ("caller 1 thread: median / p99 / p99.9 µs", "caller1", lambda c: f"{fmt(c.get('median_us'))} / {fmt(c.get('p99_us'))} / {fmt(c.get('p999_us'))}"),
+    ("caller 4 threads: median / p99 / p99.9 µs", "caller4", lambda c: f"{fmt(c.get('median_us'))} / {fmt(c.get('p99_us'))} / {fmt(c.get('p999_us'))}"),
+    ("caller: calls refused (dropped)", "caller1", lambda c: f"{fmt(c.get('dropped'))} (4 threads: see json)"),
+    ("delivery: events/s", "delivery", lambda c: fmt(c.get("events_per_s"))),
+    ("delivery: lost / duplicated / requests", "delivery", lambda c: f"{fmt(c.get('lost'))} / {fmt(c.get('duplicates'))} / {fmt(c.get('requests'))}"),
+    ("delivery: calls refused / raised", "delivery", lambda c: f"{fmt(c.get('dropped_reported'))} / {fmt(c.get('errors'))}"),
+    ("delivery: CPU µs per event", "delivery", lambda c: fmt(c.get("cpu_us_per_event"))),
+    ("server down: bytes per held command", "memory", lambda c: fmt(c.get("bytes_per_command"))),
+    ("server down: behaviour", "memory", lambda c: str(c.get("behaviour", "-"))),
+    ("server down: call median / max µs", "memory", lambda c: f"{fmt(c.get('call_median_us'))} / {fmt(c.get('call_max_us'))}"),
+    ("exit, no flush call: s / lost", "exit", lambda c: f"{fmt(c.get('exit_s'))} / {fmt(c.get('lost'))}" + (" (killed)" if c.get("timed_out") else "")),
+    ("exit, flush call: s / lost", "exit_explicit", lambda c: f"{fmt(c.get('exit_s'))} / {fmt(c.get('lost'))}" + (" (killed)" if c.get("timed_out") else "")),
+    ("exit, server down: s / loss reported", "exit_down", lambda c: ("killed after time limit" if c.get("timed_out") else f"{fmt(c.get('exit_s'))} / {yes_no(c.get('loss_reported'))}")),
+    ("exit, server down: what it said", "exit_down", lambda c: (c.get("exit_report") or "(nothing)")[:90]),
+]
+
+
+def detail(results: Results, columns: List[str]) -> str:
+    rows = []
+    for label, key, render in DETAIL:
+        row = [label]
+        for lib in columns:
+            entry = results.get(lib, {})
+            if "install_error" in entry:
+                row.append("not installed")
+                continue
+            cell = entry.get(key)
+            row.append("not run" if cell is None else cell["error"] if "error" in cell else render(cell))
+        rows.append(row)
+    notes = ["what it does at exit without a call"] + [libs.LIBRARIES[lib].exit_flush for lib in columns]
+    rows.append(notes)
+    return table(["figure"] + columns, rows)
+
+
+def render(results: Results, machine: Dict[str, str], versions: Dict[str, str], *, mode: str, repeat: int,
+           sizes: Dict[str, int], peers: List[str], elapsed: float) -> str:
+    columns = ["ours"] + peers
+    parts = [
+        "## seven_segments benchmarks",
+        "",
+        f"machine: {machine['cpu']}, {machine['cores']} cores, {machine['implementation']} {machine['python']}, "
+        f"{machine['os']}; commit {machine['commit'] or '?'}; {machine['date']}",
+        f"mode: {mode}, {repeat} round(s), medians of rounds; took {elapsed:.0f} s; counts: "
+        + ", ".join(f"{k}={v:,}" for k, v in sizes.items()),
+        "versions: " + ", ".join(f"{lib} {versions.get(lib) or '?'}" for lib in columns),
+        "",
+        summary(results, peers),
+        "",
+        "† no peer delivered every event here; best among those that delivered some. ratio < 1 is better for "
+        "'lower' rows, > 1 for 'higher' rows.",
+        "",
+        "### Targets",
+        "",
+        targets(results),
+        "",
+        "### Floors (the same process, measured the same way)",
+        "",
+        floors(results),
+        "",
+        "### Blocking mode and command line (ours)",
+        "",
+        ours_only(results),
+        "",
+        "### Detail per library",
+        "",
+        detail(results, columns),
+    ]
+    return "\n".join(parts)
