@@ -526,7 +526,8 @@ class LocalServer:
                 {"Retry-After": retry_after} if retry_after is not None else None,
             )
         if fault.kind == DELAY:
-            self._stopping.wait(fault.seconds)
+            if self._stopping.wait(fault.seconds):
+                raise _Drop()  # stopped while delaying: go away without applying
         elif fault.kind == DROP_BEFORE:
             raise _Drop()
 
