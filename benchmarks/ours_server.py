@@ -26,7 +26,7 @@ class Watcher:
 
     def poll(self) -> Dict[str, Any]:
         raw = dict(self.server.stats())
-        events = int(raw.get("events", 0)) + int(raw.get("customers", raw.get("updates", 0)) or 0)
+        events = int(raw.get("events", 0)) + int(raw.get("customer_updates", 0) or 0)
         with self.lock:
             if events > self.events:
                 self.events = events

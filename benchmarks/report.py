@@ -132,6 +132,8 @@ def floors(results: Results) -> str:
         ["`json.dumps` of one command", fmt(cell.get("dumps_median_us")), fmt(cell.get("dumps_p99_us")), "µs"],
         ["one keep-alive POST of a 100-command `bulk` with requests", fmt(cell.get("post100_median_us")), fmt(cell.get("post100_p99_us")), "µs"],
         ["  = events/s one connection could carry, at 100 per request", fmt(cell.get("post100_events_per_s")), "", "events/s"],
+        ["the same POST to the counting sink instead", fmt(cell.get("post100_sink_median_us")), fmt(cell.get("post100_sink_p99_us")), "µs"],
+        ["  = events/s one connection could carry, at 100 per request", fmt(cell.get("post100_sink_events_per_s")), "", "events/s"],
     ]
     return table(["floor", "median", "p99", "unit"], rows) + f"\n\n(server: {cell.get('server', '?')})"
 
@@ -146,6 +148,11 @@ def ours_only(results: Results) -> str:
         rows.append(["blocking `track` median (µs)", fmt(blocking.get("ours_median_us")), fmt(blocking.get("raw_median_us")),
                      f"{fmt(blocking.get('ratio_median'))}×"])
         rows.append(["blocking `track` p99 (µs)", fmt(blocking.get("ours_p99_us")), fmt(blocking.get("raw_p99_us")), "-"])
+    sink = results.get("ours", {}).get("delivery_sink", {})
+    if sink and "error" not in sink:
+        rows.append(["delivery to the counting sink instead of the local server: events/s",
+                     fmt(sink.get("events_per_s")), f"{fmt(sink.get('lost'))} lost", "-"])
+        rows.append(["  CPU per delivered event (µs)", fmt(sink.get("cpu_us_per_event")), "", "-"])
     if "error" in cli or not cli:
         rows.append(["command line `track`", cli.get("error", "not run"), "", ""])
     else:
@@ -225,7 +232,7 @@ def render(results: Results, machine: Dict[str, str], versions: Dict[str, str], 
         "",
         floors(results),
         "",
-        "### Blocking mode and command line (ours)",
+        "### Blocking mode, command line, delivery to the sink (ours)",
         "",
         ours_only(results),
         "",

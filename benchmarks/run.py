@@ -59,6 +59,8 @@ def jobs_for(lib: str, sizes: Dict[str, int]) -> List[Job]:
     ]
     if lib == "ours":
         jobs += [
+            # the same delivery against the sink, to tell the client's limit from the local server's
+            ("ours", "delivery_sink", ["delivery", "--n", str(sizes["delivery"]), "--server", "sink"], 300),
             ("ours", "blocking", ["blocking", "--n", str(sizes["blocking"])], 180),
             ("ours", "cli", ["cli", "--n", str(sizes["cli"])], 180),
             ("ours", "floors", ["floors", "--n", str(sizes["floors"])], 180),
@@ -131,8 +133,11 @@ def machine() -> Dict[str, str]:
     }
 
 
-def requests_importable(python: str) -> bool:
-    return subprocess.run([python, "-c", "import requests"], capture_output=True, timeout=60).returncode == 0
+def can_run_ours(python: str) -> bool:
+    """Whether ``python`` can import requests and our package (with its dependencies) from the repo."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    probe = [python, "-c", "import requests, seven_segments"]
+    return subprocess.run(probe, capture_output=True, timeout=60, env=env, cwd=str(REPO)).returncode == 0
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -158,8 +163,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if peers:
         failures = setup_env.ensure(peers, upgrade=args.upgrade_peers, log=lambda m: print(m, file=sys.stderr))
         python = str(setup_env.venv_python())
-    elif requests_importable(sys.executable):
-        python = sys.executable  # no peers: the current interpreter will do if it has requests
+    elif can_run_ours(sys.executable):
+        python = sys.executable  # no peers: the current interpreter will do if it runs our client
     else:
         setup_env.ensure([], log=lambda m: print(m, file=sys.stderr))
         python = str(setup_env.venv_python())

@@ -41,6 +41,7 @@ REPO = HERE.parent
 sys.path[:0] = [str(HERE), str(REPO)]
 
 import libs  # noqa: E402
+import servers  # noqa: E402
 from servers import Server, closed_port_url, start_for  # noqa: E402
 
 Result = Dict[str, Any]
@@ -403,20 +404,24 @@ def scenario_floors(n: int, posts: int = 300) -> Result:
     result.update({f"put_{k}": v for k, v in percentiles_us(time_calls(lambda: put(item), n)).items()})
     dumps = json.dumps
     result.update({f"dumps_{k}": v for k, v in percentiles_us(time_calls(lambda: dumps(item), n)).items()})
-    with start_for("floors") as server:
-        session = requests.Session()
-        headers = {"Content-Type": "application/json"}
-        counter = iter(range(10**9))
+    for prefix, server in (("post100", start_for("floors")), ("post100_sink", Server("sink"))):
+        with server:
+            session = requests.Session()
+            headers = {"Content-Type": "application/json"}
+            bodies = iter([
+                json.dumps({"commands": [{"name": "crm/events", "data": command_body(f"f{i}x{j}")} for j in range(100)]}).encode()
+                for i in range(posts + 1)
+            ])  # encoded beforehand: the floor is the POST alone
+            url = server.url + "/bulk"
 
-        def post() -> None:
-            body = {"commands": [{"name": "crm/events", "data": command_body(f"f{next(counter)}")} for _ in range(100)]}
-            session.post(server.url + "/bulk", data=json.dumps(body), headers=headers).raise_for_status()
+            def post() -> None:
+                session.post(url, data=next(bodies), headers=headers).raise_for_status()
 
-        post()
-        samples = time_calls(post, posts)
-        result.update({f"post100_{k}": v for k, v in percentiles_us(samples).items()})
-        result["post100_events_per_s"] = round(100 / (result["post100_median_us"] / 1e6), 1)
-        result["server"] = server.kind
+            post()
+            result.update({f"{prefix}_{k}": v for k, v in percentiles_us(time_calls(post, posts)).items()})
+            result[f"{prefix}_events_per_s"] = round(100 / (result[f"{prefix}_median_us"] / 1e6), 1)
+            if prefix == "post100":
+                result["server"] = server.kind
     return result
 
 
@@ -452,7 +457,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--explicit", action="store_true", help="exit: call flush/shutdown before ending")
     parser.add_argument("--down", action="store_true", help="exit: point the script at a closed port")
     parser.add_argument("--child-timeout", type=float, default=60.0)
+    parser.add_argument("--server", choices=["local", "sink"], default="local",
+                        help="our client's server: the local server in counting-only mode, or the sink")
     args = parser.parse_args(argv)
+    servers.PREFER_LOCAL_SERVER = args.server == "local"
 
     if args.scenario == "exit-child":
         exit_child(libs.get(args.lib), args.n, args.url, args.explicit)

@@ -103,13 +103,17 @@ class Server:
         self.close()
 
 
-def start_for(lib: str, prefer_local_server: bool = True) -> Server:
+#: Set by ``runner.py --server sink`` to measure our client against the sink instead.
+PREFER_LOCAL_SERVER = True
+
+
+def start_for(lib: str) -> Server:
     """Our client talks to the local server's counting-only mode; the peers talk to the sink.
 
     When the local server cannot start (not importable yet, or broken), our client falls back to the
     sink, which also speaks the 7SEGMENTS ``/bulk`` protocol; ``Server.kind`` says which it was.
     """
-    if lib in ("ours", "floors") and prefer_local_server:
+    if lib in ("ours", "floors") and PREFER_LOCAL_SERVER:
         try:
             return Server("ours")
         except Exception as exc:  # reported in the results as server="sink"
