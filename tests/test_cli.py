@@ -1,0 +1,288 @@
+"""The command line, run as a real subprocess against a LocalServer: SEED's commands, exit codes, secrets.
+
+(``serve`` and ``demo`` are tested elsewhere.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Dict, Iterator, List, Optional
+
+import pytest
+
+from seven_segments.testing import LocalServer
+
+pytestmark = pytest.mark.timeout(60)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "seven_segments.py")
+SEED_TOKEN = "12345678-90ab-cdef-1234-567890abcdef"
+SECRET_TOKEN = "cli-token-SECRET-8675309"
+PASSWORD = "pw-SECRET-correct-horse-42"
+BANNER = '<img src="/my-awesome-banner-1.png" />'
+FUNNEL_ID = "2f86608f-24f5-11e3-9950-c48508494cf5"
+ANALYSES = {FUNNEL_ID: {"type": "funnel", "name": "Conversion funnel", "steps": ["visit", "purchase"]}}
+
+SEED_SCRIPT = """
+COMPANY_TOKEN='12345678-90ab-cdef-1234-567890abcdef'
+CUSTOMER='john123'
+
+# Track event
+./seven_segments.py track "$COMPANY_TOKEN" "$CUSTOMER" purchase --properties product=bottle amount=5
+
+# Update customer properties
+./seven_segments.py update "$COMPANY_TOKEN" "$CUSTOMER" first_name=John last_name=Smith
+
+# Get HTML from campaign
+./seven_segments.py get_html "$COMPANY_TOKEN" "$CUSTOMER" banner
+"""
+
+
+@pytest.fixture(scope="module")
+def shared() -> Iterator[LocalServer]:
+    with LocalServer(
+        campaigns={"banner": BANNER, "Banner left": BANNER}, analyses=ANALYSES, users={"alice": PASSWORD}
+    ) as local:
+        yield local
+
+
+@pytest.fixture
+def server(shared: LocalServer) -> LocalServer:
+    shared.reset()
+    return shared
+
+
+def environment(**extra: str) -> Dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("SEVEN_SEGMENTS_")}
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    env.pop("PYTHONPATH", None)
+    env.update(extra)
+    return env
+
+
+def run(args: List[str], env: Optional[Dict[str, str]] = None, module: bool = False) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "seven_segments"] if module else [sys.executable, SCRIPT]
+    return subprocess.run(
+        command + args, cwd=ROOT, env=env or environment(), stdin=subprocess.DEVNULL,
+        capture_output=True, text=True, timeout=30,
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *secrets: str) -> None:
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for secret in secrets:
+        assert secret not in result.stderr
+
+
+# -- SEED's commands -------------------------------------------------------------------------------
+
+
+def test_seed_commands_exactly_as_written(server: LocalServer) -> None:
+    result = subprocess.run(
+        ["bash", "-e", "-c", SEED_SCRIPT], cwd=ROOT, env=environment(SEVEN_SEGMENTS_TARGET=server.url),
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == BANNER + "\n"
+    assert result.stderr == ""
+    requests = server.requests()
+    assert [request["path"] for request in requests] == ["/crm/events", "/crm/customers", "/campaigns/html/get"]
+    track, update, html = (request["body"] for request in requests)
+    assert track["company_id"] == SEED_TOKEN
+    assert track["customer_ids"] == {"registered": "john123"}
+    assert track["type"] == "purchase"
+    assert track["properties"] == {"product": "bottle", "amount": 5}
+    assert type(track["properties"]["amount"]) is int
+    assert set(track) == {"company_id", "customer_ids", "type", "properties", "timestamp", "command_id"}
+    assert update["ids"] == {"registered": "john123"}
+    assert update["properties"] == {"first_name": "John", "last_name": "Smith"}
+    assert html == {"company_id": SEED_TOKEN, "customer_ids": {"registered": "john123"}, "html_campaign_name": "banner"}
+    assert server.customer("john123") == {"first_name": "John", "last_name": "Smith"}
+
+
+def test_track_with_target_option(server: LocalServer) -> None:
+    result = run(["track", SEED_TOKEN, "john123", "purchase", "--properties", "product=bottle", "amount=5",
+                  "vip=true", "--target", server.url])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "" and result.stderr == ""
+    (event,) = server.events()
+    assert event["properties"] == {"product": "bottle", "amount": 5, "vip": True}
+    assert event["properties"]["vip"] is True
+
+
+def test_target_option_wins_over_env(server: LocalServer) -> None:
+    env = environment(SEVEN_SEGMENTS_TARGET="http://127.0.0.1:9")
+    result = run(["update", SEED_TOKEN, "john123", "vip=true", "--target", server.url], env=env)
+    assert result.returncode == 0, result.stderr
+    assert server.customer("john123") == {"vip": True}
+
+
+def test_track_without_properties_and_with_timestamp(server: LocalServer) -> None:
+    result = run(["track", SEED_TOKEN, "john123", "visit", "--timestamp", "1700000000.5", "--target", server.url])
+    assert result.returncode == 0, result.stderr
+    (event,) = server.events()
+    assert event["properties"] == {} and event["timestamp"] == 1700000000.5
+
+
+def test_dict_customer_and_json_values(server: LocalServer) -> None:
+    result = run(["update", SEED_TOKEN, '{"cookie": "abc"}', "tags=[1,2]", "name=John Smith", "n=null",
+                  "--target", server.url])
+    assert result.returncode == 0, result.stderr
+    (request,) = server.requests()
+    assert request["body"]["ids"] == {"cookie": "abc"}
+    assert request["body"]["properties"] == {"tags": [1, 2], "name": "John Smith", "n": None}
+
+
+def test_get_html_with_module_entry_point(server: LocalServer) -> None:
+    result = run(["get_html", SEED_TOKEN, "john123", "Banner left", "--target", server.url], module=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == BANNER + "\n"
+
+
+# -- failures --------------------------------------------------------------------------------------
+
+
+def test_unknown_campaign_exits_1(server: LocalServer) -> None:
+    result = run(["get_html", SECRET_TOKEN, "john123", "missing", "--target", server.url])
+    assert result.returncode == 1
+    assert_one_line_error(result, SECRET_TOKEN)
+    assert "404" in result.stderr and "InvalidRequest" in result.stderr
+
+
+def test_refused_token_exits_1_without_token() -> None:
+    with LocalServer(tokens=["only-this-one"]) as local:
+        result = run(["track", SECRET_TOKEN, "john123", "purchase", "--target", local.url])
+        assert result.returncode == 1
+        assert_one_line_error(result, SECRET_TOKEN)
+        assert "401" in result.stderr and "AuthenticationError" in result.stderr
+        assert len(local.requests()) == 1  # not retried
+        assert local.events() == []
+
+
+@pytest.mark.parametrize(
+    "args, shown",
+    [
+        (["track", SEED_TOKEN, "john123"], "EVENT_TYPE"),
+        (["track", SEED_TOKEN, "john123", "purchase", "--properties", "noequals"], "noequals"),
+        (["track", SEED_TOKEN, "john123", "purchase", "--properties", "=5"], "=5"),
+        (["track", SEED_TOKEN, "john123", "purchase", "--properties", "x=NaN"], "nan"),
+        (["track", SEED_TOKEN, "john123", "purchase", "--properties", "x=Infinity"], "inf"),
+        (["track", SEED_TOKEN, "john123", "purchase", "--timestamp", "nan"], "timestamp"),
+        (["track", SEED_TOKEN, "", "purchase"], "customer"),
+        (["track", SEED_TOKEN, "{bad json", "purchase"], "{bad json"),
+        (["update", SEED_TOKEN, "john123"], "KEY=VALUE"),
+        (["get_html", SEED_TOKEN, "john123"], "CAMPAIGN_NAME"),
+        (["track", "", "john123", "purchase"], "token"),
+        (["track", SEED_TOKEN, "john123", "purchase", "--target", "ftp://x"], "ftp://x"),
+        (["export", "funnel", "{}"], "--username"),
+        (["export", "funnels", '{"analysis_id": "a"}', "--username", "alice"], "funnels"),
+        (["export", "funnel", "not json", "--username", "alice"], "not json"),
+        (["frobnicate"], "frobnicate"),
+        ([], "COMMAND"),
+    ],
+)
+def test_usage_errors_exit_2(server: LocalServer, args: List[str], shown: str) -> None:
+    if "--target" not in args and args and args[0] != "export":
+        args = args + ["--target", server.url]
+    result = run(args, env=environment(SEVEN_SEGMENTS_PASSWORD=PASSWORD, SEVEN_SEGMENTS_TARGET=server.url))
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    assert shown.lower() in result.stderr.lower()
+    assert PASSWORD not in result.stderr
+    assert server.requests() == []
+
+
+@pytest.mark.parametrize(
+    "command, words",
+    [
+        ("track", ["COMPANY_TOKEN", "CUSTOMER", "EVENT_TYPE", "--properties", "--target"]),
+        ("update", ["COMPANY_TOKEN", "CUSTOMER", "KEY=VALUE", "--target"]),
+        ("get_html", ["COMPANY_TOKEN", "CUSTOMER", "CAMPAIGN_NAME", "--target"]),
+        ("export", ["ANALYSIS_TYPE", "JSON", "--username", "--token", "SEVEN_SEGMENTS_PASSWORD"]),
+    ],
+)
+def test_help_of_each_command(command: str, words: List[str]) -> None:
+    result = run([command, "--help"])
+    assert result.returncode == 0, result.stderr
+    for word in words:
+        assert word in result.stdout
+
+
+def test_top_level_help_via_module() -> None:
+    result = run(["--help"], module=True)
+    assert result.returncode == 0, result.stderr
+    for word in ("track", "update", "get_html", "export"):
+        assert word in result.stdout
+
+
+# -- export ----------------------------------------------------------------------------------------
+
+
+def test_export_prints_json(server: LocalServer) -> None:
+    for customer, types in (("a", ["visit", "purchase"]), ("b", ["visit"])):
+        for index, event_type in enumerate(types):
+            run_result = run(["track", SEED_TOKEN, customer, event_type, "--timestamp", str(1700000000 + index * 10),
+                              "--target", server.url])
+            assert run_result.returncode == 0, run_result.stderr
+    result = run(
+        ["export", "funnel", json.dumps({"analysis_id": FUNNEL_ID}), "--username", "alice", "--target", server.url],
+        env=environment(SEVEN_SEGMENTS_PASSWORD=PASSWORD),
+    )
+    assert result.returncode == 0, result.stderr
+    answer = json.loads(result.stdout)
+    assert answer["success"] is True
+    assert answer["name"] == "Conversion funnel"
+    assert answer["steps"] == ["visit", "purchase"]
+    assert answer["total"]["counts"] == [2, 1]
+    assert answer["total"]["times"] == [-1, 10, 10]
+    assert PASSWORD not in result.stdout and PASSWORD not in result.stderr
+    export_request = server.requests()[-1]
+    assert export_request["path"] == "/analytics/funnel"
+    assert export_request["user"] == "alice"
+
+
+def test_export_with_token_option(server: LocalServer) -> None:
+    result = run(
+        ["export", "funnel", json.dumps({"analysis_id": FUNNEL_ID}), "--username", "alice", "--token", SECRET_TOKEN,
+         "--target", server.url],
+        env=environment(SEVEN_SEGMENTS_PASSWORD=PASSWORD),
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["total"]["counts"] == [0, 0]
+    assert server.requests()[-1]["path"] == f"/analytics/funnel?company={SECRET_TOKEN}"
+
+
+def test_export_without_password_and_no_tty(server: LocalServer) -> None:
+    result = run(["export", "funnel", json.dumps({"analysis_id": FUNNEL_ID}), "--username", "alice",
+                  "--target", server.url])
+    assert result.returncode == 2
+    assert "SEVEN_SEGMENTS_PASSWORD" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert server.requests() == []
+
+
+def test_export_wrong_password_exits_1(server: LocalServer) -> None:
+    wrong = "pw-SECRET-wrong-guess-99"
+    result = run(
+        ["export", "funnel", json.dumps({"analysis_id": FUNNEL_ID}), "--username", "alice", "--target", server.url],
+        env=environment(SEVEN_SEGMENTS_PASSWORD=wrong),
+    )
+    assert result.returncode == 1
+    assert_one_line_error(result, wrong, PASSWORD)
+    assert "401" in result.stderr
+
+
+def test_export_unknown_analysis_exits_1(server: LocalServer) -> None:
+    result = run(
+        ["export", "report", json.dumps({"analysis_id": "nope"}), "--username", "alice", "--target", server.url],
+        env=environment(SEVEN_SEGMENTS_PASSWORD=PASSWORD),
+    )
+    assert result.returncode == 1
+    assert_one_line_error(result, PASSWORD)
+    assert "404" in result.stderr
