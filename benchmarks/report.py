@@ -173,9 +173,8 @@ def targets(results: Results) -> str:
 
 
 DETAIL: List[tuple] = [
-    ("caller 1 thread: median / p99 / p99.9 µs", "caller1", lambda c: f"{fmt(c.get('median_us'))} / {fmt(c.get('p99_us'))} / {fmt(c.get('p999_us'))}"),
-    ("caller 4 threads: median / p99 / p99.9 µs", "caller4", lambda c: f"{fmt(c.get('median_us'))} / {fmt(c.get('p99_us'))} / {fmt(c.get('p999_us'))}"),
-    ("caller: calls refused (dropped)", "caller1", lambda c: f"{fmt(c.get('dropped'))} (4 threads: see json)"),
+    ("caller 1 thread: median / p99 / p99.9 µs", "caller1", lambda c: caller_cell(c)),
+    ("caller 4 threads: median / p99 / p99.9 µs", "caller4", lambda c: caller_cell(c)),
     ("delivery: events/s", "delivery", lambda c: fmt(c.get("events_per_s"))),
     ("delivery: lost / duplicated / requests", "delivery", lambda c: f"{fmt(c.get('lost'))} / {fmt(c.get('duplicates'))} / {fmt(c.get('requests'))}"),
     ("delivery: calls refused / raised", "delivery", lambda c: f"{fmt(c.get('dropped_reported'))} / {fmt(c.get('errors'))}"),
@@ -188,6 +187,11 @@ DETAIL: List[tuple] = [
     ("exit, server down: s / loss reported", "exit_down", lambda c: ("killed after time limit" if c.get("timed_out") else f"{fmt(c.get('exit_s'))} / {yes_no(c.get('loss_reported'))}")),
     ("exit, server down: what it said", "exit_down", lambda c: (c.get("exit_report") or "(nothing)")[:90]),
 ]
+
+
+def caller_cell(c: Dict[str, Any]) -> str:
+    text = f"{fmt(c.get('median_us'))} / {fmt(c.get('p99_us'))} / {fmt(c.get('p999_us'))}"
+    return text + (f" ({fmt(c.get('dropped'))} calls refused)" if c.get("dropped") else "")
 
 
 def detail(results: Results, columns: List[str]) -> str:
