@@ -481,16 +481,14 @@ class LocalServer:
             if path == _BULK:
                 self._stats["bulk_requests"] += 1
         if handler.command != "POST":
-            refused = self._refuse(
-                handler, _Refusal(405, [f"{path} accepts POST only"], {"Allow": "POST"}), drain=True
-            )
-            self._count(refused)
-            return refused
+            self._count(405)
+            return self._refuse(handler, _Refusal(405, [f"{path} accepts POST only"], {"Allow": "POST"}), drain=True)
         record: Optional[JSONDict] = None
         received = time.time()
         fault: Optional[RequestFault] = None
         status: Optional[int] = None
         results: Dict[str, int] = {}
+        counted = False
         try:
             try:
                 raw = handler.read_raw_body()
@@ -509,13 +507,17 @@ class LocalServer:
                 raise _Drop()
             if record is not None:
                 record["status"] = status
+            # Count before answering, so that a client reading stats() after the answer sees it.
+            self._count(status, results)
+            counted = True
             handler.send_json(status, answer, extra_headers)
             return status
         except _Drop:
             status = None
             raise
         finally:
-            self._count(status, results)
+            if not counted:
+                self._count(status, results)  # before _dispatch drops the connection
 
     def _pre_fault(self, fault: RequestFault) -> None:
         if fault.kind == STATUS:
