@@ -243,5 +243,11 @@ class _CommandIds:
 #: ``new_command_id()`` returns an id unique across processes and forks, valid for PROTOCOL.md.
 new_command_id = _CommandIds()
 
+
+def _reseed_after_fork() -> None:
+    new_command_id.reseed()
+
+
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=new_command_id.reseed)
+    # Looked up at fork time, so that a test can stand in for a server that skips the hooks (uwsgi).
+    os.register_at_fork(after_in_child=lambda: _reseed_after_fork())

@@ -29,6 +29,7 @@ import json
 import logging
 import math
 import os
+import sys
 import threading
 import weakref
 from collections import deque
@@ -204,6 +205,7 @@ class BufferedWorker:
                 logger.debug("cannot start the worker thread; delivering on the closing thread")
                 return
             self._thread = thread
+        _close_at_multiprocessing_exit()
 
     def flush(self, timeout: Optional[float] = None) -> bool:
         """Wait until every command queued before this call settled; True when all were delivered."""
@@ -597,6 +599,24 @@ def close_all_at_exit() -> None:
             logger.exception("seven_segments: closing a client at exit failed")
 
 
+_multiprocessing_exit_pid = 0
+
+
+def _close_at_multiprocessing_exit() -> None:
+    """A ``multiprocessing`` child ends with ``os._exit()``, skipping ``atexit``: close there too.
+
+    Registered (once per process) when a worker starts, after the child cleared the finalizers it
+    inherited; ``close_all_at_exit`` is idempotent, so running it from both hooks is harmless.
+    """
+    global _multiprocessing_exit_pid
+    pid = os.getpid()
+    util = sys.modules.get("multiprocessing.util")
+    if util is None or _multiprocessing_exit_pid == pid:
+        return
+    _multiprocessing_exit_pid = pid
+    util.Finalize(None, close_all_at_exit, exitpriority=100)
+
+
 def _after_fork_in_child() -> None:
     for worker in list(_live_workers):
         worker.after_fork()
@@ -604,4 +624,5 @@ def _after_fork_in_child() -> None:
 
 atexit.register(close_all_at_exit)
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    # Looked up at fork time, so that a test can stand in for a server that skips the hooks (uwsgi).
+    os.register_at_fork(after_in_child=lambda: _after_fork_in_child())
