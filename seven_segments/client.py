@@ -121,7 +121,7 @@ class _ApiClient:
 
 
 def _encode(data: JSONObject) -> bytes:
-    return json.dumps(data, separators=(",", ":"), allow_nan=False).encode()
+    return json.dumps(data, separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode()
 
 
 class SevenSegments(_ApiClient):

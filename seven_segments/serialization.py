@@ -74,11 +74,11 @@ def capture_properties(properties: Any, path: str = "properties") -> JSONObject:
     copy: JSONObject = {}
     size = 2
     for key, value in properties.items():
-        if type(key) is not str:
-            raise TypeError(f"{path}: key {_short(key)} is {type(key).__name__}; keys must be strings")
+        if type(key) is not str or not key.isascii():
+            key = _capture_key(key, path)
         kind = type(value)
         if kind is str:
-            size += len(key) + len(value) + 6
+            size += len(key) + (len(value) if value.isascii() else _utf8_length(value, _where(path, key))) + 6
         elif kind is int or kind is bool or value is None:
             size += len(key) + 24
         elif kind is float:
@@ -96,6 +96,26 @@ def capture_properties(properties: Any, path: str = "properties") -> JSONObject:
     return copy
 
 
+def _utf8_length(text: str, path: str) -> int:
+    """Bytes of ``text`` in UTF-8; ``ValueError`` for a lone surrogate, which UTF-8 cannot carry."""
+    try:
+        return len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ValueError(f"{path}: string {_short(text)} has a lone surrogate and is not valid UTF-8") from None
+
+
+def _capture_key(key: Any, path: str) -> str:
+    """A property key as JSON writes it: a str (an Enum key with a str value stands for that value)."""
+    if isinstance(key, enum.Enum) and isinstance(key.value, str):
+        key = key.value
+    if not isinstance(key, str):
+        raise TypeError(f"{path}: key {_short(key)} is {type(key).__name__}; keys must be strings")
+    text: str = str.__str__(key)
+    if not text.isascii():
+        _utf8_length(text, f"{path}: key")
+    return text
+
+
 def _capture_value(value: Any, path: str, depth: int) -> Tuple[Any, int]:
     """Check and copy one nested value; returns ``(JSON value, approximate size)``."""
     if depth > MAX_DEPTH:
@@ -105,7 +125,8 @@ def _capture_value(value: Any, path: str, depth: int) -> Tuple[Any, int]:
     if isinstance(value, enum.Enum):
         return _capture_value(value.value, path, depth + 1)
     if isinstance(value, str):
-        return str(value), len(value) + 2
+        text = str.__str__(value)
+        return text, (len(text) if text.isascii() else _utf8_length(text, path)) + 2
     if isinstance(value, int):
         return int(value), 20
     if isinstance(value, float):
@@ -116,9 +137,8 @@ def _capture_value(value: Any, path: str, depth: int) -> Tuple[Any, int]:
         copy: JSONObject = {}
         size = 2
         for key, item in value.items():
-            if not isinstance(key, str):
-                raise TypeError(f"{path}: key {_short(key)} is {type(key).__name__}; keys must be strings")
-            copy[str(key)], item_size = _capture_value(item, _where(path, key), depth + 1)
+            key = _capture_key(key, path)
+            copy[key], item_size = _capture_value(item, _where(path, key), depth + 1)
             size += len(key) + item_size + 4
         return copy, size
     if isinstance(value, (list, tuple, set, frozenset)):
@@ -199,7 +219,7 @@ def timestamp_seconds(timestamp: Optional[Timestamp]) -> float:
                 f"timestamp {timestamp.isoformat()} has no time zone; pass an aware datetime "
                 "(for example datetime.now(timezone.utc)) or seconds since the epoch"
             )
-        return timestamp.timestamp()
+        seconds = timestamp.timestamp()
     elif isinstance(timestamp, (int, float)) and not isinstance(timestamp, bool):
         seconds = float(timestamp)
     else:

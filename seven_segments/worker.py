@@ -108,7 +108,7 @@ class BufferedWorker:
         self._settings = settings
         self._clock = clock
         self._backoff = Backoff(BACKOFF_INITIAL, BACKOFF_MAX)
-        self._encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+        self._encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode
         self._reset_state()
         _live_workers.add(self)
 
@@ -321,16 +321,16 @@ class BufferedWorker:
             if type(item) is tuple:
                 path, data = item
                 data["command_id"] = prefix + str(next(counter))
-                body = encode(data)
+                body = encode(data).encode()
                 self._seq += 1
                 taken += 1
+                payload = _PAYLOAD_HEAD[path] + body + b"}"
                 if len(body) > MAX_COMMAND_BYTES:
                     self._fail_entries(
-                        [(self._seq, _PAYLOAD_HEAD[path] + body.encode() + b"}")],
+                        [(self._seq, payload)],
                         InvalidRequest(f"{path}: the command takes {len(body)} bytes as JSON, more than {MAX_COMMAND_BYTES}"),
                     )
                     continue
-                payload = _PAYLOAD_HEAD[path] + body.encode() + b"}"
                 pending.append((self._seq, payload))
                 added_bytes += len(payload)
             else:

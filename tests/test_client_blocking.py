@@ -410,14 +410,22 @@ def test_unknown_token_is_401_without_retry() -> None:
         assert len(local.events()) == 1
 
 
-def test_body_too_large_is_413_without_retry(server: LocalServer) -> None:
-    # 20,000 non-ASCII characters pass the client's size estimate but take 120 KB as escaped JSON.
+def test_properties_over_100_kib_of_utf8_are_refused_at_the_call(server: LocalServer) -> None:
+    # 60,000 two-byte characters: 120 KB of UTF-8, over the protocol's 100 KiB per command.
     client = SevenSegments(SEED_TOKEN, customer="john123", target=server.url)
-    with pytest.raises((InvalidRequest, ValueError)) as caught:
-        client.track("e", {"s": "\u00e9" * 20000})
-    if isinstance(caught.value, InvalidRequest):
-        assert caught.value.status == 413
-        assert len(server.requests()) == 1
+    with pytest.raises(ValueError, match="at most 102400"):
+        client.track("e", {"s": "\u00e9" * 60000})
+    client.track("e", {"s": "\u00e9" * 40000})  # 80 KB: accepted, sent as UTF-8
+    assert server.events()[0]["properties"]["s"] == "\u00e9" * 40000
+    assert server.requests()[0]["headers"]["Content-Encoding"] == "gzip"
+
+
+def test_413_is_invalid_request_without_retry(server: LocalServer) -> None:
+    client = SevenSegments(SEED_TOKEN, customer="john123", target=server.url)
+    server.faults.fail_next(1, status=413)
+    with pytest.raises(InvalidRequest) as caught:
+        client.track("e")
+    assert caught.value.status == 413 and len(server.requests()) == 1
     assert server.events() == []
 
 

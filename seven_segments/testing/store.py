@@ -107,7 +107,11 @@ class Store:
                 else:
                     updates.append(command)  # type: ignore[arg-type]
             if not self.counting_only and (events or updates):
-                self._write(events, updates, new_ids)
+                try:
+                    self._write(events, updates, new_ids)
+                except BaseException:
+                    seen.difference_update(new_ids)  # not applied: a retry must not count as a duplicate
+                    raise
             self.events_accepted += len(events)
             self.customer_updates += len(updates)
             self.duplicates += len(applied) - len(events) - len(updates)
