@@ -23,6 +23,8 @@ from .protocol import (
     PATH_HTML,
 )
 from .serialization import (
+    BulkCommandEncoder,
+    Command,
     CustomerIds,
     JSONObject,
     Timestamp,
@@ -187,7 +189,7 @@ class SevenSegments(_ApiClient):
                 timeout=self._timeout,
                 on_error=on_error,
             )
-            self._worker = BufferedWorker(self._transport, settings)
+            self._worker = BufferedWorker(token, self._transport, settings)
 
     def __repr__(self) -> str:
         mode = "buffered" if self._worker is not None else "blocking"
@@ -231,17 +233,17 @@ class SevenSegments(_ApiClient):
         """
         if self._closed:
             raise ClientClosedError("this SevenSegments client is closed; it takes no more events")
-        data = {
-            "company_id": self._token,
-            "customer_ids": self._ids(customer),
-            "type": event_type(event_type_),
-            "properties": capture_properties(properties),
-            "timestamp": time.time() if timestamp is None else timestamp_seconds(timestamp),
-        }
+        command = (
+            PATH_EVENTS,
+            self._ids(customer),
+            event_type(event_type_),
+            capture_properties(properties),
+            time.time() if timestamp is None else timestamp_seconds(timestamp),
+        )
         if self._worker is not None:
-            self._worker.submit((PATH_EVENTS, data))
+            self._worker.submit(command)
         else:
-            self._send_now(PATH_EVENTS, data)
+            self._send_now(command)
 
     def update(
         self, properties: Mapping[str, Any], *, customer: Any = None, timestamp: Optional[Timestamp] = None
@@ -251,20 +253,22 @@ class SevenSegments(_ApiClient):
             raise ClientClosedError("this SevenSegments client is closed; it takes no more updates")
         if properties is None:
             raise TypeError("properties must be a dict of customer properties, not None")
-        data = {
-            "company_id": self._token,
-            "ids": self._ids(customer),
-            "properties": capture_properties(properties),
-            "timestamp": time.time() if timestamp is None else timestamp_seconds(timestamp),
-        }
+        command = (
+            PATH_CUSTOMERS,
+            self._ids(customer),
+            None,
+            capture_properties(properties),
+            time.time() if timestamp is None else timestamp_seconds(timestamp),
+        )
         if self._worker is not None:
-            self._worker.submit((PATH_CUSTOMERS, data))
+            self._worker.submit(command)
         else:
-            self._send_now(PATH_CUSTOMERS, data)
+            self._send_now(command)
 
-    def _send_now(self, path: str, data: JSONObject) -> None:
+    def _send_now(self, command: Command) -> None:
+        data = BulkCommandEncoder.as_dict(command, self._token)["data"]
         data["command_id"] = new_command_id()
-        self._call(path, _encode(data))
+        self._call(command[0], _encode(data))
 
     def get_html(self, campaign_name: str, *, customer: Any = None) -> str:
         """The HTML of campaign ``campaign_name`` for the customer (``''`` when it shows nothing to them)."""

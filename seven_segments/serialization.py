@@ -17,6 +17,8 @@ from __future__ import annotations
 import datetime as _dt
 import decimal
 import enum
+import json
+import json.encoder
 import math
 import os
 import secrets
@@ -24,11 +26,18 @@ import time
 import uuid
 from collections.abc import Mapping
 from itertools import count
-from typing import Any, Dict, Iterator, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple, Union, cast
 
-from .protocol import DEFAULT_ID_TYPE, MAX_COMMAND_BYTES, MAX_EVENT_TYPE_LENGTH
+from .protocol import DEFAULT_ID_TYPE, MAX_COMMAND_BYTES, MAX_EVENT_TYPE_LENGTH, PATH_EVENTS
+
+from json.encoder import encode_basestring as _encode_string
+
+#: The C accelerator of the json module (None on interpreters without it).
+_c_make_encoder: Optional[Callable[..., Any]] = getattr(json.encoder, "c_make_encoder", None)
 
 __all__ = [
+    "BulkCommandEncoder",
+    "Command",
     "CustomerIds",
     "JSONObject",
     "Timestamp",
@@ -42,6 +51,9 @@ __all__ = [
 JSONObject = Dict[str, Any]
 CustomerIds = Dict[str, str]
 Timestamp = Union[int, float, _dt.datetime]
+#: A tracking command as a buffered client queues it: ``(path, customer ids, event type or None,
+#: properties, timestamp)``. A tuple is cheaper to make and to keep than the body's dict.
+Command = Tuple[str, CustomerIds, Optional[str], JSONObject, float]
 
 #: How deep properties may nest; deeper is refused (it is almost always a cycle).
 MAX_DEPTH = 32
@@ -271,3 +283,69 @@ def _reseed_after_fork() -> None:
 if hasattr(os, "register_at_fork"):
     # Looked up at fork time, so that a test can stand in for a server that skips the hooks (uwsgi).
     os.register_at_fork(after_in_child=lambda: _reseed_after_fork())
+
+
+def _refuse_default(value: Any) -> Any:
+    raise TypeError(f"{type(value).__name__} is not JSON")  # unreachable: values were captured
+
+
+def _object_encoder() -> Callable[[Any], str]:
+    """Compact JSON of captured values, UTF-8 (no ``\\u`` escapes), with one reused C encoder."""
+    if _c_make_encoder is not None:
+        # markers=None: no cycle check, captured values are fresh trees; allow_nan=False.
+        encoder = _c_make_encoder(None, _refuse_default, _encode_string, None, ":", ",", False, False, False)
+        return lambda value: "".join(encoder(value, 0))
+    return json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode  # pragma: no cover
+
+
+class BulkCommandEncoder:
+    """Turns queued ``Command`` tuples into the JSON of one ``bulk`` command, for one company token.
+
+    Cheaper than ``json.dumps`` of the whole body: the token is encoded once, the customer ids and
+    event type of consecutive commands are usually the very same objects (cached by identity), and
+    only the properties go through the C encoder.
+    """
+
+    def __init__(self, token: str) -> None:
+        self._company = _encode_string(token)
+        self._object = _object_encoder()
+        self._ids: Optional[CustomerIds] = None
+        self._ids_json = ""
+        self._type: Optional[str] = None
+        self._type_json = ""
+
+    def encode(self, command: Command, command_id: str) -> bytes:
+        """``{"name": path, "data": {...}}`` as UTF-8 JSON bytes."""
+        path, ids, kind, properties, timestamp = command
+        if ids is not self._ids:
+            self._ids_json = self._object(ids)
+            self._ids = ids
+        if path == PATH_EVENTS:
+            if kind is not self._type:
+                self._type_json = _encode_string(cast(str, kind))
+                self._type = kind
+            head = '{"name":"crm/events","data":{"company_id":' + self._company + ',"customer_ids":'
+            head += self._ids_json + ',"type":' + self._type_json
+        else:
+            head = '{"name":"' + path + '","data":{"company_id":' + self._company + ',"ids":' + self._ids_json
+        return (
+            head
+            + ',"properties":'
+            + (self._object(properties) if properties else "{}")
+            + ',"timestamp":'
+            + repr(timestamp)
+            + ',"command_id":"'
+            + command_id
+            + '"}}'
+        ).encode()
+
+    @staticmethod
+    def as_dict(command: Command, token: str) -> Dict[str, Any]:
+        """The command as ``{"name": path, "data": {...}}`` (without ``command_id``), for ``on_error``."""
+        path, ids, kind, properties, timestamp = command
+        data: Dict[str, Any] = {"company_id": token, "customer_ids" if path == PATH_EVENTS else "ids": ids}
+        if path == PATH_EVENTS:
+            data["type"] = kind
+        data["properties"] = properties
+        data["timestamp"] = timestamp
+        return {"name": path, "data": data}
