@@ -72,8 +72,11 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every command."""
+    program = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "seven_segments.py"
+    if program in ("__main__.py", "-c", ""):
+        program = "python -m seven_segments"
     parser = argparse.ArgumentParser(
-        prog="seven_segments.py",
+        prog=program,
         description="Track events, update customers, get campaign HTML and export analyses with 7SEGMENTS.",
     )
     parser.add_argument("--version", action="version", version=f"seven-segments {__version__}")
