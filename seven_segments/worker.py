@@ -169,7 +169,8 @@ class BufferedWorker:
             self.after_fork()
         incoming = self._incoming
         if (
-            len(incoming) >= self._settings.max_queue_size
+            self._closing  # closed at interpreter exit, behind the client's back: counted, not kept
+            or len(incoming) >= self._settings.max_queue_size
             or self._pending_bytes + len(incoming) * RAW_COMMAND_COST > self._settings.max_queue_bytes
         ):
             self._drop(command)
@@ -210,6 +211,9 @@ class BufferedWorker:
         self._check_fork()
         if self._closing:
             return not self._pending and not self._incoming and self._in_flight == 0
+        if self._thread is not None and self._thread is threading.current_thread():
+            logger.warning("seven_segments: flush() from on_error cannot wait for the worker it runs on")
+            return False
         request = _FlushRequest()
         with self._lock:
             self._flushes_queued += 1
@@ -285,18 +289,16 @@ class BufferedWorker:
                 self._report_drops()
                 if self._abandoned:
                     return
+                if self._closing and self._clock() >= self._shutdown_at and (self._pending or self._incoming):
+                    self._abandon()
+                    return
                 if self._should_send():
                     self._send_batch()
                     continue
                 self._settle_flushes()
                 if self._closing:
-                    if not self._pending and not self._incoming:
-                        self._report_close_losses()
-                        return
-                    if self._clock() >= self._shutdown_at:
-                        self._abandon()
-                        return
-                    continue
+                    self._report_close_losses()
+                    return
                 self._sleep(self._time_to_send())
             except Exception:  # a bug of ours must not kill delivery for good
                 logger.exception("seven_segments worker: unexpected error; carrying on")
@@ -405,6 +407,10 @@ class BufferedWorker:
         self._in_flight = len(batch)
         try:
             retry = self._deliver(batch, started)
+        except Exception as error:  # a bug of ours: the batch is reported, never silently lost
+            logger.exception("seven_segments worker: unexpected error while sending")
+            self._fail_entries(batch, SevenSegmentsError(f"internal error while sending: {type(error).__name__}"))
+            retry = []
         finally:
             self._in_flight = 0
         if self._abandoned:
