@@ -150,7 +150,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--json", metavar="FILE", help="save raw and aggregated results as JSON")
     parser.add_argument("--upgrade-peers", action="store_true", help="reinstall the peers' newest releases")
     parser.add_argument("--only", default="", help="comma-separated scenario keys to run (e.g. caller1,delivery)")
+    parser.add_argument("--from-json", metavar="FILE", help="print the tables of a saved --json file; run nothing")
     args = parser.parse_args(argv)
+
+    if args.from_json:
+        saved = json.loads(Path(args.from_json).read_text())
+        print(report.render(saved["results"], saved["machine"], saved["versions"], mode=saved["mode"],
+                            repeat=saved["repeat"], sizes=saved["sizes"], peers=saved.get("peers", []), elapsed=saved.get("elapsed", 0)))
+        return 0
 
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     sizes = SIZES[mode]
@@ -191,8 +198,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                          peers=peers, elapsed=time.perf_counter() - started)
     print(text)
     if args.json:
-        Path(args.json).write_text(json.dumps({"machine": info, "versions": versions, "mode": mode, "sizes": sizes,
-                                               "repeat": args.repeat, "results": results, "raw": raw}, indent=1))
+        saved = {"machine": info, "versions": versions, "mode": mode, "sizes": sizes, "repeat": args.repeat,
+                 "peers": peers, "elapsed": time.perf_counter() - started, "results": results, "raw": raw}
+        Path(args.json).write_text(json.dumps(saved, indent=1))
     return 0
 
 

@@ -274,6 +274,7 @@ def scenario_exit(lib: libs.Library, n: int, explicit: bool, down: bool, timeout
             "total_s": round(ended - spawned, 3),
             "queue_s": round(queued_at - started_at, 3),
             "exit_s": round(ended - queued_at, 3),
+            "script_s": round(ended - started_at, 3),
             "delivered": arrived["unique"],
             "lost": n - arrived["unique"],
             "duplicates": arrived["duplicates"],

@@ -20,7 +20,7 @@ NUMERIC_FIGURES = [
     "delivery: events/s, first call until the server has all",
     "CPU per delivered event (µs, client process)",
     "memory per queued command, server down (bytes)",
-    "exit: last call until the process ended, no flush call (s)",
+    "exit: script queuing 100k, first call until the process ended, no flush call (s)",
     "exit, server down: last call until the process ended (s)",
 ]
 
