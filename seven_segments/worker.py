@@ -38,7 +38,7 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
 
 from .clock import Clock, monotonic
 from .errors import InvalidRequest, QueueFull, SevenSegmentsError, ServiceUnavailable
-from .protocol import MAX_BULK_BYTES, MAX_COMMAND_BYTES, PATH_BULK, PATH_CUSTOMERS, PATH_EVENTS, RESULT_ERROR, RESULT_OK
+from .protocol import MAX_COMMAND_BYTES, PATH_BULK, PATH_CUSTOMERS, PATH_EVENTS, RESULT_ERROR, RESULT_OK
 from .serialization import BulkCommandEncoder, Command, new_command_id
 from .transport import Backoff, Transport, call_with_retries
 
