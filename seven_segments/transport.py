@@ -39,6 +39,8 @@ T = TypeVar("T")
 GZIP_MIN_BYTES = 1024
 #: zlib level 1: about 6x smaller JSON for a fraction of the CPU of the default level.
 GZIP_LEVEL = 1
+#: Connections kept per client for reuse (blocking calls from many threads share them).
+POOL_SIZE = 32
 #: ``Retry-After`` values longer than this are taken as this (a server bug should not park us for a day).
 MAX_RETRY_AFTER = 600.0
 
@@ -121,6 +123,11 @@ class Transport:
 
     def _new_session(self) -> requests.Session:
         session = requests.Session()
+        # Web servers share one client among many threads: keep up to 32 connections for reuse
+        # (requests' default of 10 makes the 11th concurrent caller reconnect every time).
+        adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=POOL_SIZE)
+        session.mount("https://", adapter)
+        session.mount("http://", adapter)
         session.headers.update(
             {"User-Agent": USER_AGENT, "Content-Type": "application/json", "Accept": "application/json"}
         )

@@ -515,3 +515,28 @@ def test_target_with_credentials_refused_without_echo() -> None:
     with pytest.raises(ValueError) as caught:
         SevenSegments(SEED_TOKEN, target="http://user:pw-SECRET@127.0.0.1:1")
     assert "pw-SECRET" not in str(caught.value)
+
+
+def test_one_blocking_client_shared_by_many_threads(server: LocalServer, caplog: Any) -> None:
+    import logging
+    import threading
+
+    client = SevenSegments(SEED_TOKEN, target=server.url)
+    failures: List[BaseException] = []
+
+    def handle_requests(index: int) -> None:
+        try:
+            for number in range(10):
+                client.track("view", {"n": number}, customer=f"user-{index}")
+        except BaseException as error:  # pragma: no cover - reported below
+            failures.append(error)
+
+    with caplog.at_level(logging.WARNING):
+        threads = [threading.Thread(target=handle_requests, args=(index,)) for index in range(16)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+    assert failures == []
+    assert len(server.events()) == 160
+    assert "pool is full" not in caplog.text
