@@ -192,10 +192,16 @@ class Faults:
             self._count(fault.kind)
             return fault
 
+    def commands_faulted(self, fault: Optional[RequestFault]) -> bool:
+        """Whether some command of a bulk request taking request fault ``fault`` may get a command fault."""
+        return bool(self._commands) or (fault is not None and fault.kind == COMMAND_RETRY)
+
     def take_commands(self, count: int, fault: Optional[RequestFault]) -> List[Optional[str]]:
         """Per-command faults for the ``count`` commands of one bulk request (``None``: no fault)."""
         result: List[Optional[str]] = [None] * count
         with self._lock:
+            if not self.commands_faulted(fault):
+                return result
             for index in range(count):
                 if self._commands:
                     result[index] = self._commands.popleft()

@@ -10,6 +10,7 @@ import base64
 import binascii
 import collections
 import email.utils
+import functools
 import json
 import logging
 import socket
@@ -48,6 +49,7 @@ from .validation import (
     split_command,
     validate_customer,
     validate_event,
+    validate_event_bulk,
     validate_html,
 )
 
@@ -71,6 +73,16 @@ DEFAULT_MAX_RECORDED = 10_000
 MAX_RECORDED_BYTES = 64 * 1024 * 1024
 
 _TOKEN_ERROR = "company_id is not a known company token"
+
+
+class _Encoded(bytes):
+    """A JSON answer body encoded already (see :func:`_all_ok`)."""
+
+
+@functools.lru_cache(maxsize=64)
+def _all_ok(count: int) -> _Encoded:
+    """The answer of a bulk request whose ``count`` commands all are ``ok``, encoded once per count."""
+    return _Encoded(('{"success":true,"results":[' + ",".join(['{"status":"ok"}'] * count) + "]}").encode())
 
 
 class _Refusal(Exception):
@@ -155,8 +167,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_json(code, {"success": False, "errors": [message or phrase]})
 
     def send_json(self, status: int, payload: Any, headers: Optional[Mapping[str, str]] = None) -> None:
-        """Write a complete JSON answer in one go."""
-        body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        """Write a complete JSON answer in one go (``payload`` may be an :class:`_Encoded` body)."""
+        if type(payload) is _Encoded:
+            body: bytes = payload
+        else:
+            body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
         try:
             phrase = HTTPStatus(status).phrase
         except ValueError:
@@ -417,7 +432,9 @@ class LocalServer:
     def stats(self) -> JSONDict:
         """Counters since start or reset (see the package docstring)."""
         with self._stats_lock:
-            stats: JSONDict = json.loads(json.dumps(self._stats))
+            stats: JSONDict = dict(self._stats)
+            stats["statuses"] = dict(stats["statuses"])
+            stats["commands"] = dict(stats["commands"])
         stats["events"] = self._store.events_accepted
         stats["customer_updates"] = self._store.customer_updates
         stats["duplicates"] = self._store.duplicates
@@ -597,7 +614,7 @@ class LocalServer:
         received: float,
         fault: Optional[RequestFault],
         results: Dict[str, int],
-    ) -> Tuple[JSONDict, Optional[Dict[str, str]]]:
+    ) -> Tuple[Union[JSONDict, _Encoded], Optional[Dict[str, str]]]:
         if path == _BULK:
             return self._bulk(body, size, received, fault, results), None
         if path == _EVENTS or path == _CUSTOMERS:
@@ -620,7 +637,7 @@ class LocalServer:
 
     def _bulk(
         self, body: JSONDict, size: int, received: float, fault: Optional[RequestFault], counts: Dict[str, int]
-    ) -> JSONDict:
+    ) -> Union[JSONDict, _Encoded]:
         commands = body.get("commands")
         if not isinstance(commands, list):
             raise _Refusal(400, ["the body must be a JSON object with a commands list"])
@@ -630,6 +647,13 @@ class LocalServer:
         if len(commands) > MAX_BULK_COMMANDS:
             raise _Refusal(413, [f"a bulk request holds at most {MAX_BULK_COMMANDS} commands, not {len(commands)}"])
         tokens = self.tokens
+        if not self.faults.commands_faulted(fault):
+            # The usual bulk, all valid events, checked as a whole; anything else command by command below.
+            batch = validate_event_bulk(commands, received, size, rows=not self.counting_only)
+            if batch is not None and (tokens is None or batch.companies <= tokens):
+                self._store.apply_events(batch.keys, batch.rows)
+                counts[RESULT_OK] = len(commands)
+                return _all_ok(len(commands))
         validated: List[Union[EventRow, CustomerUpdate, List[str]]] = []
         for command in commands:
             # Fast path for the usual shape; split_command reports anything else.
@@ -675,15 +699,18 @@ class LocalServer:
     def _check_command_sizes(commands: List[Any], validated: List[Union[EventRow, CustomerUpdate, List[str]]]) -> None:
         """413 if any command's data is over ``MAX_COMMAND_BYTES`` as JSON (exact size only when it may be)."""
         for index, item in enumerate(validated):
+            # At most 4 bytes per character of JSON text in UTF-8, 6 per character of a raw string (\u0000),
+            # plus the other fields' names, syntax, command_id and timestamp.
             if isinstance(item, EventRow):
-                estimate = len(item.properties_json) + len(item.customer_key) + len(item.type) + len(item.company_id)
+                estimate = 4 * (len(item.properties_json) + len(item.customer_key))
+                estimate += 6 * (len(item.type) + len(item.company_id))
             elif isinstance(item, CustomerUpdate):
-                estimate = sum(len(key) + len(value) + 4 for key, value in item.properties.items())
-                estimate += len(item.customer_key) + len(item.company_id)
+                estimate = 4 * sum(len(value) for value in item.properties.values())
+                estimate += 6 * sum(len(key) + 1 for key in item.properties) + 4 * len(item.customer_key)
+                estimate += 6 * len(item.company_id)
             else:
                 estimate = MAX_COMMAND_BYTES  # refused anyway: measure exactly
-            # 4 bytes per character at most in UTF-8, plus the other fields' names and syntax.
-            if 4 * estimate + 256 > MAX_COMMAND_BYTES:
+            if estimate + 512 > MAX_COMMAND_BYTES:
                 command = commands[index]
                 if isinstance(command, dict) and "data" in command:
                     size = command_size(command["data"])

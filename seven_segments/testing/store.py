@@ -75,6 +75,9 @@ class Store:
         if db is not None:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")
+        else:  # nothing to keep across a crash: no fsync, rollback journal in memory (ROLLBACK still works)
+            self._conn.execute("PRAGMA journal_mode=MEMORY")
+            self._conn.execute("PRAGMA synchronous=OFF")
         self._conn.executescript(_SCHEMA)
         self._seen: Set[Tuple[str, str]] = set(
             (str(row[0]), str(row[1])) for row in self._conn.execute("SELECT company_id, command_id FROM command_ids")
@@ -118,6 +121,40 @@ class Store:
             if events:
                 self._events_changed.notify_all()
         return applied
+
+    def apply_events(self, keys: List[Tuple[str, str]], rows: Optional[List[EventRow]]) -> int:
+        """Apply valid events that all carry a ``command_id``, in order in one transaction; how many were applied
+        (the others are duplicates).
+
+        ``keys`` are the ``(company_id, command_id)`` of the events, ``rows`` the events themselves (``None``
+        when counting only). The usual case, no duplicate at all, is checked with set operations.
+        """
+        with self._lock:
+            seen = self._seen
+            if len(set(keys)) == len(keys) and seen.isdisjoint(keys):
+                new_ids = keys
+                fresh = rows
+                seen.update(keys)
+            else:
+                new_ids = []
+                indexes: List[int] = []
+                for index, key in enumerate(keys):
+                    if key not in seen:
+                        seen.add(key)
+                        new_ids.append(key)
+                        indexes.append(index)
+                fresh = [rows[index] for index in indexes] if rows is not None else None
+            if fresh and not self.counting_only:
+                try:
+                    self._write(fresh, [], new_ids)
+                except BaseException:
+                    seen.difference_update(new_ids)  # not applied: a retry must not count as a duplicate
+                    raise
+            self.events_accepted += len(new_ids)
+            self.duplicates += len(keys) - len(new_ids)
+            if new_ids:
+                self._events_changed.notify_all()
+        return len(new_ids)
 
     def _write(self, events: List[EventRow], updates: List[CustomerUpdate], new_ids: List[Tuple[str, str]]) -> None:
         conn = self._conn
