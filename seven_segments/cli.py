@@ -10,6 +10,7 @@ import argparse
 import getpass
 import json
 import logging
+import math
 import os
 import sys
 from typing import Any, Callable, Dict, List, Optional, Sequence
@@ -34,9 +35,20 @@ class UsageError(Exception):
 def parse_value(text: str) -> Any:
     """A property value: JSON when it parses as JSON (``5``, ``true``, ``[1,2]``), else the string."""
     try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=_not_json, parse_float=_finite_float)
     except ValueError:
         return text
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"{text} is too large for a JSON number")  # kept as a string
+    return number
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not a JSON number")  # NaN, Infinity: kept as strings
 
 
 def parse_properties(pairs: Sequence[str]) -> Dict[str, Any]:
@@ -212,10 +224,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     """Run the command line; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if getattr(args, "verbose", False):
-        logging.basicConfig(level=logging.DEBUG, format="%(levelname)s %(name)s: %(message)s")
-    else:
-        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+        # Our own loggers only: urllib3's debug lines show request URLs, which may hold ?company=TOKEN.
+        logging.getLogger("seven_segments").setLevel(logging.DEBUG)
     from .errors import SevenSegmentsError
 
     try:

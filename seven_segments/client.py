@@ -82,9 +82,20 @@ def _secret(name: str, value: Any) -> str:
 class _ApiClient:
     """What both clients share: a transport, blocking calls with retries, closing."""
 
-    def __init__(self, target: str, timeout: float, retry_deadline: float, secrets: Tuple[str, ...], gzip: bool, auth: Any) -> None:
+    def __init__(
+        self,
+        target: str,
+        timeout: float,
+        retry_deadline: float,
+        secrets: Tuple[str, ...],
+        gzip: bool,
+        auth: Any,
+        call_deadline: Optional[float] = None,
+    ) -> None:
         self._timeout = _number("timeout", timeout, minimum=0, allow_equal=False)
         self._retry_deadline = _number("retry_deadline", retry_deadline, minimum=0)
+        #: How long a call that the caller waits for (blocking track/update, get_html, export) retries.
+        self._call_deadline = self._retry_deadline if call_deadline is None else call_deadline
         self._transport = Transport(target, timeout=self._timeout, gzip=gzip, secrets=secrets, auth=auth)
         self._closed = False
         self._sleep: Callable[[float], None] = time.sleep
@@ -95,10 +106,14 @@ class _ApiClient:
         return self._transport.target
 
     def _call(self, path: str, body: bytes, params: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
-        """One blocking call: retried on passing failures until ``retry_deadline``, raises otherwise."""
+        """One blocking call: retried on passing failures for the call deadline, raises otherwise.
+
+        Each attempt may take the full ``timeout``; the deadline decides whether to try again, so a
+        call takes at most about ``retry_deadline + timeout``.
+        """
         if self._closed:
             raise ClientClosedError(f"{type(self).__name__} is closed")
-        end = monotonic() + self._retry_deadline
+        end = monotonic() + self._call_deadline
         return call_with_retries(
             lambda timeout: self._transport.post(path, body, timeout=timeout, params=params),
             what=path,
@@ -169,7 +184,9 @@ class SevenSegments(_ApiClient):
         self._token = _secret("token", token)
         if retry_deadline is None:
             retry_deadline = DEFAULT_BUFFERED_RETRY_DEADLINE if buffered else DEFAULT_BLOCKING_RETRY_DEADLINE
-        super().__init__(target, timeout, retry_deadline, (token,), bool(gzip), None)
+        # A buffered client's retry_deadline is the worker's; get_html still answers within seconds.
+        call_deadline = DEFAULT_BLOCKING_RETRY_DEADLINE if buffered else None
+        super().__init__(target, timeout, retry_deadline, (token,), bool(gzip), None, call_deadline)
         self._customer_ids: Optional[CustomerIds] = None if customer is None else customer_ids(customer)
         self._worker: Optional[BufferedWorker] = None
         if buffered:
@@ -233,15 +250,12 @@ class SevenSegments(_ApiClient):
         """
         if self._closed:
             raise ClientClosedError("this SevenSegments client is closed; it takes no more events")
-        command = (
-            PATH_EVENTS,
-            self._ids(customer),
-            event_type(event_type_),
-            capture_properties(properties),
-            time.time() if timestamp is None else timestamp_seconds(timestamp),
-        )
+        ids = self._ids(customer)
+        kind = event_type(event_type_)
+        captured, size = capture_properties(properties)
+        command = (PATH_EVENTS, ids, kind, captured, time.time() if timestamp is None else timestamp_seconds(timestamp))
         if self._worker is not None:
-            self._worker.submit(command)
+            self._worker.submit(command, size)
         else:
             self._send_now(command)
 
@@ -253,15 +267,11 @@ class SevenSegments(_ApiClient):
             raise ClientClosedError("this SevenSegments client is closed; it takes no more updates")
         if properties is None:
             raise TypeError("properties must be a dict of customer properties, not None")
-        command = (
-            PATH_CUSTOMERS,
-            self._ids(customer),
-            None,
-            capture_properties(properties),
-            time.time() if timestamp is None else timestamp_seconds(timestamp),
-        )
+        ids = self._ids(customer)
+        captured, size = capture_properties(properties)
+        command = (PATH_CUSTOMERS, ids, None, captured, time.time() if timestamp is None else timestamp_seconds(timestamp))
         if self._worker is not None:
-            self._worker.submit(command)
+            self._worker.submit(command, size)
         else:
             self._send_now(command)
 
@@ -343,7 +353,7 @@ class AuthenticatedSevenSegments(_ApiClient):
         """
         if analysis_type not in ANALYSIS_TYPES:
             raise ValueError(f"analysis type {analysis_type!r} is not one of {', '.join(sorted(ANALYSIS_TYPES))}")
-        body = capture_properties(data, "data")
+        body, _ = capture_properties(data, "data")
         params = None
         if token is not None:
             params = {"company": _secret("token", token)}

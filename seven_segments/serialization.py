@@ -72,14 +72,14 @@ def _where(path: str, key: Any) -> str:
     return f"{path}[{key!r}]"
 
 
-def capture_properties(properties: Any, path: str = "properties") -> JSONObject:
-    """Check ``properties`` and return a private copy in plain JSON types.
+def capture_properties(properties: Any, path: str = "properties") -> Tuple[JSONObject, int]:
+    """Check ``properties``; return a private copy in plain JSON types and its approximate JSON size.
 
     ``None`` means no properties. Raises ``TypeError`` or ``ValueError`` naming the bad value, and
     ``ValueError`` when the properties would clearly not fit in one command (100 KiB of JSON).
     """
     if properties is None:
-        return {}
+        return {}, 2
     if type(properties) is not dict:
         if not isinstance(properties, Mapping):
             raise TypeError(f"{path} must be a dict, not {type(properties).__name__} {_short(properties)}")
@@ -91,7 +91,7 @@ def capture_properties(properties: Any, path: str = "properties") -> JSONObject:
         kind = type(value)
         if kind is str:
             size += len(key) + (len(value) if value.isascii() else _utf8_length(value, _where(path, key))) + 6
-        elif kind is int or kind is bool or value is None:
+        elif kind is bool or value is None or (kind is int and -_BIG_INT < value < _BIG_INT):
             size += len(key) + 24
         elif kind is float:
             if value != value or value == _INFINITY or value == -_INFINITY:
@@ -105,7 +105,22 @@ def capture_properties(properties: Any, path: str = "properties") -> JSONObject:
         raise ValueError(
             f"{path} take about {size} bytes as JSON; a command may take at most {MAX_COMMAND_BYTES}"
         )
-    return copy
+    return copy, size
+
+
+#: Integers in (-_BIG_INT, _BIG_INT) take the fast path; others are checked for what JSON can write.
+_BIG_INT = 1 << 63
+
+
+def _capture_int(value: int, path: str) -> Tuple[int, int]:
+    """An int JSON can write (at most 4300 digits: Python's own limit for int-to-str)."""
+    if -_BIG_INT < value < _BIG_INT:
+        return value, 20
+    try:
+        text = str(value)
+    except ValueError:
+        raise ValueError(f"{path}: int with more than 4300 digits is not a valid JSON number here") from None
+    return value, len(text)
 
 
 def _utf8_length(text: str, path: str) -> int:
@@ -140,7 +155,7 @@ def _capture_value(value: Any, path: str, depth: int) -> Tuple[Any, int]:
         text = str.__str__(value)
         return text, (len(text) if text.isascii() else _utf8_length(text, path)) + 2
     if isinstance(value, int):
-        return int(value), 20
+        return _capture_int(int(value), path)
     if isinstance(value, float):
         if not math.isfinite(value):
             raise ValueError(f"{path}: float {value!r} is not valid JSON")
@@ -168,7 +183,11 @@ def _capture_value(value: Any, path: str, depth: int) -> Tuple[Any, int]:
     if isinstance(value, decimal.Decimal):
         if not value.is_finite():
             raise ValueError(f"{path}: Decimal {value} is not valid JSON")
-        number: Union[int, float] = int(value) if value == value.to_integral_value() else float(value)
+        if value == value.to_integral_value():
+            return _capture_int(int(value), path)
+        number = float(value)
+        if not math.isfinite(number):
+            raise ValueError(f"{path}: Decimal {_short(value)} is too large for a JSON number")
         return number, 24
     if isinstance(value, uuid.UUID):
         return str(value), 38
@@ -186,7 +205,7 @@ def customer_ids(customer: Any, path: str = "customer") -> CustomerIds:
     if isinstance(customer, str):
         if not customer:
             raise ValueError(f"{path} must be a non-empty string or a dict of id types to ids, not ''")
-        return {DEFAULT_ID_TYPE: str(customer)}
+        return {DEFAULT_ID_TYPE: _plain_string(customer, path)}
     if isinstance(customer, Mapping):
         if not customer:
             raise ValueError(f"{path} must name at least one id, not an empty dict")
@@ -196,7 +215,7 @@ def customer_ids(customer: Any, path: str = "customer") -> CustomerIds:
                 raise TypeError(f"{path}: id type {_short(id_type)} must be a non-empty string")
             if not isinstance(id_value, str) or not id_value:
                 raise TypeError(f"{path}[{id_type!r}]: id {_short(id_value)} must be a non-empty string")
-            ids[str(id_type)] = str(id_value)
+            ids[_plain_string(id_type, f"{path}: id type")] = _plain_string(id_value, f"{path}[{id_type!r}]")
         return ids
     if customer is None:
         raise ValueError(
@@ -215,7 +234,15 @@ def event_type(value: Any) -> str:
         raise ValueError(
             f"event type must be 1 to {MAX_EVENT_TYPE_LENGTH} characters, not {len(value)} ({_short(value)})"
         )
-    return value
+    return value if type(value) is str and value.isascii() else _plain_string(value, "event type")
+
+
+def _plain_string(text: str, path: str) -> str:
+    """``text`` as a plain str (a subclass's ``__str__`` is not trusted) that UTF-8 can carry."""
+    plain: str = str.__str__(text)
+    if not plain.isascii():
+        _utf8_length(plain, path)
+    return plain
 
 
 def timestamp_seconds(timestamp: Optional[Timestamp]) -> float:
@@ -224,7 +251,10 @@ def timestamp_seconds(timestamp: Optional[Timestamp]) -> float:
         return time.time()
     kind = type(timestamp)
     if kind is float or kind is int:
-        seconds = float(timestamp)  # type: ignore[arg-type]
+        try:
+            seconds = float(timestamp)  # type: ignore[arg-type]
+        except OverflowError:
+            raise ValueError(f"timestamp {_short(timestamp)} is too large to be seconds since the epoch") from None
     elif isinstance(timestamp, _dt.datetime):
         if timestamp.tzinfo is None or timestamp.utcoffset() is None:
             raise ValueError(
@@ -232,8 +262,13 @@ def timestamp_seconds(timestamp: Optional[Timestamp]) -> float:
                 "(for example datetime.now(timezone.utc)) or seconds since the epoch"
             )
         seconds = timestamp.timestamp()
+        if seconds < 0:
+            raise ValueError(f"timestamp {timestamp.isoformat()} is before 1970; it must be a non-negative number of seconds")
     elif isinstance(timestamp, (int, float)) and not isinstance(timestamp, bool):
-        seconds = float(timestamp)
+        try:
+            seconds = float(timestamp)
+        except OverflowError:
+            raise ValueError(f"timestamp {_short(timestamp)} is too large to be seconds since the epoch") from None
     else:
         raise TypeError(
             f"timestamp must be seconds since the epoch or an aware datetime, not {kind.__name__} {_short(timestamp)}"
@@ -316,7 +351,7 @@ class BulkCommandEncoder:
 
     def encode(self, command: Command, command_id: str) -> bytes:
         """``{"name": path, "data": {...}}`` as UTF-8 JSON bytes."""
-        path, ids, kind, properties, timestamp = command
+        path, ids, kind, properties, timestamp = command[:5]
         if ids is not self._ids:
             self._ids_json = self._object(ids)
             self._ids = ids
@@ -342,7 +377,7 @@ class BulkCommandEncoder:
     @staticmethod
     def as_dict(command: Command, token: str) -> Dict[str, Any]:
         """The command as ``{"name": path, "data": {...}}`` (without ``command_id``), for ``on_error``."""
-        path, ids, kind, properties, timestamp = command
+        path, ids, kind, properties, timestamp = command[:5]
         data: Dict[str, Any] = {"company_id": token, "customer_ids" if path == PATH_EVENTS else "ids": ids}
         if path == PATH_EVENTS:
             data["type"] = kind

@@ -20,7 +20,7 @@ import os
 import time
 import zlib
 from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Tuple, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import quote, quote_plus, urlsplit
 
 import requests
 import tenacity
@@ -117,8 +117,11 @@ class Transport:
         self.target = normalize_target(target)
         self.timeout = timeout
         self.gzip = gzip
-        self._secrets = tuple(sorted((secret for secret in secrets if secret), key=len, reverse=True))
+        self._secrets: Tuple[str, ...] = ()
+        for secret in secrets:
+            self.add_secret(secret)
         self._auth = auth
+        self._pid = os.getpid()
         self._session = self._new_session()
 
     def _new_session(self) -> requests.Session:
@@ -142,6 +145,7 @@ class Transport:
 
     def renew_after_fork(self) -> None:
         """Drop the parent's pooled sockets (without closing them: they are the parent's) and start anew."""
+        self._pid = os.getpid()
         self._session = self._new_session()
 
     def close(self) -> None:
@@ -149,9 +153,11 @@ class Transport:
         self._session.close()
 
     def add_secret(self, secret: str) -> None:
-        """Also scrub ``secret`` (such as a company token passed per call) from messages."""
-        if secret and secret not in self._secrets:
-            self._secrets = tuple(sorted(self._secrets + (secret,), key=len, reverse=True))
+        """Also scrub ``secret`` (such as a company token passed per call), as is and URL-encoded."""
+        forms = {secret, quote(secret, safe=""), quote_plus(secret, safe="")} if secret else set()
+        new = forms - set(self._secrets)
+        if new:
+            self._secrets = tuple(sorted(set(self._secrets) | new, key=len, reverse=True))
 
     def scrub(self, text: str) -> str:
         """``text`` with every secret of this client replaced by ``***``."""
@@ -173,27 +179,34 @@ class Transport:
             body = compressor.compress(body) + compressor.flush()
             headers = {"Content-Encoding": "gzip"}
         wait = self.timeout if timeout is None else max(timeout, 0.001)
+        if self._pid != os.getpid():  # a client used across fork() must not share the parent's sockets
+            self.renew_after_fork()
+        failure: Exception
         try:
             response = self._session.post(
                 f"{self.target}/{path}", data=body, headers=headers, params=params, timeout=wait, auth=self._auth
             )
         except requests.Timeout:
-            raise TransientError(f"{path}: no answer within {wait:.3g} s") from None
+            failure = TransientError(f"{path}: no answer within {wait:.3g} s")
         except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as error:
-            raise TransientError(f"{path}: connection failed ({self._reason(error)})") from None
+            failure = TransientError(f"{path}: connection failed ({self._reason(error)})")
         except requests.RequestException as error:
-            raise SevenSegmentsError(f"{path}: request failed ({self._reason(error)})") from None
-        return self._read_answer(path, response)
+            failure = SevenSegmentsError(f"{path}: request failed ({self._reason(error)})")
+        else:
+            return self._read_answer(path, response)
+        # Raised outside the except blocks: no __context__ chain leads back to requests' exception,
+        # whose text may hold the URL with ?company=TOKEN.
+        raise failure
 
     def _reason(self, error: BaseException) -> str:
         """A short, secret-free reason for a ``requests`` exception."""
         root: BaseException = error
         while root.__context__ is not None and root.__context__ is not root and len(str(root)) > 200:
             root = root.__context__
-        text = str(root) or type(root).__name__
+        text = self.scrub(str(root) or type(root).__name__)
         if len(text) > 300:
             text = text[:297] + "..."
-        return self.scrub(text)
+        return text
 
     def _read_answer(self, path: str, response: requests.Response) -> Dict[str, Any]:
         status = response.status_code
@@ -271,11 +284,13 @@ def call_with_retries(
     sleep: Callable[[float], None],
     clock: Clock = monotonic,
     on_retry: Optional[Callable[[TransientError, float], None]] = None,
+    cut_attempts_at_deadline: bool = False,
 ) -> T:
     """Run ``attempt(timeout_for_this_attempt)``, retrying ``TransientError`` until ``deadline()``.
 
     ``deadline`` returns a moment on ``clock``'s scale; it is read anew before each decision, so a
-    shutdown can bring it forward. Each attempt's timeout is cut to the time left. A retry is never
+    shutdown can bring it forward. Each attempt may take ``timeout``; with
+    ``cut_attempts_at_deadline`` (a close that must end on time) it is cut to the time left. A retry is never
     made sooner than ``Retry-After``; when the next retry would start past the deadline we stop at
     once. Raises ``ServiceUnavailable`` (with the last status and errors) when the retries run out;
     other exceptions pass through.
@@ -295,7 +310,9 @@ def call_with_retries(
                 on_retry(error, delay)
 
     def one_attempt() -> T:
-        return attempt(max(0.001, min(timeout, deadline() - clock())))
+        if cut_attempts_at_deadline:
+            return attempt(max(0.001, min(timeout, deadline() - clock())))
+        return attempt(timeout)
 
     retrying = tenacity.Retrying(
         retry=tenacity.retry_if_exception_type(TransientError),
@@ -308,8 +325,10 @@ def call_with_retries(
     try:
         return retrying(one_attempt)
     except TransientError as error:
-        raise ServiceUnavailable(
-            f"{what}: {error.reason}; gave up after {schedule._attempt or 1} attempts in {clock() - started:.1f} s",
+        reason = error.reason if error.reason.startswith(what) else f"{what}: {error.reason}"
+        failure = ServiceUnavailable(
+            f"{reason}; gave up after {schedule._attempt or 1} attempts in {clock() - started:.1f} s",
             status=error.status,
             errors=error.errors,
-        ) from None
+        )
+    raise failure  # outside the except block: no chain to the attempts' exceptions

@@ -1,10 +1,11 @@
 """Buffered delivery: a lock-free queue that one background thread drains into ``bulk`` requests.
 
 The caller's side (``submit``) is a few attribute reads, a ``deque.append`` and, once per wake-up of
-the worker, an ``Event.set``: no I/O, no JSON, no lock. Everything else happens on the worker thread:
+the worker, an ``Event.set``: no I/O, no JSON, no lock (except for unusually large commands, whose
+memory is accounted under a lock). Everything else happens on the worker thread:
 
 1. *take*: commands are popped from the incoming deque, given their ``command_id`` and encoded to
-   JSON bytes at once, so a queued command costs little more memory than its JSON;
+   JSON bytes, so the worker holds each command as little more than its JSON;
 2. *send*: the oldest pending commands go out in one ``bulk`` request when a batch is full, when the
    oldest has waited ``flush_interval``, when a ``flush()`` waits on them, or when closing;
 3. *settle*: each command ends ``ok`` (sent), ``error`` (failed, reported to ``on_error``) or is put
@@ -16,10 +17,16 @@ the front), so "every command queued before this flush has settled" is one compa
 front's sequence number.
 
 Process life: the worker thread is a daemon started on the first command. At interpreter exit an
-``atexit`` hook closes every live worker, all against one deadline each (``shutdown_timeout``), and
-logs one warning with the number of commands lost. In a forked child (``os.register_at_fork`` and,
-for uwsgi which skips those hooks, a process-id check on every call) a worker starts over with a
-fresh queue, lock, thread and connection pool; what the parent had queued stays the parent's.
+``atexit`` hook (and, in ``multiprocessing`` children, a finalizer) closes every live worker, each
+within its ``shutdown_timeout``, and logs one warning with the number of commands lost. In a forked
+child (``os.register_at_fork`` and, for uwsgi which skips those hooks, a process-id check on every
+call) a worker starts over with a fresh queue, lock, thread and connection pool; what the parent had
+queued stays the parent's.
+
+Nothing is lost without being counted: every command accepted by ``submit`` ends as ``sent`` or
+``failed`` (reported to ``on_error``), and every refused one as ``dropped`` (reported too). Commands
+that race a close (appended after the worker's last look at the queue) are caught by whoever comes
+last, the producer or the closer, and failed.
 """
 
 from __future__ import annotations
@@ -42,7 +49,7 @@ from .protocol import MAX_COMMAND_BYTES, PATH_BULK, PATH_CUSTOMERS, PATH_EVENTS,
 from .serialization import BulkCommandEncoder, Command, new_command_id
 from .transport import Backoff, Transport, call_with_retries
 
-__all__ = ["ErrorCallback", "WorkerSettings", "BufferedWorker"]
+__all__ = ["ErrorCallback", "WorkerSettings", "BufferedWorker", "close_all_at_exit"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,20 +59,35 @@ ErrorCallback = Callable[[SevenSegmentsError, List[Dict[str, Any]]], None]
 #: Memory a small command takes while it waits, not yet encoded, in the incoming deque (a tuple
 #: and its properties dict: about 300 bytes measured with tracemalloc).
 RAW_COMMAND_COST = 320
+#: A waiting command is taken to use ``RAW_BASE + 2 * (JSON size of its properties)`` bytes; those
+#: that exceed ``RAW_COMMAND_COST`` by more than ``LARGE_EXTRA`` have the excess accounted exactly.
+RAW_BASE = 200
+LARGE_EXTRA = 256
 #: How many dropped commands are kept for ``on_error`` between two reports (the count is exact).
 MAX_KEPT_DROPS = 10_000
 #: A drop warning is logged at most this often (seconds).
 DROP_WARNING_INTERVAL = 10.0
 #: How long ``close()`` waits past its deadline for a worker that is finishing an answer.
 CLOSE_GRACE = 0.25
+#: When delivering on a caller's thread (no worker thread at interpreter exit), waits are this short.
+INLINE_POLL = 0.05
 #: Exponential backoff of the worker: first retry after about this, at most this long apart.
 BACKOFF_INITIAL = 0.1
 BACKOFF_MAX = 30.0
+_IDLE = 1 << 62
 
 #: Bytes of a bulk command that are not its ``data``: ``{"name":"<path>","data":`` and ``}``.
 _ENVELOPE = {path: len('{"name":"' + path + '","data":}') for path in (PATH_EVENTS, PATH_CUSTOMERS)}
 _BULK_HEAD = b'{"commands":['
 _BULK_TAIL = b"]}"
+
+#: One lock per process for noticing a fork without hooks (a lock inherited from the parent could be
+#: held by a thread that does not exist in the child; ``dict.setdefault`` is atomic).
+_fork_locks: Dict[int, threading.Lock] = {}
+
+
+def _fork_lock() -> threading.Lock:
+    return _fork_locks.setdefault(os.getpid(), threading.Lock())
 
 
 @dataclass(frozen=True)
@@ -86,15 +108,21 @@ class WorkerSettings:
 class _FlushRequest:
     """A ``flush()`` waiting, in the queue, for the commands before it to settle."""
 
-    __slots__ = ("done", "upto", "delivered_all")
+    __slots__ = ("done", "upto", "drops", "delivered_all")
 
     def __init__(self) -> None:
         self.done = threading.Event()
         self.upto = -1  # the sequence number of the last command queued before it
+        self.drops = 0  # commands dropped before it
         self.delivered_all = True
 
 
 _Entry = Tuple[int, bytes]  # (sequence number, the command's JSON as it goes into a bulk body)
+
+
+def _raw_extra(size: int) -> int:
+    """Bytes a waiting command of ``size`` bytes of properties takes beyond ``RAW_COMMAND_COST``."""
+    return RAW_BASE + 2 * size - RAW_COMMAND_COST
 
 
 class BufferedWorker:
@@ -114,46 +142,52 @@ class BufferedWorker:
     # State, and starting over in a forked child
 
     def _reset_state(self) -> None:
-        self._pid = os.getpid()
-        self._lock = threading.Lock()  # start, close, drop counting: never held during I/O
+        self._lock = threading.Lock()  # start, close, flush bookkeeping, drops: never held during I/O
         self._incoming: Deque[Any] = deque()  # Command tuples and _FlushRequest objects
         self._wakeup = threading.Event()
         self._wake_at = 1  # a producer wakes the worker when len(incoming) reaches this
         self._started = False
         self._thread: Optional[threading.Thread] = None
+        self._inline = False  # delivering on a caller's thread (no worker thread could start)
         self._closing = False
+        self._stopped = False  # the worker will not look at the queue again
+        self._abandoned = False  # the closer gave up on a worker stuck past the deadline
         self._shutdown_at = math.inf
-        self._abandoned = False
+        self._close_timeout = 0.0
         self._pending: Deque[_Entry] = deque()
         self._pending_bytes = 0
-        self._in_flight = 0
+        self._large_raw_bytes = 0
+        self._in_flight: List[_Entry] = []
         self._oldest_at = 0.0
         self._seq = 0
         self._flushes: List[_FlushRequest] = []
         self._flushes_queued = 0
-        self._last_flush_upto = 0
+        self._reported_upto = 0  # the last flush whose result reached its caller covered up to here
+        self._reported_drops = 0
         self._last_failed_seq = 0
-        self._drops_seen_by_flush = 0
         self._retry_since: Dict[int, float] = {}
         self._retry_rounds = 0
         self._drops: List[Command] = []
         self._drops_not_kept = 0
         self._drop_warning_at = -math.inf
         self._drops_unwarned = 0
-        # Counters. The worker alone writes these ...
+        self._last_close_error = ""
+        # Counters. The worker writes these (the closer too, under the lock, once the worker is done) ...
         self._taken = 0
         self._sent = 0
         self._retried = 0
         self._failed = 0
         self._batches = 0
         self._failed_at_close = 0
-        self._last_close_error = ""
         # ... and producers this one, under the lock.
         self._dropped = 0
+        self._pid = os.getpid()  # last: a producer that sees our pid sees the fresh state
 
     def _check_fork(self) -> None:
         if self._pid != os.getpid():
-            self.after_fork()
+            with _fork_lock():
+                if self._pid != os.getpid():
+                    self.after_fork()
 
     def after_fork(self) -> None:
         """Start over in a forked child: nothing of the parent's queue, thread, locks or sockets."""
@@ -163,20 +197,30 @@ class BufferedWorker:
     # ----------------------------------------------------------------------------------------
     # The caller's side
 
-    def submit(self, command: Command) -> None:
-        """Queue ``command`` without blocking; drop it (counted, reported) when the queue is full."""
+    def submit(self, command: Command, size: int = 0) -> None:
+        """Queue ``command`` (``size``: the JSON size of its properties) without blocking; drop it
+        (counted, reported) when the queue is full or closed."""
         if self._pid != os.getpid():
-            self.after_fork()
+            self._check_fork()
         incoming = self._incoming
+        extra = RAW_BASE + 2 * size - RAW_COMMAND_COST  # see _raw_extra
+        settings = self._settings
         if (
-            self._closing  # closed at interpreter exit, behind the client's back: counted, not kept
-            or len(incoming) >= self._settings.max_queue_size
-            or self._pending_bytes + len(incoming) * RAW_COMMAND_COST > self._settings.max_queue_bytes
+            self._closing  # closed, e.g. at interpreter exit behind the client's back: counted, not kept
+            or len(incoming) + len(self._pending) + len(self._in_flight) >= settings.max_queue_size
+            or self._pending_bytes + len(incoming) * RAW_COMMAND_COST + self._large_raw_bytes + extra
+            > settings.max_queue_bytes
         ):
             self._drop(command)
             return
+        if extra > LARGE_EXTRA:
+            with self._lock:
+                self._large_raw_bytes += extra
+            command = command + (extra,)  # type: ignore[assignment]  # taken back by _take_incoming
         incoming.append(command)
-        if not self._started:
+        if self._stopped:  # lost a race with close(): the worker will not see it
+            self._settle_after_stop()
+        elif not self._started:
             self._start()
         elif len(incoming) >= self._wake_at and not self._wakeup.is_set():
             self._wakeup.set()
@@ -207,10 +251,15 @@ class BufferedWorker:
         _close_at_multiprocessing_exit()
 
     def flush(self, timeout: Optional[float] = None) -> bool:
-        """Wait until every command queued before this call settled; True when all were delivered."""
+        """Wait until every command queued before this call settled; True when all were delivered.
+
+        "All" counts every command since the last flush whose result reached its caller: a flush
+        that timed out does not hide a failure that came later.
+        """
         self._check_fork()
         if self._closing:
-            return not self._pending and not self._incoming and self._in_flight == 0
+            self.finish_close()
+            return self._failed == self._failed_at_close and not self._drops_since_reported()
         if self._thread is not None and self._thread is threading.current_thread():
             logger.warning("seven_segments: flush() from on_error cannot wait for the worker it runs on")
             return False
@@ -218,14 +267,26 @@ class BufferedWorker:
         with self._lock:
             self._flushes_queued += 1
         self._incoming.append(request)
+        if self._stopped:
+            self._settle_after_stop()
         self._wakeup.set()
         if not self._started:
             self._start()
         if self._thread is None:
             deadline = math.inf if timeout is None else self._clock() + timeout
-            self._loop(until=lambda: request.done.is_set() or self._clock() >= deadline)
-            return request.done.is_set() and request.delivered_all
-        return request.done.wait(timeout) and request.delivered_all
+            self._run_inline(until=lambda: request.done.is_set() or self._clock() >= deadline)
+            done = request.done.is_set()
+        else:
+            done = request.done.wait(timeout)
+        if not done:
+            return False
+        with self._lock:
+            self._reported_upto = max(self._reported_upto, request.upto)
+            self._reported_drops = max(self._reported_drops, request.drops)
+        return request.delivered_all
+
+    def _drops_since_reported(self) -> bool:
+        return self._dropped > self._reported_drops
 
     def begin_close(self, timeout: Optional[float] = None) -> None:
         """Stop taking commands and tell the worker to deliver what it has within the timeout."""
@@ -235,8 +296,8 @@ class BufferedWorker:
                 return
             self._closing = True
             self._failed_at_close = self._failed
-            wait = self._settings.shutdown_timeout if timeout is None else max(0.0, timeout)
-            self._shutdown_at = self._clock() + wait
+            self._close_timeout = self._settings.shutdown_timeout if timeout is None else max(0.0, timeout)
+            self._shutdown_at = self._clock() + self._close_timeout
         self._wakeup.set()
 
     def finish_close(self) -> None:
@@ -246,8 +307,10 @@ class BufferedWorker:
             thread.join(max(0.0, self._shutdown_at - self._clock()) + CLOSE_GRACE)
             if thread.is_alive():
                 self._abandon_from_closer()
-        elif thread is None and (self._incoming or self._pending):
-            self._loop(until=lambda: False)
+        elif thread is None and not self._stopped:
+            self._run_inline(until=lambda: self._stopped)
+        if self._stopped or self._abandoned:
+            self._settle_after_stop()
         self._transport.close()
 
     def close(self, timeout: Optional[float] = None) -> None:
@@ -272,14 +335,29 @@ class BufferedWorker:
             "failed": self._failed,
             "dropped": self._dropped,
             "batches": self._batches,
-            "pending": queued - self._sent - self._failed,
+            "pending": max(0, queued - self._sent - self._failed),
         }
 
     # ----------------------------------------------------------------------------------------
     # The worker's side
 
     def _run(self) -> None:
-        self._loop(until=lambda: False)
+        try:
+            self._loop(until=lambda: False)
+        finally:
+            if not self._stopped:  # died (a BaseException from somewhere): let the next call restart it
+                logger.error("seven_segments worker: stopped unexpectedly; it will restart on the next call")
+                with self._lock:
+                    self._thread = None
+                    self._started = False
+
+    def _run_inline(self, until: Callable[[], bool]) -> None:
+        """Deliver on the caller's thread (no worker thread at interpreter exit), polling ``until``."""
+        self._inline = True
+        try:
+            self._loop(until)
+        finally:
+            self._inline = False
 
     def _loop(self, until: Callable[[], bool]) -> None:
         """Take, send and settle until closed and done, or until ``until()`` says stop."""
@@ -297,7 +375,7 @@ class BufferedWorker:
                     continue
                 self._settle_flushes()
                 if self._closing:
-                    self._report_close_losses()
+                    self._stop()
                     return
                 self._sleep(self._time_to_send())
             except Exception:  # a bug of ours must not kill delivery for good
@@ -306,35 +384,39 @@ class BufferedWorker:
     def _take_incoming(self) -> None:
         """Give queued commands their id and encode them; place flush requests after them."""
         incoming = self._incoming
-        if not incoming:
+        if not incoming or self._abandoned:
             return
         pending = self._pending
         encode = self._encoder.encode
         prefix, counter = new_command_id.source()
         was_empty = not pending
-        taken = added_bytes = 0
         while True:
             try:
                 item = incoming.popleft()
             except IndexError:
                 break
-            if type(item) is tuple:
-                payload = encode(item, prefix + str(next(counter)))
-                self._seq += 1
-                taken += 1
-                size = len(payload) - _ENVELOPE[item[0]]
-                if size > MAX_COMMAND_BYTES:
-                    self._fail_entries(
-                        [(self._seq, payload)],
-                        InvalidRequest(f"{item[0]}: the command takes {size} bytes as JSON, more than {MAX_COMMAND_BYTES}"),
-                    )
-                    continue
-                pending.append((self._seq, payload))
-                added_bytes += len(payload)
-            else:
+            if type(item) is not tuple:
                 self._place_flush(item)
-        self._taken += taken
-        self._pending_bytes += added_bytes
+                continue
+            if len(item) > 5:  # a large command: give back its accounted memory
+                with self._lock:
+                    self._large_raw_bytes -= item[5]
+            self._seq += 1
+            self._taken += 1
+            try:
+                payload = encode(item, prefix + str(next(counter)))
+            except Exception as error:  # checked at the call, so not expected: fail it alone
+                self._fail_commands([item], InvalidRequest(f"{item[0]}: the command cannot be encoded: {error}"))
+                continue
+            size = len(payload) - _ENVELOPE[item[0]]
+            if size > MAX_COMMAND_BYTES:
+                self._fail_entries(
+                    [(self._seq, payload)],
+                    InvalidRequest(f"{item[0]}: the command takes {size} bytes as JSON, more than {MAX_COMMAND_BYTES}"),
+                )
+                continue
+            pending.append((self._seq, payload))
+            self._pending_bytes += len(payload)
         if was_empty and pending:
             self._oldest_at = self._clock()
 
@@ -342,11 +424,9 @@ class BufferedWorker:
         request.upto = self._seq
         with self._lock:
             self._flushes_queued -= 1
-            dropped = self._dropped
-        if self._last_failed_seq > self._last_flush_upto or dropped > self._drops_seen_by_flush:
-            request.delivered_all = False  # a command since the last flush failed or was dropped
-        self._last_flush_upto = request.upto
-        self._drops_seen_by_flush = dropped
+            request.drops = self._dropped
+            if self._last_failed_seq > self._reported_upto or self._dropped > self._reported_drops:
+                request.delivered_all = False  # failed or dropped since the last flush its caller saw
         self._flushes.append(request)
 
     def _should_send(self) -> bool:
@@ -369,28 +449,33 @@ class BufferedWorker:
 
     def _sleep(self, timeout: Optional[float]) -> None:
         """Wait for producers (a batch's worth, or the first command), a flush, a close or the timer."""
+        if self._inline:
+            timeout = INLINE_POLL if timeout is None else min(timeout, INLINE_POLL)
         pending = len(self._pending)
         self._wake_at = max(1, self._settings.batch_size - pending) if pending else 1
         if len(self._incoming) < self._wake_at and not self._drops:
             self._wakeup.wait(timeout)
         self._wakeup.clear()
-        self._wake_at = 1 << 62  # busy: producers need not wake us
+        self._wake_at = _IDLE  # busy: producers need not wake us
 
     def _pause(self, seconds: float) -> None:
-        """Sleep between retries, still taking (and so bounding) incoming commands; a close ends it early
-        when its deadline comes first."""
+        """Sleep between retries, still taking (and so bounding) incoming commands; a close ends it
+        early when its deadline comes first."""
         end = self._clock() + seconds
         while True:
-            self._take_incoming()
-            self._report_drops()
+            try:
+                self._take_incoming()
+                self._report_drops()
+            except Exception:  # never let a bug here fail the batch that is waiting to be retried
+                logger.exception("seven_segments worker: unexpected error while waiting to retry")
             remaining = min(end, self._shutdown_at) - self._clock()
             if remaining <= 0 or self._abandoned:
                 return
             self._wake_at = self._settings.batch_size
             if len(self._incoming) < self._wake_at and not self._drops:
-                self._wakeup.wait(remaining)
+                self._wakeup.wait(min(remaining, INLINE_POLL) if self._inline else remaining)
             self._wakeup.clear()
-            self._wake_at = 1 << 62
+            self._wake_at = _IDLE
 
     def _send_batch(self) -> None:
         settings = self._settings
@@ -404,7 +489,7 @@ class BufferedWorker:
             size -= len(entry[1]) + 1
         self._pending_bytes -= size - len(batch)
         started = self._clock()
-        self._in_flight = len(batch)
+        self._in_flight = batch
         try:
             retry = self._deliver(batch, started)
         except Exception as error:  # a bug of ours: the batch is reported, never silently lost
@@ -412,7 +497,7 @@ class BufferedWorker:
             self._fail_entries(batch, SevenSegmentsError(f"internal error while sending: {type(error).__name__}"))
             retry = []
         finally:
-            self._in_flight = 0
+            self._in_flight = []
         if self._abandoned:
             return
         if retry:
@@ -428,7 +513,7 @@ class BufferedWorker:
 
     def _deliver(self, batch: List[_Entry], started: float) -> List[_Entry]:
         """Send one bulk request (retrying whole-request failures); return the entries to send again."""
-        body = _BULK_HEAD + b",".join(payload for _, payload in batch) + _BULK_TAIL
+        body = _BULK_HEAD + b",".join([payload for _, payload in batch]) + _BULK_TAIL
         settings = self._settings
 
         def count_retry(error: Exception, delay: float) -> None:
@@ -444,9 +529,10 @@ class BufferedWorker:
                 sleep=self._pause,
                 clock=self._clock,
                 on_retry=count_retry,
+                cut_attempts_at_deadline=True,
             )
         except InvalidRequest as error:
-            if error.status == 413 and len(batch) > 1:
+            if error.status == 413 and len(batch) > 1 and not self._abandoned:
                 half = len(batch) // 2
                 return self._deliver(batch[:half], started) + self._deliver(batch[half:], started)
             self._fail_entries(batch, error)
@@ -513,23 +599,32 @@ class BufferedWorker:
         self._flushes = waiting
 
     def _fail_entries(self, entries: Sequence[_Entry], error: SevenSegmentsError) -> None:
-        """Count ``entries`` as failed for good and report them (before any flush waiting on them returns)."""
-        if not entries:
-            return
-        self._failed += len(entries)
-        last = max(seq for seq, _ in entries)
-        self._last_failed_seq = max(self._last_failed_seq, last)
+        """Count encoded ``entries`` as failed for good and report them (before any flush waiting on
+        them returns)."""
+        if entries and not self._abandoned:
+            self._count_failures([seq for seq, _ in entries], error)
+            self._call_on_error(error, lambda: [json.loads(payload) for _, payload in entries])
+
+    def _fail_commands(self, commands: Sequence[Command], error: SevenSegmentsError) -> None:
+        """The same for commands taken but never encoded (their sequence number is the current one)."""
+        self._count_failures([self._seq], error)
+        self._call_on_error(error, lambda: [BulkCommandEncoder.as_dict(command, self._token) for command in commands])
+
+    def _count_failures(self, seqs: Sequence[int], error: SevenSegmentsError) -> None:
+        self._failed += len(seqs)
+        last = max(seqs)
+        with self._lock:
+            self._last_failed_seq = max(self._last_failed_seq, last)
         for request in self._flushes:
-            if any(seq <= request.upto for seq, _ in entries):
+            if request.upto >= min(seqs):
                 request.delivered_all = False
         if self._retry_since:
-            for seq, _ in entries:
+            for seq in seqs:
                 self._retry_since.pop(seq, None)
         if self._closing:
             self._last_close_error = str(error)  # one warning at the end of the close says it all
         else:
-            logger.warning("seven_segments: %d commands could not be delivered: %s", len(entries), error)
-        self._call_on_error(error, lambda: [json.loads(payload) for _, payload in entries])
+            logger.warning("seven_segments: %d commands could not be delivered: %s", len(seqs), error)
 
     def _call_on_error(self, error: SevenSegmentsError, commands: Callable[[], List[Dict[str, Any]]]) -> None:
         callback = self._settings.on_error
@@ -537,7 +632,7 @@ class BufferedWorker:
             return
         try:
             callback(error, commands())
-        except Exception:
+        except BaseException:  # even SystemExit: the worker must live on
             logger.exception("seven_segments: the on_error callback raised")
 
     def _report_drops(self) -> None:
@@ -548,16 +643,22 @@ class BufferedWorker:
             not_kept, self._drops_not_kept = self._drops_not_kept, 0
         count = len(drops) + not_kept
         message = f"the queue is full ({self._settings.max_queue_size} commands or {self._settings.max_queue_bytes} bytes)"
+        if self._closing:
+            message = "the client is closed"
         if not_kept:
             message += f"; {not_kept} more dropped commands were counted but not kept"
         error = QueueFull(f"{count} commands dropped: {message}")
         self._drops_unwarned += count
         now = self._clock()
         if now - self._drop_warning_at >= DROP_WARNING_INTERVAL:
-            logger.warning("seven_segments: dropped %d commands: %s", self._drops_unwarned, message)
-            self._drops_unwarned = 0
+            self._warn_drops(message)
             self._drop_warning_at = now
         self._call_on_error(error, lambda: [BulkCommandEncoder.as_dict(command, self._token) for command in drops])
+
+    def _warn_drops(self, reason: str) -> None:
+        if self._drops_unwarned:
+            logger.warning("seven_segments: dropped %d commands: %s", self._drops_unwarned, reason)
+            self._drops_unwarned = 0
 
     def _abandon(self) -> None:
         """The close deadline passed: fail what is left, on the worker's thread."""
@@ -565,24 +666,62 @@ class BufferedWorker:
         left = list(self._pending)
         self._pending.clear()
         self._pending_bytes = 0
-        timeout = self._settings.shutdown_timeout
-        self._fail_entries(left, ServiceUnavailable(f"not delivered within the close deadline ({timeout:g} s)"))
+        self._fail_entries(left, ServiceUnavailable(f"not delivered within the close deadline ({self._close_timeout:g} s)"))
         self._settle_flushes()
+        self._stop()
+
+    def _stop(self) -> None:
+        """The worker's last act: from now on, whoever appends to the queue settles it."""
+        self._stopped = True
+        self._settle_after_stop()
+        self._report_drops()
+        self._warn_drops("the client is closed")
         self._report_close_losses()
 
     def _abandon_from_closer(self) -> None:
-        """The worker is still busy past the deadline: count what it holds as lost, from the closer."""
+        """The worker is still in a request past the deadline: count what it holds as lost, from the
+        closer's thread (the worker, when it returns, counts nothing more)."""
         with self._lock:
             if self._abandoned:
                 return
             self._abandoned = True
-        lost = len(self._pending) + self._in_flight + max(0, len(self._incoming) - self._flushes_queued)
-        self._failed += lost
-        self._last_close_error = f"not delivered within the close deadline ({self._settings.shutdown_timeout:g} s)"
-        for request in self._flushes:
-            request.delivered_all = False
-            request.done.set()
+            self._stopped = True
+        left = list(self._in_flight) + list(self._pending)
+        self._pending.clear()
+        self._failed += len(left)
+        error = ServiceUnavailable(
+            f"not confirmed within the close deadline ({self._close_timeout:g} s); the last request may have been applied"
+        )
+        self._last_close_error = str(error)
+        self._call_on_error(error, lambda: [json.loads(payload) for _, payload in left])
+        self._settle_after_stop()
         self._report_close_losses()
+
+    def _settle_after_stop(self) -> None:
+        """Fail the commands, and answer the flushes, that reached the queue after the worker's last look."""
+        commands: List[Command] = []
+        with self._lock:
+            while True:
+                try:
+                    item = self._incoming.popleft()
+                except IndexError:
+                    break
+                if type(item) is tuple:
+                    commands.append(item)
+                else:
+                    self._flushes_queued -= 1
+                    self._flushes.append(item)
+            self._taken += len(commands)
+            self._failed += len(commands)
+            flushes, self._flushes = self._flushes, []
+        lost = bool(commands) or self._failed > self._failed_at_close
+        for request in flushes:
+            request.delivered_all = request.delivered_all and not lost
+            request.done.set()
+        if commands:
+            error = ServiceUnavailable(f"{len(commands)} commands arrived after the client was closed")
+            logger.warning("seven_segments: %s", error)
+            self._call_on_error(error, lambda: [BulkCommandEncoder.as_dict(command, self._token) for command in commands])
 
     def _report_close_losses(self) -> None:
         lost = self._failed - self._failed_at_close

@@ -481,7 +481,7 @@ def test_floats_accepted_iff_finite(value: float) -> None:
     from seven_segments.serialization import capture_properties
 
     if math.isfinite(value):
-        assert capture_properties({"v": [value], "w": value}) == {"v": [value], "w": value}
+        assert capture_properties({"v": [value], "w": value})[0] == {"v": [value], "w": value}
     else:
         with pytest.raises(ValueError, match=r"properties\['v'\]\[0\]: float"):
             capture_properties({"v": [value]})
