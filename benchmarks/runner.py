@@ -176,6 +176,19 @@ def scenario_delivery(lib: libs.Library, n: int) -> Result:
         return result
 
 
+def command_json_bytes(lib: libs.Library) -> Optional[int]:
+    """For our client: the size of one queued command's JSON as it goes into a bulk body (what the
+    "beyond its JSON" memory target subtracts). None for the peers."""
+    if lib.name != "ours":
+        return None
+    import time as _time
+
+    from seven_segments.serialization import BulkCommandEncoder, new_command_id
+
+    command = ("crm/events", {"registered": libs.CUSTOMER}, libs.EVENT, {"product": "bottle", "amount": 5}, _time.time())
+    return len(BulkCommandEncoder(libs.TOKEN).encode(command, new_command_id()))
+
+
 def scenario_memory(lib: libs.Library, n: int, settle: float = 1.0) -> Result:
     """RSS growth per command held while the server is unreachable, and the library's behaviour."""
     url = closed_port_url()
@@ -229,10 +242,14 @@ def scenario_memory(lib: libs.Library, n: int, settle: float = 1.0) -> Result:
         "errors": errors,
         "rss_growth_bytes": rss_after - rss_before,
         "bytes_per_command": round((rss_after - rss_before) / held, 1) if held > 0 else None,
+        "json_bytes": command_json_bytes(lib),
+        "bytes_beyond_json": None,
         "calls_s": round(calls_s, 4),
         "behaviour": "; ".join(behaviour),
         "counters": lib.counters(),
     }
+    if result["bytes_per_command"] is not None and result["json_bytes"] is not None:
+        result["bytes_beyond_json"] = round(result["bytes_per_command"] - result["json_bytes"], 1)
     result.update({f"call_{k}": v for k, v in latency.items()})
     return result
 

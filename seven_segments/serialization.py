@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from itertools import count
 from typing import Any, Callable, Dict, Iterator, Optional, Tuple, Union, cast
 
-from .protocol import DEFAULT_ID_TYPE, MAX_COMMAND_BYTES, MAX_EVENT_TYPE_LENGTH, PATH_EVENTS
+from .protocol import DEFAULT_ID_TYPE, MAX_COMMAND_BYTES, MAX_EVENT_TYPE_LENGTH, PATH_CUSTOMERS, PATH_EVENTS
 
 from json.encoder import encode_basestring as _encode_string
 
@@ -345,34 +345,37 @@ class BulkCommandEncoder:
         self._company = _encode_string(token)
         self._object = _object_encoder()
         self._ids: Optional[CustomerIds] = None
-        self._ids_json = ""
         self._type: Optional[str] = None
-        self._type_json = ""
+        self._event_head = ""  # everything before the properties, for the last ids and type seen
+        self._customer_head = ""  # the same for customer updates, for the last ids seen
+        self._set_ids({})
+
+    def _set_ids(self, ids: CustomerIds) -> None:
+        self._ids = ids
+        self._ids_json = self._object(ids)
+        self._type = None
+        self._customer_head = (
+            '{"name":"' + PATH_CUSTOMERS + '","data":{"company_id":' + self._company + ',"ids":' + self._ids_json
+            + ',"properties":'
+        )
 
     def encode(self, command: Command, command_id: str) -> bytes:
         """``{"name": path, "data": {...}}`` as UTF-8 JSON bytes."""
         path, ids, kind, properties, timestamp = command[:5]
         if ids is not self._ids:
-            self._ids_json = self._object(ids)
-            self._ids = ids
+            self._set_ids(ids)
         if path == PATH_EVENTS:
             if kind is not self._type:
-                self._type_json = _encode_string(cast(str, kind))
                 self._type = kind
-            head = '{"name":"crm/events","data":{"company_id":' + self._company + ',"customer_ids":'
-            head += self._ids_json + ',"type":' + self._type_json
+                self._event_head = (
+                    '{"name":"crm/events","data":{"company_id":' + self._company + ',"customer_ids":' + self._ids_json
+                    + ',"type":' + _encode_string(cast(str, kind)) + ',"properties":'
+                )
+            head = self._event_head
         else:
-            head = '{"name":"' + path + '","data":{"company_id":' + self._company + ',"ids":' + self._ids_json
-        return (
-            head
-            + ',"properties":'
-            + (self._object(properties) if properties else "{}")
-            + ',"timestamp":'
-            + repr(timestamp)
-            + ',"command_id":"'
-            + command_id
-            + '"}}'
-        ).encode()
+            head = self._customer_head
+        body = self._object(properties) if properties else "{}"
+        return f'{head}{body},"timestamp":{timestamp!r},"command_id":"{command_id}"}}}}'.encode()
 
     @staticmethod
     def as_dict(command: Command, token: str) -> Dict[str, Any]:

@@ -118,6 +118,7 @@ class _FlushRequest:
 
 
 _Entry = Tuple[int, bytes]  # (sequence number, the command's JSON as it goes into a bulk body)
+_Seqs = Sequence[int]  # sequence numbers of a batch: a range for fresh commands, a list when retried ones lead
 
 
 def _raw_extra(size: int) -> int:
@@ -154,10 +155,15 @@ class BufferedWorker:
         self._abandoned = False  # the closer gave up on a worker stuck past the deadline
         self._shutdown_at = math.inf
         self._close_timeout = 0.0
-        self._pending: Deque[_Entry] = deque()
-        self._pending_bytes = 0
+        # Encoded commands waiting to be sent, oldest first: ``_retry`` (sent before, sequence numbers
+        # kept with them) and then ``_pending`` (never sent; the i-th has number ``_pending_head + i``,
+        # which saves a tuple and an int per waiting command).
+        self._retry: Deque[_Entry] = deque()
+        self._pending: Deque[bytes] = deque()
+        self._pending_head = 1
+        self._pending_bytes = 0  # of both
         self._large_raw_bytes = 0
-        self._in_flight: List[_Entry] = []
+        self._in_flight: List[bytes] = []
         self._oldest_at = 0.0
         self._seq = 0
         self._flushes: List[_FlushRequest] = []
@@ -207,7 +213,7 @@ class BufferedWorker:
         settings = self._settings
         if (
             self._closing  # closed, e.g. at interpreter exit behind the client's back: counted, not kept
-            or len(incoming) + len(self._pending) + len(self._in_flight) >= settings.max_queue_size
+            or len(incoming) + len(self._pending) + len(self._retry) + len(self._in_flight) >= settings.max_queue_size
             or self._pending_bytes + len(incoming) * RAW_COMMAND_COST + self._large_raw_bytes + extra
             > settings.max_queue_bytes
         ):
@@ -367,7 +373,7 @@ class BufferedWorker:
                 self._report_drops()
                 if self._abandoned:
                     return
-                if self._closing and self._clock() >= self._shutdown_at and (self._pending or self._incoming):
+                if self._closing and self._clock() >= self._shutdown_at and (self._waiting or self._incoming):
                     self._abandon()
                     return
                 if self._should_send():
@@ -389,7 +395,7 @@ class BufferedWorker:
         pending = self._pending
         encode = self._encoder.encode
         prefix, counter = new_command_id.source()
-        was_empty = not pending
+        was_empty = not self._waiting
         while True:
             try:
                 item = incoming.popleft()
@@ -411,14 +417,31 @@ class BufferedWorker:
             size = len(payload) - _ENVELOPE[item[0]]
             if size > MAX_COMMAND_BYTES:
                 self._fail_entries(
-                    [(self._seq, payload)],
+                    [self._seq],
+                    [payload],
                     InvalidRequest(f"{item[0]}: the command takes {size} bytes as JSON, more than {MAX_COMMAND_BYTES}"),
                 )
                 continue
-            pending.append((self._seq, payload))
+            if not pending:
+                self._pending_head = self._seq
+            elif self._pending_head + len(pending) != self._seq:  # a failed one left a gap: keep numbers exact
+                self._retry.extend(zip(range(self._pending_head, self._seq), pending))
+                pending.clear()
+                self._pending_head = self._seq
+            pending.append(payload)
             self._pending_bytes += len(payload)
-        if was_empty and pending:
+        if was_empty and self._waiting:
             self._oldest_at = self._clock()
+
+    @property
+    def _waiting(self) -> bool:
+        """Encoded commands are waiting to be sent."""
+        return bool(self._pending or self._retry)
+
+    def _first_waiting_seq(self) -> float:
+        if self._retry:
+            return self._retry[0][0]
+        return self._pending_head if self._pending else math.inf
 
     def _place_flush(self, request: _FlushRequest) -> None:
         request.upto = self._seq
@@ -430,20 +453,19 @@ class BufferedWorker:
         self._flushes.append(request)
 
     def _should_send(self) -> bool:
-        pending = self._pending
-        if not pending:
+        if not self._waiting:
             return False
         settings = self._settings
         return (
             self._closing
-            or len(pending) >= settings.batch_size
+            or len(self._pending) + len(self._retry) >= settings.batch_size
             or self._pending_bytes >= settings.max_batch_bytes
-            or any(request.upto >= pending[0][0] for request in self._flushes)
+            or any(request.upto >= self._first_waiting_seq() for request in self._flushes)
             or self._clock() - self._oldest_at >= settings.flush_interval
         )
 
     def _time_to_send(self) -> Optional[float]:
-        if not self._pending:
+        if not self._waiting:
             return None
         return max(0.0, self._oldest_at + self._settings.flush_interval - self._clock())
 
@@ -451,8 +473,8 @@ class BufferedWorker:
         """Wait for producers (a batch's worth, or the first command), a flush, a close or the timer."""
         if self._inline:
             timeout = INLINE_POLL if timeout is None else min(timeout, INLINE_POLL)
-        pending = len(self._pending)
-        self._wake_at = max(1, self._settings.batch_size - pending) if pending else 1
+        waiting = len(self._pending) + len(self._retry)
+        self._wake_at = max(1, self._settings.batch_size - waiting) if waiting else 1
         if len(self._incoming) < self._wake_at and not self._drops:
             self._wakeup.wait(timeout)
         self._wakeup.clear()
@@ -479,41 +501,57 @@ class BufferedWorker:
 
     def _send_batch(self) -> None:
         settings = self._settings
-        pending = self._pending
+        pending, retry = self._pending, self._retry
+        limit = settings.batch_size
+        seqs: _Seqs
+        if retry:  # commands sent before go first: they are the oldest
+            again = [retry.popleft() for _ in range(min(limit, len(retry)))]
+            fresh_count = min(limit - len(again), len(pending))
+            seqs = [seq for seq, _ in again] + list(range(self._pending_head, self._pending_head + fresh_count))
+            payloads = [payload for _, payload in again]
+        else:
+            fresh_count = min(limit, len(pending))
+            seqs = range(self._pending_head, self._pending_head + fresh_count)
+            payloads = []
         popleft = pending.popleft
-        batch = [popleft() for _ in range(min(settings.batch_size, len(pending)))]
-        size = sum([len(payload) for _, payload in batch]) + len(batch)
-        while size > settings.max_batch_bytes and len(batch) > 1:  # rare: large commands
-            entry = batch.pop()
-            pending.appendleft(entry)
-            size -= len(entry[1]) + 1
-        self._pending_bytes -= size - len(batch)
+        payloads += [popleft() for _ in range(fresh_count)]
+        self._pending_head += fresh_count
+        size = sum([len(payload) for payload in payloads]) + len(payloads)
+        if size > settings.max_batch_bytes and len(payloads) > 1:  # rare: large commands
+            keep = len(payloads)
+            while size > settings.max_batch_bytes and keep > 1:
+                keep -= 1
+                size -= len(payloads[keep]) + 1
+            retry.extendleft(reversed(list(zip(seqs[keep:], payloads[keep:]))))
+            seqs, payloads = seqs[:keep], payloads[:keep]
+        self._pending_bytes -= size - len(payloads)
         started = self._clock()
-        self._in_flight = batch
+        self._in_flight = payloads
         try:
-            retry = self._deliver(batch, started)
+            again = self._deliver(seqs, payloads, started)
         except Exception as error:  # a bug of ours: the batch is reported, never silently lost
             logger.exception("seven_segments worker: unexpected error while sending")
-            self._fail_entries(batch, SevenSegmentsError(f"internal error while sending: {type(error).__name__}"))
-            retry = []
+            self._fail_entries(seqs, payloads, SevenSegmentsError(f"internal error while sending: {type(error).__name__}"))
+            again = []
         finally:
             self._in_flight = []
         if self._abandoned:
             return
-        if retry:
-            pending.extendleft(reversed(retry))
-            self._pending_bytes += sum(len(payload) for _, payload in retry)
-            self._retried += len(retry)
+        if again:
+            retry.extendleft(reversed(again))
+            self._pending_bytes += sum(len(payload) for _, payload in again)
+            self._retried += len(again)
             self._retry_rounds += 1
             self._pause(self._backoff.for_attempt(self._retry_rounds))
         else:
             self._retry_rounds = 0
-        if pending:
+        if self._waiting:
             self._oldest_at = min(started, self._clock())
 
-    def _deliver(self, batch: List[_Entry], started: float) -> List[_Entry]:
+    def _deliver(self, seqs: _Seqs, payloads: List[bytes], started: float) -> List[_Entry]:
         """Send one bulk request (retrying whole-request failures); return the entries to send again."""
-        body = _BULK_HEAD + b",".join([payload for _, payload in batch]) + _BULK_TAIL
+        batch = payloads
+        body = _BULK_HEAD + b",".join(payloads) + _BULK_TAIL
         settings = self._settings
 
         def count_retry(error: Exception, delay: float) -> None:
@@ -534,11 +572,12 @@ class BufferedWorker:
         except InvalidRequest as error:
             if error.status == 413 and len(batch) > 1 and not self._abandoned:
                 half = len(batch) // 2
-                return self._deliver(batch[:half], started) + self._deliver(batch[half:], started)
-            self._fail_entries(batch, error)
+                front = self._deliver(seqs[:half], payloads[:half], started)
+                return front + self._deliver(seqs[half:], payloads[half:], started)
+            self._fail_entries(seqs, payloads, error)
             return []
         except SevenSegmentsError as error:
-            self._fail_entries(batch, error)
+            self._fail_entries(seqs, payloads, error)
             return []
         if self._abandoned:
             return []
@@ -551,12 +590,12 @@ class BufferedWorker:
         ].count(RESULT_OK) == len(batch):
             self._sent += len(batch)  # the usual answer: every command ok
             if self._retry_since:
-                for seq, _ in batch:
+                for seq in seqs:
                     self._retry_since.pop(seq, None)
             return []
         retry: List[_Entry] = []
         now = self._clock()
-        for index, entry in enumerate(batch):
+        for index, entry in enumerate(zip(seqs, payloads)):
             result = results[index] if index < len(results) else None
             status = result.get("status") if isinstance(result, dict) else None
             if status == RESULT_OK:
@@ -566,7 +605,8 @@ class BufferedWorker:
             elif status == RESULT_ERROR:
                 errors = result.get("errors") if isinstance(result, dict) else None
                 self._fail_entries(
-                    [entry],
+                    [entry[0]],
+                    [entry[1]],
                     InvalidRequest(
                         f"{PATH_BULK}: the command was refused",
                         status=200,
@@ -577,7 +617,9 @@ class BufferedWorker:
                 first = self._retry_since.setdefault(entry[0], now)
                 if now - first >= settings.retry_deadline or now >= self._shutdown_at:
                     self._fail_entries(
-                        [entry], ServiceUnavailable(f"{PATH_BULK}: the server kept answering 'retry' for the command")
+                        [entry[0]],
+                        [entry[1]],
+                        ServiceUnavailable(f"{PATH_BULK}: the server kept answering 'retry' for the command"),
                     )
                 else:
                     retry.append(entry)
@@ -589,7 +631,7 @@ class BufferedWorker:
     def _settle_flushes(self) -> None:
         if not self._flushes:
             return
-        first_unsettled = self._pending[0][0] if self._pending else math.inf
+        first_unsettled = self._first_waiting_seq()
         waiting = []
         for request in self._flushes:
             if request.upto < first_unsettled:
@@ -598,25 +640,25 @@ class BufferedWorker:
                 waiting.append(request)
         self._flushes = waiting
 
-    def _fail_entries(self, entries: Sequence[_Entry], error: SevenSegmentsError) -> None:
-        """Count encoded ``entries`` as failed for good and report them (before any flush waiting on
+    def _fail_entries(self, seqs: _Seqs, payloads: Sequence[bytes], error: SevenSegmentsError) -> None:
+        """Count encoded commands as failed for good and report them (before any flush waiting on
         them returns)."""
-        if entries and not self._abandoned:
-            self._count_failures([seq for seq, _ in entries], error)
-            self._call_on_error(error, lambda: [json.loads(payload) for _, payload in entries])
+        if payloads and not self._abandoned:
+            self._count_failures(seqs, error)
+            self._call_on_error(error, lambda: [json.loads(payload) for payload in payloads])
 
     def _fail_commands(self, commands: Sequence[Command], error: SevenSegmentsError) -> None:
         """The same for commands taken but never encoded (their sequence number is the current one)."""
         self._count_failures([self._seq], error)
         self._call_on_error(error, lambda: [BulkCommandEncoder.as_dict(command, self._token) for command in commands])
 
-    def _count_failures(self, seqs: Sequence[int], error: SevenSegmentsError) -> None:
+    def _count_failures(self, seqs: _Seqs, error: SevenSegmentsError) -> None:
         self._failed += len(seqs)
-        last = max(seqs)
+        first, last = min(seqs), max(seqs)
         with self._lock:
             self._last_failed_seq = max(self._last_failed_seq, last)
         for request in self._flushes:
-            if request.upto >= min(seqs):
+            if request.upto >= first:
                 request.delivered_all = False
         if self._retry_since:
             for seq in seqs:
@@ -663,12 +705,21 @@ class BufferedWorker:
     def _abandon(self) -> None:
         """The close deadline passed: fail what is left, on the worker's thread."""
         self._take_incoming()
-        left = list(self._pending)
-        self._pending.clear()
-        self._pending_bytes = 0
-        self._fail_entries(left, ServiceUnavailable(f"not delivered within the close deadline ({self._close_timeout:g} s)"))
+        seqs, payloads = self._take_waiting()
+        self._fail_entries(
+            seqs, payloads, ServiceUnavailable(f"not delivered within the close deadline ({self._close_timeout:g} s)")
+        )
         self._settle_flushes()
         self._stop()
+
+    def _take_waiting(self) -> Tuple[List[int], List[bytes]]:
+        """Empty both waiting queues: their sequence numbers and payloads, oldest first."""
+        seqs = [seq for seq, _ in self._retry] + list(range(self._pending_head, self._pending_head + len(self._pending)))
+        payloads = [payload for _, payload in self._retry] + list(self._pending)
+        self._retry.clear()
+        self._pending.clear()
+        self._pending_bytes = 0
+        return seqs, payloads
 
     def _stop(self) -> None:
         """The worker's last act: from now on, whoever appends to the queue settles it."""
@@ -686,14 +737,13 @@ class BufferedWorker:
                 return
             self._abandoned = True
             self._stopped = True
-        left = list(self._in_flight) + list(self._pending)
-        self._pending.clear()
+        left = list(self._in_flight) + self._take_waiting()[1]
         self._failed += len(left)
         error = ServiceUnavailable(
             f"not confirmed within the close deadline ({self._close_timeout:g} s); the last request may have been applied"
         )
         self._last_close_error = str(error)
-        self._call_on_error(error, lambda: [json.loads(payload) for _, payload in left])
+        self._call_on_error(error, lambda: [json.loads(payload) for payload in left])
         self._settle_after_stop()
         self._report_close_losses()
 
