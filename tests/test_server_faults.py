@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from typing import Any, Dict, Iterator, List
+from typing import Any, Dict, List
 
 import pytest
 import requests
@@ -13,12 +13,6 @@ import requests
 from seven_segments.testing import LocalServer
 
 JSON = {"Content-Type": "application/json"}
-
-
-@pytest.fixture
-def server() -> Iterator[LocalServer]:
-    with LocalServer() as local:
-        yield local
 
 
 def event(customer: str = "john", **extra: Any) -> Dict[str, Any]:

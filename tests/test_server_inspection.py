@@ -6,7 +6,7 @@ import json
 import logging
 import threading
 import time
-from typing import Any, Dict, Iterator
+from typing import Any, Dict
 
 import pytest
 import requests
@@ -14,12 +14,6 @@ import requests
 from seven_segments.testing import LocalServer
 
 JSON = {"Content-Type": "application/json"}
-
-
-@pytest.fixture
-def server() -> Iterator[LocalServer]:
-    with LocalServer() as local:
-        yield local
 
 
 def event(customer: str = "john", **extra: Any) -> Dict[str, Any]:

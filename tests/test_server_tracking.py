@@ -15,12 +15,6 @@ from seven_segments.testing import LocalServer
 JSON = {"Content-Type": "application/json"}
 
 
-@pytest.fixture
-def server() -> Iterator[LocalServer]:
-    with LocalServer() as local:
-        yield local
-
-
 def post(server: LocalServer, path: str, body: Any, headers: Optional[Dict[str, str]] = None) -> requests.Response:
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
     return requests.post(server.url + path, data=data, headers=headers or JSON, timeout=10)

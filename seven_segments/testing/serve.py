@@ -88,7 +88,10 @@ def run(args: argparse.Namespace) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
         server.close()
-    print("7SEGMENTS local server stopped", flush=True)
+    try:
+        print("7SEGMENTS local server stopped", flush=True)
+    except OSError:  # stdout already closed (a parent that stopped reading): nothing to tell
+        pass
     return 0
 
 
