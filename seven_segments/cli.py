@@ -82,8 +82,11 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verbose", action="store_true", help="log requests and retries to stderr")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of every command."""
+def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
+    """The argument parser of every command.
+
+    The options of ``serve`` and ``demo`` (whose modules take a while to import) are added only when
+    ``command`` is one of them, or is ``None`` (everything)."""
     program = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "seven_segments.py"
     if program in ("__main__.py", "-c", ""):
         program = "python -m seven_segments"
@@ -132,9 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser(
         "serve", help="run the local 7SEGMENTS server", description="Run the local 7SEGMENTS server until interrupted."
     )
-    from .testing.serve import add_arguments as add_serve_arguments
+    if command in (None, "serve"):
+        from .testing.serve import add_arguments as add_serve_arguments
 
-    add_serve_arguments(serve)
+        add_serve_arguments(serve)
 
     demo = commands.add_parser(
         "demo",
@@ -142,9 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Start a local server, track events from several threads through a buffered client while the "
         "server injects faults, and print what arrived. Exits 0 only when nothing was lost.",
     )
-    from .demo import add_arguments as add_demo_arguments
+    if command in (None, "demo"):
+        from .demo import add_arguments as add_demo_arguments
 
-    add_demo_arguments(demo)
+        add_demo_arguments(demo)
     return parser
 
 
@@ -222,7 +227,9 @@ _COMMANDS: Dict[str, Callable[[argparse.Namespace], int]] = {
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Run the command line; returns the exit status."""
-    parser = build_parser()
+    words = sys.argv[1:] if argv is None else argv
+    command = next((word for word in words if not word.startswith("-")), None)
+    parser = build_parser(command if command in _COMMANDS else None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if getattr(args, "verbose", False):

@@ -14,16 +14,15 @@ every ``track`` of every request thread of a web server.
 
 from __future__ import annotations
 
+import base64
 import datetime as _dt
-import decimal
 import enum
 import json
 import json.encoder
 import math
 import os
-import secrets
+import sys
 import time
-import uuid
 from collections.abc import Mapping
 from itertools import count
 from typing import Any, Callable, Dict, Iterator, Optional, Tuple, Union, cast
@@ -180,7 +179,10 @@ def _capture_value(value: Any, path: str, depth: int) -> Tuple[Any, int]:
     if isinstance(value, (_dt.datetime, _dt.date, _dt.time)):
         text = value.isoformat()
         return text, len(text) + 2
-    if isinstance(value, decimal.Decimal):
+    # Decimal and UUID values can only exist if their modules were imported, so look there rather
+    # than importing them ourselves (the command line starts faster).
+    decimal = sys.modules.get("decimal")
+    if decimal is not None and isinstance(value, decimal.Decimal):
         if not value.is_finite():
             raise ValueError(f"{path}: Decimal {value} is not valid JSON")
         if value == value.to_integral_value():
@@ -189,7 +191,8 @@ def _capture_value(value: Any, path: str, depth: int) -> Tuple[Any, int]:
         if not math.isfinite(number):
             raise ValueError(f"{path}: Decimal {_short(value)} is too large for a JSON number")
         return number, 24
-    if isinstance(value, uuid.UUID):
+    uuid = sys.modules.get("uuid")
+    if uuid is not None and isinstance(value, uuid.UUID):
         return str(value), 38
     if isinstance(value, (bytes, bytearray, memoryview)):
         raise TypeError(f"{path}: {type(value).__name__} {_short(value)} is not valid JSON; decode it to str first")
@@ -293,7 +296,8 @@ class _CommandIds:
 
     def reseed(self) -> None:
         """Start a new prefix (called in a forked child)."""
-        self._state = (secrets.token_urlsafe(12) + "-", count(1))  # 17 characters of [A-Za-z0-9_-]
+        prefix = base64.urlsafe_b64encode(os.urandom(12)).decode("ascii")  # 16 characters of [A-Za-z0-9_-]
+        self._state = (prefix + "-", count(1))
         self._pid = os.getpid()
 
     def source(self) -> Tuple[str, Iterator[int]]:

@@ -19,15 +19,17 @@ import math
 import os
 import time
 import zlib
-from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Tuple, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, TypeVar
 from urllib.parse import quote, quote_plus, urlsplit
 
 import requests
-import tenacity
 
 from .clock import Clock, monotonic
 from .errors import AuthenticationError, InvalidRequest, SevenSegmentsError, ServiceUnavailable
 from .protocol import TRANSIENT_STATUSES, USER_AGENT
+
+if TYPE_CHECKING:  # imported when first needed: a call that succeeds at once never loads tenacity
+    import tenacity
 
 __all__ = ["Backoff", "Transport", "TransientError", "call_with_retries", "normalize_target", "parse_retry_after"]
 
@@ -242,10 +244,21 @@ class Backoff:
     """Exponential backoff with jitter that never waits less than the server's ``Retry-After``."""
 
     def __init__(self, initial: float, maximum: float) -> None:
-        self._jittered = tenacity.wait_exponential(multiplier=initial, max=maximum) + tenacity.wait_random(0, initial)
+        self._initial = initial
+        self._maximum = maximum
+        self._wait: Optional[Callable[[tenacity.RetryCallState], float]] = None
+
+    def _jittered(self, state: tenacity.RetryCallState) -> float:
+        if self._wait is None:
+            import tenacity
+
+            self._wait = tenacity.wait_exponential(multiplier=self._initial, max=self._maximum) + tenacity.wait_random(
+                0, self._initial
+            )
+        return float(self._wait(state))
 
     def __call__(self, state: tenacity.RetryCallState) -> float:
-        delay = float(self._jittered(state))
+        delay = self._jittered(state)
         error = state.outcome.exception() if state.outcome is not None else None
         if isinstance(error, TransientError) and error.retry_after is not None:
             delay = max(delay, error.retry_after)
@@ -253,9 +266,11 @@ class Backoff:
 
     def for_attempt(self, attempt_number: int) -> float:
         """The delay after the ``attempt_number``-th attempt, outside a tenacity loop."""
+        import tenacity
+
         state = tenacity.RetryCallState(tenacity.Retrying(), None, (), {})
         state.attempt_number = attempt_number
-        return float(self._jittered(state))
+        return self._jittered(state)
 
 
 class _Schedule:
@@ -294,8 +309,24 @@ def call_with_retries(
     made sooner than ``Retry-After``; when the next retry would start past the deadline we stop at
     once. Raises ``ServiceUnavailable`` (with the last status and errors) when the retries run out;
     other exceptions pass through.
+
+    The first attempt is made directly; only when it fails does tenacity take over (it is handed
+    that first failure as its own first attempt, then waits and retries), so the usual call that
+    succeeds at once costs nothing more than the request.
     """
     started = clock()
+
+    def attempt_now() -> T:
+        if cut_attempts_at_deadline:
+            return attempt(max(0.001, min(timeout, deadline() - clock())))
+        return attempt(timeout)
+
+    try:
+        return attempt_now()
+    except TransientError as error:
+        first_failure: List[TransientError] = [error]
+    import tenacity
+
     schedule = _Schedule(backoff)
 
     def should_stop(state: tenacity.RetryCallState) -> bool:
@@ -310,9 +341,9 @@ def call_with_retries(
                 on_retry(error, delay)
 
     def one_attempt() -> T:
-        if cut_attempts_at_deadline:
-            return attempt(max(0.001, min(timeout, deadline() - clock())))
-        return attempt(timeout)
+        if first_failure:
+            raise first_failure.pop()  # the attempt made above, replayed for tenacity's bookkeeping
+        return attempt_now()
 
     retrying = tenacity.Retrying(
         retry=tenacity.retry_if_exception_type(TransientError),
