@@ -33,3 +33,12 @@ def dead_url() -> str:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     return f"http://127.0.0.1:{port}"
+
+
+def exit_code(wait_status: int) -> int:
+    """The exit code of a waited-for child (``os.waitstatus_to_exitcode`` before Python 3.9)."""
+    if hasattr(os, "waitstatus_to_exitcode"):
+        return int(os.waitstatus_to_exitcode(wait_status))
+    if os.WIFSIGNALED(wait_status):
+        return -os.WTERMSIG(wait_status)
+    return os.WEXITSTATUS(wait_status)

@@ -16,7 +16,7 @@ import pytest
 from seven_segments import AuthenticatedSevenSegments, ServiceUnavailable, SevenSegments, SevenSegmentsError
 from seven_segments.testing import LocalServer
 
-from .conftest import TOKEN
+from .conftest import TOKEN, exit_code
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -196,7 +196,7 @@ def test_a_blocking_client_used_across_fork_does_not_share_its_connection(server
     for _ in range(200):
         client.track("parent")
     _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+    assert exit_code(status) == 0
     kinds = [event["type"] for event in server.events()]
     assert kinds.count("child") == 200 and kinds.count("parent") == 200
 

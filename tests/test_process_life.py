@@ -20,7 +20,7 @@ from seven_segments import serialization as serialization_module
 from seven_segments import worker as worker_module
 from seven_segments.testing import LocalServer
 
-from .conftest import TOKEN
+from .conftest import TOKEN, exit_code
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -81,7 +81,7 @@ def _wait(pid: int, timeout: float = 30.0) -> Optional[int]:
     while time.monotonic() < end:
         done, status = os.waitpid(pid, os.WNOHANG)
         if done:
-            return os.waitstatus_to_exitcode(status)
+            return exit_code(status)
         time.sleep(0.005)
     os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
