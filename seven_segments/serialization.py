@@ -36,6 +36,8 @@ _c_make_encoder: Optional[Callable[..., Any]] = getattr(json.encoder, "c_make_en
 
 __all__ = [
     "BulkCommandEncoder",
+    "c_json_encoder",
+    "compact_json_encoder",
     "Command",
     "CustomerIds",
     "JSONObject",
@@ -325,16 +327,29 @@ if hasattr(os, "register_at_fork"):
 
 
 def _refuse_default(value: Any) -> Any:
-    raise TypeError(f"{type(value).__name__} is not JSON")  # unreachable: values were captured
+    raise TypeError(f"{type(value).__name__} is not JSON")
 
 
-def _object_encoder() -> Callable[[Any], str]:
-    """Compact JSON of captured values, UTF-8 (no ``\\u`` escapes), with one reused C encoder."""
-    if _c_make_encoder is not None:
-        # markers=None: no cycle check, captured values are fresh trees; allow_nan=False.
-        encoder = _c_make_encoder(None, _refuse_default, _encode_string, None, ":", ",", False, False, False)
-        return lambda value: "".join(encoder(value, 0))
-    return json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode  # pragma: no cover
+def c_json_encoder(sort_keys: bool = False) -> Optional[Callable[[Any, int], Any]]:
+    """The json module's C encoder, built once for reuse (``json.dumps`` builds one per call, which
+    costs more than encoding a small object): compact, UTF-8 (no ``\\u`` escapes), NaN and
+    Infinity refused, no cycle check (for values known to be trees). Call as ``encoder(value, 0)``
+    and join the parts. ``None`` on interpreters without the C accelerator."""
+    if _c_make_encoder is None:  # pragma: no cover
+        return None
+    return cast(
+        Callable[[Any, int], Any],
+        _c_make_encoder(None, _refuse_default, _encode_string, None, ":", ",", sort_keys, False, False),
+    )
+
+
+def compact_json_encoder(sort_keys: bool = False) -> Callable[[Any], str]:
+    """A reusable, thread-safe ``value -> compact UTF-8 JSON text`` (see :func:`c_json_encoder`)."""
+    encoder = c_json_encoder(sort_keys)
+    if encoder is None:  # pragma: no cover
+        return json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=False, sort_keys=sort_keys).encode
+    join = "".join
+    return lambda value: join(encoder(value, 0))
 
 
 class BulkCommandEncoder:
@@ -347,7 +362,7 @@ class BulkCommandEncoder:
 
     def __init__(self, token: str) -> None:
         self._company = _encode_string(token)
-        self._object = _object_encoder()
+        self._object = compact_json_encoder()
         self._ids: Optional[CustomerIds] = None
         self._type: Optional[str] = None
         self._event_head = ""  # everything before the properties, for the last ids and type seen

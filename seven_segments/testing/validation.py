@@ -16,32 +16,12 @@ import sys
 from itertools import chain, compress, repeat
 from typing import AbstractSet, Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
+from ..serialization import c_json_encoder, compact_json_encoder
 from ..protocol import COMMAND_ID_RE, MAX_COMMAND_BYTES, MAX_EVENT_TYPE_LENGTH, PATH_EVENTS
 
-_c_make_encoder: Any = getattr(json.encoder, "c_make_encoder", None)
-
-
-def _encoder(sort_keys: bool) -> Callable[[Any], str]:
-    """A reusable compact JSON encoder refusing NaN / Infinity (``ValueError``), thread-safe.
-
-    The C encoder is built once (``json.dumps`` builds one per call, which costs more than the encoding).
-    """
-    if _c_make_encoder is None:  # pragma: no cover - Python without the C accelerator
-        return json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=False, sort_keys=sort_keys).encode
-    encode = _c_make_encoder(None, None, json.encoder.encode_basestring, None, ":", ",", sort_keys, False, False)
-
-    def encode_json(value: Any) -> str:
-        if isinstance(value, str):
-            return json.encoder.encode_basestring(value)
-        return "".join(encode(value, 0))
-
-    return encode_json
-
-
-#: Compact, strict JSON encoder used both to store values and to detect NaN / Infinity.
-_ENCODE = _encoder(sort_keys=False)
+_ENCODE = compact_json_encoder()
 #: Canonical encoder for customer id objects (the identity of a customer).
-_CANONICAL = _encoder(sort_keys=True)
+_CANONICAL = compact_json_encoder(sort_keys=True)
 
 EVENT_FIELDS = frozenset({"company_id", "customer_ids", "type", "properties", "timestamp", "command_id"})
 CUSTOMER_FIELDS = frozenset({"company_id", "ids", "properties", "timestamp", "command_id"})
@@ -494,7 +474,4 @@ def validate_event_bulk(commands: Sequence[Any], now: float, body_size: int, row
     return EventBatch(company_set, keys, events)
 
 
-_C_ENCODE_PROPERTIES: Any = (
-    _c_make_encoder(None, None, json.encoder.encode_basestring, None, ":", ",", False, False, False)
-    if _c_make_encoder is not None else None
-)
+_C_ENCODE_PROPERTIES: Any = c_json_encoder()
