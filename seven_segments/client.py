@@ -189,23 +189,24 @@ class SevenSegments(_ApiClient):
         super().__init__(target, timeout, retry_deadline, (token,), bool(gzip), None, call_deadline)
         self._customer_ids: Optional[CustomerIds] = None if customer is None else customer_ids(customer)
         self._worker: Optional[BufferedWorker] = None
+        # Checked in both modes: a bad setting is a mistake even where it has no effect yet.
+        if on_error is not None and not callable(on_error):
+            raise TypeError(f"on_error must be callable, not {type(on_error).__name__}")
+        batch_size = _number("batch_size", batch_size, minimum=1, integer=True)
+        if batch_size > MAX_BULK_COMMANDS:
+            raise ValueError(f"batch_size must be at most {MAX_BULK_COMMANDS} (the protocol's limit), not {batch_size}")
+        settings = WorkerSettings(
+            batch_size=batch_size,
+            max_batch_bytes=MAX_BATCH_BYTES,
+            flush_interval=_number("flush_interval", flush_interval, minimum=0, allow_equal=False),
+            max_queue_size=_number("max_queue_size", max_queue_size, minimum=1, integer=True),
+            max_queue_bytes=_number("max_queue_bytes", max_queue_bytes, minimum=1024, integer=True),
+            retry_deadline=self._retry_deadline,
+            shutdown_timeout=_number("shutdown_timeout", shutdown_timeout, minimum=0),
+            timeout=self._timeout,
+            on_error=on_error,
+        )
         if buffered:
-            if on_error is not None and not callable(on_error):
-                raise TypeError(f"on_error must be callable, not {type(on_error).__name__}")
-            batch_size = _number("batch_size", batch_size, minimum=1, integer=True)
-            if batch_size > MAX_BULK_COMMANDS:
-                raise ValueError(f"batch_size must be at most {MAX_BULK_COMMANDS} (the protocol's limit), not {batch_size}")
-            settings = WorkerSettings(
-                batch_size=batch_size,
-                max_batch_bytes=MAX_BATCH_BYTES,
-                flush_interval=_number("flush_interval", flush_interval, minimum=0, allow_equal=False),
-                max_queue_size=_number("max_queue_size", max_queue_size, minimum=1, integer=True),
-                max_queue_bytes=_number("max_queue_bytes", max_queue_bytes, minimum=1024, integer=True),
-                retry_deadline=self._retry_deadline,
-                shutdown_timeout=_number("shutdown_timeout", shutdown_timeout, minimum=0),
-                timeout=self._timeout,
-                on_error=on_error,
-            )
             self._worker = BufferedWorker(token, self._transport, settings)
 
     def __repr__(self) -> str:

@@ -346,3 +346,10 @@ def test_repr_and_errors_never_show_the_token(server: LocalServer) -> None:
     client = buffered(server)
     assert TOKEN not in repr(client) and "buffered" in repr(client)
     client.close()
+
+
+def test_invalid_buffered_settings_raise_in_blocking_mode_too(server: LocalServer) -> None:
+    with pytest.raises(ValueError, match="batch_size must be at most 1000"):
+        SevenSegments(TOKEN, target=server.url, batch_size=5000)
+    with pytest.raises(ValueError, match="shutdown_timeout"):
+        SevenSegments(TOKEN, target=server.url, shutdown_timeout=-1)
