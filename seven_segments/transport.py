@@ -41,6 +41,8 @@ T = TypeVar("T")
 GZIP_MIN_BYTES = 1024
 #: zlib level 1: about 6x smaller JSON for a fraction of the CPU of the default level.
 GZIP_LEVEL = 1
+#: A retry with less time than this before its deadline is not made (its answer could not arrive).
+MIN_ATTEMPT_SECONDS = 0.05
 #: Connections kept per client for reuse (blocking calls from many threads share them).
 POOL_SIZE = 32
 #: ``Retry-After`` values longer than this are taken as this (a server bug should not park us for a day).
@@ -325,6 +327,7 @@ def call_with_retries(
         return attempt_now()
     except TransientError as error:
         first_failure: List[TransientError] = [error]
+        last_failure: List[TransientError] = [error]
     import tenacity
 
     schedule = _Schedule(backoff)
@@ -343,7 +346,14 @@ def call_with_retries(
     def one_attempt() -> T:
         if first_failure:
             raise first_failure.pop()  # the attempt made above, replayed for tenacity's bookkeeping
-        return attempt_now()
+        if cut_attempts_at_deadline and deadline() - clock() < MIN_ATTEMPT_SECONDS:
+            # The deadline came forward during the wait (a close): no hurried try before Retry-After.
+            raise last_failure[0]
+        try:
+            return attempt_now()
+        except TransientError as error:
+            last_failure[0] = error
+            raise
 
     retrying = tenacity.Retrying(
         retry=tenacity.retry_if_exception_type(TransientError),

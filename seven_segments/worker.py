@@ -163,7 +163,10 @@ class BufferedWorker:
         self._pending_head = 1
         self._pending_bytes = 0  # of both
         self._large_raw_bytes = 0
-        self._in_flight: List[bytes] = []
+        # The batch being sent: seq -> payload of its commands whose outcome is not counted yet. The
+        # worker takes entries out (under the lock) as it counts them; a closer that gives up takes
+        # what is left, so nothing is counted twice.
+        self._in_flight: Dict[int, bytes] = {}
         self._oldest_at = 0.0
         self._seq = 0
         self._flushes: List[_FlushRequest] = []
@@ -178,6 +181,8 @@ class BufferedWorker:
         self._drop_warning_at = -math.inf
         self._drops_unwarned = 0
         self._last_close_error = ""
+        self._close_reported = False
+        self._final_count_taken = False  # the worker's _abandon or the closer counts what is left, not both
         # Counters. The worker writes these (the closer too, under the lock, once the worker is done) ...
         self._taken = 0
         self._sent = 0
@@ -238,7 +243,11 @@ class BufferedWorker:
                 self._drops.append(command)
             else:
                 self._drops_not_kept += 1
-        self._wakeup.set()
+        if self._stopped:  # no worker will report it: do it here
+            self._report_drops()
+            self._warn_drops("the client is closed")
+        else:
+            self._wakeup.set()
 
     def _start(self) -> None:
         with self._lock:
@@ -264,8 +273,19 @@ class BufferedWorker:
         """
         self._check_fork()
         if self._closing:
-            self.finish_close()
-            return self._failed == self._failed_at_close and not self._drops_since_reported()
+            thread = self._thread
+            if thread is not None and thread is not threading.current_thread():
+                remaining = max(0.0, self._shutdown_at - self._clock()) + CLOSE_GRACE
+                thread.join(remaining if timeout is None else min(timeout, remaining))
+                if thread.is_alive():
+                    return False
+            with self._lock:
+                return (
+                    not self._waiting
+                    and self._last_failed_seq <= self._reported_upto
+                    and self._dropped <= self._reported_drops
+                    and self._failed == self._failed_at_close
+                )
         if self._thread is not None and self._thread is threading.current_thread():
             logger.warning("seven_segments: flush() from on_error cannot wait for the worker it runs on")
             return False
@@ -290,9 +310,6 @@ class BufferedWorker:
             self._reported_upto = max(self._reported_upto, request.upto)
             self._reported_drops = max(self._reported_drops, request.drops)
         return request.delivered_all
-
-    def _drops_since_reported(self) -> bool:
-        return self._dropped > self._reported_drops
 
     def begin_close(self, timeout: Optional[float] = None) -> None:
         """Stop taking commands and tell the worker to deliver what it has within the timeout."""
@@ -378,6 +395,7 @@ class BufferedWorker:
                     return
                 if self._should_send():
                     self._send_batch()
+                    self._settle_flushes()  # a flush waits for its own commands, not for later ones
                     continue
                 self._settle_flushes()
                 if self._closing:
@@ -432,6 +450,8 @@ class BufferedWorker:
             self._pending_bytes += len(payload)
         if was_empty and self._waiting:
             self._oldest_at = self._clock()
+        if self._flushes:
+            self._settle_flushes()  # one placed behind commands that have all settled already
 
     @property
     def _waiting(self) -> bool:
@@ -526,22 +546,26 @@ class BufferedWorker:
             seqs, payloads = seqs[:keep], payloads[:keep]
         self._pending_bytes -= size - len(payloads)
         started = self._clock()
-        self._in_flight = payloads
+        with self._lock:
+            self._in_flight = dict(zip(seqs, payloads))
         try:
             again = self._deliver(seqs, payloads, started)
         except Exception as error:  # a bug of ours: the batch is reported, never silently lost
             logger.exception("seven_segments worker: unexpected error while sending")
             self._fail_entries(seqs, payloads, SevenSegmentsError(f"internal error while sending: {type(error).__name__}"))
             again = []
-        finally:
-            self._in_flight = []
-        if self._abandoned:
-            return
+        with self._lock:
+            if self._abandoned:  # the closer counted what was still in flight, `again` included
+                return
+            self._in_flight = {}
+            if again:
+                retry.extendleft(reversed(again))
         if again:
-            retry.extendleft(reversed(again))
             self._pending_bytes += sum(len(payload) for _, payload in again)
             self._retried += len(again)
-            self._retry_rounds += 1
+            # Back off when a batch made no progress at all; otherwise keep the queue moving.
+            self._retry_rounds = self._retry_rounds + 1 if len(again) == len(payloads) else 1
+            self._settle_flushes()
             self._pause(self._backoff.for_attempt(self._retry_rounds))
         else:
             self._retry_rounds = 0
@@ -560,7 +584,7 @@ class BufferedWorker:
         try:
             answer = call_with_retries(
                 lambda timeout: self._transport.post(PATH_BULK, body, timeout=timeout),
-                what=f"{PATH_BULK} of {len(batch)} commands",
+                what=PATH_BULK,
                 deadline=lambda: min(started + settings.retry_deadline, self._shutdown_at),
                 timeout=settings.timeout,
                 backoff=self._backoff,
@@ -588,7 +612,9 @@ class BufferedWorker:
         if len(results) == len(batch) and [
             result.get("status") if type(result) is dict else None for result in results
         ].count(RESULT_OK) == len(batch):
-            self._sent += len(batch)  # the usual answer: every command ok
+            if not self._claim(seqs):  # the usual answer: every command ok
+                return []
+            self._sent += len(batch)
             if self._retry_since:
                 for seq in seqs:
                     self._retry_since.pop(seq, None)
@@ -599,6 +625,8 @@ class BufferedWorker:
             result = results[index] if index < len(results) else None
             status = result.get("status") if isinstance(result, dict) else None
             if status == RESULT_OK:
+                if not self._claim((entry[0],)):
+                    return []
                 self._sent += 1
                 if self._retry_since:
                     self._retry_since.pop(entry[0], None)
@@ -632,6 +660,9 @@ class BufferedWorker:
         if not self._flushes:
             return
         first_unsettled = self._first_waiting_seq()
+        in_flight = self._in_flight
+        if in_flight:  # being sent: not settled either
+            first_unsettled = min(first_unsettled, min(in_flight))
         waiting = []
         for request in self._flushes:
             if request.upto < first_unsettled:
@@ -640,10 +671,24 @@ class BufferedWorker:
                 waiting.append(request)
         self._flushes = waiting
 
+    def _claim(self, seqs: _Seqs) -> bool:
+        """Take in-flight commands out for counting; False when a closer that gave up counted them."""
+        with self._lock:
+            if self._abandoned:
+                return False
+            in_flight = self._in_flight
+            if in_flight:
+                if len(seqs) == len(in_flight):
+                    in_flight.clear()
+                else:
+                    for seq in seqs:
+                        in_flight.pop(seq, None)
+            return True
+
     def _fail_entries(self, seqs: _Seqs, payloads: Sequence[bytes], error: SevenSegmentsError) -> None:
         """Count encoded commands as failed for good and report them (before any flush waiting on
         them returns)."""
-        if payloads and not self._abandoned:
+        if payloads and self._claim(seqs):
             self._count_failures(seqs, error)
             self._call_on_error(error, lambda: [json.loads(payload) for payload in payloads])
 
@@ -702,8 +747,15 @@ class BufferedWorker:
             logger.warning("seven_segments: dropped %d commands: %s", self._drops_unwarned, reason)
             self._drops_unwarned = 0
 
+    def _take_final_count(self) -> bool:
+        with self._lock:
+            taken, self._final_count_taken = self._final_count_taken, True
+            return not taken
+
     def _abandon(self) -> None:
         """The close deadline passed: fail what is left, on the worker's thread."""
+        if not self._take_final_count():
+            return  # the closer gave up on us and counted it
         self._take_incoming()
         seqs, payloads = self._take_waiting()
         self._fail_entries(
@@ -727,23 +779,43 @@ class BufferedWorker:
         self._settle_after_stop()
         self._report_drops()
         self._warn_drops("the client is closed")
-        self._report_close_losses()
+        if not self._abandoned:
+            self._report_close_losses()
 
     def _abandon_from_closer(self) -> None:
-        """The worker is still in a request past the deadline: count what it holds as lost, from the
+        """The worker is still busy past the deadline: count what it holds as lost, from the
         closer's thread (the worker, when it returns, counts nothing more)."""
+        if not self._take_final_count():
+            return  # the worker is counting it itself, in _abandon
         with self._lock:
-            if self._abandoned:
-                return
             self._abandoned = True
             self._stopped = True
-        left = list(self._in_flight) + self._take_waiting()[1]
-        self._failed += len(left)
+            left = list(self._in_flight.values())
+            self._in_flight = {}
+            late: List[Command] = []
+            while True:  # queued before the close, never taken: lost for the same reason
+                try:
+                    item = self._incoming.popleft()
+                except IndexError:
+                    break
+                if type(item) is tuple:
+                    late.append(item)
+                else:
+                    self._flushes_queued -= 1
+                    self._flushes.append(item)
+            self._taken += len(late)
+        left += self._take_waiting()[1]
+        self._failed += len(left) + len(late)
         error = ServiceUnavailable(
             f"not confirmed within the close deadline ({self._close_timeout:g} s); the last request may have been applied"
         )
         self._last_close_error = str(error)
-        self._call_on_error(error, lambda: [json.loads(payload) for payload in left])
+        if left or late:
+            self._call_on_error(
+                error,
+                lambda: [json.loads(payload) for payload in left]
+                + [BulkCommandEncoder.as_dict(command, self._token) for command in late],
+            )
         self._settle_after_stop()
         self._report_close_losses()
 
@@ -774,6 +846,10 @@ class BufferedWorker:
             self._call_on_error(error, lambda: [BulkCommandEncoder.as_dict(command, self._token) for command in commands])
 
     def _report_close_losses(self) -> None:
+        with self._lock:
+            if self._close_reported:
+                return
+            self._close_reported = True
         lost = self._failed - self._failed_at_close
         if lost:
             logger.warning("seven_segments: %d commands were lost at close: %s", lost, self._last_close_error)

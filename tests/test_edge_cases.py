@@ -213,3 +213,71 @@ def test_verbose_command_line_never_logs_the_company_token() -> None:
     assert result.returncode == 1
     assert "retrying" in result.stderr  # --verbose is on
     assert company not in result.stderr + result.stdout
+
+
+def test_close_giving_up_after_a_413_split_counts_the_delivered_half_once(server: LocalServer) -> None:
+    reports, on_error = collector()
+    server.faults.fail_next(1, status=413)  # the batch of 10 is split
+    server.faults.delay_next(1, 0.0)  # the first half goes through
+    server.faults.delay_next(1, 2.0)  # the second half is still at the server when the close gives up
+    client = SevenSegments(TOKEN, "john", target=server.url, buffered=True, flush_interval=60, on_error=on_error)
+    for _ in range(10):
+        client.track("view")
+    client.flush(0)
+    end = time.monotonic() + 5
+    while client.stats()["sent"] < 5 and time.monotonic() < end:
+        time.sleep(0.005)
+    client.close(timeout=0.2)
+    stats = client.stats()
+    assert (stats["sent"], stats["failed"], stats["queued"], stats["pending"]) == (5, 5, 10, 0)
+    assert sum(len(commands) for _, commands in reports) == 5
+
+
+def test_a_close_during_a_retry_after_wait_makes_no_hurried_last_try(server: LocalServer) -> None:
+    server.faults.fail_next(1, status=503, retry_after=3)
+    client = SevenSegments(TOKEN, "john", target=server.url, buffered=True, flush_interval=60)
+    client.track("view")
+    client.flush(0)
+    end = time.monotonic() + 5
+    while not server.requests() and time.monotonic() < end:
+        time.sleep(0.005)
+    started = time.monotonic()
+    client.close(timeout=0.5)
+    assert time.monotonic() - started < 1.0
+    assert [request["status"] for request in server.requests()] == [503]  # not retried before Retry-After
+    assert client.stats()["failed"] == 1
+
+
+def test_commands_dropped_after_an_exit_time_close_are_reported_at_once(server: LocalServer) -> None:
+    from seven_segments.worker import close_all_at_exit
+
+    reports, on_error = collector()
+    client = SevenSegments(TOKEN, "john", target=server.url, buffered=True, on_error=on_error)
+    client.track("view")
+    close_all_at_exit()  # what atexit does, behind the client's back
+    client.track("late")  # a request thread still running at exit
+    assert client.stats()["dropped"] == 1
+    assert [command["data"]["type"] for _, commands in reports for command in commands] == ["late"]
+
+
+def test_a_flush_returns_when_its_own_commands_settle_not_later_ones(server: LocalServer) -> None:
+    client = SevenSegments(TOKEN, "john", target=server.url, buffered=True, batch_size=10, flush_interval=60)
+    server.faults.delay_next(1, 0.2)
+    server.faults.fail_next(1, status=503, retry_after=2)
+    for number in range(10):
+        client.track("first", {"n": number})
+    result: Dict[str, Any] = {}
+
+    def flush_first() -> None:
+        started = time.monotonic()
+        result["ok"] = client.flush(10)
+        result["seconds"] = time.monotonic() - started
+
+    flusher = threading.Thread(target=flush_first)
+    flusher.start()
+    time.sleep(0.05)  # the flush is queued behind the first ten
+    for number in range(10):
+        client.track("second", {"n": number})
+    flusher.join(10)
+    assert result["ok"] is True and result["seconds"] < 1.5
+    client.close()
