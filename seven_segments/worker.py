@@ -792,18 +792,7 @@ class BufferedWorker:
             self._stopped = True
             left = list(self._in_flight.values())
             self._in_flight = {}
-            late: List[Command] = []
-            while True:  # queued before the close, never taken: lost for the same reason
-                try:
-                    item = self._incoming.popleft()
-                except IndexError:
-                    break
-                if type(item) is tuple:
-                    late.append(item)
-                else:
-                    self._flushes_queued -= 1
-                    self._flushes.append(item)
-            self._taken += len(late)
+            late = self._drain_incoming_locked()  # queued before the close, never taken: lost alike
         left += self._take_waiting()[1]
         self._failed += len(left) + len(late)
         error = ServiceUnavailable(
@@ -819,21 +808,27 @@ class BufferedWorker:
         self._settle_after_stop()
         self._report_close_losses()
 
+    def _drain_incoming_locked(self) -> List[Command]:
+        """Empty the incoming queue once the worker is done with it (the lock is held): its commands
+        (counted as taken) and, moved to the waiting list, its flush requests."""
+        commands: List[Command] = []
+        while True:
+            try:
+                item = self._incoming.popleft()
+            except IndexError:
+                break
+            if type(item) is tuple:
+                commands.append(item)
+            else:
+                self._flushes_queued -= 1
+                self._flushes.append(item)
+        self._taken += len(commands)
+        return commands
+
     def _settle_after_stop(self) -> None:
         """Fail the commands, and answer the flushes, that reached the queue after the worker's last look."""
-        commands: List[Command] = []
         with self._lock:
-            while True:
-                try:
-                    item = self._incoming.popleft()
-                except IndexError:
-                    break
-                if type(item) is tuple:
-                    commands.append(item)
-                else:
-                    self._flushes_queued -= 1
-                    self._flushes.append(item)
-            self._taken += len(commands)
+            commands = self._drain_incoming_locked()
             self._failed += len(commands)
             flushes, self._flushes = self._flushes, []
         lost = bool(commands) or self._failed > self._failed_at_close
