@@ -284,6 +284,11 @@ class _Schedule:
         self._attempt = 0
         self._delay = 0.0
 
+    @property
+    def attempts(self) -> int:
+        """Attempts made so far (at least the first)."""
+        return max(1, self._attempt)
+
     def delay(self, state: tenacity.RetryCallState) -> float:
         if state.attempt_number != self._attempt:
             self._attempt = state.attempt_number
@@ -368,7 +373,7 @@ def call_with_retries(
     except TransientError as error:
         reason = error.reason if error.reason.startswith(what) else f"{what}: {error.reason}"
         failure = ServiceUnavailable(
-            f"{reason}; gave up after {schedule._attempt or 1} attempts in {clock() - started:.1f} s",
+            f"{reason}; gave up after {schedule.attempts} attempts in {clock() - started:.1f} s",
             status=error.status,
             errors=error.errors,
         )

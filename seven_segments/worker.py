@@ -121,11 +121,6 @@ _Entry = Tuple[int, bytes]  # (sequence number, the command's JSON as it goes in
 _Seqs = Sequence[int]  # sequence numbers of a batch: a range for fresh commands, a list when retried ones lead
 
 
-def _raw_extra(size: int) -> int:
-    """Bytes a waiting command of ``size`` bytes of properties takes beyond ``RAW_COMMAND_COST``."""
-    return RAW_BASE + 2 * size - RAW_COMMAND_COST
-
-
 class BufferedWorker:
     """The queue and background sender of one buffered client."""
 
@@ -214,7 +209,7 @@ class BufferedWorker:
         if self._pid != os.getpid():
             self._check_fork()
         incoming = self._incoming
-        extra = RAW_BASE + 2 * size - RAW_COMMAND_COST  # see _raw_extra
+        extra = RAW_BASE + 2 * size - RAW_COMMAND_COST  # its memory beyond RAW_COMMAND_COST
         settings = self._settings
         if (
             self._closing  # closed, e.g. at interpreter exit behind the client's back: counted, not kept

@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import socket
 import sys
-from typing import Iterator
+import time
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -42,3 +43,13 @@ def exit_code(wait_status: int) -> int:
     if os.WIFSIGNALED(wait_status):
         return -os.WTERMSIG(wait_status)
     return os.WEXITSTATUS(wait_status)
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 5.0) -> bool:
+    """Poll a condition of a running client or server (1 ms steps, bounded); its last value."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.001)
+    return bool(predicate())

@@ -20,7 +20,7 @@ from seven_segments import (
 )
 from seven_segments.testing import LocalServer
 
-from .conftest import TOKEN
+from .conftest import TOKEN, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -43,16 +43,6 @@ def collector() -> Tuple[List[Report], Any]:
 
 def bulk_bodies(server: LocalServer) -> List[Dict[str, Any]]:
     return [request["body"] for request in server.requests() if request["path"] == "/bulk"]
-
-
-def wait_until(predicate: Any, timeout: float = 5.0) -> bool:
-    """Poll a white-box condition (1 ms steps, bounded)."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.001)
-    return predicate()
 
 
 def test_track_and_update_arrive_in_bulk_with_protocol_bodies(server: LocalServer) -> None:

@@ -16,7 +16,7 @@ import pytest
 from seven_segments import AuthenticatedSevenSegments, ServiceUnavailable, SevenSegments, SevenSegmentsError
 from seven_segments.testing import LocalServer
 
-from .conftest import TOKEN, exit_code
+from .conftest import TOKEN, exit_code, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -53,11 +53,7 @@ def test_a_flush_that_timed_out_does_not_hide_a_later_failure(server: LocalServe
     with SevenSegments(TOKEN, "john", target=server.url, buffered=True, retry_deadline=0.3, flush_interval=60) as client:
         client.track("view")
         assert client.flush(0.05) is False  # timed out; the command fails later
-        worker = client._worker
-        assert worker is not None
-        end = time.monotonic() + 5
-        while client.stats()["failed"] == 0 and time.monotonic() < end:
-            time.sleep(0.01)
+        assert wait_until(lambda: client.stats()["failed"] == 1)
         assert client.flush(5) is False, "the failure was never reported to a flush"
         assert client.flush(5) is True  # reported once; nothing new since
         server.faults.clear()
@@ -84,9 +80,7 @@ def test_close_giving_up_on_a_request_in_flight_counts_each_command_once(server:
     client.flush(0)
     worker = client._worker
     assert worker is not None
-    end = time.monotonic() + 5
-    while not worker._in_flight and time.monotonic() < end:
-        time.sleep(0.001)
+    assert wait_until(lambda: bool(worker._in_flight))
     client.close(timeout=0.1)
     assert client.stats()["failed"] == 5
     thread = worker._thread
@@ -224,9 +218,7 @@ def test_close_giving_up_after_a_413_split_counts_the_delivered_half_once(server
     for _ in range(10):
         client.track("view")
     client.flush(0)
-    end = time.monotonic() + 5
-    while client.stats()["sent"] < 5 and time.monotonic() < end:
-        time.sleep(0.005)
+    assert wait_until(lambda: client.stats()["sent"] == 5)
     client.close(timeout=0.2)
     stats = client.stats()
     assert (stats["sent"], stats["failed"], stats["queued"], stats["pending"]) == (5, 5, 10, 0)
@@ -238,9 +230,7 @@ def test_a_close_during_a_retry_after_wait_makes_no_hurried_last_try(server: Loc
     client = SevenSegments(TOKEN, "john", target=server.url, buffered=True, flush_interval=60)
     client.track("view")
     client.flush(0)
-    end = time.monotonic() + 5
-    while not server.requests() and time.monotonic() < end:
-        time.sleep(0.005)
+    assert wait_until(lambda: bool(server.requests()))
     started = time.monotonic()
     client.close(timeout=0.5)
     assert time.monotonic() - started < 1.0
@@ -275,7 +265,9 @@ def test_a_flush_returns_when_its_own_commands_settle_not_later_ones(server: Loc
 
     flusher = threading.Thread(target=flush_first)
     flusher.start()
-    time.sleep(0.05)  # the flush is queued behind the first ten
+    worker = client._worker
+    assert worker is not None
+    assert wait_until(lambda: worker._flushes_queued + len(worker._flushes) == 1)  # queued behind the first ten
     for number in range(10):
         client.track("second", {"n": number})
     flusher.join(10)
