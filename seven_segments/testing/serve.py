@@ -1,7 +1,7 @@
 """``serve``: run the local 7SEGMENTS server from the command line until Ctrl-C or SIGTERM.
 
 ``serve [--host 127.0.0.1] [--port 8765] [--db FILE] [--campaigns FILE] [--analyses FILE]
-[--user NAME:PASSWORD]... [--tokens TOKEN,...] [--counting-only] [--verbose]`` prints the URL, serves,
+[--user NAME:PASSWORD]... [--tokens TOKEN,...] [--latency-ms N] [--counting-only] [--verbose]`` prints the URL, serves,
 shuts down cleanly and exits 0. Passwords given with ``--user`` are never printed nor logged.
 """
 
@@ -29,6 +29,16 @@ def _user(text: str) -> str:
     return text
 
 
+def _latency_ms(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 60_000:
+        raise argparse.ArgumentTypeError(f"--latency-ms must be a number of milliseconds from 0 to 60000, not {text!r}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``serve`` options to ``parser``."""
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: 127.0.0.1)")
@@ -42,6 +52,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--tokens", metavar="TOKEN,...", help="accept only these company tokens (default: any non-empty token)"
+    )
+    parser.add_argument(
+        "--latency-ms", metavar="N", type=_latency_ms, default=0.0,
+        help="delay every API answer by N milliseconds, as a network round trip would (default: 0)",
     )
     parser.add_argument("--counting-only", action="store_true", help="validate and count, store nothing")
     parser.add_argument("--verbose", action="store_true", help="log one line per request")
@@ -68,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
             tokens=tokens,
             counting_only=args.counting_only,
             verbose=args.verbose,
+            latency=args.latency_ms / 1000.0,
         )
         server.start()
     except (OSError, ValueError) as error:

@@ -292,8 +292,11 @@ class LocalServer:
     ``analyses``: mapping or JSON file path. ``users``: name -> password for the export API
     (``None``: any name and password). ``tokens``: accepted company tokens (``None``: any non-empty
     one). ``counting_only``: validate, dedupe and count but store nothing. ``verbose``: log one line
-    per request (``logging.INFO`` on this module's logger). Stored data stays readable after
-    :meth:`stop`; a restarted server listens on the same port again.
+    per request (``logging.INFO`` on this module's logger). ``latency``: seconds every API answer
+    (every path but ``/_local/``) waits after its body is read, as a round trip across a network
+    would; concurrent requests wait concurrently (settable at run time through :attr:`latency` or
+    ``POST /_local/latency``). Stored data stays readable after :meth:`stop`; a restarted server
+    listens on the same port again.
     """
 
     def __init__(
@@ -309,7 +312,10 @@ class LocalServer:
         counting_only: bool = False,
         verbose: bool = False,
         max_recorded_requests: int = DEFAULT_MAX_RECORDED,
+        latency: float = 0.0,
     ) -> None:
+        self._latency = 0.0
+        self.latency = latency
         self.host = host
         self.port = port
         self.db = db
@@ -330,6 +336,17 @@ class LocalServer:
         self._httpd: Optional[_HTTPServer] = None
         self._thread: Optional[threading.Thread] = None
         self._stopping = threading.Event()
+
+    # -- configuration -----------------------------------------------------------------------------
+
+    @property
+    def latency(self) -> float:
+        """Seconds every API answer waits (``0``: none); assign a new value at any time."""
+        return self._latency
+
+    @latency.setter
+    def latency(self, seconds: float) -> None:
+        self._latency = _check_latency(seconds)
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -479,6 +496,9 @@ class LocalServer:
         path, _, query = handler.path.partition("?")
         if path.startswith(_LOCAL):
             return self._handle_local(handler, path, query)
+        latency = self._latency
+        if latency > 0 and self._stopping.wait(latency):
+            raise _Drop()  # stopped while waiting: go away without applying
         if path in (_EVENTS, _CUSTOMERS, _HTML, _BULK) or path.startswith(_ANALYTICS):
             return self._handle_api(handler, path, query)
         return self._refuse(handler, _Refusal(404, [f"unknown path {path}"]), drain=True)
@@ -787,6 +807,7 @@ class LocalServer:
             "requests": lambda: {"requests": self.requests()},
             "stats": lambda: {"stats": self.stats()},
             "faults": lambda: {"faults": self.faults.pending()},
+            "latency": lambda: {"latency": self.latency},
         }
         try:
             raw = handler.read_raw_body()
@@ -803,6 +824,13 @@ class LocalServer:
                     raise _Refusal(400, ["n must be an integer and timeout a number"]) from None
                 reached = self.wait_for_events(n, min(timeout, 60.0))
                 handler.send_json(200, {"success": True, "reached": reached, "events": self._store.events_accepted})
+                return 200
+            if handler.command == "POST" and name == "latency":
+                try:
+                    self.latency = json.loads(raw.decode("utf-8") or "null").get("seconds")
+                except (ValueError, AttributeError) as error:
+                    raise _Refusal(400, [f'the body must be {{"seconds": S}}: {error}']) from None
+                handler.send_json(200, {"success": True, "latency": self.latency})
                 return 200
             if handler.command == "POST" and name == "reset":
                 self.reset()
@@ -822,6 +850,13 @@ class LocalServer:
             raise _Refusal(404, [f"unknown path {path}"])
         except _Refusal as refusal:
             return self._refuse(handler, refusal)
+
+
+def _check_latency(seconds: Any) -> float:
+    """``seconds`` as a float if it is a finite number from 0 to 60, else ``ValueError`` naming it."""
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds <= 60:
+        raise ValueError(f"latency must be a number of seconds from 0 to 60, not {seconds!r}")
+    return float(seconds)
 
 
 def _basic_credentials(header: str) -> Tuple[Optional[str], Optional[str]]:
