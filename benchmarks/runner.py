@@ -20,6 +20,9 @@ Scenarios (all bounded by a count and a time limit):
 - ``blocking`` (ours): latency of our blocking client against ``requests.Session.post`` of the same body.
 - ``cli`` (ours): wall time of ``./seven_segments.py track ...`` against ``python -c "import requests"``.
 - ``floors``: ``queue.SimpleQueue.put``, ``json.dumps`` of one command, one keep-alive POST of 100 commands.
+- ``roundtrip``: the delivery scenario with every answer of the server delayed by ``--latency`` seconds
+  (a remote API's round trip), within ``--max-seconds`` from the first call: a library too slow to
+  deliver ``--n`` events in that time is stopped there and reported as "received N in T s".
 """
 
 from __future__ import annotations
@@ -176,6 +179,66 @@ def scenario_delivery(lib: libs.Library, n: int) -> Result:
         return result
 
 
+def scenario_roundtrip(lib: libs.Library, n: int, latency: float, max_seconds: float) -> Result:
+    """Delivery with every answer ``latency`` s late: events/s from the first call until the server holds
+    them all, or until ``max_seconds`` passed (then ``capped``: what arrived by then, honestly)."""
+    with start_for(lib.name, latency=latency) as server:
+        lib.open(server.url)
+        gc.collect()
+        errors = dropped = calls = 0
+        track = lib.track
+        wall_start = time.time()
+        deadline = wall_start + max_seconds
+        cpu_start = time.process_time()
+        while calls < n:
+            for _ in range(min(100, n - calls)):  # the clock is read once per 100 calls
+                try:
+                    if not track():
+                        dropped += 1
+                except Exception:
+                    errors += 1
+            calls += min(100, n - calls)
+            if time.time() >= deadline:
+                break
+        produced = time.time() - wall_start
+        flushed = lib.flush(max(0.1, deadline - time.time()))
+        arrived = server.wait(lib.name, calls, timeout=max(0.1, deadline - time.time()), stall=max(3.0, 20 * latency))
+        cpu = time.process_time() - cpu_start
+        ended = time.time()
+        delivered = arrived["unique"]
+        # stopped by the cap: the production was cut short, or events were still on their way at the deadline
+        capped = calls < n or (delivered < calls - dropped - errors and ended >= deadline - 0.05)
+        if capped:
+            elapsed = ended - wall_start  # "received N in T s": T is the whole time allowed
+        else:
+            elapsed = (arrived["last_event_at"] - wall_start) if delivered else float("nan")
+        result: Result = {
+            "events": n,
+            "latency_s": latency,
+            "max_s": max_seconds,
+            "calls": calls,
+            "delivered": delivered,
+            "capped": capped,
+            # lost: known only when the run ended before the cap; a capped run has events still pending
+            "lost": None if capped else calls - delivered,
+            "pending_at_cap": (calls - delivered - dropped - errors) if capped else 0,
+            "duplicates": arrived["duplicates"],
+            "requests": arrived.get("requests"),
+            "dropped_reported": dropped,
+            "errors": errors,
+            "flushed": flushed,
+            "produce_s": round(produced, 4),
+            "deliver_s": round(elapsed, 4),
+            "events_per_s": round(delivered / elapsed, 1) if delivered and elapsed > 0 else 0.0,
+            "cpu_s": round(cpu, 4),
+            "cpu_us_per_event": round(cpu / delivered * 1e6, 3) if delivered else None,
+            "server": server.kind,
+            "server_latency_s": server.latency,
+        }
+        result["counters"] = lib.counters()
+        return result  # no shutdown: a capped library could spend long in it; main() leaves with os._exit
+
+
 def command_json_bytes(lib: libs.Library) -> Optional[int]:
     """For our client: the size of one queued command's JSON as it goes into a bulk body (what the
     "beyond its JSON" memory target subtracts). None for the peers."""
@@ -185,8 +248,11 @@ def command_json_bytes(lib: libs.Library) -> Optional[int]:
 
     from seven_segments.serialization import BulkCommandEncoder, new_command_id
 
-    command = ("crm/events", {"registered": libs.CUSTOMER}, libs.EVENT, {"product": "bottle", "amount": 5}, _time.time())
-    return len(BulkCommandEncoder(libs.TOKEN).encode(command, new_command_id()))
+    command = (
+        "crm/events", {"registered": libs.CUSTOMER}, libs.EVENT, {"product": "bottle", "amount": 5}, _time.time(),
+        new_command_id(),
+    )
+    return len(BulkCommandEncoder(libs.TOKEN).encode(command))
 
 
 def scenario_memory(lib: libs.Library, n: int, settle: float = 1.0) -> Result:
@@ -460,6 +526,8 @@ def run(args: argparse.Namespace) -> Result:
         return scenario_delivery(lib, args.n)
     if args.scenario == "memory":
         return scenario_memory(lib, args.n)
+    if args.scenario == "roundtrip":
+        return scenario_roundtrip(lib, args.n, args.latency, args.max_seconds)
     if args.scenario == "exit":
         return scenario_exit(lib, args.n, explicit=args.explicit, down=args.down, timeout=args.child_timeout)
     raise SystemExit(f"unknown scenario {args.scenario}")
@@ -475,6 +543,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--explicit", action="store_true", help="exit: call flush/shutdown before ending")
     parser.add_argument("--down", action="store_true", help="exit: point the script at a closed port")
     parser.add_argument("--child-timeout", type=float, default=60.0)
+    parser.add_argument("--latency", type=float, default=0.05, help="roundtrip: seconds every answer is delayed")
+    parser.add_argument("--max-seconds", type=float, default=60.0, help="roundtrip: time allowed from the first call")
     parser.add_argument("--server", choices=["local", "sink"], default="local",
                         help="our client's server: the local server in counting-only mode, or the sink")
     args = parser.parse_args(argv)

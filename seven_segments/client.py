@@ -29,8 +29,9 @@ from .serialization import (
     JSONObject,
     Timestamp,
     capture_properties,
+    check_command_id,
+    check_event_type,
     customer_ids,
-    event_type,
     new_command_id,
     timestamp_seconds,
 )
@@ -252,9 +253,12 @@ class SevenSegments(_ApiClient):
         if self._closed:
             raise ClientClosedError("this SevenSegments client is closed; it takes no more events")
         ids = self._ids(customer)
-        kind = event_type(event_type_)
+        kind = check_event_type(event_type_)
         captured, size = capture_properties(properties)
-        command = (PATH_EVENTS, ids, kind, captured, time.time() if timestamp is None else timestamp_seconds(timestamp))
+        command = (
+            PATH_EVENTS, ids, kind, captured, time.time() if timestamp is None else timestamp_seconds(timestamp),
+            new_command_id(),
+        )
         if self._worker is not None:
             self._worker.submit(command, size)
         else:
@@ -270,15 +274,17 @@ class SevenSegments(_ApiClient):
             raise TypeError("properties must be a dict of customer properties, not None")
         ids = self._ids(customer)
         captured, size = capture_properties(properties)
-        command = (PATH_CUSTOMERS, ids, None, captured, time.time() if timestamp is None else timestamp_seconds(timestamp))
+        command = (
+            PATH_CUSTOMERS, ids, None, captured, time.time() if timestamp is None else timestamp_seconds(timestamp),
+            new_command_id(),
+        )
         if self._worker is not None:
             self._worker.submit(command, size)
         else:
             self._send_now(command)
 
     def _send_now(self, command: Command) -> None:
-        data = BulkCommandEncoder.as_dict(command, self._token)["data"]
-        data["command_id"] = new_command_id()
+        data = {"company_id": self._token, **BulkCommandEncoder.as_dict(command)["data"]}
         self._call(command[0], _encode(data))
 
     def get_html(self, campaign_name: str, *, customer: Any = None) -> str:

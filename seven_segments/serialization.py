@@ -8,6 +8,10 @@ types, so that mutating a dict after ``track()`` returned never changes what is 
 Conversions: ``datetime``/``date``/``time`` become ISO 8601 strings, ``Decimal`` a number, ``UUID`` a
 string, ``Enum`` its value, tuples, lists, sets and frozensets lists, other ``Mapping`` types dicts.
 
+One rule for moments, as ``timestamp=`` and inside properties alike: a ``datetime`` must be aware
+(have a time zone); a naive one is refused, naming where it is, since the moment it means depends on
+the machine that runs the code. A ``date`` or a ``time`` of day is not a moment and is sent as it is.
+
 The fast path (a flat dict of strings and numbers) is a single loop without recursion: it runs on
 every ``track`` of every request thread of a web server.
 """
@@ -25,9 +29,18 @@ import sys
 import time
 from collections.abc import Mapping
 from itertools import count
-from typing import Any, Callable, Dict, Iterator, Optional, Tuple, Union, cast
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple, cast
 
-from .protocol import DEFAULT_ID_TYPE, MAX_COMMAND_BYTES, MAX_EVENT_TYPE_LENGTH, PATH_CUSTOMERS, PATH_EVENTS
+from .protocol import (
+    COMMAND_ID_RE,
+    DEFAULT_ID_TYPE,
+    MAX_COMMAND_BYTES,
+    MAX_COMMAND_ID_LENGTH,
+    MAX_EVENT_TYPE_LENGTH,
+    PATH_CUSTOMERS,
+    PATH_EVENTS,
+)
+from .types import Timestamp
 
 from json.encoder import encode_basestring as _encode_string
 
@@ -43,18 +56,19 @@ __all__ = [
     "JSONObject",
     "Timestamp",
     "capture_properties",
+    "check_command_id",
+    "check_event_type",
     "customer_ids",
-    "event_type",
     "new_command_id",
     "timestamp_seconds",
 ]
 
 JSONObject = Dict[str, Any]
 CustomerIds = Dict[str, str]
-Timestamp = Union[int, float, _dt.datetime]
 #: A tracking command as a buffered client queues it: ``(path, customer ids, event type or None,
-#: properties, timestamp)``. A tuple is cheaper to make and to keep than the body's dict.
-Command = Tuple[str, CustomerIds, Optional[str], JSONObject, float]
+#: properties, timestamp, command_id)``. A tuple is cheaper to make and to keep than the body's dict.
+#: The ``command_id`` is made on the caller's thread, so that ``track``/``update`` can return it.
+Command = Tuple[str, CustomerIds, Optional[str], JSONObject, float, str]
 
 #: How deep properties may nest; deeper is refused (it is almost always a cycle).
 MAX_DEPTH = 32
@@ -179,6 +193,8 @@ def _capture_value(value: Any, path: str, depth: int) -> Tuple[Any, int]:
             size += item_size + 1
         return listed, size
     if isinstance(value, (_dt.datetime, _dt.date, _dt.time)):
+        if isinstance(value, _dt.datetime) and value.utcoffset() is None:
+            raise ValueError(_naive_message(value, path))
         text = value.isoformat()
         return text, len(text) + 2
     # Decimal and UUID values can only exist if their modules were imported, so look there rather
@@ -231,7 +247,7 @@ def customer_ids(customer: Any, path: str = "customer") -> CustomerIds:
     )
 
 
-def event_type(value: Any) -> str:
+def check_event_type(value: Any) -> str:
     """Check an event type: a non-empty string of at most 256 characters."""
     if not isinstance(value, str):
         raise TypeError(f"event type must be a string, not {type(value).__name__} {_short(value)}")
@@ -250,8 +266,40 @@ def _plain_string(text: str, path: str) -> str:
     return plain
 
 
+def check_command_id(value: Any) -> str:
+    """Check a caller's ``command_id``: 1 to 64 characters of ``[A-Za-z0-9_-]`` (PROTOCOL.md)."""
+    if not isinstance(value, str):
+        raise TypeError(f"command_id must be a string, not {type(value).__name__} {_short(value)}")
+    text: str = value if type(value) is str else str.__str__(value)
+    if COMMAND_ID_RE.fullmatch(text) is None:
+        if not text or len(text) > MAX_COMMAND_ID_LENGTH:
+            what = f"{len(text)} characters"
+        else:
+            what = "a character outside [A-Za-z0-9_-]"
+        raise ValueError(
+            f"command_id {_short(text)} has {what}; it must be 1 to {MAX_COMMAND_ID_LENGTH} characters of [A-Za-z0-9_-]"
+        )
+    return text
+
+
+#: Timestamps at or after this (3000-01-01T00:00:00Z) are refused: they are almost always milliseconds.
+MAX_TIMESTAMP = 32503680000.0
+
+
+def _naive_message(moment: _dt.datetime, path: str) -> str:
+    return (
+        f"{path} {moment.isoformat()} has no time zone; pass an aware datetime "
+        "(for example datetime.now(timezone.utc) or moment.replace(tzinfo=timezone.utc))"
+        + (" or seconds since the epoch" if path == "timestamp" else "")
+    )
+
+
 def timestamp_seconds(timestamp: Optional[Timestamp]) -> float:
-    """Seconds since the epoch for ``timestamp``; ``None`` means now (following a frozen clock in tests)."""
+    """Seconds since the epoch for ``timestamp``; ``None`` means now (following a frozen clock in tests).
+
+    Refused: negative (before 1970), not finite, a naive ``datetime``, and the year 3000 or later
+    (a number that large is almost always milliseconds, such as JavaScript's ``Date.now()``).
+    """
     if timestamp is None:
         return time.time()
     kind = type(timestamp)
@@ -261,11 +309,8 @@ def timestamp_seconds(timestamp: Optional[Timestamp]) -> float:
         except OverflowError:
             raise ValueError(f"timestamp {_short(timestamp)} is too large to be seconds since the epoch") from None
     elif isinstance(timestamp, _dt.datetime):
-        if timestamp.tzinfo is None or timestamp.utcoffset() is None:
-            raise ValueError(
-                f"timestamp {timestamp.isoformat()} has no time zone; pass an aware datetime "
-                "(for example datetime.now(timezone.utc)) or seconds since the epoch"
-            )
+        if timestamp.utcoffset() is None:
+            raise ValueError(_naive_message(timestamp, "timestamp"))
         seconds = timestamp.timestamp()
         if seconds < 0:
             raise ValueError(f"timestamp {timestamp.isoformat()} is before 1970; it must be a non-negative number of seconds")
@@ -280,6 +325,13 @@ def timestamp_seconds(timestamp: Optional[Timestamp]) -> float:
         )
     if not math.isfinite(seconds) or seconds < 0:
         raise ValueError(f"timestamp {timestamp!r} must be a finite, non-negative number of seconds since the epoch")
+    if seconds >= MAX_TIMESTAMP:
+        if isinstance(timestamp, _dt.datetime):
+            raise ValueError(f"timestamp {timestamp.isoformat()} is in the year 3000 or later")
+        raise ValueError(
+            f"timestamp {_short(timestamp)} is in the year 3000 or later: it looks like milliseconds; "
+            f"pass seconds since the epoch (here {seconds / 1000!r})"
+        )
     return seconds
 
 
@@ -378,9 +430,9 @@ class BulkCommandEncoder:
             + ',"properties":'
         )
 
-    def encode(self, command: Command, command_id: str) -> bytes:
+    def encode(self, command: Command) -> bytes:
         """``{"name": path, "data": {...}}`` as UTF-8 JSON bytes."""
-        path, ids, kind, properties, timestamp = command[:5]
+        path, ids, kind, properties, timestamp, command_id = command[:6]
         if ids is not self._ids:
             self._set_ids(ids)
         if path == PATH_EVENTS:
@@ -397,12 +449,14 @@ class BulkCommandEncoder:
         return f'{head}{body},"timestamp":{timestamp!r},"command_id":"{command_id}"}}}}'.encode()
 
     @staticmethod
-    def as_dict(command: Command, token: str) -> Dict[str, Any]:
-        """The command as ``{"name": path, "data": {...}}`` (without ``command_id``), for ``on_error``."""
-        path, ids, kind, properties, timestamp = command[:5]
-        data: Dict[str, Any] = {"company_id": token, "customer_ids" if path == PATH_EVENTS else "ids": ids}
+    def as_dict(command: Command) -> Dict[str, Any]:
+        """The command as ``{"name": path, "data": {...}}`` for ``on_error``: everything needed to
+        send it again (``command_id`` included) except the company token, which it never carries."""
+        path, ids, kind, properties, timestamp, command_id = command[:6]
+        data: Dict[str, Any] = {"customer_ids" if path == PATH_EVENTS else "ids": ids}
         if path == PATH_EVENTS:
             data["type"] = kind
         data["properties"] = properties
         data["timestamp"] = timestamp
+        data["command_id"] = command_id
         return {"name": path, "data": data}

@@ -46,7 +46,7 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
 from .clock import Clock, monotonic
 from .errors import InvalidRequest, QueueFull, SevenSegmentsError, ServiceUnavailable
 from .protocol import MAX_COMMAND_BYTES, PATH_BULK, PATH_CUSTOMERS, PATH_EVENTS, RESULT_ERROR, RESULT_OK
-from .serialization import BulkCommandEncoder, Command, new_command_id
+from .serialization import BulkCommandEncoder, Command
 from .transport import Backoff, Transport, call_with_retries
 
 __all__ = ["ErrorCallback", "WorkerSettings", "BufferedWorker", "close_all_at_exit"]
@@ -407,7 +407,6 @@ class BufferedWorker:
             return
         pending = self._pending
         encode = self._encoder.encode
-        prefix, counter = new_command_id.source()
         was_empty = not self._waiting
         while True:
             try:
@@ -417,13 +416,13 @@ class BufferedWorker:
             if type(item) is not tuple:
                 self._place_flush(item)
                 continue
-            if len(item) > 5:  # a large command: give back its accounted memory
+            if len(item) > 6:  # a large command: give back its accounted memory
                 with self._lock:
-                    self._large_raw_bytes -= item[5]
+                    self._large_raw_bytes -= item[6]
             self._seq += 1
             self._taken += 1
             try:
-                payload = encode(item, prefix + str(next(counter)))
+                payload = encode(item)
             except Exception as error:  # checked at the call, so not expected: fail it alone
                 self._fail_commands([item], InvalidRequest(f"{item[0]}: the command cannot be encoded: {error}"))
                 continue
@@ -690,7 +689,7 @@ class BufferedWorker:
     def _fail_commands(self, commands: Sequence[Command], error: SevenSegmentsError) -> None:
         """The same for commands taken but never encoded (their sequence number is the current one)."""
         self._count_failures([self._seq], error)
-        self._call_on_error(error, lambda: [BulkCommandEncoder.as_dict(command, self._token) for command in commands])
+        self._call_on_error(error, lambda: [BulkCommandEncoder.as_dict(command) for command in commands])
 
     def _count_failures(self, seqs: _Seqs, error: SevenSegmentsError) -> None:
         self._failed += len(seqs)
@@ -735,7 +734,7 @@ class BufferedWorker:
         if now - self._drop_warning_at >= DROP_WARNING_INTERVAL:
             self._warn_drops(message)
             self._drop_warning_at = now
-        self._call_on_error(error, lambda: [BulkCommandEncoder.as_dict(command, self._token) for command in drops])
+        self._call_on_error(error, lambda: [BulkCommandEncoder.as_dict(command) for command in drops])
 
     def _warn_drops(self, reason: str) -> None:
         if self._drops_unwarned:
@@ -798,7 +797,7 @@ class BufferedWorker:
             self._call_on_error(
                 error,
                 lambda: [json.loads(payload) for payload in left]
-                + [BulkCommandEncoder.as_dict(command, self._token) for command in late],
+                + [BulkCommandEncoder.as_dict(command) for command in late],
             )
         self._settle_after_stop()
         self._report_close_losses()
@@ -833,7 +832,7 @@ class BufferedWorker:
         if commands:
             error = ServiceUnavailable(f"{len(commands)} commands arrived after the client was closed")
             logger.warning("seven_segments: %s", error)
-            self._call_on_error(error, lambda: [BulkCommandEncoder.as_dict(command, self._token) for command in commands])
+            self._call_on_error(error, lambda: [BulkCommandEncoder.as_dict(command) for command in commands])
 
     def _report_close_losses(self) -> None:
         with self._lock:

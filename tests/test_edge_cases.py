@@ -102,7 +102,7 @@ def test_a_command_that_races_close_is_failed_and_reported_not_left_behind(serve
     # A producer that checked `closing` just before the close, and appends just after the worker's
     # last look at the queue:
     worker._closing = False
-    worker.submit(("crm/events", {"registered": "john"}, "late", {}, time.time()))
+    worker.submit(("crm/events", {"registered": "john"}, "late", {}, time.time(), "late-1"))
     worker._closing = True
     stats = client.stats()
     assert (stats["queued"], stats["sent"], stats["failed"], stats["pending"]) == (2, 1, 1, 0)
