@@ -15,15 +15,22 @@ from .errors import (
     ServiceUnavailable,
     SevenSegmentsError,
 )
+from .types import AnalysisType, BeforeSend, CommandDict, Customer, ErrorCallback, Timestamp
 
 __all__ = [
+    "AnalysisType",
     "AuthenticatedSevenSegments",
     "AuthenticationError",
+    "BeforeSend",
     "ClientClosedError",
+    "CommandDict",
+    "Customer",
+    "ErrorCallback",
     "InvalidRequest",
     "QueueFull",
     "ServiceUnavailable",
     "SevenSegments",
     "SevenSegmentsError",
+    "Timestamp",
     "__version__",
 ]

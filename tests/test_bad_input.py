@@ -224,6 +224,44 @@ def test_naive_datetime_timestamp(client: SevenSegments, fresh: LocalServer) -> 
     nothing_sent(client, fresh)
 
 
+@pytest.mark.parametrize("where", ["top", "nested", "listed"])
+def test_naive_datetime_in_properties_refused_like_timestamp(
+    client: SevenSegments, fresh: LocalServer, where: str
+) -> None:
+    """One rule for moments: a naive datetime is refused in properties too, naming where it is."""
+    naive = datetime.datetime(2024, 1, 2, 3, 4, 5)
+    properties: Dict[str, Any] = {
+        "top": {"when": naive},
+        "nested": {"order": {"paid_at": naive}},
+        "listed": {"times": [datetime.datetime(2024, 1, 1, tzinfo=datetime.timezone.utc), naive]},
+    }[where]
+    path = {"top": "properties['when']", "nested": "properties['order']['paid_at']", "listed": "properties['times'][1]"}
+    with pytest.raises(ValueError) as caught:
+        client.track("e", properties)
+    assert str(caught.value).startswith(path[where] + " 2024-01-02T03:04:05 has no time zone")
+    with pytest.raises(ValueError, match="no time zone"):
+        client.update(properties)
+    nothing_sent(client, fresh)
+
+
+@pytest.mark.parametrize("millis", [1700000000000, 1700000000000.5, 32503680000])
+def test_milliseconds_timestamp_refused(client: SevenSegments, fresh: LocalServer, millis: float) -> None:
+    with pytest.raises(ValueError) as caught:
+        client.track("e", timestamp=millis)
+    assert "looks like milliseconds" in str(caught.value) and str(millis) in str(caught.value)
+    with pytest.raises(ValueError, match="milliseconds"):
+        client.update({"a": 1}, timestamp=millis)
+    with pytest.raises(ValueError, match="year 3000"):
+        client.track("e", timestamp=datetime.datetime(3000, 1, 1, tzinfo=datetime.timezone.utc))
+    nothing_sent(client, fresh)
+
+
+def test_latest_accepted_timestamp(client: SevenSegments, fresh: LocalServer) -> None:
+    client.track("e", timestamp=32503679999.5)  # 2999-12-31T23:59:59.5Z
+    assert client.flush(5) is True
+    assert [event["timestamp"] for event in fresh.events()] == [32503679999.5]
+
+
 def test_aware_datetime_before_epoch_refused_before_sending(fresh: LocalServer) -> None:
     client = SevenSegments(TOKEN, customer="john123", target=fresh.url)
     before_epoch = datetime.datetime(1960, 1, 1, tzinfo=datetime.timezone.utc)
@@ -383,7 +421,7 @@ def test_conversions(client: SevenSegments, fresh: LocalServer) -> None:
     ident = uuid.UUID("12345678-90ab-cdef-1234-567890abcdef")
     properties = {
         "when": moment,
-        "naive_when": datetime.datetime(2024, 1, 2, 3, 4, 5, 600000),
+        "when_elsewhere": datetime.datetime(2024, 1, 2, 4, 4, 5, 600000, tzinfo=datetime.timezone(datetime.timedelta(hours=1))),
         "day": datetime.date(2024, 1, 2),
         "at": datetime.time(3, 4, 5),
         "price": decimal.Decimal("1.5"),
@@ -405,7 +443,7 @@ def test_conversions(client: SevenSegments, fresh: LocalServer) -> None:
     stored = event["properties"]
     assert stored == {
         "when": "2024-01-02T03:04:05+00:00",
-        "naive_when": "2024-01-02T03:04:05.600000",
+        "when_elsewhere": "2024-01-02T04:04:05.600000+01:00",
         "day": "2024-01-02",
         "at": "03:04:05",
         "price": 1.5,
