@@ -3,7 +3,8 @@
 Our client is measured against ``seven_segments.testing.LocalServer(counting_only=True)``, in its own
 process, so that the server's CPU never counts against the client. This wrapper starts it, prints
 ``READY URL`` and then answers the same stdin commands as :mod:`sink` (``stats``, ``wait LIB N TIMEOUT
-STALL``), reporting the server's counts under the library name ``ours``.
+STALL``), reporting the server's counts under the library name ``ours``. ``--latency SECONDS`` starts
+``LocalServer(counting_only=True, latency=SECONDS)``: every API answer is delayed by that long.
 """
 
 from __future__ import annotations
@@ -62,9 +63,15 @@ class Watcher:
 
 
 def main() -> int:
+    import argparse
+
     from seven_segments.testing import LocalServer
 
-    with LocalServer(counting_only=True) as server:
+    parser = argparse.ArgumentParser(description="the local server, counting only, behind the sink's control protocol")
+    parser.add_argument("--latency", type=float, default=0.0, help="delay every API answer by this many seconds")
+    args = parser.parse_args()
+    options: Dict[str, Any] = {"latency": args.latency} if args.latency else {}
+    with LocalServer(counting_only=True, **options) as server:
         watcher = Watcher(server)
         stop = threading.Event()
         threading.Thread(target=watcher.run, args=(stop,), daemon=True).start()

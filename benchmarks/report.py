@@ -66,6 +66,29 @@ FIGURES = [
     Figure("exit, server down: last call until the process ended (s)", "exit_down", "exit_s"),
 ]
 
+def roundtrip_keys(results: Results) -> List[str]:
+    """The roundtrip scenario keys present in ``results`` (``roundtrip50``...), by round trip."""
+    keys = {key for entry in results.values() if isinstance(entry, dict) for key in entry if key.startswith("roundtrip")}
+    return sorted(keys, key=lambda k: int(k[len("roundtrip"):] or 0))
+
+
+def roundtrip_ms(key: str) -> int:
+    return int(key[len("roundtrip"):] or 0)
+
+
+def roundtrip_label(key: str) -> str:
+    return f"delivery at {roundtrip_ms(key)} ms round trip (events/s)"
+
+
+def figures(results: Results) -> List[Figure]:
+    """The summary's rows: the fixed ones, with a row per round trip measured after the delivery rows."""
+    extra = [Figure(roundtrip_label(key), key, "events_per_s", False, True) for key in roundtrip_keys(results)]
+    return FIGURES[:6] + extra + FIGURES[6:]
+
+
+#: Issue 8's goals at a round trip (ms): events/s with nothing lost.
+ROUNDTRIP_GOALS = {50: 100_000, 100: 60_000}
+
 TARGETS = [
     ("caller median, 1 thread <= 3 µs", "caller1", "median_us", lambda v: v <= 3),
     ("caller p99, 1 thread <= 20 µs", "caller1", "p99_us", lambda v: v <= 20),
@@ -95,7 +118,7 @@ def error_of(results: Results, lib: str, key: str) -> str:
 
 def summary(results: Results, peers: List[str]) -> str:
     rows = []
-    for figure in FIGURES:
+    for figure in figures(results):
         ours = figure.value(results, "ours")
         candidates = [(p, figure.value(results, p)) for p in peers]
         valid = [(p, v) for p, v in candidates if v is not None]
@@ -109,6 +132,9 @@ def summary(results: Results, peers: List[str]) -> str:
             best_text, ratio = ("-" if not peers else "no peer result"), "-"
         else:
             best_text = f"{fmt(best[1])} ({best[0]}{mark})"
+            best_cell = results.get(best[0], {}).get(figure.key, {})
+            if best_cell.get("capped"):
+                best_text = f"{fmt(best[1])} ({best[0]}{mark}: {capped_text(best_cell)})"
             ratio = f"{ours / best[1]:.2f}×" if ours is not None and best[1] else "-"
         rows.append([figure.label, ours_text, best_text, ratio, "lower" if figure.lower_is_better else "higher"])
     delivery = results.get("ours", {}).get("delivery", {})
@@ -166,12 +192,64 @@ def ours_only(results: Results) -> str:
     return table(["figure", "ours", "baseline (raw `requests.Session.post` / `python -c \"import requests\"`)", "ratio"], rows)
 
 
+def capped_text(cell: Dict[str, Any]) -> str:
+    """How far a run cut by its time limit got: "received N of M in T s"."""
+    return f"received {fmt(cell.get('delivered'))} of {fmt(cell.get('calls'))} in {fmt(cell.get('deliver_s'))} s"
+
+
+def roundtrip_cell(cell: Dict[str, Any]) -> str:
+    """One library at one round trip: events/s and what became of the events."""
+    if cell.get("capped"):
+        text = f"{fmt(cell.get('events_per_s'))}: {capped_text(cell)} (time limit {fmt(cell.get('max_s'))} s)"
+    else:
+        text = f"{fmt(cell.get('events_per_s'))}, {fmt(cell.get('lost'))} lost"
+    if cell.get("dropped_reported"):
+        text += f", {fmt(cell.get('dropped_reported'))} calls refused"
+    if cell.get("errors"):
+        text += f", {fmt(cell.get('errors'))} calls raised"
+    if cell.get("duplicates"):
+        text += f", {fmt(cell.get('duplicates'))} duplicated"
+    return text
+
+
+def roundtrip(results: Results, columns: List[str]) -> str:
+    """Per library: events/s at each round trip, lost, requests, CPU per event."""
+    rows = []
+    for key in roundtrip_keys(results):
+        for label, render in (
+            (f"{roundtrip_ms(key)} ms: events/s, lost", roundtrip_cell),
+            (f"{roundtrip_ms(key)} ms: requests / CPU µs per event", lambda c: f"{fmt(c.get('requests'))} / {fmt(c.get('cpu_us_per_event'))}"),
+        ):
+            row = [label]
+            for lib in columns:
+                entry = results.get(lib, {})
+                cell = entry.get(key)
+                row.append("not installed" if "install_error" in entry else "not run" if cell is None
+                           else cell["error"] if "error" in cell else render(cell))
+            rows.append(row)
+    servers = {results.get("ours", {}).get(key, {}).get("server") for key in roundtrip_keys(results)} - {None}
+    names = {"ours": "the local server (counting only, same latency)", "sink": "the sink"}
+    note = (f"\n\n(ours sent to {', '.join(names.get(s, s) for s in sorted(servers))}; the peers to the sink; every answer delayed by the "
+            "round trip; events/s from the first call until the server held every event)")
+    return table(["figure"] + columns, rows) + note
+
+
 def targets(results: Results) -> str:
     rows = []
     for label, key, field, check in TARGETS:
         value = number(results.get("ours", {}).get(key, {}).get(field))
         rows.append([label, fmt(value) if value is not None else error_of(results, "ours", key),
                      "-" if value is None else ("met" if check(value) else "NOT met")])
+    for key in roundtrip_keys(results):
+        goal = ROUNDTRIP_GOALS.get(roundtrip_ms(key))
+        cell = results.get("ours", {}).get(key)
+        if goal is None or cell is None:
+            continue
+        value = number(cell.get("events_per_s"))
+        met = value is not None and value >= goal and cell.get("lost") == 0
+        rows.append([f">= {goal:,} events/s at {roundtrip_ms(key)} ms round trip, nothing lost",
+                     fmt(value) if value is not None else str(cell.get("error", "-")),
+                     "-" if value is None else ("met" if met else "NOT met")])
     return table(["target", "ours", "met?"], rows)
 
 
@@ -222,7 +300,7 @@ def detail(results: Results, columns: List[str]) -> str:
 
 
 def render(results: Results, machine: Dict[str, str], versions: Dict[str, str], *, mode: str, repeat: int,
-           sizes: Dict[str, int], peers: List[str], elapsed: float) -> str:
+           sizes: Dict[str, int], peers: List[str], elapsed: float, max_seconds: float = 60.0) -> str:
     columns = ["ours"] + peers
     parts = [
         "## seven_segments benchmarks",
@@ -254,4 +332,7 @@ def render(results: Results, machine: Dict[str, str], versions: Dict[str, str], 
         "",
         detail(results, columns),
     ]
+    if roundtrip_keys(results):
+        parts[-3:-3] = [f"### Round trip: delivery when every answer comes late (time limit {max_seconds:.0f} s per run)",
+                        "", roundtrip(results, columns), ""]
     return "\n".join(parts)

@@ -4,6 +4,7 @@
     python benchmarks/run.py --repeat 3      # three rounds, medians reported
     python benchmarks/run.py --quick         # reduced counts, under a minute with --ours-only
     python benchmarks/run.py --quick --ours-only --json results.json
+    python benchmarks/run.py --only roundtrip  # delivery at 50 ms and 100 ms round trip, ours and the peers
 
 It makes ``benchmarks/.venv`` for the peers (see :mod:`setup_env`), then runs every (library,
 scenario) in its own subprocess (:mod:`runner`) with a time limit, rounds interleaved so that noise
@@ -23,7 +24,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -36,17 +37,26 @@ import setup_env  # noqa: E402
 #: Counts per mode: how many calls or events each scenario makes.
 SIZES: Dict[str, Dict[str, int]] = {
     "full": {"caller": 10_000, "delivery": 100_000, "memory": 20_000, "exit": 100_000, "exit_down": 10_000,
-             "blocking": 1_000, "cli": 10, "floors": 100_000},
+             "blocking": 1_000, "cli": 10, "floors": 100_000, "roundtrip": 100_000},
     "quick": {"caller": 5_000, "delivery": 20_000, "memory": 5_000, "exit": 20_000, "exit_down": 2_000,
-              "blocking": 200, "cli": 3, "floors": 20_000},
+              "blocking": 200, "cli": 3, "floors": 20_000, "roundtrip": 20_000},
     "smoke": {"caller": 2_000, "delivery": 5_000, "memory": 2_000, "exit": 5_000, "exit_down": 1_000,
-              "blocking": 100, "cli": 2, "floors": 5_000},
+              "blocking": 100, "cli": 2, "floors": 5_000, "roundtrip": 2_000},
 }
+
+#: Round trips (seconds) of the roundtrip scenario per mode, and the time one run may take.
+LATENCIES: Dict[str, List[float]] = {"full": [0.05, 0.1], "quick": [0.05, 0.1], "smoke": [0.02]}
+ROUNDTRIP_MAX_SECONDS: Dict[str, float] = {"full": 60.0, "quick": 30.0, "smoke": 20.0}
 
 Job = Tuple[str, str, List[str], float]  # (library, key, runner arguments, timeout in seconds)
 
 
-def jobs_for(lib: str, sizes: Dict[str, int]) -> List[Job]:
+def roundtrip_key(latency: float) -> str:
+    """The scenario key of the round trip ``latency`` (seconds): ``roundtrip50`` for 50 ms."""
+    return f"roundtrip{round(latency * 1000):d}"
+
+
+def jobs_for(lib: str, sizes: Dict[str, int], latencies: Sequence[float] = (), max_seconds: float = 60.0) -> List[Job]:
     """The runner invocations of one library (key names the scenario variant)."""
     jobs: List[Job] = [
         (lib, "caller1", ["caller", "--n", str(sizes["caller"]), "--threads", "1"], 180),
@@ -57,6 +67,9 @@ def jobs_for(lib: str, sizes: Dict[str, int]) -> List[Job]:
         (lib, "exit_explicit", ["exit", "--n", str(sizes["exit"]), "--explicit", "--child-timeout", "90"], 150),
         (lib, "exit_down", ["exit", "--n", str(sizes["exit_down"]), "--down", "--child-timeout", "60"], 120),
     ]
+    jobs += [(lib, roundtrip_key(latency), ["roundtrip", "--n", str(sizes["roundtrip"]), "--latency", repr(latency),
+                                          "--max-seconds", repr(max_seconds)], max_seconds + 90)
+             for latency in latencies]
     if lib == "ours":
         jobs += [
             # the same delivery against the sink, to tell the client's limit from the local server's
@@ -103,6 +116,8 @@ def aggregate(rounds: List[Dict[str, Any]]) -> Dict[str, Any]:
             out[key] = statistics.median(numbers) if numbers else float("nan")
         elif all(isinstance(v, bool) for v in values):
             out[key] = all(values) if key in ("loss_reported",) else any(values)
+    if out.get("capped"):
+        out["lost"] = None  # some round was cut by its time limit: what was lost is not known
     out["rounds"] = len(good)
     if len(good) < len(rounds):
         out["failed_rounds"] = len(rounds) - len(good)
@@ -149,18 +164,36 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--repeat", type=int, default=1, help="rounds; the tables show medians")
     parser.add_argument("--json", metavar="FILE", help="save raw and aggregated results as JSON")
     parser.add_argument("--upgrade-peers", action="store_true", help="reinstall the peers' newest releases")
-    parser.add_argument("--only", default="", help="comma-separated scenario keys to run (e.g. caller1,delivery)")
+    parser.add_argument("--only", default="",
+                        help="comma-separated scenario keys to run (e.g. caller1,delivery); a key without its "
+                             "trailing number names them all (caller, roundtrip)")
+    parser.add_argument("--latencies", default="",
+                        help="roundtrip: comma-separated round trips in seconds (default 0.05,0.1; smoke 0.02)")
+    parser.add_argument("--roundtrip-n", type=int, default=0, help="roundtrip: events per run (default 100,000; quick 20,000)")
+    parser.add_argument("--roundtrip-max-seconds", type=float, default=0.0,
+                        help="roundtrip: time one run may take from its first call (default 60 s); a library "
+                             "still delivering then shows what it received in that time")
     parser.add_argument("--from-json", metavar="FILE", help="print the tables of a saved --json file; run nothing")
     args = parser.parse_args(argv)
 
     if args.from_json:
         saved = json.loads(Path(args.from_json).read_text())
         print(report.render(saved["results"], saved["machine"], saved["versions"], mode=saved["mode"],
-                            repeat=saved["repeat"], sizes=saved["sizes"], peers=saved.get("peers", []), elapsed=saved.get("elapsed", 0)))
+                            repeat=saved["repeat"], sizes=saved["sizes"], peers=saved.get("peers", []), elapsed=saved.get("elapsed", 0),
+                            max_seconds=saved.get("roundtrip_max_seconds", 60.0)))
         return 0
 
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
-    sizes = SIZES[mode]
+    sizes = dict(SIZES[mode])
+    if args.roundtrip_n:
+        sizes["roundtrip"] = args.roundtrip_n
+    try:
+        latencies = [float(x) for x in args.latencies.split(",") if x.strip()] or LATENCIES[mode]
+    except ValueError:
+        parser.error(f"--latencies must be comma-separated seconds, not {args.latencies!r}")
+    if any(latency < 0 for latency in latencies):
+        parser.error(f"--latencies must be >= 0, not {args.latencies!r}")
+    max_seconds = args.roundtrip_max_seconds or ROUNDTRIP_MAX_SECONDS[mode]
     peers = [] if (args.ours_only or args.smoke) else [p for p in args.peers.split(",") if p]
     unknown = [p for p in peers if p not in libs.PEERS]
     if unknown:
@@ -178,7 +211,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     libraries = ["ours"] + [p for p in peers if p not in failures]
     only = {k for k in args.only.split(",") if k}
-    jobs = [job for lib in libraries for job in jobs_for(lib, sizes) if not only or job[1] in only]
+    jobs = [job for lib in libraries for job in jobs_for(lib, sizes, latencies, max_seconds)
+            if not only or job[1] in only or job[1].rstrip("0123456789") in only]
     raw: Dict[str, Dict[str, List[Dict[str, Any]]]] = {lib: {} for lib in libraries}
     started = time.perf_counter()
     for round_index in range(args.repeat):
@@ -195,11 +229,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     info = machine()
     versions = setup_env.versions(python, ["ours"] + peers)
     text = report.render(results, info, versions, mode=mode, repeat=args.repeat, sizes=sizes,
-                         peers=peers, elapsed=time.perf_counter() - started)
+                         peers=peers, elapsed=time.perf_counter() - started, max_seconds=max_seconds)
     print(text)
     if args.json:
         saved = {"machine": info, "versions": versions, "mode": mode, "sizes": sizes, "repeat": args.repeat,
-                 "peers": peers, "elapsed": time.perf_counter() - started, "results": results, "raw": raw}
+                 "peers": peers, "elapsed": time.perf_counter() - started, "roundtrip_max_seconds": max_seconds,
+                 "results": results, "raw": raw}
         Path(args.json).write_text(json.dumps(saved, indent=1))
     return 0
 

@@ -31,14 +31,15 @@ def closed_port_url() -> str:
 class Server:
     """A running sink (``kind="sink"``) or local 7SEGMENTS server (``kind="ours"``)."""
 
-    def __init__(self, kind: str, start_timeout: float = 20.0) -> None:
+    def __init__(self, kind: str, start_timeout: float = 20.0, latency: float = 0.0) -> None:
         script = "ours_server.py" if kind == "ours" else "sink.py"
+        self.latency = latency
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
         self.kind = kind
         self._errors = tempfile.TemporaryFile(mode="w+")
         self.process = subprocess.Popen(
-            [sys.executable, str(HERE / script)],
+            [sys.executable, str(HERE / script)] + (["--latency", repr(latency)] if latency else []),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._errors,
@@ -107,16 +108,18 @@ class Server:
 PREFER_LOCAL_SERVER = True
 
 
-def start_for(lib: str) -> Server:
+def start_for(lib: str, latency: float = 0.0) -> Server:
     """Our client talks to the local server's counting-only mode; the peers talk to the sink.
 
     When the local server cannot start (not importable yet, or broken), our client falls back to the
     sink, which also speaks the 7SEGMENTS ``/bulk`` protocol; ``Server.kind`` says which it was.
+    ``latency`` delays every answer of either server by that many seconds (``LocalServer(latency=...)``,
+    ``sink.py --latency``).
     """
     if lib in ("ours", "floors") and PREFER_LOCAL_SERVER:
         try:
-            return Server("ours")
+            return Server("ours", latency=latency)
         except Exception as exc:  # reported in the results as server="sink"
             print(f"local server unavailable, using the sink: {exc}", file=sys.stderr)
-    return Server("sink")
+    return Server("sink", latency=latency)
 

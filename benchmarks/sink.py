@@ -14,6 +14,7 @@ mixpanel       ``/track``, ``/engage``           form ``data=[...]`` or JSON  ``
 amplitude      ``/2/httpapi``, ``/batch``        JSON ``{"events": [...]}``   ``insert_id``
 ours           ``/bulk``, ``/crm/events``,       7SEGMENTS JSON (PROTOCOL.md) ``command_id``
                ``/crm/customers``
+floor          ``/floor``                        JSON ``[...]``               (none: all counted)
 =============  ================================  ===========================  ===================
 
 Any body may be gzip-compressed (``Content-Encoding: gzip``). Each answer is the success answer the
@@ -28,6 +29,13 @@ Control protocol (one command per line on stdin, one JSON line per answer on std
 - ``wait LIB N TIMEOUT STALL`` -> the stats of LIB once it holds N unique events, or TIMEOUT seconds
   passed, or no new event came for STALL seconds;
 - ``reset`` forgets everything; end of stdin stops the sink.
+
+``--latency SECONDS`` delays every answer by that long, as a remote API would (the round-trip and
+web-app scenarios). The delay is a timer on the event loop (``call_later``), not a sleep: concurrent
+requests, on as many connections as the clients open (backlog 1024), are each delayed on their own and
+never wait for one another; answers on one keep-alive connection keep their order. Events are counted
+when their request has been read, before the delay (at most one round trip earlier than the client
+learns that they arrived).
 """
 
 from __future__ import annotations
@@ -90,6 +98,9 @@ class Counter:
 
 COUNTERS: Dict[str, Counter] = {}
 
+#: Seconds every answer is delayed by (``--latency``); 0 answers at once.
+LATENCY = 0.0
+
 
 def counter(lib: str) -> Counter:
     found = COUNTERS.get(lib)
@@ -142,6 +153,13 @@ def handle_amplitude(body: bytes) -> Answer:
     return 200, {"code": 200, "events_ingested": n, "payload_size_bytes": len(body), "server_upload_time": int(time.time() * 1000)}
 
 
+def handle_floor(body: bytes) -> Answer:
+    """The naive floor client of the web-app scenario: a JSON list of events without ids."""
+    events = _json(body)
+    counter("floor").add(None for _ in events)
+    return 200, {"ok": True}
+
+
 def handle_ours(path: str, body: bytes) -> Answer:
     doc = _json(body)
     if path == "/bulk":
@@ -169,6 +187,8 @@ def route(method: str, target: str, headers: Dict[str, str], body: bytes) -> Ans
         return handle_amplitude(body)
     if path in ("/bulk", "/crm/events", "/crm/customers"):
         return handle_ours(path, body)
+    if path == "/floor":
+        return handle_floor(body)
     return 404, {"success": False, "errors": [f"sink: unknown path {path}"]}
 
 
@@ -231,11 +251,22 @@ class SinkProtocol(asyncio.Protocol):
             f"HTTP/1.1 {status} {REASONS.get(status, 'OK')}\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(payload)}\r\n{'Connection: close' if close else 'Connection: keep-alive'}\r\n\r\n"
         ).encode() + payload
-        assert self.transport is not None
-        self.transport.write(response)
-        if close:
-            self.transport.close()
+        if LATENCY > 0:
+            asyncio.get_event_loop().call_later(LATENCY, self._answer, response, close)
+        else:
+            self._answer(response, close)
         return True
+
+    def _answer(self, response: bytes, close: bool) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return  # the client gave up on this connection meanwhile
+        transport.write(response)
+        if close:
+            transport.close()
+
+    def connection_lost(self, exc: Optional[Exception]) -> None:
+        self.transport = None
 
 
 def _parse_chunked(buffer: bytearray, start: int) -> Optional[Tuple[bytes, int]]:
@@ -301,7 +332,12 @@ def control_loop(stdin: Any, write: Callable[[str], None]) -> None:
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--latency", type=float, default=0.0, help="delay every answer by this many seconds")
     args = parser.parse_args(argv)
+    if args.latency < 0:
+        parser.error(f"--latency must be >= 0, not {args.latency}")
+    global LATENCY
+    LATENCY = args.latency
 
     loop = asyncio.new_event_loop()
     server = loop.run_until_complete(loop.create_server(SinkProtocol, "127.0.0.1", args.port, backlog=1024))

@@ -22,6 +22,7 @@ NUMERIC_FIGURES = [
     "memory per queued command, server down (bytes)",
     "exit: script queuing 100k, first call until the process ended, no flush call (s)",
     "exit, server down: last call until the process ended (s)",
+    "delivery at 20 ms round trip (events/s)",  # the smoke's round trip: 2,000 events, answers 20 ms late
 ]
 
 
@@ -49,5 +50,11 @@ def test_benchmark_smoke_prints_numbers_for_our_client(tmp_path: Path) -> None:
     results = json.loads(raw.read_text())["results"]["ours"]
     assert results["delivery"]["lost"] == 0, results["delivery"]
     assert results["delivery"]["duplicates"] == 0, results["delivery"]
-    for key in ("caller1", "caller4", "delivery", "memory", "exit", "exit_explicit", "exit_down", "blocking", "cli", "floors"):
+    for key in ("caller1", "caller4", "delivery", "memory", "exit", "exit_explicit", "exit_down", "blocking", "cli", "floors",
+                "roundtrip20"):
         assert "error" not in results[key], (key, results[key])
+    roundtrip = results["roundtrip20"]
+    assert roundtrip["latency_s"] == 0.02 and roundtrip["server_latency_s"] == 0.02, roundtrip
+    assert not roundtrip["capped"] and roundtrip["lost"] == 0 and roundtrip["duplicates"] == 0, roundtrip
+    # every answer came 20 ms late: 2,000 events cannot have taken less than one round trip
+    assert roundtrip["deliver_s"] >= 0.02, roundtrip
