@@ -1,14 +1,17 @@
 """HTTP to the 7SEGMENTS API: one ``requests.Session`` per client, answers mapped to errors, retries.
 
-``Transport.post`` makes exactly one attempt and sorts the outcome the way PROTOCOL.md says:
+``Transport.post`` makes exactly one attempt and sorts the outcome the way docs/protocol.md says:
 a passing failure (connection refused or reset, timeout, 429, 500/502/503/504) raises
 ``TransientError`` (internal, carries ``Retry-After``); anything else that is not a success raises
 the public error for it. ``call_with_retries`` retries transient failures through tenacity with
 exponential backoff and jitter, never sooner than ``Retry-After``, until a deadline, and then raises
 ``ServiceUnavailable``.
 
-Secrets (the company token, which also travels as ``?company=``, and the password) are scrubbed
-from every message this module builds, including reasons quoted from ``requests`` exceptions.
+Secrets (the company token, which also travels as ``?company=``, and the password) are kept out of
+messages by construction: none is ever formatted into one; reasons quoted from ``requests``
+exceptions have their URLs' query values redacted by parsing (``?company=***``); and the server's
+``errors`` are quoted through ``Transport.scrub``, which redacts a secret only where it stands whole
+(see there). urllib3's and requests' log records get the same query redaction from a filter.
 """
 
 from __future__ import annotations
@@ -17,10 +20,12 @@ import email.utils
 import logging
 import math
 import os
+import re
 import time
+import weakref
 import zlib
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, TypeVar
-from urllib.parse import quote, quote_plus, urlsplit
+from urllib.parse import quote, quote_plus, unquote_plus, urlsplit
 
 import requests
 
@@ -47,6 +52,79 @@ MIN_ATTEMPT_SECONDS = 0.05
 POOL_SIZE = 32
 #: ``Retry-After`` values longer than this are taken as this (a server bug should not park us for a day).
 MAX_RETRY_AFTER = 600.0
+#: Secrets at least this long are redacted wherever they stand whole in the server's text; shorter
+#: ones only where quoted (see ``Transport.scrub``).
+MIN_BARE_SECRET_LENGTH = 8
+
+#: The query of a URL quoted in a message: from ``?`` up to a space, quote or bracket.
+_URL_QUERY = re.compile(r"\?([^\s'\"<>()\[\]{}]+)")
+#: The user information of a URL (``scheme://user:password@``), such as a proxy's.
+_URL_USERINFO = re.compile(r"(?<=://)[^/\s@'\"]+@")
+#: What may continue a token: a secret that touches one of these is part of a longer word.
+_WORD_CHARS = r"A-Za-z0-9_\-"
+
+
+def _redact_query(query: str, secret: Optional[Callable[[str], bool]] = None) -> str:
+    """``a=1&company=TOKEN`` -> ``a=***&company=***`` (only the values ``secret`` picks, when given)."""
+    pairs = []
+    for pair in query.split("&"):
+        key, separator, value = pair.partition("=")
+        if not separator:  # a bare value (``?TOKEN``)
+            key, value = "", key
+        if value and (secret is None or secret(unquote_plus(value))):
+            value = "***"
+        pairs.append(f"{key}{separator}{value}")
+    return "&".join(pairs)
+
+
+def redact_urls(text: str) -> str:
+    """``text`` with the value of every URL query parameter and every URL's user information replaced
+    by ``***``: ``.../analytics/funnel?company=***``. It parses what looks like a URL's query rather
+    than looking for known secrets, so it needs none and mangles nothing else."""
+    if "?" in text:
+        text = _URL_QUERY.sub(lambda match: "?" + _redact_query(match.group(1)), text)
+    if "://" in text:
+        text = _URL_USERINFO.sub("***@", text)
+    return text
+
+
+#: Every live transport, whose secrets the log filter redacts from query strings.
+_TRANSPORTS: "weakref.WeakSet[Transport]" = weakref.WeakSet()
+
+
+class _RedactLoggedQueries(logging.Filter):
+    """Rewrites a record of urllib3 or requests whose URL query holds one of our clients' secrets.
+
+    urllib3 logs every request line at DEBUG (``"POST /analytics/funnel?company=TOKEN HTTP/1.1" 200``)
+    and retries with their URL. Only query values equal to a live client's secret become ``***``,
+    so the lines of the application's other requests are left as they are. A record made below the
+    logger's level is never made, so this costs nothing unless someone logs at DEBUG.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed record is the logging module's to report
+            return True
+        if "?" not in message or not _TRANSPORTS:
+            return True
+        secrets: "set[str]" = set()
+        for transport in list(_TRANSPORTS):
+            secrets.update(transport._secrets)
+        redacted = _URL_QUERY.sub(
+            lambda match: "?" + _redact_query(match.group(1), lambda value: value in secrets), message
+        )
+        if redacted != message:
+            record.msg, record.args = redacted, ()
+        return True
+
+
+_LOG_FILTER = _RedactLoggedQueries()
+#: The loggers of our dependencies that write request URLs (a logger's filters see only its own records).
+for _name in ("urllib3.connectionpool", "urllib3.poolmanager", "urllib3.util.retry", "urllib3.connection",
+              "urllib3.response", "requests", "requests.adapters", "requests.sessions"):
+    logging.getLogger(_name).addFilter(_LOG_FILTER)
+del _name
 
 
 def normalize_target(target: Any) -> str:
@@ -122,6 +200,7 @@ class Transport:
         self.timeout = timeout
         self.gzip = gzip
         self._secrets: Tuple[str, ...] = ()
+        self._secret_pattern = self._pattern(())
         for secret in secrets:
             self.add_secret(secret)
         self._auth = auth
@@ -157,16 +236,44 @@ class Transport:
         self._session.close()
 
     def add_secret(self, secret: str) -> None:
-        """Also scrub ``secret`` (such as a company token passed per call), as is and URL-encoded."""
+        """Also keep ``secret`` (such as a company token passed per call) out of what ``scrub`` and
+        the log filter let through, as is and URL-encoded."""
         forms = {secret, quote(secret, safe=""), quote_plus(secret, safe="")} if secret else set()
         new = forms - set(self._secrets)
         if new:
             self._secrets = tuple(sorted(set(self._secrets) | new, key=len, reverse=True))
+            self._secret_pattern = self._pattern(self._secrets)
+        _TRANSPORTS.add(self)
+
+    @staticmethod
+    def _pattern(secrets: Sequence[str]) -> "re.Pattern[str]":
+        # A secret is redacted only where it stands whole: not touching a letter, digit, "_" or "-"
+        # (so the token "e" never turns "token" into "tok***n"). One of MIN_BARE_SECRET_LENGTH
+        # characters or more is redacted wherever it stands whole (a server that echoes a real token,
+        # "unknown company_id 1f0c...-9a2b", quoted or not). A shorter one is redacted only where
+        # quoted ('e', "e"): as a bare word it is an ordinary word ("a", "api"), and blanking every
+        # "a" would both mangle the message and show the reader what the secret is.
+        escaped = sorted(secrets, key=len, reverse=True)
+        bare = [re.escape(s) for s in escaped if len(s) >= MIN_BARE_SECRET_LENGTH]
+        quoted = [re.escape(s) for s in escaped if len(s) < MIN_BARE_SECRET_LENGTH]
+        alternatives = []
+        if bare:
+            alternatives.append(f"(?<![{_WORD_CHARS}])(?:{'|'.join(bare)})(?![{_WORD_CHARS}])")
+        if quoted:
+            alternatives.append(f"(?<=['\"`])(?:{'|'.join(quoted)})(?=['\"`])")
+        return re.compile("|".join(alternatives) or "(?!)")
 
     def scrub(self, text: str) -> str:
-        """``text`` with every secret of this client replaced by ``***``."""
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
+        """Text from the server (an ``errors`` entry) or from ``requests``, made safe to quote.
+
+        URL query values and user information are redacted by parsing (``?company=***``), and a
+        secret of this client is replaced by ``***`` only where it stands whole (see ``_pattern``):
+        our own messages never contain a secret, so this guards only against a server or library
+        that echoes one, and leaves every other word as it was.
+        """
+        text = redact_urls(text)
+        if self._secrets:
+            text = self._secret_pattern.sub("***", text)
         return text
 
     def post(
@@ -203,7 +310,7 @@ class Transport:
         raise failure
 
     def _reason(self, error: BaseException) -> str:
-        """A short, secret-free reason for a ``requests`` exception."""
+        """A short reason for a ``requests`` exception, its URLs' query values redacted (``scrub``)."""
         root: BaseException = error
         while root.__context__ is not None and root.__context__ is not root and len(str(root)) > 200:
             root = root.__context__
@@ -234,7 +341,12 @@ class Transport:
                 reason += f", retry after {retry_after:.3g} s"
             raise TransientError(reason, status=status, retry_after=retry_after, errors=errors)
         if status in (401, 403):
-            what = "bad token or credentials" if status == 401 else "no access to that company"
+            if status == 403:
+                what = "no access to that company"
+            elif self._auth is not None:  # credentials were sent: they were wrong, not missing
+                what = "the username or password was not accepted"
+            else:
+                what = "the company token was not accepted"
             raise AuthenticationError(f"{path}: {what}", status=status, errors=errors)
         if status in (400, 404, 413):
             what = {400: "the request is invalid", 404: "not found", 413: "the body is too large"}[status]
