@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -59,6 +60,105 @@ def test_serve_refuses_bad_user_and_missing_file(tmp_path: Any) -> None:
     missing = subprocess.run([sys.executable, "-c", SERVE, "--port", "0", "--campaigns", str(tmp_path / "no.json")],
                              capture_output=True, text=True, env=env, timeout=20)
     assert missing.returncode == 1 and "no.json" in missing.stderr
+
+
+def _start_serve(tmp_path: Any, *arguments: str, env: Any = None) -> "subprocess.Popen[str]":
+    return subprocess.Popen(
+        [sys.executable, "-m", "seven_segments", "serve", "--port", "0", *arguments],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(tmp_path),
+        env=dict(os.environ, PYTHONPATH=ROOT, **(env or {})),
+    )
+
+
+def _stop(process: "subprocess.Popen[str]") -> str:
+    """SIGTERM, wait (bounded), and the whole stderr."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        _stdout, stderr = process.communicate(timeout=10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, stderr
+    return stderr
+
+
+def test_serve_demo_campaigns_users_from_a_file_and_the_environment_and_latency(tmp_path: Any) -> None:
+    users = tmp_path / "users.txt"
+    users.write_text("# export API users\nfileuser:file-secret:with-colon\n\n")
+    process = _start_serve(tmp_path, "--users-file", str(users), "--user", "arguser:arg-secret", "--latency-ms", "50",
+                           env={"SEVEN_SEGMENTS_SERVER_USERS": "envuser:env-secret,other:x"})
+    try:
+        assert process.stdout is not None
+        url = process.stdout.readline().split("listening on ")[1].split()[0]
+        # The README's examples against serve, as written.
+        from seven_segments import SevenSegments
+
+        client = SevenSegments("12345678-90ab-cdef-1234-567890abcdef", customer="john123", target=url)
+        started = time.perf_counter()
+        assert client.get_html("Banner left") == '<img src="/my-awesome-banner-1.png" />'
+        assert time.perf_counter() - started >= 0.05
+        cli = subprocess.run(
+            [sys.executable, os.path.join(ROOT, "seven_segments.py"), "get_html",
+             "12345678-90ab-cdef-1234-567890abcdef", "john123", "banner"],
+            capture_output=True, text=True, timeout=20, env=dict(os.environ, SEVEN_SEGMENTS_TARGET=url),
+        )
+        assert cli.returncode == 0 and cli.stdout.strip() == '<img src="/my-awesome-banner-1.png" />', cli.stderr
+        funnel = url + "/analytics/funnel"
+        for name, password in (("fileuser", "file-secret:with-colon"), ("envuser", "env-secret"),
+                               ("arguser", "arg-secret")):
+            answer = requests.post(funnel, json={"analysis_id": "x"}, auth=(name, password), timeout=10)
+            assert answer.status_code == 404, name  # authenticated; no such analysis
+        assert requests.post(funnel, json={"analysis_id": "x"}, auth=("envuser", "wrong"), timeout=10).status_code == 401
+    finally:
+        stderr = _stop(process)
+    assert "secret" not in stderr
+
+
+def test_serve_failures_are_one_line_without_traceback(tmp_path: Any) -> None:
+    not_a_db = tmp_path / "notadb.sqlite"
+    not_a_db.write_text("this is not a database, just text long enough to fill a header" * 4)
+    broken = tmp_path / "campaigns.json"
+    broken.write_text('{"Banner": ')
+    wrong = tmp_path / "wrong.json"
+    wrong.write_text('{"Banner": 5}')
+    users = tmp_path / "users.txt"
+    users.write_text("jane:pw\nno-password-here-secret\n")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        cases = {
+            "db": (["--db", "/no/such/dir/x.db"], "db '/no/such/dir/x.db' cannot be used as an SQLite database"),
+            "notadb": (["--db", str(not_a_db)], f"db {str(not_a_db)!r} cannot be used as an SQLite database: file is"),
+            "json": (["--campaigns", str(broken)], f"campaigns file {str(broken)!r} is not valid JSON: "),
+            "campaign": (["--campaigns", str(wrong)], f"campaigns file {str(wrong)!r}: campaign 'Banner' must be"),
+            "missing": (["--analyses", str(tmp_path / "no.json")], "no.json' cannot be read: No such file"),
+            "users": (["--users-file", str(users)], f"users file {str(users)!r}, line 2: a user must be given as"),
+            "port": (["--port", str(port)], f"cannot listen on 127.0.0.1:{port}: "),
+        }
+        processes = {}
+        for name, (arguments, _) in cases.items():
+            command = [sys.executable, "-m", "seven_segments", "serve", *arguments]
+            if "--port" not in arguments:
+                command[4:4] = ["--port", "0"]
+            processes[name] = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                               cwd=str(tmp_path), env=dict(os.environ, PYTHONPATH=ROOT))
+        results = {}
+        for name, process in processes.items():
+            try:
+                results[name] = process.communicate(timeout=20)
+            finally:
+                if process.poll() is None:
+                    process.kill()
+                    process.communicate()
+    for name, (_, expected) in cases.items():
+        stdout, stderr = results[name]
+        assert processes[name].returncode == 1, (name, stderr)
+        assert stderr.count("\n") == 1 and "Traceback" not in stderr, (name, stderr)
+        assert stderr.startswith("serve: ") and expected in stderr, (name, stderr)
+        assert "secret" not in stderr and stdout == "", name
 
 
 def test_main_with_argv_in_process() -> None:

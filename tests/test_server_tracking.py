@@ -184,7 +184,8 @@ def test_unknown_path_is_404_and_get_is_405(server: LocalServer) -> None:
             assert answer.status_code == 405, (method, path)
             assert answer.json()["success"] is False
             assert answer.headers["Allow"] == "POST"
-    assert requests.get(server.url + "/", timeout=10).json()["success"] is False
+    assert requests.post(server.url + "/", json={}, timeout=10).json()["success"] is False
+    assert requests.get(server.url + "/no/such/page", timeout=10).status_code == 404
 
 
 def test_bulk_answers_per_command_results_in_order(server: LocalServer) -> None:

@@ -31,16 +31,36 @@ class Campaign(NamedTuple):
 
 
 def load_mapping(source: Source, what: str) -> Dict[str, Any]:
-    """A JSON object given as a mapping, or as the path of a JSON file (``None``: empty)."""
+    """A JSON object given as a mapping, or as the path of a JSON file (``None``: empty).
+
+    ``ValueError`` naming the file and the problem when it cannot be read, is not JSON or holds no object.
+    """
     if source is None:
         return {}
     if isinstance(source, Mapping):
         return dict(source)
-    with open(os.fspath(source), encoding="utf-8") as handle:
-        loaded = json.load(handle)
+    if not isinstance(source, (str, os.PathLike)):
+        raise ValueError(f"{what} must be a mapping or the path of a JSON file, not {type(source).__name__}")
+    path = os.fspath(source)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            loaded = json.load(handle)
+    except OSError as error:
+        raise ValueError(f"{what} file {path!r} cannot be read: {error.strerror or error}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{what} file {path!r} is not UTF-8 text") from None
+    except ValueError as error:
+        raise ValueError(f"{what} file {path!r} is not valid JSON: {error}") from None
     if not isinstance(loaded, dict):
-        raise ValueError(f"{what} file {os.fspath(source)!r} must hold a JSON object")
+        raise ValueError(f"{what} file {path!r} must hold a JSON object")
     return loaded
+
+
+def in_file(source: Source, what: str, error: ValueError) -> ValueError:
+    """``error`` prefixed with the file it comes from when ``source`` is a path (``what``: campaigns, analyses)."""
+    if source is None or isinstance(source, Mapping):
+        return error
+    return ValueError(f"{what} file {os.fspath(source)!r}: {error}")
 
 
 def json_equal(left: Any, right: Any) -> bool:
@@ -104,8 +124,18 @@ def matches(condition: Optional[Mapping[str, Any]], properties: Mapping[str, Any
 
 def load_campaigns(source: Source) -> Dict[str, Campaign]:
     """Campaigns from a mapping or JSON file; ``ValueError`` naming the bad campaign."""
+    specs = load_mapping(source, "campaigns")
+    try:
+        return _check_campaigns(specs)
+    except ValueError as error:
+        raise in_file(source, "campaigns", error) from None
+
+
+def _check_campaigns(specs: Mapping[str, Any]) -> Dict[str, Campaign]:
     campaigns: Dict[str, Campaign] = {}
-    for name, spec in load_mapping(source, "campaigns").items():
+    for name, spec in specs.items():
+        if not isinstance(name, str):
+            raise ValueError(f"campaign name {name!r} must be a string")
         if isinstance(spec, str):
             campaigns[name] = Campaign(spec, None)
             continue

@@ -19,7 +19,7 @@ import time
 import zlib
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Collection, Deque, Dict, List, Mapping, Optional, Set, Tuple, Union
+from typing import Any, Callable, Collection, Deque, Dict, FrozenSet, List, Mapping, Optional, Set, Tuple, Union
 from urllib.parse import parse_qs
 
 from ..protocol import (
@@ -37,7 +37,7 @@ from ..protocol import (
     RESULT_RETRY,
 )
 from . import analyses as _analyses
-from .campaigns import Source, load_campaigns, load_mapping, matches
+from .campaigns import Campaign, Source, in_file, load_campaigns, load_mapping, matches
 from .faults import COMMAND_ERROR, COMMAND_RETRY, DELAY, DROP_AFTER, DROP_BEFORE, STATUS, Faults, RequestFault
 from .faults import format_retry_after
 from .store import Command, Store
@@ -73,6 +73,31 @@ DEFAULT_MAX_RECORDED = 10_000
 MAX_RECORDED_BYTES = 64 * 1024 * 1024
 
 _TOKEN_ERROR = "company_id is not a known company token"
+
+#: ``GET /`` and ``GET /_local/``: what this server answers (never delayed, faulted nor recorded).
+_INDEX_PATHS = frozenset(("/", "/_local", "/_local/"))
+_INDEX: JSONDict = {
+    "success": True,
+    "server": "seven-segments local 7SEGMENTS server",
+    "docs": "docs/local-server.md",
+    "api": [
+        "POST /crm/events", "POST /crm/customers", "POST /campaigns/html/get", "POST /bulk",
+        "POST /analytics/{funnel,report,retention,segmentation}",
+    ],
+    "local": {
+        "GET /_local/": "this index",
+        "GET /_local/events[?company=TOKEN]": "stored events, in arrival order",
+        "GET /_local/customers[?company=TOKEN]": "known customers with merged properties",
+        "GET /_local/requests": "recorded API requests, oldest first",
+        "GET /_local/stats": "counters",
+        "GET /_local/wait_for_events?n=N&timeout=S": "wait until N events are stored",
+        "GET /_local/faults": "planned faults",
+        "POST /_local/faults": "plan faults: {\"action\": \"fail_next\", \"n\": 2, \"status\": 503} or a list",
+        "GET /_local/latency": "seconds every API answer waits",
+        "POST /_local/latency": "set it: {\"seconds\": 0.05}",
+        "POST /_local/reset": "forget data, counters and faults",
+    },
+}
 
 
 class _Encoded(bytes):
@@ -257,6 +282,15 @@ class _Handler(BaseHTTPRequestHandler):
             status = app.handle(self)
         except _Drop:
             self.drop()
+        except Exception as error:  # a bug of this server: answer 500 (if nothing was sent) rather than hang up
+            logger.exception("local 7SEGMENTS server: %s %s failed", self.command, self.path.partition("?")[0])
+            self.close_connection = True
+            status = 500
+            try:
+                errors = [f"internal error of the local server: {type(error).__name__}"]
+                self.send_json(500, {"success": False, "errors": errors})
+            except OSError:
+                pass
         finally:
             if app.verbose:
                 logger.info(
@@ -319,10 +353,10 @@ class LocalServer:
         self.host = host
         self.port = port
         self.db = db
-        self.campaigns = load_campaigns(campaigns)
-        self.analyses = _analyses.load_analyses(load_mapping(analyses, "analyses"))
-        self.users: Optional[Dict[str, str]] = dict(users) if users is not None else None
-        self.tokens: Optional[frozenset] = frozenset(tokens) if tokens is not None else None  # type: ignore[type-arg]
+        self.campaigns = campaigns  # checked and loaded by the setters
+        self.analyses = analyses
+        self.users = users
+        self.tokens = tokens
         self.counting_only = counting_only
         self.verbose = verbose
         self.faults = Faults()
@@ -348,6 +382,64 @@ class LocalServer:
     def latency(self, seconds: float) -> None:
         self._latency = _check_latency(seconds)
 
+    @property
+    def campaigns(self) -> Dict[str, Campaign]:
+        """HTML campaigns by name; assign a mapping or a JSON file path (checked: ``ValueError`` naming the problem)."""
+        return self._campaigns
+
+    @campaigns.setter
+    def campaigns(self, source: Source) -> None:
+        self._campaigns = load_campaigns(source)
+
+    @property
+    def analyses(self) -> Dict[str, JSONDict]:
+        """Export API analyses by id; assign a mapping or a JSON file path (checked: ``ValueError``)."""
+        return self._analyses
+
+    @analyses.setter
+    def analyses(self, source: Source) -> None:
+        definitions = load_mapping(source, "analyses")
+        try:
+            self._analyses = _analyses.load_analyses(definitions)
+        except ValueError as error:
+            raise in_file(source, "analyses", error) from None
+
+    @property
+    def users(self) -> Optional[Dict[str, str]]:
+        """Export API users, name -> password (``None``: any non-empty name with any password)."""
+        return self._users
+
+    @users.setter
+    def users(self, users: Optional[Mapping[str, str]]) -> None:
+        if users is None:
+            self._users: Optional[Dict[str, str]] = None
+            return
+        if not isinstance(users, Mapping):
+            raise ValueError(f"users must be a mapping of user name to password, not {type(users).__name__}")
+        for name, password in users.items():
+            if not isinstance(name, str) or not name or ":" in name:
+                raise ValueError(f"user name {name!r} must be a non-empty string without ':'")
+            if not isinstance(password, str):
+                raise ValueError(f"the password of user {name!r} must be a string")  # the value is not shown
+        self._users = dict(users)
+
+    @property
+    def tokens(self) -> Optional[FrozenSet[str]]:
+        """Accepted company tokens (``None``: any non-empty token); assign a collection of strings."""
+        return self._tokens
+
+    @tokens.setter
+    def tokens(self, tokens: Optional[Collection[str]]) -> None:
+        if tokens is None:
+            self._tokens: Optional[FrozenSet[str]] = None
+            return
+        if isinstance(tokens, (str, bytes)) or not isinstance(tokens, Collection):
+            kind = type(tokens).__name__
+            raise ValueError(f"tokens must be a collection of company tokens (a list or set), not {kind}")
+        if not all(isinstance(token, str) and token for token in tokens):
+            raise ValueError("tokens must all be non-empty strings")  # tokens are secrets: none is shown
+        self._tokens = frozenset(tokens)
+
     # -- lifecycle ---------------------------------------------------------------------------------
 
     @property
@@ -368,7 +460,13 @@ class LocalServer:
         if self._httpd is not None:
             return self
         self._stopping.clear()
-        httpd = _HTTPServer((self.host, self.port), self)
+        try:
+            httpd = _HTTPServer((self.host, self.port), self)
+        except OSError as error:
+            host = f"[{self.host}]" if ":" in self.host else self.host
+            refused = OSError(f"cannot listen on {host}:{self.port}: {error.strerror or error}")
+            refused.errno = error.errno
+            raise refused from None
         self.port = int(httpd.server_address[1])
         self._httpd = httpd
         self._thread = threading.Thread(
@@ -469,7 +567,11 @@ class LocalServer:
             self._reset_stats()
 
     def wait_for_events(self, n: int, timeout: Optional[float] = 5.0) -> bool:
-        """Wait until at least ``n`` events were accepted since start or reset; ``False`` after ``timeout`` s."""
+        """Wait until ``stats()["events"] >= n``; ``False`` after ``timeout`` s.
+
+        That count is the events accepted since start or :meth:`reset`, plus, with a ``db`` file, the
+        events the file held already: ``wait_for_events(n)`` waits until ``len(events()) >= n``.
+        """
         return self._store.wait_for_events(n, timeout)
 
     def _reset_stats(self) -> None:
@@ -496,6 +598,9 @@ class LocalServer:
         path, _, query = handler.path.partition("?")
         if path.startswith(_LOCAL):
             return self._handle_local(handler, path, query)
+        if path in _INDEX_PATHS and handler.command in ("GET", "HEAD"):
+            handler.send_json(200, _INDEX)
+            return 200
         latency = self._latency
         if latency > 0 and self._stopping.wait(latency):
             raise _Drop()  # stopped while waiting: go away without applying
@@ -845,7 +950,10 @@ class LocalServer:
                     raise _Refusal(400, [f"invalid fault: {error}"]) from None
                 handler.send_json(200, {"success": True, "faults": self.faults.pending()})
                 return 200
-            if name in getters or name in ("reset", "faults", "wait_for_events"):
+            if handler.command in ("GET", "HEAD") and name == "":
+                handler.send_json(200, _INDEX)
+                return 200
+            if name in getters or name in ("reset", "faults", "wait_for_events", ""):
                 raise _Refusal(405, [f"{path} does not accept {handler.command}"])
             raise _Refusal(404, [f"unknown path {path}"])
         except _Refusal as refusal:

@@ -71,18 +71,27 @@ class Store:
         self._lock = threading.Lock()
         self._events_changed = threading.Condition(self._lock)
         self._persist_ids = db is not None
-        self._conn = sqlite3.connect(db or ":memory:", check_same_thread=False, isolation_level=None)
-        if db is not None:
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-        else:  # nothing to keep across a crash: no fsync, rollback journal in memory (ROLLBACK still works)
-            self._conn.execute("PRAGMA journal_mode=MEMORY")
-            self._conn.execute("PRAGMA synchronous=OFF")
-        self._conn.executescript(_SCHEMA)
-        self._seen: Set[Tuple[str, str]] = set(
-            (str(row[0]), str(row[1])) for row in self._conn.execute("SELECT company_id, command_id FROM command_ids")
-        )
-        self.events_accepted = 0
+        conn: Optional[sqlite3.Connection] = None
+        try:
+            conn = sqlite3.connect(db or ":memory:", check_same_thread=False, isolation_level=None)
+            if db is not None:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+            else:  # nothing to keep across a crash: no fsync, rollback journal in memory (ROLLBACK still works)
+                conn.execute("PRAGMA journal_mode=MEMORY")
+                conn.execute("PRAGMA synchronous=OFF")
+            conn.executescript(_SCHEMA)
+            self._seen: Set[Tuple[str, str]] = set(
+                (str(row[0]), str(row[1])) for row in conn.execute("SELECT company_id, command_id FROM command_ids")
+            )
+            stored = int(conn.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+        except sqlite3.Error as error:
+            if conn is not None:
+                conn.close()
+            raise ValueError(f"db {db!r} cannot be used as an SQLite database: {error}") from None
+        self._conn = conn
+        #: Events accepted since start or reset, plus (with a db file) those the file held already.
+        self.events_accepted = stored
         self.customer_updates = 0
         self.duplicates = 0
 
@@ -203,7 +212,7 @@ class Store:
             self._conn.close()
 
     def wait_for_events(self, count: int, timeout: Optional[float]) -> bool:
-        """Block until at least ``count`` events were accepted since start or reset; ``False`` on timeout."""
+        """Block until at least ``count`` events are stored (counted when counting only); ``False`` on timeout."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._events_changed:
             while self.events_accepted < count:
