@@ -7,6 +7,7 @@ import logging
 import math
 import time
 from collections.abc import Mapping
+from itertools import count
 from types import TracebackType
 from typing import Any, Callable, Dict, Optional, Tuple, Type, TypeVar
 
@@ -35,7 +36,8 @@ from .serialization import (
     new_command_id,
     timestamp_seconds,
 )
-from .transport import Backoff, Transport, call_with_retries
+from .transport import Backoff, Transport, TransientError, call_with_retries
+from .types import AnalysisType, BeforeSend, CommandDict, Customer
 from .worker import BufferedWorker, ErrorCallback, WorkerSettings
 
 __all__ = ["SevenSegments", "AuthenticatedSevenSegments"]
@@ -106,7 +108,13 @@ class _ApiClient:
         """The API's base URL."""
         return self._transport.target
 
-    def _call(self, path: str, body: bytes, params: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
+    def _call(
+        self,
+        path: str,
+        body: bytes,
+        params: Optional[Dict[str, str]] = None,
+        on_retry: Optional[Callable[[TransientError, float], None]] = None,
+    ) -> Dict[str, Any]:
         """One blocking call: retried on passing failures for the call deadline, raises otherwise.
 
         Each attempt may take the full ``timeout``; the deadline decides whether to try again, so a
@@ -122,6 +130,7 @@ class _ApiClient:
             timeout=self._timeout,
             backoff=BLOCKING_BACKOFF,
             sleep=self._sleep,
+            on_retry=on_retry,
         )
 
     def close(self, timeout: Optional[float] = None) -> None:
@@ -142,6 +151,72 @@ def _encode(data: JSONObject) -> bytes:
     return json.dumps(data, separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode()
 
 
+class _Tally:
+    """A counter that threads may bump at once, without a lock: ``next()`` of an ``itertools.count``
+    is atomic, and no lock can be inherited held by a ``fork()`` child."""
+
+    __slots__ = ("_count",)
+
+    def __init__(self) -> None:
+        self._count = count(1)
+
+    def add(self, *_: Any) -> None:
+        """Count one (any arguments are ignored, so that it can serve as a callback)."""
+        next(self._count)
+
+    @property
+    def value(self) -> int:
+        """How many were counted."""
+        return int(repr(self._count)[6:-1]) - 1  # "count(N)": N is the next number it would give
+
+
+def _plain_copy(value: Any) -> Any:
+    """A copy of captured JSON values (dicts and lists copied all the way down)."""
+    if type(value) is dict:
+        return {key: _plain_copy(item) for key, item in value.items()}
+    if type(value) is list:
+        return [_plain_copy(item) for item in value]
+    return value
+
+
+def _command_dict(command: Command) -> CommandDict:
+    """The command as ``before_send`` sees it: a plain dict of copies (see ``CommandDict``)."""
+    path, ids, kind, properties, timestamp, command_id = command[:6]
+    if path == PATH_EVENTS:
+        return {"name": path, "customer_ids": dict(ids), "type": kind, "properties": _plain_copy(properties),
+                "timestamp": timestamp, "command_id": command_id}
+    return {"name": path, "ids": dict(ids), "properties": _plain_copy(properties), "timestamp": timestamp,
+            "command_id": command_id}
+
+
+def _checked_command(command: Command, sent: Any) -> Tuple[Command, int]:
+    """What ``before_send`` returned for ``command``, checked exactly as a caller's input is.
+
+    It must be a dict with the keys it was given (``name`` unchanged); raises ``TypeError`` or
+    ``ValueError`` naming the bad key or value.
+    """
+    if not isinstance(sent, Mapping):
+        raise TypeError(f"it must return a dict or None, not {type(sent).__name__}")
+    path = command[0]
+    ids_key = "customer_ids" if path == PATH_EVENTS else "ids"
+    keys = {"name", ids_key, "properties", "timestamp", "command_id"} | ({"type"} if path == PATH_EVENTS else set())
+    if set(sent) != keys:
+        missing, unknown = sorted(keys - set(sent)), sorted(map(repr, set(sent) - keys))
+        raise ValueError(
+            "its keys must be " + ", ".join(sorted(keys))
+            + (f"; missing: {', '.join(missing)}" if missing else "")
+            + (f"; unknown: {', '.join(unknown)}" if unknown else "")
+        )
+    if sent["name"] != path:
+        raise ValueError(f"name must stay {path!r}, not {sent['name']!r}")
+    ids = customer_ids(sent[ids_key], ids_key)
+    kind = check_event_type(sent["type"]) if path == PATH_EVENTS else None
+    properties, size = capture_properties(sent["properties"])
+    if sent["timestamp"] is None:
+        raise TypeError("timestamp must be seconds since the epoch or an aware datetime, not None")
+    return (path, ids, kind, properties, timestamp_seconds(sent["timestamp"]), check_command_id(sent["command_id"])), size
+
+
 class SevenSegments(_ApiClient):
     """Client of the 7SEGMENTS tracking API.
 
@@ -160,6 +235,17 @@ class SevenSegments(_ApiClient):
       to ``on_error``), ``shutdown_timeout`` (5 s: how long exit or ``close()`` may take to deliver),
       ``on_error(error, commands)`` (called on the worker thread for commands that could not be
       delivered), ``gzip`` (True: compress request bodies of 1 KiB or more).
+    - ``before_send(command)`` (both modes): called with each tracking command as a plain dict
+      (``CommandDict``: ``name``, ``customer_ids`` or ``ids``, ``type``, ``properties``, ``timestamp``,
+      ``command_id``) on the CALLER's thread, inside ``track``/``update``, before it is queued or sent
+      (so a slow hook slows only the call that runs it); it returns the command to send (changed or
+      not, checked again exactly as a caller's input) or ``None`` to drop it (counted as
+      ``filtered``). A hook that raises or returns something invalid drops that command (never sent as
+      it was): ``on_error`` is called with it at once, on the caller's thread, and it counts as
+      ``failed``; ``track``/``update`` do not raise for the hook's mistakes.
+    - ``enabled`` (True): with ``False`` every call is checked as usual (bad input still raises) but
+      nothing is queued, sent or kept, no thread is started: ``track``/``update`` count the command as
+      ``discarded``, ``get_html`` returns ``''``, ``flush`` returns True. For development and CI.
 
     One client may be shared by all threads; pass ``customer=`` per call rather than ``identify``
     when threads serve different customers.
@@ -168,7 +254,7 @@ class SevenSegments(_ApiClient):
     def __init__(
         self,
         token: str,
-        customer: Any = None,
+        customer: Optional[Customer] = None,
         *,
         target: str = DEFAULT_TARGET,
         buffered: bool = False,
@@ -181,6 +267,8 @@ class SevenSegments(_ApiClient):
         shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
         on_error: Optional[ErrorCallback] = None,
         gzip: bool = True,
+        before_send: Optional[BeforeSend] = None,
+        enabled: bool = True,
     ) -> None:
         self._token = _secret("token", token)
         if retry_deadline is None:
@@ -193,6 +281,18 @@ class SevenSegments(_ApiClient):
         # Checked in both modes: a bad setting is a mistake even where it has no effect yet.
         if on_error is not None and not callable(on_error):
             raise TypeError(f"on_error must be callable, not {type(on_error).__name__}")
+        if before_send is not None and not callable(before_send):
+            raise TypeError(f"before_send must be callable, not {type(before_send).__name__}")
+        if not isinstance(enabled, bool):
+            raise TypeError(f"enabled must be True or False, not {type(enabled).__name__} {enabled!r}")
+        self._on_error = on_error
+        self._before_send = before_send
+        self._enabled = enabled
+        self._buffered = bool(buffered)
+        # Counted here (the worker counts what it queues): what before_send filtered out or failed on,
+        # what a disabled client discarded, and what a blocking client sent, retried and failed.
+        self._filtered, self._hook_failed, self._discarded = _Tally(), _Tally(), _Tally()
+        self._sent, self._retried, self._failed = _Tally(), _Tally(), _Tally()
         batch_size = _number("batch_size", batch_size, minimum=1, integer=True)
         if batch_size > MAX_BULK_COMMANDS:
             raise ValueError(f"batch_size must be at most {MAX_BULK_COMMANDS} (the protocol's limit), not {batch_size}")
@@ -207,30 +307,37 @@ class SevenSegments(_ApiClient):
             timeout=self._timeout,
             on_error=on_error,
         )
-        if buffered:
+        if buffered and enabled:
             self._worker = BufferedWorker(token, self._transport, settings)
 
     def __repr__(self) -> str:
-        mode = "buffered" if self._worker is not None else "blocking"
+        mode = "buffered" if self._buffered else "blocking"
+        if not self._enabled:
+            mode += ", disabled"
         return f"SevenSegments(target={self.target!r}, customer={self._customer_ids!r}, {mode})"
 
     @property
     def buffered(self) -> bool:
-        """True when ``track`` and ``update`` are queued and sent in the background."""
-        return self._worker is not None
+        """True when ``track`` and ``update`` are queued and sent in the background (when enabled)."""
+        return self._buffered
+
+    @property
+    def enabled(self) -> bool:
+        """False when the client checks every call but sends nothing (``enabled=False``)."""
+        return self._enabled
 
     @property
     def customer(self) -> Optional[CustomerIds]:
         """The identified customer's ids, or None."""
         return None if self._customer_ids is None else dict(self._customer_ids)
 
-    def identify(self, customer: Any, properties: Optional[Mapping[str, Any]] = None) -> None:
+    def identify(self, customer: Customer, properties: Optional[Mapping[str, Any]] = None) -> None:
         """Make ``customer`` the client's current customer; with ``properties``, also ``update`` them."""
         self._customer_ids = customer_ids(customer)
         if properties is not None:
             self.update(properties)
 
-    def _ids(self, customer: Any) -> CustomerIds:
+    def _ids(self, customer: Optional[Customer]) -> CustomerIds:
         if customer is not None:
             return customer_ids(customer)
         if self._customer_ids is None:
@@ -239,59 +346,131 @@ class SevenSegments(_ApiClient):
 
     def track(
         self,
-        event_type_: str,
+        event_type: str,
         properties: Optional[Mapping[str, Any]] = None,
         *,
-        customer: Any = None,
+        customer: Optional[Customer] = None,
         timestamp: Optional[Timestamp] = None,
-    ) -> None:
-        """Track an event of type ``event_type_`` (with ``properties``) for the customer.
+        command_id: Optional[str] = None,
+    ) -> str:
+        """Track an event of type ``event_type`` (with ``properties``) for the customer; returns its ``command_id``.
 
-        ``timestamp`` (seconds since the epoch or an aware ``datetime``) defaults to now. Bad input
-        raises ``TypeError``/``ValueError`` here, before anything is queued or sent.
+        ``timestamp`` (seconds since the epoch, not milliseconds, or an aware ``datetime``) defaults
+        to now. ``command_id`` (1 to 64 characters of ``[A-Za-z0-9_-]``, such as an order number) is
+        the idempotency key: a command sent again with the same one, from this or another process, is
+        applied once; by default a unique one is made. Bad input raises ``TypeError``/``ValueError``
+        here, before anything is queued or sent. A ``before_send`` hook runs here, on this thread.
         """
         if self._closed:
             raise ClientClosedError("this SevenSegments client is closed; it takes no more events")
         ids = self._ids(customer)
-        kind = check_event_type(event_type_)
+        kind = check_event_type(event_type)
         captured, size = capture_properties(properties)
+        command_id = new_command_id() if command_id is None else check_command_id(command_id)
         command = (
             PATH_EVENTS, ids, kind, captured, time.time() if timestamp is None else timestamp_seconds(timestamp),
-            new_command_id(),
+            command_id,
         )
-        if self._worker is not None:
-            self._worker.submit(command, size)
-        else:
-            self._send_now(command)
+        worker = self._worker
+        if worker is not None and self._before_send is None:
+            worker.submit(command, size)
+            return command_id
+        return self._dispatch(command, size)
 
     def update(
-        self, properties: Mapping[str, Any], *, customer: Any = None, timestamp: Optional[Timestamp] = None
-    ) -> None:
-        """Update the customer's properties (merged property by property, later timestamp wins)."""
+        self,
+        properties: Mapping[str, Any],
+        *,
+        customer: Optional[Customer] = None,
+        timestamp: Optional[Timestamp] = None,
+        command_id: Optional[str] = None,
+    ) -> str:
+        """Update the customer's properties (merged property by property, later timestamp wins).
+
+        ``timestamp`` and ``command_id`` as for ``track``; returns the command's ``command_id``.
+        """
         if self._closed:
             raise ClientClosedError("this SevenSegments client is closed; it takes no more updates")
         if properties is None:
             raise TypeError("properties must be a dict of customer properties, not None")
         ids = self._ids(customer)
         captured, size = capture_properties(properties)
+        command_id = new_command_id() if command_id is None else check_command_id(command_id)
         command = (
             PATH_CUSTOMERS, ids, None, captured, time.time() if timestamp is None else timestamp_seconds(timestamp),
-            new_command_id(),
+            command_id,
         )
+        worker = self._worker
+        if worker is not None and self._before_send is None:
+            worker.submit(command, size)
+            return command_id
+        return self._dispatch(command, size)
+
+    def _dispatch(self, command: Command, size: int) -> str:
+        """Every checked command that is not simply queued: disabled, through ``before_send``, or
+        sent now (blocking). Returns the ``command_id`` it went with."""
+        if not self._enabled:
+            self._discarded.add()
+            return command[5]
+        if self._before_send is not None:
+            hooked = self._run_before_send(self._before_send, command)
+            if hooked is None:
+                return command[5]
+            command, size = hooked
         if self._worker is not None:
             self._worker.submit(command, size)
         else:
             self._send_now(command)
+        return command[5]
+
+    def _run_before_send(self, hook: BeforeSend, command: Command) -> Optional[Tuple[Command, int]]:
+        """``command`` as ``before_send`` makes it, checked; ``None`` when it is not to be sent."""
+        try:
+            sent = hook(_command_dict(command))
+        except Exception as error:  # the hook's mistake: the command is dropped and reported, not sent
+            self._report_hook_failure(command, f"before_send raised {type(error).__name__}: {error}")
+            return None
+        if sent is None:
+            self._filtered.add()
+            return None
+        try:
+            return _checked_command(command, sent)
+        except (TypeError, ValueError) as error:
+            self._report_hook_failure(command, f"before_send returned an invalid command: {error}")
+            return None
+
+    def _report_hook_failure(self, command: Command, reason: str) -> None:
+        """Count a command that ``before_send`` failed on and pass it, as the caller made it, to ``on_error``."""
+        self._hook_failed.add()
+        error = SevenSegmentsError(f"{command[0]}: {reason}; the command was dropped, not sent")
+        callback = self._on_error
+        if callback is None:
+            logger.warning("seven_segments: %s", error)
+            return
+        try:
+            callback(error, [BulkCommandEncoder.as_dict(command)])
+        except Exception:
+            logger.exception("seven_segments: the on_error callback raised")
 
     def _send_now(self, command: Command) -> None:
         data = {"company_id": self._token, **BulkCommandEncoder.as_dict(command)["data"]}
-        self._call(command[0], _encode(data))
+        try:
+            self._call(command[0], _encode(data), on_retry=self._retried.add)
+        except Exception:
+            self._failed.add()
+            raise
+        self._sent.add()
 
-    def get_html(self, campaign_name: str, *, customer: Any = None) -> str:
-        """The HTML of campaign ``campaign_name`` for the customer (``''`` when it shows nothing to them)."""
+    def get_html(self, campaign_name: str, *, customer: Optional[Customer] = None) -> str:
+        """The HTML of campaign ``campaign_name`` for the customer (``''`` when it shows nothing to them,
+        and always ``''`` from a disabled client, which sends nothing)."""
         if not isinstance(campaign_name, str) or not campaign_name:
             raise ValueError(f"campaign_name must be a non-empty string, not {campaign_name!r}")
         data = {"company_id": self._token, "customer_ids": self._ids(customer), "html_campaign_name": campaign_name}
+        if not self._enabled:
+            if self._closed:
+                raise ClientClosedError(f"{type(self).__name__} is closed")
+            return ""
         answer = self._call(PATH_HTML, _encode(data))
         html = answer.get("data")
         if not isinstance(html, str):
@@ -302,7 +481,7 @@ class SevenSegments(_ApiClient):
         """Wait until everything queued so far was delivered or failed for good (or ``timeout`` s).
 
         True only when all of it was delivered (and nothing was dropped since the last flush).
-        Blocking clients have nothing queued: True.
+        Blocking and disabled clients have nothing queued: True.
         """
         if timeout is not None:
             _number("timeout", timeout, minimum=0)
@@ -325,10 +504,22 @@ class SevenSegments(_ApiClient):
             self._transport.close()
 
     def stats(self) -> Dict[str, int]:
-        """Counts since the client was made: queued, sent, retried, failed, dropped, batches, pending."""
+        """Counts since the client was made: queued, sent, retried, failed, dropped, batches, pending,
+        filtered (dropped by ``before_send`` returning ``None``) and discarded (by a disabled client).
+
+        ``failed`` includes the commands ``before_send`` failed on. A blocking client counts each
+        ``track``/``update`` that the server accepted as sent, each that raised as failed, and each
+        retry of one as retried.
+        """
         if self._worker is None:
-            return {"queued": 0, "sent": 0, "retried": 0, "failed": 0, "dropped": 0, "batches": 0, "pending": 0}
-        return self._worker.stats()
+            stats = {"queued": 0, "sent": self._sent.value, "retried": self._retried.value,
+                     "failed": self._failed.value, "dropped": 0, "batches": 0, "pending": 0}
+        else:
+            stats = self._worker.stats()
+        stats["failed"] = stats.get("failed", 0) + self._hook_failed.value
+        stats["filtered"] = stats.get("filtered", 0) + self._filtered.value
+        stats["discarded"] = self._discarded.value
+        return stats
 
 
 class AuthenticatedSevenSegments(_ApiClient):
@@ -352,7 +543,9 @@ class AuthenticatedSevenSegments(_ApiClient):
     def __repr__(self) -> str:
         return f"AuthenticatedSevenSegments(username={self._username!r}, target={self.target!r})"
 
-    def export_analysis(self, analysis_type: str, data: Mapping[str, Any], token: Optional[str] = None) -> Dict[str, Any]:
+    def export_analysis(
+        self, analysis_type: AnalysisType, data: Mapping[str, Any], token: Optional[str] = None
+    ) -> Dict[str, Any]:
         """Export an analysis (``funnel``, ``report``, ``retention`` or ``segmentation``) as a dict.
 
         ``data`` is the request, e.g. ``{"analysis_id": "..."}``; ``token`` picks the company when the
