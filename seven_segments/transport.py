@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import re
+import socket
 import time
 import weakref
 import zlib
@@ -171,6 +172,35 @@ def parse_retry_after(value: Optional[str], now: Optional[float] = None) -> Opti
     return min(max(seconds, 0.0), MAX_RETRY_AFTER)
 
 
+#: getaddrinfo's answers meaning "this name does not exist": a mistyped or dead target, not an outage.
+_NO_SUCH_HOST = frozenset(code for code in (getattr(socket, "EAI_NONAME", None), getattr(socket, "EAI_NODATA", None)) if code)
+
+
+def _unresolved(path: str, target: str, error: BaseException) -> Optional[Exception]:
+    """The error for a failure to resolve the target's host name (found in ``error``'s causes), else None.
+
+    "No such host" is permanent (a ``SevenSegmentsError``, not retried), so a mistyped target fails at
+    once instead of being retried for the whole deadline; a temporary resolver failure (``EAI_AGAIN``)
+    is a ``TransientError``, retried like an outage. Both say "cannot resolve HOST".
+    """
+    seen: "set[int]" = set()
+    causes: List[Any] = [error]
+    while causes:
+        cause = causes.pop()
+        if not isinstance(cause, BaseException) or id(cause) in seen:
+            continue
+        seen.add(id(cause))
+        if isinstance(cause, requests.exceptions.ProxyError):
+            return None  # the proxy's name, not the target's: the generic message says which
+        if isinstance(cause, socket.gaierror):
+            host = urlsplit(target).hostname
+            if cause.errno in _NO_SUCH_HOST:
+                return SevenSegmentsError(f"{path}: cannot resolve {host}: no such host (is the target {target!r} right?)")
+            return TransientError(f"{path}: cannot resolve {host} ({cause.strerror or 'temporary DNS failure'})")
+        causes.extend([cause.__cause__, cause.__context__, getattr(cause, "reason", None), *cause.args])
+    return None
+
+
 class TransientError(Exception):
     """A passing failure of one attempt: worth retrying (internal to the client)."""
 
@@ -300,7 +330,9 @@ class Transport:
         except requests.Timeout:
             failure = TransientError(f"{path}: no answer within {wait:.3g} s")
         except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as error:
-            failure = TransientError(f"{path}: connection failed ({self._reason(error)})")
+            failure = _unresolved(path, self.target, error) or TransientError(
+                f"{path}: connection failed ({self._reason(error)})"
+            )
         except requests.RequestException as error:
             failure = SevenSegmentsError(f"{path}: request failed ({self._reason(error)})")
         else:
