@@ -1,7 +1,7 @@
 """Export API analyses of the local server, computed from the stored events of one company.
 
-Definitions (the ``analyses`` mapping, analysis id -> definition); results are described in the
-package docstring. A *customer* is its ``customer_ids`` object (canonical JSON); events are taken in
+Definitions (the ``analyses`` mapping, analysis id -> definition); results are described in
+``docs/local-server.md``. A *customer* is its ``customer_ids`` object (canonical JSON); events are taken in
 timestamp order (arrival order between equal timestamps).
 
 - ``{"type": "funnel", "name": N, "steps": [STEP, ...], "metric": {"step": I, "property": P}}``; a STEP is an

@@ -1,7 +1,7 @@
 """The HTTP side of the local 7SEGMENTS server: :class:`LocalServer` and its request handler.
 
-See the package docstring (:mod:`seven_segments.testing`) for the behaviour and every choice made
-where PROTOCOL.md is silent.
+See ``docs/local-server.md`` for the behaviour and every choice made where the protocol
+(``docs/protocol.md``) is silent.
 """
 
 from __future__ import annotations
@@ -545,7 +545,11 @@ class LocalServer:
         return records
 
     def stats(self) -> JSONDict:
-        """Counters since start or reset (see the package docstring)."""
+        """Counters since start or reset (with a ``db`` file, ``events`` counts the file's events too).
+
+        Keys: requests, bulk_requests, statuses, commands, events, customer_updates, duplicates,
+        faults, faults_injected (see ``docs/local-server.md``).
+        """
         with self._stats_lock:
             stats: JSONDict = dict(self._stats)
             stats["statuses"] = dict(stats["statuses"])
