@@ -161,6 +161,17 @@ def test_serve_failures_are_one_line_without_traceback(tmp_path: Any) -> None:
         assert "secret" not in stderr and stdout == "", name
 
 
+def test_serve_help_names_the_demo_campaigns_and_the_users_sources(capsys: pytest.CaptureFixture[str]) -> None:
+    from seven_segments.testing import serve
+
+    with pytest.raises(SystemExit) as exited:
+        serve.main(["--help"])
+    assert exited.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "demo campaigns 'Banner left' and 'banner'" in text and "my-awesome-banner-1.png" in text.replace(" ", "")
+    assert "--users-file" in text and "$SEVEN_SEGMENTS_SERVER_USERS" in text and "--latency-ms N" in text
+
+
 def test_main_with_argv_in_process() -> None:
     from seven_segments.testing import serve
 
