@@ -22,6 +22,7 @@ How each one is pointed at the sink (read from the installed packages' source):
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any, Callable, Dict, Optional, Type
 
 TOKEN = "12345678-90ab-cdef-1234-567890abcdef"
@@ -66,6 +67,10 @@ class Library:
         """Send the standard event; False when the library said it dropped it."""
         raise NotImplementedError
 
+    def event(self, name: str, customer: str, properties: Dict[str, Any]) -> bool:
+        """Send event ``name`` of ``customer`` with ``properties`` (the web-app scenario); False when dropped."""
+        raise NotImplementedError
+
     def flush(self, timeout: Optional[float]) -> bool:
         """The library's explicit flush; True when it returned within ``timeout``."""
         raise NotImplementedError
@@ -101,6 +106,10 @@ class Ours(Library):
 
     def track(self) -> bool:
         self._track(EVENT, properties={"product": "bottle", "amount": 5})
+        return True
+
+    def event(self, name: str, customer: str, properties: Dict[str, Any]) -> bool:
+        self._track(name, properties, customer=customer)
         return True
 
     def flush(self, timeout: Optional[float]) -> bool:
@@ -145,6 +154,10 @@ class Segment(Library):
         ok, _ = self._track(CUSTOMER, EVENT, {"product": "bottle", "amount": 5})
         return bool(ok)
 
+    def event(self, name: str, customer: str, properties: Dict[str, Any]) -> bool:
+        ok, _ = self._track(customer, name, properties)
+        return bool(ok)
+
     def flush(self, timeout: Optional[float]) -> bool:
         return run_bounded(self.client.flush, timeout)
 
@@ -175,6 +188,9 @@ class PostHog(Library):
 
     def track(self) -> bool:
         return self._capture(EVENT, distinct_id=CUSTOMER, properties={"product": "bottle", "amount": 5}) is not None
+
+    def event(self, name: str, customer: str, properties: Dict[str, Any]) -> bool:
+        return self._capture(name, distinct_id=customer, properties=properties) is not None
 
     def flush(self, timeout: Optional[float]) -> bool:
         return run_bounded(lambda: self.client.flush(timeout_seconds=timeout), None if timeout is None else timeout + 1)
@@ -210,6 +226,10 @@ class Mixpanel(Library):
         self._track(CUSTOMER, EVENT, {"product": "bottle", "amount": 5})
         return True
 
+    def event(self, name: str, customer: str, properties: Dict[str, Any]) -> bool:
+        self._track(customer, name, properties)
+        return True
+
     def flush(self, timeout: Optional[float]) -> bool:
         return run_bounded(self.consumer.flush, timeout)
 
@@ -238,6 +258,10 @@ class Amplitude(Library):
 
     def track(self) -> bool:
         self._track(self._event(EVENT, user_id=CUSTOMER, event_properties={"product": "bottle", "amount": 5}))
+        return True
+
+    def event(self, name: str, customer: str, properties: Dict[str, Any]) -> bool:
+        self._track(self._event(name, user_id=customer, event_properties=properties))
         return True
 
     def flush(self, timeout: Optional[float]) -> bool:
@@ -270,9 +294,89 @@ class Amplitude(Library):
         return SDK_VERSION
 
 
+class Floor(Library):
+    """The naive floor of the web-app scenario (issue 13), not a library anyone ships.
+
+    ``event`` appends a tuple to a ``collections.deque``; one daemon thread pops up to 1,000 events at a
+    time and posts ``json.dumps`` of them to ``{url}/floor`` over one keep-alive ``requests.Session``:
+    no checks, no retries, no gzip, no bound on the queue. At exit it posts what is left (at most 10 s).
+    It is what tracking cannot cost less than with requests and json.
+    """
+
+    name = "floor"
+    package = ""
+    module = "requests"
+    exit_flush = "posts what is left at exit (at most 10 s)"
+    batch = 1000
+
+    def open(self, url: str) -> None:
+        import atexit
+        import collections
+
+        import requests
+
+        self.url = url + "/floor"
+        self.queue: Any = collections.deque()
+        self.session = requests.Session()
+        self.wake = threading.Event()
+        self.sending = False
+        self.posted = 0
+        threading.Thread(target=self._run, daemon=True, name="floor-sender").start()
+        atexit.register(self.shutdown, 10.0)
+
+    def event(self, name: str, customer: str, properties: Dict[str, Any]) -> bool:
+        self.queue.append((name, customer, properties, time.time()))
+        return True
+
+    def track(self) -> bool:
+        return self.event(EVENT, CUSTOMER, {"product": "bottle", "amount": 5})
+
+    def _post_some(self) -> int:
+        import json
+
+        queue = self.queue
+        batch = []
+        self.sending = True
+        try:
+            for _ in range(self.batch):
+                name, customer, properties, at = queue.popleft()
+                batch.append({"event": name, "customer": customer, "properties": properties, "timestamp": at})
+        except IndexError:
+            pass
+        if batch:
+            try:
+                self.session.post(self.url, data=json.dumps(batch), headers={"Content-Type": "application/json"})
+            except Exception:
+                pass  # no retries: the floor loses what fails
+            self.posted += len(batch)
+        self.sending = False
+        return len(batch)
+
+    def _run(self) -> None:
+        while True:
+            if not self._post_some():
+                self.wake.wait(0.01)  # a poll, like a timer-driven flush; a post is never waited for otherwise
+
+    def flush(self, timeout: Optional[float]) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.queue or self.sending:
+            if deadline is not None and time.monotonic() > deadline:
+                return False
+            time.sleep(0.005)
+        return True
+
+    def shutdown(self, timeout: Optional[float]) -> bool:
+        return self.flush(timeout)
+
+    def held(self) -> Optional[int]:
+        return len(self.queue)
+
+
 LIBRARIES: Dict[str, Type[Library]] = {cls.name: cls for cls in (Ours, Segment, PostHog, Mixpanel, Amplitude)}
 PEERS = [name for name in LIBRARIES if name != "ours"]
+#: Only in the web-app scenario.
+EXTRAS: Dict[str, Type[Library]] = {"floor": Floor}
 
 
 def get(name: str) -> Library:
-    return LIBRARIES[name]()
+    return (LIBRARIES.get(name) or EXTRAS[name])()

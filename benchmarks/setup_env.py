@@ -37,8 +37,9 @@ def _pip(args: List[str], timeout: float = 600) -> Tuple[bool, str]:
     return done.returncode == 0, (done.stderr or done.stdout).strip()[-500:]
 
 
-def ensure(peers: List[str], upgrade: bool = False, log=print) -> Dict[str, str]:
-    """Make the venv hold our package and ``peers``; returns ``{peer: error}`` for peers that failed."""
+def ensure(peers: List[str], upgrade: bool = False, log=print, tools: List[str] = ()) -> Dict[str, str]:
+    """Make the venv hold our package, ``peers`` and the pip packages ``tools`` (``gunicorn`` for the
+    web-app scenario); returns ``{peer or tool: error}`` for those that failed."""
     if not venv_python().exists():
         log(f"creating {VENV} with {sys.executable}")
         subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True, timeout=300)
@@ -63,6 +64,15 @@ def ensure(peers: List[str], upgrade: bool = False, log=print) -> Dict[str, str]
             stamp[package] = "ok"
         else:
             failures[peer] = f"pip install {package} failed: {err.splitlines()[-1] if err else ''}"
+    for tool in tools:
+        if stamp.get(tool) == "ok":
+            continue
+        log(f"installing {tool} into {VENV}")
+        ok, err = _pip((["--upgrade"] if upgrade else []) + [tool])
+        if ok:
+            stamp[tool] = "ok"
+        else:
+            failures[tool] = f"pip install {tool} failed: {err.splitlines()[-1] if err else ''}"
     STAMP.write_text(json.dumps(stamp))
     return failures
 
