@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from typing import Dict, Iterator, List, Optional
@@ -292,3 +293,112 @@ def test_values_json_cannot_carry_stay_strings(server: LocalServer) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert server.events()[0]["properties"] == {"x": "NaN", "y": "Infinity", "z": "1e400"}
+
+
+# -- options anywhere, properties, timestamps, the token from the environment ----------------------
+
+
+def test_options_before_the_command(server: LocalServer) -> None:
+    result = run(["--target", server.url, "--timeout", "5", "track", SEED_TOKEN, "john123", "purchase"])
+    assert result.returncode == 0, result.stderr
+    assert [event["type"] for event in server.events()] == ["purchase"]
+
+
+def test_an_option_before_serve_is_refused_in_one_line() -> None:
+    result = run(["--target", "http://127.0.0.1:9", "serve"])
+    assert result.returncode == 2
+    assert_one_line_error(result)
+    assert "--target" in result.stderr
+
+
+def test_properties_before_the_event_type_and_repeated(server: LocalServer) -> None:
+    first = run(["track", SEED_TOKEN, "john123", "--properties", "a=1", "purchase", "--target", server.url])
+    assert first.returncode == 0, first.stderr
+    second = run(["track", SEED_TOKEN, "john123", "--properties", "a=1", "--properties", "b=x", "view",
+                  "--properties", "c=true", "d=2", "--target", server.url])
+    assert second.returncode == 0, second.stderr
+    purchase, view = server.events()
+    assert (purchase["type"], purchase["properties"]) == ("purchase", {"a": 1})
+    assert (view["type"], view["properties"]) == ("view", {"a": 1, "b": "x", "c": True, "d": 2})
+
+
+@pytest.mark.parametrize(
+    "text, seconds",
+    [("2023-11-14T22:13:20Z", 1700000000.0), ("2023-11-14T23:13:20.500+01:00", 1700000000.5), ("1700000000", 1700000000.0)],
+)
+def test_timestamp_in_iso_8601_with_a_zone(server: LocalServer, text: str, seconds: float) -> None:
+    result = run(["update", SEED_TOKEN, "john123", "vip=true", "--timestamp", text, "--target", server.url])
+    assert result.returncode == 0, result.stderr
+    assert server.requests()[0]["body"]["timestamp"] == seconds
+
+
+def test_a_naive_iso_timestamp_is_refused(server: LocalServer) -> None:
+    result = run(["track", SEED_TOKEN, "john123", "purchase", "--timestamp", "2023-11-14T22:13:20", "--target", server.url])
+    assert result.returncode == 2
+    assert_one_line_error(result)
+    assert "'2023-11-14T22:13:20' has no time zone" in result.stderr
+    assert server.requests() == []
+
+
+def test_the_token_from_the_environment(server: LocalServer) -> None:
+    env = environment(SEVEN_SEGMENTS_TOKEN=SECRET_TOKEN, SEVEN_SEGMENTS_TARGET=server.url)
+    for args in (["track", "john123", "purchase", "--properties", "a=1"], ["update", "john123", "a=1", "b=2"],
+                 ["get_html", "john123", "banner"], ["track", SEED_TOKEN, "john123", "given"]):
+        result = run(args, env=env)
+        assert result.returncode == 0, (args, result.stderr)
+    tokens = [request["body"]["company_id"] for request in server.requests()]
+    assert tokens == [SECRET_TOKEN, SECRET_TOKEN, SECRET_TOKEN, SEED_TOKEN]  # the positional wins
+    assert server.customer("john123", company_id=SECRET_TOKEN) == {"a": 1, "b": 2}
+
+
+def test_no_token_anywhere_says_where_to_put_it(server: LocalServer) -> None:
+    result = run(["get_html", "john123", "banner", "--target", server.url])
+    assert result.returncode == 2
+    assert_one_line_error(result)
+    assert "CAMPAIGN_NAME" in result.stderr
+    helped = run(["track", "--help"])
+    assert "SEVEN_SEGMENTS_TOKEN" in helped.stdout
+
+
+def test_verbose_logs_one_line_per_request_without_the_token(server: LocalServer) -> None:
+    server.faults.fail_next(1, status=503)
+    result = run(["--verbose", "track", SECRET_TOKEN, "john123", "purchase", "--target", server.url])
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    requests_logged = [line for line in lines if "POST /crm/events: HTTP" in line]
+    assert len(requests_logged) == 2, lines
+    assert re.search(r"HTTP 503, 1 command, \d+\.\d ms$", requests_logged[0]), lines
+    assert re.search(r"HTTP 200, 1 command, \d+\.\d ms$", requests_logged[1]), lines
+    assert any("retrying" in line for line in lines)
+    assert SECRET_TOKEN not in result.stderr
+
+
+def test_export_verbose_with_the_token_from_the_environment(server: LocalServer) -> None:
+    env = environment(SEVEN_SEGMENTS_PASSWORD=PASSWORD, SEVEN_SEGMENTS_TOKEN=SECRET_TOKEN)
+    result = run(["export", "funnel", json.dumps({"analysis_id": FUNNEL_ID}), "--username", "alice",
+                  "--target", server.url, "--verbose"], env=env)
+    assert result.returncode == 0, result.stderr
+    assert "POST /analytics/funnel: HTTP 200, 0 commands" in result.stderr
+    assert SECRET_TOKEN not in result.stderr and PASSWORD not in result.stderr
+    assert server.requests()[-1]["path"] == f"/analytics/funnel?company={SECRET_TOKEN}"
+
+
+def test_a_wrong_password_says_it_was_not_accepted(server: LocalServer) -> None:
+    result = run(["export", "funnel", json.dumps({"analysis_id": FUNNEL_ID}), "--username", "alice",
+                  "--target", server.url], env=environment(SEVEN_SEGMENTS_PASSWORD="a"))
+    assert result.returncode == 1
+    assert_one_line_error(result)
+    assert "the username or password was not accepted" in result.stderr
+
+
+def test_a_reader_that_closes_the_pipe_early(server: LocalServer) -> None:
+    process = subprocess.Popen(
+        [sys.executable, SCRIPT, "get_html", SEED_TOKEN, "john123", "banner", "--target", server.url],
+        cwd=ROOT, env=environment(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()  # before the program writes anything: its write meets a closed pipe
+    stderr = process.stderr.read()
+    assert process.wait(timeout=30) == 141
+    assert stderr == b""
+    assert [request["path"] for request in server.requests()] == ["/campaigns/html/get"]
