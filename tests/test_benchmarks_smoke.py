@@ -58,3 +58,31 @@ def test_benchmark_smoke_prints_numbers_for_our_client(tmp_path: Path) -> None:
     assert not roundtrip["capped"] and roundtrip["lost"] == 0 and roundtrip["duplicates"] == 0, roundtrip
     # every answer came 20 ms late: 2,000 events cannot have taken less than one round trip
     assert roundtrip["deliver_s"] >= 0.02, roundtrip
+
+
+def test_webapp_smoke_counts_what_the_app_tracked(tmp_path: Path) -> None:
+    """One tiny round of ``benchmarks/webapp.py``: the untracked app and ours, K=2, the API 20 ms away.
+
+    With the current interpreter and the standard library's WSGI server (no gunicorn, no peers' venv),
+    so that it runs anywhere; the full scenario differs only in the server and the clients.
+    """
+    raw = tmp_path / "webapp.json"
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "webapp.py"), "--quick", "--ours-only", "--clients", "untracked,ours",
+         "--wsgi", "wsgiref", "--ks", "2", "--latencies", "0.02", "--duration", "1", "--warmup", "1",
+         "--stop-timeout", "15", "--json", str(raw)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=str(REPO),
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "## Web app" in done.stdout and "| 2 | 20 ms away |" in done.stdout, done.stdout
+    cells = json.loads(raw.read_text())["results"]["K=2, 20 ms"]
+    base, ours = cells["untracked"], cells["ours"]
+    assert "error" not in base and "error" not in ours, (base, ours)
+    assert base["req_s"] > 0 and ours["req_s"] > 0 and ours["ratio"] > 0, (base, ours)
+    assert ours["p50_ms"] <= ours["p99_ms"] <= ours["p999_ms"], ours
+    # every request tracked 2 events; after the graceful stop the server holds every one of them
+    assert ours["tracked"] > 0 and ours["tracked"] % 2 == 0, ours
+    assert ours["received"] == ours["tracked"] and ours["lost"] == 0 and not ours["killed"], ours
