@@ -293,6 +293,7 @@ class SevenSegments(_ApiClient):
         # what a disabled client discarded, and what a blocking client sent, retried and failed.
         self._filtered, self._hook_failed, self._discarded = _Tally(), _Tally(), _Tally()
         self._sent, self._retried, self._failed = _Tally(), _Tally(), _Tally()
+        self._hook_failures_flushed = 0  # before_send failures that a flush() already answered for
         batch_size = _number("batch_size", batch_size, minimum=1, integer=True)
         if batch_size > MAX_BULK_COMMANDS:
             raise ValueError(f"batch_size must be at most {MAX_BULK_COMMANDS} (the protocol's limit), not {batch_size}")
@@ -480,14 +481,17 @@ class SevenSegments(_ApiClient):
     def flush(self, timeout: Optional[float] = None) -> bool:
         """Wait until everything queued so far was delivered or failed for good (or ``timeout`` s).
 
-        True only when all of it was delivered (and nothing was dropped since the last flush).
-        Blocking and disabled clients have nothing queued: True.
+        True only when all of it was delivered (and nothing was dropped since the last flush, nor
+        failed in ``before_send``; what it filtered out is not lost). Blocking and disabled clients
+        have nothing queued: True unless ``before_send`` failed on a command since the last flush.
         """
         if timeout is not None:
             _number("timeout", timeout, minimum=0)
-        if self._worker is None:
-            return True
-        return self._worker.flush(timeout)
+        delivered = True if self._worker is None else self._worker.flush(timeout)
+        hook_failures = self._hook_failed.value
+        clean = hook_failures == self._hook_failures_flushed
+        self._hook_failures_flushed = hook_failures
+        return delivered and clean
 
     def close(self, timeout: Optional[float] = None) -> None:
         """Deliver what is queued (waiting at most ``timeout``, default ``shutdown_timeout``), then stop.
