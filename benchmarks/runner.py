@@ -393,7 +393,7 @@ def exit_child(lib: libs.Library, n: int, url: str, explicit: bool) -> None:
 
 
 def command_body(command_id: str = "abc") -> Dict[str, Any]:
-    """One 7SEGMENTS event command, as our client sends it (PROTOCOL.md)."""
+    """One 7SEGMENTS event command, as our client sends it (docs/protocol.md)."""
     return {
         "company_id": libs.TOKEN,
         "customer_ids": {"registered": libs.CUSTOMER},

@@ -12,7 +12,7 @@ posthog        ``/batch/`` (capture v0, the      JSON ``{"batch": [...]}``    ``
                default), ``/i/v0/e/``, ``/e/``
 mixpanel       ``/track``, ``/engage``           form ``data=[...]`` or JSON  ``$insert_id``
 amplitude      ``/2/httpapi``, ``/batch``        JSON ``{"events": [...]}``   ``insert_id``
-ours           ``/bulk``, ``/crm/events``,       7SEGMENTS JSON (PROTOCOL.md) ``command_id``
+ours           ``/bulk``, ``/crm/events``,       JSON, docs/protocol.md       ``command_id``
                ``/crm/customers``
 floor          ``/floor``                        JSON ``[...]``               (none: all counted)
 =============  ================================  ===========================  ===================

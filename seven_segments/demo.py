@@ -1,7 +1,7 @@
 """``./seven_segments.py demo``: the buffered client under faults, on the local server.
 
 A ``LocalServer`` runs in its own process (so that the figures are the client's, not the server's),
-with random faults of every passing kind PROTOCOL.md names (500, 503, 429 with ``Retry-After``,
+with random faults of every passing kind docs/protocol.md names (500, 503, 429 with ``Retry-After``,
 connections dropped before and after applying, per-command ``retry``). Several threads track events
 through one buffered client; then the demo flushes, asks the server what it stored, and prints a
 table. It exits 0 only when every event arrived exactly once and nothing was dropped or failed.

@@ -1,4 +1,4 @@
-"""Constants of the 7SEGMENTS wire contract (see PROTOCOL.md), shared by client and local server."""
+"""Constants of the 7SEGMENTS wire contract (see docs/protocol.md), shared by client and local server."""
 
 from __future__ import annotations
 

@@ -267,7 +267,7 @@ def _plain_string(text: str, path: str) -> str:
 
 
 def check_command_id(value: Any) -> str:
-    """Check a caller's ``command_id``: 1 to 64 characters of ``[A-Za-z0-9_-]`` (PROTOCOL.md)."""
+    """Check a caller's ``command_id``: 1 to 64 characters of ``[A-Za-z0-9_-]`` (docs/protocol.md)."""
     if not isinstance(value, str):
         raise TypeError(f"command_id must be a string, not {type(value).__name__} {_short(value)}")
     text: str = value if type(value) is str else str.__str__(value)
@@ -365,7 +365,7 @@ class _CommandIds:
         return prefix + str(next(counter))
 
 
-#: ``new_command_id()`` returns an id unique across processes and forks, valid for PROTOCOL.md.
+#: ``new_command_id()`` returns an id unique across processes and forks, valid for docs/protocol.md.
 new_command_id = _CommandIds()
 
 

@@ -1,6 +1,6 @@
 """The blocking ``SevenSegments`` client against the real LocalServer over HTTP.
 
-Every example of SEED.md, the exact bodies of PROTOCOL.md, retries of passing failures, permanent
+Every example of SEED.md, the exact bodies of docs/protocol.md, retries of passing failures, permanent
 failures, and that no error or repr ever shows the token.
 """
 
