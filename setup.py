@@ -1,7 +1,13 @@
-"""Packaging of seven-segments, the Python client of the 7SEGMENTS tracking and export API."""
+"""Packaging of seven-segments, the Python client of the 7SEGMENTS tracking and export API.
+
+The build system is declared in pyproject.toml; the metadata is here. ``python -m build`` makes the
+sdist (which ships the tests, docs and benchmarks they need: see MANIFEST.in) and the wheel.
+"""
 
 import os
+import re
 
+import setuptools
 from setuptools import find_packages, setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -11,28 +17,50 @@ with open(os.path.join(HERE, "seven_segments", "_version.py"), encoding="utf-8")
 with open(os.path.join(HERE, "README.md"), encoding="utf-8") as handle:
     LONG_DESCRIPTION = handle.read()
 
+CLASSIFIERS = [
+    "Intended Audience :: Developers",
+    "Programming Language :: Python :: 3",
+    "Programming Language :: Python :: 3 :: Only",
+    "Programming Language :: Python :: 3.8",
+    "Programming Language :: Python :: 3.9",
+    "Programming Language :: Python :: 3.10",
+    "Programming Language :: Python :: 3.11",
+    "Programming Language :: Python :: 3.12",
+    "Programming Language :: Python :: 3.13",
+    "Topic :: Software Development :: Libraries",
+    "Typing :: Typed",
+    "Framework :: Pytest",
+]
+
+# The license, as each setuptools understands it: from 77 on, an SPDX expression (PEP 639), with
+# which a license classifier is deprecated; before (the last setuptools for Python 3.8 is 75), the
+# license field and the classifier.
+_major = re.match(r"\d+", setuptools.__version__)
+if _major is not None and int(_major.group()) >= 77:
+    LICENSE = {"license_expression": "MIT", "license_files": ["LICENSE"]}
+else:
+    LICENSE = {"license": "MIT", "license_files": ["LICENSE"]}
+    CLASSIFIERS.append("License :: OSI Approved :: MIT License")
+
 setup(
     name="seven-segments",
     version=VERSION["__version__"],
     description="Python client of the 7SEGMENTS tracking and export API: blocking and background-buffered tracking",
     long_description=LONG_DESCRIPTION,
     long_description_content_type="text/markdown",
+    author="seven_segments developers",
     packages=find_packages(include=["seven_segments", "seven_segments.*"]),
     package_data={"seven_segments": ["py.typed"]},
     python_requires=">=3.8",
     install_requires=["requests>=2.20", "tenacity>=8.2"],
     extras_require={
         "test": ["pytest>=7", "freezegun>=1.2", "hypothesis>=6", "pytest-timeout>=2"],
-        "dev": ["mypy>=1.8", "types-requests", "ruff"],
+        "dev": ["mypy>=1.8", "types-requests", "ruff", "build"],
     },
     entry_points={
         "console_scripts": ["seven-segments=seven_segments.cli:main"],
         "pytest11": ["seven_segments=seven_segments.testing.pytest_plugin"],
     },
-    classifiers=[
-        "Programming Language :: Python :: 3",
-        "Typing :: Typed",
-        "Framework :: Pytest",
-        "License :: OSI Approved :: MIT License",
-    ],
+    classifiers=CLASSIFIERS,
+    **LICENSE,
 )

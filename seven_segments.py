@@ -6,7 +6,10 @@ The same program as the ``seven-segments`` console script and ``python -m seven_
 
 import sys
 
-from seven_segments.cli import main
+try:
+    from seven_segments.cli import main
+except ImportError as error:  # a missing dependency: one line, as every failure of the command line
+    sys.exit(f"{sys.argv[0]}: error: {error}")
 
 if __name__ == "__main__":
     sys.exit(main())

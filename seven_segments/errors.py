@@ -1,8 +1,28 @@
-"""The exceptions the client raises. None of them ever carries a token or a password."""
+"""The exceptions the client raises. None of them ever carries a token or a password.
+
+Importing this module (as every import of ``seven_segments`` does) also checks that the runtime
+dependencies are installed, so that a missing one fails at once with one clear line rather than at
+the first retry (tenacity is imported only when a request must be retried).
+"""
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Optional, Sequence, Tuple
+
+#: The runtime dependencies (setup.py's ``install_requires``).
+REQUIRED = ("requests", "tenacity")
+
+
+def _check_requirements() -> None:
+    # find_spec looks the name up on sys.path without running the module: a fraction of a
+    # millisecond, where importing tenacity would cost tens of milliseconds at every start.
+    missing = [name for name in REQUIRED if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ImportError(f"seven_segments needs {' and '.join(missing)}: pip install {' '.join(missing)}", name=missing[0])
+
+
+_check_requirements()
 
 
 class SevenSegmentsError(Exception):
