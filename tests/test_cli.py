@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -14,6 +15,7 @@ from typing import Dict, Iterator, List, Optional
 
 import pytest
 
+from seven_segments import cli
 from seven_segments.testing import LocalServer
 
 pytestmark = pytest.mark.timeout(60)
@@ -391,14 +393,63 @@ def test_a_wrong_password_says_it_was_not_accepted(server: LocalServer) -> None:
     assert "the username or password was not accepted" in result.stderr
 
 
-def test_a_reader_that_closes_the_pipe_early(server: LocalServer) -> None:
+@pytest.mark.parametrize(
+    "args, path",
+    [
+        (["get_html", SEED_TOKEN, "john123", "banner"], "/campaigns/html/get"),
+        (["export", "funnel", json.dumps({"analysis_id": FUNNEL_ID}), "--username", "alice"], "/analytics/funnel"),
+    ],
+)
+def test_a_reader_that_closes_the_pipe_early(server: LocalServer, args: List[str], path: str) -> None:
     process = subprocess.Popen(
-        [sys.executable, SCRIPT, "get_html", SEED_TOKEN, "john123", "banner", "--target", server.url],
-        cwd=ROOT, env=environment(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        [sys.executable, SCRIPT, *args, "--target", server.url], cwd=ROOT,
+        env=environment(SEVEN_SEGMENTS_PASSWORD=PASSWORD), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     assert process.stdout is not None and process.stderr is not None
     process.stdout.close()  # before the program writes anything: its write meets a closed pipe
     stderr = process.stderr.read()
     assert process.wait(timeout=30) == 141
     assert stderr == b""
-    assert [request["path"] for request in server.requests()] == ["/campaigns/html/get"]
+    assert [request["path"] for request in server.requests()] == [path]
+
+
+# -- pure decisions --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "words, expected",
+    [
+        (["T", "c", "--properties", "a=1", "purchase"], ["T", "c", "--properties", "a=1", "purchase"]),
+        (["T", "c", "e", "--properties", "a=1", "b=2"], ["T", "c", "e", "--properties", "a=1", "--properties", "b=2"]),
+        (["T", "c", "e", "--properties=a=1", "b=2", "--target", "u"],
+         ["T", "c", "e", "--properties=a=1", "--properties", "b=2", "--target", "u"]),
+        (["T", "c", "e", "--prop", "a=1", "b=2"], ["T", "c", "e", "--prop", "a=1", "--properties", "b=2"]),
+        (["--properties", "noequals", "b=2"], ["--properties", "noequals", "--properties", "b=2"]),
+        (["--properties", "a=1", "--", "b=2"], ["--properties", "a=1", "--", "b=2"]),
+        (["T", "c", "e", "--properties"], ["T", "c", "e", "--properties"]),
+    ],
+)
+def test_one_property_per_option(words: List[str], expected: List[str]) -> None:
+    assert cli._one_property_per_option(words) == expected
+
+
+@pytest.mark.parametrize(
+    "text, seconds",
+    [("1700000000.5", 1700000000.5), ("2023-11-14T22:13:20Z", 1700000000.0), ("2023-11-14T22:13:20z", 1700000000.0),
+     ("2023-11-14T22:13:20+00:00", 1700000000.0), ("2023-11-14T17:13:20-05:00", 1700000000.0)],
+)
+def test_parse_timestamp(text: str, seconds: float) -> None:
+    assert cli.parse_timestamp(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["nan", "inf", "2023-11-14T22:13:20", "yesterday", "2023-13-01T00:00:00Z"])
+def test_parse_timestamp_refuses_naming_the_value(text: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError, match=re.escape(repr(text))):
+        cli.parse_timestamp(text)
+
+
+def test_find_command_skips_the_options_before_it() -> None:
+    assert cli._find_command(["--target", "http://x", "--verbose", "track", "T"]) == 3
+    assert cli._find_command(["--target=http://x", "get_html"]) == 1
+    assert cli._find_command(["--verbose"]) is None
