@@ -194,7 +194,10 @@ def ours_only(results: Results) -> str:
 
 def capped_text(cell: Dict[str, Any]) -> str:
     """How far a run cut by its time limit got: "received N of M in T s"."""
-    return f"received {fmt(cell.get('delivered'))} of {fmt(cell.get('calls'))} in {fmt(cell.get('deliver_s'))} s"
+    text = f"received {fmt(cell.get('delivered'))} in {fmt(cell.get('deliver_s'))} s"
+    if cell.get("calls") is not None and cell.get("calls") != cell.get("events"):
+        text += f", {fmt(cell.get('calls'))} of {fmt(cell.get('events'))} calls made by then"
+    return text
 
 
 def roundtrip_cell(cell: Dict[str, Any]) -> str:

@@ -372,7 +372,7 @@ def render(results: Dict[str, Dict[str, Cell]], conditions: List[Tuple[int, floa
         table(["K", "API", "client", "req/s", "ratio", "latency p50 / p99 / p99.9 (ms)", "events tracked",
                "received", "lost", "calls refused", "graceful stop (s)", "ratio per round"], detail_rows),
         "",
-        "lost = tracked by the handler minus received (deduplicated) by the server, counted after the app "
+        "events tracked include the warm-up's. lost = tracked by the handler minus received (deduplicated) by the server, counted after the app "
         "stopped gracefully (SIGTERM; each library's own exit behaviour), so it includes what a library drops at exit. "
         "\"calls refused\" = calls the library said it dropped.",
     ]
