@@ -37,8 +37,18 @@ from .serialization import (
     timestamp_seconds,
 )
 from .transport import Backoff, Transport, TransientError, call_with_retries
-from .types import AnalysisType, BeforeSend, CommandDict, Customer
-from .worker import BufferedWorker, ErrorCallback, WorkerSettings
+from .types import AnalysisType, BeforeSend, CommandDict, Customer, ErrorCallback
+from ._buffered import BufferedEngine, Limits
+from ._buffered.limits import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_FLUSH_INTERVAL,
+    DEFAULT_MAX_IN_FLIGHT,
+    DEFAULT_MAX_QUEUE_BYTES,
+    DEFAULT_MAX_QUEUE_SIZE,
+    DEFAULT_SHUTDOWN_TIMEOUT,
+    MAX_BATCH_BYTES,
+    MAX_IN_FLIGHT,
+)
 
 __all__ = ["SevenSegments", "AuthenticatedSevenSegments"]
 
@@ -50,13 +60,6 @@ _Self = TypeVar("_Self", bound="_ApiClient")
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_BLOCKING_RETRY_DEADLINE = 5.0
 DEFAULT_BUFFERED_RETRY_DEADLINE = 300.0
-DEFAULT_BATCH_SIZE = 1000
-DEFAULT_FLUSH_INTERVAL = 0.5
-DEFAULT_MAX_QUEUE_SIZE = 1_000_000
-DEFAULT_MAX_QUEUE_BYTES = 64 * 1024 * 1024
-DEFAULT_SHUTDOWN_TIMEOUT = 5.0
-#: A batch's bulk body stays this far under the protocol's 5 MiB.
-MAX_BATCH_BYTES = MAX_BULK_BYTES - 256 * 1024
 #: Backoff of blocking calls: short, since a caller is waiting.
 BLOCKING_BACKOFF = Backoff(initial=0.05, maximum=1.0)
 
@@ -233,6 +236,8 @@ class SevenSegments(_ApiClient):
       queued command waits at most this long), ``max_queue_size`` (1,000,000 commands) and
       ``max_queue_bytes`` (64 MiB) bound the queue (past them commands are dropped, counted and passed
       to ``on_error``), ``shutdown_timeout`` (5 s: how long exit or ``close()`` may take to deliver),
+      ``max_in_flight`` (8: requests in flight at once; the window shrinks to one on a passing failure
+      and grows back on success),
       ``on_error(error, commands)`` (called on the worker thread for commands that could not be
       delivered), ``gzip`` (True: compress request bodies of 1 KiB or more).
     - ``before_send(command)`` (both modes): called with each tracking command as a plain dict
@@ -265,6 +270,7 @@ class SevenSegments(_ApiClient):
         max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE,
         max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES,
         shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
         on_error: Optional[ErrorCallback] = None,
         gzip: bool = True,
         before_send: Optional[BeforeSend] = None,
@@ -277,7 +283,7 @@ class SevenSegments(_ApiClient):
         call_deadline = DEFAULT_BLOCKING_RETRY_DEADLINE if buffered else None
         super().__init__(target, timeout, retry_deadline, (token,), bool(gzip), None, call_deadline)
         self._customer_ids: Optional[CustomerIds] = None if customer is None else customer_ids(customer)
-        self._worker: Optional[BufferedWorker] = None
+        self._worker: Optional[BufferedEngine] = None
         # Checked in both modes: a bad setting is a mistake even where it has no effect yet.
         if on_error is not None and not callable(on_error):
             raise TypeError(f"on_error must be callable, not {type(on_error).__name__}")
@@ -297,19 +303,22 @@ class SevenSegments(_ApiClient):
         batch_size = _number("batch_size", batch_size, minimum=1, integer=True)
         if batch_size > MAX_BULK_COMMANDS:
             raise ValueError(f"batch_size must be at most {MAX_BULK_COMMANDS} (the protocol's limit), not {batch_size}")
-        settings = WorkerSettings(
+        max_in_flight = _number("max_in_flight", max_in_flight, minimum=1, integer=True)
+        if max_in_flight > MAX_IN_FLIGHT:
+            raise ValueError(f"max_in_flight must be at most {MAX_IN_FLIGHT}, not {max_in_flight}")
+        limits = Limits(
             batch_size=batch_size,
             max_batch_bytes=MAX_BATCH_BYTES,
             flush_interval=_number("flush_interval", flush_interval, minimum=0, allow_equal=False),
             max_queue_size=_number("max_queue_size", max_queue_size, minimum=1, integer=True),
             max_queue_bytes=_number("max_queue_bytes", max_queue_bytes, minimum=1024, integer=True),
+            max_in_flight=max_in_flight,
             retry_deadline=self._retry_deadline,
             shutdown_timeout=_number("shutdown_timeout", shutdown_timeout, minimum=0),
             timeout=self._timeout,
-            on_error=on_error,
         )
         if buffered and enabled:
-            self._worker = BufferedWorker(token, self._transport, settings)
+            self._worker = BufferedEngine(token, self._transport, limits, on_error)
 
     def __repr__(self) -> str:
         mode = "buffered" if self._buffered else "blocking"

@@ -33,6 +33,7 @@ import requests
 from .clock import Clock, monotonic
 from .errors import AuthenticationError, InvalidRequest, SevenSegmentsError, ServiceUnavailable
 from .protocol import TRANSIENT_STATUSES, USER_AGENT
+from .watchdog import WATCHDOG, WatchedHTTPConnectionPool, WatchedHTTPSConnectionPool
 
 if TYPE_CHECKING:  # imported when first needed: a call that succeeds at once never loads tenacity
     import tenacity
@@ -242,6 +243,11 @@ class Transport:
         # Web servers share one client among many threads: keep up to 32 connections for reuse
         # (requests' default of 10 makes the 11th concurrent caller reconnect every time).
         adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=POOL_SIZE)
+        # Every attempt ends by its deadline, however slowly the server answers (see watchdog.py).
+        adapter.poolmanager.pool_classes_by_scheme = {
+            "http": WatchedHTTPConnectionPool,
+            "https": WatchedHTTPSConnectionPool,
+        }
         session.mount("https://", adapter)
         session.mount("http://", adapter)
         session.headers.update(
@@ -307,12 +313,20 @@ class Transport:
         return text
 
     def post(
-        self, path: str, body: bytes, *, timeout: Optional[float] = None, params: Optional[Dict[str, str]] = None
+        self,
+        path: str,
+        body: bytes,
+        *,
+        timeout: Optional[float] = None,
+        params: Optional[Dict[str, str]] = None,
+        owner: Any = None,
     ) -> Dict[str, Any]:
         """One ``POST {target}/{path}`` attempt; returns the JSON answer of a success, else raises.
 
-        Raises ``TransientError`` for a passing failure, ``InvalidRequest``/``AuthenticationError``/
-        ``SevenSegmentsError`` for a permanent one.
+        The attempt, from connecting to the last byte of the answer, ends within ``timeout`` (default:
+        the transport's), or sooner when ``WATCHDOG.shorten(owner, ...)`` brings its end forward.
+        Raises ``TransientError`` for a passing failure (a timeout among them),
+        ``InvalidRequest``/``AuthenticationError``/``SevenSegmentsError`` for a permanent one.
         """
         headers = None
         if self.gzip and len(body) >= GZIP_MIN_BYTES:

@@ -70,7 +70,7 @@ def test_batches_respect_batch_size(server: LocalServer) -> None:
         stats = client.stats()
     sizes = [len(body["commands"]) for body in bulk_bodies(server)]
     assert sum(sizes) == 35 and max(sizes) <= 10
-    assert sizes[:3] == [10, 10, 10]
+    assert sorted(sizes, reverse=True)[:3] == [10, 10, 10]  # requests in flight may land in any order
     assert stats["batches"] == len(sizes) and stats["sent"] == 35 and stats["queued"] == 35
 
 
@@ -167,7 +167,8 @@ def test_413_splits_the_batch(server: LocalServer) -> None:
             client.track("view", {"n": number})
         assert client.flush(10) is True
     sizes = [len(body["commands"]) for body in bulk_bodies(server)]
-    assert sizes == [8, 4, 2, 2, 4]  # 8 refused, then 4 refused, then 2 + 2 and the other 4
+    # 8 refused, then one half of 4 refused, then 2 + 2 and the other 4 (in flight at once: any order)
+    assert sorted(sizes) == [2, 2, 4, 4, 8] and sizes[0] == 8
     assert sorted(event["properties"]["n"] for event in server.events()) == list(range(8))
 
 
@@ -216,8 +217,7 @@ def test_a_full_queue_drops_counts_and_reports(server: LocalServer, caplog: Any)
     with buffered(server, flush_interval=60, max_queue_size=10, on_error=on_error) as client:
         client.track("first")
         client.flush(0)  # starts the delayed request
-        worker = client._worker
-        assert worker is not None and wait_until(lambda: len(worker._in_flight) == 1)
+        assert wait_until(lambda: client.stats()["in_flight"] == 1)
         with caplog.at_level(logging.WARNING, logger="seven_segments"):
             for number in range(30):
                 client.track("view", {"n": number})  # never blocks

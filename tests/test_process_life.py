@@ -17,7 +17,7 @@ import pytest
 
 from seven_segments import SevenSegments
 from seven_segments import serialization as serialization_module
-from seven_segments import worker as worker_module
+from seven_segments._buffered import registry as registry_module
 from seven_segments.testing import LocalServer
 
 from .conftest import TOKEN, exit_code
@@ -116,7 +116,7 @@ def test_a_forked_child_sends_its_own_events_and_never_the_parents(server: Local
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_a_fork_that_skips_the_at_fork_hooks_is_caught_by_the_pid_check(server: LocalServer, monkeypatch: Any) -> None:
     """uwsgi forks its workers without running ``os.register_at_fork`` hooks: ours are turned off here."""
-    monkeypatch.setattr(worker_module, "_after_fork_in_child", lambda: None)
+    monkeypatch.setattr(registry_module, "_after_fork_in_child", lambda: None)
     monkeypatch.setattr(serialization_module, "_reseed_after_fork", lambda: None)
     client = SevenSegments(TOKEN, "parent", target=server.url, buffered=True, flush_interval=60)
     client.track("parent-event")

@@ -1,0 +1,20 @@
+"""Buffered delivery: a lock-free queue drained by a pump thread into ``bulk`` requests in flight.
+
+The stages, each with one job:
+
+- ``limits.py``: every limit and default, in one place;
+- ``lifecycle.py``: the phases of an engine (IDLE, RUNNING, DRAINING, STOPPED) and their moves;
+- ``engine.py``: the caller's side (``submit``: a ``deque.append``), the pump thread, close and fork;
+- ``pump.py``: every decision: take and encode, batch, dispatch within the window, apply answers,
+  answer flushes, give up at the close deadline;
+- ``batching.py``: when a batch is due and how it is cut; ``window.py``: how many requests may be in
+  flight; ``retry.py``: the retry policy; ``answers.py``: what a ``bulk`` answer means;
+- ``sender.py``: one attempt per batch on a sender thread; ``ledger.py``: the counters and the requests
+  in flight; ``reporting.py``: ``on_error`` in chunks and warnings; ``registry.py``: exit and fork.
+"""
+
+from .engine import BufferedEngine
+from .limits import Limits
+from .registry import close_all_at_exit
+
+__all__ = ["BufferedEngine", "Limits", "close_all_at_exit"]

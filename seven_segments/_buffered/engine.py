@@ -1,0 +1,440 @@
+"""The engine of one buffered client: its core (all mutable state), the pump thread, and the facade.
+
+The caller's side (``submit``) is a few attribute reads, a ``deque.append`` and, now and then, an
+``Event.set``: no I/O, no JSON, no lock (except for unusually large commands, whose memory is
+accounted under a lock, and for drops). Everything else runs on the pump thread (``pump.py``) and
+on sender threads (``sender.py``).
+
+Threads of one client: one pump thread while it has work (it ends after ``PUMP_IDLE_SECONDS`` with
+nothing to do, and the next call starts it again), and up to ``max_in_flight`` sender threads, each
+ending after ``sender.IDLE_SECONDS`` idle; all are daemons. A closed or garbage-collected client
+keeps none.
+
+A fork replaces, never repairs: a forked child (``os.register_at_fork``, or for uwsgi, which may skip
+those hooks, a process-id check on every call) gets a fresh :class:`Core`; what the parent had
+queued stays the parent's.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+import weakref
+from collections import deque
+from typing import Any, Callable, Deque, Dict, List, Optional
+
+from ..clock import Clock, monotonic
+from ..errors import ServiceUnavailable
+from ..serialization import Command
+from ..transport import Transport
+from ..watchdog import WATCHDOG
+from . import registry
+from .batching import Batch
+from .ledger import CLOSED, FULL, Ledger
+from .lifecycle import Lifecycle, Phase
+from .limits import Limits
+from .pump import FlushTicket, Pump
+from ..types import ErrorCallback
+from .reporting import Reporter
+from .sender import Outcome, SenderPool, attempt_batch
+
+__all__ = ["BufferedEngine", "Core", "PUMP_IDLE_SECONDS"]
+
+logger = logging.getLogger("seven_segments")
+
+#: Memory a small command takes while it waits, not yet encoded, in the incoming deque (a tuple
+#: and its properties dict: about 300 bytes measured with tracemalloc).
+RAW_COMMAND_COST = 320
+#: A waiting command is taken to use ``RAW_BASE + 2 * (JSON size of its properties)`` bytes; those
+#: that exceed ``RAW_COMMAND_COST`` by more than ``LARGE_EXTRA`` have the excess accounted exactly.
+RAW_BASE = 200
+LARGE_EXTRA = 256
+#: The pump thread ends after this long with nothing to do (the next call starts it again).
+PUMP_IDLE_SECONDS = 10.0
+#: How long ``close()`` waits past its deadline for a pump that is finishing (reporting, answering).
+CLOSE_GRACE = 0.25
+#: When delivering on a caller's thread (no thread can start at interpreter exit), waits are this short.
+INLINE_POLL = 0.05
+#: Dropped commands kept for ``on_error`` until the pump reports them: this share of the queue's bytes.
+DROP_KEEP_SHARE = 8
+_BUSY = 1 << 62
+
+_RUNNING = Phase.RUNNING
+_IDLE = Phase.IDLE
+_STOPPED = Phase.STOPPED
+
+
+class Core:
+    """All mutable state of one buffered client in one process."""
+
+    def __init__(
+        self, token: str, transport: Transport, limits: Limits, on_error: Optional[ErrorCallback], clock: Clock
+    ) -> None:
+        self.pid = os.getpid()
+        self.limits = limits
+        self.transport = transport
+        self.clock = clock
+        self.incoming: Deque[Any] = deque()  # Command tuples and FlushTickets, in call order
+        self.lifecycle = Lifecycle()
+        keep = 0 if on_error is None else max(1000, limits.max_queue_bytes // DROP_KEEP_SHARE // RAW_COMMAND_COST)
+        self.ledger = Ledger(keep_drops=keep)
+        self.reporter = Reporter(on_error, clock)
+        self.senders = SenderPool("seven-segments-sender")
+        self.wakeup = threading.Event()
+        self.wake_at = 1  # a producer wakes the pump when len(incoming) reaches this
+        self.thread: Optional[threading.Thread] = None
+        self._late_lock = threading.Lock()
+        self.pump = Pump(
+            token=token,
+            limits=limits,
+            incoming=self.incoming,
+            lifecycle=self.lifecycle,
+            ledger=self.ledger,
+            reporter=self.reporter,
+            launch=self._launch,
+            clock=clock,
+            scrub=transport.scrub,
+        )
+        self.pump.wake = self.wakeup.set
+
+    # The caller's side ------------------------------------------------------------------------
+
+    def submit(self, command: Command, size: int) -> None:
+        """Queue ``command`` (``size``: the JSON size of its properties) without blocking, or drop it."""
+        incoming = self.incoming
+        pump = self.pump
+        limits = self.limits
+        phase = self.lifecycle.phase
+        extra = RAW_BASE + 2 * size - RAW_COMMAND_COST  # its memory beyond RAW_COMMAND_COST
+        if phase is not _RUNNING and phase is not _IDLE:
+            self._drop(command, CLOSED)
+            return
+        if (
+            len(incoming) + pump.held >= limits.max_queue_size
+            or pump.held_bytes + len(incoming) * RAW_COMMAND_COST + pump.large_raw_bytes + extra > limits.max_queue_bytes
+        ):
+            self._drop(command, FULL)
+            return
+        if extra > LARGE_EXTRA:
+            with self.ledger.lock:
+                pump.large_raw_bytes += extra
+            command = command + (extra,)  # type: ignore[assignment]  # taken back by the pump
+        incoming.append(command)
+        phase = self.lifecycle.phase
+        if phase is _RUNNING:
+            if len(incoming) >= self.wake_at and not self.wakeup.is_set():
+                self.wakeup.set()
+        elif phase is _IDLE:
+            self.start()
+        elif phase is _STOPPED:  # lost a race with close(): the pump will not see it
+            self.fail_late()
+        else:
+            self.wakeup.set()
+
+    def _drop(self, command: Command, reason: str) -> None:
+        first = self.ledger.drop(command, reason)
+        if self.lifecycle.phase is _STOPPED:  # no pump will report it: do it here
+            self.fail_late()
+        elif first:
+            self.wakeup.set()
+
+    def flush(self, timeout: Optional[float]) -> bool:
+        """Wait until every command queued before this call settled; True when all were delivered."""
+        lifecycle = self.lifecycle
+        if not lifecycle.admitting:
+            return self._result_after_close(timeout)
+        if self.thread is threading.current_thread():
+            logger.warning("seven_segments: flush() from on_error cannot wait for the worker it runs on")
+            return False
+        ticket = FlushTicket()
+        with self.ledger.lock:
+            self.ledger.tickets_queued += 1
+        self.incoming.append(ticket)
+        self.wakeup.set()
+        phase = lifecycle.phase
+        if phase is _IDLE:
+            self.start()
+        elif phase is _STOPPED:
+            self.fail_late()
+        if self.thread is None and not ticket.done.is_set():
+            deadline = math.inf if timeout is None else self.clock() + timeout
+            self._run_inline(until=lambda: ticket.done.is_set() or self.clock() >= deadline)
+        if not ticket.done.wait(timeout):
+            return False
+        ledger = self.ledger
+        with ledger.lock:
+            ledger.reported_upto = max(ledger.reported_upto, ticket.upto)
+            ledger.reported_drops = max(ledger.reported_drops, ticket.drops)
+        return ticket.delivered_all
+
+    def _result_after_close(self, timeout: Optional[float]) -> bool:
+        remaining = max(0.0, self.pump.close_deadline - self.clock()) + CLOSE_GRACE
+        if not self.lifecycle.stopped.wait(remaining if timeout is None else min(timeout, remaining)):
+            return False
+        ledger = self.ledger
+        with ledger.lock:
+            return (
+                ledger.last_failed_seq <= ledger.reported_upto
+                and ledger.total_dropped <= ledger.reported_drops
+                and ledger.unconfirmed == 0
+                and ledger.taken == ledger.sent + ledger.failed
+            )
+
+    def stats(self) -> Dict[str, int]:
+        """Counts since the client was made (see ``Ledger.snapshot``)."""
+        waiting = len(self.incoming) - self.ledger.tickets_queued
+        return self.ledger.snapshot(max(0, waiting))
+
+    # Life ---------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start a pump thread if there is none (IDLE -> RUNNING)."""
+        lifecycle = self.lifecycle
+        with lifecycle.lock:
+            if lifecycle.phase is not _IDLE or not lifecycle.move_locked(_RUNNING):
+                return
+            thread = threading.Thread(target=self._run, name="seven-segments-worker", daemon=True)
+            try:
+                thread.start()
+            except RuntimeError:
+                # The interpreter is shutting down (Python 3.12+ starts no thread then): flush()
+                # and close() deliver on the caller's thread instead.
+                lifecycle.phase = _IDLE
+                logger.debug("cannot start the worker thread; delivering on the closing thread")
+                registry.started(self)
+                return
+            self.thread = thread
+        registry.started(self)
+
+    def begin_close(self, timeout: Optional[float] = None) -> None:
+        """Stop taking commands and let the pump deliver what it holds, within ``timeout``."""
+        lifecycle = self.lifecycle
+        pump = self.pump
+        with lifecycle.lock:
+            if not lifecycle.admitting:
+                return
+            pump.close_timeout = self.limits.shutdown_timeout if timeout is None else max(0.0, timeout)
+            pump.close_deadline = self.clock() + pump.close_timeout
+            had_pump = lifecycle.phase is _RUNNING
+            lifecycle.move_locked(Phase.DRAINING)
+        WATCHDOG.shorten(self, pump.close_deadline)  # requests in flight end by the deadline too
+        self.wakeup.set()
+        if had_pump:
+            return
+        if pump.empty and not self.incoming:
+            self._stop()
+            return
+        thread = threading.Thread(target=self._run, name="seven-segments-worker", daemon=True)
+        try:
+            thread.start()
+        except RuntimeError:
+            return  # finish_close delivers on its own thread
+        self.thread = thread
+
+    def finish_close(self) -> None:
+        """Wait (bounded by the close deadline) for the pump to finish; give up on it if it does not."""
+        lifecycle = self.lifecycle
+        thread = self.thread
+        if thread is not None and thread is threading.current_thread():
+            return  # close() from on_error: the pump finishes the close itself
+        if thread is not None and thread.is_alive():
+            lifecycle.stopped.wait(max(0.0, self.pump.close_deadline - self.clock()) + CLOSE_GRACE)
+        elif lifecycle.phase is Phase.DRAINING:
+            self._run_inline(until=lifecycle.stopped.is_set)
+        if not lifecycle.stopped.is_set():
+            self._abandon_from_closer()
+        self.reporter.drain()  # chunks the pump could not report in time
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        finally:
+            lifecycle = self.lifecycle
+            with lifecycle.lock:
+                if self.thread is threading.current_thread():
+                    self.thread = None
+                    if lifecycle.phase is _RUNNING:  # died (a BaseException from somewhere)
+                        logger.error("seven_segments worker: stopped unexpectedly; it will restart on the next call")
+                        lifecycle.phase = _IDLE
+
+    def _run_inline(self, until: Callable[[], bool]) -> None:
+        """Deliver on the caller's thread (no thread can start at interpreter exit), polling ``until``."""
+        self._loop(until=until, poll=INLINE_POLL)
+
+    def _loop(self, until: Optional[Callable[[], bool]] = None, poll: float = math.inf) -> None:
+        pump = self.pump
+        lifecycle = self.lifecycle
+        idle_since: Optional[float] = None
+        while until is None or not until():
+            if lifecycle.phase is _STOPPED:
+                return  # a closer gave up on us and settled everything
+            try:
+                delay = pump.step()
+            except Exception:  # a bug of ours must not kill delivery for good
+                logger.exception("seven_segments worker: unexpected error; carrying on")
+                delay = INLINE_POLL
+            if delay < 0:
+                self._stop()
+                return
+            if delay == math.inf and pump.empty and not pump.tickets and until is None:
+                now = self.clock()
+                if idle_since is None:
+                    idle_since = now
+                elif now - idle_since >= PUMP_IDLE_SECONDS and self._go_idle():
+                    return
+                delay = PUMP_IDLE_SECONDS
+            else:
+                idle_since = None
+            self._sleep(min(delay, poll))
+
+    def _sleep(self, delay: float) -> None:
+        """Wait for producers (a batch's worth, or the first command), an answer, a flush, a close or a timer."""
+        pump = self.pump
+        waiting = len(pump.fresh)
+        self.wake_at = max(1, self.limits.batch_size - waiting) if waiting else 1
+        if len(self.incoming) < self.wake_at and not pump.outcomes:
+            self.wakeup.wait(None if delay == math.inf else delay)
+        self.wakeup.clear()
+        self.wake_at = _BUSY  # busy: producers need not wake us
+
+    def _go_idle(self) -> bool:
+        """RUNNING -> IDLE after a long while with nothing to do; False when work came meanwhile."""
+        lifecycle = self.lifecycle
+        with lifecycle.lock:
+            if lifecycle.phase is not _RUNNING:
+                return False
+            lifecycle.move_locked(_IDLE)
+            self.thread = None
+        if not self.incoming and not any(self.ledger.drops.values()):
+            return True
+        with lifecycle.lock:  # a producer appended as we left: carry on, unless a new pump started
+            if lifecycle.phase is _IDLE and lifecycle.move_locked(_RUNNING):
+                self.thread = threading.current_thread()
+                return False
+        return True
+
+    def _stop(self) -> None:
+        """The pump's last act: from now on, whoever appends to the queue settles it."""
+        self.lifecycle.move(_STOPPED)
+        self.fail_late()
+        self.pump.close_summary()
+        self._release()
+
+    def _abandon_from_closer(self) -> None:
+        """The pump is still busy past the deadline (in on_error, or stuck): settle from the closer."""
+        if not self.lifecycle.move(_STOPPED):
+            return
+        batches = self.ledger.give_up_in_flight()
+        left = self.stats()["pending"]
+        logger.warning(
+            "seven_segments: %d commands were not delivered within the close deadline (%g s); the worker is still busy"
+            " (a slow on_error?)%s",
+            left + sum(map(len, batches)),
+            self.pump.close_timeout,
+            f"; {sum(map(len, batches))} were in flight and may have been applied" if batches else "",
+        )
+        self.reporter.failed(
+            ServiceUnavailable(
+                f"not confirmed within the close deadline ({self.pump.close_timeout:g} s): the request was in flight"
+                " and may have been applied"
+            ),
+            [payload for batch in batches for payload in batch.payloads],
+        )
+        self._release()
+
+    def fail_late(self) -> None:
+        """Fail commands (and answer flushes) that reached the queue after the pump's last look."""
+        with self._late_lock:
+            self.pump.fail_late()
+
+    def _release(self) -> None:
+        self.senders.close()
+        self.transport.close()
+        registry.stopped(self)
+
+    # Sending --------------------------------------------------------------------------------------
+
+    def _launch(self, number: int, batch: Batch, timeout: float, done: Callable[[Outcome], None]) -> None:
+        transport = self.transport
+
+        def attempt() -> None:
+            done(attempt_batch(transport, self, number, batch, timeout))
+
+        if not self.senders.run(attempt):
+            attempt()  # no sender thread can start (interpreter exit): make the attempt here
+
+
+class BufferedEngine:
+    """The engine a buffered client talks to: ``submit``, ``flush``, ``close``, ``stats``."""
+
+    def __init__(
+        self,
+        token: str,
+        transport: Transport,
+        limits: Limits,
+        on_error: Optional[ErrorCallback] = None,
+        clock: Clock = monotonic,
+    ) -> None:
+        self._token = token
+        self._transport = transport
+        self._limits = limits
+        self._on_error = on_error
+        self._clock = clock
+        self._holder: List[Core] = [self._new_core()]
+        self._core = self._holder[0]
+        registry.engines.add(self)
+        registry.arm_exit_hooks()  # on the constructing thread: SIGTERM's handler needs the main thread
+        # Dropped without close(): deliver what it holds (bounded by shutdown_timeout), keep nothing.
+        finalizer = weakref.finalize(self, _close_dropped, self._holder)
+        finalizer.atexit = False  # at exit, registry.close_all_at_exit closes every core
+
+    def _new_core(self) -> Core:
+        return Core(self._token, self._transport, self._limits, self._on_error, self._clock)
+
+    def _current(self) -> Core:
+        core = self._core
+        if core.pid != os.getpid():
+            with registry.fork_lock():
+                if self._core.pid != os.getpid():
+                    self.after_fork()
+            core = self._core
+        return core
+
+    def after_fork(self) -> None:
+        """Start over in a forked child: nothing of the parent's queue, threads, locks or sockets."""
+        self._transport.renew_after_fork()
+        self._core = self._holder[0] = self._new_core()
+
+    def submit(self, command: Command, size: int = 0) -> None:
+        """Queue ``command`` without blocking; drop it (counted, reported) when full or closed."""
+        core = self._core
+        if core.pid != os.getpid():
+            core = self._current()
+        core.submit(command, size)
+
+    def flush(self, timeout: Optional[float] = None) -> bool:
+        """Wait until everything queued before this call settled (or ``timeout``); True when all was delivered."""
+        return self._current().flush(timeout)
+
+    def close(self, timeout: Optional[float] = None) -> None:
+        """Deliver what is queued (within ``timeout``, default ``shutdown_timeout``) and stop."""
+        core = self._current()
+        core.begin_close(timeout)
+        core.finish_close()
+
+    @property
+    def closing(self) -> bool:
+        """True once ``close()`` has begun."""
+        return not self._current().lifecycle.admitting
+
+    def stats(self) -> Dict[str, int]:
+        """Counts since the client was made."""
+        return self._current().stats()
+
+
+def _close_dropped(holder: List[Core]) -> None:
+    core = holder[0]
+    if core.pid == os.getpid():
+        core.begin_close()  # never blocks: the pump (if any) finishes the close on its own thread

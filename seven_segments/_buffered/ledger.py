@@ -1,0 +1,138 @@
+"""The one place that counts: commands taken, sent, failed, unconfirmed, dropped; requests in flight.
+
+Written by the pump once per batch (never per command) and by callers only when they drop a command,
+always under ``lock``; read by ``stats()`` from any thread. A request in flight is settled exactly once:
+whoever takes it out of ``in_flight`` first (the pump with its answer, or a closer giving up on it)
+counts it, and the other finds nothing to count.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Dict, List, Optional, Tuple
+
+from ..serialization import Command
+from .batching import Batch
+
+__all__ = ["Ledger", "DropReason", "FULL", "CLOSED"]
+
+DropReason = str
+#: Why a command was dropped at the call.
+FULL: DropReason = "full"
+CLOSED: DropReason = "closed"
+
+
+class Ledger:
+    """Counters and the requests in flight of one engine."""
+
+    def __init__(self, keep_drops: int) -> None:
+        self.lock = threading.Lock()
+        #: How many dropped commands are kept for ``on_error`` until the pump reports them (0: none).
+        self.keep_drops = keep_drops
+        self.taken = 0
+        self.sent = 0
+        self.failed = 0
+        self.unconfirmed = 0
+        self.retried = 0
+        self.batches = 0
+        self.dropped: Dict[DropReason, int] = {FULL: 0, CLOSED: 0}
+        #: Dropped commands waiting to be passed to ``on_error``, and those beyond ``keep_drops``.
+        self.drops: Dict[DropReason, List[Command]] = {FULL: [], CLOSED: []}
+        self.drops_not_kept: Dict[DropReason, int] = {FULL: 0, CLOSED: 0}
+        self.in_flight: Dict[int, Batch] = {}
+        #: The highest sequence number that failed, and what flush callers have seen so far.
+        self.last_failed_seq = 0
+        self.reported_upto = 0
+        self.reported_drops = 0
+        #: ``flush()`` requests in the incoming queue, not yet placed by the pump.
+        self.tickets_queued = 0
+
+    # Callers ------------------------------------------------------------------------------------
+
+    def drop(self, command: Command, reason: DropReason) -> bool:
+        """Count a dropped command (kept for ``on_error`` within bounds); True if it is the first one
+        waiting to be reported."""
+        with self.lock:
+            self.dropped[reason] += 1
+            kept = self.drops[reason]
+            first = not kept and not self.drops_not_kept[reason]
+            if len(kept) < self.keep_drops:
+                kept.append(command)
+            else:
+                self.drops_not_kept[reason] += 1
+            return first
+
+    @property
+    def total_dropped(self) -> int:
+        """Commands dropped at the call, for any reason."""
+        return self.dropped[FULL] + self.dropped[CLOSED]
+
+    def take_drops(self) -> List[Tuple[DropReason, List[Command], int]]:
+        """The dropped commands waiting to be reported, by reason, with the count of those not kept."""
+        taken = []
+        with self.lock:
+            for reason in (FULL, CLOSED):
+                kept, not_kept = self.drops[reason], self.drops_not_kept[reason]
+                if kept or not_kept:
+                    taken.append((reason, kept, not_kept))
+                    self.drops[reason] = []
+                    self.drops_not_kept[reason] = 0
+        return taken
+
+    # The pump -----------------------------------------------------------------------------------
+
+    def launch(self, number: int, batch: Batch) -> None:
+        """``batch`` goes out as request ``number``."""
+        with self.lock:
+            self.in_flight[number] = batch
+
+    def land(self, number: int) -> Optional[Batch]:
+        """Request ``number`` was answered: its batch, or None when a closer already gave up on it."""
+        with self.lock:
+            return self.in_flight.pop(number, None)
+
+    def give_up_in_flight(self) -> List[Batch]:
+        """Take every request in flight out, counted as unconfirmed (they may have been applied)."""
+        with self.lock:
+            batches = list(self.in_flight.values())
+            self.in_flight.clear()
+            self.unconfirmed += sum(map(len, batches))
+        return batches
+
+    def count(self, *, sent: int = 0, retried: int = 0, batches: int = 0) -> None:
+        """Add to the counters of delivery."""
+        with self.lock:
+            self.sent += sent
+            self.retried += retried
+            self.batches += batches
+
+    def count_failed(self, count: int, last_seq: int) -> None:
+        """``count`` commands failed for good, the last of them numbered ``last_seq``."""
+        with self.lock:
+            self.failed += count
+            if last_seq > self.last_failed_seq:
+                self.last_failed_seq = last_seq
+
+    def first_in_flight(self) -> float:
+        """The oldest sequence number in flight (infinity when none is)."""
+        with self.lock:
+            return min((batch.first_seq for batch in self.in_flight.values()), default=float("inf"))
+
+    def snapshot(self, waiting: int) -> Dict[str, int]:
+        """The counters as ``stats()`` shows them; ``waiting``: commands queued but not yet taken."""
+        with self.lock:
+            queued = self.taken + waiting
+            settled = self.sent + self.failed + self.unconfirmed
+            return {
+                "queued": queued,
+                "sent": self.sent,
+                "retried": self.retried,
+                "failed": self.failed,
+                "unconfirmed": self.unconfirmed,
+                "dropped": self.dropped[FULL] + self.dropped[CLOSED],
+                "dropped_queue_full": self.dropped[FULL],
+                "dropped_closed": self.dropped[CLOSED],
+                "batches": self.batches,
+                "in_flight": len(self.in_flight),
+                "pending": max(0, queued - settled),
+            }

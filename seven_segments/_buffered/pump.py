@@ -1,0 +1,545 @@
+"""The pump: every decision of buffered delivery, made on one thread.
+
+One :meth:`Pump.step` takes what callers queued (giving each command its sequence number and its JSON),
+reports drops, applies the outcomes that senders handed back, starts the batches that are due while
+the window has room, answers the flushes whose commands all settled, and says how long it may sleep.
+It never waits inside a step: a retried batch goes back in line with a "not before" time, and the
+engine's thread sleeps until the earliest moment the pump knows of, or until woken.
+
+Ownership: the pump alone touches the waiting line (``fresh``, ``line``), the flush tickets, the
+window and the encoder; the ledger counts; senders only do I/O. Every command taken ends exactly once
+as sent, failed or unconfirmed.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import math
+import threading
+from collections import deque
+from typing import Any, Callable, Deque, List, Optional, Sequence, Union
+
+from ..clock import Clock
+from ..errors import InvalidRequest, QueueFull, SevenSegmentsError, ServiceUnavailable
+from ..protocol import MAX_COMMAND_BYTES, PATH_BULK, PATH_CUSTOMERS, PATH_EVENTS
+from ..serialization import BulkCommandEncoder, Command
+from ..transport import TransientError
+from .answers import Verdict
+from .batching import Batch, fit_to_bytes, fresh_batch_due
+from .ledger import CLOSED, FULL, Ledger
+from .lifecycle import Lifecycle, Phase
+from .limits import Limits
+from .reporting import Reporter
+from .retry import RetryPolicy
+from .sender import Outcome
+from .window import Window
+
+__all__ = ["FlushTicket", "Pump", "Launch"]
+
+logger = logging.getLogger("seven_segments")
+
+#: ``launch(number, batch, timeout, done)``: start one attempt; ``done(outcome)`` when it ends.
+Launch = Callable[[int, Batch, float, Callable[[Outcome], None]], None]
+
+#: Bytes of a bulk command that are not its ``data``: ``{"name":"<path>","data":`` and ``}``.
+_ENVELOPE = {path: len('{"name":"' + path + '","data":}') for path in (PATH_EVENTS, PATH_CUSTOMERS)}
+
+
+class FlushTicket:
+    """A ``flush()`` waiting, in the queue, for the commands queued before it to settle."""
+
+    __slots__ = ("done", "upto", "drops", "delivered_all")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.upto = -1  # the sequence number of the last command queued before it
+        self.drops = 0  # commands dropped before it
+        self.delivered_all = True
+
+
+class Pump:
+    """The decisions of one engine (see the module's docstring)."""
+
+    def __init__(
+        self,
+        *,
+        token: str,
+        limits: Limits,
+        incoming: "Deque[Any]",
+        lifecycle: Lifecycle,
+        ledger: Ledger,
+        reporter: Reporter,
+        launch: Launch,
+        clock: Clock,
+        policy: Optional[RetryPolicy] = None,
+        scrub: Callable[[str], str] = lambda text: text,
+    ) -> None:
+        self.limits = limits
+        self.incoming = incoming
+        self.lifecycle = lifecycle
+        self.ledger = ledger
+        self.reporter = reporter
+        self._launch = launch
+        self.clock = clock
+        self.policy = policy if policy is not None else RetryPolicy(limits.retry_deadline)
+        self._scrub = scrub
+        self.window = Window(limits.max_in_flight)
+        self._encoder = BulkCommandEncoder(token)
+        #: Encoded commands never sent, oldest first; the i-th is numbered ``fresh_head + i``.
+        self.fresh: Deque[bytes] = deque()
+        self.fresh_head = 1
+        self._fresh_bytes = 0
+        self._oldest_at = 0.0  # when the oldest fresh command was taken
+        #: Batches to send again, by age (their first sequence number).
+        self.line: List[Batch] = []
+        self.tickets: List[FlushTicket] = []
+        self.seq = 0
+        self._number = 0
+        #: Batches whose request the close deadline cut short: unconfirmed, not failed.
+        self._cut_at_close: List[Batch] = []
+        #: Finished answers from senders, applied at the next step.
+        self.outcomes: Deque[Outcome] = deque()
+        #: Set by the engine when a close begins.
+        self.close_deadline = math.inf
+        self.close_timeout = 0.0
+        #: What callers check, without a lock, before queuing: commands and bytes held here.
+        self.held = 0
+        self.held_bytes = 0
+        self.large_raw_bytes = 0  # the accounted memory of large commands still in ``incoming``
+        self.losses_at_close = 0
+        self.last_close_error = ""
+        self.last_trouble = ""  # the last passing failure, for the close summary
+        #: Called when an outcome arrives (the engine wakes its thread).
+        self.wake: Callable[[], None] = lambda: None
+
+    # One step -----------------------------------------------------------------------------------
+
+    def step(self) -> float:
+        """Do everything that can be done now; return how long the pump may sleep (``inf``: until woken).
+
+        Returns ``-1.0`` when a close is done: everything settled or given up.
+        """
+        self.take()
+        self.report_drops()
+        self.apply_outcomes()
+        draining = self.lifecycle.phase is Phase.DRAINING
+        now = self.clock()
+        if draining and now >= self.close_deadline and not self.empty:
+            self.give_up()
+            return -1.0
+        self.dispatch(now, draining)
+        self.settle_tickets()
+        self.reporter.drain()
+        if draining and self.empty and not self.incoming:
+            return -1.0
+        return self.sleep_for(now, draining)
+
+    @property
+    def empty(self) -> bool:
+        """Nothing waits to be sent and nothing is in flight."""
+        return not self.fresh and not self.line and not self.ledger.in_flight and not self._cut_at_close
+
+    def sleep_for(self, now: float, draining: bool) -> float:
+        """Seconds until the pump has something to do, unless woken before."""
+        moments = []
+        if draining:
+            moments.append(self.close_deadline)
+        if self.window.room(len(self.ledger.in_flight), now) or self.window.opens_at(now) is not None:
+            gate = self.window.opens_at(now) or now
+            if self.fresh:
+                moments.append(max(gate, self._oldest_at + self.limits.flush_interval))
+            if self.line:
+                moments.append(max(gate, min(batch.not_before for batch in self.line)))
+        if not moments:
+            return math.inf
+        return max(0.0, min(moments) - now)
+
+    # Taking what callers queued ---------------------------------------------------------------
+
+    def take(self) -> None:
+        """Number and encode queued commands; place flush tickets behind them."""
+        incoming = self.incoming
+        if not incoming:
+            return
+        fresh = self.fresh
+        encode = self._encoder.encode
+        envelope = _ENVELOPE
+        was_empty = not fresh
+        taken = 0
+        added = 0
+        seq = self.seq
+        popleft = incoming.popleft
+        append = fresh.append
+        while True:
+            try:
+                item = popleft()
+            except IndexError:
+                break
+            if type(item) is not tuple:
+                self.seq = seq
+                self._place(item)
+                continue
+            if len(item) > 6:  # a large command: give back its accounted memory
+                with self.ledger.lock:
+                    self.large_raw_bytes -= item[6]
+            seq += 1
+            taken += 1
+            try:
+                payload = encode(item)
+            except Exception as error:  # checked at the call, so not expected: fail it alone
+                self.seq = seq
+                self._refuse_at_take(seq, item, InvalidRequest(f"{item[0]}: the command cannot be encoded: {error}"))
+                continue
+            if len(payload) - envelope[item[0]] > MAX_COMMAND_BYTES:
+                self.seq = seq
+                size = len(payload) - envelope[item[0]]
+                self._refuse_at_take(
+                    seq, payload, InvalidRequest(f"{item[0]}: the command takes {size} bytes as JSON, more than {MAX_COMMAND_BYTES}")
+                )
+                continue
+            if not fresh:
+                self.fresh_head = seq
+            append(payload)
+            added += len(payload)
+        self.seq = seq
+        self._fresh_bytes += added
+        self.held_bytes += added
+        if taken:
+            with self.ledger.lock:
+                self.ledger.taken += taken
+            self.held += taken
+        if was_empty and fresh:
+            self._oldest_at = self.clock()
+        if self.tickets:
+            self.settle_tickets()
+
+    def _refuse_at_take(self, seq: int, item: Union[bytes, Command], error: SevenSegmentsError) -> None:
+        """A command that cannot be sent: fail it alone, keeping the numbers of ``fresh`` contiguous."""
+        if self.fresh:  # the fresh commands before it become a batch of their own, in line
+            self._line_fresh_up_to(len(self.fresh))
+        items: Union[List[bytes], List[Command]] = [item] if isinstance(item, bytes) else [item]
+        self._fail([seq], items, error, held_bytes=0)  # ``take`` counts it as held when it ends
+
+    def _line_fresh_up_to(self, count: int) -> None:
+        while count > 0:
+            cut = min(count, self.limits.batch_size)
+            batch = self._cut_fresh(cut, self.clock())
+            self._insort(batch)
+            count -= cut
+
+    def _insort(self, batch: Batch) -> None:
+        firsts = [queued.first_seq for queued in self.line]
+        self.line.insert(bisect.bisect(firsts, batch.first_seq), batch)
+
+    def _place(self, ticket: FlushTicket) -> None:
+        ticket.upto = self.seq
+        ledger = self.ledger
+        with ledger.lock:
+            ledger.tickets_queued -= 1
+            ticket.drops = ledger.total_dropped
+            if ledger.last_failed_seq > ledger.reported_upto or ticket.drops > ledger.reported_drops:
+                ticket.delivered_all = False  # failed or dropped since the last flush its caller saw
+        self.tickets.append(ticket)
+
+    def report_drops(self) -> None:
+        """Pass dropped commands to ``on_error`` and warn (rate-limited), each with its true reason."""
+        if not (self.ledger.drops[FULL] or self.ledger.drops[CLOSED]) and not any(self.ledger.drops_not_kept.values()):
+            return
+        for reason, commands, not_kept in self.ledger.take_drops():
+            limits = self.limits
+            if reason == FULL:
+                text = f"the queue is full ({limits.max_queue_size} commands or {limits.max_queue_bytes} bytes)"
+            else:
+                text = "the client is closed"
+            message = text
+            if not_kept:
+                message += f"; {not_kept} of them were counted but not kept for on_error (it is falling behind)"
+            self.reporter.dropped(len(commands) + not_kept, message)
+            self.reporter.failed(QueueFull(f"{len(commands) + not_kept} commands dropped: {message}"), commands)
+
+    # Sending ------------------------------------------------------------------------------------
+
+    def dispatch(self, now: float, draining: bool) -> None:
+        """Start every batch that is due while the window has room."""
+        window = self.window
+        ledger = self.ledger
+        while window.room(len(ledger.in_flight), now):
+            batch = self._next_batch(now, draining)
+            if batch is None:
+                return
+            self._number += 1
+            ledger.launch(self._number, batch)
+            timeout = self.limits.timeout
+            if draining:
+                timeout = max(0.001, min(timeout, self.close_deadline - now))
+            self._launch(self._number, batch, timeout, self._arrived)
+
+    def _arrived(self, outcome: Outcome) -> None:
+        self.outcomes.append(outcome)
+        self.wake()
+
+    def _next_batch(self, now: float, draining: bool) -> Optional[Batch]:
+        for index, batch in enumerate(self.line):  # sent before: the oldest go first
+            if batch.not_before <= now:
+                del self.line[index]
+                return batch
+        limits = self.limits
+        fresh = self.fresh
+        if not fresh or not fresh_batch_due(
+            count=len(fresh),
+            size=self._fresh_bytes,
+            oldest_at=self._oldest_at,
+            now=now,
+            batch_size=limits.batch_size,
+            max_batch_bytes=limits.max_batch_bytes,
+            flush_interval=limits.flush_interval,
+            flush_waiting=bool(self.tickets) and self.tickets[-1].upto >= self.fresh_head,
+            draining=draining,
+        ):
+            return None
+        count = min(len(fresh), limits.batch_size)
+        if self._fresh_bytes > limits.max_batch_bytes:
+            count = fit_to_bytes([len(fresh[i]) for i in range(count)], limits.max_batch_bytes)
+        return self._cut_fresh(count, now)
+
+    def _cut_fresh(self, count: int, now: float) -> Batch:
+        fresh = self.fresh
+        popleft = fresh.popleft
+        payloads = [popleft() for _ in range(count)]
+        batch = Batch(range(self.fresh_head, self.fresh_head + count), payloads, now)
+        self.fresh_head += count
+        self._fresh_bytes -= sum(map(len, payloads))
+        if fresh:
+            self._oldest_at = now  # they were taken later than the batch's; near enough, and never later
+        return batch
+
+    # Outcomes -----------------------------------------------------------------------------------
+
+    def apply_outcomes(self) -> None:
+        """Settle the batches whose requests ended."""
+        outcomes = self.outcomes
+        while outcomes:
+            number, verdict, error = outcomes.popleft()
+            batch = self.ledger.land(number)
+            if batch is None:
+                continue  # a closer gave up on it and counted it
+            now = self.clock()
+            if verdict is not None:
+                self._answered(batch, verdict, now)
+            elif isinstance(error, TransientError):
+                self._transient(batch, error, now)
+            elif isinstance(error, InvalidRequest) and error.status == 413 and len(batch) > 1:
+                for half in batch.halves():
+                    self._requeue(half)
+            else:
+                assert error is not None
+                self._fail(batch.seqs, batch.payloads, error)
+
+    def _answered(self, batch: Batch, verdict: Verdict, now: float) -> None:
+        self.window.on_success()
+        if verdict.all_ok:
+            self.ledger.count(sent=len(batch), batches=1)
+            self._release(len(batch), sum(map(len, batch.payloads)))
+            return
+        ok = verdict.ok
+        self.ledger.count(sent=len(ok), batches=1)
+        self._release(len(ok), sum(len(batch.payloads[i]) for i in ok))
+        for index, reasons in verdict.errors:
+            self._fail(
+                [batch.seqs[index]],
+                [batch.payloads[index]],
+                InvalidRequest(f"{PATH_BULK}: the command was refused", status=200, errors=[self._scrub(r) for r in reasons]),
+            )
+        if verdict.retry:
+            plan = self.policy.after_retry_results(batch, now, verdict.progress)
+            if plan is None:
+                self._fail(
+                    [batch.seqs[i] for i in verdict.retry],
+                    [batch.payloads[i] for i in verdict.retry],
+                    ServiceUnavailable(f"{PATH_BULK}: the server kept answering 'retry' for the command"),
+                )
+                return
+            attempts, not_before = plan
+            self.ledger.count(retried=len(verdict.retry))
+            if not_before > now:
+                self.window.gate_until = max(self.window.gate_until, not_before)
+            self._requeue(batch.subset(verdict.retry, attempts, not_before))
+
+    def _transient(self, batch: Batch, error: TransientError, now: float) -> None:
+        if now >= self.close_deadline:  # cut by the close deadline: it may have been applied
+            self._cut_at_close.append(batch)
+            return
+        self.window.on_transient(now, error.retry_after)
+        again = self.policy.after_transient(batch, now, error.retry_after)
+        if again is None:
+            reason = error.reason if error.reason.startswith(PATH_BULK) else f"{PATH_BULK}: {error.reason}"
+            self._fail(
+                batch.seqs,
+                batch.payloads,
+                ServiceUnavailable(
+                    f"{reason}; gave up after {batch.attempts + 1} attempts in {now - batch.since:.1f} s",
+                    status=error.status,
+                    errors=error.errors,
+                ),
+            )
+            return
+        logger.debug("%s; retrying %d commands in %.3g s", error.reason, len(batch), again - now)
+        self.last_trouble = error.reason
+        batch.attempts += 1
+        batch.not_before = again
+        self.window.gate_until = max(self.window.gate_until, again)  # no request at all before then
+        self.ledger.count(retried=len(batch))
+        self._requeue(batch)
+
+    def _requeue(self, batch: Batch) -> None:
+        self._insort(batch)
+
+    # Settling -----------------------------------------------------------------------------------
+
+    def _release(self, count: int, size: int) -> None:
+        self.held -= count
+        self.held_bytes -= size
+
+    def _fail(
+        self,
+        seqs: Sequence[int],
+        items: Union[Sequence[bytes], Sequence[Command]],
+        error: SevenSegmentsError,
+        held_bytes: Optional[int] = None,
+    ) -> None:
+        """Count commands as failed for good, mark the flushes they concern, and report them."""
+        if not seqs:
+            return
+        self.ledger.count_failed(len(seqs), max(seqs))
+        size = sum(len(item) for item in items if isinstance(item, bytes)) if held_bytes is None else held_bytes
+        self._release(len(seqs), size)
+        first = min(seqs)
+        for ticket in self.tickets:
+            if ticket.upto >= first:
+                ticket.delivered_all = False
+        if self.lifecycle.phase is Phase.DRAINING:
+            self.losses_at_close += len(seqs)
+            self.last_close_error = str(error)
+        else:
+            logger.warning("seven_segments: %d commands could not be delivered: %s", len(seqs), error)
+        self.reporter.failed(error, items)
+
+    def first_unsettled(self) -> float:
+        """The oldest sequence number not settled yet (infinity when all are)."""
+        first = float(self.fresh_head) if self.fresh else math.inf
+        if self.line:
+            first = min(first, self.line[0].first_seq)
+        if self.ledger.in_flight:
+            first = min(first, self.ledger.first_in_flight())
+        return first
+
+    def settle_tickets(self) -> None:
+        """Answer the flushes whose commands all settled."""
+        if not self.tickets:
+            return
+        first = self.first_unsettled()
+        waiting = []
+        for ticket in self.tickets:
+            if ticket.upto < first:
+                ticket.done.set()
+            else:
+                waiting.append(ticket)
+        self.tickets = waiting
+
+    def give_up(self) -> None:
+        """The close deadline passed: settle everything left, warning first, then ``on_error`` in chunks."""
+        in_flight = self.ledger.give_up_in_flight()
+        if self._cut_at_close:
+            cut, self._cut_at_close = self._cut_at_close, []
+            with self.ledger.lock:
+                self.ledger.unconfirmed += sum(map(len, cut))
+            in_flight += cut
+        unconfirmed = sum(map(len, in_flight))
+        self._release(unconfirmed, sum(sum(map(len, batch.payloads)) for batch in in_flight))
+        late = self._drain_incoming()
+        line, self.line = self.line, []
+        fresh = list(self.fresh)
+        seqs: List[int] = [seq for batch in line for seq in batch.seqs]
+        seqs += range(self.fresh_head, self.fresh_head + len(fresh))
+        self.fresh.clear()
+        self._fresh_bytes = 0
+        payloads = [payload for batch in line for payload in batch.payloads] + fresh
+        lost = len(payloads) + len(late) + unconfirmed + self.losses_at_close
+        timeout = f"{self.close_timeout:g} s"
+        parts = []
+        if self.losses_at_close:
+            parts.append(f"{self.losses_at_close} failed ({self.last_close_error})")
+        if payloads or late:
+            last = f"; last error: {self.last_trouble}" if self.last_trouble else ""
+            parts.append(f"{len(payloads) + len(late)} not delivered within the close deadline ({timeout}{last})")
+        if unconfirmed:
+            parts.append(
+                f"{unconfirmed} unconfirmed (in flight at the deadline: the server may have applied them; sending"
+                " them again is safe)"
+            )
+        logger.warning("seven_segments: %d commands were lost at close: %s", lost, ", ".join(parts))
+        self.losses_at_close = -lost  # reported: the close summary says nothing more
+        if unconfirmed:
+            self.reporter.failed(
+                ServiceUnavailable(
+                    f"not confirmed within the close deadline ({timeout}): the request was in flight and may have been applied"
+                ),
+                [payload for batch in in_flight for payload in batch.payloads],
+            )
+        error = ServiceUnavailable(f"not delivered within the close deadline ({timeout})")
+        if payloads:
+            self._fail(seqs, payloads, error)
+        if late:
+            self._fail([self.seq] * len(late), late, error, held_bytes=0)
+        for ticket in self.tickets:
+            ticket.delivered_all = False
+        self.settle_tickets()
+        self.reporter.drain()
+
+    def _drain_incoming(self) -> List[Command]:
+        """Empty the incoming queue: its commands (counted as taken), and its tickets, placed."""
+        commands: List[Command] = []
+        while True:
+            try:
+                item = self.incoming.popleft()
+            except IndexError:
+                break
+            if type(item) is tuple:
+                if len(item) > 6:
+                    with self.ledger.lock:
+                        self.large_raw_bytes -= item[6]
+                commands.append(item[:6])
+            else:
+                self._place(item)
+        if commands:
+            with self.ledger.lock:
+                self.ledger.taken += len(commands)
+            self.held += len(commands)
+        return commands
+
+    def fail_late(self) -> None:
+        """After the stop: fail what reached the queue after the last look, answer late flushes."""
+        late = self._drain_incoming()
+        if late:
+            error = ServiceUnavailable(f"{len(late)} commands arrived after the client was closed")
+            logger.warning("seven_segments: %s", error)
+            self.seq += 1
+            self.ledger.count_failed(len(late), self.seq)
+            self._release(len(late), 0)
+            self.reporter.failed(error, late)
+            for ticket in self.tickets:
+                ticket.delivered_all = False
+        for ticket in self.tickets:
+            ticket.done.set()
+        self.tickets = []
+        self.report_drops()
+        self.reporter.drain()
+
+    def close_summary(self) -> None:
+        """The one warning of a close that lost commands before its deadline (none when give_up spoke)."""
+        if self.losses_at_close > 0:
+            logger.warning(
+                "seven_segments: %d commands were lost at close: %s", self.losses_at_close, self.last_close_error
+            )
+        self.reporter.flush_drop_warning("the client is closed")

@@ -1,0 +1,92 @@
+"""Telling the user about losses: ``on_error`` in bounded chunks, rate-limited warnings.
+
+Failed commands are handed over as encoded payloads or as queued tuples and decoded to dicts only
+chunk by chunk (at most ``CHUNK`` commands per ``on_error`` call), so reporting 200,000 commands at
+exit never holds more than one chunk of dicts. Chunks wait in one queue that the pump drains, and
+that a closer which gave up on the pump drains too: each chunk is taken by exactly one of them.
+The commands passed to ``on_error`` never carry the company token.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import deque
+from typing import Any, Deque, Dict, Optional, Sequence, Tuple, Union
+
+from ..clock import Clock
+from ..errors import SevenSegmentsError
+from ..serialization import BulkCommandEncoder, Command
+from ..types import ErrorCallback
+
+__all__ = ["Reporter", "CHUNK", "DROP_WARNING_INTERVAL"]
+
+logger = logging.getLogger("seven_segments")
+
+#: Commands per ``on_error`` call, at most.
+CHUNK = 1000
+#: A warning about dropped commands is logged at most this often (seconds).
+DROP_WARNING_INTERVAL = 10.0
+
+Items = Union[Sequence[bytes], Sequence[Command]]
+
+
+def _decode(item: Union[bytes, Command]) -> Dict[str, Any]:
+    if isinstance(item, bytes):
+        command: Dict[str, Any] = json.loads(item)
+        command["data"].pop("company_id", None)
+        return command
+    return BulkCommandEncoder.as_dict(item)
+
+
+class Reporter:
+    """``on_error`` calls and loss warnings of one engine."""
+
+    def __init__(self, on_error: Optional[ErrorCallback], clock: Clock) -> None:
+        self.on_error = on_error
+        self._clock = clock
+        self._chunks: Deque[Tuple[SevenSegmentsError, Items]] = deque()
+        self._drop_warning_at = -float("inf")
+        self._drops_unwarned = 0
+
+    def failed(self, error: SevenSegmentsError, items: Items) -> None:
+        """Queue ``items`` (payloads or tuples) for ``on_error`` with ``error``, in chunks."""
+        if self.on_error is None or not items:
+            return
+        for start in range(0, len(items), CHUNK):
+            self._chunks.append((error, items[start : start + CHUNK]))
+
+    def drain(self) -> None:
+        """Call ``on_error`` for every queued chunk (outside every lock; its exceptions are logged)."""
+        callback = self.on_error
+        chunks = self._chunks
+        while True:
+            try:
+                error, items = chunks.popleft()
+            except IndexError:
+                return
+            if callback is None:
+                continue
+            try:
+                callback(error, [_decode(item) for item in items])
+            except BaseException:  # even SystemExit: delivery must live on
+                logger.exception("seven_segments: the on_error callback raised")
+
+    @property
+    def pending(self) -> bool:
+        """True while chunks wait for ``on_error``."""
+        return bool(self._chunks)
+
+    def dropped(self, count: int, reason: str, now_or_never: bool = False) -> None:
+        """Warn about ``count`` dropped commands (rate-limited, unless ``now_or_never``)."""
+        self._drops_unwarned += count
+        now = self._clock()
+        if now_or_never or now - self._drop_warning_at >= DROP_WARNING_INTERVAL:
+            logger.warning("seven_segments: dropped %d commands: %s", self._drops_unwarned, reason)
+            self._drops_unwarned = 0
+            self._drop_warning_at = now
+
+    def flush_drop_warning(self, reason: str) -> None:
+        """Log the drops not warned about yet (at close)."""
+        if self._drops_unwarned:
+            self.dropped(0, reason, now_or_never=True)
