@@ -401,15 +401,15 @@ def test_a_wrong_password_says_it_was_not_accepted(server: LocalServer) -> None:
     ],
 )
 def test_a_reader_that_closes_the_pipe_early(server: LocalServer, args: List[str], path: str) -> None:
-    process = subprocess.Popen(
+    with subprocess.Popen(
         [sys.executable, SCRIPT, *args, "--target", server.url], cwd=ROOT,
         env=environment(SEVEN_SEGMENTS_PASSWORD=PASSWORD), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-    )
-    assert process.stdout is not None and process.stderr is not None
-    process.stdout.close()  # before the program writes anything: its write meets a closed pipe
-    stderr = process.stderr.read()
-    assert process.wait(timeout=30) == 141
+    ) as process:
+        assert process.stdout is not None and process.stderr is not None
+        process.stdout.close()  # before the program writes anything: its write meets a closed pipe
+        stderr = process.stderr.read()
+        assert process.wait(timeout=30) == 141
     assert stderr == b""
     assert [request["path"] for request in server.requests()] == [path]
 

@@ -171,7 +171,7 @@ def test_no_log_line_at_debug_shows_the_token_or_the_password(
 
     formatter = logging.Formatter("%(name)s %(levelname)s %(message)s")
     lines = [formatter.format(record) for record in caplog.records]
-    assert any("urllib3" in line and "/analytics/funnel?company=*** HTTP/1.1" in line for line in lines), lines
+    assert any("urllib3" in line and "/analytics/funnel?company=*** HTTP/" in line for line in lines), lines
     assert any("retrying" in line for line in lines), lines  # our own debug lines were captured too
     for line in lines:
         assert LONG_TOKEN not in line and PASSWORD not in line, line
