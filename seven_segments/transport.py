@@ -337,6 +337,7 @@ class Transport:
         if self._pid != os.getpid():  # a client used across fork() must not share the parent's sockets
             self.renew_after_fork()
         failure: Exception
+        attempt = WATCHDOG.begin(monotonic() + wait, owner)
         try:
             response = self._session.post(
                 f"{self.target}/{path}", data=body, headers=headers, params=params, timeout=wait, auth=self._auth
@@ -344,13 +345,18 @@ class Transport:
         except requests.Timeout:
             failure = TransientError(f"{path}: no answer within {wait:.3g} s")
         except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as error:
-            failure = _unresolved(path, self.target, error) or TransientError(
-                f"{path}: connection failed ({self._reason(error)})"
-            )
+            if attempt.expired:  # the watchdog ended an attempt that outlived its deadline
+                failure = TransientError(f"{path}: no complete answer within {wait:.3g} s")
+            else:
+                failure = _unresolved(path, self.target, error) or TransientError(
+                    f"{path}: connection failed ({self._reason(error)})"
+                )
         except requests.RequestException as error:
             failure = SevenSegmentsError(f"{path}: request failed ({self._reason(error)})")
         else:
             return self._read_answer(path, response)
+        finally:
+            WATCHDOG.end(attempt)
         # Raised outside the except blocks: no __context__ chain leads back to requests' exception,
         # whose text may hold the URL with ?company=TOKEN.
         raise failure
