@@ -166,13 +166,21 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
     parser = _Parser(
         prog=program,
         description="Track events, update customers, get campaign HTML and export analyses with 7SEGMENTS. "
-        f"--target, --timeout and --verbose may come before the command or after it. The company token is "
-        f"the COMPANY_TOKEN argument or ${TOKEN_ENV}.",
+        f"--target, --timeout and --verbose (for {', '.join(API_COMMANDS)}) may come before the command or "
+        f"after it. The company token is the COMPANY_TOKEN argument or ${TOKEN_ENV}.",
     )
     parser.add_argument("--version", action="version", version=f"seven-segments {__version__}")
-    parser.add_argument("--target", dest="global_target", metavar="TARGET", help="as after the command")
-    parser.add_argument("--timeout", dest="global_timeout", metavar="TIMEOUT", type=float, help="as after the command")
-    parser.add_argument("--verbose", dest="global_verbose", action="store_true", help="as after the command")
+    parser.add_argument(
+        "--target", dest="global_target", metavar="TARGET",
+        help=f"base URL of the API (default: ${TARGET_ENV} or {DEFAULT_TARGET})",
+    )
+    parser.add_argument(
+        "--timeout", dest="global_timeout", metavar="TIMEOUT", type=float,
+        help="seconds to wait for an answer (default: 10)",
+    )
+    parser.add_argument(
+        "--verbose", dest="global_verbose", action="store_true", help="log one line per request and every retry"
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
     customer_help = "registered id, or a JSON object of id types to ids"
