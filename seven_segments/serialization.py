@@ -335,6 +335,9 @@ def timestamp_seconds(timestamp: Optional[Timestamp]) -> float:
     return seconds
 
 
+_getpid = os.getpid
+
+
 class _CommandIds:
     """Unique command ids: a random per-process prefix and a counter, renewed in a forked child.
 
@@ -361,7 +364,10 @@ class _CommandIds:
         return self._state
 
     def __call__(self) -> str:
-        prefix, counter = self.source()
+        # source() inlined: this runs on the caller's thread in every track/update.
+        if self._pid != _getpid():
+            self.reseed()
+        prefix, counter = self._state
         return prefix + str(next(counter))
 
 

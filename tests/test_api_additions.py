@@ -403,7 +403,6 @@ def test_blocking_stats_are_exact_across_threads(fresh: LocalServer) -> None:
     assert len(fresh.events()) == 100
 
 
-@pytest.mark.xfail(reason="engine in progress: commands failed after encoding still carry company_id", strict=False)
 def test_on_error_commands_carry_no_token_and_keep_the_command_id(fresh: LocalServer, dead_url: str) -> None:
     reports, on_error = collector()
     client = SevenSegments(TOKEN, "john123", target=dead_url, buffered=True, retry_deadline=0.1,
