@@ -11,7 +11,8 @@ Secrets (the company token, which also travels as ``?company=``, and the passwor
 messages by construction: none is ever formatted into one; reasons quoted from ``requests``
 exceptions have their URLs' query values redacted by parsing (``?company=***``); and the server's
 ``errors`` are quoted through ``Transport.scrub``, which redacts a secret only where it stands whole
-(see there). urllib3's and requests' log records get the same query redaction from a filter.
+(see there). A filter on urllib3's and requests' loggers redacts our secrets from the query
+strings of their records (``?company=***`` in urllib3's debug line of each request).
 """
 
 from __future__ import annotations
