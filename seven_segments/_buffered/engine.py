@@ -240,7 +240,14 @@ class Core:
         if thread is not None and thread is threading.current_thread():
             return  # close() from on_error: the pump finishes the close itself
         if thread is not None and thread.is_alive():
-            lifecycle.stopped.wait(max(0.0, self.pump.close_deadline - self.clock()) + CLOSE_GRACE)
+            if lifecycle.stopped.wait(max(0.0, self.pump.close_deadline - self.clock()) + CLOSE_GRACE):
+                thread.join(CLOSE_GRACE)  # its last words: late commands, releasing the connections
+            # Past the deadline the pump may still be passing what it gave up on to on_error: help
+            # it, and let it finish, for at most another shutdown_timeout.
+            helping_until = self.clock() + max(1.0, self.limits.shutdown_timeout)
+            while not lifecycle.stopped.is_set() and self.reporter.pending and self.clock() < helping_until:
+                self.reporter.drain()
+                lifecycle.stopped.wait(0.01)
         elif lifecycle.phase is Phase.DRAINING:
             self._run_inline(until=lifecycle.stopped.is_set)
         if not lifecycle.stopped.is_set():
@@ -317,10 +324,16 @@ class Core:
 
     def _stop(self) -> None:
         """The pump's last act: from now on, whoever appends to the queue settles it."""
+        self.report_drops_now()
+        self.pump.close_summary()  # before STOPPED: a closer waiting for it sees the summary logged
         self.lifecycle.move(_STOPPED)
         self.fail_late()
-        self.pump.close_summary()
         self._release()
+
+    def report_drops_now(self) -> None:
+        """Pass the drops not reported yet to ``on_error``."""
+        self.pump.report_drops()
+        self.reporter.drain()
 
     def _abandon_from_closer(self) -> None:
         """The pump is still busy past the deadline (in on_error, or stuck): settle from the closer."""
@@ -328,13 +341,14 @@ class Core:
             return
         batches = self.ledger.give_up_in_flight()
         left = self.stats()["pending"]
-        logger.warning(
-            "seven_segments: %d commands were not delivered within the close deadline (%g s); the worker is still busy"
-            " (a slow on_error?)%s",
-            left + sum(map(len, batches)),
-            self.pump.close_timeout,
-            f"; {sum(map(len, batches))} were in flight and may have been applied" if batches else "",
-        )
+        if left or batches:
+            logger.warning(
+                "seven_segments: %d commands were not delivered within the close deadline (%g s); the worker is"
+                " still busy (a slow on_error?)%s",
+                left,
+                self.pump.close_timeout,
+                f"; {sum(map(len, batches))} were in flight and may have been applied" if batches else "",
+            )
         self.reporter.failed(
             ServiceUnavailable(
                 f"not confirmed within the close deadline ({self.pump.close_timeout:g} s): the request was in flight"

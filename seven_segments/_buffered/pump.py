@@ -542,4 +542,4 @@ class Pump:
             logger.warning(
                 "seven_segments: %d commands were lost at close: %s", self.losses_at_close, self.last_close_error
             )
-        self.reporter.flush_drop_warning("the client is closed")
+        self.reporter.flush_drop_warnings()

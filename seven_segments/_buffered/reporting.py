@@ -47,7 +47,9 @@ class Reporter:
         self._clock = clock
         self._chunks: Deque[Tuple[SevenSegmentsError, Items]] = deque()
         self._drop_warning_at = -float("inf")
-        self._drops_unwarned = 0
+        self._drops_unwarned: Dict[str, int] = {}
+        #: ``on_error`` calls under way (on the pump, or on a closer helping it).
+        self.busy = 0
 
     def failed(self, error: SevenSegmentsError, items: Items) -> None:
         """Queue ``items`` (payloads or tuples) for ``on_error`` with ``error``, in chunks."""
@@ -67,26 +69,31 @@ class Reporter:
                 return
             if callback is None:
                 continue
+            self.busy += 1
             try:
                 callback(error, [_decode(item) for item in items])
             except BaseException:  # even SystemExit: delivery must live on
                 logger.exception("seven_segments: the on_error callback raised")
+            finally:
+                self.busy -= 1
 
     @property
     def pending(self) -> bool:
-        """True while chunks wait for ``on_error``."""
-        return bool(self._chunks)
+        """True while chunks wait for ``on_error`` or are being reported."""
+        return bool(self._chunks) or self.busy > 0
 
-    def dropped(self, count: int, reason: str, now_or_never: bool = False) -> None:
-        """Warn about ``count`` dropped commands (rate-limited, unless ``now_or_never``)."""
-        self._drops_unwarned += count
+    def dropped(self, count: int, reason: str) -> None:
+        """Warn about ``count`` commands dropped for ``reason`` (rate-limited: at most one warning per
+        ``DROP_WARNING_INTERVAL``, giving each reason its own count)."""
+        self._drops_unwarned[reason] = self._drops_unwarned.get(reason, 0) + count
         now = self._clock()
-        if now_or_never or now - self._drop_warning_at >= DROP_WARNING_INTERVAL:
-            logger.warning("seven_segments: dropped %d commands: %s", self._drops_unwarned, reason)
-            self._drops_unwarned = 0
+        if now - self._drop_warning_at >= DROP_WARNING_INTERVAL:
+            self.flush_drop_warnings()
             self._drop_warning_at = now
 
-    def flush_drop_warning(self, reason: str) -> None:
-        """Log the drops not warned about yet (at close)."""
-        if self._drops_unwarned:
-            self.dropped(0, reason, now_or_never=True)
+    def flush_drop_warnings(self) -> None:
+        """Log the drops not warned about yet, each with its own reason (at close, or when due)."""
+        unwarned, self._drops_unwarned = self._drops_unwarned, {}
+        for reason, count in unwarned.items():
+            if count:
+                logger.warning("seven_segments: dropped %d commands: %s", count, reason)

@@ -19,6 +19,7 @@ STATUS = "status"
 DELAY = "delay"
 DROP_BEFORE = "drop_before"
 DROP_AFTER = "drop_after"
+TRICKLE = "trickle"
 #: Per-command fault kinds (bulk only).
 COMMAND_RETRY = "command_retry"
 COMMAND_ERROR = "command_error"
@@ -91,6 +92,14 @@ class Faults:
     def delay_next(self, n: int = 1, seconds: float = 0.1) -> None:
         """The next ``n`` API requests wait ``seconds`` before being handled normally."""
         self._add(n, RequestFault(DELAY, seconds=float(seconds)))
+
+    def trickle_next(self, n: int = 1, seconds: float = 0.2) -> None:
+        """The next ``n`` API requests are applied, then answered one byte every ``seconds``.
+
+        A server that trickles: each byte comes well within a per-read timeout, the whole answer
+        takes far longer. (Stopping the server, or the client hanging up, ends the trickle.)
+        """
+        self._add(n, RequestFault(TRICKLE, seconds=float(seconds)))
 
     def drop_next(self, n: int = 1, after_apply: bool = False) -> None:
         """The next ``n`` API requests get their connection closed without any answer.

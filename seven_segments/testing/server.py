@@ -38,7 +38,17 @@ from ..protocol import (
 )
 from . import analyses as _analyses
 from .campaigns import Campaign, Source, in_file, load_campaigns, load_mapping, matches
-from .faults import COMMAND_ERROR, COMMAND_RETRY, DELAY, DROP_AFTER, DROP_BEFORE, STATUS, Faults, RequestFault
+from .faults import (
+    COMMAND_ERROR,
+    COMMAND_RETRY,
+    DELAY,
+    DROP_AFTER,
+    DROP_BEFORE,
+    STATUS,
+    TRICKLE,
+    Faults,
+    RequestFault,
+)
 from .faults import format_retry_after
 from .store import Command, Store
 from .validation import (
@@ -156,9 +166,12 @@ class _Handler(BaseHTTPRequestHandler):
     sys_version = ""
     timeout = 300
     server: _HTTPServer
+    #: ``(stopping event, seconds per byte)`` while the trickle fault writes the answer.
+    trickle: Optional[Tuple[threading.Event, float]] = None
 
     def setup(self) -> None:
         super().setup()
+        self.trickle = None
         try:
             self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
@@ -213,7 +226,19 @@ class _Handler(BaseHTTPRequestHandler):
         if self.close_connection:
             lines.append("Connection: close")
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-        self.wfile.write(head if self.command == "HEAD" else head + body)
+        answer = head if self.command == "HEAD" else head + body
+        trickle = self.trickle
+        if trickle is None:
+            self.wfile.write(answer)
+            return
+        stopping, seconds = trickle
+        self.trickle = None
+        for index in range(len(answer)):  # one byte at a time (the trickle fault)
+            self.wfile.write(answer[index : index + 1])
+            self.wfile.flush()
+            if stopping.wait(seconds):
+                self.close_connection = True
+                return
 
     def drop(self) -> None:
         """Close the connection without any answer."""
@@ -656,6 +681,8 @@ class LocalServer:
             # Count before answering, so that a client reading stats() after the answer sees it.
             self._count(status, results)
             counted = True
+            if fault is not None and fault.kind == TRICKLE:
+                handler.trickle = (self._stopping, fault.seconds)
             handler.send_json(status, answer, extra_headers)
             return status
         except _Drop:
