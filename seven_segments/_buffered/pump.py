@@ -183,6 +183,7 @@ class Pump:
             if len(item) > 6:  # a large command: give back its accounted memory
                 with self.ledger.lock:
                     self.large_raw_bytes -= item[6]
+                item = item[:6]
             seq += 1
             taken += 1
             try:
@@ -191,7 +192,7 @@ class Pump:
                 self.seq = seq
                 self._refuse_at_take(seq, item, InvalidRequest(f"{item[0]}: the command cannot be encoded: {error}"))
                 continue
-            if len(payload) - envelope[item[0]] > MAX_COMMAND_BYTES:
+            if len(payload) > MAX_COMMAND_BYTES and len(payload) - envelope[item[0]] > MAX_COMMAND_BYTES:
                 self.seq = seq
                 size = len(payload) - envelope[item[0]]
                 self._refuse_at_take(
