@@ -391,6 +391,7 @@ def test_a_wrong_password_says_it_was_not_accepted(server: LocalServer) -> None:
     assert result.returncode == 1
     assert_one_line_error(result)
     assert "the username or password was not accepted" in result.stderr
+    assert "required" not in result.stderr  # they were sent
 
 
 @pytest.mark.parametrize(

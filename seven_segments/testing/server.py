@@ -897,7 +897,8 @@ class LocalServer:
         name, password = _basic_credentials(handler.headers.get("Authorization", ""))
         if name is None or not self._user_ok(name, password or ""):
             raise _Refusal(
-                401, ["HTTP Basic credentials of an export API user are required"],
+                401, ["HTTP Basic credentials of an export API user are required" if name is None
+                      else "the username or password is not that of an export API user"],
                 {"WWW-Authenticate": 'Basic realm="7SEGMENTS export API", charset="UTF-8"'},
             )
         analysis_id = body.get("analysis_id")
