@@ -517,16 +517,21 @@ class SevenSegments(_ApiClient):
             self._transport.close()
 
     def stats(self) -> Dict[str, int]:
-        """Counts since the client was made: queued, sent, retried, failed, dropped, batches, pending,
-        filtered (dropped by ``before_send`` returning ``None``) and discarded (by a disabled client).
+        """Counts since the client was made: queued, sent, retried, failed, unconfirmed (in flight when a
+        close gave up: perhaps applied), dropped (``dropped_queue_full`` + ``dropped_closed``), batches,
+        in_flight, pending, filtered (dropped by ``before_send`` returning ``None``) and discarded (by a
+        disabled client). The keys are the same in both modes.
 
         ``failed`` includes the commands ``before_send`` failed on. A blocking client counts each
         ``track``/``update`` that the server accepted as sent, each that raised as failed, and each
         retry of one as retried.
         """
         if self._worker is None:
-            stats = {"queued": 0, "sent": self._sent.value, "retried": self._retried.value,
-                     "failed": self._failed.value, "dropped": 0, "batches": 0, "pending": 0}
+            stats = {
+                "queued": 0, "sent": self._sent.value, "retried": self._retried.value, "failed": self._failed.value,
+                "unconfirmed": 0, "dropped": 0, "dropped_queue_full": 0, "dropped_closed": 0, "batches": 0,
+                "in_flight": 0, "pending": 0,
+            }
         else:
             stats = self._worker.stats()
         stats["failed"] = stats.get("failed", 0) + self._hook_failed.value

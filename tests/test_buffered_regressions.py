@@ -243,3 +243,10 @@ def test_an_outage_is_met_with_one_request_at_a_time(server: LocalServer) -> Non
     first_ok = statuses.index(200)
     assert statuses.count(503) == 6 and first_ok <= 8
     assert len(server.events()) == 800 and server.stats()["duplicates"] == 0
+
+
+def test_stats_have_the_same_keys_in_both_modes(dead_url: str) -> None:
+    blocking = SevenSegments(TOKEN, "john", target=dead_url)
+    buffered = SevenSegments(TOKEN, "john", target=dead_url, buffered=True)
+    assert set(blocking.stats()) == set(buffered.stats()) >= {"unconfirmed", "dropped_queue_full", "in_flight"}
+    buffered.close(0)

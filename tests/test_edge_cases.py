@@ -124,7 +124,7 @@ def test_flush_without_a_worker_thread_ends_within_its_timeout(server: LocalServ
     real_start = threading.Thread.start
 
     def refuse(self: threading.Thread) -> None:
-        if self.name == "seven-segments-worker":
+        if self.name in ("seven-segments-worker", "seven-segments-sender"):
             raise RuntimeError("can't create new thread at interpreter shutdown")
         real_start(self)
 
