@@ -167,7 +167,7 @@ def load_python(url: str, duration: float, connections: int, processes: int) -> 
             "http_errors": errors, "load": "python"}
 
 
-# --- one cell: one client, one K, one latency ----------------------------------------------------------
+# --- one condition: one K, one latency, every client -------------------------------------------------
 
 
 def wait_healthy(url: str, process: "subprocess.Popen[Any]", timeout: float) -> None:
@@ -192,73 +192,134 @@ def app_command(python: str, wsgi: str, port: int, threads: int) -> List[str]:
     return [python, str(HERE / "webapp_app.py"), "--port", str(port)]
 
 
-def run_cell(client: str, k: int, latency: float, options: argparse.Namespace, python: str) -> Cell:
-    """Serve the app with ``client``, load it, stop it gracefully, count what arrived."""
-    lib = "none" if client == "untracked" else client
-    server_kind = "ours" if (client == "ours" and options.ours_server == "local") else "sink"
-    server = Server(server_kind, latency=latency)
-    workdir = Path(tempfile.mkdtemp(prefix="bench-webapp-"))
-    app: Optional["subprocess.Popen[Any]"] = None
-    try:
+class App:
+    """One running app (gunicorn, or wsgiref) with one client, in its own process group."""
+
+    def __init__(self, client: str, k: int, server: Server, options: argparse.Namespace, python: str, workdir: Path) -> None:
+        self.client = client
+        self.lib = "none" if client == "untracked" else client
+        self.server = server
+        self.count_file = workdir / f"count-{client}.json"
+        self.log = open(workdir / f"app-{client}.log", "w+")
         port = int(closed_port_url().rsplit(":", 1)[1])
-        url = f"http://127.0.0.1:{port}"
-        count_file = workdir / "count.json"
+        self.url = f"http://127.0.0.1:{port}"
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), str(HERE), env.get("PYTHONPATH", "")]))
-        env.pop("POSTHOG_CAPTURE_MODE", None)
-        env.update(BENCH_CLIENT=lib, BENCH_K=str(k), BENCH_URL=server.url, BENCH_COUNT_FILE=str(count_file))
-        app_log = open(workdir / "app.log", "w+")
-        app = subprocess.Popen(app_command(python, options.wsgi, port, options.threads), env=env, cwd=str(REPO),
-                               stdout=app_log, stderr=subprocess.STDOUT, start_new_session=True)
-        wait_healthy(url, app, 30)
-        page = url + "/checkout"
-        if options.load == "wrk":
-            script = workdir / "report.lua"
-            script.write_text(WRK_SCRIPT)
-            load_wrk(page, options.warmup, options.connections, 2, script)
-            measured = load_wrk(page, options.duration, options.connections, 2, script)
-        else:
-            load_python(page, options.warmup, options.connections, 2)
-            measured = load_python(page, options.duration, options.connections, 2)
-        stop_started = time.perf_counter()
-        kill_group(app, signal.SIGTERM)  # gunicorn: graceful stop; the worker runs its exit hooks
+        env.pop("POSTHOG_CAPTURE_MODE", None)  # PostHog's default wire protocol
+        env.update(BENCH_CLIENT=self.lib, BENCH_K=str(k), BENCH_URL=server.url, BENCH_COUNT_FILE=str(self.count_file))
+        self.process = subprocess.Popen(app_command(python, options.wsgi, port, options.threads), env=env, cwd=str(REPO),
+                                        stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def stop(self, timeout: float) -> Dict[str, Any]:
+        """SIGTERM (gunicorn's graceful stop: requests end, exit hooks run); SIGKILL after ``timeout``."""
+        started = time.perf_counter()
+        kill_group(self.process, signal.SIGTERM)
+        killed = False
         try:
-            app.wait(timeout=options.stop_timeout)
-            killed = False
+            self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            kill_group(app, signal.SIGKILL)
-            app.wait(10)
+            kill_group(self.process, signal.SIGKILL)
+            self.process.wait(10)
             killed = True
-        stop_s = time.perf_counter() - stop_started
-        counts = json.loads(count_file.read_text()) if count_file.exists() else {}
-        arrived = server.wait(lib, int(counts.get("tracked", 0)), timeout=max(1.0, 3 * latency), stall=0.5) \
-            if lib != "none" else {"unique": 0, "duplicates": 0}
-        cell: Cell = dict(measured)
-        tracked = counts.get("tracked")
-        cell.update(client=client, k=k, latency_s=latency, stop_s=round(stop_s, 3), killed=killed,
-                    served=counts.get("requests"), tracked=tracked, refused=counts.get("refused"),
-                    received=arrived["unique"], duplicates=arrived["duplicates"], server=server.kind,
-                    wsgi=options.wsgi)
-        cell["lost"] = (tracked - arrived["unique"]) if tracked is not None else None
-        cell["lost_pct"] = (100.0 * cell["lost"] / tracked) if tracked else 0.0 if tracked == 0 else None
-        if tracked is None:
-            app_log.seek(0)
-            cell["note"] = "the app wrote no count (killed?): " + app_log.read()[-200:].replace("\n", " ")
-        return cell
-    except Exception as exc:
-        return {"client": client, "k": k, "latency_s": latency, "error": f"{type(exc).__name__}: {exc}"[:200]}
-    finally:
-        if app is not None and app.poll() is None:
-            kill_group(app, signal.SIGKILL)
+        out: Dict[str, Any] = {"stop_s": round(time.perf_counter() - started, 3), "killed": killed}
+        if self.count_file.exists():
+            counts = json.loads(self.count_file.read_text())
+            out.update({key: counts.get(key) for key in ("requests", "tracked", "refused")})
+        else:
+            self.log.seek(0)
+            out["note"] = f"{self.client}: the app wrote no count (killed?): " + self.log.read()[-200:].replace("\n", " ")
+        return out
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            kill_group(self.process, signal.SIGKILL)
             try:
-                app.wait(10)
+                self.process.wait(10)
             except subprocess.TimeoutExpired:
                 pass
-        server.close()
+        self.log.close()
+
+
+def load(url: str, seconds: float, options: argparse.Namespace, script: Path) -> Dict[str, Any]:
+    if options.load == "wrk":
+        return load_wrk(url, seconds, options.connections, 2, script)
+    return load_python(url, seconds, options.connections, 2)
+
+
+def run_condition(k: int, latency: float, clients: List[str], rounds: int, options: argparse.Namespace,
+                  python: str) -> Dict[str, Cell]:
+    """Every client's app runs at once (idle but for its turn); the load visits them in turn, ``rounds``
+    times, the order rotated each round, so that the untracked app is measured seconds before or after
+    each tracked one. Before a turn, the previous app's client is given time to finish sending (up to
+    ``--drain-timeout``: its server's count stops growing for 0.3 s), so that its background work does
+    not fall on the next app's turn. Then every app is stopped gracefully and what arrived is counted."""
+    workdir = Path(tempfile.mkdtemp(prefix="bench-webapp-"))
+    servers: Dict[str, Server] = {}
+    apps: Dict[str, App] = {}
+    out: Dict[str, Cell] = {c: {"client": c, "k": k, "latency_s": latency, "slices": [], "drain_s": []} for c in clients}
+    script = workdir / "report.lua"
+    script.write_text(WRK_SCRIPT)
+    try:
+        servers["sink"] = Server("sink", latency=latency)
+        if "ours" in clients and options.ours_server == "local":
+            servers["ours"] = Server("ours", latency=latency)
+        for client in clients:
+            server = servers["ours"] if (client == "ours" and "ours" in servers) else servers["sink"]
+            try:
+                apps[client] = App(client, k, server, options, python, workdir)
+            except Exception as exc:
+                out[client]["error"] = f"{type(exc).__name__}: {exc}"[:200]
+        for client, app in list(apps.items()):
+            try:
+                wait_healthy(app.url, app.process, 30)
+                load(app.url + "/checkout", options.warmup, options, script)  # warm-up
+            except Exception as exc:
+                out[client]["error"] = f"{type(exc).__name__}: {exc}"[:200]
+                app.kill()
+                del apps[client]
+        live = [c for c in clients if c in apps]
+        for round_index in range(rounds):
+            shift = round_index % max(1, len(live))
+            for client in live[shift:] + live[:shift]:
+                app = apps[client]
+                try:
+                    measured = load(app.url + "/checkout", options.duration, options, script)
+                except Exception as exc:
+                    measured = {"error": f"{type(exc).__name__}: {exc}"[:200]}
+                measured["round"] = round_index
+                out[client]["slices"].append(measured)
+                if app.lib != "none":
+                    drained = time.perf_counter()
+                    app.server.wait(app.lib, 10**12, timeout=options.drain_timeout, stall=max(0.3, 3 * latency))
+                    out[client]["drain_s"].append(round(time.perf_counter() - drained, 3))
+                text = (f"{measured['req_s']:.0f} req/s, p99 {measured['p99_ms']:.1f} ms" if "error" not in measured
+                        else measured["error"])
+                log(f"  [round {round_index + 1}/{rounds}] K={k} API {api_text(latency)}: {client}: {text}")
+        for client in live:
+            app = apps.pop(client)
+            try:
+                out[client].update(app.stop(options.stop_timeout))
+            finally:
+                app.kill()
+            if app.lib != "none":
+                arrived = app.server.wait(app.lib, int(out[client].get("tracked", 0)), timeout=max(1.0, 3 * latency), stall=0.5)
+                out[client].update(received=arrived["unique"], duplicates=arrived["duplicates"], server=app.server.kind)
+                tracked = out[client].get("tracked")
+                if tracked is not None:
+                    out[client]["lost"] = tracked - arrived["unique"]
+                    out[client]["lost_pct"] = 100.0 * out[client]["lost"] / tracked if tracked else 0.0
+            log(f"  K={k} API {api_text(latency)}: {client} stopped in {out[client].get('stop_s')} s, tracked "
+                f"{out[client].get('tracked')}, received {out[client].get('received')}")
+        return out
+    finally:
+        for app in apps.values():
+            app.kill()
+        for server in servers.values():
+            server.close()
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-# --- rounds, medians, tables -----------------------------------------------------------------------------
+# --- medians, tables -------------------------------------------------------------------------------------
 
 
 def condition_key(k: int, latency: float) -> str:
@@ -274,31 +335,33 @@ def median(values: List[Any]) -> Optional[float]:
     return statistics.median(numbers) if numbers else None
 
 
-def aggregate(raw: Dict[str, Dict[str, List[Cell]]]) -> Dict[str, Dict[str, Cell]]:
-    """Per condition and client: medians over rounds, with each round's ratio to its untracked app."""
+def aggregate(raw: Dict[str, Dict[str, Cell]]) -> Dict[str, Dict[str, Cell]]:
+    """Per condition and client: medians over rounds, with each round's ratio to the untracked app's turn
+    of the same round."""
     out: Dict[str, Dict[str, Cell]] = {}
     for condition, by_client in raw.items():
-        base = by_client.get("untracked", [])
+        base = {s["round"]: s for s in by_client.get("untracked", {}).get("slices", []) if "error" not in s}
         out[condition] = {}
-        for client, cells in by_client.items():
-            ratios = []
-            for index, cell in enumerate(cells):
-                if index < len(base) and "error" not in cell and "error" not in base[index] and base[index]["req_s"]:
-                    ratios.append(cell["req_s"] / base[index]["req_s"])
-            good = [c for c in cells if "error" not in c]
-            if not good:
-                out[condition][client] = {"error": cells[-1].get("error", "not run") if cells else "not run"}
+        for client, cell in by_client.items():
+            if "error" in cell:
+                out[condition][client] = {"error": cell["error"]}
                 continue
-            agg: Cell = {key: median([c.get(key) for c in good]) for key in
-                         ("req_s", "p50_ms", "p99_ms", "p999_ms", "max_ms", "tracked", "received", "lost", "lost_pct",
-                          "duplicates", "refused", "stop_s", "http_errors")}
+            good = [s for s in cell["slices"] if "error" not in s]
+            if not good:
+                errors = [s["error"] for s in cell["slices"]]
+                out[condition][client] = {"error": errors[-1] if errors else "not run"}
+                continue
+            ratios = [s["req_s"] / base[s["round"]]["req_s"] for s in good if s["round"] in base and base[s["round"]]["req_s"]]
+            agg: Cell = {key: median([s.get(key) for s in good]) for key in
+                         ("req_s", "p50_ms", "p99_ms", "p999_ms", "max_ms", "http_errors")}
+            agg.update({key: cell.get(key) for key in ("tracked", "received", "lost", "lost_pct", "duplicates", "refused",
+                                                      "stop_s", "killed", "server")})
+            agg["drain_s"] = median(cell.get("drain_s", []))
             agg["ratio"] = median(ratios)
             agg["ratios"] = [round(r, 3) for r in ratios]
-            agg["lost_max"] = max((c.get("lost") or 0) for c in good)
-            agg["killed"] = any(c.get("killed") for c in good)
             agg["rounds"] = len(good)
-            agg["failed_rounds"] = len(cells) - len(good)
-            agg["notes"] = sorted({c["note"] for c in good if c.get("note")})
+            agg["failed_rounds"] = len(cell["slices"]) - len(good)
+            agg["notes"] = [cell["note"]] if cell.get("note") else []
             out[condition][client] = agg
     return out
 
@@ -307,8 +370,6 @@ def lost_text(cell: Cell) -> str:
     if cell.get("lost") is None:
         return "unknown"
     text = "0" if not cell["lost"] else f"{fmt(cell['lost'])} ({cell['lost_pct']:.1f}%)"
-    if cell.get("lost_max") and cell["lost_max"] != cell["lost"]:
-        text += f", max {fmt(cell['lost_max'])}"
     if cell.get("duplicates"):
         text += f", {fmt(cell['duplicates'])} duplicated"
     return text
@@ -343,7 +404,7 @@ def render(results: Dict[str, Dict[str, Cell]], conditions: List[Tuple[int, floa
         for client in clients:
             cell = by_client.get(client, {"error": "not run"})
             if "error" in cell:
-                detail_rows.append([str(k), api_text(latency), client, str(cell["error"])] + [""] * 8)
+                detail_rows.append([str(k), api_text(latency), client, str(cell["error"])] + [""] * 9)
                 continue
             detail_rows.append([
                 str(k), api_text(latency), client, fmt(cell.get("req_s")),
@@ -351,6 +412,7 @@ def render(results: Dict[str, Dict[str, Cell]], conditions: List[Tuple[int, floa
                 f"{fmt(cell.get('p50_ms'))} / {fmt(cell.get('p99_ms'))} / {fmt(cell.get('p999_ms'))}",
                 fmt(cell.get("tracked")), fmt(cell.get("received")), lost_text(cell) if client != "untracked" else "-",
                 fmt(cell.get("refused")) if cell.get("refused") else "0",
+                "-" if client == "untracked" else fmt(cell.get("drain_s")),
                 fmt(cell.get("stop_s")) + (" (killed)" if cell.get("killed") else ""),
                 ", ".join(f"{r:.2f}" for r in cell.get("ratios", [])),
             ])
@@ -358,8 +420,9 @@ def render(results: Dict[str, Dict[str, Cell]], conditions: List[Tuple[int, floa
         "## Web app: what tracking costs a gunicorn app",
         "",
         f"machine: {meta['machine']}; commit {meta['commit'] or '?'}; {meta['date']}",
-        f"server: {meta['server_line']}; load: {meta['load_line']}; {meta['rounds']} round(s) of {meta['duration']:.0f} s "
-        f"per cell after {meta['warmup']:.0f} s of warm-up, medians of rounds; took {meta['elapsed']:.0f} s",
+        f"server: {meta['server_line']}; load: {meta['load_line']}; every client's app up at once, each loaded "
+        f"{meta['duration']:g} s in its turn, {meta['rounds']} round(s) (order rotated), after {meta['warmup']:g} s of "
+        f"warm-up each; medians of rounds; took {meta['elapsed']:.0f} s",
         "versions: " + ", ".join(f"{name} {version or '?'}" for name, version in meta["versions"].items()),
         f"events went to: {meta['sink_line']}",
         "",
@@ -370,7 +433,8 @@ def render(results: Dict[str, Dict[str, Cell]], conditions: List[Tuple[int, floa
         "### Detail (medians of the rounds)",
         "",
         table(["K", "API", "client", "req/s", "ratio", "latency p50 / p99 / p99.9 (ms)", "events tracked",
-               "received", "lost", "calls refused", "graceful stop (s)", "ratio per round"], detail_rows),
+               "received", "lost", "calls refused", "sending after a turn (s)", "graceful stop (s)", "ratio per round"],
+              detail_rows),
         "",
         "events tracked include the warm-up's. lost = tracked by the handler minus received (deduplicated) by the server, counted after the app "
         "stopped gracefully (SIGTERM; each library's own exit behaviour), so it includes what a library drops at exit. "
@@ -405,6 +469,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--connections", type=int, default=8, help="concurrent connections of the load (wrk -c)")
     parser.add_argument("--threads", type=int, default=8, help="gunicorn gthread threads")
     parser.add_argument("--stop-timeout", type=float, default=45.0, help="seconds a graceful stop may take before SIGKILL")
+    parser.add_argument("--drain-timeout", type=float, default=10.0,
+                        help="after its turn, how long a client may keep sending before the next app's turn starts")
     parser.add_argument("--python", default="", help="interpreter of the app (default: benchmarks/.venv, or this one with --ours-only)")
     parser.add_argument("--json", metavar="FILE", help="save raw and aggregated results as JSON")
     args = parser.parse_args(argv)
@@ -446,21 +512,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         args.load = "wrk" if shutil.which("wrk") else "python"
 
     conditions = [(k, latency) for latency in latencies for k in ks]
-    raw: Dict[str, Dict[str, List[Cell]]] = {condition_key(k, lat): {c: [] for c in clients} for k, lat in conditions}
+    raw: Dict[str, Dict[str, Cell]] = {}
     started = time.perf_counter()
-    for round_index in range(rounds):
-        for k, latency in conditions:
-            shift = round_index % len(clients)
-            order = clients[shift:] + clients[:shift]  # rotate, so that no client always runs first
-            for client in order:
-                log(f"[round {round_index + 1}/{rounds}] K={k} API {api_text(latency)}: {client} ...")
-                cell = run_cell(client, k, latency, args, python)
-                raw[condition_key(k, latency)][client].append(cell)
-                if "error" in cell:
-                    log(f"    {cell['error']}")
-                else:
-                    log(f"    {cell['req_s']:.0f} req/s, p99 {cell['p99_ms']:.1f} ms, tracked {cell.get('tracked')}, "
-                        f"received {cell.get('received')}, stop {cell['stop_s']:.1f} s")
+    for k, latency in conditions:
+        log(f"K={k}, API {api_text(latency)}: starting {len(clients)} apps ({', '.join(clients)})")
+        raw[condition_key(k, latency)] = run_condition(k, latency, clients, rounds, args, python)
     results = aggregate(raw)
 
     import run as run_module  # the machine line and the versions, as run.py prints them
