@@ -1,0 +1,766 @@
+"""A durable spool: commands written to disk before ``track()`` returns, replayed after a crash.
+
+Layout: one folder, private to the user (mode 0o700, files 0o600), shared by many processes. Each
+process writes its own *segment* files, ``<host>-<pid>-<random>-<n>.seg``, and holds an OS lock
+(``flock``) on each of them for as long as it lives: the lock ends with the process however it ends
+(SIGKILL, the OOM killer, ``os._exit``), so a file whose lock can be taken belongs to nobody. No pid
+files.
+
+A segment starts with a 16-byte header (``7SPOOL1``-style magic, a format version byte, the moment
+it was made) followed by records, each written with one ``os.write``::
+
+    magic (2 bytes) | payload length (uint32 LE) | crc32 of the payload (uint32 LE) | payload
+
+Once a record is written it is in the operating system's hands: a process killed at any moment
+after ``append`` returned loses nothing. (Power loss or a kernel crash may lose what the kernel had
+not yet written to the disk, unless the spool was made with ``fsync=True``.)
+
+A segment is sealed when it reaches ``segment_bytes`` and a new one is started. Confirmed records
+(delivered, or refused for good) are noted in an *ack file* next to their segment
+(``<name>.ack``, the offsets of the confirmed records, 8 bytes each, one ``os.write`` per
+``confirm`` call); a sealed segment whose records are all confirmed is deleted with its ack file,
+so the spool does not grow while the API is up.
+
+``recover()`` takes over the segments of dead writers (``flock(LOCK_EX | LOCK_NB)``; checked to be
+still the file of that name, so two processes never replay the same file), and yields the records
+that were never confirmed, oldest first. A record cut short by a kill, or damaged on disk (bad
+magic, length or checksum), is skipped with one warning per file saying how many were lost.
+
+Payloads are opaque bytes here. In the client they are bulk commands, which hold the company token:
+that is why the folder is private to the user.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import re
+import signal
+import socket
+import stat
+import struct
+import threading
+import time
+import weakref
+import zlib
+from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Set, Tuple
+
+__all__ = [
+    "DEFAULT_MAX_BYTES",
+    "FORMAT_VERSION",
+    "RECOVER_CHUNK",
+    "SEGMENT_BYTES",
+    "Record",
+    "Spool",
+    "SpoolError",
+    "SpoolFile",
+    "SpoolReport",
+    "inspect",
+]
+
+logger = logging.getLogger(__name__)
+
+#: The disk a spool may use, per process (its own segments and those it took over).
+DEFAULT_MAX_BYTES = 256 * 1024 * 1024
+#: A segment is sealed, and a new one started, when the next record would take it past this size.
+SEGMENT_BYTES = 4 * 1024 * 1024
+#: ``recover`` yields at most this many records at a time (one bulk request).
+RECOVER_CHUNK = 1000
+#: The format written; files of a higher version are refused.
+FORMAT_VERSION = 1
+#: A record longer than this is taken for damage (a command is at most 100 KiB).
+MAX_RECORD_BYTES = 16 * 1024 * 1024
+
+SEGMENT_SUFFIX = ".seg"
+ACK_SUFFIX = ".ack"
+TEMP_SUFFIX = ".tmp"
+
+_FILE_MAGIC = b"7SSPOOL"
+#: magic (7 bytes), version (1 byte), created (ns since the epoch, uint64 LE).
+_FILE_HEADER = struct.Struct("<7sBQ")
+HEADER_BYTES = _FILE_HEADER.size
+#: Bytes 0xFF 0xA7 start every record (0xFF never occurs in UTF-8 text, so JSON payloads never
+#: contain it: after damage, the next record is found by looking for it).
+_RECORD_MAGIC = 0xA7FF
+_RECORD_MAGIC_BYTES = struct.pack("<H", _RECORD_MAGIC)
+_RECORD_HEADER = struct.Struct("<HII")
+RECORD_HEADER_BYTES = _RECORD_HEADER.size
+_ACK = struct.Struct("<Q")
+
+_OPEN_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_HOST = re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname() or "host")[:64] or "host"
+
+#: Every spool of this process, so that a forked child drops its parent's files even when nobody
+#: calls ``after_fork``.
+_SPOOLS: "weakref.WeakSet[Spool]" = weakref.WeakSet()
+
+
+class SpoolError(ValueError):
+    """The spool's folder cannot be used (a file, not writable, written by a newer version)."""
+
+
+class Record:
+    """One appended (or recovered) record: what ``confirm`` is given back. Opaque."""
+
+    __slots__ = ("segment", "offset")
+
+    def __init__(self, segment: "_Segment", offset: int) -> None:
+        self.segment = segment
+        self.offset = offset
+
+    def __repr__(self) -> str:
+        return f"Record({self.segment.name}, {self.offset})"
+
+
+class _Segment:
+    """One segment file this process holds (its lock is on ``fd``)."""
+
+    __slots__ = ("name", "path", "ack_path", "fd", "ack_fd", "size", "unconfirmed", "sealed", "closed", "records")
+
+    def __init__(self, folder: str, name: str, fd: int, size: int) -> None:
+        self.name = name
+        self.path = os.path.join(folder, name + SEGMENT_SUFFIX)
+        self.ack_path = os.path.join(folder, name + ACK_SUFFIX)
+        self.fd = fd
+        self.ack_fd = -1
+        self.size = size
+        #: Offsets of the records not confirmed yet.
+        self.unconfirmed: Set[int] = set()
+        self.sealed = False
+        self.closed = False
+        #: Records ever held (appended, or found unconfirmed when taken over).
+        self.records = 0
+
+
+class SpoolFile(NamedTuple):
+    """One segment file, as ``inspect`` sees it."""
+
+    name: str
+    #: Records not confirmed yet (commands still to deliver).
+    commands: int
+    bytes: int
+    #: True when a live process holds the file's lock (its writer, or a process that took it over).
+    alive: bool
+    #: Records that are cut short or damaged (for a live writer, possibly one being written).
+    damaged: int
+    version: int
+
+
+class SpoolReport(NamedTuple):
+    """What a spool folder holds."""
+
+    folder: str
+    files: List[SpoolFile]
+
+    @property
+    def commands(self) -> int:
+        """Unconfirmed records in all files."""
+        return sum(entry.commands for entry in self.files)
+
+    @property
+    def bytes(self) -> int:
+        """Size of all segment files."""
+        return sum(entry.bytes for entry in self.files)
+
+
+def _valid_at(data: bytes, view: memoryview, position: int) -> int:
+    """The end of the record at ``position`` when one is there whole and sound, else -1."""
+    if len(data) - position < RECORD_HEADER_BYTES:
+        return -1
+    magic, length, crc = _RECORD_HEADER.unpack_from(data, position)
+    length = int(length)
+    start = position + RECORD_HEADER_BYTES
+    end: int = start + length
+    if magic != _RECORD_MAGIC or length > MAX_RECORD_BYTES or end > len(data):
+        return -1
+    if zlib.crc32(view[start:end]) != crc:
+        return -1
+    return end
+
+
+def parse_records(data: bytes) -> Tuple[List[Tuple[int, int, int]], int]:
+    """The sound records of a segment's bytes (``(offset, payload start, payload end)``), and how
+    many were lost to damage or a cut (a count of record starts in each damaged stretch, at least 1)."""
+    view = memoryview(data)
+    records: List[Tuple[int, int, int]] = []
+    lost = 0
+    position = HEADER_BYTES
+    size = len(data)
+    while position < size:
+        end = _valid_at(data, view, position)
+        if end >= 0:
+            records.append((position, position + RECORD_HEADER_BYTES, end))
+            position = end
+            continue
+        following = data.find(_RECORD_MAGIC_BYTES, position + 1)
+        while following != -1 and _valid_at(data, view, following) < 0:
+            following = data.find(_RECORD_MAGIC_BYTES, following + 1)
+        if following == -1:
+            following = size
+        lost += max(1, data.count(_RECORD_MAGIC_BYTES, position, following))
+        position = following
+    return records, lost
+
+
+def _read_header(data: bytes, path: str) -> Tuple[int, int]:
+    """``(version, created ns)`` of a segment's first bytes; raises ``SpoolError`` for a non-segment."""
+    if len(data) < HEADER_BYTES:
+        raise SpoolError(f"spool file {path} is shorter than a segment header ({len(data)} bytes)")
+    magic, version, created = _FILE_HEADER.unpack_from(data, 0)
+    if magic != _FILE_MAGIC:
+        raise SpoolError(f"spool file {path} is not a seven_segments spool segment")
+    return version, created
+
+
+def _newer(path: str, version: int) -> SpoolError:
+    return SpoolError(
+        f"spool file {path} was written in format version {version}, newer than this seven_segments "
+        f"understands ({FORMAT_VERSION}): upgrade seven_segments, or use another spool folder"
+    )
+
+
+def _read_acks(path: str) -> Set[int]:
+    """The confirmed offsets in an ack file (a cut last entry is ignored)."""
+    try:
+        with open(path, "rb") as file:
+            data = file.read()
+    except FileNotFoundError:
+        return set()
+    whole = len(data) - len(data) % _ACK.size
+    return {offset for (offset,) in _ACK.iter_unpack(data[:whole])}
+
+
+def _read_all(fd: int) -> bytes:
+    chunks: List[bytes] = []
+    position = 0
+    while True:
+        chunk = os.pread(fd, 1 << 20, position)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        position += len(chunk)
+
+
+def _segment_names(folder: str) -> List[str]:
+    return sorted(entry[: -len(SEGMENT_SUFFIX)] for entry in os.listdir(folder) if entry.endswith(SEGMENT_SUFFIX))
+
+
+def _ignore_sigxfsz() -> None:
+    """A write past ``RLIMIT_FSIZE`` raises SIGXFSZ, whose default kills the process: ignore it (so
+    the write fails with EFBIG instead), unless someone set a handler or we are not on the main thread
+    (where ``signal.signal`` cannot be called; then the application must ignore it itself)."""
+    signum = getattr(signal, "SIGXFSZ", None)
+    if signum is None or threading.current_thread() is not threading.main_thread():
+        return
+    try:
+        if signal.getsignal(signum) == signal.SIG_DFL:
+            signal.signal(signum, signal.SIG_IGN)
+    except (ValueError, OSError):  # pragma: no cover - not the main interpreter
+        pass
+
+
+class Spool:
+    """Segment files in one folder, private to the user (0o700), shared by many processes.
+
+    ``append`` is safe from many threads at once; ``confirm`` and ``recover`` are meant for one
+    thread (the engine's pump), and may run while others append. Each process writes its own files
+    and takes over those of dead processes only (see the module's docstring).
+    """
+
+    def __init__(
+        self,
+        folder: str,
+        *,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        fsync: bool = False,
+        segment_bytes: Optional[int] = None,
+    ) -> None:
+        if not isinstance(folder, (str, os.PathLike)):
+            raise TypeError(f"spool must be a folder path, not {type(folder).__name__} {folder!r}")
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes <= 0:
+            raise ValueError(f"spool_max_bytes must be a positive integer, not {max_bytes!r}")
+        if segment_bytes is None:
+            segment_bytes = SEGMENT_BYTES
+        if isinstance(segment_bytes, bool) or not isinstance(segment_bytes, int) or segment_bytes <= HEADER_BYTES:
+            raise ValueError(f"segment_bytes must be an integer > {HEADER_BYTES}, not {segment_bytes!r}")
+        self._folder = os.path.abspath(os.fspath(folder))
+        self._max_bytes = max_bytes
+        # A fully confirmed segment still takes its room until it is sealed: keep it a small part of the bound.
+        self._segment_bytes = max(HEADER_BYTES + 1, min(segment_bytes, max_bytes // 4))
+        self._fsync = bool(fsync)
+        _prepare_folder(self._folder)
+        for name in _segment_names(self._folder):
+            path = os.path.join(self._folder, name + SEGMENT_SUFFIX)
+            try:
+                with open(path, "rb") as file:
+                    head = file.read(HEADER_BYTES)
+            except OSError:
+                continue  # deleted meanwhile, or not ours to read: recover() says so
+            if len(head) == HEADER_BYTES and head[:7] == _FILE_MAGIC and head[7] > FORMAT_VERSION:
+                raise _newer(path, head[7])
+        _ignore_sigxfsz()
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._segments: Dict[str, _Segment] = {}
+        self._current: Optional[_Segment] = None
+        self._serial = 0
+        self._random = os.urandom(4).hex()
+        self._closed = False
+        self._kept_at_close = 0
+        self._appended = self._confirmed = self._replayed = self._dropped = self._damaged = 0
+        self._kept_bytes = 0
+        self._failure_logged = False
+        try:  # the first segment now: proves the folder can be written, with a clear error if not
+            self._current = self._new_segment()
+        except OSError as error:
+            raise SpoolError(f"spool folder {self._folder} cannot be written: {error.strerror or error}") from None
+        _SPOOLS.add(self)
+
+    @property
+    def folder(self) -> str:
+        """The spool's folder (absolute)."""
+        return self._folder
+
+    def __repr__(self) -> str:
+        return f"Spool({self._folder!r})"
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    def _new_segment(self) -> _Segment:
+        """Make, lock and name a new segment (under a temporary name until locked, so that no other
+        process can take it for a dead writer's)."""
+        self._serial += 1
+        name = f"{_HOST}-{os.getpid()}-{self._random}-{self._serial}"
+        temp = os.path.join(self._folder, "." + name + TEMP_SUFFIX)
+        fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND | _OPEN_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            header = _FILE_HEADER.pack(_FILE_MAGIC, FORMAT_VERSION, time.time_ns())
+            if os.write(fd, header) != len(header):
+                raise OSError(errno.ENOSPC, "no room for a segment header")
+            segment = _Segment(self._folder, name, fd, HEADER_BYTES)
+            os.rename(temp, segment.path)
+        except BaseException:
+            os.close(fd)
+            try:
+                os.unlink(temp)
+            except OSError:
+                pass
+            raise
+        if self._fsync:
+            os.fsync(fd)
+            self._fsync_folder()
+        self._segments[name] = segment
+        self._kept_bytes += HEADER_BYTES
+        return segment
+
+    def _fsync_folder(self) -> None:
+        try:
+            folder_fd = os.open(self._folder, os.O_RDONLY | _OPEN_CLOEXEC)
+            try:
+                os.fsync(folder_fd)
+            finally:
+                os.close(folder_fd)
+        except OSError:
+            pass
+
+    def append(self, payload: bytes) -> Optional[Record]:
+        """Write one record; returns it, or None (never raises) when the spool is full, closed, or the
+        write failed (a full disk, ``RLIMIT_FSIZE``): such a record is counted as dropped."""
+        if self._pid != os.getpid():
+            self.after_fork()
+        data = _RECORD_HEADER.pack(_RECORD_MAGIC, len(payload), zlib.crc32(payload)) + payload
+        size = len(data)
+        with self._lock:
+            segment = self._current
+            if self._closed or self._kept_bytes + size > self._max_bytes:
+                self._dropped += 1
+                return None
+            try:
+                if segment is None or (segment.size + size > self._segment_bytes and segment.records):
+                    segment = self._rotate()
+                offset = segment.size
+                written = os.write(segment.fd, data)
+                if written != size:
+                    raise OSError(errno.ENOSPC, f"only {written} of {size} bytes written")
+                if self._fsync:
+                    os.fsync(segment.fd)
+            except OSError as error:
+                self._write_failed(segment, error)
+                return None
+            segment.size = offset + size
+            segment.records += 1
+            segment.unconfirmed.add(offset)
+            self._kept_bytes += size
+            self._appended += 1
+        return Record(segment, offset)
+
+    def _rotate(self) -> _Segment:
+        """Seal the current segment (deleting it when nothing in it waits) and start a new one."""
+        old = self._current
+        self._current = None
+        if old is not None:
+            old.sealed = True
+            if not old.unconfirmed:
+                self._delete(old)
+        self._current = self._new_segment()
+        return self._current
+
+    def _write_failed(self, segment: Optional[_Segment], error: OSError) -> None:
+        """Count the drop; cut what part of the record got written (or seal the segment when that
+        fails too), so that the file stays readable."""
+        self._dropped += 1
+        if not self._failure_logged:
+            self._failure_logged = True
+            logger.warning("seven_segments: cannot write to the spool %s (%s); commands are dropped", self._folder, error.strerror or error)
+        if segment is None or segment is not self._current:
+            return
+        try:
+            if os.fstat(segment.fd).st_size != segment.size:
+                os.ftruncate(segment.fd, segment.size)
+        except OSError:
+            segment.sealed = True
+            self._current = None
+            if not segment.unconfirmed:
+                self._delete(segment)
+
+    # -- confirming ------------------------------------------------------------------------------
+
+    def confirm(self, records: Sequence[Record]) -> None:
+        """Note that ``records`` (in any order) were settled: delivered, or refused for good.
+
+        One write to each touched segment's ack file; a sealed segment whose records are all
+        confirmed is deleted with its ack file. Records of another process (a parent's, after a
+        fork) or of a closed spool are ignored. Never raises for a disk error (the records would be
+        replayed, which the server's ``command_id`` makes harmless)."""
+        if not records:
+            return
+        by_segment: Dict[_Segment, List[int]] = {}
+        for record in records:
+            by_segment.setdefault(record.segment, []).append(record.offset)
+        with self._lock:
+            for segment, offsets in by_segment.items():
+                if segment.closed or self._segments.get(segment.name) is not segment:
+                    continue
+                fresh = [offset for offset in offsets if offset in segment.unconfirmed]
+                if not fresh:
+                    continue
+                segment.unconfirmed.difference_update(fresh)
+                self._confirmed += len(fresh)
+                if segment.sealed and not segment.unconfirmed:
+                    self._delete(segment)
+                    continue
+                try:
+                    if segment.ack_fd < 0:
+                        segment.ack_fd = os.open(
+                            segment.ack_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | _OPEN_CLOEXEC, 0o600
+                        )
+                    os.write(segment.ack_fd, b"".join(_ACK.pack(offset) for offset in fresh))
+                except OSError as error:
+                    logger.debug("seven_segments: cannot note confirmations in %s: %s", segment.ack_path, error)
+
+    def _delete(self, segment: _Segment) -> None:
+        """Remove a segment (file first, then its ack file, then the lock), under ``_lock``."""
+        for path in (segment.path, segment.ack_path):
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+        self._release(segment)
+        self._kept_bytes -= segment.size
+        self._segments.pop(segment.name, None)
+
+    @staticmethod
+    def _release(segment: _Segment) -> None:
+        segment.closed = True
+        for fd in (segment.ack_fd, segment.fd):
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        segment.fd = segment.ack_fd = -1
+
+    # -- recovering ------------------------------------------------------------------------------
+
+    def recover(self) -> Iterator[List[Tuple[Record, bytes]]]:
+        """The records never confirmed of the segments whose writer is dead, in chunks of at most
+        ``RECOVER_CHUNK``, oldest first.
+
+        Each such segment is taken over (its lock) as the iteration reaches it, and belongs to this
+        process from then on: confirm its records like any others; once all are, it is deleted.
+        Damaged or cut records are skipped with one warning per file. Call it again later to take
+        over files of writers that died since; files already taken are not yielded again.
+        """
+        if self._pid != os.getpid():
+            self.after_fork()
+        candidates: List[Tuple[int, str]] = []
+        try:
+            entries = os.listdir(self._folder)
+        except OSError as error:
+            logger.warning("seven_segments: cannot list the spool %s: %s", self._folder, error.strerror or error)
+            return
+        names = set(entries)
+        for entry in entries:
+            if entry.endswith(SEGMENT_SUFFIX):
+                name = entry[: -len(SEGMENT_SUFFIX)]
+                if name in self._segments:
+                    continue
+                candidates.append((self._created(os.path.join(self._folder, entry)), name))
+            elif entry.endswith(ACK_SUFFIX) and entry[: -len(ACK_SUFFIX)] + SEGMENT_SUFFIX not in names:
+                self._remove_orphan(entry[: -len(ACK_SUFFIX)])
+            elif entry.startswith(".") and entry.endswith(TEMP_SUFFIX):
+                self._remove_dead_temp(os.path.join(self._folder, entry))
+        candidates.sort()
+        chunk: List[Tuple[Record, bytes]] = []
+        for _, name in candidates:
+            if self._closed:
+                break
+            taken = self._take(name)
+            if taken is None:
+                continue
+            segment, payloads = taken
+            for offset, payload in payloads:
+                chunk.append((Record(segment, offset), payload))
+                if len(chunk) >= RECOVER_CHUNK:
+                    self._replayed += len(chunk)
+                    yield chunk
+                    chunk = []
+        if chunk:
+            self._replayed += len(chunk)
+            yield chunk
+
+    @staticmethod
+    def _created(path: str) -> int:
+        try:
+            with open(path, "rb") as file:
+                head = file.read(HEADER_BYTES)
+            created: int = _FILE_HEADER.unpack(head)[2] if len(head) == HEADER_BYTES else 0
+            return created
+        except OSError:
+            return 0
+
+    def _remove_orphan(self, name: str) -> None:
+        """An ack file whose segment is gone (its owner died between the two deletions)."""
+        if os.path.exists(os.path.join(self._folder, name + SEGMENT_SUFFIX)):
+            return
+        try:
+            os.unlink(os.path.join(self._folder, name + ACK_SUFFIX))
+        except OSError:
+            pass
+
+    @staticmethod
+    def _remove_dead_temp(path: str) -> None:
+        """A segment its maker died before naming (it holds no record): removed when unlocked."""
+        try:
+            fd = os.open(path, os.O_RDONLY | _OPEN_CLOEXEC)
+        except OSError:
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.unlink(path)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+    def _take(self, name: str) -> Optional[Tuple[_Segment, List[Tuple[int, bytes]]]]:
+        """Lock a dead writer's segment and read what it holds unconfirmed; None when it is alive,
+        gone, or unreadable (warned)."""
+        path = os.path.join(self._folder, name + SEGMENT_SUFFIX)
+        try:
+            fd = os.open(path, os.O_RDONLY | _OPEN_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        except OSError as error:
+            logger.warning("seven_segments: cannot open spool file %s: %s", path, error.strerror or error)
+            return None
+        keep = False
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                return None  # a live process holds it
+            try:
+                if os.stat(path).st_ino != os.fstat(fd).st_ino:
+                    return None  # replaced meanwhile
+            except FileNotFoundError:
+                return None  # taken, replayed and deleted by another process meanwhile
+            data = _read_all(fd)
+            try:
+                version, _ = _read_header(data, path)
+            except SpoolError as error:
+                logger.warning("seven_segments: %s; left as it is", error)
+                return None
+            if version > FORMAT_VERSION:
+                logger.warning("seven_segments: %s; left as it is", _newer(path, version))
+                return None
+            records, lost = parse_records(data)
+            acked = _read_acks(os.path.join(self._folder, name + ACK_SUFFIX))
+            if lost:
+                self._damaged += lost
+                logger.warning(
+                    "seven_segments: spool file %s: %d record%s cut short or damaged, skipped (lost)",
+                    path, lost, "" if lost == 1 else "s",
+                )
+            segment = _Segment(self._folder, name, fd, len(data))
+            segment.sealed = True
+            payloads = [(offset, data[start:end]) for offset, start, end in records if offset not in acked]
+            segment.unconfirmed.update(offset for offset, _ in payloads)
+            segment.records = len(payloads)
+            keep = True
+            with self._lock:
+                self._segments[name] = segment
+                self._kept_bytes += segment.size
+                if not payloads:
+                    self._delete(segment)
+            return segment, payloads
+        except OSError as error:
+            logger.warning("seven_segments: cannot read spool file %s: %s", path, error.strerror or error)
+            return None
+        finally:
+            if not keep:
+                os.close(fd)
+
+    # -- processes -------------------------------------------------------------------------------
+
+    def after_fork(self) -> None:
+        """In a forked child: let go of the parent's files (closing the inherited descriptors, which
+        leaves the parent's locks to the parent) and start the child's own segment on its next append.
+        Does nothing in the process that made the spool (or that already ran it)."""
+        if self._pid == os.getpid():
+            return
+        self._pid = os.getpid()
+        self._lock = threading.Lock()  # the parent's may have been held by one of its threads
+        for segment in self._segments.values():
+            self._release(segment)
+        self._segments = {}
+        self._current = None
+        self._random = os.urandom(4).hex()
+        self._serial = 0
+        self._kept_bytes = 0
+        self._appended = self._confirmed = self._replayed = self._dropped = self._damaged = 0
+        self._failure_logged = False
+
+    def close(self) -> int:
+        """Stop writing and let go of every file (their locks); returns how many records remain
+        unconfirmed, kept on disk for the next start. Idempotent."""
+        if self._pid != os.getpid():
+            self.after_fork()
+        with self._lock:
+            if self._closed:
+                return self._kept_at_close
+            self._closed = True
+            kept = 0
+            for segment in list(self._segments.values()):
+                if not segment.unconfirmed:
+                    self._delete(segment)
+                else:
+                    kept += len(segment.unconfirmed)
+                    self._release(segment)
+            self._segments = {}
+            self._current = None
+            self._kept_at_close = kept
+            return kept
+
+    def stats(self) -> Dict[str, int]:
+        """Counters of this process: appended, confirmed, replayed (yielded by ``recover``), dropped
+        (full, closed, or failed writes), damaged (records lost to damage in files taken over),
+        kept (records unconfirmed now), kept_bytes (size of the files held) and files (held)."""
+        with self._lock:
+            return {
+                "appended": self._appended,
+                "confirmed": self._confirmed,
+                "replayed": self._replayed,
+                "dropped": self._dropped,
+                "damaged": self._damaged,
+                "kept": self._kept_at_close if self._closed else sum(len(s.unconfirmed) for s in self._segments.values()),
+                "kept_bytes": self._kept_bytes,
+                "files": len(self._segments),
+            }
+
+
+def _prepare_folder(folder: str) -> None:
+    """Create ``folder`` (0o700) if missing; raise ``SpoolError`` naming it when it cannot serve."""
+    try:
+        info = os.stat(folder)
+    except FileNotFoundError:
+        try:
+            os.makedirs(folder, mode=0o700)
+            os.chmod(folder, 0o700)  # makedirs' mode passes through the umask
+        except FileExistsError:
+            pass  # another process made it meanwhile
+        except OSError as error:
+            raise SpoolError(f"spool folder {folder} cannot be created: {error.strerror or error}") from None
+        info = os.stat(folder)
+    except NotADirectoryError:
+        raise SpoolError(f"spool folder {folder} cannot be created: a part of the path is a file") from None
+    except OSError as error:
+        raise SpoolError(f"spool folder {folder} cannot be used: {error.strerror or error}") from None
+    if not stat.S_ISDIR(info.st_mode):
+        raise SpoolError(f"spool path {folder} is a file, not a folder")
+    if info.st_uid == os.geteuid() and stat.S_IMODE(info.st_mode) & 0o077:
+        try:
+            os.chmod(folder, stat.S_IMODE(info.st_mode) & 0o700)  # its files hold the company token
+        except OSError:
+            pass
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise SpoolError(f"spool folder {folder} cannot be written (permission denied)")
+
+
+def inspect(folder: str) -> SpoolReport:
+    """What the spool at ``folder`` holds: each segment's unconfirmed records, size, and whether a
+    live process holds it. Reads only (takes no file over); raises ``SpoolError`` when ``folder`` is
+    not a spool folder."""
+    folder = os.path.abspath(os.fspath(folder))
+    if not os.path.isdir(folder):
+        raise SpoolError(f"spool folder {folder} does not exist" if not os.path.exists(folder) else f"spool path {folder} is not a folder")
+    try:
+        names = _segment_names(folder)
+    except OSError as error:
+        raise SpoolError(f"spool folder {folder} cannot be read: {error.strerror or error}") from None
+    files: List[SpoolFile] = []
+    for name in names:
+        path = os.path.join(folder, name + SEGMENT_SUFFIX)
+        try:
+            fd = os.open(path, os.O_RDONLY | _OPEN_CLOEXEC)
+        except FileNotFoundError:
+            continue
+        except OSError as error:
+            raise SpoolError(f"spool file {path} cannot be read: {error.strerror or error}") from None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                alive = False
+            except OSError:
+                alive = True
+            data = _read_all(fd)
+        finally:
+            os.close(fd)
+        try:
+            version, _ = _read_header(data, path)
+        except SpoolError:
+            files.append(SpoolFile(name + SEGMENT_SUFFIX, 0, len(data), alive, 0, 0))
+            continue
+        if version > FORMAT_VERSION:
+            files.append(SpoolFile(name + SEGMENT_SUFFIX, 0, len(data), alive, 0, version))
+            continue
+        records, lost = parse_records(data)
+        acked = _read_acks(os.path.join(folder, name + ACK_SUFFIX))
+        pending = sum(1 for offset, _, _ in records if offset not in acked)
+        files.append(SpoolFile(name + SEGMENT_SUFFIX, pending, len(data), alive, lost, version))
+    return SpoolReport(folder, files)
+
+
+def _after_fork_in_child() -> None:
+    for spool in list(_SPOOLS):
+        try:
+            spool.after_fork()
+        except Exception:  # pragma: no cover - never let a fork hook raise
+            pass
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

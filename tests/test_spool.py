@@ -1,0 +1,537 @@
+"""The durable spool (seven_segments/spool.py) on real files, with real processes and real signals.
+
+Children are small scripts run with ``PYTHONPATH`` set to this checkout; each is bounded in time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import resource
+import select
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from typing import Dict, Iterator, List, Set, Tuple
+
+import pytest
+
+from seven_segments import spool as spool_module
+from seven_segments.spool import (
+    FORMAT_VERSION,
+    HEADER_BYTES,
+    RECORD_HEADER_BYTES,
+    Record,
+    Spool,
+    SpoolError,
+    inspect,
+    parse_records,
+)
+
+from .conftest import exit_code
+
+pytestmark = pytest.mark.timeout(60)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LOGGER = "seven_segments.spool"
+
+
+def payload(number: int, pad: int = 40) -> bytes:
+    """A payload that says which it is, so that garbage or a mix-up cannot pass for it."""
+    return json.dumps({"id": number, "pad": "p" * (pad + number % 17)}).encode()
+
+
+def number_of(data: bytes) -> int:
+    number = json.loads(data)["id"]
+    assert data == payload(number), data  # whole, and not some other record's bytes
+    return int(number)
+
+
+def recover_all(spool: Spool) -> List[Tuple[Record, bytes]]:
+    found: List[Tuple[Record, bytes]] = []
+    for chunk in spool.recover():
+        assert 0 < len(chunk) <= 1000
+        found.extend(chunk)
+    return found
+
+
+def segments(folder: str) -> List[str]:
+    return sorted(name for name in os.listdir(folder) if name.endswith(".seg"))
+
+
+def folder_bytes(folder: str) -> int:
+    return sum(os.path.getsize(os.path.join(folder, name)) for name in os.listdir(folder))
+
+
+def child_env() -> Dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = ROOT
+    return env
+
+
+#: Children load seven_segments/spool.py alone (it imports nothing of the package): importing the
+#: package would load requests, most of a second per child on this machine.
+CHILD_PRELUDE = f"""
+import importlib.util, sys
+_spec = importlib.util.spec_from_file_location("seven_segments.spool", {os.path.join(ROOT, "seven_segments", "spool.py")!r})
+_module = importlib.util.module_from_spec(_spec)
+sys.modules["seven_segments.spool"] = _module
+_spec.loader.exec_module(_module)
+"""
+
+
+def start_child(script: str, *args: str) -> "subprocess.Popen[bytes]":
+    return subprocess.Popen(
+        [sys.executable, "-c", CHILD_PRELUDE + textwrap.dedent(script), *args],
+        env=child_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+
+
+def read_line(process: "subprocess.Popen[bytes]", timeout: float = 10.0) -> bytes:
+    assert process.stdout is not None
+    ready, _, _ = select.select([process.stdout], [], [], timeout)
+    assert ready, "the child said nothing in time"
+    return process.stdout.readline()
+
+
+@pytest.fixture
+def folder(tmp_path: "os.PathLike[str]") -> str:
+    return os.path.join(os.fspath(tmp_path), "spool")
+
+
+# -- in one process ---------------------------------------------------------------------------------
+
+
+def test_round_trip_confirm_in_random_order(folder: str, caplog: pytest.LogCaptureFixture) -> None:
+    writer = Spool(folder, segment_bytes=4096)
+    assert stat_mode(folder) == 0o700
+    records = [writer.append(payload(number)) for number in range(500)]
+    assert all(record is not None for record in records)
+    confirmed = random.Random(7).sample(range(500), 300)
+    chunks = [confirmed[start : start + 37] for start in range(0, 300, 37)]
+    for chunk in chunks:  # out of order, as requests complete
+        writer.confirm([records[number] for number in chunk])  # type: ignore[misc]
+    writer.confirm([records[confirmed[0]]])  # type: ignore[list-item]  # twice: no harm
+    stats = writer.stats()
+    assert (stats["appended"], stats["confirmed"], stats["kept"]) == (500, 300, 200)
+    assert writer.close() == 200
+    assert writer.close() == 200  # idempotent
+    assert writer.append(b"late") is None
+    for name in os.listdir(folder):
+        assert stat_mode(os.path.join(folder, name)) == 0o600
+
+    reader = Spool(folder)
+    found = recover_all(reader)
+    numbers = [number_of(data) for _, data in found]
+    assert numbers == sorted(set(range(500)) - set(confirmed))  # oldest first, each once
+    assert reader.stats()["replayed"] == 200
+    assert recover_all(reader) == []  # already taken
+    reader.confirm([record for record, _ in found])
+    assert reader.close() == 0
+    assert segments(folder) == [] and os.listdir(folder) == []
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def stat_mode(path: str) -> int:
+    return os.stat(path).st_mode & 0o777
+
+
+def test_no_growth_while_confirmed(folder: str) -> None:
+    writer = Spool(folder, segment_bytes=64 * 1024)
+    pending: List[Record] = []
+    biggest = 0
+    for number in range(50_000):
+        record = writer.append(payload(number, pad=100))
+        assert record is not None
+        pending.append(record)
+        if len(pending) == 500:
+            random.shuffle(pending)
+            writer.confirm(pending)
+            pending = []
+            if number % 5000 == 4999:
+                biggest = max(biggest, folder_bytes(folder))
+    assert biggest <= 3 * 64 * 1024 + 4096, biggest  # the live segment, at most one sealed, their acks
+    stats = writer.stats()
+    assert stats["appended"] == stats["confirmed"] == 50_000 and stats["kept"] == 0
+    assert stats["files"] == 1 and stats["kept_bytes"] <= 64 * 1024
+    assert writer.close() == 0
+    assert os.listdir(folder) == []
+
+
+def test_max_bytes_drops_and_counts(folder: str) -> None:
+    writer = Spool(folder, max_bytes=20_000)
+    kept = [writer.append(payload(number, pad=200)) for number in range(200)]
+    accepted = [record for record in kept if record is not None]
+    stats = writer.stats()
+    assert 0 < len(accepted) < 200 and stats["dropped"] == 200 - len(accepted)
+    assert stats["kept_bytes"] <= 20_000
+    writer.confirm(accepted)  # space given back: accepted again
+    assert writer.append(payload(1)) is not None
+    writer.close()
+
+
+def test_appends_from_many_threads(folder: str) -> None:
+    writer = Spool(folder, segment_bytes=16 * 1024)
+    results: List[List[Record]] = [[] for _ in range(4)]
+
+    def burst(index: int) -> None:
+        for number in range(index * 10_000, index * 10_000 + 2000):
+            record = writer.append(payload(number))
+            assert record is not None
+            results[index].append(record)
+
+    threads = [threading.Thread(target=burst, args=(index,)) for index in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert writer.close() == 8000
+    reader = Spool(folder)
+    numbers = sorted(number_of(data) for _, data in recover_all(reader))
+    assert numbers == sorted(n for i in range(4) for n in range(i * 10_000, i * 10_000 + 2000))
+    reader.close()
+
+
+def test_damaged_file_skips_and_warns(folder: str, caplog: pytest.LogCaptureFixture) -> None:
+    writer = Spool(folder)
+    records = [writer.append(payload(number)) for number in range(100)]
+    writer.close()
+    (name,) = segments(folder)
+    path = os.path.join(folder, name)
+    with open(path, "r+b") as file:
+        data = bytearray(file.read())
+        # record 30: a byte of its payload; record 60: its length field.
+        data[records[30].offset + RECORD_HEADER_BYTES + 5] ^= 0xFF  # type: ignore[union-attr]
+        data[records[60].offset + 4] ^= 0x40  # type: ignore[union-attr]
+        file.seek(0)
+        file.write(data)
+    caplog.set_level(logging.WARNING, LOGGER)
+    reader = Spool(folder)
+    numbers = [number_of(data) for _, data in recover_all(reader)]
+    assert numbers == [n for n in range(100) if n not in (30, 60)]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and path in warnings[0] and " 2 records" in warnings[0], warnings
+    assert reader.stats()["damaged"] == 2
+    reader.close()
+
+
+def test_parse_records_never_yields_garbage() -> None:
+    """Whatever the damage, parse_records returns only records whose checksum holds."""
+    folder_data = bytearray(b"7SSPOOL\x01" + bytes(8))
+    import struct
+    import zlib
+
+    for number in range(50):
+        body = payload(number)
+        folder_data += struct.pack("<HII", 0xA7FF, len(body), zlib.crc32(body)) + body
+    generator = random.Random(3)
+    for _ in range(200):
+        damaged = bytearray(folder_data)
+        for _ in range(generator.randint(1, 5)):
+            damaged[generator.randrange(HEADER_BYTES, len(damaged))] = generator.randrange(256)
+        cut = generator.randrange(HEADER_BYTES, len(damaged) + 1)
+        data = bytes(damaged[:cut])
+        records, lost = parse_records(data)
+        for offset, start, end in records:
+            number_of(data[start:end])
+        if data != bytes(folder_data):
+            assert lost >= 1 or len(records) <= 50
+
+
+def test_bad_folders(tmp_path: "os.PathLike[str]") -> None:
+    base = os.fspath(tmp_path)
+    a_file = os.path.join(base, "a-file")
+    with open(a_file, "w") as file:
+        file.write("x")
+    with pytest.raises(SpoolError, match=f"{a_file} is a file"):
+        Spool(a_file)
+    under_a_file = os.path.join(a_file, "spool")
+    with pytest.raises(SpoolError, match=under_a_file):
+        Spool(under_a_file)
+    with pytest.raises(ValueError, match="spool_max_bytes"):
+        Spool(os.path.join(base, "s"), max_bytes=0)
+    with pytest.raises(TypeError, match="folder path"):
+        Spool(5)  # type: ignore[arg-type]
+    if os.geteuid() != 0:
+        locked = os.path.join(base, "read-only")
+        os.mkdir(locked, 0o500)
+        try:
+            with pytest.raises(SpoolError, match=f"{locked} cannot be written"):
+                Spool(locked)
+            with pytest.raises(SpoolError, match=os.path.join(locked, "inner")):
+                Spool(os.path.join(locked, "inner"))
+        finally:
+            os.chmod(locked, 0o700)
+    else:  # root writes anywhere, but not where no folder can be made
+        with pytest.raises(SpoolError, match="/proc/1/no-spool-here"):
+            Spool("/proc/1/no-spool-here")
+
+
+def test_newer_format_refused(folder: str) -> None:
+    Spool(folder).close()
+    newer = os.path.join(folder, "other-1-abcd-1.seg")
+    with open(newer, "wb") as file:
+        file.write(b"7SSPOOL" + bytes([FORMAT_VERSION + 1]) + bytes(8) + b"future records")
+    with pytest.raises(SpoolError, match=rf"{newer} was written in format version {FORMAT_VERSION + 1}"):
+        Spool(folder)
+    assert [entry.version for entry in inspect(folder).files] == [FORMAT_VERSION + 1]
+
+
+def test_group_readable_folder_made_private(folder: str) -> None:
+    os.makedirs(folder)
+    os.chmod(folder, 0o755)
+    Spool(folder).close()
+    assert stat_mode(folder) == 0o700
+
+
+# -- processes --------------------------------------------------------------------------------------
+
+BURST = """
+import os, sys, threading, json
+from seven_segments.spool import Spool
+spool = Spool(sys.argv[1], segment_bytes=32 * 1024)
+
+def payload(number, pad=40):
+    return json.dumps({"id": number, "pad": "p" * (pad + number % 17)}).encode()
+
+def burst(first):
+    number = first
+    while True:
+        if spool.append(payload(number)) is None:
+            os._exit(3)
+        os.write(1, b"%d\\n" % number)  # after append returned: one write, atomic on a pipe
+        number += 1
+
+for first in (0, 10_000_000):
+    threading.Thread(target=burst, args=(first,), daemon=True).start()
+threading.Event().wait(30)
+"""
+
+
+def test_sigkill_mid_burst_loses_nothing_appended(folder: str, caplog: pytest.LogCaptureFixture) -> None:
+    child = start_child(BURST, folder)
+    assert child.stdout is not None
+    reported: Set[int] = set()
+    buffer = b""
+    deadline = time.monotonic() + 20
+    while len(reported) < 3000 and time.monotonic() < deadline:
+        ready, _, _ = select.select([child.stdout], [], [], 5)
+        assert ready, child.stderr.read() if child.stderr else ""
+        buffer += os.read(child.stdout.fileno(), 65536)
+        *lines, buffer = buffer.split(b"\n")
+        reported.update(int(line) for line in lines)
+    child.send_signal(signal.SIGKILL)
+    rest, _ = child.communicate(timeout=10)
+    assert child.returncode == -signal.SIGKILL
+    lines = (buffer + rest).split(b"\n")
+    reported.update(int(line) for line in lines[:-1])  # the last may be cut by the kill
+    assert len(reported) >= 3000
+
+    # A torn last record, as a kill in the middle of a write leaves it.
+    last = max(segments(folder), key=lambda name: os.path.getmtime(os.path.join(folder, name)))
+    torn_path = os.path.join(folder, last)
+    with open(torn_path, "ab") as file:
+        body = payload(99_999_999)
+        import struct
+        import zlib
+
+        file.write(struct.pack("<HII", 0xA7FF, len(body), zlib.crc32(body)) + body[: len(body) // 2])
+
+    caplog.set_level(logging.WARNING, LOGGER)
+    reader = Spool(folder)
+    found = recover_all(reader)
+    numbers = [number_of(data) for _, data in found]
+    assert len(numbers) == len(set(numbers))  # exactly once
+    assert reported <= set(numbers), sorted(reported - set(numbers))[:10]
+    assert 99_999_999 not in numbers
+    # Each thread's records in its own order (oldest first).
+    for low, high in ((0, 10_000_000), (10_000_000, 20_000_000)):
+        mine = [n for n in numbers if low <= n < high]
+        assert mine == sorted(mine)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warnings == [w for w in warnings if torn_path in w] and len(warnings) == 1, warnings
+    assert "1 record cut short or damaged" in warnings[0]
+    reader.confirm([record for record, _ in found])
+    assert reader.close() == 0
+    assert segments(folder) == []
+
+
+LIVE_WRITER = """
+import sys, json
+from seven_segments.spool import Spool
+spool = Spool(sys.argv[1], segment_bytes=2048)
+for number in range(int(sys.argv[2]), int(sys.argv[2]) + 50):
+    assert spool.append(json.dumps({"id": number, "pad": "p" * (40 + number % 17)}).encode()) is not None
+print("ready", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_live_writer_files_never_taken(folder: str) -> None:
+    writer = start_child(LIVE_WRITER, folder, "1000")
+    try:
+        assert read_line(writer) == b"ready\n"
+        assert len(segments(folder)) >= 2
+        reader = Spool(folder)
+        assert recover_all(reader) == []
+        report = inspect(folder)
+        assert report.commands == 50 and all(entry.alive for entry in report.files)
+        writer.kill()
+        writer.wait(10)
+        report = inspect(folder)
+        mine = {os.path.basename(s.path) for s in reader._segments.values()}
+        assert all(not entry.alive for entry in report.files if entry.name not in mine)
+        found = recover_all(reader)
+        assert sorted(number_of(data) for _, data in found) == list(range(1000, 1050))
+        assert recover_all(reader) == []
+        reader.confirm([record for record, _ in found])
+        assert reader.close() == 0
+        assert segments(folder) == []
+    finally:
+        writer.kill()
+        writer.wait(10)
+
+
+RECOVER_AND_CONFIRM = """
+import sys, json
+from seven_segments.spool import Spool
+spool = Spool(sys.argv[1])
+print("ready", flush=True)
+sys.stdin.readline()
+numbers = []
+for chunk in spool.recover():
+    numbers.extend(json.loads(data)["id"] for _, data in chunk)
+    spool.confirm([record for record, _ in chunk])
+print(json.dumps(numbers), flush=True)
+spool.close()
+"""
+
+
+def test_two_processes_recovering_at_once_share_nothing(folder: str) -> None:
+    for part in range(20):
+        writer = Spool(folder)
+        for number in range(part * 100, part * 100 + 100):
+            writer.append(payload(number))
+        writer.close()
+    readers = [start_child(RECOVER_AND_CONFIRM, folder) for _ in range(2)]
+    try:
+        for reader in readers:
+            assert read_line(reader) == b"ready\n"
+        for reader in readers:
+            assert reader.stdin is not None
+            reader.stdin.write(b"go\n")
+            reader.stdin.flush()
+        results = []
+        for reader in readers:
+            out, err = reader.communicate(timeout=20)
+            assert reader.returncode == 0, err
+            results.append(json.loads(out.splitlines()[-1]))
+        first, second = set(results[0]), set(results[1])
+        assert not first & second
+        assert sorted(results[0] + results[1]) == list(range(2000))
+        assert segments(folder) == []
+    finally:
+        for reader in readers:
+            reader.kill()
+            reader.wait(10)
+
+
+def test_forked_child_gets_its_own_files(folder: str) -> None:
+    parent = Spool(folder, segment_bytes=2048)
+    for number in range(30):
+        assert parent.append(payload(number)) is not None
+    parents_files = set(segments(folder))
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its own files, then exit without closing (as a crash would)
+        status = 1
+        try:
+            os.close(read_end)
+            for number in range(100, 130):
+                assert parent.append(payload(number)) is not None
+            assert parent.stats()["appended"] == 30
+            os.write(write_end, json.dumps(sorted(set(segments(folder)) - parents_files)).encode())
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        childs_files = json.loads(pipe.read() or b"[]")
+    _, wait_status = os.waitpid(pid, 0)
+    assert exit_code(wait_status) == 0
+    assert childs_files and not set(childs_files) & parents_files
+    assert all(str(pid) in name for name in childs_files)
+    # The child is gone; the parent's locks are not: another process takes the child's files only.
+    reader = start_child(RECOVER_AND_CONFIRM, folder)
+    assert read_line(reader) == b"ready\n"
+    out, err = reader.communicate(b"go\n", timeout=20)
+    assert reader.returncode == 0, err
+    assert sorted(json.loads(out.splitlines()[-1])) == list(range(100, 130))
+    assert set(parents_files) <= set(segments(folder))
+    assert parent.append(payload(31)) is not None
+    assert parent.close() == 31
+
+
+FULL_DISK = """
+import json, resource, sys
+from seven_segments.spool import Spool
+spool = Spool(sys.argv[1])
+resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, resource.RLIM_INFINITY))
+results = [spool.append(json.dumps({"id": n, "pad": "p" * (300 + n % 17)}).encode()) for n in range(300)]
+accepted = [n for n, record in enumerate(results) if record is not None]
+print(json.dumps({"accepted": accepted, "stats": spool.stats()}), flush=True)
+"""
+
+
+def test_full_disk_drops_without_dying(folder: str, caplog: pytest.LogCaptureFixture) -> None:
+    child = start_child(FULL_DISK, folder)
+    out, err = child.communicate(timeout=20)
+    assert child.returncode == 0, err  # no death by SIGXFSZ, no exception
+    answer = json.loads(out)
+    accepted, stats = answer["accepted"], answer["stats"]
+    assert 0 < len(accepted) < 300
+    assert stats["appended"] == len(accepted) and stats["dropped"] == 300 - len(accepted)
+    assert accepted == list(range(len(accepted)))
+    assert b"cannot write to the spool" in err and err.count(b"WARNING") <= 1
+    caplog.set_level(logging.WARNING, LOGGER)
+    reader = Spool(folder)
+    numbers = [json.loads(data)["id"] for _, data in recover_all(reader)]
+    assert numbers == accepted  # the file stayed readable: no torn record
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    reader.close()
+
+
+def test_sigxfsz_ignored_only_when_default(folder: str) -> None:
+    previous = signal.getsignal(signal.SIGXFSZ)
+    try:
+        signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
+        Spool(folder).close()
+        assert signal.getsignal(signal.SIGXFSZ) == signal.SIG_IGN
+
+        def handler(signum: int, frame: object) -> None:
+            pass
+
+        signal.signal(signal.SIGXFSZ, handler)
+        Spool(folder).close()
+        assert signal.getsignal(signal.SIGXFSZ) is handler
+    finally:
+        signal.signal(signal.SIGXFSZ, previous)
+
+
+def test_inspect(folder: str) -> None:
+    writer = Spool(folder, segment_bytes=2048)
+    records = [writer.append(payload(number)) for number in range(40)]
+    writer.confirm(records[:10])  # type: ignore[arg-type]
+    report = inspect(folder)
+    assert report.commands == 30 and all(entry.alive for entry in report.files)
+    assert report.bytes == sum(os.path.getsize(os.path.join(folder, name)) for name in segments(folder))
+    writer.close()
+    report = inspect(folder)
+    assert report.commands == 30 and not any(entry.alive for entry in report.files)
+    with pytest.raises(SpoolError, match="does not exist"):
+        inspect(folder + "-missing")
