@@ -46,6 +46,7 @@ from ._buffered.limits import (
     DEFAULT_MAX_QUEUE_BYTES,
     DEFAULT_MAX_QUEUE_SIZE,
     DEFAULT_SHUTDOWN_TIMEOUT,
+    DEFAULT_SPOOL_MAX_BYTES,
     MAX_BATCH_BYTES,
     MAX_IN_FLIGHT,
 )
@@ -237,7 +238,10 @@ class SevenSegments(_ApiClient):
       ``max_queue_bytes`` (64 MiB) bound the queue (past them commands are dropped, counted and passed
       to ``on_error``), ``shutdown_timeout`` (5 s: how long exit or ``close()`` may take to deliver),
       ``max_in_flight`` (8: requests in flight at once; the window shrinks to one on a passing failure
-      and grows back on success),
+      and grows back on success), ``spool`` (a folder: every command is written there before ``track``
+      returns, so that a process killed at any moment loses nothing; the next client on the folder
+      delivers what was left) and ``spool_max_bytes`` (256 MiB: past it, commands are dropped and
+      reported),
       ``on_error(error, commands)`` (called on the worker thread for commands that could not be
       delivered), ``gzip`` (True: compress request bodies of 1 KiB or more).
     - ``before_send(command)`` (both modes): called with each tracking command as a plain dict
@@ -271,6 +275,8 @@ class SevenSegments(_ApiClient):
         max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES,
         shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        spool: Optional[str] = None,
+        spool_max_bytes: int = DEFAULT_SPOOL_MAX_BYTES,
         on_error: Optional[ErrorCallback] = None,
         gzip: bool = True,
         before_send: Optional[BeforeSend] = None,
@@ -317,8 +323,16 @@ class SevenSegments(_ApiClient):
             shutdown_timeout=_number("shutdown_timeout", shutdown_timeout, minimum=0),
             timeout=self._timeout,
         )
+        spool_max_bytes = _number("spool_max_bytes", spool_max_bytes, minimum=1024, integer=True)
+        if spool is not None and not buffered:
+            raise ValueError("spool= needs buffered=True: a blocking client sends each command before it returns")
         if buffered and enabled:
-            self._worker = BufferedEngine(token, self._transport, limits, on_error)
+            durable = None
+            if spool is not None:
+                from .spool import Spool  # only for clients that use one: the command line starts faster
+
+                durable = Spool(spool, max_bytes=spool_max_bytes)  # a bad folder raises here, naming it
+            self._worker = BufferedEngine(token, self._transport, limits, on_error, spool=durable)
 
     def __repr__(self) -> str:
         mode = "buffered" if self._buffered else "blocking"

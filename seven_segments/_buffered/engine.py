@@ -23,22 +23,25 @@ import os
 import threading
 import weakref
 from collections import deque
-from typing import Any, Callable, Deque, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Tuple
 
 from ..clock import Clock, monotonic
 from ..errors import ServiceUnavailable
-from ..serialization import Command
+from ..serialization import BulkCommandEncoder, Command
 from ..transport import Transport
 from ..watchdog import WATCHDOG
 from . import registry
 from .batching import Batch
-from .ledger import CLOSED, FULL, Ledger
+from .ledger import CLOSED, FULL, SPOOL_FULL, Ledger
 from .lifecycle import Lifecycle, Phase
 from .limits import Limits
 from .pump import FlushTicket, Pump
 from ..types import ErrorCallback
 from .reporting import Reporter
 from .sender import Outcome, SenderPool, attempt_batch
+
+if TYPE_CHECKING:
+    from ..spool import Record, Spool
 
 __all__ = ["BufferedEngine", "Core", "PUMP_IDLE_SECONDS"]
 
@@ -70,9 +73,18 @@ class Core:
     """All mutable state of one buffered client in one process."""
 
     def __init__(
-        self, token: str, transport: Transport, limits: Limits, on_error: Optional[ErrorCallback], clock: Clock
+        self,
+        token: str,
+        transport: Transport,
+        limits: Limits,
+        on_error: Optional[ErrorCallback],
+        clock: Clock,
+        spool: "Optional[Spool]" = None,
     ) -> None:
         self.pid = os.getpid()
+        self.spool = spool
+        self._token = token
+        self._encoders = threading.local()  # with a spool, callers encode: one encoder per thread
         self.limits = limits
         self.transport = transport
         self.clock = clock
@@ -96,6 +108,7 @@ class Core:
             launch=self._launch,
             clock=clock,
             scrub=transport.scrub,
+            spool=spool,
         )
         self.pump.wake = self.wakeup.set
 
@@ -117,6 +130,12 @@ class Core:
         ):
             self._drop(command, FULL)
             return
+        if self.spool is not None:
+            spooled = self._spool(command)
+            if spooled is None:
+                self._drop(command, SPOOL_FULL)
+                return
+            command = spooled  # type: ignore[assignment]  # (payload, record): the pump needs no encoding
         if extra > LARGE_EXTRA:
             with self.ledger.lock:
                 pump.large_raw_bytes += extra
@@ -132,6 +151,20 @@ class Core:
             self.fail_late()
         else:
             self.wakeup.set()
+
+    def _spool(self, command: Command) -> "Optional[Tuple[bytes, Record]]":
+        """Write ``command`` to the spool (before ``track`` returns): ``(payload, record)``, or None."""
+        encoder = getattr(self._encoders, "encoder", None)
+        if encoder is None:
+            encoder = self._encoders.encoder = BulkCommandEncoder(self._token)
+        try:
+            payload = encoder.encode(command)
+        except Exception:  # checked at the call, so not expected
+            logger.exception("seven_segments: a command could not be encoded for the spool")
+            return None
+        assert self.spool is not None
+        record = self.spool.append(payload)
+        return None if record is None else (payload, record)
 
     def _drop(self, command: Command, reason: str) -> None:
         first = self.ledger.drop(command, reason)
@@ -366,6 +399,8 @@ class Core:
     def _release(self) -> None:
         self.senders.close()
         self.transport.close()
+        if self.spool is not None:
+            self.spool.close()
         registry.stopped(self)
 
     # Sending --------------------------------------------------------------------------------------
@@ -390,8 +425,10 @@ class BufferedEngine:
         limits: Limits,
         on_error: Optional[ErrorCallback] = None,
         clock: Clock = monotonic,
+        spool: "Optional[Spool]" = None,
     ) -> None:
         self._token = token
+        self._spool = spool
         self._transport = transport
         self._limits = limits
         self._on_error = on_error
@@ -403,9 +440,11 @@ class BufferedEngine:
         # Dropped without close(): deliver what it holds (bounded by shutdown_timeout), keep nothing.
         finalizer = weakref.finalize(self, _close_dropped, self._holder)
         finalizer.atexit = False  # at exit, registry.close_all_at_exit closes every core
+        if spool is not None:
+            self._core.start()  # deliver what processes that died left in the spool, now
 
     def _new_core(self) -> Core:
-        return Core(self._token, self._transport, self._limits, self._on_error, self._clock)
+        return Core(self._token, self._transport, self._limits, self._on_error, self._clock, self._spool)
 
     def _current(self) -> Core:
         core = self._core

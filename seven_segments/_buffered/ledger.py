@@ -14,12 +14,14 @@ from typing import Dict, List, Optional, Tuple
 from ..serialization import Command
 from .batching import Batch
 
-__all__ = ["Ledger", "DropReason", "FULL", "CLOSED"]
+__all__ = ["Ledger", "DropReason", "FULL", "CLOSED", "SPOOL_FULL", "REASONS"]
 
 DropReason = str
 #: Why a command was dropped at the call.
 FULL: DropReason = "full"
 CLOSED: DropReason = "closed"
+SPOOL_FULL: DropReason = "spool"
+REASONS = (FULL, CLOSED, SPOOL_FULL)
 
 
 class Ledger:
@@ -35,10 +37,13 @@ class Ledger:
         self.unconfirmed = 0
         self.retried = 0
         self.batches = 0
-        self.dropped: Dict[DropReason, int] = {FULL: 0, CLOSED: 0}
+        #: With a spool: commands taken from it (left by an earlier process), and kept in it at close.
+        self.replayed = 0
+        self.kept = 0
+        self.dropped: Dict[DropReason, int] = {reason: 0 for reason in REASONS}
         #: Dropped commands waiting to be passed to ``on_error``, and those beyond ``keep_drops``.
-        self.drops: Dict[DropReason, List[Command]] = {FULL: [], CLOSED: []}
-        self.drops_not_kept: Dict[DropReason, int] = {FULL: 0, CLOSED: 0}
+        self.drops: Dict[DropReason, List[Command]] = {reason: [] for reason in REASONS}
+        self.drops_not_kept: Dict[DropReason, int] = {reason: 0 for reason in REASONS}
         self.in_flight: Dict[int, Batch] = {}
         #: The highest sequence number that failed, and what flush callers have seen so far.
         self.last_failed_seq = 0
@@ -65,13 +70,13 @@ class Ledger:
     @property
     def total_dropped(self) -> int:
         """Commands dropped at the call, for any reason."""
-        return self.dropped[FULL] + self.dropped[CLOSED]
+        return sum(self.dropped.values())
 
     def take_drops(self) -> List[Tuple[DropReason, List[Command], int]]:
         """The dropped commands waiting to be reported, by reason, with the count of those not kept."""
         taken = []
         with self.lock:
-            for reason in (FULL, CLOSED):
+            for reason in REASONS:
                 kept, not_kept = self.drops[reason], self.drops_not_kept[reason]
                 if kept or not_kept:
                     taken.append((reason, kept, not_kept))
@@ -91,12 +96,14 @@ class Ledger:
         with self.lock:
             return self.in_flight.pop(number, None)
 
-    def give_up_in_flight(self) -> List[Batch]:
-        """Take every request in flight out, counted as unconfirmed (they may have been applied)."""
+    def give_up_in_flight(self, unconfirmed: bool = True) -> List[Batch]:
+        """Take every request in flight out, counted as unconfirmed (they may have been applied)
+        unless the caller counts them otherwise (kept in a spool)."""
         with self.lock:
             batches = list(self.in_flight.values())
             self.in_flight.clear()
-            self.unconfirmed += sum(map(len, batches))
+            if unconfirmed:
+                self.unconfirmed += sum(map(len, batches))
         return batches
 
     def count(self, *, sent: int = 0, retried: int = 0, batches: int = 0) -> None:
@@ -122,16 +129,19 @@ class Ledger:
         """The counters as ``stats()`` shows them; ``waiting``: commands queued but not yet taken."""
         with self.lock:
             queued = self.taken + waiting
-            settled = self.sent + self.failed + self.unconfirmed
+            settled = self.sent + self.failed + self.unconfirmed + self.kept
             return {
                 "queued": queued,
                 "sent": self.sent,
                 "retried": self.retried,
                 "failed": self.failed,
                 "unconfirmed": self.unconfirmed,
-                "dropped": self.dropped[FULL] + self.dropped[CLOSED],
+                "dropped": sum(self.dropped.values()),
                 "dropped_queue_full": self.dropped[FULL],
                 "dropped_closed": self.dropped[CLOSED],
+                "dropped_spool_full": self.dropped[SPOOL_FULL],
+                "replayed": self.replayed,
+                "kept_in_spool": self.kept,
                 "batches": self.batches,
                 "in_flight": len(self.in_flight),
                 "pending": max(0, queued - settled),

@@ -19,6 +19,7 @@ __all__ = [
     "DEFAULT_MAX_QUEUE_SIZE",
     "DEFAULT_RETRY_DEADLINE",
     "DEFAULT_SHUTDOWN_TIMEOUT",
+    "DEFAULT_SPOOL_MAX_BYTES",
     "MAX_BATCH_BYTES",
     "MAX_IN_FLIGHT",
 ]
@@ -39,6 +40,8 @@ DEFAULT_MAX_QUEUE_BYTES = 64 * 1024 * 1024
 DEFAULT_RETRY_DEADLINE = 300.0
 #: How long ``close()`` and interpreter exit may take to deliver, in seconds.
 DEFAULT_SHUTDOWN_TIMEOUT = 5.0
+#: The disk a durable spool may use, at most.
+DEFAULT_SPOOL_MAX_BYTES = 256 * 1024 * 1024
 #: A batch's bulk body stays this far under the protocol's 5 MiB.
 MAX_BATCH_BYTES = MAX_BULK_BYTES - 256 * 1024
 

@@ -18,7 +18,7 @@ import logging
 import math
 import threading
 from collections import deque
-from typing import Any, Callable, Deque, List, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from ..clock import Clock
 from ..errors import InvalidRequest, QueueFull, SevenSegmentsError, ServiceUnavailable
@@ -27,13 +27,16 @@ from ..serialization import BulkCommandEncoder, Command
 from ..transport import TransientError
 from .answers import Verdict
 from .batching import Batch, fit_to_bytes, fresh_batch_due
-from .ledger import CLOSED, FULL, Ledger
+from .ledger import FULL, SPOOL_FULL, Ledger
 from .lifecycle import Lifecycle, Phase
 from .limits import Limits
 from .reporting import Reporter
 from .retry import RetryPolicy
 from .sender import Outcome
 from .window import Window
+
+if TYPE_CHECKING:
+    from ..spool import Record, Spool
 
 __all__ = ["FlushTicket", "Pump", "Launch"]
 
@@ -74,6 +77,7 @@ class Pump:
         clock: Clock,
         policy: Optional[RetryPolicy] = None,
         scrub: Callable[[str], str] = lambda text: text,
+        spool: "Optional[Spool]" = None,
     ) -> None:
         self.limits = limits
         self.incoming = incoming
@@ -112,6 +116,11 @@ class Pump:
         self.last_trouble = ""  # the last passing failure, for the close summary
         #: Called when an outcome arrives (the engine wakes its thread).
         self.wake: Callable[[], None] = lambda: None
+        #: The durable spool, if any: the record of each spooled command by sequence number (confirmed
+        #: when it settles), and what is left to replay from processes that died.
+        self.spool = spool
+        self._records: "Dict[int, Record]" = {}
+        self._replay: "Optional[Iterator[List[Tuple[Record, bytes]]]]" = spool.recover() if spool is not None else None
 
     # One step -----------------------------------------------------------------------------------
 
@@ -120,6 +129,8 @@ class Pump:
 
         Returns ``-1.0`` when a close is done: everything settled or given up.
         """
+        if self._replay is not None:
+            self.replay()
         self.take()
         self.report_drops()
         self.apply_outcomes()
@@ -160,7 +171,7 @@ class Pump:
     def take(self) -> None:
         """Number and encode queued commands; place flush tickets behind them."""
         incoming = self.incoming
-        if not incoming:
+        if not incoming or self._replay is not None:  # what the spool held goes first
             return
         fresh = self.fresh
         encode = self._encoder.encode
@@ -179,6 +190,18 @@ class Pump:
             if type(item) is not tuple:
                 self.seq = seq
                 self._place(item)
+                continue
+            if len(item) < 4:  # spooled, so encoded on the caller's thread: (payload, record[, extra])
+                seq += 1
+                taken += 1
+                if len(item) == 3:
+                    with self.ledger.lock:
+                        self.large_raw_bytes -= item[2]
+                self._records[seq] = item[1]
+                if not fresh:
+                    self.fresh_head = seq
+                append(item[0])
+                added += len(item[0])
                 continue
             if len(item) > 6:  # a large command: give back its accounted memory
                 with self.ledger.lock:
@@ -243,14 +266,64 @@ class Pump:
                 ticket.delivered_all = False  # failed or dropped since the last flush its caller saw
         self.tickets.append(ticket)
 
+    def replay(self) -> None:
+        """Take what the spool holds from processes that died, before any new command, within half
+        the queue's bounds (the rest waits on disk for the next step)."""
+        replay = self._replay
+        fresh = self.fresh
+        limits = self.limits
+        while replay is not None and self.held < limits.max_queue_size // 2 and self.held_bytes < limits.max_queue_bytes // 2:
+            try:
+                chunk = next(replay)
+            except StopIteration:
+                replay = self._replay = None
+                break
+            except Exception:  # a damaged spool must never stop delivery of new commands
+                logger.exception("seven_segments: reading the spool failed; what is left stays on disk")
+                replay = self._replay = None
+                break
+            if not fresh:
+                self.fresh_head = self.seq + 1
+                self._oldest_at = self.clock()
+            size = 0
+            for record, payload in chunk:
+                self.seq += 1
+                self._records[self.seq] = record
+                fresh.append(payload)
+                size += len(payload)
+            self._fresh_bytes += size
+            self.held += len(chunk)
+            self.held_bytes += size
+            with self.ledger.lock:
+                self.ledger.taken += len(chunk)
+                self.ledger.replayed += len(chunk)
+        if replay is not None and self.lifecycle.phase is Phase.DRAINING:
+            self._replay = None  # closing: what was not read stays in the spool for the next start
+
+    def _confirm(self, seqs: Sequence[int]) -> None:
+        """Tell the spool that these commands settled (delivered, or failed and reported)."""
+        records = self._records
+        if not records or self.spool is None:
+            return
+        pop = records.pop
+        settled = [record for record in (pop(seq, None) for seq in seqs) if record is not None]
+        if settled:
+            try:
+                self.spool.confirm(settled)
+            except Exception:  # the commands were delivered: at worst they are sent again (ids dedupe)
+                logger.exception("seven_segments: confirming spooled commands failed")
+
     def report_drops(self) -> None:
         """Pass dropped commands to ``on_error`` and warn (rate-limited), each with its true reason."""
-        if not (self.ledger.drops[FULL] or self.ledger.drops[CLOSED]) and not any(self.ledger.drops_not_kept.values()):
+        if not any(self.ledger.drops.values()) and not any(self.ledger.drops_not_kept.values()):
             return
         for reason, commands, not_kept in self.ledger.take_drops():
             limits = self.limits
             if reason == FULL:
                 text = f"the queue is full ({limits.max_queue_size} commands or {limits.max_queue_bytes} bytes)"
+            elif reason == SPOOL_FULL:
+                spool = self.spool.folder if self.spool is not None else "?"
+                text = f"the spool {spool} is full (spool_max_bytes) or cannot be written"
             else:
                 text = "the client is closed"
             message = text
@@ -342,10 +415,12 @@ class Pump:
         if verdict.all_ok:
             self.ledger.count(sent=len(batch), batches=1)
             self._release(len(batch), sum(map(len, batch.payloads)))
+            self._confirm(batch.seqs)
             return
         ok = verdict.ok
         self.ledger.count(sent=len(ok), batches=1)
         self._release(len(ok), sum(len(batch.payloads[i]) for i in ok))
+        self._confirm([batch.seqs[i] for i in ok])
         for index, reasons in verdict.errors:
             self._fail(
                 [batch.seqs[index]],
@@ -415,6 +490,7 @@ class Pump:
         self.ledger.count_failed(len(seqs), max(seqs))
         size = sum(len(item) for item in items if isinstance(item, bytes)) if held_bytes is None else held_bytes
         self._release(len(seqs), size)
+        self._confirm(seqs)  # failed for good and reported: not to be replayed
         first = min(seqs)
         for ticket in self.tickets:
             if ticket.upto >= first:
@@ -450,6 +526,9 @@ class Pump:
 
     def give_up(self) -> None:
         """The close deadline passed: settle everything left, warning first, then ``on_error`` in chunks."""
+        if self.spool is not None:
+            self._keep_in_spool()
+            return
         in_flight = self.ledger.give_up_in_flight()
         if self._cut_at_close:
             cut, self._cut_at_close = self._cut_at_close, []
@@ -498,6 +577,35 @@ class Pump:
         self.settle_tickets()
         self.reporter.drain()
 
+    def _keep_in_spool(self) -> None:
+        """The close deadline passed with a spool: what is left stays in it, for the next client on the
+        folder to deliver (the requests in flight too: resending them is safe). Nothing is lost."""
+        in_flight = self.ledger.give_up_in_flight(unconfirmed=False) + self._cut_at_close
+        self._cut_at_close = []
+        late = self._drain_incoming()
+        kept = sum(map(len, in_flight)) + sum(map(len, self.line)) + len(self.fresh) + len(late)
+        self.line = []
+        self.fresh.clear()
+        self._fresh_bytes = 0
+        self._records.clear()
+        self.held = self.held_bytes = 0
+        with self.ledger.lock:
+            self.ledger.kept += kept
+        if kept:
+            last = f"; last error: {self.last_trouble}" if self.last_trouble else ""
+            logger.warning(
+                "seven_segments: %d commands were kept in the spool %s: not delivered within the close deadline"
+                " (%g s%s); the next client on that folder delivers them",
+                kept,
+                self.spool.folder if self.spool is not None else "",
+                self.close_timeout,
+                last,
+            )
+        for ticket in self.tickets:
+            ticket.delivered_all = False
+        self.settle_tickets()
+        self.reporter.drain()
+
     def _drain_incoming(self) -> List[Command]:
         """Empty the incoming queue: its commands (counted as taken), and its tickets, placed."""
         commands: List[Command] = []
@@ -507,10 +615,11 @@ class Pump:
             except IndexError:
                 break
             if type(item) is tuple:
-                if len(item) > 6:
+                size = len(item)
+                if size == 3 or size == 7:  # a large command: give back its accounted memory
                     with self.ledger.lock:
-                        self.large_raw_bytes -= item[6]
-                commands.append(item[:6])
+                        self.large_raw_bytes -= item[-1]
+                commands.append(item[:2] if size < 4 else item[:6])  # (payload, record) when spooled
             else:
                 self._place(item)
         if commands:
@@ -522,6 +631,14 @@ class Pump:
     def fail_late(self) -> None:
         """After the stop: fail what reached the queue after the last look, answer late flushes."""
         late = self._drain_incoming()
+        spooled = [item for item in late if len(item) < 4]
+        if spooled:  # on disk already: the next client on the folder delivers them
+            late = [item for item in late if len(item) >= 4]
+            self._release(len(spooled), 0)
+            with self.ledger.lock:
+                self.ledger.kept += len(spooled)
+            for ticket in self.tickets:
+                ticket.delivered_all = False
         if late:
             error = ServiceUnavailable(f"{len(late)} commands arrived after the client was closed")
             logger.warning("seven_segments: %s", error)

@@ -1,0 +1,154 @@
+"""Buffered mode with a durable spool: real processes killed with SIGKILL mid-burst, replayed by another."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any, List
+
+import pytest
+
+from seven_segments import SevenSegments
+from seven_segments.testing import LocalServer
+
+from .conftest import TOKEN
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = [pytest.mark.timeout(120), pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")]
+
+BURST = """
+import sys
+from seven_segments import SevenSegments
+client = SevenSegments(sys.argv[3], "john", target=sys.argv[1], buffered=True, spool=sys.argv[2], flush_interval=0.05)
+number = 0
+while True:
+    client.track("view", {"n": number})
+    number += 1
+    if number % 200 == 0:
+        sys.stdout.write(f"{number}\\n")  # every event before this one was accepted: it is in the spool
+        sys.stdout.flush()
+"""
+
+
+def kill_mid_burst(target: str, spool: Path, after: int) -> int:
+    """Run a process that tracks without end; SIGKILL it once it reports ``after`` events; return the
+    number of events it had reported as accepted."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(BURST), target, str(spool), TOKEN],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
+    assert process.stdout is not None
+    accepted = 0
+    deadline = time.monotonic() + 30
+    try:
+        while accepted < after and time.monotonic() < deadline:
+            line = process.stdout.readline()
+            if not line:
+                break
+            accepted = int(line)
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        process.kill()
+        process.wait(10)
+    assert process.returncode == -signal.SIGKILL
+    assert accepted >= after
+    return accepted
+
+
+def replay(server: LocalServer, spool: Path) -> SevenSegments:
+    client = SevenSegments(TOKEN, "john", target=server.url, buffered=True, spool=str(spool))
+    assert client.flush(30) is True
+    return client
+
+
+def delivered(server: LocalServer) -> List[int]:
+    return sorted(event["properties"]["n"] for event in server.events())
+
+
+def test_sigkill_with_the_api_down_loses_nothing_accepted(server: LocalServer, dead_url: str, tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    accepted = kill_mid_burst(dead_url, spool, after=3000)
+    client = replay(server, spool)
+    numbers = delivered(server)
+    assert set(range(accepted)) <= set(numbers)  # every event accepted before the kill arrived...
+    assert len(numbers) == len(set(numbers))  # ...once
+    stats = client.stats()
+    assert stats["replayed"] >= accepted and stats["sent"] == stats["replayed"]
+    client.close()
+    assert [name for name in os.listdir(spool) if name.endswith(".seg")] == []  # space given back
+
+
+def test_sigkill_while_the_api_is_up_and_losing_answers_delivers_each_event_once(server: LocalServer, tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    server.faults.random(0.2, seed=3, kinds=["drop_after", "503"], retry_after=0.01)  # applied, answer lost
+    accepted = kill_mid_burst(server.url, spool, after=4000)
+    server.faults.random(0)
+    before = len(server.events())
+    assert before > 0  # some were delivered by the killed process itself
+    client = replay(server, spool)
+    numbers = delivered(server)
+    assert set(range(accepted)) <= set(numbers)
+    assert len(numbers) == len(set(numbers)), "an event was applied twice"
+    assert server.stats()["duplicates"] > 0  # replayed commands the server had applied were acknowledged, not applied
+    client.close()
+
+
+def test_exit_with_the_api_down_keeps_what_it_could_not_send(dead_url: str, server: LocalServer, tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    script = """
+import logging, sys
+from seven_segments import SevenSegments
+logging.basicConfig(level=logging.WARNING, format="%(message)s")
+client = SevenSegments("exit-token", "john", target=sys.argv[1], buffered=True, spool=sys.argv[2], shutdown_timeout=0.3)
+for number in range(500):
+    client.track("view", {"n": number})
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script), dead_url, str(spool)],
+        capture_output=True, text=True, timeout=30, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"500 commands were kept in the spool {spool}" in result.stderr
+    assert "lost" not in result.stderr and "exit-token" not in result.stderr
+    client = replay(server, spool)
+    assert delivered(server) == list(range(500))
+    client.close()
+
+
+def test_a_forked_child_spools_to_its_own_files(server: LocalServer, tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    client = SevenSegments(TOKEN, "parent", target=server.url, buffered=True, spool=str(spool))
+    client.track("view", {"n": -1})
+    assert client.flush(10)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 1
+        try:
+            for number in range(100):
+                client.track("view", {"n": number}, customer="child")
+            code = 0 if client.flush(10) else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    client.track("view", {"n": 1000})
+    assert client.flush(10)
+    client.close()
+    assert delivered(server) == [-1] + list(range(100)) + [1000]
+
+
+def test_a_spool_that_is_a_file_is_refused_at_construction(tmp_path: Path) -> None:
+    path = tmp_path / "not-a-folder"
+    path.write_text("x")
+    with pytest.raises(ValueError, match=str(path)):
+        SevenSegments(TOKEN, "john", buffered=True, spool=str(path))
+    with pytest.raises(ValueError, match="buffered=True"):
+        SevenSegments(TOKEN, "john", spool=str(tmp_path / "spool"))
