@@ -245,6 +245,22 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
         from .demo import add_arguments as add_demo_arguments
 
         add_demo_arguments(demo)
+
+    spool = commands.add_parser(
+        "spool",
+        help="show or deliver what a spool folder holds",
+        description="Show what a buffered client's spool folder holds (files, commands, bytes, whether their writer "
+        "is alive). With --deliver, send what the files of dead writers hold (live ones are left) and exit 0 only "
+        "when all of it was delivered.",
+    )
+    spool.add_argument("path", metavar="PATH", help="the spool folder")
+    spool.add_argument("--deliver", action="store_true", help="deliver the commands of dead writers' files")
+    spool.add_argument("--target", help=f"base URL of the API (default: ${TARGET_ENV} or {DEFAULT_TARGET})")
+    spool.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for an answer (default: 10)")
+    spool.add_argument(
+        "--retry-deadline", type=float, default=30.0,
+        help="seconds to retry a request that fails in passing before giving up (default: 30)",
+    )
     return parser
 
 
@@ -433,6 +449,33 @@ def _run_demo(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _run_spool(args: argparse.Namespace) -> int:
+    from .spool import deliver, inspect
+
+    if not args.deliver:
+        report = inspect(args.path)
+        sys.stdout.write(f"{report.folder}: {len(report.files)} files, {report.commands} commands, {report.bytes} bytes\n")
+        for entry in report.files:
+            damaged = f", {entry.damaged} damaged" if entry.damaged else ""
+            writer = "alive" if entry.alive else "dead"
+            sys.stdout.write(f"  {entry.name}: {entry.commands} commands, {entry.bytes} bytes, writer {writer}{damaged}\n")
+        return EXIT_OK
+    if not (args.timeout > 0 and args.retry_deadline >= 0):
+        raise UsageError(f"--timeout must be > 0 and --retry-deadline >= 0, not {args.timeout} and {args.retry_deadline}")
+    target = args.target or os.environ.get(TARGET_ENV) or DEFAULT_TARGET
+    done = deliver(args.path, target, timeout=args.timeout, retry_deadline=args.retry_deadline)
+    for line in done.refused:
+        sys.stderr.write(f"spool: {line}\n")
+    if done.failure is not None:
+        sys.stderr.write(f"spool: {done.failure}; {done.kept} commands kept in {args.path}\n")
+    elif done.kept:
+        sys.stderr.write(f"spool: {done.kept} commands not delivered (the API asked to retry them), kept in {args.path}\n")
+    sys.stdout.write(f"delivered {done.delivered} commands, {len(done.refused)} refused, {done.kept} kept\n")
+    if done.live_files:
+        sys.stdout.write(f"left {done.live_files} files of live processes ({done.live_commands} commands)\n")
+    return EXIT_OK if done.failure is None and not done.kept and not done.refused else EXIT_API_ERROR
+
+
 _COMMANDS: Dict[str, Callable[[argparse.Namespace], int]] = {
     "track": _run_track,
     "update": _run_update,
@@ -440,6 +483,7 @@ _COMMANDS: Dict[str, Callable[[argparse.Namespace], int]] = {
     "export": _run_export,
     "serve": _run_serve,
     "demo": _run_demo,
+    "spool": _run_spool,
 }
 
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import logging
 import os
 import re
@@ -45,10 +46,11 @@ import threading
 import time
 import weakref
 import zlib
-from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Set, Tuple
+from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
+    "Delivery",
     "FORMAT_VERSION",
     "RECOVER_CHUNK",
     "SEGMENT_BYTES",
@@ -57,6 +59,7 @@ __all__ = [
     "SpoolError",
     "SpoolFile",
     "SpoolReport",
+    "deliver",
     "inspect",
 ]
 
@@ -752,6 +755,117 @@ def inspect(folder: str) -> SpoolReport:
         pending = sum(1 for offset, _, _ in records if offset not in acked)
         files.append(SpoolFile(name + SEGMENT_SUFFIX, pending, len(data), alive, lost, version))
     return SpoolReport(folder, files)
+
+
+class Delivery(NamedTuple):
+    """What ``deliver`` did."""
+
+    #: Commands the API applied (or had applied already).
+    delivered: int
+    #: One line per command the API refused for good (confirmed: not sent again), with no secret.
+    refused: List[str]
+    #: Commands still in the files this run took over (the API was down, or answered "retry").
+    kept: int
+    #: Why sending stopped (the last request's error), or None.
+    failure: Optional[str]
+    #: Files of live processes, left to them, and the commands they hold.
+    live_files: int
+    live_commands: int
+
+
+def deliver(folder: str, target: str, *, timeout: float = 10.0, retry_deadline: float = 30.0) -> Delivery:
+    """Deliver what the spool at ``folder`` holds in the files of dead writers to ``target``, as
+    ``bulk`` requests of at most ``RECOVER_CHUNK`` commands, each retried on passing failures for
+    ``retry_deadline`` seconds. Applied and refused commands are confirmed (so removed); those the
+    API asked to retry, and all of them once a request fails, are kept. Files of live processes are
+    left alone. Raises ``SpoolError`` when ``folder`` is not a spool folder."""
+    from .errors import SevenSegmentsError
+    from .protocol import MAX_BULK_BYTES, PATH_BULK
+    from .transport import Backoff, Transport, call_with_retries
+    from ._buffered.answers import read_results
+
+    before = inspect(folder)  # raises for a missing folder, rather than making one
+    live = [entry for entry in before.files if entry.alive]
+    spool = Spool(folder)
+    transport = Transport(target, timeout=timeout)
+    delivered = 0
+    refused: List[str] = []
+    failure: Optional[str] = None
+    tokens: Set[str] = set()
+    try:
+        for chunk in spool.recover():
+            commands = []
+            for record, data in chunk:
+                try:
+                    command = json.loads(data)
+                    body = command.get("data") if isinstance(command, dict) else None
+                    token = body.get("company_id") if isinstance(body, dict) else None
+                except ValueError:
+                    command, token = None, None
+                if isinstance(token, str) and token not in tokens:
+                    tokens.add(token)
+                    transport.add_secret(token)  # kept out of every message quoted from the server
+                commands.append((record, data, command))
+            for batch in _batches(commands, MAX_BULK_BYTES - 64):
+                request = b'{"commands":[' + b",".join(data for _, data, _ in batch) + b"]}"
+                end = time.monotonic() + retry_deadline
+                try:
+                    answer = call_with_retries(
+                        lambda wait: transport.post(PATH_BULK, request, timeout=wait),
+                        what=PATH_BULK,
+                        deadline=lambda: end,
+                        timeout=timeout,
+                        backoff=Backoff(initial=0.1, maximum=5.0),
+                        sleep=time.sleep,
+                    )
+                except SevenSegmentsError as error:
+                    failure = transport.scrub(str(error))
+                    if error.errors:
+                        failure += " (" + "; ".join(transport.scrub(reason) for reason in error.errors) + ")"
+                    break
+                verdict = read_results(answer.get("results"), len(batch))
+                if verdict.all_ok:
+                    settled = [record for record, _, _ in batch]
+                else:
+                    settled = [batch[index][0] for index in verdict.ok]
+                    for index, reasons in verdict.errors:
+                        settled.append(batch[index][0])
+                        refused.append(_refusal(batch[index][2], reasons, transport.scrub))
+                delivered += len(settled) - (0 if verdict.all_ok else len(verdict.errors))
+                spool.confirm(settled)
+            if failure is not None:
+                break
+    finally:
+        transport.close()
+        kept = spool.close()
+    return Delivery(delivered, refused, kept, failure, len(live), sum(entry.commands for entry in live))
+
+
+def _batches(commands: List[Tuple[Record, bytes, object]], limit: int) -> Iterator[List[Tuple[Record, bytes, object]]]:
+    """``commands`` cut into requests of at most ``limit`` bytes."""
+    batch: List[Tuple[Record, bytes, object]] = []
+    size = 0
+    for command in commands:
+        if batch and size + len(command[1]) + 1 > limit:
+            yield batch
+            batch, size = [], 0
+        batch.append(command)
+        size += len(command[1]) + 1
+    if batch:
+        yield batch
+
+
+def _refusal(command: object, reasons: Sequence[str], scrub: Callable[[str], str]) -> str:
+    """One line for a refused command: its name and command_id (never its token), and the reasons."""
+    name, command_id = "command", None
+    if isinstance(command, dict):
+        name = str(command.get("name", name))
+        body = command.get("data")
+        if isinstance(body, dict):
+            command_id = body.get("command_id")
+    label = f"{name} {command_id}" if isinstance(command_id, str) else name
+    because = "; ".join(scrub(reason) for reason in reasons) or "no reason given"
+    return f"{label} refused: {because}"
 
 
 def _after_fork_in_child() -> None:

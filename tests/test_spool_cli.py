@@ -1,0 +1,143 @@
+"""``seven-segments spool PATH [--deliver]``, run as a real subprocess against a LocalServer."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Dict, Iterator, List
+
+import pytest
+
+from seven_segments import cli
+from seven_segments.spool import Spool, inspect
+from seven_segments.testing import LocalServer
+
+pytestmark = pytest.mark.timeout(60)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "seven_segments.py")
+TOKEN = "spool-cli-token-SECRET-31337"
+
+
+def command(number: int, event_type: str = "purchase") -> bytes:
+    """One bulk command, as the buffered client spools it."""
+    return json.dumps({
+        "name": "crm/events",
+        "data": {
+            "company_id": TOKEN, "customer_ids": {"registered": f"c{number % 7}"}, "type": event_type,
+            "properties": {"n": number}, "timestamp": 1_700_000_000 + number, "command_id": f"cmd-{number}",
+        },
+    }).encode()
+
+
+def spooled(folder: str, numbers: range, **types: str) -> None:
+    """A spool left by a writer that is gone (closed: its files unlocked, its commands kept)."""
+    writer = Spool(folder)
+    for number in numbers:
+        assert writer.append(command(number, types.get(f"n{number}", "purchase"))) is not None
+    assert writer.close() == len(numbers)
+
+
+def run(*args: str) -> "subprocess.CompletedProcess[str]":
+    env = {key: value for key, value in os.environ.items() if not key.startswith("SEVEN_SEGMENTS_")}
+    env.pop("PYTHONPATH", None)
+    return subprocess.run(
+        [sys.executable, SCRIPT, *args], cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
+        capture_output=True, text=True, timeout=30,
+    )
+
+
+@pytest.fixture(scope="module")
+def shared() -> Iterator[LocalServer]:
+    with LocalServer() as local:
+        yield local
+
+
+@pytest.fixture
+def server(shared: LocalServer) -> LocalServer:
+    shared.reset()
+    return shared
+
+
+@pytest.fixture
+def folder(tmp_path: "os.PathLike[str]") -> str:
+    return os.path.join(os.fspath(tmp_path), "spool")
+
+
+def command_ids(server: LocalServer) -> List[str]:
+    return [event["command_id"] for event in server.events()]
+
+
+def test_show(folder: str, capsys: pytest.CaptureFixture[str]) -> None:
+    spooled(folder, range(10))
+    live = Spool(folder)  # held by this process: alive (an flock of another open file conflicts)
+    try:
+        for number in range(100, 103):
+            live.append(command(number))
+        status = cli.main(["spool", folder])
+    finally:
+        live.close()
+    result = capsys.readouterr()
+    assert status == 0 and result.err == ""
+    lines = result.out.splitlines()
+    assert lines[0].startswith(f"{folder}: 2 files, 13 commands, ") and lines[0].endswith(" bytes")
+    assert sorted(line.split(": ", 1)[1].split(",")[0] + line.rsplit(",", 1)[1] for line in lines[1:]) == [
+        "10 commands writer dead", "3 commands writer alive",
+    ]
+    assert TOKEN not in result.out
+
+
+def test_deliver_each_once_and_leave_live_files(folder: str, server: LocalServer) -> None:
+    spooled(folder, range(0, 700))
+    spooled(folder, range(700, 1500))  # more than one bulk request
+    live = Spool(folder)
+    try:
+        for number in range(5000, 5003):
+            live.append(command(number))
+        result = run("spool", folder, "--deliver", "--target", server.url)
+        assert result.returncode == 0, result.stderr
+        assert result.stderr == ""
+        assert "delivered 1500 commands, 0 refused, 0 kept" in result.stdout
+        assert "left 1 files of live processes (3 commands)" in result.stdout
+        assert sorted(command_ids(server)) == sorted(f"cmd-{n}" for n in range(1500))
+        assert server.stats()["bulk_requests"] == 2
+        assert inspect(folder).commands == 3  # the live writer's, untouched
+        again = run("spool", folder, "--deliver", "--target", server.url)
+        assert again.returncode == 0 and "delivered 0 commands" in again.stdout
+        assert len(server.events()) == 1500
+    finally:
+        live.close()
+
+
+def test_deliver_with_the_api_down(folder: str, dead_url: str) -> None:
+    spooled(folder, range(20))
+    result = run("spool", folder, "--deliver", "--target", dead_url, "--retry-deadline", "0.2", "--timeout", "1")
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "20 commands kept in" in lines[0] and "Traceback" not in result.stderr, result.stderr
+    assert TOKEN not in result.stderr + result.stdout
+    assert inspect(folder).commands == 20  # nothing lost
+
+
+def test_deliver_reports_refused_commands(folder: str, server: LocalServer) -> None:
+    spooled(folder, range(6), n2="", n4="")
+    result = run("spool", folder, "--deliver", "--target", server.url)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("spool: crm/events cmd-2 refused: "), result.stderr
+    assert lines[1].startswith("spool: crm/events cmd-4 refused: ")
+    assert TOKEN not in result.stderr + result.stdout
+    assert sorted(command_ids(server)) == ["cmd-0", "cmd-1", "cmd-3", "cmd-5"]
+    assert inspect(folder).commands == 0  # refused for good: not sent again
+
+
+def test_missing_folder_is_a_usage_error(folder: str, capsys: pytest.CaptureFixture[str]) -> None:
+    for args in ([folder], [folder, "--deliver", "--target", "http://127.0.0.1:9"]):
+        assert cli.main(["spool", *args]) == 2
+        result = capsys.readouterr()
+        assert result.err.count("\n") == 1 and f"{folder} does not exist" in result.err and result.out == ""
+    assert not os.path.exists(folder)
+    assert cli.main(["spool", folder, "--deliver", "--timeout", "0"]) == 2
+    assert "--timeout must be > 0" in capsys.readouterr().err
