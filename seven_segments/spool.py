@@ -79,6 +79,8 @@ MAX_RECORD_BYTES = 16 * 1024 * 1024
 SEGMENT_SUFFIX = ".seg"
 ACK_SUFFIX = ".ack"
 TEMP_SUFFIX = ".tmp"
+#: A temporary segment file is left alone for this long (its maker locks it right after making it).
+TEMP_GRACE_SECONDS = 60.0
 
 _FILE_MAGIC = b"7SSPOOL"
 #: magic (7 bytes), version (1 byte), created (ns since the epoch, uint64 LE).
@@ -556,8 +558,11 @@ class Spool:
 
     @staticmethod
     def _remove_dead_temp(path: str) -> None:
-        """A segment its maker died before naming (it holds no record): removed when unlocked."""
+        """A segment its maker died before naming (it holds no record): removed when unlocked and
+        older than a minute (a live maker may not have locked it yet)."""
         try:
+            if time.time() - os.stat(path).st_mtime < TEMP_GRACE_SECONDS:
+                return
             fd = os.open(path, os.O_RDONLY | _OPEN_CLOEXEC)
         except OSError:
             return

@@ -535,3 +535,20 @@ def test_inspect(folder: str) -> None:
     assert report.commands == 30 and not any(entry.alive for entry in report.files)
     with pytest.raises(SpoolError, match="does not exist"):
         inspect(folder + "-missing")
+
+
+def test_leftovers_cleaned_up(folder: str) -> None:
+    """An ack file whose segment is gone, and an old unnamed segment of a dead maker, are removed;
+    a fresh temporary file (its maker may be about to lock it) is not."""
+    Spool(folder).close()
+    orphan = os.path.join(folder, "gone-1-abcd-1.ack")
+    old_temp = os.path.join(folder, ".gone-1-abcd-2.tmp")
+    new_temp = os.path.join(folder, ".gone-1-abcd-3.tmp")
+    for path in (orphan, old_temp, new_temp):
+        with open(path, "wb") as file:
+            file.write(b"7SSPOOL\x01" + bytes(8))
+    os.utime(old_temp, (time.time() - 120, time.time() - 120))
+    reader = Spool(folder)
+    assert recover_all(reader) == []
+    assert not os.path.exists(orphan) and not os.path.exists(old_temp) and os.path.exists(new_temp)
+    reader.close()
