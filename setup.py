@@ -54,7 +54,11 @@ setup(
     python_requires=">=3.8",
     install_requires=["requests>=2.20", "tenacity>=8.2"],
     extras_require={
-        "test": ["pytest>=7", "freezegun>=1.2", "hypothesis>=6", "pytest-timeout>=2"],
+        "test": [
+            "pytest>=7", "freezegun>=1.2", "hypothesis>=6", "pytest-timeout>=2",
+            # deployment tests (tests/test_deployment.py skips what is missing)
+            "billiard>=4", "gevent>=22", "eventlet>=0.33", 'pyuwsgi>=2.0.27; sys_platform != "win32"',
+        ],
         "dev": ["mypy>=1.8", "types-requests", "ruff", "build"],
     },
     entry_points={

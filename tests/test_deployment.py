@@ -1,0 +1,425 @@
+"""Where applications really run: SIGTERM, billiard (Celery's pool), gevent, eventlet, uwsgi.
+
+Each test runs a real process (a script in a temporary directory, or a real uwsgi) against the local
+server and sends it real signals; every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import pytest
+
+from seven_segments import process_hooks
+from seven_segments.testing import LocalServer
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.timeout(60)
+
+HEADER = """
+import logging, os, signal, sys, time
+logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+url = sys.argv[1]
+def ready(text="ready"):
+    sys.stdout.write(text + "\\n")
+    sys.stdout.flush()
+"""
+
+
+class Run:
+    """A script started in its own process, talking to the local server."""
+
+    def __init__(self, tmp_path: Path, body: str, url: str, env: Optional[Dict[str, str]] = None) -> None:
+        script = tmp_path / "app.py"
+        script.write_text(HEADER + textwrap.dedent(body))
+        environment = dict(os.environ, PYTHONPATH=str(ROOT))
+        environment.pop(process_hooks.SIGTERM_ENV, None)
+        environment.update(env or {})
+        self.process = subprocess.Popen(
+            [sys.executable, str(script), url],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=environment,
+            cwd=str(tmp_path),
+        )
+        self.lines: List[str] = []
+
+    def wait_for(self, text: str = "ready") -> None:
+        """Read stdout until a line ``text`` (the script prints it when it reached that point)."""
+        assert self.process.stdout is not None
+        while True:
+            line = self.process.stdout.readline()
+            assert line, f"the script ended before {text!r}: {self.finish()}"
+            self.lines.append(line.strip())
+            if line.strip() == text:
+                return
+
+    def kill(self, signum: int = signal.SIGTERM) -> None:
+        self.process.send_signal(signum)
+
+    def finish(self, timeout: float = 30.0) -> Dict[str, Any]:
+        """Wait for the end: exit status, the rest of stdout, stderr, seconds taken."""
+        started = time.monotonic()
+        try:
+            stdout, stderr = self.process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            stdout, stderr = self.process.communicate()
+            raise AssertionError(f"the script did not end within {timeout} s: {stderr}")
+        return {
+            "code": self.process.returncode,
+            "stdout": self.lines + stdout.splitlines(),
+            "stderr": stderr,
+            "seconds": time.monotonic() - started,
+        }
+
+
+# --------------------------------------------------------------------------------------------
+# SIGTERM
+
+TRACK_AND_WAIT = """
+from seven_segments import SevenSegments
+client = SevenSegments("term-token", "john", target=url, buffered=True, flush_interval=60, shutdown_timeout=SHUTDOWN)
+for number in range(COUNT):
+    client.track("view", {"n": number})
+ready()
+time.sleep(30)  # SIGTERM comes here; nothing flushes or closes
+sys.exit(7)
+"""
+
+
+def track_and_wait(count: int = 5000, shutdown: float = 5.0) -> str:
+    return TRACK_AND_WAIT.replace("COUNT", str(count)).replace("SHUTDOWN", repr(shutdown))
+
+
+def test_sigterm_with_the_default_disposition_delivers_everything_then_ends_by_sigterm(
+    server: LocalServer, tmp_path: Path
+) -> None:
+    run = Run(tmp_path, track_and_wait(5000), server.url)
+    run.wait_for()
+    run.kill(signal.SIGTERM)
+    result = run.finish()
+    assert result["code"] == -signal.SIGTERM, result["stderr"]
+    assert server.stats()["events"] == 5000
+    assert sorted(event["properties"]["n"] for event in server.events()) == list(range(5000))
+    assert result["stderr"] == ""
+
+
+@pytest.mark.parametrize("how", ["environment", "function"])
+def test_with_the_handler_turned_off_sigterm_ends_the_process_as_before(how: str, server: LocalServer, tmp_path: Path) -> None:
+    body = track_and_wait(500)  # under one batch: nothing is sent before the flush interval (60 s)
+    env = {process_hooks.SIGTERM_ENV: "0"} if how == "environment" else {}
+    if how == "function":
+        body = "from seven_segments import process_hooks\nprocess_hooks.disable_sigterm_handler()\n" + body
+    run = Run(tmp_path, body, server.url, env)
+    run.wait_for()
+    run.kill(signal.SIGTERM)
+    result = run.finish()
+    assert result["code"] == -signal.SIGTERM
+    assert server.stats()["events"] == 0  # the old behaviour: the queue dies with the process
+
+
+def test_the_applications_own_sigterm_handler_is_kept(server: LocalServer, tmp_path: Path) -> None:
+    body = textwrap.dedent(
+        """
+        def on_term(signum, frame):
+            ready("the app's handler ran")
+            sys.exit(3)  # a normal exit: atexit closes the client
+        signal.signal(signal.SIGTERM, on_term)
+        """
+    ) + track_and_wait(2000)
+    run = Run(tmp_path, body, server.url)
+    run.wait_for()
+    run.kill(signal.SIGTERM)
+    result = run.finish()
+    assert result["code"] == 3, result["stderr"]
+    assert "the app's handler ran" in result["stdout"]
+    assert server.stats()["events"] == 2000
+
+
+def test_a_framework_that_restores_the_previous_handler_and_raises_again_runs_ours(
+    server: LocalServer, tmp_path: Path
+) -> None:
+    """What uvicorn does: its handler for the graceful shutdown, then the previous one, then the signal again."""
+    body = """
+    from seven_segments import SevenSegments, process_hooks
+    client = SevenSegments("term-token", "john", target=url, buffered=True, flush_interval=60)
+    assert process_hooks.sigterm_handler_installed()
+    caught = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: caught.append(signum))  # the framework starts
+    for number in range(3000):
+        client.track("view", {"n": number})
+    ready()
+    end = time.monotonic() + 20
+    while not caught and time.monotonic() < end:
+        time.sleep(0.01)  # serving
+    for number in range(3000, 3500):
+        client.track("view", {"n": number})  # its graceful shutdown still tracks
+    signal.signal(signal.SIGTERM, previous)
+    signal.raise_signal(signal.SIGTERM)
+    sys.exit(7)
+    """
+    run = Run(tmp_path, body, server.url)
+    run.wait_for()
+    run.kill(signal.SIGTERM)
+    result = run.finish()
+    assert result["code"] == -signal.SIGTERM, result["stderr"]
+    assert server.stats()["events"] == 3500
+
+
+def test_sigterm_with_the_api_down_ends_within_shutdown_timeout_and_a_second_sigterm_at_once(
+    dead_url: str, tmp_path: Path
+) -> None:
+    run = Run(tmp_path, track_and_wait(1000, shutdown=1.0), dead_url)
+    run.wait_for()
+    run.kill(signal.SIGTERM)
+    result = run.finish()
+    assert result["code"] == -signal.SIGTERM
+    assert result["seconds"] < 2.5, result
+    assert "1000 commands were lost at close" in result["stderr"]
+    assert "term-token" not in result["stderr"]
+
+    run = Run(tmp_path, track_and_wait(1000, shutdown=20.0), dead_url)
+    run.wait_for()
+    run.kill(signal.SIGTERM)
+    time.sleep(0.3)  # closing now, retrying against the dead API
+    assert run.process.poll() is None
+    run.kill(signal.SIGTERM)
+    result = run.finish()
+    assert result["code"] == -signal.SIGTERM
+    assert result["seconds"] < 2.0, result
+
+
+def test_a_client_made_off_the_main_thread_arms_sigterm_at_the_next_main_thread_client(
+    server: LocalServer, tmp_path: Path
+) -> None:
+    body = """
+    import threading
+    from seven_segments import SevenSegments, process_hooks
+    made = []
+    def make():
+        made.append(SevenSegments("term-token", "a", target=url, buffered=True, flush_interval=60))
+        made[0].track("from-thread")
+    thread = threading.Thread(target=make)
+    thread.start()
+    thread.join()
+    ready("off main: %s" % process_hooks.sigterm_handler_installed())
+    client = SevenSegments("term-token", "b", target=url, buffered=True, flush_interval=60)
+    ready("on main: %s" % process_hooks.sigterm_handler_installed())
+    client.track("from-main")
+    ready()
+    time.sleep(30)
+    """
+    run = Run(tmp_path, body, server.url)
+    run.wait_for()
+    run.kill(signal.SIGTERM)
+    result = run.finish()
+    assert result["stdout"][:2] == ["off main: False", "on main: True"]
+    assert result["code"] == -signal.SIGTERM
+    assert sorted(event["type"] for event in server.events()) == ["from-main", "from-thread"]
+
+
+# --------------------------------------------------------------------------------------------
+# billiard: Celery's prefork pool
+
+
+BILLIARD_POOL = """
+import billiard
+from seven_segments import SevenSegments
+client = SevenSegments("pool-token", "parent", target=url, buffered=True, flush_interval=60)  # made before the pool, as a tasks module does
+
+def task(number):
+    for index in range(100):
+        client.track("task-event", {"task": number, "i": index}, customer="task-%d" % number)
+    return os.getpid()
+
+if __name__ == "__main__":
+    pool = billiard.Pool(2, maxtasksperchild=1)  # every process is recycled after one task
+    pids = pool.map(task, range(4))
+    pool.close()
+    pool.join()
+    ready("processes %d" % len(set(pids)))
+"""
+
+
+def test_billiard_pool_processes_recycled_after_each_task_deliver_their_events(server: LocalServer, tmp_path: Path) -> None:
+    pytest.importorskip("billiard")
+    run = Run(tmp_path, BILLIARD_POOL, server.url)
+    result = run.finish()
+    assert result["code"] == 0, result["stderr"]
+    assert "processes 4" in result["stdout"]  # four processes, each ended with os._exit()
+    assert server.stats()["events"] == 400
+    assert server.stats()["duplicates"] == 0
+
+
+# --------------------------------------------------------------------------------------------
+# gevent and eventlet
+
+#: How each library turns threads, sockets and ``os.fork`` green.
+GREEN = {"gevent": "from gevent import monkey\nmonkey.patch_all()\n", "eventlet": "import eventlet\neventlet.monkey_patch()\n"}
+
+GREEN_FLUSH = """
+from seven_segments import SevenSegments
+client = SevenSegments("green-token", "john", target=url, buffered=True, flush_interval=60)
+for number in range(2000):
+    client.track("view", {"n": number})
+ready("flushed %s" % client.flush(10))
+for number in range(2000, 2200):
+    client.track("view", {"n": number})  # and simply end: no flush, no close
+"""
+
+GREEN_FORK = """
+from seven_segments import SevenSegments
+client = SevenSegments("green-token", "parent", target=url, buffered=True, flush_interval=60)
+client.track("parent-event")
+assert client.flush(10)
+pid = os.fork()
+if pid == 0:
+    for number in range(300):
+        client.track("child-event", {"n": number}, customer="child")
+    sys.exit(0)  # the child simply ends
+_, status = os.waitpid(pid, 0)
+client.track("parent-event")
+ready("child %d" % status)
+"""
+
+
+def green(library: str, body: str) -> str:
+    pytest.importorskip(library)
+    return GREEN[library] + body
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize("library", sorted(GREEN))
+def test_green_threads_flush_and_exit_without_flush_deliver(library: str, server: LocalServer, tmp_path: Path) -> None:
+    result = Run(tmp_path, green(library, GREEN_FLUSH), server.url).finish()
+    assert result["code"] == 0, result["stderr"]
+    assert "flushed True" in result["stdout"]
+    assert sorted(event["properties"]["n"] for event in server.events()) == list(range(2200))
+
+
+@pytest.mark.parametrize("library", sorted(GREEN))
+def test_green_threads_a_client_made_before_fork_delivers_in_the_child(
+    library: str, server: LocalServer, tmp_path: Path
+) -> None:
+    result = Run(tmp_path, green(library, GREEN_FORK), server.url).finish()
+    assert result["code"] == 0, result["stderr"]
+    assert "child 0" in result["stdout"]
+    kinds = [event["type"] for event in server.events()]
+    assert kinds.count("child-event") == 300 and kinds.count("parent-event") == 2
+    assert server.stats()["duplicates"] == 0
+
+
+@pytest.mark.parametrize("library", sorted(GREEN))
+def test_green_threads_sigterm_delivers(library: str, server: LocalServer, tmp_path: Path) -> None:
+    """The handler may run inside the hub, which must not block: a green thread closes, then ends."""
+    run = Run(tmp_path, green(library, track_and_wait(2000)), server.url)
+    run.wait_for()
+    run.kill(signal.SIGTERM)
+    result = run.finish()
+    assert result["code"] == -signal.SIGTERM, result["stderr"]
+    assert server.stats()["events"] == 2000
+
+
+# --------------------------------------------------------------------------------------------
+# uwsgi (the pyuwsgi wheel)
+
+UWSGI_APP = """
+import os
+from seven_segments import SevenSegments
+client = SevenSegments("uwsgi-token", "john", target=os.environ["API_URL"], buffered=True, flush_interval=60)
+
+def application(environ, start_response):
+    for number in range(100):
+        client.track("view", {"pid": os.getpid(), "n": number})
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [str(os.getpid()).encode()]
+"""
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.mark.parametrize("options", [[], ["--lazy-apps", "--threads", "4"]], ids=["preforked", "lazy-apps-threads"])
+def test_uwsgi_workers_deliver_at_a_graceful_sigterm(options: List[str], server: LocalServer, tmp_path: Path) -> None:
+    """uwsgi's own recipe for containers: SIGTERM to the master means a graceful shutdown."""
+    import shutil
+    import urllib.request
+
+    pytest.importorskip("pyuwsgi")
+    uwsgi = shutil.which("uwsgi", path=os.path.dirname(sys.executable))
+    if uwsgi is None:
+        pytest.skip("no uwsgi program next to this Python")
+    (tmp_path / "wsgi_app.py").write_text(UWSGI_APP)
+    port = _free_port()
+    process = subprocess.Popen(
+        [uwsgi, "--http-socket", f"127.0.0.1:{port}", "--wsgi-file", "wsgi_app.py", "--master", "--processes", "2",
+         "--need-app", "--hook-master-start", "unix_signal:15 gracefully_kill_them_all", *options],
+        cwd=str(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(ROOT), API_URL=server.url),
+        start_new_session=True,  # uwsgi signals its process group
+    )
+    try:
+        answers: List[bytes] = []
+        end = time.monotonic() + 20
+        # Ten requests, once both workers answer: uwsgi itself (lazy-apps with threads) can miss a
+        # graceful shutdown that comes while a worker is still loading the application.
+        while (len(answers) < 10 or len(set(answers)) < 2) and time.monotonic() < end:
+            try:
+                answers.append(urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read())
+            except OSError:  # not listening yet
+                time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=20)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)  # the master and its workers
+            process.communicate()
+    assert process.returncode == 0, output
+    assert len(set(answers)) == 2, output
+    events = server.events()
+    assert len(events) == 100 * len(answers), output
+    assert {str(event["properties"]["pid"]).encode() for event in events} == set(answers)
+    assert server.stats()["duplicates"] == 0
+
+
+class _FakeUwsgi:
+    def __init__(self, version: bytes, **options: Any) -> None:
+        self.version = version
+        self.opt = {name.replace("_", "-"): value for name, value in options.items()}
+
+
+@pytest.mark.parametrize(
+    "version, options, warns",
+    [
+        (b"2.0.26", {}, True),
+        (b"2.0.26", {"enable_threads": True}, False),
+        (b"2.0.26", {"threads": b"4"}, False),
+        (b"2.0.27", {}, False),  # threads on by default from 2.0.27
+        (b"2.1.0-dev", {}, False),
+    ],
+)
+def test_uwsgi_without_python_threads_is_warned_about(
+    version: bytes, options: Dict[str, Any], warns: bool, monkeypatch: Any, caplog: Any
+) -> None:
+    monkeypatch.setitem(sys.modules, "uwsgi", _FakeUwsgi(version, **options))
+    with caplog.at_level("WARNING", logger="seven_segments.process_hooks"):
+        assert process_hooks.warn_if_threads_disabled() is warns
+    assert ("--enable-threads" in caplog.text) is warns
