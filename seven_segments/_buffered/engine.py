@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import threading
+import time
 import weakref
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Tuple
@@ -61,7 +62,7 @@ CLOSE_GRACE = 0.25
 #: When delivering on a caller's thread (no thread can start at interpreter exit), waits are this short.
 INLINE_POLL = 0.05
 #: Dropped commands kept for ``on_error`` until the pump reports them: this share of the queue's bytes.
-DROP_KEEP_SHARE = 8
+DROP_KEEP_SHARE = 4
 _BUSY = 1 << 62
 
 _RUNNING = Phase.RUNNING
@@ -275,17 +276,27 @@ class Core:
         if thread is not None and thread.is_alive():
             if lifecycle.stopped.wait(max(0.0, self.pump.close_deadline - self.clock()) + CLOSE_GRACE):
                 thread.join(CLOSE_GRACE)  # its last words: late commands, releasing the connections
-            # Past the deadline the pump may still be passing what it gave up on to on_error: help
-            # it, and let it finish, for at most another shutdown_timeout.
+            # Past the deadline the pump does no I/O, but it may still be passing what it gave up on to
+            # on_error: help it with the chunks, and let it finish, for at most another shutdown_timeout.
+            # (Past that, as long as chunks wait for on_error: what was given up on is all reported.)
             helping_until = self.clock() + max(1.0, self.limits.shutdown_timeout)
-            while not lifecycle.stopped.is_set() and self.reporter.pending and self.clock() < helping_until:
+            while (
+                not lifecycle.stopped.is_set()
+                and thread.is_alive()
+                and (self.clock() < helping_until or self.reporter.pending)
+            ):
                 self.reporter.drain()
                 lifecycle.stopped.wait(0.01)
+            if lifecycle.stopped.is_set():
+                thread.join(CLOSE_GRACE)
         elif lifecycle.phase is Phase.DRAINING:
             self._run_inline(until=lifecycle.stopped.is_set)
         if not lifecycle.stopped.is_set():
             self._abandon_from_closer()
         self.reporter.drain()  # chunks the pump could not report in time
+        finishing_until = self.clock() + CLOSE_GRACE * 4
+        while self.reporter.busy and self.clock() < finishing_until:  # a chunk the pump is still reporting
+            time.sleep(0.005)
 
     def _run(self) -> None:
         try:

@@ -45,6 +45,8 @@ logger = logging.getLogger("seven_segments")
 #: ``launch(number, batch, timeout, done)``: start one attempt; ``done(outcome)`` when it ends.
 Launch = Callable[[int, Batch, float, Callable[[Outcome], None]], None]
 
+#: Commands taken from the incoming queue per step, at most.
+TAKE_PER_STEP = 10_000
 #: Bytes of a bulk command that are not its ``data``: ``{"name":"<path>","data":`` and ``}``.
 _ENVELOPE = {path: len('{"name":"' + path + '","data":}') for path in (PATH_EVENTS, PATH_CUSTOMERS)}
 
@@ -129,10 +131,10 @@ class Pump:
 
         Returns ``-1.0`` when a close is done: everything settled or given up.
         """
+        self.report_drops()  # first: dropped commands are held outside the queue's bounds
         if self._replay is not None:
             self.replay()
         self.take()
-        self.report_drops()
         self.apply_outcomes()
         draining = self.lifecycle.phase is Phase.DRAINING
         now = self.clock()
@@ -144,6 +146,8 @@ class Pump:
         self.reporter.drain()
         if draining and self.empty and not self.incoming:
             return -1.0
+        if self.incoming and self._replay is None:
+            return 0.0  # more to take than one step takes
         return self.sleep_for(now, draining)
 
     @property
@@ -182,7 +186,7 @@ class Pump:
         seq = self.seq
         popleft = incoming.popleft
         append = fresh.append
-        while True:
+        for _ in range(TAKE_PER_STEP):  # bounded, so that answers and drops are seen between takes
             try:
                 item = popleft()
             except IndexError:

@@ -50,9 +50,9 @@ def attempt_batch(transport: Transport, owner: Any, number: int, batch: Batch, t
 class SenderPool:
     """The sender threads of one engine."""
 
-    def __init__(self, name: str, idle_seconds: float = IDLE_SECONDS) -> None:
+    def __init__(self, name: str, idle_seconds: Optional[float] = None) -> None:
         self._name = name
-        self._idle_seconds = idle_seconds
+        self._idle_seconds = idle_seconds  # None: IDLE_SECONDS, read when a thread waits
         self._lock = threading.Lock()
         self._ready = threading.Condition(self._lock)
         self._jobs: Deque[Callable[[], None]] = deque()
@@ -111,7 +111,7 @@ class SenderPool:
                     if self._closed:
                         return
                     self._idle += 1
-                    woken = self._ready.wait(self._idle_seconds)
+                    woken = self._ready.wait(IDLE_SECONDS if self._idle_seconds is None else self._idle_seconds)
                     self._idle -= 1
                     if not woken and not self._jobs:
                         return
