@@ -552,3 +552,14 @@ def test_leftovers_cleaned_up(folder: str) -> None:
     assert recover_all(reader) == []
     assert not os.path.exists(orphan) and not os.path.exists(old_temp) and os.path.exists(new_temp)
     reader.close()
+
+
+def test_fsync_mode_round_trip(folder: str) -> None:
+    writer = Spool(folder, fsync=True, segment_bytes=1024)
+    records = [writer.append(payload(number)) for number in range(30)]
+    assert all(record is not None for record in records)
+    writer.confirm(records[:10])  # type: ignore[arg-type]
+    assert writer.close() == 20
+    reader = Spool(folder)
+    assert [number_of(data) for _, data in recover_all(reader)] == list(range(10, 30))
+    reader.close()
