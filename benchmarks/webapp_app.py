@@ -39,6 +39,7 @@ COUNT_FILE = os.environ.get("BENCH_COUNT_FILE", "")
 
 _served = itertools.count()  # next() is atomic under the GIL: no lock in the request path
 _refused = itertools.count()
+_completed = itertools.count()  # requests whose tracking calls all returned (a request cut by the stop is not)
 
 
 def _write_count() -> None:
@@ -46,7 +47,8 @@ def _write_count() -> None:
         return
     served = next(_served)  # the counters' next value is how many times they were advanced
     refused = next(_refused)
-    done = {"client": CLIENT, "k": K, "requests": served, "tracked": served * K if CLIENT != "none" else 0,
+    completed = next(_completed)
+    done = {"client": CLIENT, "k": K, "requests": served, "tracked": completed * K if CLIENT != "none" else 0,
             "refused": refused, "pid": os.getpid()}
     Path(COUNT_FILE).write_text(json.dumps(done))
 
@@ -113,6 +115,7 @@ def app(environ: Dict[str, Any], start_response: Callable[..., Any]) -> Iterable
                           "currency": "EUR", "ab_group": "b" if n % 2 else "a"}
             if not send("purchase", user, properties):
                 next(_refused)
+        next(_completed)
     start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
     return [body]
 
