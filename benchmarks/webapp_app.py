@@ -39,7 +39,7 @@ COUNT_FILE = os.environ.get("BENCH_COUNT_FILE", "")
 
 _served = itertools.count()  # next() is atomic under the GIL: no lock in the request path
 _refused = itertools.count()
-_completed = itertools.count()  # requests whose tracking calls all returned (a request cut by the stop is not)
+_tracked = itertools.count()  # tracking calls that returned (one cut by the stop did not)
 
 
 def _write_count() -> None:
@@ -47,8 +47,8 @@ def _write_count() -> None:
         return
     served = next(_served)  # the counters' next value is how many times they were advanced
     refused = next(_refused)
-    completed = next(_completed)
-    done = {"client": CLIENT, "k": K, "requests": served, "tracked": completed * K if CLIENT != "none" else 0,
+    tracked = next(_tracked)
+    done = {"client": CLIENT, "k": K, "requests": served, "tracked": tracked if CLIENT != "none" else 0,
             "refused": refused, "pid": os.getpid()}
     Path(COUNT_FILE).write_text(json.dumps(done))
 
@@ -115,7 +115,8 @@ def app(environ: Dict[str, Any], start_response: Callable[..., Any]) -> Iterable
                           "currency": "EUR", "ab_group": "b" if n % 2 else "a"}
             if not send("purchase", user, properties):
                 next(_refused)
-        next(_completed)
+            else:
+                next(_tracked)
     start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
     return [body]
 
