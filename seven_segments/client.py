@@ -240,8 +240,9 @@ class SevenSegments(_ApiClient):
       ``max_in_flight`` (8: requests in flight at once; the window shrinks to one on a passing failure
       and grows back on success), ``spool`` (a folder: every command is written there before ``track``
       returns, so that a process killed at any moment loses nothing; the next client on the folder
-      delivers what was left) and ``spool_max_bytes`` (256 MiB: past it, commands are dropped and
-      reported),
+      delivers what was left), ``spool_max_bytes`` (256 MiB: past it, commands are dropped and
+      reported) and ``spool_fsync`` (False: with True, each command is also flushed to the disk, which
+      survives a power loss at the cost of a disk flush per call),
       ``on_error(error, commands)`` (called on the worker thread for commands that could not be
       delivered), ``gzip`` (True: compress request bodies of 1 KiB or more).
     - ``before_send(command)`` (both modes): called with each tracking command as a plain dict
@@ -277,6 +278,7 @@ class SevenSegments(_ApiClient):
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
         spool: Optional[str] = None,
         spool_max_bytes: int = DEFAULT_SPOOL_MAX_BYTES,
+        spool_fsync: bool = False,
         on_error: Optional[ErrorCallback] = None,
         gzip: bool = True,
         before_send: Optional[BeforeSend] = None,
@@ -331,7 +333,7 @@ class SevenSegments(_ApiClient):
             if spool is not None:
                 from .spool import Spool  # only for clients that use one: the command line starts faster
 
-                durable = Spool(spool, max_bytes=spool_max_bytes)  # a bad folder raises here, naming it
+                durable = Spool(spool, max_bytes=spool_max_bytes, fsync=bool(spool_fsync))  # a bad folder raises here
             self._worker = BufferedEngine(token, self._transport, limits, on_error, spool=durable)
 
     def __repr__(self) -> str:
