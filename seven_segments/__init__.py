@@ -17,8 +17,25 @@ from .errors import (
 )
 from .types import AnalysisType, BeforeSend, CommandDict, Customer, ErrorCallback, Timestamp
 
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .aio import AsyncAuthenticatedSevenSegments, AsyncSevenSegments
+
+
+def __getattr__(name: str) -> Any:
+    """The asyncio clients, from :mod:`seven_segments.aio`, imported on first use (asyncio loads only then)."""
+    if name in ("AsyncSevenSegments", "AsyncAuthenticatedSevenSegments"):
+        from . import aio
+
+        return getattr(aio, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "AnalysisType",
+    "AsyncAuthenticatedSevenSegments",
+    "AsyncSevenSegments",
     "AuthenticatedSevenSegments",
     "AuthenticationError",
     "BeforeSend",
