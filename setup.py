@@ -58,6 +58,7 @@ setup(
             "pytest>=7", "freezegun>=1.2", "hypothesis>=6", "pytest-timeout>=2",
             # deployment tests (tests/test_deployment.py skips what is missing)
             "billiard>=4", "gevent>=22", "eventlet>=0.33", 'pyuwsgi>=2.0.27; sys_platform != "win32"',
+            "uvicorn>=0.20", 'gunicorn>=21; sys_platform != "win32"',
         ],
         "dev": ["mypy>=1.8", "types-requests", "ruff", "build"],
     },

@@ -423,3 +423,164 @@ def test_uwsgi_without_python_threads_is_warned_about(
     with caplog.at_level("WARNING", logger="seven_segments.process_hooks"):
         assert process_hooks.warn_if_threads_disabled() is warns
     assert ("--enable-threads" in caplog.text) is warns
+
+
+# --------------------------------------------------------------------------------------------
+# uvicorn (ASGI) and gunicorn (WSGI): real servers, SIGTERM to them as docker stop sends it
+
+ASGI_APP = """
+import os, sys
+import uvicorn
+from seven_segments import AsyncSevenSegments, SevenSegments
+
+url, port, close_in_lifespan = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "lifespan"
+state = {}
+if not close_in_lifespan:
+    state["client"] = SevenSegments("asgi-token", "john", target=url, buffered=True, flush_interval=60)
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                if close_in_lifespan:
+                    state["client"] = AsyncSevenSegments("asgi-token", "john", target=url, flush_interval=60)
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                if close_in_lifespan:
+                    await state["client"].aclose()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    for number in range(100):
+        state["client"].track("view", {"n": number})
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+"""
+
+
+def _get(url: str, count: int, timeout: float = 20.0) -> int:
+    import urllib.request
+
+    answered = 0
+    end = time.monotonic() + timeout
+    while answered < count and time.monotonic() < end:
+        try:
+            urllib.request.urlopen(url, timeout=5).read()
+            answered += 1
+        except OSError:  # not listening yet
+            time.sleep(0.05)
+    return answered
+
+
+@pytest.mark.parametrize("how", ["lifespan", "module-client"])
+def test_uvicorn_delivers_at_sigterm(how: str, server: LocalServer, tmp_path: Path) -> None:
+    """With AsyncSevenSegments closed in the lifespan shutdown, or a SevenSegments made before
+    uvicorn.run, left to the SIGTERM handler that uvicorn restores and raises again."""
+    pytest.importorskip("uvicorn")
+    script = tmp_path / "asgi_app.py"
+    script.write_text(ASGI_APP)
+    port = _free_port()
+    process = subprocess.Popen(
+        [sys.executable, str(script), server.url, str(port), how],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
+    try:
+        answered = _get(f"http://127.0.0.1:{port}/", 10)
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=20)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert answered == 10, output
+    assert process.returncode == -signal.SIGTERM, output  # as uvicorn ends without us
+    assert server.stats()["events"] == 1000, output
+
+
+WSGI_APP = """
+import os
+from seven_segments import SevenSegments
+client = SevenSegments("wsgi-token", "john", target=os.environ["API_URL"], buffered=True, flush_interval=60)
+
+def application(environ, start_response):
+    for number in range(100):
+        client.track("view", {"pid": os.getpid(), "n": number})
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [str(os.getpid()).encode()]
+"""
+
+
+@pytest.mark.parametrize(
+    "options",
+    [["-k", "sync", "--preload"], ["-k", "gthread", "--threads", "4"], ["-k", "gevent", "--preload"]],
+    ids=["sync-preload", "gthread", "gevent-preload"],
+)
+def test_gunicorn_workers_deliver_at_sigterm(options: List[str], server: LocalServer, tmp_path: Path) -> None:
+    pytest.importorskip("gunicorn")
+    if "gevent" in options:
+        pytest.importorskip("gevent")
+    (tmp_path / "wsgi_app.py").write_text(WSGI_APP)
+    port = _free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-b", f"127.0.0.1:{port}", "-w", "2", "--graceful-timeout", "3",
+         *options, "wsgi_app:application"],
+        cwd=str(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{tmp_path}", API_URL=server.url),
+    )
+    try:
+        answered = _get(f"http://127.0.0.1:{port}/", 10)
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=20)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert answered == 10, output
+    assert process.returncode == 0, output
+    assert server.stats()["events"] == 1000, output
+    assert server.stats()["duplicates"] == 0
+
+
+# --------------------------------------------------------------------------------------------
+# serverless: the README's recipe
+
+
+class _LambdaContext:
+    """What AWS Lambda passes as ``context``: the part the recipe uses."""
+
+    def __init__(self, seconds: float) -> None:
+        self._end = time.monotonic() + seconds
+
+    def get_remaining_time_in_millis(self) -> int:
+        return int((self._end - time.monotonic()) * 1000)
+
+
+def test_the_serverless_recipe_delivers_before_each_invocation_returns(server: LocalServer) -> None:
+    from seven_segments import SevenSegments
+
+    client = SevenSegments("lambda-token", target=server.url, buffered=True)  # made once per container
+
+    def handler(event: Dict[str, Any], context: _LambdaContext) -> Dict[str, Any]:
+        for number in range(event["count"]):
+            client.track("invocation-event", {"n": number}, customer=event["user"])
+        # The recipe: the process may be frozen or killed as soon as the handler returns.
+        delivered = client.flush(timeout=max(0.0, context.get_remaining_time_in_millis() / 1000 - 0.5))
+        return {"delivered": delivered}
+
+    for invocation in range(3):
+        assert handler({"count": 200, "user": f"u{invocation}"}, _LambdaContext(3.0)) == {"delivered": True}
+        assert server.stats()["events"] == 200 * (invocation + 1)  # already there when the handler returns
+    server.faults.fail_next(1000, status=503)  # the API is down: the invocation still ends in time
+    started = time.monotonic()
+    assert handler({"count": 10, "user": "late"}, _LambdaContext(1.0)) == {"delivered": False}
+    assert time.monotonic() - started < 1.0
+    server.faults.clear()
+    client.close(5)
