@@ -152,3 +152,19 @@ def test_a_spool_that_is_a_file_is_refused_at_construction(tmp_path: Path) -> No
         SevenSegments(TOKEN, "john", buffered=True, spool=str(path))
     with pytest.raises(ValueError, match="buffered=True"):
         SevenSegments(TOKEN, "john", spool=str(tmp_path / "spool"))
+
+
+def test_a_full_spool_drops_counts_and_reports_and_never_raises(server: LocalServer, tmp_path: Path) -> None:
+    reports: List[Any] = []
+    client = SevenSegments(
+        TOKEN, "john", target=server.url, buffered=True, spool=str(tmp_path / "spool"), spool_max_bytes=64 * 1024,
+        flush_interval=60, on_error=lambda error, commands: reports.append((error, commands)),
+    )
+    for number in range(2000):  # about 150 bytes each on disk: far more than 64 KiB
+        client.track("view", {"n": number, "padding": "x" * 40})
+    assert client.flush(10) is False  # some were dropped
+    stats = client.stats()
+    assert stats["dropped_spool_full"] > 0 and stats["sent"] + stats["dropped_spool_full"] == 2000
+    assert any("spool" in str(error) for error, _ in reports)
+    assert sum(len(commands) for _, commands in reports) == stats["dropped_spool_full"]
+    client.close()
