@@ -3,6 +3,7 @@
     python benchmarks/webapp.py                       # everything: 3 alternating rounds, medians (~25 min)
     python benchmarks/webapp.py --repeat 5 --json webapp.json
     python benchmarks/webapp.py --quick               # 1 short round (about 3 min with the peers)
+    python benchmarks/webapp.py --repeat 5 --duration 6   # more, shorter turns: steadier on a noisy machine
     python benchmarks/webapp.py --ours-only --ks 10   # untracked, ours and the floor only
 
 A real WSGI server, ``gunicorn -k gthread --threads 8 -w 1`` (installed into ``benchmarks/.venv``),
@@ -12,13 +13,14 @@ ours, a naive floor (:class:`libs.Floor`) and the four peers. The events go to t
 (:mod:`sink`) whose answers come at once or ``--latencies`` seconds late (an API 50 ms away).
 
 Load comes from a closed loop: ``wrk -t2 -c8`` where ``wrk`` is installed, else a Python closed loop
-(2 processes, 4 keep-alive connections each). After a warm-up second, the load runs ``--duration``
-seconds; then gunicorn is stopped gracefully (SIGTERM, its workers end their requests and run their exit
-hooks: each client's own exit behaviour) and what reached the sink is compared with what the handler
-tracked (the app writes its count at exit). Rounds alternate (every client once per condition, then
-the next round, the order rotated), the ratio to the untracked app is taken within each round and
-condition, and the tables show medians over rounds. Every process is bounded in time and killed with
-its process group when something goes wrong.
+(2 processes, 4 keep-alive connections each). Per condition (K, latency) every client's app runs at
+once; after a warm-up second each, the load visits them in turn, ``--duration`` seconds each,
+``--repeat`` rounds, the order rotated, so that each tracked app is measured seconds from the untracked
+one and the ratio of each round is taken between turns that close. Then each gunicorn is stopped
+gracefully (SIGTERM: its worker ends its requests and runs its exit hooks, each client's own exit
+behaviour) and what reached the sink is compared with what the handler tracked (the app writes its
+count at exit). The tables show medians of the rounds. Every process is bounded in time and killed
+with its process group when something goes wrong.
 """
 
 from __future__ import annotations
