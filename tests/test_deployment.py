@@ -6,6 +6,7 @@ server and sends it real signals; every wait is bounded.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import subprocess
@@ -32,6 +33,14 @@ def ready(text="ready"):
     sys.stdout.write(text + "\\n")
     sys.stdout.flush()
 """
+
+
+def needs(*libraries: str) -> None:
+    """Skip unless the libraries are installed; never import them here (gevent and eventlet would
+    change this test process: eventlet warns at every fork)."""
+    for library in libraries:
+        if importlib.util.find_spec(library) is None:
+            pytest.skip(f"{library} is not installed")
 
 
 class Run:
@@ -252,7 +261,7 @@ if __name__ == "__main__":
 
 
 def test_billiard_pool_processes_recycled_after_each_task_deliver_their_events(server: LocalServer, tmp_path: Path) -> None:
-    pytest.importorskip("billiard")
+    needs("billiard")
     run = Run(tmp_path, BILLIARD_POOL, server.url)
     result = run.finish()
     assert result["code"] == 0, result["stderr"]
@@ -294,7 +303,7 @@ ready("child %d" % status)
 
 
 def green(library: str, body: str) -> str:
-    pytest.importorskip(library)
+    needs(library)
     return GREEN[library] + body
 
 
@@ -360,7 +369,7 @@ def test_uwsgi_workers_deliver_at_a_graceful_sigterm(options: List[str], server:
     import shutil
     import urllib.request
 
-    pytest.importorskip("pyuwsgi")
+    needs("pyuwsgi")
     uwsgi = shutil.which("uwsgi", path=os.path.dirname(sys.executable))
     if uwsgi is None:
         pytest.skip("no uwsgi program next to this Python")
@@ -478,7 +487,7 @@ def _get(url: str, count: int, timeout: float = 20.0) -> int:
 def test_uvicorn_delivers_at_sigterm(how: str, server: LocalServer, tmp_path: Path) -> None:
     """With AsyncSevenSegments closed in the lifespan shutdown, or a SevenSegments made before
     uvicorn.run, left to the SIGTERM handler that uvicorn restores and raises again."""
-    pytest.importorskip("uvicorn")
+    needs("uvicorn")
     script = tmp_path / "asgi_app.py"
     script.write_text(ASGI_APP)
     port = _free_port()
@@ -521,9 +530,9 @@ def application(environ, start_response):
     ids=["sync-preload", "gthread", "gevent-preload"],
 )
 def test_gunicorn_workers_deliver_at_sigterm(options: List[str], server: LocalServer, tmp_path: Path) -> None:
-    pytest.importorskip("gunicorn")
+    needs("gunicorn")
     if "gevent" in options:
-        pytest.importorskip("gevent")
+        needs("gevent")
     (tmp_path / "wsgi_app.py").write_text(WSGI_APP)
     port = _free_port()
     process = subprocess.Popen(
@@ -584,3 +593,34 @@ def test_the_serverless_recipe_delivers_before_each_invocation_returns(server: L
     assert time.monotonic() - started < 1.0
     server.faults.clear()
     client.close(5)
+
+
+MULTIPROCESSING_TERMINATE = """
+import multiprocessing
+from seven_segments import SevenSegments
+
+def child(started):
+    client = SevenSegments("mp-token", "child", target=url, buffered=True, flush_interval=60)
+    for number in range(500):
+        client.track("child-event", {"n": number})
+    started.set()
+    time.sleep(30)
+
+if __name__ == "__main__":
+    context = multiprocessing.get_context("fork")
+    started = context.Event()
+    process = context.Process(target=child, args=(started,))
+    process.start()
+    assert started.wait(10)
+    process.terminate()  # SIGTERM
+    process.join(10)
+    ready("exitcode %s" % process.exitcode)
+"""
+
+
+def test_a_multiprocessing_child_ended_by_terminate_delivers_first(server: LocalServer, tmp_path: Path) -> None:
+    """The child inherits nothing here (the parent made no client): its own client installs the handler."""
+    result = Run(tmp_path, MULTIPROCESSING_TERMINATE, server.url).finish()
+    assert result["code"] == 0, result["stderr"]
+    assert f"exitcode {-signal.SIGTERM}" in result["stdout"]
+    assert server.stats()["events"] == 500
