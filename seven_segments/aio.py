@@ -31,6 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import Any, Awaitable, Callable, Dict, Mapping, Optional, Type, TypeVar
 
+from .errors import ClientClosedError
 from .client import (
     DEFAULT_BLOCKING_RETRY_DEADLINE,
     DEFAULT_TIMEOUT,
@@ -99,8 +100,11 @@ class _AsyncBase:
 
     def __init__(self, max_workers: int) -> None:
         self._executor = ThreadPoolExecutor(_max_workers(max_workers), thread_name_prefix="seven-segments-aio")
+        self._closed = False
 
     def _in_pool(self, function: Callable[[], _T]) -> "Awaitable[_T]":
+        if self._closed:
+            raise ClientClosedError(f"this {type(self).__name__} client is closed")
         return asyncio.get_running_loop().run_in_executor(self._executor, function)
 
     async def __aenter__(self: _Client) -> _Client:
@@ -246,6 +250,7 @@ class AsyncSevenSegments(_AsyncBase):
         Later ``track``/``update`` raise ``ClientClosedError``. Cancelling it does not stop the close.
         """
         client = self._client
+        self._closed = True
         try:
             await _in_own_thread(lambda: client.close(timeout), "seven-segments-aio-close")
         finally:
@@ -301,5 +306,6 @@ class AsyncAuthenticatedSevenSegments(_AsyncBase):
 
     async def aclose(self, timeout: Optional[float] = None) -> None:
         """Release the connection pool and the threads (calls under way finish in their threads); idempotent."""
+        self._closed = True
         self._executor.shutdown(wait=False)
         self._client.close()

@@ -18,7 +18,8 @@ forked child it arms again for the child. What it arranges, once per process:
 - **billiard** (Celery's prefork pool): a pool process that is recycled (``maxtasksperchild``,
   Celery's ``worker_max_tasks_per_child``) or told to stop ends with ``os._exit()`` without running
   any finalizer; the clients are closed just before, by wrapping ``billiard.pool.Worker._do_exit``
-  (and a billiard ``Finalize`` covers plain ``billiard.Process`` children).
+  (plain ``billiard.Process`` children run the finalizers, whose registry billiard shares with
+  ``multiprocessing``, or a billiard ``Finalize`` where it does not).
 - **uwsgi** before 2.0.27 runs no Python thread unless started with ``--enable-threads`` (or
   ``--threads``): :func:`warn_if_threads_disabled` logs one clear warning.
 """

@@ -82,6 +82,8 @@ def test_track_update_identify_get_html_flush_and_async_with(campaign_server: Lo
             stats = client.stats()
         with pytest.raises(ClientClosedError):
             client.track("late")
+        with pytest.raises(ClientClosedError):
+            await client.get_html("Banner")
         await client.aclose()  # idempotent
         return [ids, html, stats]
 
