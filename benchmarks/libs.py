@@ -17,6 +17,10 @@ How each one is pointed at the sink (read from the installed packages' source):
 - amplitude: ``Amplitude(api_key, configuration=Config(server_url=url + "/2/httpapi"))``; JSON batches of
   200 every 10 s through ``urllib`` (a new connection per request) on a pool of up to 16 threads; it
   registers ``shutdown()`` (a flush) to run at exit.
+
+``Floor`` (not a library anyone ships, only in the web-app scenario) is the naive floor of issue 13: a
+``deque.append`` per event and one thread posting ``json.dumps`` of up to 1,000 events to ``{url}/floor``.
+Every adapter also has ``event(name, customer, properties)``, what the web-app scenario calls.
 """
 
 from __future__ import annotations

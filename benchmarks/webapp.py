@@ -1,6 +1,6 @@
 """What tracking costs a real web application (issue 13), in one command.
 
-    python benchmarks/webapp.py                       # everything: 3 alternating rounds, medians (~25 min)
+    python benchmarks/webapp.py                       # everything: 3 alternating rounds, medians (~17 min)
     python benchmarks/webapp.py --repeat 5 --json webapp.json
     python benchmarks/webapp.py --quick               # 1 short round (about 3 min with the peers)
     python benchmarks/webapp.py --repeat 5 --duration 6   # more, shorter turns: steadier on a noisy machine
