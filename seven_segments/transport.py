@@ -355,7 +355,12 @@ class Transport:
         except requests.RequestException as error:
             failure = SevenSegmentsError(f"{path}: request failed ({self._reason(error)})")
         else:
-            return self._read_answer(path, response)
+            if not attempt.expired:
+                return self._read_answer(path, response)
+            try:  # cut at its deadline: an answer that is not whole is a timeout, not the server's word
+                return self._read_answer(path, response)
+            except SevenSegmentsError:
+                failure = TransientError(f"{path}: no complete answer within {wait:.3g} s")
         finally:
             WATCHDOG.end(attempt)
         # Raised outside the except blocks: no __context__ chain leads back to requests' exception,

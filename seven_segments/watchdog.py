@@ -9,7 +9,10 @@ timeout. A close or exit deadline can bring the moment forward for every attempt
 
 The watchdog thread is a daemon, started with the first attempt of a process (again in a forked
 child) and ended after ``IDLE_SECONDS`` without attempts. Where no thread can be started (the
-interpreter is shutting down), attempts keep the per-operation timeout only.
+interpreter is shutting down, on Python 3.12+), an attempt made on the main thread is ended by a
+``SIGALRM`` timer instead, unless the application uses that signal; other attempts keep the
+per-operation timeout only. A connection put back in the pool leaves the attempt that used it, so
+that a late deadline never shuts a socket another attempt has taken since.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import heapq
 import logging
 import os
+import signal
 import socket
 import threading
 from typing import Any, Dict, List, Optional, Set, Tuple
@@ -96,12 +100,19 @@ class Watchdog:
                 self._start()
             elif self._heap[0][2] is attempt:
                 self._changed.notify()
+            unwatched = self._thread is None
         self._local.attempt = attempt
+        if unwatched:
+            self._arm_alarm(attempt)
         return attempt
 
     def end(self, attempt: Attempt) -> None:
         """The attempt is over (answered or failed): stop watching it."""
+        if self._pid != os.getpid():
+            self._reset()  # a forked child: the parent's lock may be held by a thread the child lacks
+            return
         self._local.attempt = None
+        self._cancel_alarm(attempt)
         with self._lock:
             attempt.finished = True
             attempt.sockets = []
@@ -112,6 +123,14 @@ class Watchdog:
                     if not owned:
                         del self._by_owner[id(attempt.owner)]
 
+    def detach(self, sock: Optional[socket.socket]) -> None:
+        """``sock`` goes back to the connection pool: the calling thread's attempt no longer owns it."""
+        attempt = getattr(self._local, "attempt", None)
+        if attempt is None or sock is None:
+            return
+        with self._lock:
+            attempt.sockets = [known for known in attempt.sockets if known is not sock]
+
     def current(self) -> Optional[Attempt]:
         """The attempt the calling thread is making, if any."""
         return getattr(self._local, "attempt", None)
@@ -120,6 +139,9 @@ class Watchdog:
 
     def shorten(self, owner: Any, deadline: float) -> None:
         """Bring the deadline of every attempt of ``owner`` forward to ``deadline`` (never later)."""
+        if self._pid != os.getpid():
+            self._reset()
+            return
         with self._lock:
             for attempt in self._by_owner.get(id(owner), ()):
                 if deadline < attempt.deadline:
@@ -134,9 +156,40 @@ class Watchdog:
         thread = threading.Thread(target=self._run, name="seven-segments-watchdog", daemon=True)
         try:
             thread.start()
-        except RuntimeError:  # interpreter shutdown: attempts keep their per-operation timeout
+        except RuntimeError:  # interpreter shutdown (3.12+ starts no thread): a timer signal instead
             return
         self._thread = thread
+
+    # Where no thread can start (interpreter exit), the main thread's attempts are ended by SIGALRM.
+
+    def _arm_alarm(self, attempt: Attempt) -> None:
+        """Called (lock not held) for an attempt begun with no watchdog thread: end it by a timer signal."""
+        if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+            return  # attempts keep their per-operation timeout only
+        try:
+            if signal.getsignal(signal.SIGALRM) is not signal.SIG_DFL or signal.getitimer(signal.ITIMER_REAL)[0]:
+                return  # the application's own alarm: never touched
+
+            def expire(signum: int, frame: Any) -> None:
+                attempt.expired = True
+                for sock in list(attempt.sockets):
+                    _shut(sock)
+
+            signal.signal(signal.SIGALRM, expire)
+            signal.setitimer(signal.ITIMER_REAL, max(0.001, attempt.deadline - self._clock()))
+        except (ValueError, OSError):
+            return
+        self._local.alarm = attempt
+
+    def _cancel_alarm(self, attempt: Attempt) -> None:
+        if getattr(self._local, "alarm", None) is not attempt:
+            return
+        self._local.alarm = None
+        try:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        except (ValueError, OSError):
+            pass
 
     def _run(self) -> None:
         with self._lock:
@@ -163,6 +216,10 @@ class Watchdog:
 #: The process's watchdog.
 WATCHDOG = Watchdog()
 
+if hasattr(os, "register_at_fork"):
+    # A forked child starts with a fresh watchdog (the parent's lock may be held by a thread it lacks).
+    os.register_at_fork(after_in_child=lambda: WATCHDOG._reset())
+
 
 def _adopt(sock: Optional[socket.socket]) -> None:
     attempt = WATCHDOG.current()
@@ -172,6 +229,11 @@ def _adopt(sock: Optional[socket.socket]) -> None:
 
 class WatchedHTTPConnection(HTTPConnection):
     """urllib3's connection, whose socket joins the attempt the calling thread is making."""
+
+    def _new_conn(self) -> socket.socket:
+        sock = super()._new_conn()
+        _adopt(sock)  # before any TLS handshake or proxy tunnel, which read from it too
+        return sock
 
     def connect(self) -> None:
         super().connect()
@@ -189,6 +251,11 @@ class WatchedHTTPConnection(HTTPConnection):
 class WatchedHTTPSConnection(HTTPSConnection):
     """The same for HTTPS."""
 
+    def _new_conn(self) -> socket.socket:
+        sock = super()._new_conn()
+        _adopt(sock)
+        return sock
+
     def connect(self) -> None:
         super().connect()
         _adopt(self.sock)
@@ -202,13 +269,25 @@ class WatchedHTTPSConnection(HTTPSConnection):
         return super().getresponse()
 
 
+def _detach(conn: Any) -> None:
+    WATCHDOG.detach(getattr(conn, "sock", None))
+
+
 class WatchedHTTPConnectionPool(HTTPConnectionPool):
-    """A pool of :class:`WatchedHTTPConnection`."""
+    """A pool of :class:`WatchedHTTPConnection`; a connection put back leaves the attempt that used it."""
 
     ConnectionCls = WatchedHTTPConnection
 
+    def _put_conn(self, conn: Any) -> None:
+        _detach(conn)
+        super()._put_conn(conn)
+
 
 class WatchedHTTPSConnectionPool(HTTPSConnectionPool):
-    """A pool of :class:`WatchedHTTPSConnection`."""
+    """A pool of :class:`WatchedHTTPSConnection`; a connection put back leaves the attempt that used it."""
 
     ConnectionCls = WatchedHTTPSConnection
+
+    def _put_conn(self, conn: Any) -> None:
+        _detach(conn)
+        super()._put_conn(conn)

@@ -76,6 +76,14 @@ class Harness:
         self.incoming.append(ticket)
         return ticket
 
+    def step(self) -> float:
+        """Steps until the pump has taken everything (one step takes a bounded number of commands)."""
+        for _ in range(100):
+            delay = self.pump.step()
+            if delay != 0.0 or not self.incoming:
+                return delay
+        raise AssertionError("the pump never finished taking")
+
     def answer(self, number: int, verdict: Optional[Verdict] = ALL_OK, error: Any = None) -> None:
         batch, _, done = self.launched.pop(number)
         done((number, verdict, error))
@@ -88,15 +96,15 @@ def test_one_request_in_flight_sends_the_next_batch_only_after_the_answer() -> N
     run = Harness(max_in_flight=1)
     run.track(2500)
     ticket = run.flush()
-    run.pump.step()
+    run.step()
     assert run.sizes() == [1000]
     for expected in ([1000], [500]):
         run.answer(min(run.launched))
-        run.pump.step()
+        run.step()
         assert run.sizes() == expected
     assert not ticket.done.is_set()
     run.answer(min(run.launched))
-    run.pump.step()
+    run.step()
     assert ticket.done.is_set() and ticket.delivered_all
     assert run.ledger.snapshot(0)["sent"] == 2500 and run.ledger.batches == 3
 
@@ -104,17 +112,17 @@ def test_one_request_in_flight_sends_the_next_batch_only_after_the_answer() -> N
 def test_several_requests_go_at_once_and_may_land_in_any_order() -> None:
     run = Harness(max_in_flight=4)
     run.track(2500)
-    assert run.pump.step() == pytest.approx(0.5)  # the last 500 wait for the flush interval
+    assert run.step() == pytest.approx(0.5)  # the last 500 wait for the flush interval
     assert run.sizes() == [1000, 1000]
     run.clock.now += 0.5
-    run.pump.step()
+    run.step()
     assert sorted(run.sizes()) == [500, 1000, 1000]
     ticket = run.flush()
-    run.pump.step()
+    run.step()
     for number in sorted(run.launched, reverse=True):  # the newest lands first
         assert not ticket.done.is_set()
         run.answer(number)
-        run.pump.step()
+        run.step()
     assert ticket.done.is_set() and ticket.delivered_all and run.ledger.sent == 2500
     assert run.pump.held == 0 and run.pump.held_bytes == 0
 
@@ -122,31 +130,31 @@ def test_several_requests_go_at_once_and_may_land_in_any_order() -> None:
 def test_a_full_window_waits_for_an_answer_not_for_a_timer() -> None:
     run = Harness(max_in_flight=2)
     run.track(3000)
-    assert run.pump.step() == math.inf  # two in flight, a third batch ready: woken by an answer
+    assert run.step() == math.inf  # two in flight, a third batch ready: woken by an answer
     assert run.sizes() == [1000, 1000]
     run.answer(1)
-    run.pump.step()
+    run.step()
     assert sorted(run.sizes()) == [1000, 1000]
 
 
 def test_a_passing_failure_shrinks_the_window_and_holds_every_request_for_the_backoff() -> None:
     run = Harness(max_in_flight=4)
     run.track(3000)
-    run.pump.step()
+    run.step()
     assert len(run.launched) == 3
     run.answer(2)
     run.answer(3)
     run.answer(1, None, TransientError("bulk: HTTP 503", status=503))
-    delay = run.pump.step()
+    delay = run.step()
     assert run.pump.window.limit == 1 and delay == pytest.approx(1.0)  # backoff(1) = 1 s
     run.track(1000)
-    run.pump.step()
+    run.step()
     assert run.launched == {}  # no request at all before the backoff ends, fresh ones included
     run.clock.now += 1.0
-    run.pump.step()
+    run.step()
     assert run.sizes() == [1000] and list(run.launched.values())[0][0].first_seq == 1  # the oldest first
     run.answer(min(run.launched))
-    run.pump.step()
+    run.step()
     assert run.pump.window.limit == 2  # grows back one success at a time
     assert run.ledger.retried == 1000
 
@@ -155,13 +163,13 @@ def test_retry_after_is_honoured_and_one_beyond_the_deadline_fails_the_batch() -
     run = Harness(max_in_flight=2)
     run.track(10)
     run.flush()
-    run.pump.step()
+    run.step()
     run.answer(1, None, TransientError("bulk: HTTP 429", status=429, retry_after=5.0))
-    assert run.pump.step() == pytest.approx(5.0)
+    assert run.step() == pytest.approx(5.0)
     run.clock.now += 5.0
-    run.pump.step()
+    run.step()
     run.answer(2, None, TransientError("bulk: HTTP 429", status=429, retry_after=600.0))
-    run.pump.step()
+    run.step()
     assert run.ledger.failed == 10
     error, commands = run.reports[0]
     assert isinstance(error, ServiceUnavailable) and error.status == 429 and "gave up after 2 attempts" in str(error)
@@ -172,9 +180,9 @@ def test_413_splits_the_batch_and_sends_both_halves_at_once() -> None:
     run = Harness(max_in_flight=4)
     run.track(8)
     run.flush()
-    run.pump.step()
+    run.step()
     run.answer(1, None, InvalidRequest("bulk: the body is too large", status=413))
-    run.pump.step()
+    run.step()
     assert sorted(run.sizes()) == [4, 4]
 
 
@@ -182,16 +190,16 @@ def test_per_command_results_settle_each_command() -> None:
     run = Harness(max_in_flight=1)
     run.track(3)
     ticket = run.flush()
-    run.pump.step()
+    run.step()
     run.answer(1, Verdict([0], [1], [(2, ("type is bad",))], False))
-    run.pump.step()
+    run.step()
     assert (run.ledger.sent, run.ledger.failed, run.ledger.retried) == (1, 1, 1)
     assert run.sizes() == [1] and list(run.launched.values())[0][0].first_seq == 2  # progress: at once
     error, commands = run.reports[0]
     assert isinstance(error, InvalidRequest) and error.errors == ("type is bad",)
     assert commands[0]["data"]["command_id"] == "id-3" and "company_id" not in commands[0]["data"]
     run.answer(2)
-    run.pump.step()
+    run.step()
     assert ticket.done.is_set() and ticket.delivered_all is False  # one of its commands failed
 
 
@@ -200,24 +208,24 @@ def test_a_flush_answers_for_its_own_commands_not_for_later_ones() -> None:
     run.track(10)
     ticket = run.flush()
     run.track(10)
-    run.pump.step()
+    run.step()
     assert len(run.launched) == 2
     run.answer(1)
-    run.pump.step()
+    run.step()
     assert ticket.done.is_set() and ticket.delivered_all
 
 
 def test_at_the_close_deadline_what_is_in_flight_is_unconfirmed_and_what_waits_failed(caplog: Any) -> None:
     run = Harness(max_in_flight=1, batch_size=1000)
     run.track(2500)
-    run.pump.step()
+    run.step()
     run.pump.close_timeout = 2.0
     run.pump.close_deadline = run.clock.now + 2.0
     run.lifecycle.move(Phase.DRAINING)
-    assert run.pump.step() == pytest.approx(2.0)
+    assert run.step() == pytest.approx(2.0)
     run.clock.now += 2.0
     with caplog.at_level(logging.WARNING, logger="seven_segments"):
-        assert run.pump.step() == -1.0
+        assert run.step() == -1.0
     assert (run.ledger.unconfirmed, run.ledger.failed, run.ledger.sent) == (1000, 1500, 0)
     assert "2500 commands were lost at close" in caplog.text and "1000 unconfirmed" in caplog.text
     assert [len(commands) for _, commands in run.reports] == [1000, 1000, 500]  # chunks of at most 1000
@@ -231,12 +239,12 @@ def test_a_request_cut_by_the_close_deadline_is_unconfirmed() -> None:
     run = Harness(max_in_flight=1)
     run.track(5)
     run.flush()
-    run.pump.step()
+    run.step()
     run.pump.close_deadline = run.clock.now + 0.1
     run.lifecycle.move(Phase.DRAINING)
     run.clock.now += 0.1
     run.answer(1, None, TransientError("bulk: no complete answer within 0.1 s"))
-    assert run.pump.step() == -1.0
+    assert run.step() == -1.0
     assert (run.ledger.unconfirmed, run.ledger.failed) == (5, 0)
 
 
@@ -245,7 +253,7 @@ def test_drops_are_reported_with_their_own_reason() -> None:
     command = ("crm/events", {"registered": "john"}, "view", {}, 1.0, "id-x")
     for _ in range(3):
         run.ledger.drop(command, FULL)
-    run.pump.step()
+    run.step()
     error, commands = run.reports[0]
     assert isinstance(error, QueueFull) and "queue is full" in str(error) and len(commands) == 3
     assert run.ledger.snapshot(0)["dropped_queue_full"] == 3
@@ -257,9 +265,9 @@ def test_a_command_that_cannot_be_encoded_fails_alone() -> None:
     run.incoming.append(("crm/events", {"registered": "john"}, "view", {"bad": object()}, 1.0, "id-bad"))
     run.track(2)
     ticket = run.flush()
-    run.pump.step()
+    run.step()
     assert run.ledger.failed == 1 and isinstance(run.reports[0][0], InvalidRequest)
     while run.launched:
         run.answer(min(run.launched))
-        run.pump.step()
+        run.step()
     assert run.ledger.sent == 4 and ticket.done.is_set() and ticket.delivered_all is False

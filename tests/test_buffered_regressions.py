@@ -254,3 +254,47 @@ def test_stats_have_the_same_keys_in_both_modes(dead_url: str) -> None:
     buffered = SevenSegments(TOKEN, "john", target=dead_url, buffered=True)
     assert set(blocking.stats()) == set(buffered.stats()) >= {"unconfirmed", "dropped_queue_full", "in_flight"}
     buffered.close(0)
+
+
+def test_a_close_is_bounded_even_when_on_error_is_slow(dead_url: str, monkeypatch: Any, caplog: Any) -> None:
+    from seven_segments._buffered import engine
+
+    monkeypatch.setattr(engine, "REPORT_GRACE", 0.5)
+    release = threading.Event()
+    client = SevenSegments(
+        TOKEN, "john", target=dead_url, buffered=True, on_error=lambda error, commands: release.wait(5)
+    )
+    for number in range(3000):
+        client.track("view", {"n": number})
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="seven_segments"):
+        client.close(timeout=0.3)
+    seconds = time.monotonic() - started
+    release.set()
+    assert seconds < 2.0, seconds  # 0.3 s + grace + 0.5 s for on_error, not 5 s per call
+    assert "were not passed to on_error" in caplog.text
+    assert client.stats()["pending"] == 0
+
+
+EXIT_WHILE_TRICKLING = """
+import atexit, sys
+from seven_segments import SevenSegments
+client = SevenSegments("exit-token", "john", target=sys.argv[1], buffered=True, shutdown_timeout=1.0, timeout=30)
+def at_exit():  # on Python 3.12+, no thread can start now: delivery runs on this thread
+    for number in range(200):
+        client.track("ended", {"n": number})
+atexit.register(at_exit)
+"""
+
+
+@pytest.mark.parametrize("python", __import__("tests.test_process_life", fromlist=["_pythons"])._pythons())
+def test_exit_ends_on_time_when_the_server_trickles_even_without_threads(python: str, server: LocalServer) -> None:
+    server.faults.trickle_next(1, seconds=0.05)  # every byte well within `timeout`, the answer far past the deadline
+    started = time.monotonic()
+    result = subprocess.run(
+        [python, "-c", textwrap.dedent(EXIT_WHILE_TRICKLING), server.url],
+        capture_output=True, text=True, timeout=60, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
+    assert result.returncode == 0, result.stderr
+    assert time.monotonic() - started < 6.0, result.stderr  # 1 s of shutdown_timeout, plus the start
+    assert "200 commands" in result.stderr and "exit-token" not in result.stderr

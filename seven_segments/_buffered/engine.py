@@ -59,6 +59,8 @@ LARGE_EXTRA = 256
 PUMP_IDLE_SECONDS = 10.0
 #: How long ``close()`` waits past its deadline for a pump that is finishing (reporting, answering).
 CLOSE_GRACE = 0.25
+#: How long, past the close deadline, ``on_error`` may take to receive what a close gave up on.
+REPORT_GRACE = 5.0
 #: When delivering on a caller's thread (no thread can start at interpreter exit), waits are this short.
 INLINE_POLL = 0.05
 #: Dropped commands kept for ``on_error`` until the pump reports them: this share of the queue's bytes.
@@ -168,7 +170,10 @@ class Core:
         return None if record is None else (payload, record)
 
     def _drop(self, command: Command, reason: str) -> None:
-        first = self.ledger.drop(command, reason)
+        first, overflow = self.ledger.drop(command, reason)
+        if overflow is not None:  # drops outpace the pump: this caller reports them, so that none is lost
+            self.pump.report_dropped(reason, overflow, 0)
+            self.reporter.drain()
         if self.lifecycle.phase is _STOPPED:  # no pump will report it: do it here
             self.fail_late()
         elif first:
@@ -192,7 +197,7 @@ class Core:
             self.start()
         elif phase is _STOPPED:
             self.fail_late()
-        if self.thread is None and not ticket.done.is_set():
+        if self.thread is None and not ticket.done.is_set():  # no pump thread could start: deliver here
             deadline = math.inf if timeout is None else self.clock() + timeout
             self._run_inline(until=lambda: ticket.done.is_set() or self.clock() >= deadline)
         if not ticket.done.wait(timeout):
@@ -227,20 +232,25 @@ class Core:
         """Start a pump thread if there is none (IDLE -> RUNNING)."""
         lifecycle = self.lifecycle
         with lifecycle.lock:
-            if lifecycle.phase is not _IDLE or not lifecycle.move_locked(_RUNNING):
+            if lifecycle.phase is not _IDLE or self.thread is not None or not lifecycle.move_locked(_RUNNING):
                 return
-            thread = threading.Thread(target=self._run, name="seven-segments-worker", daemon=True)
-            try:
-                thread.start()
-            except RuntimeError:
+            if not self._start_thread_locked():
                 # The interpreter is shutting down (Python 3.12+ starts no thread then): flush()
                 # and close() deliver on the caller's thread instead.
                 lifecycle.phase = _IDLE
                 logger.debug("cannot start the worker thread; delivering on the closing thread")
-                registry.started(self)
-                return
-            self.thread = thread
         registry.started(self)
+
+    def _start_thread_locked(self) -> bool:
+        """Start the pump thread (the lifecycle lock is held): the one owner of the pump from now on."""
+        thread = threading.Thread(target=self._run, name="seven-segments-worker", daemon=True)
+        self.thread = thread
+        try:
+            thread.start()
+        except RuntimeError:
+            self.thread = None
+            return False
+        return True
 
     def begin_close(self, timeout: Optional[float] = None) -> None:
         """Stop taking commands and let the pump deliver what it holds, within ``timeout``."""
@@ -260,43 +270,51 @@ class Core:
         if pump.empty and not self.incoming:
             self._stop()
             return
-        thread = threading.Thread(target=self._run, name="seven-segments-worker", daemon=True)
-        try:
-            thread.start()
-        except RuntimeError:
-            return  # finish_close delivers on its own thread
-        self.thread = thread
+        with lifecycle.lock:
+            if self.thread is None:
+                self._start_thread_locked()  # else finish_close delivers on its own thread
 
     def finish_close(self) -> None:
-        """Wait (bounded by the close deadline) for the pump to finish; give up on it if it does not."""
+        """Wait (bounded by the close deadline) for the pump to finish; give up on it if it does not.
+
+        Past the deadline the pump may still be passing what it gave up on to ``on_error``: it gets at
+        most ``REPORT_GRACE`` seconds more; what is left then is counted in a warning. The closer never
+        calls ``on_error`` while the pump thread lives, so a slow one cannot hold the close.
+        """
         lifecycle = self.lifecycle
         thread = self.thread
         if thread is not None and thread is threading.current_thread():
             return  # close() from on_error: the pump finishes the close itself
+        deadline = self.pump.close_deadline + CLOSE_GRACE
         if thread is not None and thread.is_alive():
-            if lifecycle.stopped.wait(max(0.0, self.pump.close_deadline - self.clock()) + CLOSE_GRACE):
-                thread.join(CLOSE_GRACE)  # its last words: late commands, releasing the connections
-            # Past the deadline the pump does no I/O, but it may still be passing what it gave up on to
-            # on_error: help it with the chunks, and let it finish, for at most another shutdown_timeout.
-            # (Past that, as long as chunks wait for on_error: what was given up on is all reported.)
-            helping_until = self.clock() + max(1.0, self.limits.shutdown_timeout)
-            while (
-                not lifecycle.stopped.is_set()
-                and thread.is_alive()
-                and (self.clock() < helping_until or self.reporter.pending)
-            ):
-                self.reporter.drain()
-                lifecycle.stopped.wait(0.01)
-            if lifecycle.stopped.is_set():
-                thread.join(CLOSE_GRACE)
+            lifecycle.stopped.wait(max(0.0, deadline - self.clock()))
         elif lifecycle.phase is Phase.DRAINING:
-            self._run_inline(until=lifecycle.stopped.is_set)
-        if not lifecycle.stopped.is_set():
+            self._run_inline(until=lambda: lifecycle.stopped.is_set() or self.clock() >= deadline)
+        report_until = self.clock() + REPORT_GRACE
+        pump_thread = self.thread
+        while not lifecycle.stopped.is_set() and pump_thread is not None and pump_thread.is_alive():
+            if self.clock() >= report_until:
+                break
+            lifecycle.stopped.wait(0.01)  # never calls on_error itself: a slow one must not hold the close
+        if lifecycle.stopped.is_set():
+            if pump_thread is not None and pump_thread is not threading.current_thread():
+                pump_thread.join(CLOSE_GRACE)  # its last words: late commands, releasing the connections
+        else:
             self._abandon_from_closer()
-        self.reporter.drain()  # chunks the pump could not report in time
-        finishing_until = self.clock() + CLOSE_GRACE * 4
-        while self.reporter.busy and self.clock() < finishing_until:  # a chunk the pump is still reporting
-            time.sleep(0.005)
+        pump_thread = self.thread
+        if pump_thread is None or not pump_thread.is_alive():
+            self.reporter.drain(until=report_until)  # nobody else will
+        else:  # the pump is still reporting: let it finish the chunks it has, within the grace
+            while self.reporter.pending and self.clock() < report_until:
+                time.sleep(0.005)
+        unreported = self.reporter.abandon()
+        if unreported:
+            logger.warning(
+                "seven_segments: %d commands given up at close were not passed to on_error: it did not keep up"
+                " within %g s after the close deadline",
+                unreported,
+                REPORT_GRACE,
+            )
 
     def _run(self) -> None:
         try:
@@ -311,8 +329,24 @@ class Core:
                         lifecycle.phase = _IDLE
 
     def _run_inline(self, until: Callable[[], bool]) -> None:
-        """Deliver on the caller's thread (no thread can start at interpreter exit), polling ``until``."""
-        self._loop(until=until, poll=INLINE_POLL)
+        """Deliver on the caller's thread (no thread can start at interpreter exit), polling ``until``,
+        if no other thread owns the pump; then give the pump back."""
+        lifecycle = self.lifecycle
+        with lifecycle.lock:
+            if self.thread is not None or lifecycle.phase is _STOPPED:
+                return  # another thread owns the pump (it appeared meanwhile): wait for it instead
+            self.thread = threading.current_thread()
+            if lifecycle.phase is _IDLE:
+                lifecycle.move_locked(_RUNNING)
+        try:
+            self._loop(until=until, poll=INLINE_POLL)
+        finally:
+            self.wake_at = 1
+            with lifecycle.lock:
+                if self.thread is threading.current_thread():
+                    self.thread = None
+                    if lifecycle.phase is _RUNNING:
+                        lifecycle.phase = _IDLE
 
     def _loop(self, until: Optional[Callable[[], bool]] = None, poll: float = math.inf) -> None:
         pump = self.pump
@@ -344,7 +378,10 @@ class Core:
         """Wait for producers (a batch's worth, or the first command), an answer, a flush, a close or a timer."""
         pump = self.pump
         waiting = len(pump.fresh)
-        self.wake_at = max(1, self.limits.batch_size - waiting) if waiting else 1
+        if not pump.window.room(len(self.ledger.in_flight), self.clock()):
+            self.wake_at = _BUSY  # nothing could go now: an answer or the gate's timer wakes us, not callers
+        else:
+            self.wake_at = max(1, self.limits.batch_size - waiting) if waiting else 1
         if len(self.incoming) < self.wake_at and not pump.outcomes:
             self.wakeup.wait(None if delay == math.inf else delay)
         self.wakeup.clear()
@@ -380,26 +417,46 @@ class Core:
         self.reporter.drain()
 
     def _abandon_from_closer(self) -> None:
-        """The pump is still busy past the deadline (in on_error, or stuck): settle from the closer."""
+        """The pump is still busy past the deadline (a slow on_error, or an attempt that would not end):
+        settle everything from the closer. The pump, when it comes back, finds the engine STOPPED."""
         if not self.lifecycle.move(_STOPPED):
             return
-        batches = self.ledger.give_up_in_flight()
-        left = self.stats()["pending"]
-        if left or batches:
-            logger.warning(
-                "seven_segments: %d commands were not delivered within the close deadline (%g s); the worker is"
-                " still busy (a slow on_error?)%s",
-                left,
-                self.pump.close_timeout,
-                f"; {sum(map(len, batches))} were in flight and may have been applied" if batches else "",
-            )
-        self.reporter.failed(
-            ServiceUnavailable(
-                f"not confirmed within the close deadline ({self.pump.close_timeout:g} s): the request was in flight"
-                " and may have been applied"
-            ),
-            [payload for batch in batches for payload in batch.payloads],
+        pump = self.pump
+        spooled = self.spool is not None
+        in_flight = self.ledger.give_up_in_flight(unconfirmed=False) + pump.take_cut_at_close()
+        late = pump.drain_incoming()
+        waiting = [payload for batch in pump.line for payload in batch.payloads] + list(pump.fresh)
+        ledger = self.ledger
+        with ledger.lock:  # everything taken and not settled: in flight, waiting, late
+            left = max(0, ledger.taken - (ledger.sent + ledger.failed + ledger.unconfirmed + ledger.kept))
+            flying = min(left, sum(map(len, in_flight)))
+            if spooled:
+                ledger.kept += left
+            else:
+                ledger.unconfirmed += flying
+                ledger.failed += left - flying
+        logger.warning(
+            "seven_segments: %d commands were %s at close: the worker was still busy past the close deadline"
+            " (%g s; a slow on_error, or an attempt that would not end)%s",
+            left,
+            "kept in the spool" if spooled else "lost",
+            pump.close_timeout,
+            f"; {sum(map(len, in_flight))} were in flight and may have been applied" if in_flight else "",
         )
+        for ticket in pump.tickets:
+            ticket.delivered_all = False
+            ticket.done.set()
+        if not spooled:
+            self.reporter.failed(
+                ServiceUnavailable(
+                    f"not confirmed within the close deadline ({pump.close_timeout:g} s): the request was in flight"
+                    " and may have been applied"
+                ),
+                [payload for batch in in_flight for payload in batch.payloads],
+            )
+            error = ServiceUnavailable(f"not delivered within the close deadline ({pump.close_timeout:g} s)")
+            self.reporter.failed(error, waiting)
+            self.reporter.failed(error, [item for item in late if len(item) >= 4])
         self._release()
 
     def fail_late(self) -> None:

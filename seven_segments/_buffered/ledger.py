@@ -54,18 +54,21 @@ class Ledger:
 
     # Callers ------------------------------------------------------------------------------------
 
-    def drop(self, command: Command, reason: DropReason) -> bool:
-        """Count a dropped command (kept for ``on_error`` within bounds); True if it is the first one
-        waiting to be reported."""
+    def drop(self, command: Command, reason: DropReason) -> Tuple[bool, Optional[List[Command]]]:
+        """Count a dropped command, kept for ``on_error`` within bounds. Returns whether it is the first
+        one waiting to be reported, and, when the kept ones reached the bound before the pump could
+        report them, those commands, taken out for the caller to report itself."""
         with self.lock:
             self.dropped[reason] += 1
-            kept = self.drops[reason]
-            first = not kept and not self.drops_not_kept[reason]
-            if len(kept) < self.keep_drops:
-                kept.append(command)
-            else:
+            if not self.keep_drops:
                 self.drops_not_kept[reason] += 1
-            return first
+                return self.drops_not_kept[reason] == 1, None
+            kept = self.drops[reason]
+            kept.append(command)
+            if len(kept) < self.keep_drops:
+                return len(kept) == 1, None
+            self.drops[reason] = []
+            return False, kept
 
     @property
     def total_dropped(self) -> int:

@@ -46,7 +46,7 @@ logger = logging.getLogger("seven_segments")
 Launch = Callable[[int, Batch, float, Callable[[Outcome], None]], None]
 
 #: Commands taken from the incoming queue per step, at most.
-TAKE_PER_STEP = 10_000
+TAKE_PER_STEP = 2_000
 #: Bytes of a bulk command that are not its ``data``: ``{"name":"<path>","data":`` and ``}``.
 _ENVELOPE = {path: len('{"name":"' + path + '","data":}') for path in (PATH_EVENTS, PATH_CUSTOMERS)}
 
@@ -322,19 +322,20 @@ class Pump:
         if not any(self.ledger.drops.values()) and not any(self.ledger.drops_not_kept.values()):
             return
         for reason, commands, not_kept in self.ledger.take_drops():
-            limits = self.limits
-            if reason == FULL:
-                text = f"the queue is full ({limits.max_queue_size} commands or {limits.max_queue_bytes} bytes)"
-            elif reason == SPOOL_FULL:
-                spool = self.spool.folder if self.spool is not None else "?"
-                text = f"the spool {spool} is full (spool_max_bytes) or cannot be written"
-            else:
-                text = "the client is closed"
-            message = text
-            if not_kept:
-                message += f"; {not_kept} of them were counted but not kept for on_error (it is falling behind)"
-            self.reporter.dropped(len(commands) + not_kept, message)
-            self.reporter.failed(QueueFull(f"{len(commands) + not_kept} commands dropped: {message}"), commands)
+            self.report_dropped(reason, commands, not_kept)
+
+    def report_dropped(self, reason: str, commands: List[Command], not_kept: int) -> None:
+        """Queue dropped commands for ``on_error`` and warn (rate-limited), with their true reason."""
+        limits = self.limits
+        if reason == FULL:
+            text = f"the queue is full ({limits.max_queue_size} commands or {limits.max_queue_bytes} bytes)"
+        elif reason == SPOOL_FULL:
+            spool = self.spool.folder if self.spool is not None else "?"
+            text = f"the spool {spool} is full (spool_max_bytes) or cannot be written"
+        else:
+            text = "the client is closed"
+        self.reporter.dropped(len(commands) + not_kept, text)
+        self.reporter.failed(QueueFull(f"{len(commands) + not_kept} commands dropped: {text}"), commands)
 
     # Sending ------------------------------------------------------------------------------------
 
@@ -446,8 +447,13 @@ class Pump:
                 self.window.gate_until = max(self.window.gate_until, not_before)
             self._requeue(batch.subset(verdict.retry, attempts, not_before))
 
+    def take_cut_at_close(self) -> List[Batch]:
+        """The batches whose request the close deadline cut short (taken out)."""
+        cut, self._cut_at_close = self._cut_at_close, []
+        return cut
+
     def _transient(self, batch: Batch, error: TransientError, now: float) -> None:
-        if now >= self.close_deadline:  # cut by the close deadline: it may have been applied
+        if now >= self.close_deadline and error.status is None:  # cut by the close deadline: maybe applied
             self._cut_at_close.append(batch)
             return
         self.window.on_transient(now, error.retry_after)
@@ -541,7 +547,7 @@ class Pump:
             in_flight += cut
         unconfirmed = sum(map(len, in_flight))
         self._release(unconfirmed, sum(sum(map(len, batch.payloads)) for batch in in_flight))
-        late = self._drain_incoming()
+        late = self.drain_incoming()
         line, self.line = self.line, []
         fresh = list(self.fresh)
         seqs: List[int] = [seq for batch in line for seq in batch.seqs]
@@ -586,7 +592,7 @@ class Pump:
         folder to deliver (the requests in flight too: resending them is safe). Nothing is lost."""
         in_flight = self.ledger.give_up_in_flight(unconfirmed=False) + self._cut_at_close
         self._cut_at_close = []
-        late = self._drain_incoming()
+        late = self.drain_incoming()
         kept = sum(map(len, in_flight)) + sum(map(len, self.line)) + len(self.fresh) + len(late)
         self.line = []
         self.fresh.clear()
@@ -610,7 +616,7 @@ class Pump:
         self.settle_tickets()
         self.reporter.drain()
 
-    def _drain_incoming(self) -> List[Command]:
+    def drain_incoming(self) -> List[Command]:
         """Empty the incoming queue: its commands (counted as taken), and its tickets, placed."""
         commands: List[Command] = []
         while True:
@@ -634,7 +640,7 @@ class Pump:
 
     def fail_late(self) -> None:
         """After the stop: fail what reached the queue after the last look, answer late flushes."""
-        late = self._drain_incoming()
+        late = self.drain_incoming()
         spooled = [item for item in late if len(item) < 4]
         if spooled:  # on disk already: the next client on the folder delivers them
             late = [item for item in late if len(item) >= 4]

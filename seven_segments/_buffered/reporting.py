@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections import deque
 from typing import Any, Deque, Dict, Optional, Sequence, Tuple, Union
 
@@ -50,6 +51,7 @@ class Reporter:
         self._drops_unwarned: Dict[str, int] = {}
         #: ``on_error`` calls under way (on the pump, or on a closer helping it).
         self.busy = 0
+        self._busy_lock = threading.Lock()
 
     def failed(self, error: SevenSegmentsError, items: Items) -> None:
         """Queue ``items`` (payloads or tuples) for ``on_error`` with ``error``, in chunks."""
@@ -58,24 +60,36 @@ class Reporter:
         for start in range(0, len(items), CHUNK):
             self._chunks.append((error, items[start : start + CHUNK]))
 
-    def drain(self) -> None:
-        """Call ``on_error`` for every queued chunk (outside every lock; its exceptions are logged)."""
+    def drain(self, until: Optional[float] = None) -> None:
+        """Call ``on_error`` for every queued chunk (outside every lock; its exceptions are logged),
+        taking none after ``until`` (on this clock)."""
         callback = self.on_error
         chunks = self._chunks
-        while True:
+        while until is None or self._clock() < until:
             try:
                 error, items = chunks.popleft()
             except IndexError:
                 return
             if callback is None:
                 continue
-            self.busy += 1
+            with self._busy_lock:
+                self.busy += 1
             try:
                 callback(error, [_decode(item) for item in items])
             except BaseException:  # even SystemExit: delivery must live on
                 logger.exception("seven_segments: the on_error callback raised")
             finally:
-                self.busy -= 1
+                with self._busy_lock:
+                    self.busy -= 1
+
+    def abandon(self) -> int:
+        """Forget the chunks not reported yet (``on_error`` did not keep up); how many commands they held."""
+        count = 0
+        while True:
+            try:
+                count += len(self._chunks.popleft()[1])
+            except IndexError:
+                return count
 
     @property
     def pending(self) -> bool:
