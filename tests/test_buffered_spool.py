@@ -36,9 +36,9 @@ while True:
 """
 
 
-def kill_mid_burst(target: str, spool: Path, after: int) -> int:
-    """Run a process that tracks without end; SIGKILL it once it reports ``after`` events; return the
-    number of events it had reported as accepted."""
+def kill_mid_burst(target: str, spool: Path, after: int, ready: Any = lambda: True) -> int:
+    """Run a process that tracks without end; SIGKILL it once it reports ``after`` events (and
+    ``ready()`` holds); return the number of events it had reported as accepted."""
     process = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(BURST), target, str(spool), TOKEN],
         stdout=subprocess.PIPE,
@@ -49,7 +49,7 @@ def kill_mid_burst(target: str, spool: Path, after: int) -> int:
     accepted = 0
     deadline = time.monotonic() + 30
     try:
-        while accepted < after and time.monotonic() < deadline:
+        while (accepted < after or not ready()) and time.monotonic() < deadline:
             line = process.stdout.readline()
             if not line:
                 break
@@ -89,7 +89,8 @@ def test_sigkill_with_the_api_down_loses_nothing_accepted(server: LocalServer, d
 def test_sigkill_while_the_api_is_up_and_losing_answers_delivers_each_event_once(server: LocalServer, tmp_path: Path) -> None:
     spool = tmp_path / "spool"
     server.faults.random(0.2, seed=3, kinds=["drop_after", "503"], retry_after=0.01)  # applied, answer lost
-    accepted = kill_mid_burst(server.url, spool, after=4000)
+    # killed once some requests were applied and their answers lost
+    accepted = kill_mid_burst(server.url, spool, after=4000, ready=lambda: server.stats()["faults"].get("drop_after"))
     server.faults.random(0)
     before = len(server.events())
     assert before > 0  # some were delivered by the killed process itself

@@ -96,7 +96,7 @@ class Core:
         keep = 0 if on_error is None else max(1000, limits.max_queue_bytes // DROP_KEEP_SHARE // RAW_COMMAND_COST)
         self.ledger = Ledger(keep_drops=keep)
         self.reporter = Reporter(on_error, clock)
-        self.senders = SenderPool("seven-segments-sender")
+        self.senders = SenderPool("seven-segments-sender", max_threads=limits.max_in_flight)
         self.wakeup = threading.Event()
         self.wake_at = 1  # a producer wakes the pump when len(incoming) reaches this
         self.thread: Optional[threading.Thread] = None

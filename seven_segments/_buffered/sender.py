@@ -50,8 +50,9 @@ def attempt_batch(transport: Transport, owner: Any, number: int, batch: Batch, t
 class SenderPool:
     """The sender threads of one engine."""
 
-    def __init__(self, name: str, idle_seconds: Optional[float] = None) -> None:
+    def __init__(self, name: str, idle_seconds: Optional[float] = None, max_threads: int = 32) -> None:
         self._name = name
+        self._max_threads = max_threads
         self._idle_seconds = idle_seconds  # None: IDLE_SECONDS, read when a thread waits
         self._lock = threading.Lock()
         self._ready = threading.Condition(self._lock)
@@ -71,8 +72,8 @@ class SenderPool:
             if self._closed:
                 return False
             self._jobs.append(job)
-            if self._idle >= len(self._jobs):
-                self._ready.notify()
+            if self._idle >= len(self._jobs) or self._threads >= self._max_threads:
+                self._ready.notify()  # an idle thread takes it, or a busy one when it is done
                 return True
             self._threads += 1
         thread = threading.Thread(target=self._serve, name=self._name, daemon=True)
