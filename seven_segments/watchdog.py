@@ -216,9 +216,8 @@ class Watchdog:
 #: The process's watchdog.
 WATCHDOG = Watchdog()
 
-if hasattr(os, "register_at_fork"):
-    # A forked child starts with a fresh watchdog (the parent's lock may be held by a thread it lacks).
-    os.register_at_fork(after_in_child=lambda: WATCHDOG._reset())
+# A forked child starts with a fresh watchdog at its first use (every entry point checks the process
+# id): made then, not in an at-fork hook, its locks are gevent's when the child patches after the fork.
 
 
 def _adopt(sock: Optional[socket.socket]) -> None:

@@ -10,9 +10,11 @@ nothing to do, and the next call starts it again), and up to ``max_in_flight`` s
 ending after ``sender.IDLE_SECONDS`` idle; all are daemons. A closed or garbage-collected client
 keeps none.
 
-A fork replaces, never repairs: a forked child (``os.register_at_fork``, or for uwsgi, which may skip
-those hooks, a process-id check on every call) gets a fresh :class:`Core`; what the parent had
-queued stays the parent's.
+A fork replaces, never repairs: in a forked child, every engine gets a fresh :class:`Core` at its
+first use (a process-id check on every call, which also covers uwsgi, whose forks may skip
+``os.register_at_fork`` hooks); what the parent had queued stays the parent's. Made at first use
+rather than in an at-fork hook, the new core's locks and events are gevent's when the child patches
+after the fork (gunicorn ``-k gevent --preload``).
 """
 
 from __future__ import annotations

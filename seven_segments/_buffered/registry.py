@@ -3,8 +3,9 @@
 - ``atexit`` closes every engine with work, all at once, each within its ``shutdown_timeout``.
 - ``process_hooks.arm`` (called whenever an engine starts a pump) covers the exits that skip
   ``atexit``: ``multiprocessing`` and billiard (Celery) children, and SIGTERM's default disposition.
-- In a forked child every engine swaps in a fresh core (``os.register_at_fork``, and a process-id
-  check on every call for servers that skip those hooks, such as uwsgi).
+- In a forked child every engine swaps in a fresh core at its first use (a process-id check on every
+  call, which also covers servers that fork without running ``os.register_at_fork`` hooks, such as
+  uwsgi).
 """
 
 from __future__ import annotations
@@ -73,10 +74,12 @@ def arm_exit_hooks() -> None:
 
 
 def _after_fork_in_child() -> None:
-    with _live_lock:
-        _live.clear()  # the parent's cores are the parent's
-    for engine in list(engines):
-        engine.after_fork()
+    """The parent's cores are the parent's. Each engine makes its fresh core at its first use in the
+    child (the process-id check), not here: made then, its locks and events are gevent's when the child
+    patches after the fork (gunicorn ``-k gevent --preload``)."""
+    global _live_lock
+    _live_lock = threading.Lock()
+    _live.clear()
 
 
 atexit.register(close_all_at_exit)
