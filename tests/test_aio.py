@@ -298,3 +298,13 @@ def test_export_analysis_runs_in_a_thread_and_cancelling_returns_at_once() -> No
 
         answer = run(main)
         assert answer["total"]["events"] == 3
+
+
+def test_the_async_client_takes_every_keyword_of_the_buffered_one() -> None:
+    import inspect
+
+    from seven_segments import AsyncSevenSegments, SevenSegments
+
+    buffered = set(inspect.signature(SevenSegments.__init__).parameters) - {"self", "buffered"}
+    asynchronous = set(inspect.signature(AsyncSevenSegments.__init__).parameters) - {"self", "max_workers"}
+    assert buffered == asynchronous
