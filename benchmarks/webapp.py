@@ -306,10 +306,6 @@ def run_condition(k: int, latency: float, clients: List[str], rounds: int, optio
             if app.lib != "none":
                 arrived = app.server.wait(app.lib, int(out[client].get("tracked", 0)), timeout=max(1.0, 3 * latency), stall=0.5)
                 out[client].update(received=arrived["unique"], duplicates=arrived["duplicates"], server=app.server.kind)
-                tracked = out[client].get("tracked")
-                if tracked is not None:
-                    out[client]["lost"] = tracked - arrived["unique"]
-                    out[client]["lost_pct"] = 100.0 * out[client]["lost"] / tracked if tracked else 0.0
             log(f"  K={k} API {api_text(latency)}: {client} stopped in {out[client].get('stop_s')} s, tracked "
                 f"{out[client].get('tracked')}, received {out[client].get('received')}")
         return out
@@ -356,8 +352,15 @@ def aggregate(raw: Dict[str, Dict[str, Cell]]) -> Dict[str, Dict[str, Cell]]:
             ratios = [s["req_s"] / base[s["round"]]["req_s"] for s in good if s["round"] in base and base[s["round"]]["req_s"]]
             agg: Cell = {key: median([s.get(key) for s in good]) for key in
                          ("req_s", "p50_ms", "p99_ms", "p999_ms", "max_ms", "http_errors")}
-            agg.update({key: cell.get(key) for key in ("tracked", "received", "lost", "lost_pct", "duplicates", "refused",
-                                                      "stop_s", "killed", "server")})
+            agg.update({key: cell.get(key) for key in ("received", "duplicates", "refused", "stop_s", "killed", "server")})
+            # the app counts the tracking calls that returned: accepted ("tracked") and refused; both were tracked
+            accepted = cell.get("tracked")
+            if accepted is None or cell.get("received") is None:
+                agg.update(tracked=None, lost=None, lost_pct=None)
+            else:
+                tracked = accepted + (cell.get("refused") or 0)
+                agg.update(tracked=tracked, lost=tracked - cell["received"],
+                           lost_pct=100.0 * (tracked - cell["received"]) / tracked if tracked else 0.0)
             agg["drain_s"] = median(cell.get("drain_s", []))
             agg["ratio"] = median(ratios)
             agg["ratios"] = [round(r, 3) for r in ratios]
@@ -392,7 +395,8 @@ def render(results: Dict[str, Dict[str, Cell]], conditions: List[Tuple[int, floa
                 continue
             text = "-" if cell.get("ratio") is None else f"{cell['ratio']:.2f}"
             if cell.get("lost"):
-                text += f", lost {cell['lost_pct']:.0f}%"
+                pct = cell["lost_pct"]
+                text += f", lost {pct:.0f}%" if pct >= 1 else f", lost {pct:.1f}%"
             if cell.get("duplicates"):
                 text += ", duplicates"
             row.append(text)
@@ -438,9 +442,10 @@ def render(results: Dict[str, Dict[str, Cell]], conditions: List[Tuple[int, floa
                "received", "lost", "calls refused", "sending after a turn (s)", "graceful stop (s)", "ratio per round"],
               detail_rows),
         "",
-        "events tracked include the warm-up's. lost = tracked by the handler minus received (deduplicated) by the server, counted after the app "
-        "stopped gracefully (SIGTERM; each library's own exit behaviour), so it includes what a library drops at exit. "
-        "\"calls refused\" = calls the library said it dropped.",
+        "events tracked = tracking calls that returned in the handler (the warm-up's included), accepted or refused. "
+        "lost = tracked minus received (deduplicated) by the server, counted after the app "
+        "stopped gracefully (SIGTERM; each library's own exit behaviour), so it includes the calls a library refused "
+        "(\"calls refused\": what it said it dropped) and what it drops at exit.",
     ]
     notes = sorted({n for by_client in results.values() for cell in by_client.values() for n in cell.get("notes", [])})
     if notes:
@@ -475,7 +480,15 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="after its turn, how long a client may keep sending before the next app's turn starts")
     parser.add_argument("--python", default="", help="interpreter of the app (default: benchmarks/.venv, or this one with --ours-only)")
     parser.add_argument("--json", metavar="FILE", help="save raw and aggregated results as JSON")
+    parser.add_argument("--from-json", metavar="FILE", help="print the tables of a saved --json file; run nothing")
     args = parser.parse_args(argv)
+    if args.from_json:
+        saved = json.loads(Path(args.from_json).read_text())
+        meta, raw_saved = saved["meta"], saved["raw"]
+        conditions_saved = [(next(iter(c.values()))["k"], next(iter(c.values()))["latency_s"]) for c in raw_saved.values()]
+        clients_saved = list(next(iter(raw_saved.values())))
+        print(render(aggregate(raw_saved), conditions_saved, clients_saved, meta))
+        return 0
 
     if args.repeat < 1:
         parser.error(f"--repeat must be at least 1, not {args.repeat}")

@@ -8,8 +8,9 @@ the smoke test only: it is not what an application would run). Configured by the
   :class:`libs.Floor`) or a peer (``segment``, ``posthog``, ``mixpanel``, ``amplitude``);
 - ``BENCH_K``: events tracked per request;
 - ``BENCH_URL``: where the client sends (the sink or the local server);
-- ``BENCH_COUNT_FILE``: at exit the app writes there, as JSON, how many requests it served and how many
-  events it tracked and its client refused, so that what arrived can be compared with what was tracked.
+- ``BENCH_COUNT_FILE``: at exit the app writes there, as JSON, how many requests it served, how many
+  tracking calls returned accepted (``tracked``) and refused (``refused``: the library said it dropped the
+  event), so that what arrived can be compared with what was tracked (``webapp.py`` counts both as tracked).
 
 One module-level client, created when the worker imports this module (after gunicorn forked it),
 at the library's defaults; ours is ``SevenSegments(token, buffered=True, target=BENCH_URL)``.
