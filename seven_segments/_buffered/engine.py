@@ -88,6 +88,8 @@ class Core:
     ) -> None:
         self.pid = os.getpid()
         self.spool = spool
+        self._max_queue_size = limits.max_queue_size  # read by every call: one attribute, not two
+        self._max_queue_bytes = limits.max_queue_bytes
         self._token = token
         self._encoders = threading.local()  # with a spool, callers encode: one encoder per thread
         self.limits = limits
@@ -123,15 +125,16 @@ class Core:
         """Queue ``command`` (``size``: the JSON size of its properties) without blocking, or drop it."""
         incoming = self.incoming
         pump = self.pump
-        limits = self.limits
-        phase = self.lifecycle.phase
-        extra = RAW_BASE + 2 * size - RAW_COMMAND_COST  # its memory beyond RAW_COMMAND_COST
+        lifecycle = self.lifecycle
+        phase = lifecycle.phase
         if phase is not _RUNNING and phase is not _IDLE:
             self._drop(command, CLOSED)
             return
+        waiting = len(incoming)
+        extra = RAW_BASE + 2 * size - RAW_COMMAND_COST  # its memory beyond RAW_COMMAND_COST
         if (
-            len(incoming) + pump.held >= limits.max_queue_size
-            or pump.held_bytes + len(incoming) * RAW_COMMAND_COST + pump.large_raw_bytes + extra > limits.max_queue_bytes
+            waiting + pump.held >= self._max_queue_size
+            or pump.held_bytes + waiting * RAW_COMMAND_COST + pump.large_raw_bytes + extra > self._max_queue_bytes
         ):
             self._drop(command, FULL)
             return
@@ -146,9 +149,9 @@ class Core:
                 pump.large_raw_bytes += extra
             command = command + (extra,)  # type: ignore[assignment]  # taken back by the pump
         incoming.append(command)
-        phase = self.lifecycle.phase
+        phase = lifecycle.phase
         if phase is _RUNNING:
-            if len(incoming) >= self.wake_at and not self.wakeup.is_set():
+            if waiting + 1 >= self.wake_at and not self.wakeup.is_set():
                 self.wakeup.set()
         elif phase is _IDLE:
             self.start()
