@@ -373,7 +373,11 @@ class Spool:
 
     def append(self, payload: bytes) -> Optional[Record]:
         """Write one record; returns it, or None (never raises) when the spool is full, closed, or the
-        write failed (a full disk, ``RLIMIT_FSIZE``): such a record is counted as dropped."""
+        write failed (a full disk, ``RLIMIT_FSIZE``): such a record is counted as dropped.
+
+        The lock is held only to reserve the record's place in the segment; the write itself
+        (``pwrite`` at that place) runs outside it, so that threads appending at once do not queue
+        behind each other's system calls. A write that fails leaves a gap that readers skip."""
         if self._pid != os.getpid():
             self.after_fork()
         data = _RECORD_HEADER.pack(_RECORD_MAGIC, len(payload), zlib.crc32(payload)) + payload
@@ -383,23 +387,38 @@ class Spool:
             if self._closed or self._kept_bytes + size > self._max_bytes:
                 self._dropped += 1
                 return None
-            try:
-                if segment is None or (segment.size + size > self._segment_bytes and segment.records):
+            if segment is None or (segment.size + size > self._segment_bytes and segment.records):
+                try:
                     segment = self._rotate()
-                offset = segment.size
-                written = os.write(segment.fd, data)
-                if written != size:
-                    raise OSError(errno.ENOSPC, f"only {written} of {size} bytes written")
-                if self._fsync:
-                    os.fsync(segment.fd)
-            except OSError as error:
-                self._write_failed(segment, error)
-                return None
+                except OSError as error:
+                    self._write_failed(segment, error)
+                    return None
+            offset = segment.size
             segment.size = offset + size
             segment.records += 1
             segment.unconfirmed.add(offset)
             self._kept_bytes += size
             self._appended += 1
+        try:
+            written = os.pwrite(segment.fd, data, offset)
+            if written != size:
+                raise OSError(errno.ENOSPC, f"only {written} of {size} bytes written")
+            if self._fsync:
+                os.fsync(segment.fd)
+        except OSError as error:
+            with self._lock:
+                segment.unconfirmed.discard(offset)
+                segment.records -= 1
+                self._kept_bytes -= size
+                self._appended -= 1
+                if segment.size == offset + size:  # the last place reserved: cut what got written
+                    try:
+                        os.ftruncate(segment.fd, offset)
+                        segment.size = offset
+                    except OSError:
+                        pass
+                self._write_failed(segment, error)
+            return None
         return Record(segment, offset)
 
     def _rotate(self) -> _Segment:
@@ -414,22 +433,18 @@ class Spool:
         return self._current
 
     def _write_failed(self, segment: Optional[_Segment], error: OSError) -> None:
-        """Count the drop; cut what part of the record got written (or seal the segment when that
-        fails too), so that the file stays readable."""
+        """Count the drop (the lock is held) and seal the segment: what part of the record got written
+        stays as a gap that readers skip (length and checksum), and the next record goes to a new file."""
         self._dropped += 1
         if not self._failure_logged:
             self._failure_logged = True
             logger.warning("seven_segments: cannot write to the spool %s (%s); commands are dropped", self._folder, error.strerror or error)
         if segment is None or segment is not self._current:
             return
-        try:
-            if os.fstat(segment.fd).st_size != segment.size:
-                os.ftruncate(segment.fd, segment.size)
-        except OSError:
-            segment.sealed = True
-            self._current = None
-            if not segment.unconfirmed:
-                self._delete(segment)
+        segment.sealed = True
+        self._current = None
+        if not segment.unconfirmed:
+            self._delete(segment)
 
     # -- confirming ------------------------------------------------------------------------------
 
