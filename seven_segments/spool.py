@@ -339,7 +339,9 @@ class Spool:
         self._serial += 1
         name = f"{_HOST}-{os.getpid()}-{self._random}-{self._serial}"
         temp = os.path.join(self._folder, "." + name + TEMP_SUFFIX)
-        fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND | _OPEN_CLOEXEC, 0o600)
+        # No O_APPEND: records are written with pwrite at the place reserved for them (on Linux, pwrite
+        # on an O_APPEND file ignores the place and appends).
+        fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | _OPEN_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             header = _FILE_HEADER.pack(_FILE_MAGIC, FORMAT_VERSION, time.time_ns())

@@ -17,7 +17,7 @@ import sys
 import textwrap
 import threading
 import time
-from typing import Dict, Iterator, List, Set, Tuple
+from typing import Any, Dict, Iterator, List, Set, Tuple
 
 import pytest
 
@@ -562,4 +562,37 @@ def test_fsync_mode_round_trip(folder: str) -> None:
     assert writer.close() == 20
     reader = Spool(folder)
     assert [number_of(data) for _, data in recover_all(reader)] == list(range(10, 30))
+    reader.close()
+
+
+def test_threads_appending_at_once_each_find_their_own_record(folder: str) -> None:
+    """Places are reserved under a lock and written outside it: every record is where its Record says."""
+    import threading
+
+    spool = Spool(folder, segment_bytes=64 * 1024)
+    records: List[Any] = []
+    lock = threading.Lock()
+
+    def append(thread: int) -> None:
+        for number in range(2000):
+            record = spool.append(json.dumps({"thread": thread, "n": number}).encode())
+            assert record is not None
+            with lock:
+                records.append((thread, number, record))
+
+    workers = [threading.Thread(target=append, args=(index,)) for index in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    # Confirm every record of thread 0 and 1; after a kill, exactly those of threads 2 and 3 come back.
+    spool.confirm([record for thread, _, record in records if thread < 2])
+    spool._closed = True  # stand in for a kill: the files stay as they are, with their locks let go
+    for segment in list(spool._segments.values()):
+        os.close(segment.fd)
+        if segment.ack_fd >= 0:
+            os.close(segment.ack_fd)
+    reader = Spool(folder)
+    found = sorted((body["thread"], body["n"]) for body in (json.loads(data) for _, data in recover_all(reader)))
+    assert found == sorted((thread, number) for thread, number, _ in records if thread >= 2)
     reader.close()
