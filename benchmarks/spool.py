@@ -49,13 +49,15 @@ for worker in workers: worker.join()
 samples.sort()
 print(json.dumps({"median": samples[len(samples) // 2] / 1000, "p99": samples[int(len(samples) * 0.99)] / 1000}))
 client.close(0)
+import shutil; shutil.rmtree(folder, ignore_errors=True)
 """
 
 DELIVERY = """
 import json, sys, tempfile, time, urllib.request
 from seven_segments import SevenSegments
 spool, url, n = sys.argv[1] == "spool", sys.argv[2], int(sys.argv[3])
-kw = {"spool": tempfile.mkdtemp(prefix="bench-spool-") + "/s"} if spool else {}
+folder = tempfile.mkdtemp(prefix="bench-spool-")
+kw = {"spool": folder + "/s"} if spool else {}
 client = SevenSegments("bench-token", "john", target=url, buffered=True, **kw)
 started, cpu = time.perf_counter(), time.process_time()
 for number in range(n):
@@ -65,6 +67,7 @@ seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
 stats = client.stats()
 client.close()
 print(json.dumps({"events_s": n / seconds, "cpu_us": cpu / n * 1e6, "sent": stats["sent"]}))
+import shutil; shutil.rmtree(folder, ignore_errors=True)
 """
 
 
