@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import random
+import re
 import resource
 import select
 import signal
@@ -354,8 +355,11 @@ def test_sigkill_mid_burst_loses_nothing_appended(folder: str, caplog: pytest.Lo
         mine = [n for n in numbers if low <= n < high]
         assert mine == sorted(mine)
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
-    assert warnings == [w for w in warnings if torn_path in w] and len(warnings) == 1, warnings
-    assert "1 record cut short or damaged" in warnings[0]
+    # The torn record we appended, and at most one per writing thread that the kill caught mid-write
+    # (threads write their reserved places at once): one warning per file, naming it.
+    assert any(torn_path in w for w in warnings) and all(folder in w for w in warnings), warnings
+    lost = sum(int(re.search(r": (\d+) records? cut short", w).group(1)) for w in warnings)  # type: ignore[union-attr]
+    assert 1 <= lost <= 3, warnings
     reader.confirm([record for record, _ in found])
     assert reader.close() == 0
     assert segments(folder) == []
