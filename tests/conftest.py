@@ -6,7 +6,7 @@ import os
 import socket
 import sys
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Dict, Iterator, List, Tuple
 
 import pytest
 
@@ -15,6 +15,7 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
+from seven_segments import SevenSegmentsError
 from seven_segments.testing import LocalServer
 
 TOKEN = "test-token-5f1c9d0e-secret"
@@ -25,6 +26,30 @@ def server() -> Iterator[LocalServer]:
     """A fresh LocalServer on 127.0.0.1 for one test."""
     with LocalServer() as local_server:
         yield local_server
+
+
+@pytest.fixture(scope="module")
+def shared_server() -> Iterator[LocalServer]:
+    """One LocalServer for a whole test module (see ``fresh``)."""
+    with LocalServer() as local_server:
+        yield local_server
+
+
+@pytest.fixture
+def fresh(shared_server: LocalServer) -> LocalServer:
+    """The module's server, emptied for this test: cheaper than a new one per test."""
+    shared_server.reset()
+    return shared_server
+
+
+#: What an ``on_error`` callback receives: the error and the commands.
+Report = Tuple[SevenSegmentsError, List[Dict[str, Any]]]
+
+
+def collector() -> Tuple[List[Report], Any]:
+    """A list of what ``on_error`` reported, and the callback that fills it."""
+    reports: List[Report] = []
+    return reports, lambda error, commands: reports.append((error, commands))
 
 
 @pytest.fixture

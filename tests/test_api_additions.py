@@ -9,7 +9,7 @@ import logging
 import socket
 import threading
 import time
-from typing import Any, Dict, Iterator, List, Optional, Tuple, get_args
+from typing import Any, Dict, List, Optional, get_args
 
 import pytest
 
@@ -19,24 +19,11 @@ from seven_segments.protocol import ANALYSIS_TYPES, COMMAND_ID_RE
 from seven_segments.testing import LocalServer
 from seven_segments.transport import TransientError, _unresolved
 
-from .conftest import TOKEN
+from .conftest import collector, TOKEN
 
 pytestmark = pytest.mark.timeout(60)
 
-Report = Tuple[SevenSegmentsError, List[Dict[str, Any]]]
 MODES = ["blocking", "buffered"]
-
-
-@pytest.fixture(scope="module")
-def shared_server() -> Iterator[LocalServer]:
-    with LocalServer() as local:
-        yield local
-
-
-@pytest.fixture
-def fresh(shared_server: LocalServer) -> LocalServer:
-    shared_server.reset()
-    return shared_server
 
 
 def make(server: LocalServer, mode: str, **settings: Any) -> SevenSegments:
@@ -44,15 +31,6 @@ def make(server: LocalServer, mode: str, **settings: Any) -> SevenSegments:
     if mode == "buffered":
         settings.setdefault("flush_interval", 0.02)
     return SevenSegments(TOKEN, target=server.url, buffered=mode == "buffered", **settings)
-
-
-def collector() -> Tuple[List[Report], Any]:
-    reports: List[Report] = []
-
-    def on_error(error: SevenSegmentsError, commands: List[Dict[str, Any]]) -> None:
-        reports.append((error, commands))
-
-    return reports, on_error
 
 
 # -- track(event_type=...), command_id ----------------------------------------------------------------

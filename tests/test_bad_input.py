@@ -28,18 +28,6 @@ pytestmark = pytest.mark.timeout(30)
 TOKEN = "bad-input-token-SECRET-2718"
 
 
-@pytest.fixture(scope="module")
-def shared_server() -> Iterator[LocalServer]:
-    with LocalServer() as local:
-        yield local
-
-
-@pytest.fixture
-def fresh(shared_server: LocalServer) -> LocalServer:
-    shared_server.reset()
-    return shared_server
-
-
 @pytest.fixture(params=["blocking", "buffered"])
 def client(request: pytest.FixtureRequest, fresh: LocalServer) -> Iterator[SevenSegments]:
     buffered = request.param == "buffered"

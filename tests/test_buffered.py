@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List
 
 import pytest
 from freezegun import freeze_time
@@ -20,25 +20,15 @@ from seven_segments import (
 )
 from seven_segments.testing import LocalServer
 
-from .conftest import TOKEN, wait_until
+from .conftest import collector, TOKEN, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
-Report = Tuple[SevenSegmentsError, List[Dict[str, Any]]]
 
 
 def buffered(server: LocalServer, **settings: Any) -> SevenSegments:
     settings.setdefault("flush_interval", 0.05)
     return SevenSegments(TOKEN, "john123", target=server.url, buffered=True, **settings)
-
-
-def collector() -> Tuple[List[Report], Any]:
-    reports: List[Report] = []
-
-    def on_error(error: SevenSegmentsError, commands: List[Dict[str, Any]]) -> None:
-        reports.append((error, commands))
-
-    return reports, on_error
 
 
 def bulk_bodies(server: LocalServer) -> List[Dict[str, Any]]:

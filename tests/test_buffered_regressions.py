@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import os
 import subprocess
@@ -12,23 +11,18 @@ import textwrap
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any
 
 import pytest
 
-from seven_segments import ServiceUnavailable, SevenSegments, SevenSegmentsError
+from seven_segments import ServiceUnavailable, SevenSegments
 from seven_segments.testing import LocalServer
 
-from .conftest import TOKEN, wait_until
+from .conftest import collector, TOKEN, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def collector() -> Tuple[List[Tuple[SevenSegmentsError, List[Dict[str, Any]]]], Any]:
-    reports: List[Tuple[SevenSegmentsError, List[Dict[str, Any]]]] = []
-    return reports, lambda error, commands: reports.append((error, commands))
 
 
 def run_script(source: str, *args: str, timeout: float = 60) -> "subprocess.CompletedProcess[str]":

@@ -9,7 +9,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List
 
 import pytest
 
@@ -17,16 +17,11 @@ from seven_segments._buffered.lifecycle import Phase
 from seven_segments import AuthenticatedSevenSegments, ServiceUnavailable, SevenSegments, SevenSegmentsError
 from seven_segments.testing import LocalServer
 
-from .conftest import TOKEN, exit_code, wait_until
+from .conftest import collector, exit_code, TOKEN, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def collector() -> Tuple[List[Tuple[SevenSegmentsError, List[Dict[str, Any]]]], Any]:
-    reports: List[Tuple[SevenSegmentsError, List[Dict[str, Any]]]] = []
-    return reports, lambda error, commands: reports.append((error, commands))
 
 
 @pytest.mark.parametrize(

@@ -257,6 +257,7 @@ class Pump:
             count -= cut
 
     def _insort(self, batch: Batch) -> None:
+        """Put ``batch`` back in line, by age (its first sequence number)."""
         firsts = [queued.first_seq for queued in self.line]
         self.line.insert(bisect.bisect(firsts, batch.first_seq), batch)
 
@@ -410,7 +411,7 @@ class Pump:
                 self._transient(batch, error, now)
             elif isinstance(error, InvalidRequest) and error.status == 413 and len(batch) > 1:
                 for half in batch.halves():
-                    self._requeue(half)
+                    self._insort(half)
             else:
                 assert error is not None
                 self._fail(batch.seqs, batch.payloads, error)
@@ -445,7 +446,7 @@ class Pump:
             self.ledger.count(retried=len(verdict.retry))
             if not_before > now:
                 self.window.gate_until = max(self.window.gate_until, not_before)
-            self._requeue(batch.subset(verdict.retry, attempts, not_before))
+            self._insort(batch.subset(verdict.retry, attempts, not_before))
 
     def take_cut_at_close(self) -> List[Batch]:
         """The batches whose request the close deadline cut short (taken out)."""
@@ -476,9 +477,6 @@ class Pump:
         batch.not_before = again
         self.window.gate_until = max(self.window.gate_until, again)  # no request at all before then
         self.ledger.count(retried=len(batch))
-        self._requeue(batch)
-
-    def _requeue(self, batch: Batch) -> None:
         self._insort(batch)
 
     # Settling -----------------------------------------------------------------------------------
@@ -569,7 +567,6 @@ class Pump:
                 " them again is safe)"
             )
         logger.warning("seven_segments: %d commands were lost at close: %s", lost, ", ".join(parts))
-        self.losses_at_close = -lost  # reported: the close summary says nothing more
         if unconfirmed:
             self.reporter.failed(
                 ServiceUnavailable(
@@ -582,6 +579,7 @@ class Pump:
             self._fail(seqs, payloads, error)
         if late:
             self._fail([self.seq] * len(late), late, error, held_bytes=0)
+        self.losses_at_close = 0  # all said above: the close summary adds nothing
         for ticket in self.tickets:
             ticket.delivered_all = False
         self.settle_tickets()
@@ -666,7 +664,7 @@ class Pump:
 
     def close_summary(self) -> None:
         """The one warning of a close that lost commands before its deadline (none when give_up spoke)."""
-        if self.losses_at_close > 0:
+        if self.losses_at_close:
             logger.warning(
                 "seven_segments: %d commands were lost at close: %s", self.losses_at_close, self.last_close_error
             )
