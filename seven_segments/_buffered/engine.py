@@ -533,10 +533,13 @@ class BufferedEngine:
         self._transport.renew_after_fork()
         self._core = self._holder[0] = self._new_core()
 
-    def submit(self, command: Command, size: int = 0) -> None:
-        """Queue ``command`` without blocking; drop it (counted, reported) when full or closed."""
+    def submit(self, command: Command, size: int = 0, pid: int = 0) -> None:
+        """Queue ``command`` without blocking; drop it (counted, reported) when full or closed.
+
+        ``pid`` is the current process id when the caller has just read it (0: read it here).
+        """
         core = self._core
-        if core.pid != os.getpid():
+        if core.pid != (pid or os.getpid()):
             core = self._current()
         core.submit(command, size)
 
