@@ -249,7 +249,7 @@ def command_json_bytes(lib: libs.Library) -> Optional[int]:
     from seven_segments.serialization import BulkCommandEncoder, new_command_id
 
     command = (
-        "crm/events", {"registered": libs.CUSTOMER}, libs.EVENT, b"{\"product\":\"bottle\",\"amount\":5}", _time.time(),
+        "crm/events", {"registered": libs.CUSTOMER}, libs.EVENT, {"product": "bottle", "amount": 5}, _time.time(),
         new_command_id(),
     )
     return len(BulkCommandEncoder(libs.TOKEN).encode(command))

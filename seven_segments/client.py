@@ -31,8 +31,6 @@ from .serialization import (
     JSONObject,
     Timestamp,
     capture_properties,
-    decode_properties,
-    encode_properties,
     check_command_id,
     check_event_type,
     customer_ids,
@@ -178,13 +176,22 @@ class _Tally:
         return int(repr(self._count)[6:-1]) - 1  # "count(N)": N is the next number it would give
 
 
+def _plain_copy(value: Any) -> Any:
+    """A copy of captured JSON values (dicts and lists copied all the way down)."""
+    if type(value) is dict:
+        return {key: _plain_copy(item) for key, item in value.items()}
+    if type(value) is list:
+        return [_plain_copy(item) for item in value]
+    return value
+
+
 def _command_dict(command: Command) -> CommandDict:
     """The command as ``before_send`` sees it: a plain dict of copies (see ``CommandDict``)."""
     path, ids, kind, properties, timestamp, command_id = command[:6]
     if path == PATH_EVENTS:
-        return {"name": path, "customer_ids": dict(ids), "type": kind, "properties": decode_properties(properties),
+        return {"name": path, "customer_ids": dict(ids), "type": kind, "properties": _plain_copy(properties),
                 "timestamp": timestamp, "command_id": command_id}
-    return {"name": path, "ids": dict(ids), "properties": decode_properties(properties), "timestamp": timestamp,
+    return {"name": path, "ids": dict(ids), "properties": _plain_copy(properties), "timestamp": timestamp,
             "command_id": command_id}
 
 
@@ -210,13 +217,10 @@ def _checked_command(command: Command, sent: Any) -> Tuple[Command, int]:
         raise ValueError(f"name must stay {path!r}, not {sent['name']!r}")
     ids = customer_ids(sent[ids_key], ids_key)
     kind = check_event_type(sent["type"]) if path == PATH_EVENTS else None
-    properties = encode_properties(sent["properties"])
+    properties, size = capture_properties(sent["properties"])
     if sent["timestamp"] is None:
         raise TypeError("timestamp must be seconds since the epoch or an aware datetime, not None")
-    return (
-        (path, ids, kind, properties, timestamp_seconds(sent["timestamp"]), check_command_id(sent["command_id"])),
-        len(properties),
-    )
+    return (path, ids, kind, properties, timestamp_seconds(sent["timestamp"]), check_command_id(sent["command_id"])), size
 
 
 class SevenSegments(_ApiClient):
@@ -389,18 +393,18 @@ class SevenSegments(_ApiClient):
             raise ClientClosedError("this SevenSegments client is closed; it takes no more events")
         ids = self._ids(customer)
         kind = check_event_type(event_type)
-        encoded = encode_properties(properties)
+        captured, size = capture_properties(properties)
         pid = _getpid()  # once per call: the id and the engine both need it (a fork changes both)
         command_id = new_command_id(pid) if command_id is None else check_command_id(command_id)
         command = (
-            PATH_EVENTS, ids, kind, encoded, time.time() if timestamp is None else timestamp_seconds(timestamp),
+            PATH_EVENTS, ids, kind, captured, time.time() if timestamp is None else timestamp_seconds(timestamp),
             command_id,
         )
         worker = self._worker
         if worker is not None and self._before_send is None:
-            worker.submit(command, len(encoded), pid)
+            worker.submit(command, size, pid)
             return command_id
-        return self._dispatch(command, len(encoded))
+        return self._dispatch(command, size)
 
     def update(
         self,
@@ -419,18 +423,18 @@ class SevenSegments(_ApiClient):
         if properties is None:
             raise TypeError("properties must be a dict of customer properties, not None")
         ids = self._ids(customer)
-        encoded = encode_properties(properties)
+        captured, size = capture_properties(properties)
         pid = _getpid()  # once per call: the id and the engine both need it (a fork changes both)
         command_id = new_command_id(pid) if command_id is None else check_command_id(command_id)
         command = (
-            PATH_CUSTOMERS, ids, None, encoded, time.time() if timestamp is None else timestamp_seconds(timestamp),
+            PATH_CUSTOMERS, ids, None, captured, time.time() if timestamp is None else timestamp_seconds(timestamp),
             command_id,
         )
         worker = self._worker
         if worker is not None and self._before_send is None:
-            worker.submit(command, len(encoded), pid)
+            worker.submit(command, size, pid)
             return command_id
-        return self._dispatch(command, len(encoded))
+        return self._dispatch(command, size)
 
     def _dispatch(self, command: Command, size: int) -> str:
         """Every checked command that is not simply queued: disabled, through ``before_send``, or

@@ -18,6 +18,7 @@ strings of their records (``?company=***`` in urllib3's debug line of each reque
 from __future__ import annotations
 
 import email.utils
+import json
 import logging
 import math
 import os
@@ -321,8 +322,11 @@ class Transport:
         timeout: Optional[float] = None,
         params: Optional[Dict[str, str]] = None,
         owner: Any = None,
+        decode: Callable[[bytes], Any] = json.loads,
     ) -> Dict[str, Any]:
         """One ``POST {target}/{path}`` attempt; returns the JSON answer of a success, else raises.
+
+        ``decode`` turns the answer's body into its JSON value (``ValueError`` when it is not JSON).
 
         The attempt, from connecting to the last byte of the answer, ends within ``timeout`` (default:
         the transport's), or sooner when ``WATCHDOG.shorten(owner, ...)`` brings its end forward.
@@ -356,9 +360,9 @@ class Transport:
             failure = SevenSegmentsError(f"{path}: request failed ({self._reason(error)})")
         else:
             if not attempt.expired:
-                return self._read_answer(path, response)
+                return self._read_answer(path, response, decode)
             try:  # cut at its deadline: an answer that is not whole is a timeout, not the server's word
-                return self._read_answer(path, response)
+                return self._read_answer(path, response, decode)
             except SevenSegmentsError:
                 failure = TransientError(f"{path}: no complete answer within {wait:.3g} s")
         finally:
@@ -377,10 +381,12 @@ class Transport:
             text = text[:297] + "..."
         return text
 
-    def _read_answer(self, path: str, response: requests.Response) -> Dict[str, Any]:
+    def _read_answer(
+        self, path: str, response: requests.Response, decode: Callable[[bytes], Any] = json.loads
+    ) -> Dict[str, Any]:
         status = response.status_code
         try:
-            payload: Any = response.json()
+            payload: Any = decode(response.content)
         except ValueError:
             payload = None
         errors: Sequence[str] = ()

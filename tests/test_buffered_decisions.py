@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from typing import List
 
 import pytest
 
-from seven_segments._buffered.answers import read_results
+from seven_segments._buffered.answers import ALL_OK, answer_reader, read_results
 from seven_segments._buffered.batching import Batch, fit_to_bytes, fresh_batch_due
 from seven_segments._buffered.lifecycle import MOVES, Lifecycle, Phase
 from seven_segments._buffered.retry import RetryPolicy
@@ -109,6 +110,28 @@ def test_an_all_ok_answer_is_read_at_once_and_a_missing_results_list_means_retry
     assert read_results([{"status": "ok"}] * 3, 3).all_ok
     nothing = read_results(None, 2)
     assert nothing.retry == [0, 1] and not nothing.progress
+
+
+@pytest.mark.parametrize("separators", [(",", ":"), (", ", ": ")])
+def test_the_usual_answer_is_recognised_byte_for_byte_without_decoding_each_result(separators: tuple) -> None:
+    usual = json.dumps({"success": True, "results": [{"status": "ok"}] * 3}, separators=separators).encode()
+    answer = answer_reader(3)(usual)
+    assert answer == {"success": True, "results": ALL_OK} and read_results(answer["results"], 3).all_ok
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"success":true,"results":[{"status":"ok"},{"status":"ok"}]}',  # one result missing
+        b'{"success":true,"results":[{"status":"ok"},{"status":"ok"},{"status":"retry"}]}',
+        b'{"success":true, "results":[{"status":"ok"},{"status":"ok"},{"status":"ok"}]}',  # unusual spacing
+        b'{"results":[{"status":"ok"},{"status":"ok"},{"status":"ok"}],"success":true}',  # another order
+    ],
+)
+def test_any_other_answer_is_decoded_and_read_entry_by_entry(body: bytes) -> None:
+    answer = answer_reader(3)(body)
+    assert answer == json.loads(body) and answer["results"] is not ALL_OK
+    assert read_results(answer["results"], 3).all_ok is (answer["results"] == [{"status": "ok"}] * 3)
 
 
 def test_the_life_cycle_moves_only_as_written() -> None:

@@ -67,7 +67,7 @@ class Harness:
         for _ in range(count):
             self.serial += 1
             self.incoming.append(
-                ("crm/events", {"registered": "john"}, "view", b"{\"n\":%d}" % self.serial, 1700000000.0, f"id-{self.serial}")
+                ("crm/events", {"registered": "john"}, "view", {"n": self.serial}, 1700000000.0, f"id-{self.serial}")
             )
 
     def flush(self) -> FlushTicket:
@@ -250,7 +250,7 @@ def test_a_request_cut_by_the_close_deadline_is_unconfirmed() -> None:
 
 def test_drops_are_reported_with_their_own_reason() -> None:
     run = Harness()
-    command = ("crm/events", {"registered": "john"}, "view", b"{}", 1.0, "id-x")
+    command = ("crm/events", {"registered": "john"}, "view", {}, 1.0, "id-x")
     for _ in range(3):
         run.ledger.drop(command, FULL)
     run.step()
@@ -262,7 +262,7 @@ def test_drops_are_reported_with_their_own_reason() -> None:
 def test_a_command_that_cannot_be_encoded_fails_alone() -> None:
     run = Harness(max_in_flight=1)
     run.track(2)
-    run.incoming.append(("crm/events", {"registered": "john"}, "view", b"{}", math.nan, "id-bad"))  # checked at the call, so never queued
+    run.incoming.append(("crm/events", {"registered": "john"}, "view", {"bad": object()}, 1.0, "id-bad"))  # checked at the call, so never queued
     run.track(2)
     ticket = run.flush()
     run.step()

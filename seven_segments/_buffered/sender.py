@@ -17,7 +17,7 @@ from typing import Any, Callable, Deque, Optional, Tuple, Union
 from ..errors import SevenSegmentsError
 from ..protocol import PATH_BULK
 from ..transport import Transport, TransientError
-from .answers import Verdict, read_results
+from .answers import Verdict, answer_reader, read_results
 from .batching import Batch
 
 __all__ = ["Outcome", "SenderPool", "attempt_batch", "IDLE_SECONDS"]
@@ -38,7 +38,7 @@ def attempt_batch(transport: Transport, owner: Any, number: int, batch: Batch, t
     """Send ``batch`` once as a ``bulk`` request (ending within ``timeout``) and read the answer."""
     body = _BULK_HEAD + b",".join(batch.payloads) + _BULK_TAIL
     try:
-        answer = transport.post(PATH_BULK, body, timeout=timeout, owner=owner)
+        answer = transport.post(PATH_BULK, body, timeout=timeout, owner=owner, decode=answer_reader(len(batch)))
     except (TransientError, SevenSegmentsError) as error:
         return number, None, error
     except Exception as error:  # a bug of ours: the batch is reported, never silently lost
