@@ -28,9 +28,11 @@ __all__ = [
 DEFAULT_BATCH_SIZE = MAX_BULK_COMMANDS
 #: The longest a queued command waits for its batch, in seconds.
 DEFAULT_FLUSH_INTERVAL = 0.5
-#: Requests of one client in flight at once. Throughput is about ``max_in_flight * batch_size / RTT``:
-#: 8 full batches at a 50 ms round trip carry 160,000 events/s, more than two cores can encode.
-DEFAULT_MAX_IN_FLIGHT = 8
+#: Requests of one client in flight at once. Throughput is about ``max_in_flight * batch_size / RTT``,
+#: where the RTT includes the waits of sender threads for the GIL while the application runs (up to
+#: the 5 ms switch interval, several times per request): 16 keep 100,000 events/s at a 50 ms round
+#: trip, where 8 reached about 60,000 (benchmarks/run.py --only roundtrip).
+DEFAULT_MAX_IN_FLIGHT = 16
 #: The most a user may ask for (each request in flight is a sender thread and a connection).
 MAX_IN_FLIGHT = 32
 #: Commands, and about how many bytes, a client holds at most; past them commands are dropped.
