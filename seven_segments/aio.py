@@ -47,6 +47,7 @@ from ._buffered.limits import (
     DEFAULT_SHUTDOWN_TIMEOUT,
     DEFAULT_SPOOL_MAX_BYTES,
 )
+from .process_hooks import keep_signals_off_this_thread
 from .protocol import DEFAULT_TARGET
 from .serialization import CustomerIds, Timestamp
 from .types import AnalysisType, BeforeSend, Customer, ErrorCallback
@@ -80,6 +81,7 @@ async def _in_own_thread(function: Callable[[], _T], name: str) -> _T:
             future.set_result(result)  # type: ignore[arg-type]
 
     def run() -> None:
+        keep_signals_off_this_thread()
         try:
             result = function()
         except BaseException as error:  # handed to the awaiting task

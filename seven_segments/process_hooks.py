@@ -22,6 +22,12 @@ forked child it arms again for the child. What it arranges, once per process:
   ``multiprocessing``, or a billiard ``Finalize`` where it does not).
 - **uwsgi** before 2.0.27 runs no Python thread unless started with ``--enable-threads`` (or
   ``--threads``): :func:`warn_if_threads_disabled` logs one clear warning.
+
+Every background thread of seven_segments also calls :func:`keep_signals_off_this_thread` first. The
+kernel hands a signal sent to the process (``kill``, ``docker stop``, Ctrl-C) to any thread that does
+not block it, and Python runs its handler on the main thread only when that thread next runs Python
+code: a signal that landed on one of our threads left a main thread waiting in ``time.sleep()`` or
+``join()`` asleep, its SIGTERM or SIGINT handler (ours or the application's) late by the whole wait.
 """
 
 from __future__ import annotations
@@ -34,7 +40,14 @@ import threading
 from types import FrameType
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-__all__ = ["SIGTERM_ENV", "arm", "disable_sigterm_handler", "sigterm_handler_installed", "warn_if_threads_disabled"]
+__all__ = [
+    "SIGTERM_ENV",
+    "arm",
+    "disable_sigterm_handler",
+    "keep_signals_off_this_thread",
+    "sigterm_handler_installed",
+    "warn_if_threads_disabled",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -204,7 +217,7 @@ def _on_sigterm(signum: int, frame: Optional[FrameType]) -> None:
             _end_by(signum)
     try:
         # On a helper thread, so that a lock held by the interrupted code cannot hang us forever.
-        closer = threading.Thread(target=_close_all, args=("SIGTERM",), name="seven-segments-sigterm", daemon=True)
+        closer = threading.Thread(target=_close_at_sigterm, name="seven-segments-sigterm", daemon=True)
         try:
             closer.start()
         except RuntimeError:  # the interpreter is finalizing and starts no thread: close here
@@ -216,6 +229,11 @@ def _on_sigterm(signum: int, frame: Optional[FrameType]) -> None:
     except BaseException:  # never keep the process from ending as it was asked to
         logger.exception("seven_segments: closing the buffered clients at SIGTERM failed")
     _end_by(signum)
+
+
+def _close_at_sigterm() -> None:
+    keep_signals_off_this_thread()
+    _close_all("SIGTERM")
 
 
 def _close_then_end(signum: int) -> None:
@@ -242,6 +260,31 @@ def _end_by(signum: int) -> None:
         pass
     os.kill(os.getpid(), signum)
     os._exit(128 + signum)  # only if the signal did not end us (it should have, before kill returned)
+
+
+# --------------------------------------------------------------------------------------------
+# Signals and our threads
+
+#: Signals sent to a whole process from outside it, by name (those this platform lacks are skipped).
+PROCESS_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGALRM", "SIGCHLD", "SIGWINCH")
+
+
+def keep_signals_off_this_thread() -> None:
+    """Block :data:`PROCESS_SIGNALS` in the calling thread, one of seven_segments' background threads,
+    so that the kernel delivers them to the application's threads (see the module's docstring).
+
+    Does nothing where threads are green (gevent, eventlet: they all run on the main thread, whose
+    signals must stay as they are), on the main thread, or without ``pthread_sigmask``.
+    """
+    if not hasattr(signal, "pthread_sigmask") or _green_threads():
+        return
+    if threading.get_native_id() == threading.main_thread().native_id:
+        return
+    wanted = {getattr(signal, name) for name in PROCESS_SIGNALS if hasattr(signal, name)}
+    try:
+        signal.pthread_sigmask(signal.SIG_BLOCK, wanted)
+    except (OSError, ValueError):  # pragma: no cover - a platform that refuses: signals go anywhere
+        pass
 
 
 # --------------------------------------------------------------------------------------------

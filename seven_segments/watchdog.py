@@ -29,6 +29,7 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from .clock import Clock, monotonic
+from .process_hooks import keep_signals_off_this_thread
 
 __all__ = ["Attempt", "Watchdog", "WATCHDOG", "WatchedHTTPConnectionPool", "WatchedHTTPSConnectionPool"]
 
@@ -192,6 +193,7 @@ class Watchdog:
             pass
 
     def _run(self) -> None:
+        keep_signals_off_this_thread()
         with self._lock:
             while True:
                 now = self._clock()

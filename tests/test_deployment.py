@@ -21,7 +21,7 @@ import pytest
 from seven_segments import process_hooks
 from seven_segments.testing import LocalServer
 
-from .conftest import wait_until
+from .conftest import TOKEN, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -75,6 +75,10 @@ class Run:
                 return
 
     def kill(self, signum: int = signal.SIGTERM) -> None:
+        # The script prints "ready" just before it blocks (time.sleep): let it get there. A signal
+        # that arrives between a C call's return and the next blocking call is handled only when that
+        # call returns (a limit of CPython's signal handling), which would turn a 30 s sleep into a hang.
+        time.sleep(0.2)
         self.process.send_signal(signum)
 
     def finish(self, timeout: float = 30.0) -> Dict[str, Any]:
@@ -194,6 +198,43 @@ def catches_sigterm(pid: int) -> bool:
             if line.startswith("SigCgt:"):
                 return bool(int(line.split()[1], 16) >> (signal.SIGTERM - 1) & 1)
     raise AssertionError(f"no SigCgt line for process {pid}")
+
+
+def blocked_signals(native_id: int) -> int:
+    """The signal mask of thread ``native_id`` of this process (Linux: SigBlk in /proc)."""
+    with open(f"/proc/self/task/{native_id}/status") as status:
+        for line in status:
+            if line.startswith("SigBlk:"):
+                return int(line.split()[1], 16)
+    raise AssertionError(f"no SigBlk line for thread {native_id}")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="reads /proc")
+def test_our_threads_leave_signals_sent_to_the_process_to_the_applications_threads(server: LocalServer) -> None:
+    import threading
+
+    from seven_segments import SevenSegments
+
+    # The kernel hands a process's signal to any thread not blocking it, and Python runs the handler
+    # on the main thread only when it next runs Python code: one that landed on our threads left a
+    # main thread in time.sleep() asleep until the sleep ended.
+    client = SevenSegments(TOKEN, "john", target=server.url, buffered=True, batch_size=10)
+    try:
+        for number in range(100):
+            client.track("view", {"n": number})
+        assert client.flush(timeout=10)
+        client_threads = {"seven-segments-worker", "seven-segments-sender", "seven-segments-watchdog"}
+        ours = [thread for thread in threading.enumerate() if thread.name in client_threads]
+        assert {thread.name for thread in ours} == client_threads
+        for thread in ours:
+            assert thread.native_id is not None
+            mask = blocked_signals(thread.native_id)
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGCHLD):
+                assert mask >> (signum - 1) & 1, (thread.name, signum)
+        main = threading.main_thread().native_id
+        assert main is not None and not blocked_signals(main) >> (signal.SIGTERM - 1) & 1
+    finally:
+        client.close()
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads /proc")

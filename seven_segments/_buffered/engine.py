@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Tu
 
 from ..clock import Clock, monotonic
 from ..errors import ServiceUnavailable
+from ..process_hooks import keep_signals_off_this_thread
 from ..serialization import BulkCommandEncoder, Command
 from ..transport import Transport
 from ..watchdog import WATCHDOG
@@ -322,6 +323,7 @@ class Core:
             )
 
     def _run(self) -> None:
+        keep_signals_off_this_thread()
         try:
             self._loop()
         finally:

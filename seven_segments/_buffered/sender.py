@@ -15,6 +15,7 @@ from collections import deque
 from typing import Any, Callable, Deque, Optional, Tuple, Union
 
 from ..errors import SevenSegmentsError
+from ..process_hooks import keep_signals_off_this_thread
 from ..protocol import PATH_BULK
 from ..transport import Transport, TransientError
 from .answers import Verdict, answer_reader, read_results
@@ -96,6 +97,7 @@ class SenderPool:
             self._ready.notify_all()
 
     def _serve(self) -> None:
+        keep_signals_off_this_thread()
         with self._lock:
             try:
                 while True:
