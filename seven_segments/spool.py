@@ -373,14 +373,15 @@ class Spool:
         except OSError:
             pass
 
-    def append(self, payload: bytes) -> Optional[Record]:
+    def append(self, payload: bytes, pid: int = 0) -> Optional[Record]:
         """Write one record; returns it, or None (never raises) when the spool is full, closed, or the
-        write failed (a full disk, ``RLIMIT_FSIZE``): such a record is counted as dropped.
+        write failed (a full disk, ``RLIMIT_FSIZE``): such a record is counted as dropped. ``pid`` is
+        the current process id when the caller knows it (0: read it here).
 
         The lock is held only to reserve the record's place in the segment; the write itself
         (``pwrite`` at that place) runs outside it, so that threads appending at once do not queue
         behind each other's system calls. A write that fails leaves a gap that readers skip."""
-        if self._pid != os.getpid():
+        if self._pid != (pid or os.getpid()):
             self.after_fork()
         data = _RECORD_HEADER.pack(_RECORD_MAGIC, len(payload), zlib.crc32(payload)) + payload
         size = len(data)

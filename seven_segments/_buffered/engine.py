@@ -172,7 +172,7 @@ class Core:
             logger.exception("seven_segments: a command could not be encoded for the spool")
             return None
         assert self.spool is not None
-        record = self.spool.append(payload)
+        record = self.spool.append(payload, self.pid)  # the facade checked: this is the core's process
         return None if record is None else (payload, record)
 
     def _drop(self, command: Command, reason: str) -> None:
