@@ -265,8 +265,12 @@ def _end_by(signum: int) -> None:
 # --------------------------------------------------------------------------------------------
 # Signals and our threads
 
-#: Signals sent to a whole process from outside it, by name (those this platform lacks are skipped).
-PROCESS_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGALRM", "SIGCHLD", "SIGWINCH")
+#: Signals sent to a whole process from outside it (those this platform lacks are left out).
+PROCESS_SIGNALS = frozenset(
+    getattr(signal, name)
+    for name in ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGALRM", "SIGCHLD", "SIGWINCH")
+    if hasattr(signal, name)
+)
 
 
 def keep_signals_off_this_thread() -> None:
@@ -280,9 +284,8 @@ def keep_signals_off_this_thread() -> None:
         return
     if threading.get_native_id() == threading.main_thread().native_id:
         return
-    wanted = {getattr(signal, name) for name in PROCESS_SIGNALS if hasattr(signal, name)}
     try:
-        signal.pthread_sigmask(signal.SIG_BLOCK, wanted)
+        signal.pthread_sigmask(signal.SIG_BLOCK, PROCESS_SIGNALS)
     except (OSError, ValueError):  # pragma: no cover - a platform that refuses: signals go anywhere
         pass
 

@@ -10,8 +10,19 @@ from ..protocol import RESULT_ERROR, RESULT_OK
 
 __all__ = ["ALL_OK", "Verdict", "answer_reader", "read_results"]
 
-#: ``results`` of an answer that :func:`answer_reader` recognised as "every command applied".
-ALL_OK: Any = type("AllOk", (tuple,), {"__slots__": (), "__repr__": lambda self: "ALL_OK"})()
+
+
+class _AllOk:
+    """The ``results`` of an answer that :func:`answer_reader` recognised as "every command applied"."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "ALL_OK"
+
+
+#: The one :class:`_AllOk`: ``read_results`` checks for it by identity.
+ALL_OK = _AllOk()
 
 
 class Verdict:

@@ -30,8 +30,9 @@ DEFAULT_BATCH_SIZE = MAX_BULK_COMMANDS
 DEFAULT_FLUSH_INTERVAL = 0.5
 #: Requests of one client in flight at once. Throughput is about ``max_in_flight * batch_size / RTT``,
 #: where the RTT includes the waits of sender threads for the GIL while the application runs (up to
-#: the 5 ms switch interval, several times per request): 16 keep 100,000 events/s at a 50 ms round
-#: trip, where 8 reached about 60,000 (benchmarks/run.py --only roundtrip).
+#: the 5 ms switch interval, several times per request). Measured with ``benchmarks/run.py --only
+#: roundtrip``: 16 delivered 89,000 events/s at a 50 ms round trip and 79,000 at 100 ms, where 8
+#: delivered about 60,000 and 50,000; more than 16 gained nothing measurable.
 DEFAULT_MAX_IN_FLIGHT = 16
 #: The most a user may ask for (each request in flight is a sender thread and a connection).
 MAX_IN_FLIGHT = 32
