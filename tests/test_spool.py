@@ -244,6 +244,57 @@ def test_parse_records_never_yields_garbage() -> None:
             assert lost >= 1 or len(records) <= 50
 
 
+def _record_bytes(body: bytes) -> bytes:
+    import struct
+    import zlib
+
+    return struct.pack("<HII", 0xA7FF, len(body), zlib.crc32(body)) + body
+
+
+def test_parse_records_stops_at_the_unwritten_rest() -> None:
+    """Zeros after the last record are a preallocated segment's unwritten rest: no record lost; a
+    record cut short before them is one lost."""
+    head = b"7SSPOOL\x02" + bytes(8)
+    written = head + b"".join(_record_bytes(payload(number)) for number in range(3))
+    records, lost = parse_records(written + bytes(5000))
+    assert ([number_of(written[start:end]) for _, start, end in records], lost) == ([0, 1, 2], 0)
+    torn = _record_bytes(payload(3))[:30]
+    records, lost = parse_records(written + torn + bytes(5000))
+    assert (len(records), lost) == (3, 1)
+    records, lost = parse_records(head + bytes(100))  # a segment made, nothing written
+    assert (records, lost) == ([], 0)
+
+
+def test_segments_are_preallocated_and_given_back_when_sealed_or_closed(folder: str) -> None:
+    writer = Spool(folder, segment_bytes=8192)
+    (first,) = segments(folder)
+    assert os.path.getsize(os.path.join(folder, first)) == 8192  # reserved when made
+    records = [writer.append(payload(number)) for number in range(300)]  # several segments
+    assert all(record is not None for record in records)
+    names = segments(folder)
+    assert len(names) > 2
+    sizes = [os.path.getsize(os.path.join(folder, name)) for name in names]
+    assert all(size < 8192 for size in sizes[:-1]) and sizes[-1] == 8192  # sealed: cut to what they hold
+    assert writer.stats()["kept_bytes"] == sum(sizes)
+    assert writer.close() == 300
+    assert os.path.getsize(os.path.join(folder, names[-1])) < 8192  # closed: the rest given back too
+    reader = Spool(folder)
+    assert [number_of(data) for _, data in recover_all(reader)] == list(range(300))
+    reader.close()
+
+
+def test_version_1_files_are_read(folder: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Segments of format version 1 (pwrite, never preallocated) left by an older release replay."""
+    Spool(folder).close()
+    with open(os.path.join(folder, "old-1-abcd-1.seg"), "wb") as file:
+        file.write(b"7SSPOOL\x01" + bytes(8) + b"".join(_record_bytes(payload(number)) for number in range(5)))
+    caplog.set_level(logging.WARNING, LOGGER)
+    reader = Spool(folder)
+    assert [number_of(data) for _, data in recover_all(reader)] == list(range(5))
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    reader.close()
+
+
 def test_bad_folders(tmp_path: "os.PathLike[str]") -> None:
     base = os.fspath(tmp_path)
     a_file = os.path.join(base, "a-file")
@@ -333,14 +384,17 @@ def test_sigkill_mid_burst_loses_nothing_appended(folder: str, caplog: pytest.Lo
     reported.update(int(line) for line in lines[:-1])  # the last may be cut by the kill
     assert len(reported) >= 3000
 
-    # A torn last record, as a kill in the middle of a write leaves it.
+    # A torn last record, as a kill in the middle of a copy leaves it: right after the last record,
+    # followed by the zeros of the segment's preallocated rest.
     last = max(segments(folder), key=lambda name: os.path.getmtime(os.path.join(folder, name)))
     torn_path = os.path.join(folder, last)
-    with open(torn_path, "ab") as file:
+    with open(torn_path, "r+b") as file:
+        data = file.read()
         body = payload(99_999_999)
         import struct
         import zlib
 
+        file.seek(len(data.rstrip(b"\0")))  # payloads are JSON: they never end with a zero byte
         file.write(struct.pack("<HII", 0xA7FF, len(body), zlib.crc32(body)) + body[: len(body) // 2])
 
     caplog.set_level(logging.WARNING, LOGGER)
@@ -484,7 +538,7 @@ def test_forked_child_gets_its_own_files(folder: str) -> None:
 FULL_DISK = """
 import json, resource, sys
 from seven_segments.spool import Spool
-spool = Spool(sys.argv[1])
+spool = Spool(sys.argv[1], **json.loads(sys.argv[2]))
 resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, resource.RLIM_INFINITY))
 results = [spool.append(json.dumps({"id": n, "pad": "p" * (300 + n % 17)}).encode()) for n in range(300)]
 accepted = [n for n, record in enumerate(results) if record is not None]
@@ -492,8 +546,18 @@ print(json.dumps({"accepted": accepted, "stats": spool.stats()}), flush=True)
 """
 
 
-def test_full_disk_drops_without_dying(folder: str, caplog: pytest.LogCaptureFixture) -> None:
-    child = start_child(FULL_DISK, folder)
+@pytest.mark.parametrize(
+    "options",
+    [
+        # Mapped: the first segment (64 KiB) was made before the limit; the next cannot be preallocated.
+        {"segment_bytes": 64 * 1024},
+        # pwrite: writes fail once the file reaches the limit.
+        {"fsync": True},
+    ],
+    ids=["mapped", "pwrite"],
+)
+def test_full_disk_drops_without_dying(folder: str, caplog: pytest.LogCaptureFixture, options: Dict[str, object]) -> None:
+    child = start_child(FULL_DISK, folder, json.dumps(options))
     out, err = child.communicate(timeout=20)
     assert child.returncode == 0, err  # no death by SIGXFSZ, no exception
     answer = json.loads(out)
@@ -569,11 +633,13 @@ def test_fsync_mode_round_trip(folder: str) -> None:
     reader.close()
 
 
-def test_threads_appending_at_once_each_find_their_own_record(folder: str) -> None:
-    """Places are reserved under a lock and written outside it: every record is where its Record says."""
+@pytest.mark.parametrize("options", [{}, {"fsync": True}], ids=["mapped", "pwrite"])
+def test_threads_appending_at_once_each_find_their_own_record(folder: str, options: Dict[str, Any]) -> None:
+    """Records appended from many threads at once (copied into the map under the lock, or written with
+    pwrite outside it): every record is where its Record says."""
     import threading
 
-    spool = Spool(folder, segment_bytes=64 * 1024)
+    spool = Spool(folder, segment_bytes=64 * 1024, **options)
     records: List[Any] = []
     lock = threading.Lock()
 
@@ -593,6 +659,8 @@ def test_threads_appending_at_once_each_find_their_own_record(folder: str) -> No
     spool.confirm([record for thread, _, record in records if thread < 2])
     spool._closed = True  # stand in for a kill: the files stay as they are, with their locks let go
     for segment in list(spool._segments.values()):
+        if segment.view is not None:
+            segment.view.close()  # a kill unmaps it (and closes the map's own descriptor)
         os.close(segment.fd)
         if segment.ack_fd >= 0:
             os.close(segment.ack_fd)
