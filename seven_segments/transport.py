@@ -239,6 +239,7 @@ class Transport:
         self._auth = auth
         self._pid = os.getpid()
         self._session = self._new_session()
+        self._urls: Dict[str, str] = {}  # prepared by the session once per path
 
     def _new_session(self) -> requests.Session:
         session = requests.Session()
@@ -344,9 +345,12 @@ class Transport:
         failure: Exception
         attempt = WATCHDOG.begin(monotonic() + wait, owner)
         try:
-            response = self._session.post(
-                f"{self.target}/{path}", data=body, headers=headers, params=params, timeout=wait, auth=self._auth
-            )
+            if params is None and self._auth is None:
+                response = self._session.send(self._prepare(path, body, headers is not None), timeout=wait)
+            else:
+                response = self._session.post(
+                    f"{self.target}/{path}", data=body, headers=headers, params=params, timeout=wait, auth=self._auth
+                )
         except requests.Timeout:
             failure = TransientError(f"{path}: no answer within {wait:.3g} s")
         except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as error:
@@ -370,6 +374,27 @@ class Transport:
         # Raised outside the except blocks: no __context__ chain leads back to requests' exception,
         # whose text may hold the URL with ?company=TOKEN.
         raise failure
+
+    def _prepare(self, path: str, body: bytes, gzipped: bool) -> requests.PreparedRequest:
+        """The request ``Session.post`` would prepare for a bytes body without params or auth, made
+        from the session's headers, URL and hooks prepared once: ``prepare_request`` merges settings,
+        cookies and hooks anew for every request, a fifth of a bulk request's CPU (measured)."""
+        session = self._session
+        url = self._urls.get(path)
+        if url is None:
+            url = self._urls[path] = session.prepare_request(requests.Request("POST", f"{self.target}/{path}")).url or ""
+        request = requests.PreparedRequest()
+        request.method = "POST"
+        request.url = url
+        request.headers = requests.structures.CaseInsensitiveDict(session.headers)
+        request.headers["Content-Length"] = str(len(body))
+        if gzipped:
+            request.headers["Content-Encoding"] = "gzip"
+        request.body = body
+        request.hooks = session.hooks
+        if session.cookies:  # a load balancer's, say: sent back as prepare_request would
+            request.prepare_cookies(session.cookies)
+        return request
 
     def _reason(self, error: BaseException) -> str:
         """A short reason for a ``requests`` exception, its URLs' query values redacted (``scrub``)."""

@@ -1,0 +1,82 @@
+"""The transport's own request preparation, against a real HTTP server on 127.0.0.1.
+
+``Transport.post`` prepares requests without params or auth itself (see ``Transport._prepare``):
+what goes on the wire must be what ``Session.post`` would have sent.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Dict, Iterator, List, Tuple
+
+import pytest
+
+from seven_segments.protocol import USER_AGENT
+from seven_segments.transport import Transport
+
+
+class Recorder(BaseHTTPRequestHandler):
+    """Answers every POST with a JSON success, sets a cookie on the first, records what came."""
+
+    seen: List[Tuple[str, Dict[str, str], bytes]] = []
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        self.seen.append((self.path, {key.lower(): value for key, value in self.headers.items()}, body))
+        answer = b'{"success": true}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(answer)))
+        if len(self.seen) == 1:
+            self.send_header("Set-Cookie", "lb=sticky-1; Path=/")
+        self.end_headers()
+        self.wfile.write(answer)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def recorder() -> Iterator[Tuple[str, List[Tuple[str, Dict[str, str], bytes]]]]:
+    seen: List[Tuple[str, Dict[str, str], bytes]] = []
+    handler = type("Handler", (Recorder,), {"seen": seen})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_prepared_posts_send_what_session_post_sends(recorder: Any, compress: bool) -> None:
+    url, seen = recorder
+    transport = Transport(url, timeout=5, gzip=compress)
+    body = json.dumps({"commands": [{"n": n} for n in range(200)]}).encode()
+    assert transport.post("bulk", body) == {"success": True}
+    assert transport.post("bulk", body) == {"success": True}
+    (path, first, sent), (_, second, _) = seen
+    assert path == "/bulk"
+    assert (gzip.decompress(sent) if compress else sent) == body
+    assert first["content-length"] == str(len(sent))
+    assert first.get("content-encoding") == ("gzip" if compress else None)
+    assert (first["user-agent"], first["content-type"], first["accept"]) == (USER_AGENT, "application/json", "application/json")
+    assert "cookie" not in first
+    assert second["cookie"] == "lb=sticky-1"  # a cookie the server set goes back, as with Session.post
+    transport.close()
+
+
+def test_session_hooks_see_prepared_requests(recorder: Any) -> None:
+    url, seen = recorder
+    transport = Transport(url, timeout=5)
+    statuses: List[int] = []
+    transport._session.hooks["response"].append(lambda response, **_: statuses.append(response.status_code))
+    transport.post("crm/events", b'{"x":1}')
+    assert statuses == [200] and len(seen) == 1
+    transport.close()
