@@ -27,7 +27,7 @@ import socket
 import time
 import weakref
 import zlib
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, TypeVar, cast
 from urllib.parse import quote, quote_plus, unquote_plus, urlsplit
 
 import requests
@@ -386,7 +386,7 @@ class Transport:
         request = requests.PreparedRequest()
         request.method = "POST"
         request.url = url
-        request.headers = requests.structures.CaseInsensitiveDict(session.headers)
+        request.headers = cast("requests.structures.CaseInsensitiveDict[str]", session.headers.copy())  # all str: set here
         request.headers["Content-Length"] = str(len(body))
         if gzipped:
             request.headers["Content-Encoding"] = "gzip"
