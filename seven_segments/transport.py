@@ -386,7 +386,7 @@ class Transport:
         request = requests.PreparedRequest()
         request.method = "POST"
         request.url = url
-        request.headers = cast("requests.structures.CaseInsensitiveDict[str]", session.headers.copy())  # all str: set here
+        request.headers = cast("requests.structures.CaseInsensitiveDict[str]", session.headers).copy()  # all str
         request.headers["Content-Length"] = str(len(body))
         if gzipped:
             request.headers["Content-Encoding"] = "gzip"
