@@ -15,10 +15,15 @@ A new segment is preallocated (``posix_fallocate``, so a full disk shows when a 
 and mapped shared into memory; a record is copied into the map, which is the kernel's page cache
 of the file: no system call per record, and once copied it is the operating system's, so a process
 killed at any moment after ``append`` returned loses nothing. Zeros after the last record are the
-unwritten rest (format version 2; version 1 files, written with ``pwrite`` and never preallocated,
-are read alike). With ``fsync=True``, or where a file cannot be mapped, each record is written with
-one ``pwrite`` (followed by ``fsync``). Power loss or a kernel crash may lose what the kernel had
-not yet written to the disk, unless the spool was made with ``fsync=True``.
+unwritten rest; readers stop there (a reader older than mapped segments counts them as one record
+cut short, and loses nothing). With ``fsync=True`` (each record then followed by ``fsync``), where
+the system cannot reserve a file's space (no ``posix_fallocate``: macOS) or where a file cannot be
+mapped, each record is written with one ``pwrite`` instead. Power loss or a kernel crash may lose
+what the kernel had not yet written to the disk, unless the spool was made with ``fsync=True``.
+
+A copy into the map can wait, holding the GIL, where ``pwrite`` would wait without it: on the first
+write to each page (a page fault, about a microsecond here) and, when the kernel throttles writers
+because the disk cannot keep up with the machine's dirty pages, for as long as it throttles.
 
 A segment is sealed when it reaches ``segment_bytes`` (its map closed, the unwritten rest of the
 file given back) and a new one is started. Confirmed records
@@ -53,7 +58,7 @@ import threading
 import time
 import weakref
 import zlib
-from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Set, Tuple
+from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Set, Tuple, cast
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -79,7 +84,7 @@ SEGMENT_BYTES = 4 * 1024 * 1024
 #: ``recover`` yields at most this many records at a time (one bulk request).
 RECOVER_CHUNK = 1000
 #: The format written; files of a higher version are refused.
-FORMAT_VERSION = 2
+FORMAT_VERSION = 1
 #: A record longer than this is taken for damage (a command is at most 100 KiB).
 MAX_RECORD_BYTES = 16 * 1024 * 1024
 
@@ -111,19 +116,6 @@ _SPOOLS: "weakref.WeakSet[Spool]" = weakref.WeakSet()
 
 class SpoolError(ValueError):
     """The spool's folder cannot be used (a file, not writable, written by a newer version)."""
-
-
-class Record:
-    """One appended (or recovered) record: what ``confirm`` is given back. Opaque."""
-
-    __slots__ = ("segment", "offset")
-
-    def __init__(self, segment: "_Segment", offset: int) -> None:
-        self.segment = segment
-        self.offset = offset
-
-    def __repr__(self) -> str:
-        return f"Record({self.segment.name}, {self.offset})"
 
 
 class _Segment:
@@ -160,6 +152,11 @@ class _Segment:
         self.closed = False
         #: Records ever held (appended, or found unconfirmed when taken over).
         self.records = 0
+
+
+#: One appended (or recovered) record, ``(segment, offset)``: what ``confirm`` is given back. Opaque
+#: to callers; a plain tuple, which costs a fifth of an object with slots to make on every ``track``.
+Record = Tuple[_Segment, int]
 
 
 class SpoolFile(NamedTuple):
@@ -280,7 +277,7 @@ def _segment_names(folder: str) -> List[str]:
     return sorted(entry[: -len(SEGMENT_SUFFIX)] for entry in os.listdir(folder) if entry.endswith(SEGMENT_SUFFIX))
 
 
-#: Map a new segment's pages at once (Linux), so that writing a record never waits for a page fault.
+#: Map a new segment's pages at once (Linux): cheaper first writes to each page (they still fault once).
 _MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 #: ``posix_fallocate`` errors meaning "this file system cannot do that" (zeros are written instead).
 _NO_FALLOCATE = frozenset(code for code in (getattr(errno, "EOPNOTSUPP", None), errno.EINVAL, getattr(errno, "ENOSYS", None)) if code)
@@ -314,24 +311,29 @@ def _map_preallocated(fd: int, length: int) -> "Optional[mmap.mmap]":
         return None
 
 
-#: Times an appender finding the lock taken lets the GIL go before it waits on the lock.
+#: Times an appender finding the lock taken lets the GIL go before it polls the lock.
 _SPINS = 50
+#: How often an appender polls a lock held for long.
+_POLL_SECONDS = 0.0002
 
 
-def _acquire_without_convoy(lock: threading.Lock) -> None:
-    """Take ``lock``, held by another thread, without forming a convoy.
+def _acquire_without_convoy(lock: "threading.RLock") -> None:
+    """Take ``lock``, held by another thread, without parking on it while it is busy.
 
-    A thread that blocks on a lock hands the GIL over and, when woken, owns the lock while the thread
-    that released it still runs: the latter's next ``append`` then blocks in turn, and from then on
-    every append of every thread costs two thread switches (a p99 of 100+ µs with 4 threads, measured).
-    Giving up the GIL with ``sched_yield`` and trying again lets the holder finish; only a holder that
-    takes long (making a new segment) is waited for on the lock itself.
+    A thread parked in a blocking acquire stays there until it wins the lock, and while it is
+    parked, every release of every other thread wakes it (a system call each): with 4 threads
+    appending, a median of 5-7 µs and a p99 of 140+ µs per append (measured), against 1.5 and 6 when
+    no thread parks (and a parked thread can lose the race to the lock again and again: calls of
+    30-110 ms were seen). So: give up the GIL (``sched_yield``) and try again without blocking; a
+    holder that takes long (making a new segment, a few milliseconds) is polled every
+    ``_POLL_SECONDS``.
     """
     for _ in range(_SPINS):
         _yield()
         if lock.acquire(False):
             return
-    lock.acquire()
+    while not lock.acquire(False):
+        time.sleep(_POLL_SECONDS)
 
 
 _yield = getattr(os, "sched_yield", None) or (lambda: time.sleep(0))
@@ -381,8 +383,9 @@ class Spool:
         self._segment_bytes = max(HEADER_BYTES + 1, min(segment_bytes, max_bytes // 4))
         self._fsync = bool(fsync)
         #: Segments are preallocated and mapped, unless each record must be fsynced (then written with
-        #: pwrite), or mapping failed once (a file system that cannot map files).
-        self._mapped = not self._fsync
+        #: pwrite), the system cannot reserve a file's space (no ``posix_fallocate``: macOS), or mapping
+        #: failed once (a file system that cannot map files).
+        self._mapped = not self._fsync and hasattr(os, "posix_fallocate")
         _prepare_folder(self._folder)
         for name in _segment_names(self._folder):
             path = os.path.join(self._folder, name + SEGMENT_SUFFIX)
@@ -394,7 +397,7 @@ class Spool:
             if len(head) == HEADER_BYTES and head[:7] == _FILE_MAGIC and head[7] > FORMAT_VERSION:
                 raise _newer(path, head[7])
         _ignore_sigxfsz()
-        self._lock = threading.Lock()
+        self._set_lock()
         self._pid = os.getpid()
         self._segments: Dict[str, _Segment] = {}
         self._current: Optional[_Segment] = None
@@ -406,11 +409,22 @@ class Spool:
         self._kept_bytes = 0
         self._failure_logged = False
         self._no_segment_until = 0.0  # after a failure to make a segment, none is tried until then
-        try:  # the first segment now: proves the folder can be written, with a clear error if not
-            self._current = self._new_segment()
+        try:  # a first segment now proves the folder can be written, with a clear error if not
+            first = self._new_segment(reserve=False)
         except OSError as error:
             raise SpoolError(f"spool folder {self._folder} cannot be written: {error.strerror or error}") from None
+        if self._mapped:  # the first append makes a reserved one: a nearly full disk does not stop the start
+            with self._lock:
+                self._delete(first)
+        else:
+            self._current = first
         _SPOOLS.add(self)
+
+    def _set_lock(self) -> None:
+        #: Guards the segments and counters. An RLock only so that ``append`` can ask whether this
+        #: thread holds it (``_is_owned``, the question ``threading.Condition`` asks too).
+        self._lock = threading.RLock()
+        self._lock_is_mine = cast(Callable[[], bool], getattr(self._lock, "_is_owned"))
 
     @property
     def folder(self) -> str:
@@ -422,11 +436,11 @@ class Spool:
 
     # -- writing ---------------------------------------------------------------------------------
 
-    def _new_segment(self, capacity: int = 0) -> _Segment:
+    def _new_segment(self, capacity: int = 0, reserve: bool = True) -> _Segment:
         """Make, lock and name a new segment (under a temporary name until locked, so that no other
-        process can take it for a dead writer's). A mapped one is preallocated to ``capacity`` bytes
-        (``posix_fallocate``: a full disk or ``RLIMIT_FSIZE`` shows here, as an ``OSError``, never as
-        a fault while writing into the map)."""
+        process can take it for a dead writer's). A mapped one (``reserve``, in a mapping spool) is
+        preallocated to ``capacity`` bytes (``posix_fallocate``: a full disk or ``RLIMIT_FSIZE`` shows
+        here, as an ``OSError``, not as a fault while writing into the map)."""
         self._serial += 1
         name = f"{_HOST}-{os.getpid()}-{self._random}-{self._serial}"
         temp = os.path.join(self._folder, "." + name + TEMP_SUFFIX)
@@ -439,7 +453,7 @@ class Spool:
             header = _FILE_HEADER.pack(_FILE_MAGIC, FORMAT_VERSION, time.time_ns())
             if os.write(fd, header) != len(header):
                 raise OSError(errno.ENOSPC, "no room for a segment header")
-            if self._mapped:
+            if self._mapped and reserve:
                 view = _map_preallocated(fd, max(capacity or self._segment_bytes, HEADER_BYTES + 1))
                 if view is None:
                     self._mapped = False
@@ -486,9 +500,9 @@ class Spool:
         data = _RECORD_HEADER.pack(_RECORD_MAGIC, len(payload), zlib.crc32(payload)) + payload
         size = len(data)
         lock = self._lock
-        if not lock.acquire(False):
-            _acquire_without_convoy(lock)
         try:
+            if not lock.acquire(False):
+                _acquire_without_convoy(lock)
             segment = self._current
             if self._closed:
                 self._dropped += 1
@@ -518,9 +532,12 @@ class Spool:
                 self._kept_bytes += size
                 self._appended += 1
         finally:
-            lock.release()  # a C call: the GIL cannot be handed over before the lock is free
+            # Whether this thread holds it (an exception from a signal handler may come between
+            # acquire() and the next line): the lock is an RLock for that question.
+            if self._lock_is_mine():
+                lock.release()
         if view is not None:
-            return Record(segment, offset)
+            return segment, offset
         try:
             written = os.pwrite(segment.fd, data, offset)
             if written != size:
@@ -541,7 +558,7 @@ class Spool:
                         pass
                 self._write_failed(segment, error)
             return None
-        return Record(segment, offset)
+        return segment, offset
 
     def _next_segment(self, full: Optional[_Segment], size: int) -> Optional[_Segment]:
         """Seal ``full`` (the current segment, which has no room for ``size`` bytes) and start the next
@@ -606,8 +623,8 @@ class Spool:
         if not records:
             return
         by_segment: Dict[_Segment, List[int]] = {}
-        for record in records:
-            by_segment.setdefault(record.segment, []).append(record.offset)
+        for segment, offset in records:
+            by_segment.setdefault(segment, []).append(offset)
         with self._lock:
             for segment, offsets in by_segment.items():
                 if segment.closed or self._segments.get(segment.name) is not segment:
@@ -648,13 +665,14 @@ class Spool:
         if segment.view is not None:
             segment.view.close()  # its own duplicate of the descriptor too, which holds the lock
             segment.view = None
-        for fd in (segment.ack_fd, segment.fd):
+        fds = (segment.ack_fd, segment.fd)
+        segment.fd = segment.ack_fd = -1  # first: a pwrite racing with a close fails (EBADF), never
+        for fd in fds:  # lands in a file that reused the number
             if fd >= 0:
                 try:
                     os.close(fd)
                 except OSError:
                     pass
-        segment.fd = segment.ack_fd = -1
 
     # -- recovering ------------------------------------------------------------------------------
 
@@ -696,7 +714,7 @@ class Spool:
                 continue
             segment, payloads = taken
             for offset, payload in payloads:
-                chunk.append((Record(segment, offset), payload))
+                chunk.append(((segment, offset), payload))
                 if len(chunk) >= RECOVER_CHUNK:
                     self._replayed += len(chunk)
                     yield chunk
@@ -781,7 +799,15 @@ class Spool:
                     "seven_segments: spool file %s: %d record%s cut short or damaged, skipped (lost)",
                     path, lost, "" if lost == 1 else "s",
                 )
-            segment = _Segment(self._folder, name, fd, len(data))
+            size = len(data)
+            end = records[-1][2] if records else HEADER_BYTES
+            if size > end and data.count(0, end) == size - end:
+                try:  # the unwritten rest of a writer that died: given back, and not counted
+                    os.truncate(path, end)
+                    size = end
+                except OSError:
+                    pass
+            segment = _Segment(self._folder, name, fd, size)
             segment.sealed = True
             payloads = [(offset, data[start:end]) for offset, start, end in records if offset not in acked]
             segment.unconfirmed.update((offset, None) for offset, _ in payloads)
@@ -809,7 +835,7 @@ class Spool:
         if self._pid == os.getpid():
             return
         self._pid = os.getpid()
-        self._lock = threading.Lock()  # the parent's may have been held by one of its threads
+        self._set_lock()  # the parent's may have been held by one of its threads
         for segment in self._segments.values():
             self._release(segment)
         self._segments = {}
@@ -819,6 +845,7 @@ class Spool:
         self._kept_bytes = 0
         self._appended = self._confirmed = self._replayed = self._dropped = self._damaged = 0
         self._failure_logged = False
+        self._no_segment_until = 0.0
 
     def close(self) -> int:
         """Stop writing and let go of every file (their locks); returns how many records remain

@@ -392,8 +392,9 @@ class Transport:
             request.headers["Content-Encoding"] = "gzip"
         request.body = body
         request.hooks = session.hooks
-        if session.cookies:  # a load balancer's, say: sent back as prepare_request would
-            request.prepare_cookies(session.cookies)
+        # A jar of its own, as prepare_request gives (a redirect stores cookies in it): a copy of the
+        # session's cookies (a load balancer's, say), sent back as Session.post would.
+        request.prepare_cookies(session.cookies.copy() if session.cookies else requests.cookies.RequestsCookieJar())
         return request
 
     def _reason(self, error: BaseException) -> str:

@@ -207,8 +207,8 @@ def test_damaged_file_skips_and_warns(folder: str, caplog: pytest.LogCaptureFixt
     with open(path, "r+b") as file:
         data = bytearray(file.read())
         # record 30: a byte of its payload; record 60: its length field.
-        data[records[30].offset + RECORD_HEADER_BYTES + 5] ^= 0xFF  # type: ignore[union-attr]
-        data[records[60].offset + 4] ^= 0x40  # type: ignore[union-attr]
+        data[records[30][1] + RECORD_HEADER_BYTES + 5] ^= 0xFF  # type: ignore[index]
+        data[records[60][1] + 4] ^= 0x40  # type: ignore[index]
         file.seek(0)
         file.write(data)
     caplog.set_level(logging.WARNING, LOGGER)
@@ -254,7 +254,7 @@ def _record_bytes(body: bytes) -> bytes:
 def test_parse_records_stops_at_the_unwritten_rest() -> None:
     """Zeros after the last record are a preallocated segment's unwritten rest: no record lost; a
     record cut short before them is one lost."""
-    head = b"7SSPOOL\x02" + bytes(8)
+    head = b"7SSPOOL\x01" + bytes(8)
     written = head + b"".join(_record_bytes(payload(number)) for number in range(3))
     records, lost = parse_records(written + bytes(5000))
     assert ([number_of(written[start:end]) for _, start, end in records], lost) == ([0, 1, 2], 0)
@@ -267,9 +267,11 @@ def test_parse_records_stops_at_the_unwritten_rest() -> None:
 
 def test_segments_are_preallocated_and_given_back_when_sealed_or_closed(folder: str) -> None:
     writer = Spool(folder, segment_bytes=8192)
+    assert segments(folder) == []  # the folder was proved writable; a nearly full disk does not stop the start
+    assert writer.append(payload(0)) is not None
     (first,) = segments(folder)
     assert os.path.getsize(os.path.join(folder, first)) == 8192  # reserved when made
-    records = [writer.append(payload(number)) for number in range(300)]  # several segments
+    records = [writer.append(payload(number)) for number in range(1, 300)]  # several segments
     assert all(record is not None for record in records)
     names = segments(folder)
     assert len(names) > 2
@@ -283,16 +285,43 @@ def test_segments_are_preallocated_and_given_back_when_sealed_or_closed(folder: 
     reader.close()
 
 
-def test_version_1_files_are_read(folder: str, caplog: pytest.LogCaptureFixture) -> None:
-    """Segments of format version 1 (pwrite, never preallocated) left by an older release replay."""
-    Spool(folder).close()
-    with open(os.path.join(folder, "old-1-abcd-1.seg"), "wb") as file:
-        file.write(b"7SSPOOL\x01" + bytes(8) + b"".join(_record_bytes(payload(number)) for number in range(5)))
-    caplog.set_level(logging.WARNING, LOGGER)
+def test_a_dead_writers_reserved_rest_is_given_back_when_taken_over(folder: str) -> None:
+    writer = Spool(folder, segment_bytes=64 * 1024)
+    for number in range(10):
+        assert writer.append(payload(number)) is not None
+    (name,) = segments(folder)
+    path = os.path.join(folder, name)
+    assert os.path.getsize(path) == 64 * 1024
+    writer._closed = True  # stand in for a kill: the map and the lock go, the file stays as it is
+    for segment in list(writer._segments.values()):
+        assert segment.view is not None
+        segment.view.close()
+        os.close(segment.fd)
     reader = Spool(folder)
-    assert [number_of(data) for _, data in recover_all(reader)] == list(range(5))
-    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [number_of(data) for _, data in recover_all(reader)] == list(range(10))
+    assert os.path.getsize(path) < 4096  # cut to its records: a crash loop does not fill the bound
+    assert reader.stats()["kept_bytes"] == os.path.getsize(path)
     reader.close()
+
+
+def test_an_exception_inside_append_leaves_the_lock_free(folder: str) -> None:
+    """A KeyboardInterrupt (a signal handler's exception) raised while append holds the lock: the
+    lock is released, so other threads' appends and close() do not hang."""
+    writer = Spool(folder)
+
+    def interrupted(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    writer._next_segment = interrupted  # type: ignore[assignment,method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        writer.append(payload(0))
+    del writer._next_segment  # type: ignore[attr-defined]
+    results: List[Any] = []
+    other = threading.Thread(target=lambda: results.append(writer.append(payload(1))))
+    other.start()
+    other.join(5)
+    assert not other.is_alive() and results[0] is not None
+    assert writer.close() == 1
 
 
 def test_bad_folders(tmp_path: "os.PathLike[str]") -> None:
@@ -539,8 +568,11 @@ FULL_DISK = """
 import json, resource, sys
 from seven_segments.spool import Spool
 spool = Spool(sys.argv[1], **json.loads(sys.argv[2]))
+def append(n):
+    return spool.append(json.dumps({"id": n, "pad": "p" * (300 + n % 17)}).encode())
+results = [append(0)]  # a first file, made before the limit
 resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, resource.RLIM_INFINITY))
-results = [spool.append(json.dumps({"id": n, "pad": "p" * (300 + n % 17)}).encode()) for n in range(300)]
+results += [append(n) for n in range(1, 300)]
 accepted = [n for n, record in enumerate(results) if record is not None]
 print(json.dumps({"accepted": accepted, "stats": spool.stats()}), flush=True)
 """
@@ -549,7 +581,7 @@ print(json.dumps({"accepted": accepted, "stats": spool.stats()}), flush=True)
 @pytest.mark.parametrize(
     "options",
     [
-        # Mapped: the first segment (64 KiB) was made before the limit; the next cannot be preallocated.
+        # Mapped: the first segment (64 KiB) was made before the limit; the next cannot be reserved.
         {"segment_bytes": 64 * 1024},
         # pwrite: writes fail once the file reaches the limit.
         {"fsync": True},
@@ -636,7 +668,7 @@ def test_fsync_mode_round_trip(folder: str) -> None:
 @pytest.mark.parametrize("options", [{}, {"fsync": True}], ids=["mapped", "pwrite"])
 def test_threads_appending_at_once_each_find_their_own_record(folder: str, options: Dict[str, Any]) -> None:
     """Records appended from many threads at once (copied into the map under the lock, or written with
-    pwrite outside it): every record is where its Record says."""
+    pwrite outside it): every record is where its record says."""
     import threading
 
     spool = Spool(folder, segment_bytes=64 * 1024, **options)

@@ -19,13 +19,20 @@ from seven_segments.transport import Transport
 
 
 class Recorder(BaseHTTPRequestHandler):
-    """Answers every POST with a JSON success, sets a cookie on the first, records what came."""
+    """Answers every POST with a JSON success (``/moved/...``: a 307 to ``/...``), sets a cookie on
+    the first, records what came."""
 
     seen: List[Tuple[str, Dict[str, str], bytes]] = []
 
     def do_POST(self) -> None:  # noqa: N802 - http.server's name
         body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
         self.seen.append((self.path, {key.lower(): value for key, value in self.headers.items()}, body))
+        if self.path.startswith("/moved/"):  # the API moved: a 307 keeps the method and the body
+            self.send_response(307)
+            self.send_header("Location", self.path[len("/moved") :])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         answer = b'{"success": true}'
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
@@ -79,4 +86,12 @@ def test_session_hooks_see_prepared_requests(recorder: Any) -> None:
     transport._session.hooks["response"].append(lambda response, **_: statuses.append(response.status_code))
     transport.post("crm/events", b'{"x":1}')
     assert statuses == [200] and len(seen) == 1
+    transport.close()
+
+
+def test_a_redirect_is_followed_as_session_post_follows_it(recorder: Any) -> None:
+    url, seen = recorder
+    transport = Transport(url + "/moved", timeout=5)
+    assert transport.post("bulk", b'{"commands":[]}') == {"success": True}
+    assert [(path, body) for path, _, body in seen] == [("/moved/bulk", b'{"commands":[]}'), ("/bulk", b'{"commands":[]}')]
     transport.close()
