@@ -105,6 +105,8 @@ _RECORD_MAGIC_BYTES = struct.pack("<H", _RECORD_MAGIC)
 _RECORD_HEADER = struct.Struct("<HII")
 RECORD_HEADER_BYTES = _RECORD_HEADER.size
 _ACK = struct.Struct("<Q")
+#: What ``dict.pop`` gives for an offset not (or no longer) unconfirmed.
+_ABSENT = object()
 
 _OPEN_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _HOST = re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname() or "host")[:64] or "host"
@@ -622,19 +624,22 @@ class Spool:
         replayed, which the server's ``command_id`` makes harmless)."""
         if not records:
             return
-        by_segment: Dict[_Segment, List[int]] = {}
-        for segment, offset in records:
-            by_segment.setdefault(segment, []).append(offset)
+        touched = {segment for segment, _ in records}
+        by_segment: Dict[_Segment, List[int]]
+        if len(touched) == 1:  # the usual case: one request's commands, from one file
+            by_segment = {touched.pop(): [offset for _, offset in records]}
+        else:
+            by_segment = {}
+            for segment, offset in records:
+                by_segment.setdefault(segment, []).append(offset)
         with self._lock:
             for segment, offsets in by_segment.items():
                 if segment.closed or self._segments.get(segment.name) is not segment:
                     continue
-                unconfirmed = segment.unconfirmed
-                fresh = [offset for offset in offsets if offset in unconfirmed]
+                take = segment.unconfirmed.pop
+                fresh = [offset for offset in offsets if take(offset, _ABSENT) is not _ABSENT]
                 if not fresh:
                     continue
-                for offset in fresh:
-                    del unconfirmed[offset]
                 self._confirmed += len(fresh)
                 if segment.sealed and not segment.unconfirmed:
                     self._delete(segment)
@@ -644,7 +649,7 @@ class Spool:
                         segment.ack_fd = os.open(
                             segment.ack_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | _OPEN_CLOEXEC, 0o600
                         )
-                    os.write(segment.ack_fd, b"".join(_ACK.pack(offset) for offset in fresh))
+                    os.write(segment.ack_fd, struct.pack(f"<{len(fresh)}Q", *fresh))
                 except OSError as error:
                     logger.debug("seven_segments: cannot note confirmations in %s: %s", segment.ack_path, error)
 

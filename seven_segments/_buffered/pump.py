@@ -18,6 +18,7 @@ import logging
 import math
 import threading
 from collections import deque
+from itertools import repeat
 from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from ..clock import Clock
@@ -310,8 +311,7 @@ class Pump:
         records = self._records
         if not records or self.spool is None:
             return
-        pop = records.pop
-        settled = [record for record in (pop(seq, None) for seq in seqs) if record is not None]
+        settled = [record for record in map(records.pop, seqs, repeat(None)) if record is not None]
         if settled:
             try:
                 self.spool.confirm(settled)
