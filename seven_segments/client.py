@@ -293,6 +293,9 @@ class SevenSegments(_ApiClient):
         call_deadline = DEFAULT_BLOCKING_RETRY_DEADLINE if buffered else None
         super().__init__(target, timeout, retry_deadline, (token,), bool(gzip), None, call_deadline)
         self._customer_ids: Optional[CustomerIds] = None if customer is None else customer_ids(customer)
+        #: The last string ``customer=`` passed to a call and its ids: one ids object for a run of
+        #: calls for one customer (the engine's encoder reuses its JSON for the same object).
+        self._last_customer: Tuple[Optional[str], CustomerIds] = (None, {})
         self._worker: Optional[BufferedEngine] = None
         # Checked in both modes: a bad setting is a mistake even where it has no effect yet.
         if on_error is not None and not callable(on_error):
@@ -367,6 +370,13 @@ class SevenSegments(_ApiClient):
 
     def _ids(self, customer: Optional[Customer]) -> CustomerIds:
         if customer is not None:
+            if type(customer) is str:  # a string id, often the same one several calls in a row
+                last = self._last_customer  # (id, ids), read and replaced whole: safe across threads
+                if last[0] is customer:
+                    return last[1]
+                ids = customer_ids(customer)
+                self._last_customer = (customer, ids)
+                return ids
             return customer_ids(customer)
         if self._customer_ids is None:
             return customer_ids(None)  # raises "no customer identified ..."

@@ -448,7 +448,7 @@ class BulkCommandEncoder:
     def encode(self, command: Command) -> bytes:
         """``{"name": path, "data": {...}}`` as UTF-8 JSON bytes (``command`` is exactly a ``Command``)."""
         path, ids, kind, properties, timestamp, command_id = command
-        if ids is not self._ids:
+        if ids is not self._ids and ids != self._ids:  # the same object, or equal ids: the same JSON
             self._set_ids(ids)
         if path == PATH_EVENTS:
             if kind is not self._type:
@@ -468,7 +468,8 @@ class BulkCommandEncoder:
         """The command as ``{"name": path, "data": {...}}`` for ``on_error``: everything needed to
         send it again (``command_id`` included) except the company token, which it never carries."""
         path, ids, kind, properties, timestamp, command_id = command[:6]
-        data: Dict[str, Any] = {"customer_ids" if path == PATH_EVENTS else "ids": ids}
+        # A copy: the ids object is shared by the commands of one customer, and on_error may change it.
+        data: Dict[str, Any] = {"customer_ids" if path == PATH_EVENTS else "ids": dict(ids)}
         if path == PATH_EVENTS:
             data["type"] = kind
         data["properties"] = properties

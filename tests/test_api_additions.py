@@ -152,6 +152,25 @@ def test_before_send_cannot_change_the_identified_customer(fresh: LocalServer) -
 
 
 @pytest.mark.parametrize("mode", MODES)
+def test_a_hook_changing_a_per_call_customer_changes_only_that_command(fresh: LocalServer, mode: str) -> None:
+    """The client reuses the ids of a string customer= from one call to the next: what a hook did to
+    one command's ids must not reach the next command for that customer."""
+    def rename_first(command: Dict[str, Any]) -> Dict[str, Any]:
+        if command["properties"].get("n") == 0:
+            command["customer_ids"]["registered"] = "someone-else"
+        return command
+
+    with make(fresh, mode, before_send=rename_first) as client:
+        for number in range(3):
+            client.track("purchase", {"n": number}, customer="ann")
+        client.track("purchase", {"n": 3}, customer="bob")
+        client.track("purchase", {"n": 4}, customer="ann")
+        assert client.flush(5) is True
+    seen = {event["properties"]["n"]: event["customer_ids"]["registered"] for event in fresh.events()}
+    assert seen == {0: "someone-else", 1: "ann", 2: "ann", 3: "bob", 4: "ann"}
+
+
+@pytest.mark.parametrize("mode", MODES)
 def test_before_send_may_set_the_command_id_and_track_returns_it(fresh: LocalServer, mode: str) -> None:
     def keyed(command: Dict[str, Any]) -> Dict[str, Any]:
         command["command_id"] = "order-" + str(command["properties"]["order"])
