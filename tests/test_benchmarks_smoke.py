@@ -86,3 +86,29 @@ def test_webapp_smoke_counts_what_the_app_tracked(tmp_path: Path) -> None:
     # every request tracked 2 events; after the graceful stop the server holds every one of them
     assert ours["tracked"] > 0 and ours["tracked"] % 2 == 0, ours
     assert ours["received"] == ours["tracked"] and ours["lost"] == 0 and not ours["killed"], ours
+
+
+def test_the_web_app_profile_sums_py_spy_samples_by_thread_and_function(tmp_path: Path) -> None:
+    """``benchmarks/webapp_profile.py`` reads py-spy's raw stacks: each kind of thread's share, what
+    ``track`` spends its time in, and our background threads' innermost functions."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import webapp_profile
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    raw = tmp_path / "gil.txt"
+    request = "thread (11): ThreadPoolExecutor-0_1;_worker (thread.py:83);app (webapp_app.py:109)"
+    raw.write_text("\n".join([
+        f"{request};SevenSegments.track (seven_segments/client.py:420);capture_properties (seven_segments/serialization.py:91) 3",
+        f"{request};_page (webapp_app.py:99) 4",
+        "thread (12): seven-segments-worker;Core._run (seven_segments/_buffered/engine.py:325);"
+        "Pump.take (seven_segments/_buffered/pump.py:175);BulkCommandEncoder.encode (seven_segments/serialization.py:448) 2",
+        "thread (13): MainThread;run (gunicorn/arbiter.py:10) 1",
+        "not a sample line",
+    ]) + "\n")
+    text = webapp_profile.summarize(raw, top=5)
+    assert text.startswith("10 samples with the GIL held")
+    assert "| request threads (the app's handlers) | 70.0% |" in text
+    assert "| ours: pump thread | 20.0% |" in text and "| other: MainThread | 10.0% |" in text
+    assert "| capture_properties | 30.0% |" in text
+    assert "| ours: pump thread: BulkCommandEncoder.encode | 20.0% |" in text
