@@ -43,6 +43,7 @@ that is why the folder is private to the user.
 
 from __future__ import annotations
 
+import array
 import errno
 import fcntl
 import json
@@ -54,11 +55,12 @@ import signal
 import socket
 import stat
 import struct
+import sys
 import threading
 import time
 import weakref
 import zlib
-from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Set, Tuple, cast
+from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -107,6 +109,14 @@ RECORD_HEADER_BYTES = _RECORD_HEADER.size
 _ACK = struct.Struct("<Q")
 #: What ``dict.pop`` gives for an offset not (or no longer) unconfirmed.
 _ABSENT = object()
+
+
+def _ack_bytes(offsets: List[int]) -> bytes:
+    """``offsets`` as ack entries (``_ACK``: uint64, little-endian), in one step."""
+    entries = array.array("Q", offsets)
+    if sys.byteorder == "big":
+        entries.byteswap()
+    return entries.tobytes()
 
 _OPEN_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _HOST = re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname() or "host")[:64] or "host"
@@ -424,9 +434,11 @@ class Spool:
 
     def _set_lock(self) -> None:
         #: Guards the segments and counters. An RLock only so that ``append`` can ask whether this
-        #: thread holds it (``_is_owned``, the question ``threading.Condition`` asks too).
-        self._lock = threading.RLock()
-        self._lock_is_mine = cast(Callable[[], bool], getattr(self._lock, "_is_owned"))
+        #: thread holds it (``_is_owned``, the question ``threading.Condition`` asks too). The lock
+        #: and its question are read together, from one tuple (``after_fork`` replaces both).
+        lock = threading.RLock()
+        self._lock_and_owner: "Tuple[threading.RLock, Callable[[], bool]]" = (lock, getattr(lock, "_is_owned"))
+        self._lock = lock
 
     @property
     def folder(self) -> str:
@@ -501,7 +513,10 @@ class Spool:
             self.after_fork()
         data = _RECORD_HEADER.pack(_RECORD_MAGIC, len(payload), zlib.crc32(payload)) + payload
         size = len(data)
-        lock = self._lock
+        lock, held_here = self._lock_and_owner
+        if held_here():  # append called from within append (a signal handler, a logging handler)
+            self._dropped += 1
+            return None
         try:
             if not lock.acquire(False):
                 _acquire_without_convoy(lock)
@@ -536,7 +551,7 @@ class Spool:
         finally:
             # Whether this thread holds it (an exception from a signal handler may come between
             # acquire() and the next line): the lock is an RLock for that question.
-            if self._lock_is_mine():
+            if held_here():
                 lock.release()
         if view is not None:
             return segment, offset
@@ -649,7 +664,7 @@ class Spool:
                         segment.ack_fd = os.open(
                             segment.ack_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | _OPEN_CLOEXEC, 0o600
                         )
-                    os.write(segment.ack_fd, struct.pack(f"<{len(fresh)}Q", *fresh))
+                    os.write(segment.ack_fd, _ack_bytes(fresh))
                 except OSError as error:
                     logger.debug("seven_segments: cannot note confirmations in %s: %s", segment.ack_path, error)
 
@@ -806,8 +821,8 @@ class Spool:
                 )
             size = len(data)
             end = records[-1][2] if records else HEADER_BYTES
-            if size > end and data.count(0, end) == size - end:
-                try:  # the unwritten rest of a writer that died: given back, and not counted
+            if size > end:  # zeros (the unwritten rest of a writer that died) or a cut record, lost anyway
+                try:  # given back, and not counted
                     os.truncate(path, end)
                     size = end
                 except OSError:

@@ -324,6 +324,32 @@ def test_an_exception_inside_append_leaves_the_lock_free(folder: str) -> None:
     assert writer.close() == 1
 
 
+def test_append_from_within_append_is_dropped_and_harms_nothing(folder: str) -> None:
+    """A signal handler or logging handler that tracks while this thread is inside append (making a
+    segment, say) gets its command dropped and counted; the outer append and the files are intact."""
+    writer = Spool(folder, segment_bytes=4096)
+    make_segment = writer._next_segment
+    nested: List[Any] = []
+
+    def with_a_handler_tracking(*args: Any) -> Any:
+        nested.append(writer.append(payload(999)))
+        return make_segment(*args)
+
+    writer._next_segment = with_a_handler_tracking  # type: ignore[method-assign]
+    first = writer.append(payload(0))
+    del writer._next_segment  # type: ignore[attr-defined]
+    assert nested == [None] and first is not None
+    records = [writer.append(payload(number)) for number in range(1, 100)]
+    assert all(record is not None for record in records)
+    stats = writer.stats()
+    assert (stats["appended"], stats["dropped"]) == (100, 1)
+    assert stats["kept_bytes"] == sum(os.path.getsize(os.path.join(folder, name)) for name in segments(folder))
+    assert writer.close() == 100
+    reader = Spool(folder)
+    assert [number_of(data) for _, data in recover_all(reader)] == list(range(100))
+    reader.close()
+
+
 def test_bad_folders(tmp_path: "os.PathLike[str]") -> None:
     base = os.fspath(tmp_path)
     a_file = os.path.join(base, "a-file")
