@@ -508,7 +508,9 @@ class Spool:
         In a mapped segment the record is copied into the map under the lock: no system call, so the
         calling thread keeps the GIL (a system call would hand it to another thread, and getting it
         back costs a switch interval under load). A ``pwrite`` segment's record is written outside
-        the lock, at the place reserved for it; a write that fails leaves a gap that readers skip."""
+        the lock, at the place reserved for it; a write that fails leaves a gap that readers skip.
+        A call made while this thread is inside ``append`` already (from a signal handler or a
+        logging handler) is dropped and counted: it cannot wait for itself."""
         if self._pid != (pid or os.getpid()):
             self.after_fork()
         data = _RECORD_HEADER.pack(_RECORD_MAGIC, len(payload), zlib.crc32(payload)) + payload
