@@ -422,8 +422,9 @@ _write_tree: Callable[[Any, int], Any] = c_json_encoder() or (lambda value, _lev
 class BulkCommandEncoder:
     """Turns queued ``Command`` tuples into the JSON of one ``bulk`` command, for one company token.
 
-    The token is encoded once, the customer ids and event type of consecutive commands are usually
-    the very same objects (cached by identity), and only the properties go through the C encoder.
+    The token is encoded once, the JSON of the last customer ids and event type is reused (for the
+    same object, or for equal ids: the client passes one ids object for a run of calls for one
+    customer), and only the properties go through the C encoder.
     The timestamp is written with microsecond precision as a JSON number in exponent form
     (``1700000000123456e-6``), which costs a fifth of writing the float itself.
     """

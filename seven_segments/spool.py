@@ -110,14 +110,6 @@ _ACK = struct.Struct("<Q")
 #: What ``dict.pop`` gives for an offset not (or no longer) unconfirmed.
 _ABSENT = object()
 
-
-def _ack_bytes(offsets: List[int]) -> bytes:
-    """``offsets`` as ack entries (``_ACK``: uint64, little-endian), in one step."""
-    entries = array.array("Q", offsets)
-    if sys.byteorder == "big":
-        entries.byteswap()
-    return entries.tobytes()
-
 _OPEN_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _HOST = re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname() or "host")[:64] or "host"
 
@@ -274,6 +266,14 @@ def _read_acks(path: str) -> Set[int]:
     return {offset for (offset,) in _ACK.iter_unpack(data[:whole])}
 
 
+def _ack_bytes(offsets: List[int]) -> bytes:
+    """``offsets`` as ack entries (``_ACK``: uint64, little-endian), in one step."""
+    entries = array.array("Q", offsets)
+    if sys.byteorder == "big":
+        entries.byteswap()
+    return entries.tobytes()
+
+
 def _read_all(fd: int) -> bytes:
     chunks: List[bytes] = []
     position = 0
@@ -329,6 +329,10 @@ _SPINS = 50
 _POLL_SECONDS = 0.0002
 
 
+#: Gives the GIL up for a moment.
+_yield = getattr(os, "sched_yield", None) or (lambda: time.sleep(0))
+
+
 def _acquire_without_convoy(lock: "threading.RLock") -> None:
     """Take ``lock``, held by another thread, without parking on it while it is busy.
 
@@ -346,9 +350,6 @@ def _acquire_without_convoy(lock: "threading.RLock") -> None:
             return
     while not lock.acquire(False):
         time.sleep(_POLL_SECONDS)
-
-
-_yield = getattr(os, "sched_yield", None) or (lambda: time.sleep(0))
 
 
 def _ignore_sigxfsz() -> None:
@@ -534,8 +535,8 @@ class Spool:
             view = segment.view
             if view is not None:
                 # Only operators here, no call: CPython hands the GIL to another thread at a call or a
-                # loop, and a thread that lost the GIL while holding this lock would make every
-                # other appender block on the lock and wait for two thread switches.
+                # loop, and a thread that lost the GIL while holding this lock would keep every other
+                # appender spinning (see _acquire_without_convoy) until it got the GIL back.
                 view[offset : offset + size] = data
                 segment.size = offset + size
                 segment.records += 1

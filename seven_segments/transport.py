@@ -334,11 +334,10 @@ class Transport:
         Raises ``TransientError`` for a passing failure (a timeout among them),
         ``InvalidRequest``/``AuthenticationError``/``SevenSegmentsError`` for a permanent one.
         """
-        headers = None
-        if self.gzip and len(body) >= GZIP_MIN_BYTES:
+        gzipped = self.gzip and len(body) >= GZIP_MIN_BYTES
+        if gzipped:
             compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
             body = compressor.compress(body) + compressor.flush()
-            headers = {"Content-Encoding": "gzip"}
         wait = self.timeout if timeout is None else max(timeout, 0.001)
         if self._pid != os.getpid():  # a client used across fork() must not share the parent's sockets
             self.renew_after_fork()
@@ -346,10 +345,11 @@ class Transport:
         attempt = WATCHDOG.begin(monotonic() + wait, owner)
         try:
             if params is None and self._auth is None:
-                response = self._session.send(self._prepare(path, body, headers is not None), timeout=wait)
+                response = self._session.send(self._prepare(path, body, gzipped), timeout=wait)
             else:
                 response = self._session.post(
-                    f"{self.target}/{path}", data=body, headers=headers, params=params, timeout=wait, auth=self._auth
+                    f"{self.target}/{path}", data=body, headers={"Content-Encoding": "gzip"} if gzipped else None,
+                    params=params, timeout=wait, auth=self._auth,
                 )
         except requests.Timeout:
             failure = TransientError(f"{path}: no answer within {wait:.3g} s")

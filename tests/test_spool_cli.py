@@ -6,7 +6,7 @@ import json
 import os
 import subprocess
 import sys
-from typing import Dict, Iterator, List
+from typing import Dict, List
 
 import pytest
 
@@ -49,18 +49,6 @@ def run(*args: str) -> "subprocess.CompletedProcess[str]":
     )
 
 
-@pytest.fixture(scope="module")
-def shared() -> Iterator[LocalServer]:
-    with LocalServer() as local:
-        yield local
-
-
-@pytest.fixture
-def server(shared: LocalServer) -> LocalServer:
-    shared.reset()
-    return shared
-
-
 @pytest.fixture
 def folder(tmp_path: "os.PathLike[str]") -> str:
     return os.path.join(os.fspath(tmp_path), "spool")
@@ -89,24 +77,24 @@ def test_show(folder: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert TOKEN not in result.out
 
 
-def test_deliver_each_once_and_leave_live_files(folder: str, server: LocalServer) -> None:
+def test_deliver_each_once_and_leave_live_files(folder: str, fresh: LocalServer) -> None:
     spooled(folder, range(0, 700))
     spooled(folder, range(700, 1500))  # more than one bulk request
     live = Spool(folder)
     try:
         for number in range(5000, 5003):
             live.append(command(number))
-        result = run("spool", folder, "--deliver", "--target", server.url)
+        result = run("spool", folder, "--deliver", "--target", fresh.url)
         assert result.returncode == 0, result.stderr
         assert result.stderr == ""
         assert "delivered 1500 commands, 0 refused, 0 kept" in result.stdout
         assert "left 1 files of live processes (3 commands)" in result.stdout
-        assert sorted(command_ids(server)) == sorted(f"cmd-{n}" for n in range(1500))
-        assert server.stats()["bulk_requests"] == 2
+        assert sorted(command_ids(fresh)) == sorted(f"cmd-{n}" for n in range(1500))
+        assert fresh.stats()["bulk_requests"] == 2
         assert inspect(folder).commands == 3  # the live writer's, untouched
-        again = run("spool", folder, "--deliver", "--target", server.url)
+        again = run("spool", folder, "--deliver", "--target", fresh.url)
         assert again.returncode == 0 and "delivered 0 commands" in again.stdout
-        assert len(server.events()) == 1500
+        assert len(fresh.events()) == 1500
     finally:
         live.close()
 
@@ -121,15 +109,15 @@ def test_deliver_with_the_api_down(folder: str, dead_url: str) -> None:
     assert inspect(folder).commands == 20  # nothing lost
 
 
-def test_deliver_reports_refused_commands(folder: str, server: LocalServer) -> None:
+def test_deliver_reports_refused_commands(folder: str, fresh: LocalServer) -> None:
     spooled(folder, range(6), n2="", n4="")
-    result = run("spool", folder, "--deliver", "--target", server.url)
+    result = run("spool", folder, "--deliver", "--target", fresh.url)
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 2 and lines[0].startswith("spool: crm/events cmd-2 refused: "), result.stderr
     assert lines[1].startswith("spool: crm/events cmd-4 refused: ")
     assert TOKEN not in result.stderr + result.stdout
-    assert sorted(command_ids(server)) == ["cmd-0", "cmd-1", "cmd-3", "cmd-5"]
+    assert sorted(command_ids(fresh)) == ["cmd-0", "cmd-1", "cmd-3", "cmd-5"]
     assert inspect(folder).commands == 0  # refused for good: not sent again
 
 

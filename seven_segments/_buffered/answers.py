@@ -11,7 +11,6 @@ from ..protocol import RESULT_ERROR, RESULT_OK
 __all__ = ["ALL_OK", "Verdict", "answer_reader", "read_results"]
 
 
-
 class _AllOk:
     """The ``results`` of an answer that :func:`answer_reader` recognised as "every command applied"."""
 
