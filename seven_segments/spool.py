@@ -26,7 +26,8 @@ write to each page (a page fault, about a microsecond here) and, when the kernel
 because the disk cannot keep up with the machine's dirty pages, for as long as it throttles.
 
 A segment is sealed when it reaches ``segment_bytes`` (its map closed, the unwritten rest of the
-file given back) and a new one is started. Confirmed records
+file given back) and the next one is started: usually one ``prepare_next`` made ahead, on the
+engine's pump thread, once the current one was half full. Confirmed records
 (delivered, or refused for good) are noted in an *ack file* next to their segment
 (``<name>.ack``, the offsets of the confirmed records, 8 bytes each, one ``os.write`` per
 ``confirm`` call); a sealed segment whose records are all confirmed is deleted with its ack file,
@@ -158,9 +159,12 @@ class _Segment:
         self.records = 0
 
 
-#: One appended (or recovered) record, ``(segment, offset)``: what ``confirm`` is given back. Opaque
-#: to callers; a plain tuple, which costs a fifth of an object with slots to make on every ``track``.
-Record = Tuple[_Segment, int]
+#: One appended (or recovered) record, ``(segment name, offset)``: what ``confirm`` is given back.
+#: Opaque to callers. A plain tuple, which costs a fifth of an object with slots to make on every
+#: ``track``; of a string and an int, so that the garbage collector stops tracking it (a queue of a
+#: million records that pointed at their segment object made each full collection take 50+ ms, a
+#: pause for whichever thread of the application triggered it).
+Record = Tuple[str, int]
 
 
 class SpoolFile(NamedTuple):
@@ -414,6 +418,9 @@ class Spool:
         self._pid = os.getpid()
         self._segments: Dict[str, _Segment] = {}
         self._current: Optional[_Segment] = None
+        #: The segment made ahead of need by ``prepare_next`` (held, empty), which the append that
+        #: fills the current one takes over.
+        self._spare: Optional[_Segment] = None
         self._serial = 0
         self._random = os.urandom(4).hex()
         self._closed = False
@@ -452,12 +459,20 @@ class Spool:
     # -- writing ---------------------------------------------------------------------------------
 
     def _new_segment(self, capacity: int = 0, reserve: bool = True) -> _Segment:
-        """Make, lock and name a new segment (under a temporary name until locked, so that no other
-        process can take it for a dead writer's). A mapped one (``reserve``, in a mapping spool) is
-        preallocated to ``capacity`` bytes (``posix_fallocate``: a full disk or ``RLIMIT_FSIZE`` shows
-        here, as an ``OSError``, not as a fault while writing into the map)."""
+        """Make a new segment and hold it (under the lock); see ``_make_segment``."""
         self._serial += 1
-        name = f"{_HOST}-{os.getpid()}-{self._random}-{self._serial}"
+        segment = self._make_segment(self._serial, capacity, reserve)
+        self._segments[segment.name] = segment
+        self._kept_bytes += segment.allocated
+        return segment
+
+    def _make_segment(self, serial: int, capacity: int = 0, reserve: bool = True) -> _Segment:
+        """Make, lock and name a new segment file (under a temporary name until locked, so that no
+        other process can take it for a dead writer's); changes nothing this spool holds, so that it
+        can run outside the lock. A mapped one (``reserve``, in a mapping spool) is preallocated to
+        ``capacity`` bytes (``posix_fallocate``: a full disk or ``RLIMIT_FSIZE`` shows here, as an
+        ``OSError``, not as a fault while writing into the map)."""
+        name = f"{_HOST}-{os.getpid()}-{self._random}-{serial}"
         temp = os.path.join(self._folder, "." + name + TEMP_SUFFIX)
         # No O_APPEND: records are written at the place reserved for them (on Linux, pwrite on an
         # O_APPEND file ignores the place and appends).
@@ -487,9 +502,54 @@ class Spool:
         if self._fsync:
             os.fsync(fd)
             self._fsync_folder()
-        self._segments[name] = segment
-        self._kept_bytes += segment.allocated
         return segment
+
+    def prepare_next(self) -> None:
+        """Make the segment that follows the current one before it is needed: from the engine's pump
+        thread, never from a caller of ``append``. Making a reserved, mapped 4 MiB file takes 1-2 ms
+        (most of it with the GIL released); done here, the append that fills the current segment
+        only switches to the spare. Does nothing until the current mapped segment is half full, when
+        a spare exists already, or when the spool's bound leaves no room for a whole one. Never
+        raises: a file that cannot be made now is tried again by the append that needs it."""
+        current = self._current
+        if (
+            current is None
+            or current.view is None
+            or current.size * 2 < current.capacity
+            or self._spare is not None
+            or self._closed
+            or self._pid != os.getpid()
+            or self._max_bytes - self._kept_bytes < 2 * self._segment_bytes  # room for it and a smaller last one
+            or time.monotonic() < self._no_segment_until
+        ):
+            return
+        with self._lock:
+            self._serial += 1
+            serial = self._serial
+        try:
+            segment = self._make_segment(serial, self._segment_bytes)
+        except OSError as error:
+            logger.debug("seven_segments: cannot make the next spool segment ahead (%s)", error)
+            return
+        with self._lock:
+            usable = (
+                segment.view is not None
+                and self._spare is None
+                and not self._closed
+                and self._pid == os.getpid()
+                and self._kept_bytes + segment.allocated <= self._max_bytes
+            )
+            if usable:
+                self._segments[segment.name] = segment
+                self._kept_bytes += segment.allocated
+                self._spare = segment
+        if not usable:
+            for path in (segment.path, segment.ack_path):
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+            self._release(segment)
 
     def _fsync_folder(self) -> None:
         try:
@@ -557,7 +617,7 @@ class Spool:
             if held_here():
                 lock.release()
         if view is not None:
-            return segment, offset
+            return segment.name, offset
         try:
             written = os.pwrite(segment.fd, data, offset)
             if written != size:
@@ -578,7 +638,7 @@ class Spool:
                         pass
                 self._write_failed(segment, error)
             return None
-        return segment, offset
+        return segment.name, offset
 
     def _next_segment(self, full: Optional[_Segment], size: int) -> Optional[_Segment]:
         """Seal ``full`` (the current segment, which has no room for ``size`` bytes) and start the next
@@ -586,6 +646,11 @@ class Spool:
         or the file cannot be made (then none is tried again for a second)."""
         if full is not None:
             self._seal(full)
+        spare = self._spare
+        if spare is not None and HEADER_BYTES + size <= spare.capacity:
+            self._spare = None
+            self._current = spare
+            return spare
         room = self._max_bytes - self._kept_bytes
         capacity = min(max(self._segment_bytes, HEADER_BYTES + size), room)
         if self._mapped and capacity < HEADER_BYTES + size or not self._mapped and room < HEADER_BYTES + size:
@@ -642,17 +707,18 @@ class Spool:
         replayed, which the server's ``command_id`` makes harmless)."""
         if not records:
             return
-        touched = {segment for segment, _ in records}
-        by_segment: Dict[_Segment, List[int]]
+        touched = {name for name, _ in records}
+        by_segment: Dict[str, List[int]]
         if len(touched) == 1:  # the usual case: one request's commands, from one file
             by_segment = {touched.pop(): [offset for _, offset in records]}
         else:
             by_segment = {}
-            for segment, offset in records:
-                by_segment.setdefault(segment, []).append(offset)
+            for name, offset in records:
+                by_segment.setdefault(name, []).append(offset)
         with self._lock:
-            for segment, offsets in by_segment.items():
-                if segment.closed or self._segments.get(segment.name) is not segment:
+            for name, offsets in by_segment.items():
+                segment = self._segments.get(name)  # None: deleted, a parent's (after a fork), or closed
+                if segment is None or segment.closed:
                     continue
                 take = segment.unconfirmed.pop
                 fresh = [offset for offset in offsets if take(offset, _ABSENT) is not _ABSENT]
@@ -737,7 +803,7 @@ class Spool:
                 continue
             segment, payloads = taken
             for offset, payload in payloads:
-                chunk.append(((segment, offset), payload))
+                chunk.append(((segment.name, offset), payload))
                 if len(chunk) >= RECOVER_CHUNK:
                     self._replayed += len(chunk)
                     yield chunk
@@ -862,7 +928,7 @@ class Spool:
         for segment in self._segments.values():
             self._release(segment)
         self._segments = {}
-        self._current = None
+        self._current = self._spare = None
         self._random = os.urandom(4).hex()
         self._serial = 0
         self._kept_bytes = 0
@@ -889,7 +955,7 @@ class Spool:
                     kept += len(segment.unconfirmed)
                     self._release(segment)
             self._segments = {}
-            self._current = None
+            self._current = self._spare = None
             self._kept_at_close = kept
             return kept
 

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 from typing import Any, List
@@ -169,3 +170,29 @@ def test_a_full_spool_drops_counts_and_reports_and_never_raises(server: LocalSer
     assert any("spool" in str(error) for error, _ in reports)
     assert sum(len(commands) for _, commands in reports) == stats["dropped_spool_full"]
     client.close()
+
+
+def test_segments_after_the_first_are_made_by_the_worker_not_by_track(
+    server: LocalServer, tmp_path: Path, monkeypatch: Any
+) -> None:
+    from seven_segments import spool as spool_module
+
+    monkeypatch.setattr(spool_module, "SEGMENT_BYTES", 16 * 1024)
+    makers: List[str] = []
+    make = spool_module.Spool._make_segment
+
+    def noting_the_thread(self: Any, *args: Any, **kwargs: Any) -> Any:
+        makers.append(threading.current_thread().name)
+        return make(self, *args, **kwargs)
+
+    monkeypatch.setattr(spool_module.Spool, "_make_segment", noting_the_thread)
+    client = SevenSegments(TOKEN, "john", target=server.url, buffered=True, spool=str(tmp_path / "spool"))
+    for number in range(600):  # about 150 bytes each on disk: several 16 KiB segments
+        client.track("view", {"n": number, "padding": "x" * 40})
+        if number % 20 == 19:
+            assert client.flush(10)  # the worker takes what was queued, and looks ahead
+    client.close()
+    assert len(makers) >= 5, makers
+    on_callers = [name for name in makers[2:] if name != "seven-segments-worker"]  # the probe, the first one
+    assert on_callers == [], makers
+    assert len(server.events()) == 600

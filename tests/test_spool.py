@@ -5,6 +5,7 @@ Children are small scripts run with ``PYTHONPATH`` set to this checkout; each is
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -282,6 +283,74 @@ def test_segments_are_preallocated_and_given_back_when_sealed_or_closed(folder: 
     assert os.path.getsize(os.path.join(folder, names[-1])) < 8192  # closed: the rest given back too
     reader = Spool(folder)
     assert [number_of(data) for _, data in recover_all(reader)] == list(range(300))
+    reader.close()
+
+
+def test_the_next_segment_is_made_ahead_and_taken_over_by_the_append_that_needs_it(folder: str, monkeypatch: Any) -> None:
+    writer = Spool(folder, segment_bytes=8192)
+    most = (8192 - HEADER_BYTES) // len(_record_bytes(payload(0)))  # records of one segment, at least
+    assert writer.append(payload(0)) is not None
+    writer.prepare_next()
+    assert writer.stats()["files"] == 1  # less than half full: nothing is made ahead
+    number = 1
+    while writer.stats()["files"] == 1:  # the pump calls prepare_next after each take
+        assert writer.append(payload(number)) is not None
+        number += 1
+        writer.prepare_next()
+    assert most // 3 < number < most  # made once half full, before it is needed
+    assert writer.stats()["kept_bytes"] == 2 * 8192  # the spare is reserved, and counts against the bound
+    made: List[Any] = []
+    make = Spool._make_segment
+    monkeypatch.setattr(Spool, "_make_segment", lambda self, *args, **kw: made.append(args) or make(self, *args, **kw))
+    (first, _) = segments(folder)  # oldest first
+    while os.path.getsize(os.path.join(folder, first)) == 8192:  # until the first is full and sealed
+        assert writer.append(payload(number)) is not None and number < 2 * most
+        number += 1
+    for number in range(number, number + 10):  # and on, in the spare
+        assert writer.append(payload(number)) is not None
+    assert made == []  # the append that found the first segment full only switched to the spare
+    assert writer.stats()["files"] == 2
+    assert writer.close() == number + 1
+    reader = Spool(folder)
+    assert [number_of(data) for _, data in recover_all(reader)] == list(range(number + 1))
+    reader.close()
+
+
+def test_no_segment_is_made_ahead_when_the_bound_leaves_no_room_for_it(folder: str) -> None:
+    writer = Spool(folder, segment_bytes=8192, max_bytes=4 * 8192)
+    number = 0
+    while writer.stats()["files"] < 3:  # two sealed, the third being written: no room for a fourth and a last
+        assert writer.append(payload(number)) is not None
+        number += 1
+    for number in range(number, number + 60):  # the third more than half full
+        assert writer.append(payload(number)) is not None
+    writer.prepare_next()
+    assert writer.stats()["files"] == 3
+    assert writer.close() == number + 1
+
+
+def test_a_closed_spool_leaves_no_spare_behind(folder: str) -> None:
+    writer = Spool(folder, segment_bytes=8192)
+    for number in range(80):  # more than half of the first segment
+        assert writer.append(payload(number)) is not None
+    writer.prepare_next()
+    assert writer.stats()["files"] == 2
+    assert writer.close() == 80
+    assert len(segments(folder)) == 1  # the one with records; the empty spare is deleted
+
+
+def test_records_are_not_tracked_by_the_garbage_collector(folder: str) -> None:
+    # A queue of records that pointed at objects made every full collection walk them all: a pause
+    # of tens of milliseconds, during an outage, for whichever application thread triggered it.
+    writer = Spool(folder)
+    record = writer.append(payload(0))
+    gc.collect()
+    assert record is not None and not gc.is_tracked(record)
+    writer.close()
+    reader = Spool(folder)
+    ((recovered, _),) = recover_all(reader)
+    gc.collect()
+    assert not gc.is_tracked(recovered)
     reader.close()
 
 

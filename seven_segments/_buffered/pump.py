@@ -238,10 +238,20 @@ class Pump:
             with self.ledger.lock:
                 self.ledger.taken += taken
             self.held += taken
+            if self.spool is not None:
+                self._prepare_spool()
         if was_empty and fresh:
             self._oldest_at = self.clock()
         if self.tickets:
             self.settle_tickets()
+
+    def _prepare_spool(self) -> None:
+        """Let the spool make its next segment here, not on a caller's thread (see ``Spool.prepare_next``)."""
+        assert self.spool is not None
+        try:
+            self.spool.prepare_next()
+        except Exception:  # never stops delivery: the caller that needs the segment makes it
+            logger.exception("seven_segments: preparing the next spool segment failed")
 
     def _refuse_at_take(self, seq: int, item: Union[bytes, Command], error: SevenSegmentsError) -> None:
         """A command that cannot be sent: fail it alone, keeping the numbers of ``fresh`` contiguous."""
