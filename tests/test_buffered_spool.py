@@ -196,3 +196,13 @@ def test_segments_after_the_first_are_made_by_the_worker_not_by_track(
     on_callers = [name for name in makers[2:] if name != "seven-segments-worker"]  # the probe, the first one
     assert on_callers == [], makers
     assert len(server.events()) == 600
+
+
+def test_a_queue_of_one_command_with_a_spool_still_delivers(server: LocalServer, tmp_path: Path) -> None:
+    # The replay took what the spool held while fewer than max_queue_size // 2 (0 here) were held:
+    # it never ended, and no new command was ever taken.
+    client = SevenSegments(TOKEN, "john", target=server.url, buffered=True, spool=str(tmp_path / "spool"), max_queue_size=1)
+    client.track("view")
+    assert client.flush(5)
+    client.close()
+    assert [event["type"] for event in server.events()] == ["view"]

@@ -284,11 +284,14 @@ class Pump:
 
     def replay(self) -> None:
         """Take what the spool holds from processes that died, before any new command, within half
-        the queue's bounds (the rest waits on disk for the next step)."""
+        the queue's bounds (the rest waits on disk for the next step); a chunk at least when nothing
+        is held, however small the bounds."""
         replay = self._replay
         fresh = self.fresh
         limits = self.limits
-        while replay is not None and self.held < limits.max_queue_size // 2 and self.held_bytes < limits.max_queue_bytes // 2:
+        while replay is not None and (
+            not self.held or self.held < limits.max_queue_size // 2 and self.held_bytes < limits.max_queue_bytes // 2
+        ):
             try:
                 chunk = next(replay)
             except StopIteration:
