@@ -812,6 +812,43 @@ class Spool:
             self._replayed += len(chunk)
             yield chunk
 
+    def reread(self, records: Sequence[Record]) -> Iterator[List[Tuple[Record, bytes]]]:
+        """The payloads of ``records`` (this process's, from ``append``, ``recover`` or an earlier
+        ``reread``) that are still unconfirmed, read back from their files, in chunks of at most
+        ``RECOVER_CHUNK``, in the order given. For commands the engine let go of after trying for
+        ``retry_deadline`` (an outage): they stayed on disk, and go again when the API answers.
+        A record that is gone (confirmed, its file deleted, the spool closed) or unsound is skipped."""
+        by_name: Dict[str, List[int]] = {}
+        for name, offset in records:
+            by_name.setdefault(name, []).append(offset)
+        chunk: List[Tuple[Record, bytes]] = []
+        for name, offsets in by_name.items():
+            with self._lock:
+                segment = self._segments.get(name)
+                if segment is None or segment.closed or self._closed:
+                    continue
+                wanted = [offset for offset in offsets if offset in segment.unconfirmed]
+                path = segment.path
+            if not wanted:
+                continue
+            try:  # by its path, not its descriptor: a close meanwhile cannot hand us another file's
+                with open(path, "rb") as file:
+                    data = file.read()
+            except OSError as error:
+                logger.warning("seven_segments: cannot read back spool file %s: %s", path, error.strerror or error)
+                continue
+            view = memoryview(data)
+            for offset in wanted:
+                end = _valid_at(data, view, offset)
+                if end < 0:
+                    continue
+                chunk.append(((name, offset), data[offset + RECORD_HEADER_BYTES : end]))
+                if len(chunk) >= RECOVER_CHUNK:
+                    yield chunk
+                    chunk = []
+        if chunk:
+            yield chunk
+
     @staticmethod
     def _created(path: str) -> int:
         try:

@@ -17,7 +17,7 @@ import pytest
 from seven_segments import SevenSegments
 from seven_segments.testing import LocalServer
 
-from .conftest import TOKEN
+from .conftest import TOKEN, collector, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -206,3 +206,56 @@ def test_a_queue_of_one_command_with_a_spool_still_delivers(server: LocalServer,
     assert client.flush(5)
     client.close()
     assert [event["type"] for event in server.events()] == ["view"]
+
+
+def test_an_outage_longer_than_retry_deadline_keeps_the_commands_in_the_spool_and_sends_them_after(
+    server: LocalServer, tmp_path: Path
+) -> None:
+    # They were failed for good, and their records confirmed: deleted from the spool while the API
+    # was down, although the API never refused them (found by review).
+    from seven_segments.spool import inspect
+
+    folder = str(tmp_path / "spool")
+    reports, on_error = collector()
+    server.faults.fail_next(10_000, status=503)
+    client = SevenSegments(
+        TOKEN, "john", target=server.url, buffered=True, spool=folder, retry_deadline=1, flush_interval=0.01,
+        on_error=on_error,
+    )
+    for number in range(10):
+        client.track("view", {"n": number})
+    assert client.flush(10) is False  # let go of after retry_deadline, not delivered
+    assert inspect(folder).commands == 10  # still on disk
+    stats = client.stats()
+    assert (stats["kept_in_spool"], stats["failed"], stats["sent"]) == (10, 0, 0)
+    assert reports == []  # not lost, so not reported as lost
+    server.faults.clear()
+    client.track("view", {"n": 10})  # the API answers again: what was let go of is read back and sent
+    assert wait_until(lambda: len(server.events()) == 11, timeout=10)
+    assert client.flush(5)
+    stats = client.stats()
+    assert (stats["kept_in_spool"], stats["sent"], stats["failed"]) == (0, 11, 0)
+    client.close()
+    assert sorted(event["properties"]["n"] for event in server.events()) == list(range(11))
+    assert inspect(folder).commands == 0
+
+
+def test_commands_let_go_of_in_an_outage_are_delivered_by_the_next_client_when_this_one_ends_first(
+    server: LocalServer, tmp_path: Path, caplog: Any
+) -> None:
+    import logging
+
+    folder = str(tmp_path / "spool")
+    server.faults.fail_next(10_000, status=503)
+    client = SevenSegments(TOKEN, "john", target=server.url, buffered=True, spool=folder, retry_deadline=1, flush_interval=0.01)
+    for number in range(5):
+        client.track("view", {"n": number})
+    assert client.flush(10) is False
+    with caplog.at_level(logging.WARNING, logger="seven_segments"):
+        client.close(1)
+    assert "5 commands were kept in the spool" in caplog.text
+    server.faults.clear()
+    later = SevenSegments(TOKEN, "john", target=server.url, buffered=True, spool=folder)
+    assert later.flush(10)
+    later.close()
+    assert sorted(event["properties"]["n"] for event in server.events()) == list(range(5))

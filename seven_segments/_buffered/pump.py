@@ -48,6 +48,8 @@ Launch = Callable[[int, Batch, float, Callable[[Outcome], None]], None]
 
 #: Commands taken from the incoming queue per step, at most.
 TAKE_PER_STEP = 2_000
+#: With a spool, commands let go of during an outage are warned about at most this often.
+LET_GO_WARNING_SECONDS = 60.0
 #: Bytes of a bulk command that are not its ``data``: ``{"name":"<path>","data":`` and ``}``.
 _ENVELOPE = {path: len('{"name":"' + path + '","data":}') for path in (PATH_EVENTS, PATH_CUSTOMERS)}
 
@@ -123,7 +125,18 @@ class Pump:
         #: when it settles), and what is left to replay from processes that died.
         self.spool = spool
         self._records: "Dict[int, Record]" = {}
+        #: What the spool holds that goes before new commands: the files of processes that died
+        #: (``Spool.recover``), and later, once the API answers again, this process's own commands
+        #: let go of after ``retry_deadline`` (``Spool.reread``; ``_replay_is_ours``: counted once already).
         self._replay: "Optional[Iterator[List[Tuple[Record, bytes]]]]" = spool.recover() if spool is not None else None
+        self._replay_is_ours = False
+        #: With a spool: the records of commands let go of after ``retry_deadline`` (an outage). They
+        #: stay on disk, counted as kept, and are read back on the next answer that settles anything.
+        self._given_up: "List[Record]" = []
+        #: Commands let go of since the last warning about it, and when that was (rate-limited).
+        self._let_go_unsaid = 0
+        self._let_go_said_at = -math.inf
+        self._kept_said = False  # the close's warning about what stays in the spool was given
 
     # One step -----------------------------------------------------------------------------------
 
@@ -149,6 +162,8 @@ class Pump:
             return -1.0
         if self.incoming and self._replay is None:
             return 0.0  # more to take than one step takes
+        if self._replay is not None and self._room_to_replay():
+            return 0.0  # more to read from the spool (read back after an outage, since this step began)
         return self.sleep_for(now, draining)
 
     @property
@@ -282,24 +297,27 @@ class Pump:
                 ticket.delivered_all = False  # failed or dropped since the last flush its caller saw
         self.tickets.append(ticket)
 
+    def _room_to_replay(self) -> bool:
+        limits = self.limits
+        return not self.held or self.held < limits.max_queue_size // 2 and self.held_bytes < limits.max_queue_bytes // 2
+
     def replay(self) -> None:
-        """Take what the spool holds from processes that died, before any new command, within half
-        the queue's bounds (the rest waits on disk for the next step); a chunk at least when nothing
-        is held, however small the bounds."""
+        """Take what the spool holds (from processes that died, or let go of in an outage), before
+        any new command, within half the queue's bounds (the rest waits on disk for the next step); a
+        chunk at least when nothing is held, however small the bounds."""
         replay = self._replay
         fresh = self.fresh
-        limits = self.limits
-        while replay is not None and (
-            not self.held or self.held < limits.max_queue_size // 2 and self.held_bytes < limits.max_queue_bytes // 2
-        ):
+        while replay is not None and self._room_to_replay():
             try:
                 chunk = next(replay)
             except StopIteration:
                 replay = self._replay = None
+                self._replay_is_ours = False
                 break
             except Exception:  # a damaged spool must never stop delivery of new commands
                 logger.exception("seven_segments: reading the spool failed; what is left stays on disk")
                 replay = self._replay = None
+                self._replay_is_ours = False
                 break
             if not fresh:
                 self.fresh_head = self.seq + 1
@@ -314,10 +332,14 @@ class Pump:
             self.held += len(chunk)
             self.held_bytes += size
             with self.ledger.lock:
-                self.ledger.taken += len(chunk)
-                self.ledger.replayed += len(chunk)
+                if self._replay_is_ours:  # taken and counted before: no longer kept
+                    self.ledger.kept -= len(chunk)
+                else:
+                    self.ledger.taken += len(chunk)
+                    self.ledger.replayed += len(chunk)
         if replay is not None and self.lifecycle.phase is Phase.DRAINING:
             self._replay = None  # closing: what was not read stays in the spool for the next start
+            self._replay_is_ours = False
 
     def _confirm(self, seqs: Sequence[int]) -> None:
         """Tell the spool that these commands settled (delivered, or failed and reported)."""
@@ -431,6 +453,8 @@ class Pump:
 
     def _answered(self, batch: Batch, verdict: Verdict, now: float) -> None:
         self.window.on_success()
+        if self._given_up and verdict.progress:
+            self._read_back_given_up()
         if verdict.all_ok:
             self.ledger.count(sent=len(batch), batches=1)
             self._release(len(batch), sum(map(len, batch.payloads)))
@@ -449,7 +473,7 @@ class Pump:
         if verdict.retry:
             plan = self.policy.after_retry_results(batch, now, verdict.progress)
             if plan is None:
-                self._fail(
+                self._fail_or_let_go(
                     [batch.seqs[i] for i in verdict.retry],
                     [batch.payloads[i] for i in verdict.retry],
                     ServiceUnavailable(f"{PATH_BULK}: the server kept answering 'retry' for the command"),
@@ -474,7 +498,7 @@ class Pump:
         again = self.policy.after_transient(batch, now, error.retry_after)
         if again is None:
             reason = error.reason if error.reason.startswith(PATH_BULK) else f"{PATH_BULK}: {error.reason}"
-            self._fail(
+            self._fail_or_let_go(
                 batch.seqs,
                 batch.payloads,
                 ServiceUnavailable(
@@ -493,6 +517,60 @@ class Pump:
         self._insort(batch)
 
     # Settling -----------------------------------------------------------------------------------
+
+    def _fail_or_let_go(self, seqs: Sequence[int], payloads: Sequence[bytes], error: SevenSegmentsError) -> None:
+        """Commands the API did not take within ``retry_deadline`` (down, or answering "retry"):
+        failed for good without a spool; with one, let go of (see ``_let_go``), since they are safe on
+        disk and the API has not refused them."""
+        if self.spool is None:
+            self._fail(seqs, payloads, error)
+            return
+        records = self._records
+        on_disk = [index for index, seq in enumerate(seqs) if seq in records]
+        if len(on_disk) < len(seqs):  # not spooled (cannot happen today): failed as without a spool
+            spooled = set(on_disk)
+            self._fail(
+                [seq for index, seq in enumerate(seqs) if index not in spooled],
+                [payload for index, payload in enumerate(payloads) if index not in spooled],
+                error,
+            )
+        self._let_go([seqs[index] for index in on_disk], [payloads[index] for index in on_disk], error)
+
+    def _let_go(self, seqs: Sequence[int], payloads: Sequence[bytes], error: SevenSegmentsError) -> None:
+        """Take spooled commands out of memory without confirming them: they stay in the spool,
+        counted as kept, and are read back (``Spool.reread``) once an answer settles anything, or
+        delivered by the next client on the folder if this process ends first. Not passed to
+        ``on_error``: they are not lost."""
+        if not seqs:
+            return
+        self.ledger.count_kept(len(seqs), max(seqs))
+        self._release(len(seqs), sum(map(len, payloads)))
+        self._given_up.extend(map(self._records.pop, seqs))
+        first = min(seqs)
+        for ticket in self.tickets:
+            if ticket.upto >= first:
+                ticket.delivered_all = False
+        self._let_go_unsaid += len(seqs)
+        now = self.clock()
+        if now - self._let_go_said_at >= LET_GO_WARNING_SECONDS:
+            logger.warning(
+                "seven_segments: %d commands stay in the spool %s for now: %s; they are sent again when the"
+                " API answers (or by the next client on that folder)",
+                self._let_go_unsaid,
+                self.spool.folder if self.spool is not None else "",
+                self._scrub(str(error)),
+            )
+            self._let_go_unsaid = 0
+            self._let_go_said_at = now
+
+    def _read_back_given_up(self) -> None:
+        """The API answers again: read back what was let go of (after what the spool held from dead
+        processes, if that is still being read), before new commands."""
+        if self._replay is not None or self.spool is None or self.lifecycle.phase is not Phase.RUNNING:
+            return
+        records, self._given_up = self._given_up, []
+        self._replay = self.spool.reread(records)
+        self._replay_is_ours = True
 
     def _release(self, count: int, size: int) -> None:
         self.held -= count
@@ -612,13 +690,17 @@ class Pump:
         self.held = self.held_bytes = 0
         with self.ledger.lock:
             self.ledger.kept += kept
-        if kept:
+            on_disk = self.ledger.kept  # with those let go of earlier (see _let_go)
+        self._kept_said = True
+        if on_disk:
             last = f"; last error: {self.last_trouble}" if self.last_trouble else ""
+            earlier = f" ({on_disk - kept} of them let go of earlier, after retry_deadline)" if on_disk > kept else ""
             logger.warning(
-                "seven_segments: %d commands were kept in the spool %s: not delivered within the close deadline"
+                "seven_segments: %d commands were kept in the spool %s%s: not delivered within the close deadline"
                 " (%g s%s); the next client on that folder delivers them",
-                kept,
+                on_disk,
                 self.spool.folder if self.spool is not None else "",
+                earlier,
                 self.close_timeout,
                 last,
             )
@@ -676,7 +758,16 @@ class Pump:
         self.reporter.drain()
 
     def close_summary(self) -> None:
-        """The one warning of a close that lost commands before its deadline (none when give_up spoke)."""
+        """The one warning of a close that lost commands before its deadline (none when give_up spoke),
+        and, with a spool, of commands let go of during an outage and not read back since."""
+        if self.spool is not None and not self._kept_said and self.ledger.kept:
+            self._kept_said = True
+            logger.warning(
+                "seven_segments: %d commands were kept in the spool %s: not delivered within retry_deadline;"
+                " the next client on that folder delivers them",
+                self.ledger.kept,
+                self.spool.folder,
+            )
         if self.losses_at_close:
             logger.warning(
                 "seven_segments: %d commands were lost at close: %s", self.losses_at_close, self.last_close_error
