@@ -8,7 +8,9 @@ forked child it arms again for the child. What it arranges, once per process:
 - **SIGTERM** (``docker stop``, Kubernetes, systemd, ``kill``): when called on the main thread while
   SIGTERM has its default disposition, it installs a handler that first closes the buffered clients
   and then ends the process by SIGTERM as before (default disposition restored, the signal raised
-  again: the same exit status, -15 / 143). A handler that the application or its framework set is
+  again: the same exit status, -15 / 143). When the signal interrupted a thread holding a lock that
+  closing needs (see :func:`register_lock_check`), it is handled again a moment later. A handler that
+  the application or its framework set is
   never replaced; a framework that later restores the previous handler (ours) and raises the signal
   again (uvicorn does) runs ours then. A second SIGTERM while closing ends the process at once. Under
   uwsgi (which handles its workers' signals itself) nothing is installed. Turn it off with the
@@ -37,6 +39,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from types import FrameType
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -57,6 +60,15 @@ SIGTERM_ENV = "SEVEN_SEGMENTS_SIGTERM"
 #: ``shutdown_timeout`` by itself; this bound only matters if closing is stuck (for example on a lock
 #: held by the very code the signal interrupted), so that SIGTERM still ends the process.
 SIGTERM_CLOSE_LIMIT = 60.0
+#: When the interrupted code holds a lock the close needs, SIGTERM is sent again after this long...
+SIGTERM_RETRY_SECONDS = 0.005
+#: ... at most this many times (then the close goes ahead, bounded by SIGTERM_CLOSE_LIMIT).
+SIGTERM_RETRIES = 200
+
+#: Questions "does this thread hold a lock that closing the clients needs?" (the spool's, asked by
+#: the SIGTERM handler, which runs on the interrupted thread and would otherwise wait for itself).
+_lock_checks: List[Callable[[], bool]] = []
+_sigterm_retries = 0
 #: uwsgi runs Python threads without ``--enable-threads`` from this version on.
 UWSGI_THREADS_BY_DEFAULT = (2, 0, 27)
 
@@ -194,17 +206,45 @@ def disable_sigterm_handler() -> None:
             pass
 
 
+def register_lock_check(check: Callable[[], bool]) -> None:
+    """Have the SIGTERM handler ask ``check()`` whether the interrupted thread holds a lock that
+    closing the clients needs; if so, the signal is handled again a moment later, once it is free."""
+    _lock_checks.append(check)
+
+
+def _holding_a_needed_lock() -> bool:
+    for check in list(_lock_checks):
+        try:
+            if check():
+                return True
+        except Exception:  # a question that fails must not keep the process from ending
+            pass
+    return False
+
+
 def _on_sigterm(signum: int, frame: Optional[FrameType]) -> None:
     """Close the buffered clients (bounded), then end the process by the same signal."""
-    global _closing_pid
+    global _closing_pid, _sigterm_retries
+    previous = signal.getsignal(signum)
     # From now on SIGTERM has its default disposition: a second one ends the process at once.
     try:
         signal.signal(signum, signal.SIG_DFL)
     except ValueError:  # called as a plain function off the main thread by a chaining handler
-        pass
+        previous = None
     pid = os.getpid()
     if _closing_pid == pid or not _sigterm_allowed():
         _end_by(signum)
+    if previous is not None and _sigterm_retries < SIGTERM_RETRIES and not _green_threads() and _holding_a_needed_lock():
+        # The signal landed while this thread holds a lock the close needs (in the middle of a
+        # spool append): waiting for the close here would wait for ourselves (up to
+        # SIGTERM_CLOSE_LIMIT). Let the interrupted code go on; the signal comes again shortly.
+        _sigterm_retries += 1
+        try:
+            signal.signal(signum, previous)
+            threading.Thread(target=_signal_again, args=(pid, signum), name="seven-segments-sigterm", daemon=True).start()
+            return
+        except BaseException:  # cannot defer: go ahead (bounded by SIGTERM_CLOSE_LIMIT)
+            signal.signal(signum, signal.SIG_DFL)
     _closing_pid = pid
     if _green_threads():
         # gevent/eventlet: this handler may be running in the hub, which must not block; a new
@@ -229,6 +269,15 @@ def _on_sigterm(signum: int, frame: Optional[FrameType]) -> None:
     except BaseException:  # never keep the process from ending as it was asked to
         logger.exception("seven_segments: closing the buffered clients at SIGTERM failed")
     _end_by(signum)
+
+
+def _signal_again(pid: int, signum: int) -> None:
+    keep_signals_off_this_thread()
+    time.sleep(SIGTERM_RETRY_SECONDS)
+    try:
+        os.kill(pid, signum)
+    except OSError:  # pragma: no cover - the process is ending anyway
+        pass
 
 
 def _close_at_sigterm() -> None:

@@ -63,6 +63,8 @@ import weakref
 import zlib
 from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Set, Tuple
 
+from . import process_hooks
+
 __all__ = [
     "DEFAULT_MAX_BYTES",
     "Delivery",
@@ -1194,6 +1196,15 @@ def _refusal(command: object, reasons: Sequence[str], scrub: Callable[[str], str
     label = f"{name} {command_id}" if isinstance(command_id, str) else name
     because = "; ".join(scrub(reason) for reason in reasons) or "no reason given"
     return f"{label} refused: {because}"
+
+
+def _lock_held_here() -> bool:
+    """Whether this thread holds the lock of a spool (asked by the SIGTERM handler, which runs on
+    the thread it interrupted: the close it waits for needs that lock)."""
+    return any(spool._lock_and_owner[1]() for spool in list(_SPOOLS))
+
+
+process_hooks.register_lock_check(_lock_held_here)
 
 
 def _after_fork_in_child() -> None:

@@ -259,3 +259,35 @@ def test_commands_let_go_of_in_an_outage_are_delivered_by_the_next_client_when_t
     assert later.flush(10)
     later.close()
     assert sorted(event["properties"]["n"] for event in server.events()) == list(range(5))
+
+
+SIGTERM_IN_APPEND = """
+import os, signal, sys, time
+from seven_segments import SevenSegments
+from seven_segments import spool as spool_module
+client = SevenSegments("token", "john", target=sys.argv[1], buffered=True, spool=sys.argv[2], shutdown_timeout=2)
+for number in range(100):
+    client.track("view", {"n": number})
+(spool,) = list(spool_module._SPOOLS)
+with spool._lock:  # as if SIGTERM landed in the middle of Spool.append, on this thread
+    os.kill(os.getpid(), signal.SIGTERM)
+    for _ in range(100):  # the handler runs here, between two bytecodes: it must not wait for the close
+        time.sleep(0.002)
+    print("released", flush=True)
+time.sleep(30)  # the signal comes again now: the clients are closed, and the process ends by SIGTERM
+"""
+
+
+def test_sigterm_while_this_thread_holds_the_spool_lock_closes_once_it_is_released(server: LocalServer, tmp_path: Path) -> None:
+    # The handler waited for a close that needed the lock the interrupted append held: 60 s, past
+    # Kubernetes' grace period (found by review).
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-c", SIGTERM_IN_APPEND, server.url, str(tmp_path / "spool")],
+        capture_output=True, text=True, timeout=30, cwd=ROOT,
+    )
+    took = time.monotonic() - started
+    assert result.returncode == -signal.SIGTERM, result.stderr
+    assert result.stdout == "released\n"
+    assert took < 10, took
+    assert sorted(event["properties"]["n"] for event in server.events()) == list(range(100))
