@@ -120,6 +120,21 @@ _HOST = re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname() or "host")[:64] or "
 #: calls ``after_fork``.
 _SPOOLS: "weakref.WeakSet[Spool]" = weakref.WeakSet()
 
+#: Held while a segment file is opened and made (or a dead writer's taken over), until the segment
+#: is in ``_IN_HAND``; ``fork()`` waits for it (``os.register_at_fork``). Without it, a fork in the
+#: middle left the child a descriptor (and its ``flock``) that no spool of the child knew of: the
+#: parent's file looked alive, and was not replayed, for as long as the child lived. Taken after a
+#: spool's own lock, never before it.
+_MAKING = threading.Lock()
+#: Segments made or taken over, not yet held by their spool (``id(segment)``: segment): the child
+#: of a fork lets go of them.
+_IN_HAND: "Dict[int, _Segment]" = {}
+
+
+def _no_longer_in_hand(segment: "_Segment") -> None:
+    with _MAKING:
+        _IN_HAND.pop(id(segment), None)
+
 
 class SpoolError(ValueError):
     """The spool's folder cannot be used (a file, not writable, written by a newer version)."""
@@ -466,6 +481,7 @@ class Spool:
         segment = self._make_segment(self._serial, capacity, reserve)
         self._segments[segment.name] = segment
         self._kept_bytes += segment.allocated
+        _no_longer_in_hand(segment)
         return segment
 
     def _make_segment(self, serial: int, capacity: int = 0, reserve: bool = True) -> _Segment:
@@ -473,7 +489,14 @@ class Spool:
         other process can take it for a dead writer's); changes nothing this spool holds, so that it
         can run outside the lock. A mapped one (``reserve``, in a mapping spool) is preallocated to
         ``capacity`` bytes (``posix_fallocate``: a full disk or ``RLIMIT_FSIZE`` shows here, as an
-        ``OSError``, not as a fault while writing into the map)."""
+        ``OSError``, not as a fault while writing into the map). The segment is in ``_IN_HAND`` until
+        its spool holds it (``_no_longer_in_hand``)."""
+        with _MAKING:
+            segment = self._make_segment_file(serial, capacity, reserve)
+            _IN_HAND[id(segment)] = segment
+            return segment
+
+    def _make_segment_file(self, serial: int, capacity: int, reserve: bool) -> _Segment:
         name = f"{_HOST}-{os.getpid()}-{self._random}-{serial}"
         temp = os.path.join(self._folder, "." + name + TEMP_SUFFIX)
         # No O_APPEND: records are written at the place reserved for them (on Linux, pwrite on an
@@ -545,6 +568,7 @@ class Spool:
                 self._segments[segment.name] = segment
                 self._kept_bytes += segment.allocated
                 self._spare = segment
+        _no_longer_in_hand(segment)
         if not usable:
             for path in (segment.path, segment.ack_path):
                 try:
@@ -889,8 +913,24 @@ class Spool:
             os.close(fd)
 
     def _take(self, name: str) -> Optional[Tuple[_Segment, List[Tuple[int, bytes]]]]:
-        """Lock a dead writer's segment and read what it holds unconfirmed; None when it is alive,
-        gone, or unreadable (warned)."""
+        """Lock a dead writer's segment, hold it, and read what it holds unconfirmed; None when it
+        is alive, gone, or unreadable (warned)."""
+        with _MAKING:
+            taken = self._take_file(name)
+            if taken is not None:
+                _IN_HAND[id(taken[0])] = taken[0]
+        if taken is None:
+            return None
+        segment, payloads = taken
+        with self._lock:
+            self._segments[name] = segment
+            self._kept_bytes += segment.allocated
+            if not payloads:
+                self._delete(segment)
+        _no_longer_in_hand(segment)
+        return taken
+
+    def _take_file(self, name: str) -> Optional[Tuple[_Segment, List[Tuple[int, bytes]]]]:
         path = os.path.join(self._folder, name + SEGMENT_SUFFIX)
         try:
             fd = os.open(path, os.O_RDONLY | _OPEN_CLOEXEC)
@@ -941,11 +981,6 @@ class Spool:
             segment.unconfirmed.update((offset, None) for offset, _ in payloads)
             segment.records = len(payloads)
             keep = True
-            with self._lock:
-                self._segments[name] = segment
-                self._kept_bytes += segment.allocated
-                if not payloads:
-                    self._delete(segment)
             return segment, payloads
         except OSError as error:
             logger.warning("seven_segments: cannot read spool file %s: %s", path, error.strerror or error)
@@ -1207,7 +1242,27 @@ def _lock_held_here() -> bool:
 process_hooks.register_lock_check(_lock_held_here)
 
 
+#: How long a fork waits for a segment being made (a hung file system must not hang ``fork()``).
+FORK_WAIT_SECONDS = 10.0
+_fork_holds_making = False
+
+
+def _before_fork() -> None:
+    global _fork_holds_making
+    _fork_holds_making = _MAKING.acquire(timeout=FORK_WAIT_SECONDS)
+
+
+def _after_fork_in_parent() -> None:
+    if _fork_holds_making:
+        _MAKING.release()
+
+
 def _after_fork_in_child() -> None:
+    global _MAKING
+    _MAKING = threading.Lock()
+    for segment in list(_IN_HAND.values()):  # being made by a thread of the parent: the parent's
+        Spool._release(segment)
+    _IN_HAND.clear()
     for spool in list(_SPOOLS):
         try:
             spool.after_fork()
@@ -1216,4 +1271,4 @@ def _after_fork_in_child() -> None:
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)

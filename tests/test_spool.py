@@ -623,6 +623,51 @@ def test_two_processes_recovering_at_once_share_nothing(folder: str) -> None:
             reader.wait(10)
 
 
+FORK_WHILE_A_SEGMENT_IS_MADE = """
+import os, sys, threading, time
+from seven_segments import spool as spool_module
+slow = threading.Event()
+real_map = spool_module._map_preallocated
+def slow_map(fd, length):
+    slow.set()
+    time.sleep(0.3)  # a thread in the middle of making a segment: the descriptor and its flock exist
+    return real_map(fd, length)
+spool_module._map_preallocated = slow_map
+spool = spool_module.Spool(sys.argv[1])
+writer = threading.Thread(target=spool.append, args=(b'{"n": 1}',))
+writer.start()
+slow.wait(5)
+pid = os.fork()
+if pid == 0:
+    folder = os.path.realpath(sys.argv[1])
+    mine = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(folder):
+            mine.append(target)
+    print(len(mine), flush=True)
+    os._exit(0)
+os.waitpid(pid, 0)
+writer.join()
+spool.close()
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="reads /proc")
+def test_a_fork_while_a_segment_is_made_leaves_the_child_none_of_the_parents_files(folder: str) -> None:
+    # The child kept the descriptor of the segment being made, and with it the parent's flock: once
+    # the parent died, its file looked alive for as long as the child lived (found by review).
+    result = subprocess.run(
+        [sys.executable, "-c", FORK_WHILE_A_SEGMENT_IS_MADE, folder], capture_output=True, text=True, timeout=30,
+        env=child_env(), cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "0\n", result.stdout
+
+
 def test_forked_child_gets_its_own_files(folder: str) -> None:
     parent = Spool(folder, segment_bytes=2048)
     for number in range(30):
