@@ -152,7 +152,7 @@ class _Segment:
 
     __slots__ = (
         "name", "path", "ack_path", "fd", "ack_fd", "size", "allocated", "capacity", "view", "unconfirmed", "sealed",
-        "closed", "records",
+        "closed", "records", "writers",
     )
 
     def __init__(
@@ -174,6 +174,10 @@ class _Segment:
         self.closed = False
         #: Records ever held (appended, or found unconfirmed when taken over).
         self.records = 0
+        #: Appenders writing to ``fd`` outside the lock (``pwrite``): the last one closes the
+        #: descriptors of a segment released meanwhile, so that no write lands in a file that reused
+        #: the number.
+        self.writers = 0
 
 
 #: One appended (or recovered) record, ``(segment name, offset)``: what ``confirm`` is given back.
@@ -637,6 +641,8 @@ class Spool:
                 segment.unconfirmed[offset] = None
                 self._kept_bytes += size
                 self._appended += 1
+                segment.writers += 1
+                fd = segment.fd
         finally:
             # Whether this thread holds it (an exception from a signal handler may come between
             # acquire() and the next line): the lock is an RLock for that question.
@@ -645,25 +651,33 @@ class Spool:
         if view is not None:
             return segment.name, offset
         try:
-            written = os.pwrite(segment.fd, data, offset)
+            written = os.pwrite(fd, data, offset)
             if written != size:
                 raise OSError(errno.ENOSPC, f"only {written} of {size} bytes written")
             if self._fsync:
-                os.fsync(segment.fd)
+                os.fsync(fd)
         except OSError as error:
             with self._lock:
+                segment.writers -= 1
                 segment.unconfirmed.pop(offset, None)
                 segment.records -= 1
                 self._kept_bytes -= size
                 self._appended -= 1
-                if segment.size == offset + size:  # the last place reserved: cut what got written
+                if segment.size == offset + size and not segment.closed:  # the last place reserved: cut what got written
                     try:
-                        os.ftruncate(segment.fd, offset)
+                        os.ftruncate(fd, offset)
                         segment.size = segment.allocated = offset
                     except OSError:
                         pass
-                self._write_failed(segment, error)
+                if segment.closed:
+                    self._release(segment)
+                else:
+                    self._write_failed(segment, error)
             return None
+        with self._lock:
+            segment.writers -= 1
+            if segment.closed:  # released while this record was being written: the last writer closes
+                self._release(segment)
         return segment.name, offset
 
     def _next_segment(self, full: Optional[_Segment], size: int) -> Optional[_Segment]:
@@ -775,14 +789,19 @@ class Spool:
         self._segments.pop(segment.name, None)
 
     @staticmethod
-    def _release(segment: _Segment) -> None:
+    def _release(segment: _Segment, forked: bool = False) -> None:
+        """Close the segment's map and descriptors (letting its lock go); while an appender still
+        writes to it (``writers``), that appender closes them when done. ``forked``: in a child,
+        where the parent's writers do not run."""
         segment.closed = True
         if segment.view is not None:
             segment.view.close()  # its own duplicate of the descriptor too, which holds the lock
             segment.view = None
+        if segment.writers and not forked:
+            return
         fds = (segment.ack_fd, segment.fd)
-        segment.fd = segment.ack_fd = -1  # first: a pwrite racing with a close fails (EBADF), never
-        for fd in fds:  # lands in a file that reused the number
+        segment.fd = segment.ack_fd = -1  # first: no one reads a number about to be closed
+        for fd in fds:
             if fd >= 0:
                 try:
                     os.close(fd)
@@ -1000,7 +1019,7 @@ class Spool:
         self._pid = os.getpid()
         self._set_lock()  # the parent's may have been held by one of its threads
         for segment in self._segments.values():
-            self._release(segment)
+            self._release(segment, forked=True)
         self._segments = {}
         self._current = self._spare = None
         self._random = os.urandom(4).hex()
@@ -1101,6 +1120,9 @@ def inspect(folder: str) -> SpoolReport:
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                # Let go at once, before reading: a client starting meanwhile (taking the files of
+                # dead writers over, once) must not take this file for a live writer's.
+                fcntl.flock(fd, fcntl.LOCK_UN)
                 alive = False
             except OSError:
                 alive = True
@@ -1261,7 +1283,7 @@ def _after_fork_in_child() -> None:
     global _MAKING
     _MAKING = threading.Lock()
     for segment in list(_IN_HAND.values()):  # being made by a thread of the parent: the parent's
-        Spool._release(segment)
+        Spool._release(segment, forked=True)
     _IN_HAND.clear()
     for spool in list(_SPOOLS):
         try:

@@ -668,6 +668,37 @@ def test_a_fork_while_a_segment_is_made_leaves_the_child_none_of_the_parents_fil
     assert result.stdout == "0\n", result.stdout
 
 
+def test_a_close_during_a_write_never_sends_the_record_into_a_file_that_reused_the_descriptor(
+    folder: str, tmp_path: Any, monkeypatch: Any
+) -> None:
+    # With pwrite (spool_fsync=True), the record is written outside the lock: a close meanwhile closed
+    # the descriptor, and the lowest free number goes to the next file opened (found by review).
+    spool = Spool(folder, fsync=True)
+    assert spool.append(payload(0)) is not None
+    writing = threading.Event()
+    real_pwrite = os.pwrite
+
+    def slow_pwrite(fd: int, data: bytes, offset: int) -> int:
+        writing.set()
+        time.sleep(0.3)
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", slow_pwrite)
+    writer = threading.Thread(target=spool.append, args=(payload(1),))
+    writer.start()
+    assert writing.wait(5)
+    spool.close()
+    other = os.path.join(os.fspath(tmp_path), "unrelated")
+    with open(other, "wb") as file:  # takes the lowest free descriptor number
+        writer.join(5)
+        file.flush()
+    monkeypatch.setattr(os, "pwrite", real_pwrite)
+    assert os.path.getsize(other) == 0
+    reader = Spool(folder)
+    assert sorted(number_of(data) for _, data in recover_all(reader)) == [0, 1]
+    reader.close()
+
+
 def test_forked_child_gets_its_own_files(folder: str) -> None:
     parent = Spool(folder, segment_bytes=2048)
     for number in range(30):
