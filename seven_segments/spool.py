@@ -61,7 +61,7 @@ import threading
 import time
 import weakref
 import zlib
-from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Set, Tuple
+from typing import Callable, Dict, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple
 
 from . import process_hooks
 
@@ -857,15 +857,13 @@ class Spool:
             self._replayed += len(chunk)
             yield chunk
 
-    def reread(self, records: Sequence[Record]) -> Iterator[List[Tuple[Record, bytes]]]:
-        """The payloads of ``records`` (this process's, from ``append``, ``recover`` or an earlier
-        ``reread``) that are still unconfirmed, read back from their files, in chunks of at most
-        ``RECOVER_CHUNK``, in the order given. For commands the engine let go of after trying for
-        ``retry_deadline`` (an outage): they stayed on disk, and go again when the API answers.
-        A record that is gone (confirmed, its file deleted, the spool closed) or unsound is skipped."""
-        by_name: Dict[str, List[int]] = {}
-        for name, offset in records:
-            by_name.setdefault(name, []).append(offset)
+    def reread(self, by_name: "Mapping[str, Sequence[int]]") -> Iterator[List[Tuple[Record, bytes]]]:
+        """The payloads of records of this process (``{segment name: offsets}``, from ``append``,
+        ``recover`` or an earlier ``reread``) that are still unconfirmed, read back from their files,
+        in chunks of at most ``RECOVER_CHUNK``, in the order given. For commands the engine let go of
+        after trying for ``retry_deadline`` (an outage): they stayed on disk, and go again when the
+        API answers. A record that is gone (confirmed, its file deleted, the spool closed) or
+        unsound is skipped."""
         chunk: List[Tuple[Record, bytes]] = []
         for name, offsets in by_name.items():
             with self._lock:

@@ -13,6 +13,7 @@ as sent, failed or unconfirmed.
 
 from __future__ import annotations
 
+import array
 import bisect
 import logging
 import math
@@ -132,7 +133,8 @@ class Pump:
         self._replay_is_ours = False
         #: With a spool: the records of commands let go of after ``retry_deadline`` (an outage). They
         #: stay on disk, counted as kept, and are read back on the next answer that settles anything.
-        self._given_up: "List[Record]" = []
+        #: Kept as offsets by segment name, 8 bytes each: an outage may let go of millions.
+        self._given_up: "Dict[str, array.array[int]]" = {}
         #: Commands let go of since the last warning about it, and when that was (rate-limited).
         self._let_go_unsaid = 0
         self._let_go_said_at = -math.inf
@@ -545,7 +547,12 @@ class Pump:
             return
         self.ledger.count_kept(len(seqs), max(seqs))
         self._release(len(seqs), sum(map(len, payloads)))
-        self._given_up.extend(map(self._records.pop, seqs))
+        given_up = self._given_up
+        for name, offset in map(self._records.pop, seqs):
+            offsets = given_up.get(name)
+            if offsets is None:
+                offsets = given_up[name] = array.array("Q")
+            offsets.append(offset)
         first = min(seqs)
         for ticket in self.tickets:
             if ticket.upto >= first:
@@ -568,8 +575,8 @@ class Pump:
         processes, if that is still being read), before new commands."""
         if self._replay is not None or self.spool is None or self.lifecycle.phase is not Phase.RUNNING:
             return
-        records, self._given_up = self._given_up, []
-        self._replay = self.spool.reread(records)
+        given_up, self._given_up = self._given_up, {}
+        self._replay = self.spool.reread(given_up)
         self._replay_is_ours = True
 
     def _release(self, count: int, size: int) -> None:
