@@ -120,20 +120,43 @@ _HOST = re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname() or "host")[:64] or "
 #: calls ``after_fork``.
 _SPOOLS: "weakref.WeakSet[Spool]" = weakref.WeakSet()
 
-#: Held while a segment file is opened and made (or a dead writer's taken over), until the segment
-#: is in ``_IN_HAND``; ``fork()`` waits for it (``os.register_at_fork``). Without it, a fork in the
-#: middle left the child a descriptor (and its ``flock``) that no spool of the child knew of: the
-#: parent's file looked alive, and was not replayed, for as long as the child lived. Taken after a
-#: spool's own lock, never before it.
-_MAKING = threading.Lock()
-#: Segments made or taken over, not yet held by their spool (``id(segment)``: segment): the child
-#: of a fork lets go of them.
-_IN_HAND: "Dict[int, _Segment]" = {}
+#: Per process: held while a segment's descriptors are made (opened, locked, mapped) or a dead
+#: writer's file is opened and locked, until the segment is in hand (``_IN_HAND``); ``fork()`` waits
+#: for it (``os.register_at_fork``). Without it, a fork in the middle left the child a descriptor
+#: (and its ``flock``) that no spool of the child knew of: the parent's file looked alive, and was
+#: not replayed, for as long as the child lived. Nothing is logged and no lock is taken while it is
+#: held (a logging handler may call ``track``); it is taken after a spool's own lock, never before.
+#: Per process id, so that a fork that skips the hooks (uwsgi) leaves the child a lock of its own.
+_MAKING_BY_PID: "Dict[int, threading.Lock]" = {}
+#: Segments whose descriptors exist but that their spool does not hold yet, by process id and
+#: ``id(segment)``: a forked child lets go of its parent's.
+_IN_HAND: "Dict[int, Dict[int, _Segment]]" = {}
+
+
+def _making() -> "threading.Lock":
+    pid = os.getpid()
+    lock = _MAKING_BY_PID.get(pid)
+    if lock is None:
+        lock = _MAKING_BY_PID.setdefault(pid, threading.Lock())
+    return lock
+
+
+def _in_hand(segment: "_Segment") -> None:
+    """Note ``segment`` as in hand (``_making()`` is held)."""
+    _IN_HAND.setdefault(os.getpid(), {})[id(segment)] = segment
 
 
 def _no_longer_in_hand(segment: "_Segment") -> None:
-    with _MAKING:
-        _IN_HAND.pop(id(segment), None)
+    with _making():
+        _IN_HAND.get(os.getpid(), {}).pop(id(segment), None)
+
+
+def _let_go_of_the_parents_in_hand() -> None:
+    """In a forked child: close the descriptors of segments a thread of the parent was making."""
+    pid = os.getpid()
+    for other in [other for other in _IN_HAND if other != pid]:
+        for segment in _IN_HAND.pop(other).values():
+            Spool._release(segment, forked=True)
 
 
 class SpoolError(ValueError):
@@ -495,10 +518,16 @@ class Spool:
         ``capacity`` bytes (``posix_fallocate``: a full disk or ``RLIMIT_FSIZE`` shows here, as an
         ``OSError``, not as a fault while writing into the map). The segment is in ``_IN_HAND`` until
         its spool holds it (``_no_longer_in_hand``)."""
-        with _MAKING:
+        with _making():
             segment = self._make_segment_file(serial, capacity, reserve)
-            _IN_HAND[id(segment)] = segment
-            return segment
+            _in_hand(segment)
+        if segment.view is None and self._mapped and reserve:
+            self._mapped = False
+            logger.info("seven_segments: the spool %s cannot be mapped; records are written one by one", self._folder)
+        if self._fsync:
+            os.fsync(segment.fd)
+            self._fsync_folder()
+        return segment
 
     def _make_segment_file(self, serial: int, capacity: int, reserve: bool) -> _Segment:
         name = f"{_HOST}-{os.getpid()}-{self._random}-{serial}"
@@ -514,9 +543,6 @@ class Spool:
                 raise OSError(errno.ENOSPC, "no room for a segment header")
             if self._mapped and reserve:
                 view = _map_preallocated(fd, max(capacity or self._segment_bytes, HEADER_BYTES + 1))
-                if view is None:
-                    self._mapped = False
-                    logger.info("seven_segments: the spool %s cannot be mapped; records are written one by one", self._folder)
             segment = _Segment(self._folder, name, fd, HEADER_BYTES, view, self._segment_bytes)
             os.rename(temp, segment.path)
         except BaseException:
@@ -528,9 +554,6 @@ class Spool:
             except OSError:
                 pass
             raise
-        if self._fsync:
-            os.fsync(fd)
-            self._fsync_folder()
         return segment
 
     def prepare_next(self) -> None:
@@ -932,36 +955,46 @@ class Spool:
     def _take(self, name: str) -> Optional[Tuple[_Segment, List[Tuple[int, bytes]]]]:
         """Lock a dead writer's segment, hold it, and read what it holds unconfirmed; None when it
         is alive, gone, or unreadable (warned)."""
-        with _MAKING:
-            taken = self._take_file(name)
-            if taken is not None:
-                _IN_HAND[id(taken[0])] = taken[0]
-        if taken is None:
+        path = os.path.join(self._folder, name + SEGMENT_SUFFIX)
+        failure: Optional[OSError] = None
+        segment: Optional[_Segment] = None
+        with _making():  # only the descriptor and its lock: nothing is read or logged under it
+            try:
+                fd = os.open(path, os.O_RDONLY | _OPEN_CLOEXEC)
+            except FileNotFoundError:
+                fd = -1
+            except OSError as error:
+                fd, failure = -1, error
+            if fd >= 0:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:  # a live process holds it
+                    os.close(fd)
+                else:
+                    segment = _Segment(self._folder, name, fd, 0)
+                    _in_hand(segment)
+        if failure is not None:
+            logger.warning("seven_segments: cannot open spool file %s: %s", path, failure.strerror or failure)
+        if segment is None:
             return None
-        segment, payloads = taken
+        payloads = self._read_taken(segment)
+        if payloads is None:
+            _no_longer_in_hand(segment)
+            self._release(segment)
+            return None
         with self._lock:
             self._segments[name] = segment
             self._kept_bytes += segment.allocated
             if not payloads:
                 self._delete(segment)
         _no_longer_in_hand(segment)
-        return taken
+        return segment, payloads
 
-    def _take_file(self, name: str) -> Optional[Tuple[_Segment, List[Tuple[int, bytes]]]]:
-        path = os.path.join(self._folder, name + SEGMENT_SUFFIX)
+    def _read_taken(self, segment: _Segment) -> Optional[List[Tuple[int, bytes]]]:
+        """The unconfirmed records of a dead writer's segment just locked (``segment.fd``), noted in
+        ``segment``; None when it was replaced or deleted meanwhile, or cannot be read (warned)."""
+        path, name, fd = segment.path, segment.name, segment.fd
         try:
-            fd = os.open(path, os.O_RDONLY | _OPEN_CLOEXEC)
-        except FileNotFoundError:
-            return None
-        except OSError as error:
-            logger.warning("seven_segments: cannot open spool file %s: %s", path, error.strerror or error)
-            return None
-        keep = False
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                return None  # a live process holds it
             try:
                 if os.stat(path).st_ino != os.fstat(fd).st_ino:
                     return None  # replaced meanwhile
@@ -992,19 +1025,15 @@ class Spool:
                     size = end
                 except OSError:
                     pass
-            segment = _Segment(self._folder, name, fd, size)
+            segment.size = segment.allocated = size
             segment.sealed = True
             payloads = [(offset, data[start:end]) for offset, start, end in records if offset not in acked]
             segment.unconfirmed.update((offset, None) for offset, _ in payloads)
             segment.records = len(payloads)
-            keep = True
-            return segment, payloads
+            return payloads
         except OSError as error:
             logger.warning("seven_segments: cannot read spool file %s: %s", path, error.strerror or error)
             return None
-        finally:
-            if not keep:
-                os.close(fd)
 
     # -- processes -------------------------------------------------------------------------------
 
@@ -1016,6 +1045,7 @@ class Spool:
             return
         self._pid = os.getpid()
         self._set_lock()  # the parent's may have been held by one of its threads
+        _let_go_of_the_parents_in_hand()  # also when the fork skipped the hooks (uwsgi)
         for segment in self._segments.values():
             self._release(segment, forked=True)
         self._segments = {}
@@ -1269,20 +1299,16 @@ _fork_holds_making = False
 
 def _before_fork() -> None:
     global _fork_holds_making
-    _fork_holds_making = _MAKING.acquire(timeout=FORK_WAIT_SECONDS)
+    _fork_holds_making = _making().acquire(timeout=FORK_WAIT_SECONDS)
 
 
 def _after_fork_in_parent() -> None:
     if _fork_holds_making:
-        _MAKING.release()
+        _making().release()
 
 
 def _after_fork_in_child() -> None:
-    global _MAKING
-    _MAKING = threading.Lock()
-    for segment in list(_IN_HAND.values()):  # being made by a thread of the parent: the parent's
-        Spool._release(segment, forked=True)
-    _IN_HAND.clear()
+    _let_go_of_the_parents_in_hand()  # the child's own lock is made on first use: a new process id
     for spool in list(_SPOOLS):
         try:
             spool.after_fork()
