@@ -338,9 +338,11 @@ class SevenSegments(_ApiClient):
         if buffered and enabled:
             durable = None
             if spool is not None:
-                from .spool import Spool  # only for clients that use one: the command line starts faster
+                from . import process_hooks
+                from .spool import Spool, lock_held_here  # only for clients that use one: the command line starts faster
 
                 durable = Spool(spool, max_bytes=spool_max_bytes, fsync=bool(spool_fsync))  # a bad folder raises here
+                process_hooks.register_lock_check(lock_held_here)
             self._worker = BufferedEngine(token, self._transport, limits, on_error, spool=durable)
 
     def __repr__(self) -> str:

@@ -208,8 +208,10 @@ def disable_sigterm_handler() -> None:
 
 def register_lock_check(check: Callable[[], bool]) -> None:
     """Have the SIGTERM handler ask ``check()`` whether the interrupted thread holds a lock that
-    closing the clients needs; if so, the signal is handled again a moment later, once it is free."""
-    _lock_checks.append(check)
+    closing the clients needs; if so, the signal is handled again a moment later, once it is free.
+    Idempotent."""
+    if check not in _lock_checks:
+        _lock_checks.append(check)
 
 
 def _holding_a_needed_lock() -> bool:

@@ -63,8 +63,6 @@ import weakref
 import zlib
 from typing import Callable, Dict, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple
 
-from . import process_hooks
-
 __all__ = [
     "DEFAULT_MAX_BYTES",
     "Delivery",
@@ -78,6 +76,7 @@ __all__ = [
     "SpoolReport",
     "deliver",
     "inspect",
+    "lock_held_here",
 ]
 
 logger = logging.getLogger(__name__)
@@ -1283,13 +1282,10 @@ def _refusal(command: object, reasons: Sequence[str], scrub: Callable[[str], str
     return f"{label} refused: {because}"
 
 
-def _lock_held_here() -> bool:
-    """Whether this thread holds the lock of a spool (asked by the SIGTERM handler, which runs on
-    the thread it interrupted: the close it waits for needs that lock)."""
+def lock_held_here() -> bool:
+    """Whether this thread holds the lock of a spool of this process (asked by the SIGTERM handler,
+    which runs on the thread it interrupted: the close it waits for needs that lock)."""
     return any(spool._lock_and_owner[1]() for spool in list(_SPOOLS))
-
-
-process_hooks.register_lock_check(_lock_held_here)
 
 
 #: How long a fork waits for a segment being made (a hung file system must not hang ``fork()``).

@@ -291,3 +291,36 @@ def test_sigterm_while_this_thread_holds_the_spool_lock_closes_once_it_is_releas
     assert result.stdout == "released\n"
     assert took < 10, took
     assert sorted(event["properties"]["n"] for event in server.events()) == list(range(100))
+
+
+LOGGING_HANDLER_THAT_TRACKS = """
+import logging, os, sys, threading, time
+from seven_segments import SevenSegments
+folder = sys.argv[2]
+os.makedirs(folder, mode=0o700)
+with open(os.path.join(folder, "junk.seg"), "wb") as junk:  # warned about when it is taken over
+    junk.write(b"not a segment at all, left by something else")
+client = None
+class Forward(logging.Handler):  # an application that turns the library's warnings into events
+    def emit(self, record):
+        while client is None:
+            time.sleep(0.001)
+        client.track("log", {"message": record.getMessage()[:50]})
+logging.getLogger("seven_segments").addHandler(Forward(logging.WARNING))
+client = SevenSegments("token", "john", target=sys.argv[1], buffered=True, spool=folder)
+client.track("view", {"n": 1})
+print(client.flush(10), flush=True)
+client.close(5)
+"""
+
+
+def test_a_logging_handler_that_tracks_a_spool_warning_hangs_nothing(server: LocalServer, tmp_path: Path) -> None:
+    # The warning about a damaged file was logged while the lock that makes fork() wait was held; the
+    # handler's track() needed that lock to make its first segment: the pump and every track hung.
+    result = subprocess.run(
+        [sys.executable, "-c", LOGGING_HANDLER_THAT_TRACKS, server.url, str(tmp_path / "spool")],
+        capture_output=True, text=True, timeout=30, cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "True\n"
+    assert sorted(event["type"] for event in server.events())[-1] == "view"

@@ -699,6 +699,21 @@ def test_a_close_during_a_write_never_sends_the_record_into_a_file_that_reused_t
     reader.close()
 
 
+def test_the_lock_a_fork_waits_for_is_per_process(monkeypatch: Any) -> None:
+    # A fork that skips the at-fork hooks (uwsgi) copies the lock as it is: a child whose parent was
+    # making a segment at that moment would wait for it forever.
+    parents = spool_module._making()
+    assert parents.acquire(timeout=5)
+    try:
+        monkeypatch.setattr(os, "getpid", lambda: -12345)  # the child, as its first use sees it
+        childs = spool_module._making()
+        assert childs is not parents and childs.acquire(blocking=False)
+        childs.release()
+    finally:
+        monkeypatch.undo()
+        parents.release()
+
+
 def test_forked_child_gets_its_own_files(folder: str) -> None:
     parent = Spool(folder, segment_bytes=2048)
     for number in range(30):
