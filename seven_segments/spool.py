@@ -672,6 +672,7 @@ class Spool:
                 lock.release()
         if view is not None:
             return segment.name, offset
+        failure: Optional[OSError] = None
         try:
             written = os.pwrite(fd, data, offset)
             if written != size:
@@ -679,28 +680,26 @@ class Spool:
             if self._fsync:
                 os.fsync(fd)
         except OSError as error:
+            failure = error
+        finally:  # also for KeyboardInterrupt in a slow fsync: the count of writers must come down
             with self._lock:
                 segment.writers -= 1
-                segment.unconfirmed.pop(offset, None)
-                segment.records -= 1
-                self._kept_bytes -= size
-                self._appended -= 1
-                if segment.size == offset + size and not segment.closed:  # the last place reserved: cut what got written
-                    try:
-                        os.ftruncate(fd, offset)
-                        segment.size = segment.allocated = offset
-                    except OSError:
-                        pass
-                if segment.closed:
+                if failure is not None:
+                    segment.unconfirmed.pop(offset, None)
+                    segment.records -= 1
+                    self._kept_bytes -= size
+                    self._appended -= 1
+                    if segment.size == offset + size and not segment.closed:  # the last place reserved: cut what got written
+                        try:
+                            os.ftruncate(fd, offset)
+                            segment.size = segment.allocated = offset
+                        except OSError:
+                            pass
+                    if not segment.closed:
+                        self._write_failed(segment, failure)
+                if segment.closed:  # released while this record was being written: the last writer closes
                     self._release(segment)
-                else:
-                    self._write_failed(segment, error)
-            return None
-        with self._lock:
-            segment.writers -= 1
-            if segment.closed:  # released while this record was being written: the last writer closes
-                self._release(segment)
-        return segment.name, offset
+        return None if failure is not None else (segment.name, offset)
 
     def _next_segment(self, full: Optional[_Segment], size: int) -> Optional[_Segment]:
         """Seal ``full`` (the current segment, which has no room for ``size`` bytes) and start the next

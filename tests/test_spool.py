@@ -714,6 +714,22 @@ def test_the_lock_a_fork_waits_for_is_per_process(monkeypatch: Any) -> None:
         parents.release()
 
 
+def test_ctrl_c_during_a_slow_fsync_leaves_no_descriptor_behind(folder: str, monkeypatch: Any) -> None:
+    spool = Spool(folder, fsync=True)
+    assert spool.append(payload(0)) is not None
+    real_fsync = os.fsync
+
+    def interrupted(fd: int) -> None:
+        monkeypatch.setattr(os, "fsync", real_fsync)
+        raise KeyboardInterrupt  # SIGINT on the main thread, while the disk syncs
+
+    monkeypatch.setattr(os, "fsync", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        spool.append(payload(1))
+    assert spool.close() == 2  # the record was written: it stays for the next client
+    assert [file.alive for file in inspect(folder).files] == [False]  # its descriptor (and lock) let go
+
+
 def test_forked_child_gets_its_own_files(folder: str) -> None:
     parent = Spool(folder, segment_bytes=2048)
     for number in range(30):
