@@ -324,3 +324,36 @@ def test_a_logging_handler_that_tracks_a_spool_warning_hangs_nothing(server: Loc
     assert result.returncode == 0, result.stderr
     assert result.stdout == "True\n"
     assert sorted(event["type"] for event in server.events())[-1] == "view"
+
+
+def test_a_flush_alone_sends_again_what_an_outage_let_go_of_once_the_api_answers(server: LocalServer, tmp_path: Path) -> None:
+    from seven_segments.spool import inspect
+
+    folder = str(tmp_path / "spool")
+    server.faults.fail_next(10_000, status=503)
+    client = SevenSegments(TOKEN, "john", target=server.url, buffered=True, spool=folder, retry_deadline=1, flush_interval=0.01)
+    for number in range(10):
+        client.track("view", {"n": number})
+    assert client.flush(10) is False
+    server.faults.clear()
+    assert client.flush(10) is True  # no new command: the flush itself reads them back and waits for them
+    assert client.stats()["kept_in_spool"] == 0 and client.stats()["sent"] == 10
+    client.close()
+    assert sorted(event["properties"]["n"] for event in server.events()) == list(range(10))
+    assert inspect(folder).commands == 0
+
+
+def test_a_close_sends_what_an_outage_let_go_of_when_the_api_is_back(server: LocalServer, tmp_path: Path) -> None:
+    # A container's disk goes with it: no next client on that folder would ever send them.
+    from seven_segments.spool import inspect
+
+    folder = str(tmp_path / "spool")
+    server.faults.fail_next(10_000, status=503)
+    client = SevenSegments(TOKEN, "john", target=server.url, buffered=True, spool=folder, retry_deadline=1, flush_interval=0.01)
+    for number in range(10):
+        client.track("view", {"n": number})
+    assert client.flush(10) is False
+    server.faults.clear()
+    client.close(5)
+    assert sorted(event["properties"]["n"] for event in server.events()) == list(range(10))
+    assert inspect(folder).commands == 0 and client.stats()["kept_in_spool"] == 0

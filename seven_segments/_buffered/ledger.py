@@ -123,13 +123,11 @@ class Ledger:
             if last_seq > self.last_failed_seq:
                 self.last_failed_seq = last_seq
 
-    def count_kept(self, count: int, last_seq: int) -> None:
-        """``count`` spooled commands were let go of undelivered (they stay in the spool), the last of
-        them numbered ``last_seq``: a flush that covers them did not deliver everything."""
+    def count_kept(self, count: int) -> None:
+        """``count`` spooled commands were let go of undelivered: they stay in the spool (the pump
+        marks the flushes that cover them, and reads them back for later ones)."""
         with self.lock:
             self.kept += count
-            if last_seq > self.last_failed_seq:
-                self.last_failed_seq = last_seq
 
     def first_in_flight(self) -> float:
         """The oldest sequence number in flight (infinity when none is)."""

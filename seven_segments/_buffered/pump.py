@@ -153,6 +153,8 @@ class Pump:
         self.take()
         self.apply_outcomes()
         draining = self.lifecycle.phase is Phase.DRAINING
+        if draining and self._given_up:  # a close tries what was let go of in an outage once more
+            self._read_back_given_up()
         now = self.clock()
         if draining and now >= self.close_deadline and not self.empty:
             self.give_up()
@@ -160,7 +162,7 @@ class Pump:
         self.dispatch(now, draining)
         self.settle_tickets()
         self.reporter.drain()
-        if draining and self.empty and not self.incoming:
+        if draining and self.empty and not self.incoming and not self._replay_is_ours:
             return -1.0
         if self.incoming and self._replay is None:
             return 0.0  # more to take than one step takes
@@ -297,6 +299,10 @@ class Pump:
             ticket.drops = ledger.total_dropped
             if ledger.last_failed_seq > ledger.reported_upto or ticket.drops > ledger.reported_drops:
                 ticket.delivered_all = False  # failed or dropped since the last flush its caller saw
+        if self._given_up:  # commands let go of in an outage: a flush tries them again, and waits for them
+            self._read_back_given_up()
+            if self._given_up:  # cannot now (the files of dead processes are still being read)
+                ticket.delivered_all = False
         self.tickets.append(ticket)
 
     def _room_to_replay(self) -> bool:
@@ -339,9 +345,11 @@ class Pump:
                 else:
                     self.ledger.taken += len(chunk)
                     self.ledger.replayed += len(chunk)
-        if replay is not None and self.lifecycle.phase is Phase.DRAINING:
+            if self._replay_is_ours:  # queued before every flush waiting now: they wait for them too
+                for ticket in self.tickets:
+                    ticket.upto = max(ticket.upto, self.seq)
+        if replay is not None and self.lifecycle.phase is Phase.DRAINING and not self._replay_is_ours:
             self._replay = None  # closing: what was not read stays in the spool for the next start
-            self._replay_is_ours = False
 
     def _confirm(self, seqs: Sequence[int]) -> None:
         """Tell the spool that these commands settled (delivered, or failed and reported)."""
@@ -545,7 +553,7 @@ class Pump:
         ``on_error``: they are not lost."""
         if not seqs:
             return
-        self.ledger.count_kept(len(seqs), max(seqs))
+        self.ledger.count_kept(len(seqs))
         self._release(len(seqs), sum(map(len, payloads)))
         given_up = self._given_up
         for name, offset in map(self._records.pop, seqs):
@@ -571,9 +579,10 @@ class Pump:
             self._let_go_said_at = now
 
     def _read_back_given_up(self) -> None:
-        """The API answers again: read back what was let go of (after what the spool held from dead
-        processes, if that is still being read), before new commands."""
-        if self._replay is not None or self.spool is None or self.lifecycle.phase is not Phase.RUNNING:
+        """Read back what was let go of (once the API answers again, for a flush, or when a close
+        begins), before new commands; not while the files of dead processes are still being read.
+        Flushes waiting meanwhile wait for it too (``settle_tickets``)."""
+        if self._replay is not None or self.spool is None or self.lifecycle.phase not in (Phase.RUNNING, Phase.DRAINING):
             return
         given_up, self._given_up = self._given_up, {}
         self._replay = self.spool.reread(given_up)
@@ -618,8 +627,9 @@ class Pump:
         return first
 
     def settle_tickets(self) -> None:
-        """Answer the flushes whose commands all settled."""
-        if not self.tickets:
+        """Answer the flushes whose commands all settled (not while commands let go of in an outage
+        are being read back: they were queued before every flush waiting)."""
+        if not self.tickets or self._replay_is_ours:
             return
         first = self.first_unsettled()
         waiting = []
@@ -688,6 +698,8 @@ class Pump:
         folder to deliver (the requests in flight too: resending them is safe). Nothing is lost."""
         in_flight = self.ledger.give_up_in_flight(unconfirmed=False) + self._cut_at_close
         self._cut_at_close = []
+        self._replay = None  # what was not read back yet stays in the spool (counted as kept already)
+        self._replay_is_ours = False
         late = self.drain_incoming()
         kept = sum(map(len, in_flight)) + sum(map(len, self.line)) + len(self.fresh) + len(late)
         self.line = []
