@@ -151,11 +151,14 @@ def _no_longer_in_hand(segment: "_Segment") -> None:
 
 
 def _let_go_of_the_parents_in_hand() -> None:
-    """In a forked child: close the descriptors of segments a thread of the parent was making."""
+    """In a forked child: close the descriptors of segments a thread of the parent was making, and
+    forget the parent's locks (one may be held, and a later process may get the parent's id)."""
     pid = os.getpid()
     for other in [other for other in _IN_HAND if other != pid]:
         for segment in _IN_HAND.pop(other).values():
             Spool._release(segment, forked=True)
+    for other in [other for other in _MAKING_BY_PID if other != pid]:
+        _MAKING_BY_PID.pop(other, None)
 
 
 class SpoolError(ValueError):
@@ -594,14 +597,14 @@ class Spool:
                 self._segments[segment.name] = segment
                 self._kept_bytes += segment.allocated
                 self._spare = segment
-        _no_longer_in_hand(segment)
         if not usable:
             for path in (segment.path, segment.ack_path):
                 try:
                     os.unlink(path)
                 except OSError:
                     pass
-            self._release(segment)
+            self._release(segment)  # first: a fork in between must find it in hand or closed
+        _no_longer_in_hand(segment)
 
     def _fsync_folder(self) -> None:
         try:
@@ -878,10 +881,12 @@ class Spool:
             self._replayed += len(chunk)
             yield chunk
 
-    def reread(self, by_name: "Mapping[str, Sequence[int]]") -> Iterator[List[Tuple[Record, bytes]]]:
+    def reread(
+        self, by_name: "Mapping[str, Sequence[int]]", chunk_size: int = RECOVER_CHUNK
+    ) -> Iterator[List[Tuple[Record, bytes]]]:
         """The payloads of records of this process (``{segment name: offsets}``, from ``append``,
         ``recover`` or an earlier ``reread``) that are still unconfirmed, read back from their files,
-        in chunks of at most ``RECOVER_CHUNK``, in the order given. For commands the engine let go of
+        in chunks of at most ``chunk_size``, in the order given. For commands the engine let go of
         after trying for ``retry_deadline`` (an outage): they stayed on disk, and go again when the
         API answers. A record that is gone (confirmed, its file deleted, the spool closed) or
         unsound is skipped."""
@@ -907,7 +912,7 @@ class Spool:
                 if end < 0:
                     continue
                 chunk.append(((name, offset), data[offset + RECORD_HEADER_BYTES : end]))
-                if len(chunk) >= RECOVER_CHUNK:
+                if len(chunk) >= chunk_size:
                     yield chunk
                     chunk = []
         if chunk:
@@ -975,10 +980,15 @@ class Spool:
             logger.warning("seven_segments: cannot open spool file %s: %s", path, failure.strerror or failure)
         if segment is None:
             return None
-        payloads = self._read_taken(segment)
-        if payloads is None:
-            _no_longer_in_hand(segment)
+        try:
+            payloads = self._read_taken(segment)
+        except BaseException:  # MemoryError on a huge file, say: its descriptor and lock go too
             self._release(segment)
+            _no_longer_in_hand(segment)
+            raise
+        if payloads is None:
+            self._release(segment)  # first: a fork in between must find it in hand or closed
+            _no_longer_in_hand(segment)
             return None
         with self._lock:
             self._segments[name] = segment

@@ -357,3 +357,40 @@ def test_a_close_sends_what_an_outage_let_go_of_when_the_api_is_back(server: Loc
     client.close(5)
     assert sorted(event["properties"]["n"] for event in server.events()) == list(range(10))
     assert inspect(folder).commands == 0 and client.stats()["kept_in_spool"] == 0
+
+
+def test_a_close_after_the_worker_went_idle_still_sends_what_an_outage_let_go_of(
+    server: LocalServer, tmp_path: Path, monkeypatch: Any
+) -> None:
+    from seven_segments._buffered import engine
+
+    monkeypatch.setattr(engine, "PUMP_IDLE_SECONDS", 0.05)
+    server.faults.fail_next(10_000, status=503)
+    client = SevenSegments(
+        TOKEN, "john", target=server.url, buffered=True, spool=str(tmp_path / "spool"), retry_deadline=1, flush_interval=0.01
+    )
+    for number in range(10):
+        client.track("view", {"n": number})
+    assert client.flush(10) is False
+    assert wait_until(lambda: not any(t.name == "seven-segments-worker" for t in threading.enumerate()), timeout=10)
+    server.faults.clear()
+    client.close(5)  # nothing in memory, the worker gone: the close still reads them back
+    assert sorted(event["properties"]["n"] for event in server.events()) == list(range(10))
+
+
+def test_a_flush_during_an_outage_leaves_room_for_new_commands(server: LocalServer, tmp_path: Path) -> None:
+    # The read-back a flush starts held every new command back, and the queue filled up with them.
+    server.faults.fail_next(100_000, status=503)
+    client = SevenSegments(
+        TOKEN, "john", target=server.url, buffered=True, spool=str(tmp_path / "spool"), retry_deadline=1,
+        flush_interval=0.01, max_queue_size=100,
+    )
+    for number in range(300):  # three queues' worth, let go of in turn
+        client.track("view", {"n": number})
+        if number % 90 == 89:
+            assert client.flush(10) is False
+    assert client.flush(0.5) is False  # reads a quarter of the queue back, at most
+    for number in range(300, 330):
+        client.track("view", {"n": number})
+    assert client.stats()["dropped_queue_full"] == 0
+    client.close(0.5)

@@ -730,6 +730,39 @@ def test_ctrl_c_during_a_slow_fsync_leaves_no_descriptor_behind(folder: str, mon
     assert [file.alive for file in inspect(folder).files] == [False]  # its descriptor (and lock) let go
 
 
+def test_a_child_forgets_its_parents_fork_locks() -> None:
+    # The child's copy of its parent's lock may be held; a later process may get the parent's id.
+    held = threading.Lock()
+    held.acquire()
+    spool_module._MAKING_BY_PID[-4242] = held
+    spool_module._let_go_of_the_parents_in_hand()
+    assert -4242 not in spool_module._MAKING_BY_PID
+    assert spool_module._making().acquire(timeout=1)
+    spool_module._making().release()
+
+
+def test_a_dead_writers_file_that_cannot_be_read_is_let_go_of_whatever_the_error(folder: str, monkeypatch: Any) -> None:
+    writer = Spool(folder)
+    assert writer.append(payload(0)) is not None
+    writer._closed = True  # stand in for a kill: the map and the lock go, the file stays as it is
+    for segment in list(writer._segments.values()):
+        assert segment.view is not None
+        segment.view.close()
+        os.close(segment.fd)
+
+    def out_of_memory(self: Any, segment: Any) -> Any:
+        raise MemoryError
+
+    monkeypatch.setattr(Spool, "_read_taken", out_of_memory)
+    reader = Spool(folder)
+    with pytest.raises(MemoryError):
+        recover_all(reader)
+    assert [file.alive for file in inspect(folder).files] == [False]  # not locked by the reader
+    monkeypatch.undo()
+    assert [number_of(data) for _, data in recover_all(reader)] == [0]
+    reader.close()
+
+
 def test_forked_child_gets_its_own_files(folder: str) -> None:
     parent = Spool(folder, segment_bytes=2048)
     for number in range(30):

@@ -273,7 +273,7 @@ class Core:
         self.wakeup.set()
         if had_pump:
             return
-        if pump.empty and not self.incoming:
+        if pump.empty and not self.incoming and not pump.has_let_go:
             self._stop()
             return
         with lifecycle.lock:

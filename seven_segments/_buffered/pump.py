@@ -51,6 +51,8 @@ Launch = Callable[[int, Batch, float, Callable[[Outcome], None]], None]
 TAKE_PER_STEP = 2_000
 #: With a spool, commands let go of during an outage are warned about at most this often.
 LET_GO_WARNING_SECONDS = 60.0
+#: ... and read back at most this many at a time.
+READ_BACK_CHUNK = 1_000
 #: Bytes of a bulk command that are not its ``data``: ``{"name":"<path>","data":`` and ``}``.
 _ENVELOPE = {path: len('{"name":"' + path + '","data":}') for path in (PATH_EVENTS, PATH_CUSTOMERS)}
 
@@ -164,7 +166,7 @@ class Pump:
         self.reporter.drain()
         if draining and self.empty and not self.incoming and not self._replay_is_ours:
             return -1.0
-        if self.incoming and self._replay is None:
+        if self.incoming and (self._replay is None or self._replay_is_ours):
             return 0.0  # more to take than one step takes
         if self._replay is not None and self._room_to_replay():
             return 0.0  # more to read from the spool (read back after an outage, since this step began)
@@ -195,7 +197,7 @@ class Pump:
     def take(self) -> None:
         """Number and encode queued commands; place flush tickets behind them."""
         incoming = self.incoming
-        if not incoming or self._replay is not None:  # what the spool held goes first
+        if not incoming or self._replay is not None and not self._replay_is_ours:  # dead processes' files go first
             return
         fresh = self.fresh
         encode = self._encoder.encode
@@ -578,6 +580,11 @@ class Pump:
             self._let_go_unsaid = 0
             self._let_go_said_at = now
 
+    @property
+    def has_let_go(self) -> bool:
+        """Commands let go of in an outage wait on disk to be read back (a close tries them)."""
+        return bool(self._given_up)
+
     def _read_back_given_up(self) -> None:
         """Read back what was let go of (once the API answers again, for a flush, or when a close
         begins), before new commands; not while the files of dead processes are still being read.
@@ -585,7 +592,8 @@ class Pump:
         if self._replay is not None or self.spool is None or self.lifecycle.phase not in (Phase.RUNNING, Phase.DRAINING):
             return
         given_up, self._given_up = self._given_up, {}
-        self._replay = self.spool.reread(given_up)
+        # Chunks of a quarter of the queue at most: new commands keep room while these go again.
+        self._replay = self.spool.reread(given_up, max(1, min(READ_BACK_CHUNK, self.limits.max_queue_size // 4)))
         self._replay_is_ours = True
 
     def _release(self, count: int, size: int) -> None:
@@ -627,14 +635,19 @@ class Pump:
         return first
 
     def settle_tickets(self) -> None:
-        """Answer the flushes whose commands all settled (not while commands let go of in an outage
-        are being read back: they were queued before every flush waiting)."""
-        if not self.tickets or self._replay_is_ours:
+        """Answer the flushes whose commands all settled. Commands let go of in an outage were queued
+        before every flush waiting: while they are read back with room to go on, flushes wait; when
+        the read-back stalls (the queue is full: the API is still down), they answer that not all
+        was delivered."""
+        if not self.tickets or self._replay_is_ours and self._replay is not None and self._room_to_replay():
             return
         first = self.first_unsettled()
+        left_on_disk = self._replay_is_ours or bool(self._given_up)
         waiting = []
         for ticket in self.tickets:
             if ticket.upto < first:
+                if left_on_disk:
+                    ticket.delivered_all = False
                 ticket.done.set()
             else:
                 waiting.append(ticket)
