@@ -394,3 +394,42 @@ def test_a_flush_during_an_outage_leaves_room_for_new_commands(server: LocalServ
         client.track("view", {"n": number})
     assert client.stats()["dropped_queue_full"] == 0
     client.close(0.5)
+
+
+def test_a_close_with_the_api_still_down_tries_what_was_let_go_of_once_not_in_a_loop(
+    server: LocalServer, tmp_path: Path
+) -> None:
+    # With retry_deadline shorter than the first backoff, each read-back was let go of at once and
+    # read back at the next step: thousands of requests to a failing API during the close.
+    server.faults.fail_next(100_000, status=503)
+    client = SevenSegments(
+        TOKEN, "john", target=server.url, buffered=True, spool=str(tmp_path / "spool"), retry_deadline=0, flush_interval=0.01
+    )
+    for number in range(50):
+        client.track("view", {"n": number})
+    assert client.flush(5) is False
+    before = len(server.requests())
+    started = time.monotonic()
+    client.close(1)
+    assert len(server.requests()) - before <= 3
+    assert time.monotonic() - started < 2
+    assert client.stats()["kept_in_spool"] == 50
+
+
+def test_a_flush_during_an_outage_answers_once_what_it_read_back_is_let_go_of_again(
+    server: LocalServer, tmp_path: Path
+) -> None:
+    server.faults.fail_next(100_000, status=503)
+    client = SevenSegments(
+        TOKEN, "john", target=server.url, buffered=True, spool=str(tmp_path / "spool"), retry_deadline=1,
+        flush_interval=0.01, max_queue_size=40,
+    )
+    for number in range(160):  # four read-back chunks of 10 (a quarter of the queue)
+        client.track("view", {"n": number})
+        if number % 30 == 29:
+            client.flush(5)
+    assert client.flush(5) is False
+    started = time.monotonic()
+    assert client.flush(None) is False  # not one retry_deadline per chunk until all 160 were tried
+    assert time.monotonic() - started < 2.5
+    client.close(0.2)

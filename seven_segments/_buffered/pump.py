@@ -141,6 +141,12 @@ class Pump:
         self._let_go_unsaid = 0
         self._let_go_said_at = -math.inf
         self._kept_said = False  # the close's warning about what stays in the spool was given
+        #: A close reads back what was let go of once (not again after each new failure: an API still
+        #: down would get a request per step until the deadline).
+        self._read_back_at_close = False
+        #: Something read back was let go of again (the API is still down): flushes stop waiting for
+        #: the rest of the read-back and answer that not all was delivered.
+        self._read_back_failed = False
 
     # One step -----------------------------------------------------------------------------------
 
@@ -155,7 +161,8 @@ class Pump:
         self.take()
         self.apply_outcomes()
         draining = self.lifecycle.phase is Phase.DRAINING
-        if draining and self._given_up:  # a close tries what was let go of in an outage once more
+        if draining and self._given_up and not self._read_back_at_close:  # a close tries them once more
+            self._read_back_at_close = True
             self._read_back_given_up()
         now = self.clock()
         if draining and now >= self.close_deadline and not self.empty:
@@ -347,7 +354,7 @@ class Pump:
                 else:
                     self.ledger.taken += len(chunk)
                     self.ledger.replayed += len(chunk)
-            if self._replay_is_ours:  # queued before every flush waiting now: they wait for them too
+            if self._replay_is_ours and not self._read_back_failed:  # queued before every flush waiting now
                 for ticket in self.tickets:
                     ticket.upto = max(ticket.upto, self.seq)
         if replay is not None and self.lifecycle.phase is Phase.DRAINING and not self._replay_is_ours:
@@ -567,6 +574,8 @@ class Pump:
         for ticket in self.tickets:
             if ticket.upto >= first:
                 ticket.delivered_all = False
+        if self._replay_is_ours:
+            self._read_back_failed = True
         self._let_go_unsaid += len(seqs)
         now = self.clock()
         if now - self._let_go_said_at >= LET_GO_WARNING_SECONDS:
@@ -595,6 +604,7 @@ class Pump:
         # Chunks of a quarter of the queue at most: new commands keep room while these go again.
         self._replay = self.spool.reread(given_up, max(1, min(READ_BACK_CHUNK, self.limits.max_queue_size // 4)))
         self._replay_is_ours = True
+        self._read_back_failed = False
 
     def _release(self, count: int, size: int) -> None:
         self.held -= count
@@ -637,9 +647,12 @@ class Pump:
     def settle_tickets(self) -> None:
         """Answer the flushes whose commands all settled. Commands let go of in an outage were queued
         before every flush waiting: while they are read back with room to go on, flushes wait; when
-        the read-back stalls (the queue is full: the API is still down), they answer that not all
-        was delivered."""
-        if not self.tickets or self._replay_is_ours and self._replay is not None and self._room_to_replay():
+        the read-back stalls (the queue is full) or what it read is let go of again (the API is still
+        down), they answer that not all was delivered."""
+        if (
+            not self.tickets
+            or self._replay_is_ours and self._replay is not None and self._room_to_replay() and not self._read_back_failed
+        ):
             return
         first = self.first_unsettled()
         left_on_disk = self._replay_is_ours or bool(self._given_up)
