@@ -882,14 +882,18 @@ class Spool:
             yield chunk
 
     def reread(
-        self, by_name: "Mapping[str, Sequence[int]]", chunk_size: int = RECOVER_CHUNK
+        self,
+        by_name: "Mapping[str, Sequence[int]]",
+        chunk_size: int = RECOVER_CHUNK,
+        lost: Optional[Callable[[int, str], None]] = None,
     ) -> Iterator[List[Tuple[Record, bytes]]]:
         """The payloads of records of this process (``{segment name: offsets}``, from ``append``,
         ``recover`` or an earlier ``reread``) that are still unconfirmed, read back from their files,
         in chunks of at most ``chunk_size``, in the order given. For commands the engine let go of
         after trying for ``retry_deadline`` (an outage): they stayed on disk, and go again when the
-        API answers. A record that is gone (confirmed, its file deleted, the spool closed) or
-        unsound is skipped."""
+        API answers. A record that is gone (confirmed, its file deleted, the spool closed) is
+        skipped; one that is damaged, or in a file that cannot be read, is skipped and counted to
+        ``lost(count, path)``."""
         chunk: List[Tuple[Record, bytes]] = []
         for name, offsets in by_name.items():
             with self._lock:
@@ -905,16 +909,22 @@ class Spool:
                     data = file.read()
             except OSError as error:
                 logger.warning("seven_segments: cannot read back spool file %s: %s", path, error.strerror or error)
+                if lost is not None:
+                    lost(len(wanted), path)
                 continue
             view = memoryview(data)
+            damaged = 0
             for offset in wanted:
                 end = _valid_at(data, view, offset)
                 if end < 0:
+                    damaged += 1
                     continue
                 chunk.append(((name, offset), data[offset + RECORD_HEADER_BYTES : end]))
                 if len(chunk) >= chunk_size:
                     yield chunk
                     chunk = []
+            if damaged and lost is not None:
+                lost(damaged, path)
         if chunk:
             yield chunk
 

@@ -433,3 +433,32 @@ def test_a_flush_during_an_outage_answers_once_what_it_read_back_is_let_go_of_ag
     assert client.flush(None) is False  # not one retry_deadline per chunk until all 160 were tried
     assert time.monotonic() - started < 2.5
     client.close(0.2)
+
+
+def test_a_let_go_command_damaged_on_disk_is_counted_lost_and_the_flush_says_so(
+    server: LocalServer, tmp_path: Path, caplog: Any
+) -> None:
+    import logging
+
+    from seven_segments.spool import HEADER_BYTES, RECORD_HEADER_BYTES
+
+    folder = tmp_path / "spool"
+    server.faults.fail_next(100_000, status=503)
+    client = SevenSegments(TOKEN, "john", target=server.url, buffered=True, spool=str(folder), retry_deadline=1, flush_interval=0.01)
+    for number in range(5):
+        client.track("view", {"n": number})
+    assert client.flush(10) is False
+    (segment,) = folder.glob("*.seg")
+    fd = os.open(segment, os.O_RDWR)
+    try:
+        os.pwrite(fd, b"\xff", HEADER_BYTES + RECORD_HEADER_BYTES + 3)  # one byte of the first record
+    finally:
+        os.close(fd)
+    server.faults.clear()
+    with caplog.at_level(logging.WARNING, logger="seven_segments"):
+        assert client.flush(10) is False  # four delivered, one lost: not all
+    assert "cannot be read back" in caplog.text
+    stats = client.stats()
+    assert (stats["sent"], stats["failed"], stats["kept_in_spool"], stats["pending"]) == (4, 1, 0, 0)
+    client.close()
+    assert sorted(event["properties"]["n"] for event in server.events()) == [1, 2, 3, 4]

@@ -602,9 +602,22 @@ class Pump:
             return
         given_up, self._given_up = self._given_up, {}
         # Chunks of a quarter of the queue at most: new commands keep room while these go again.
-        self._replay = self.spool.reread(given_up, max(1, min(READ_BACK_CHUNK, self.limits.max_queue_size // 4)))
+        chunk = max(1, min(READ_BACK_CHUNK, self.limits.max_queue_size // 4))
+        self._replay = self.spool.reread(given_up, chunk, self._lost_on_disk)
         self._replay_is_ours = True
         self._read_back_failed = False
+
+    def _lost_on_disk(self, count: int, path: str) -> None:
+        """Commands let go of in an outage that cannot be read back (damaged, or their file cannot
+        be read): failed, and every flush waiting or to come for them says not all was delivered."""
+        with self.ledger.lock:
+            self.ledger.kept -= count
+        self.ledger.count_failed(count, self.seq)
+        for ticket in self.tickets:
+            ticket.delivered_all = False
+        logger.warning(
+            "seven_segments: %d commands let go of in an outage cannot be read back from %s (damaged): lost", count, path
+        )
 
     def _release(self, count: int, size: int) -> None:
         self.held -= count
@@ -739,13 +752,11 @@ class Pump:
         self._kept_said = True
         if on_disk:
             last = f"; last error: {self.last_trouble}" if self.last_trouble else ""
-            earlier = f" ({on_disk - kept} of them let go of earlier, after retry_deadline)" if on_disk > kept else ""
             logger.warning(
-                "seven_segments: %d commands were kept in the spool %s%s: not delivered within the close deadline"
+                "seven_segments: %d commands were kept in the spool %s: not delivered within the close deadline"
                 " (%g s%s); the next client on that folder delivers them",
                 on_disk,
                 self.spool.folder if self.spool is not None else "",
-                earlier,
                 self.close_timeout,
                 last,
             )
