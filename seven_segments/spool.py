@@ -150,7 +150,7 @@ def _no_longer_in_hand(segment: "_Segment") -> None:
         _IN_HAND.get(os.getpid(), {}).pop(id(segment), None)
 
 
-def _let_go_of_the_parents_in_hand() -> None:
+def _forget_the_parents() -> None:
     """In a forked child: close the descriptors of segments a thread of the parent was making, and
     forget the parent's locks (one may be held, and a later process may get the parent's id)."""
     pid = os.getpid()
@@ -1063,7 +1063,7 @@ class Spool:
             return
         self._pid = os.getpid()
         self._set_lock()  # the parent's may have been held by one of its threads
-        _let_go_of_the_parents_in_hand()  # also when the fork skipped the hooks (uwsgi)
+        _forget_the_parents()  # also when the fork skipped the hooks (uwsgi)
         for segment in self._segments.values():
             self._release(segment, forked=True)
         self._segments = {}
@@ -1323,7 +1323,7 @@ def _after_fork_in_parent() -> None:
 
 
 def _after_fork_in_child() -> None:
-    _let_go_of_the_parents_in_hand()  # the child's own lock is made on first use: a new process id
+    _forget_the_parents()  # the child's own lock is made on first use: a new process id
     for spool in list(_SPOOLS):
         try:
             spool.after_fork()

@@ -36,10 +36,39 @@ class FakeClock:
         return self.now
 
 
+class FakeSpool:
+    """Stands in for ``Spool``: records are ``("segment", n)``, each payload remembered for ``reread``."""
+
+    folder = "/fake/spool"
+
+    def __init__(self) -> None:
+        self.payloads: Dict[Tuple[str, int], bytes] = {}
+        self.confirmed: List[Tuple[str, int]] = []
+
+    def append(self, payload: bytes) -> Tuple[str, int]:
+        record = ("segment", len(self.payloads))
+        self.payloads[record] = payload
+        return record
+
+    def recover(self) -> Any:
+        return iter(())
+
+    def prepare_next(self) -> None:
+        pass
+
+    def confirm(self, records: Any) -> None:
+        self.confirmed.extend(records)
+
+    def reread(self, by_name: Any, chunk_size: int, lost: Any) -> Any:
+        records = [(name, offset) for name, offsets in by_name.items() for offset in offsets]
+        for start in range(0, len(records), chunk_size):
+            yield [(record, self.payloads[record]) for record in records[start : start + chunk_size]]
+
+
 class Harness:
     """A pump with a scripted sender."""
 
-    def __init__(self, **limits: Any) -> None:
+    def __init__(self, spool: Optional[FakeSpool] = None, **limits: Any) -> None:
         self.clock = FakeClock()
         self.incoming: "deque[Any]" = deque()
         self.lifecycle = Lifecycle()
@@ -60,7 +89,9 @@ class Harness:
             launch=lambda number, batch, timeout, done: self.launched.__setitem__(number, (batch, timeout, done)),
             clock=self.clock,
             policy=RetryPolicy(60.0, backoff=lambda attempt: 1.0 * attempt),
+            spool=spool,  # type: ignore[arg-type]
         )
+        self.spool = spool
         self.serial = 0
 
     def track(self, count: int) -> None:
@@ -69,6 +100,14 @@ class Harness:
             self.incoming.append(
                 ("crm/events", {"registered": "john"}, "view", {"n": self.serial}, 1700000000.0, f"id-{self.serial}")
             )
+
+    def track_spooled(self, count: int) -> None:
+        """As ``track``, with a spool: the caller encoded the command and wrote it down."""
+        assert self.spool is not None
+        for _ in range(count):
+            self.serial += 1
+            payload = b'{"name":"crm/events","data":{"n":%d}}' % self.serial
+            self.incoming.append((payload, self.spool.append(payload)))
 
     def flush(self) -> FlushTicket:
         ticket = FlushTicket()
@@ -271,3 +310,51 @@ def test_a_command_that_cannot_be_encoded_fails_alone() -> None:
         run.answer(min(run.launched))
         run.step()
     assert run.ledger.sent == 4 and ticket.done.is_set() and ticket.delivered_all is False
+
+
+def outage(run: Harness, number: int) -> None:
+    """Request ``number`` fails, and every retry of it, until retry_deadline (60 s) has passed."""
+    while True:
+        run.answer(number, None, TransientError("bulk: HTTP 503", status=503))
+        run.step()  # let go of here, once retry_deadline has passed
+        run.clock.now += 30.0  # past the backoff
+        run.step()
+        if not run.launched:
+            return
+        (number,) = run.launched
+
+
+def test_with_a_spool_an_outage_lets_go_and_a_flush_reads_back_and_waits_for_what_it_let_go_of() -> None:
+    spool = FakeSpool()
+    run = Harness(spool=spool, max_queue_size=40)
+    run.track_spooled(10)
+    first = run.flush()
+    run.step()
+    outage(run, 1)
+    assert first.done.is_set() and not first.delivered_all  # let go of, not delivered
+    assert (run.ledger.kept, run.ledger.failed, run.reports, spool.confirmed) == (10, 0, [], [])
+    second = run.flush()
+    run.step()  # the flush starts reading them back (chunks of 40 // 4) ...
+    run.step()  # ... and waits for them
+    assert not second.done.is_set() and run.ledger.kept == 0 and run.launched
+    while run.launched:
+        run.answer(min(run.launched))
+        run.step()
+    assert second.done.is_set() and second.delivered_all
+    assert sorted(spool.confirmed) == sorted(spool.payloads) and run.ledger.sent == 10
+
+
+def test_a_flush_stops_waiting_once_what_it_read_back_is_let_go_of_again() -> None:
+    spool = FakeSpool()
+    run = Harness(spool=spool, max_queue_size=40)
+    run.track_spooled(30)  # read back in three chunks of 10
+    run.flush()
+    run.step()
+    outage(run, 1)
+    ticket = run.flush()
+    run.step()
+    run.step()
+    assert not ticket.done.is_set() and run.launched
+    outage(run, min(run.launched))  # the first chunk read back fails again
+    assert ticket.done.is_set() and not ticket.delivered_all
+    assert run.ledger.kept + run.pump.held == 30 and spool.confirmed == []

@@ -15,6 +15,7 @@ from typing import Any, List
 import pytest
 
 from seven_segments import SevenSegments
+from seven_segments.spool import inspect
 from seven_segments.testing import LocalServer
 
 from .conftest import TOKEN, collector, wait_until
@@ -71,7 +72,7 @@ def replay(server: LocalServer, spool: Path) -> SevenSegments:
 
 
 def delivered(server: LocalServer) -> List[int]:
-    return sorted(event["properties"]["n"] for event in server.events())
+    return delivered_numbers(server)
 
 
 def test_sigkill_with_the_api_down_loses_nothing_accepted(server: LocalServer, dead_url: str, tmp_path: Path) -> None:
@@ -208,23 +209,30 @@ def test_a_queue_of_one_command_with_a_spool_still_delivers(server: LocalServer,
     assert [event["type"] for event in server.events()] == ["view"]
 
 
+def let_go_in_an_outage(server: LocalServer, folder: str, count: int, **options: Any) -> SevenSegments:
+    """A spooling client whose first ``count`` events (``{"n": 0..}``) the API, down from now on, never
+    took within ``retry_deadline`` (1 s): let go of, on disk."""
+    server.faults.fail_next(100_000, status=503)
+    options = {"retry_deadline": 1, "flush_interval": 0.01, **options}
+    client = SevenSegments(TOKEN, "john", target=server.url, buffered=True, spool=folder, **options)
+    for number in range(count):
+        client.track("view", {"n": number})
+    assert client.flush(10) is False
+    return client
+
+
+def delivered_numbers(server: LocalServer) -> List[int]:
+    return sorted(event["properties"]["n"] for event in server.events())
+
+
 def test_an_outage_longer_than_retry_deadline_keeps_the_commands_in_the_spool_and_sends_them_after(
     server: LocalServer, tmp_path: Path
 ) -> None:
     # They were failed for good, and their records confirmed: deleted from the spool while the API
     # was down, although the API never refused them (found by review).
-    from seven_segments.spool import inspect
-
     folder = str(tmp_path / "spool")
     reports, on_error = collector()
-    server.faults.fail_next(10_000, status=503)
-    client = SevenSegments(
-        TOKEN, "john", target=server.url, buffered=True, spool=folder, retry_deadline=1, flush_interval=0.01,
-        on_error=on_error,
-    )
-    for number in range(10):
-        client.track("view", {"n": number})
-    assert client.flush(10) is False  # let go of after retry_deadline, not delivered
+    client = let_go_in_an_outage(server, folder, 10, on_error=on_error)
     assert inspect(folder).commands == 10  # still on disk
     stats = client.stats()
     assert (stats["kept_in_spool"], stats["failed"], stats["sent"]) == (10, 0, 0)
@@ -236,7 +244,7 @@ def test_an_outage_longer_than_retry_deadline_keeps_the_commands_in_the_spool_an
     stats = client.stats()
     assert (stats["kept_in_spool"], stats["sent"], stats["failed"]) == (0, 11, 0)
     client.close()
-    assert sorted(event["properties"]["n"] for event in server.events()) == list(range(11))
+    assert delivered_numbers(server) == list(range(11))
     assert inspect(folder).commands == 0
 
 
@@ -246,11 +254,7 @@ def test_commands_let_go_of_in_an_outage_are_delivered_by_the_next_client_when_t
     import logging
 
     folder = str(tmp_path / "spool")
-    server.faults.fail_next(10_000, status=503)
-    client = SevenSegments(TOKEN, "john", target=server.url, buffered=True, spool=folder, retry_deadline=1, flush_interval=0.01)
-    for number in range(5):
-        client.track("view", {"n": number})
-    assert client.flush(10) is False
+    client = let_go_in_an_outage(server, folder, 5)
     with caplog.at_level(logging.WARNING, logger="seven_segments"):
         client.close(1)
     assert "5 commands were kept in the spool" in caplog.text
@@ -258,7 +262,7 @@ def test_commands_let_go_of_in_an_outage_are_delivered_by_the_next_client_when_t
     later = SevenSegments(TOKEN, "john", target=server.url, buffered=True, spool=folder)
     assert later.flush(10)
     later.close()
-    assert sorted(event["properties"]["n"] for event in server.events()) == list(range(5))
+    assert delivered_numbers(server) == list(range(5))
 
 
 SIGTERM_IN_APPEND = """
@@ -290,7 +294,7 @@ def test_sigterm_while_this_thread_holds_the_spool_lock_closes_once_it_is_releas
     assert result.returncode == -signal.SIGTERM, result.stderr
     assert result.stdout == "released\n"
     assert took < 10, took
-    assert sorted(event["properties"]["n"] for event in server.events()) == list(range(100))
+    assert delivered_numbers(server) == list(range(100))
 
 
 LOGGING_HANDLER_THAT_TRACKS = """
@@ -327,35 +331,23 @@ def test_a_logging_handler_that_tracks_a_spool_warning_hangs_nothing(server: Loc
 
 
 def test_a_flush_alone_sends_again_what_an_outage_let_go_of_once_the_api_answers(server: LocalServer, tmp_path: Path) -> None:
-    from seven_segments.spool import inspect
-
     folder = str(tmp_path / "spool")
-    server.faults.fail_next(10_000, status=503)
-    client = SevenSegments(TOKEN, "john", target=server.url, buffered=True, spool=folder, retry_deadline=1, flush_interval=0.01)
-    for number in range(10):
-        client.track("view", {"n": number})
-    assert client.flush(10) is False
+    client = let_go_in_an_outage(server, folder, 10)
     server.faults.clear()
     assert client.flush(10) is True  # no new command: the flush itself reads them back and waits for them
     assert client.stats()["kept_in_spool"] == 0 and client.stats()["sent"] == 10
     client.close()
-    assert sorted(event["properties"]["n"] for event in server.events()) == list(range(10))
+    assert delivered_numbers(server) == list(range(10))
     assert inspect(folder).commands == 0
 
 
 def test_a_close_sends_what_an_outage_let_go_of_when_the_api_is_back(server: LocalServer, tmp_path: Path) -> None:
     # A container's disk goes with it: no next client on that folder would ever send them.
-    from seven_segments.spool import inspect
-
     folder = str(tmp_path / "spool")
-    server.faults.fail_next(10_000, status=503)
-    client = SevenSegments(TOKEN, "john", target=server.url, buffered=True, spool=folder, retry_deadline=1, flush_interval=0.01)
-    for number in range(10):
-        client.track("view", {"n": number})
-    assert client.flush(10) is False
+    client = let_go_in_an_outage(server, folder, 10)
     server.faults.clear()
     client.close(5)
-    assert sorted(event["properties"]["n"] for event in server.events()) == list(range(10))
+    assert delivered_numbers(server) == list(range(10))
     assert inspect(folder).commands == 0 and client.stats()["kept_in_spool"] == 0
 
 
@@ -365,17 +357,11 @@ def test_a_close_after_the_worker_went_idle_still_sends_what_an_outage_let_go_of
     from seven_segments._buffered import engine
 
     monkeypatch.setattr(engine, "PUMP_IDLE_SECONDS", 0.05)
-    server.faults.fail_next(10_000, status=503)
-    client = SevenSegments(
-        TOKEN, "john", target=server.url, buffered=True, spool=str(tmp_path / "spool"), retry_deadline=1, flush_interval=0.01
-    )
-    for number in range(10):
-        client.track("view", {"n": number})
-    assert client.flush(10) is False
+    client = let_go_in_an_outage(server, str(tmp_path / "spool"), 10)
     assert wait_until(lambda: not any(t.name == "seven-segments-worker" for t in threading.enumerate()), timeout=10)
     server.faults.clear()
     client.close(5)  # nothing in memory, the worker gone: the close still reads them back
-    assert sorted(event["properties"]["n"] for event in server.events()) == list(range(10))
+    assert delivered_numbers(server) == list(range(10))
 
 
 def test_a_flush_during_an_outage_leaves_room_for_new_commands(server: LocalServer, tmp_path: Path) -> None:
@@ -401,13 +387,7 @@ def test_a_close_with_the_api_still_down_tries_what_was_let_go_of_once_not_in_a_
 ) -> None:
     # With retry_deadline shorter than the first backoff, each read-back was let go of at once and
     # read back at the next step: thousands of requests to a failing API during the close.
-    server.faults.fail_next(100_000, status=503)
-    client = SevenSegments(
-        TOKEN, "john", target=server.url, buffered=True, spool=str(tmp_path / "spool"), retry_deadline=0, flush_interval=0.01
-    )
-    for number in range(50):
-        client.track("view", {"n": number})
-    assert client.flush(5) is False
+    client = let_go_in_an_outage(server, str(tmp_path / "spool"), 50, retry_deadline=0)
     before = len(server.requests())
     started = time.monotonic()
     client.close(1)
@@ -443,11 +423,7 @@ def test_a_let_go_command_damaged_on_disk_is_counted_lost_and_the_flush_says_so(
     from seven_segments.spool import HEADER_BYTES, RECORD_HEADER_BYTES
 
     folder = tmp_path / "spool"
-    server.faults.fail_next(100_000, status=503)
-    client = SevenSegments(TOKEN, "john", target=server.url, buffered=True, spool=str(folder), retry_deadline=1, flush_interval=0.01)
-    for number in range(5):
-        client.track("view", {"n": number})
-    assert client.flush(10) is False
+    client = let_go_in_an_outage(server, str(folder), 5)
     (segment,) = folder.glob("*.seg")
     fd = os.open(segment, os.O_RDWR)
     try:
@@ -461,4 +437,4 @@ def test_a_let_go_command_damaged_on_disk_is_counted_lost_and_the_flush_says_so(
     stats = client.stats()
     assert (stats["sent"], stats["failed"], stats["kept_in_spool"], stats["pending"]) == (4, 1, 0, 0)
     client.close()
-    assert sorted(event["properties"]["n"] for event in server.events()) == [1, 2, 3, 4]
+    assert delivered_numbers(server) == [1, 2, 3, 4]

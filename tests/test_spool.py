@@ -735,7 +735,7 @@ def test_a_child_forgets_its_parents_fork_locks() -> None:
     held = threading.Lock()
     held.acquire()
     spool_module._MAKING_BY_PID[-4242] = held
-    spool_module._let_go_of_the_parents_in_hand()
+    spool_module._forget_the_parents()
     assert -4242 not in spool_module._MAKING_BY_PID
     assert spool_module._making().acquire(timeout=1)
     spool_module._making().release()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import array
 import bisect
+import enum
 import logging
 import math
 import threading
@@ -55,6 +56,21 @@ LET_GO_WARNING_SECONDS = 60.0
 READ_BACK_CHUNK = 1_000
 #: Bytes of a bulk command that are not its ``data``: ``{"name":"<path>","data":`` and ``}``.
 _ENVELOPE = {path: len('{"name":"' + path + '","data":}') for path in (PATH_EVENTS, PATH_CUSTOMERS)}
+
+
+class Reading(enum.Enum):
+    """What the pump is reading from the spool (``Pump._replay``), before or between new commands."""
+
+    #: Nothing: the spool is only written.
+    NOTHING = "nothing"
+    #: The files of processes that died (``Spool.recover``): before any new command.
+    DEAD_WRITERS = "dead writers"
+    #: This process's commands let go of in an outage (``Spool.reread``): counted once already,
+    #: between new commands; flushes wait for them while they can go on.
+    LET_GO = "let go"
+    #: The same, but some of what was read back was let go of again (the API is still down):
+    #: flushes no longer wait for the rest.
+    LET_GO_AGAIN = "let go again"
 
 
 class FlushTicket:
@@ -128,13 +144,15 @@ class Pump:
         #: when it settles), and what is left to replay from processes that died.
         self.spool = spool
         self._records: "Dict[int, Record]" = {}
-        #: What the spool holds that goes before new commands: the files of processes that died
-        #: (``Spool.recover``), and later, once the API answers again, this process's own commands
-        #: let go of after ``retry_deadline`` (``Spool.reread``; ``_replay_is_ours``: counted once already).
-        self._replay: "Optional[Iterator[List[Tuple[Record, bytes]]]]" = spool.recover() if spool is not None else None
-        self._replay_is_ours = False
+        #: The chunks being read from the spool, and what they are (see ``Reading``): set and ended
+        #: together, by ``_read`` and ``_end_reading``.
+        self._replay: "Optional[Iterator[List[Tuple[Record, bytes]]]]" = None
+        self._reading = Reading.NOTHING
+        if spool is not None:
+            self._read(spool.recover(), Reading.DEAD_WRITERS)
         #: With a spool: the records of commands let go of after ``retry_deadline`` (an outage). They
-        #: stay on disk, counted as kept, and are read back on the next answer that settles anything.
+        #: stay on disk, counted as kept, and are read back after an answer that settles anything, for
+        #: a flush, and once by a close (``_read_back_given_up``).
         #: Kept as offsets by segment name, 8 bytes each: an outage may let go of millions.
         self._given_up: "Dict[str, array.array[int]]" = {}
         #: Commands let go of since the last warning about it, and when that was (rate-limited).
@@ -144,9 +162,6 @@ class Pump:
         #: A close reads back what was let go of once (not again after each new failure: an API still
         #: down would get a request per step until the deadline).
         self._read_back_at_close = False
-        #: Something read back was let go of again (the API is still down): flushes stop waiting for
-        #: the rest of the read-back and answer that not all was delivered.
-        self._read_back_failed = False
 
     # One step -----------------------------------------------------------------------------------
 
@@ -156,7 +171,7 @@ class Pump:
         Returns ``-1.0`` when a close is done: everything settled or given up.
         """
         self.report_drops()  # first: dropped commands are held outside the queue's bounds
-        if self._replay is not None:
+        if self._reading is not Reading.NOTHING:
             self.replay()
         self.take()
         self.apply_outcomes()
@@ -171,11 +186,11 @@ class Pump:
         self.dispatch(now, draining)
         self.settle_tickets()
         self.reporter.drain()
-        if draining and self.empty and not self.incoming and not self._replay_is_ours:
+        if draining and self.empty and not self.incoming and not self._reading_back:
             return -1.0
-        if self.incoming and (self._replay is None or self._replay_is_ours):
+        if self.incoming and self._reading is not Reading.DEAD_WRITERS:
             return 0.0  # more to take than one step takes
-        if self._replay is not None and self._room_to_replay():
+        if self._reading is not Reading.NOTHING and self._room_to_replay():
             return 0.0  # more to read from the spool (read back after an outage, since this step began)
         return self.sleep_for(now, draining)
 
@@ -204,7 +219,7 @@ class Pump:
     def take(self) -> None:
         """Number and encode queued commands; place flush tickets behind them."""
         incoming = self.incoming
-        if not incoming or self._replay is not None and not self._replay_is_ours:  # dead processes' files go first
+        if not incoming or self._reading is Reading.DEAD_WRITERS:  # dead processes' files go first
             return
         fresh = self.fresh
         encode = self._encoder.encode
@@ -328,13 +343,11 @@ class Pump:
             try:
                 chunk = next(replay)
             except StopIteration:
-                replay = self._replay = None
-                self._replay_is_ours = False
+                self._end_reading()
                 break
             except Exception:  # a damaged spool must never stop delivery of new commands
                 logger.exception("seven_segments: reading the spool failed; what is left stays on disk")
-                replay = self._replay = None
-                self._replay_is_ours = False
+                self._end_reading()
                 break
             if not fresh:
                 self.fresh_head = self.seq + 1
@@ -349,16 +362,29 @@ class Pump:
             self.held += len(chunk)
             self.held_bytes += size
             with self.ledger.lock:
-                if self._replay_is_ours:  # taken and counted before: no longer kept
-                    self.ledger.kept -= len(chunk)
-                else:
+                if self._reading is Reading.DEAD_WRITERS:
                     self.ledger.taken += len(chunk)
                     self.ledger.replayed += len(chunk)
-            if self._replay_is_ours and not self._read_back_failed:  # queued before every flush waiting now
+                else:  # taken and counted before: no longer kept
+                    self.ledger.kept -= len(chunk)
+            if self._reading is Reading.LET_GO:  # queued before every flush waiting now
                 for ticket in self.tickets:
                     ticket.upto = max(ticket.upto, self.seq)
-        if replay is not None and self.lifecycle.phase is Phase.DRAINING and not self._replay_is_ours:
-            self._replay = None  # closing: what was not read stays in the spool for the next start
+        if self._reading is Reading.DEAD_WRITERS and self.lifecycle.phase is Phase.DRAINING:
+            self._end_reading()  # closing: what was not read stays in the spool for the next start
+
+    def _read(self, chunks: "Iterator[List[Tuple[Record, bytes]]]", reading: Reading) -> None:
+        self._replay = chunks
+        self._reading = reading
+
+    def _end_reading(self) -> None:
+        self._replay = None
+        self._reading = Reading.NOTHING
+
+    @property
+    def _reading_back(self) -> bool:
+        """Reading back commands this process let go of in an outage."""
+        return self._reading is Reading.LET_GO or self._reading is Reading.LET_GO_AGAIN
 
     def _confirm(self, seqs: Sequence[int]) -> None:
         """Tell the spool that these commands settled (delivered, or failed and reported)."""
@@ -543,17 +569,8 @@ class Pump:
         disk and the API has not refused them."""
         if self.spool is None:
             self._fail(seqs, payloads, error)
-            return
-        records = self._records
-        on_disk = [index for index, seq in enumerate(seqs) if seq in records]
-        if len(on_disk) < len(seqs):  # not spooled (cannot happen today): failed as without a spool
-            spooled = set(on_disk)
-            self._fail(
-                [seq for index, seq in enumerate(seqs) if index not in spooled],
-                [payload for index, payload in enumerate(payloads) if index not in spooled],
-                error,
-            )
-        self._let_go([seqs[index] for index in on_disk], [payloads[index] for index in on_disk], error)
+        else:  # every command queued with a spool is in it (``Core.submit`` drops what it cannot write)
+            self._let_go(seqs, payloads, error)
 
     def _let_go(self, seqs: Sequence[int], payloads: Sequence[bytes], error: SevenSegmentsError) -> None:
         """Take spooled commands out of memory without confirming them: they stay in the spool,
@@ -574,8 +591,8 @@ class Pump:
         for ticket in self.tickets:
             if ticket.upto >= first:
                 ticket.delivered_all = False
-        if self._replay_is_ours:
-            self._read_back_failed = True
+        if self._reading is Reading.LET_GO:
+            self._reading = Reading.LET_GO_AGAIN
         self._let_go_unsaid += len(seqs)
         now = self.clock()
         if now - self._let_go_said_at >= LET_GO_WARNING_SECONDS:
@@ -598,14 +615,12 @@ class Pump:
         """Read back what was let go of (once the API answers again, for a flush, or when a close
         begins), before new commands; not while the files of dead processes are still being read.
         Flushes waiting meanwhile wait for it too (``settle_tickets``)."""
-        if self._replay is not None or self.spool is None or self.lifecycle.phase not in (Phase.RUNNING, Phase.DRAINING):
+        if self._reading is not Reading.NOTHING or self.spool is None or self.lifecycle.phase not in (Phase.RUNNING, Phase.DRAINING):
             return
         given_up, self._given_up = self._given_up, {}
         # Chunks of a quarter of the queue at most: new commands keep room while these go again.
         chunk = max(1, min(READ_BACK_CHUNK, self.limits.max_queue_size // 4))
-        self._replay = self.spool.reread(given_up, chunk, self._lost_on_disk)
-        self._replay_is_ours = True
-        self._read_back_failed = False
+        self._read(self.spool.reread(given_up, chunk, self._lost_on_disk), Reading.LET_GO)
 
     def _lost_on_disk(self, count: int, path: str) -> None:
         """Commands let go of in an outage that cannot be read back (damaged, or their file cannot
@@ -662,13 +677,10 @@ class Pump:
         before every flush waiting: while they are read back with room to go on, flushes wait; when
         the read-back stalls (the queue is full) or what it read is let go of again (the API is still
         down), they answer that not all was delivered."""
-        if (
-            not self.tickets
-            or self._replay_is_ours and self._replay is not None and self._room_to_replay() and not self._read_back_failed
-        ):
+        if not self.tickets or self._reading is Reading.LET_GO and self._room_to_replay():
             return
         first = self.first_unsettled()
-        left_on_disk = self._replay_is_ours or bool(self._given_up)
+        left_on_disk = self._reading_back or bool(self._given_up)
         waiting = []
         for ticket in self.tickets:
             if ticket.upto < first:
@@ -737,8 +749,7 @@ class Pump:
         folder to deliver (the requests in flight too: resending them is safe). Nothing is lost."""
         in_flight = self.ledger.give_up_in_flight(unconfirmed=False) + self._cut_at_close
         self._cut_at_close = []
-        self._replay = None  # what was not read back yet stays in the spool (counted as kept already)
-        self._replay_is_ours = False
+        self._end_reading()  # what was not read back yet stays in the spool (counted as kept already)
         late = self.drain_incoming()
         kept = sum(map(len, in_flight)) + sum(map(len, self.line)) + len(self.fresh) + len(late)
         self.line = []
