@@ -10,7 +10,7 @@ import time
 from collections.abc import Mapping
 from itertools import count
 from types import TracebackType
-from typing import Any, Callable, Dict, Optional, Tuple, Type, TypeVar
+from typing import Any, Callable, Dict, Optional, Tuple, Type, TypeVar, Union
 
 from .clock import monotonic
 from .errors import ClientClosedError, SevenSegmentsError
@@ -31,6 +31,7 @@ from .serialization import (
     JSONObject,
     Timestamp,
     capture_properties,
+    capture_properties_json,
     check_command_id,
     check_event_type,
     customer_ids,
@@ -299,6 +300,8 @@ class SevenSegments(_ApiClient):
         #: calls for one customer (the engine's encoder reuses its JSON for the same object).
         self._last_customer: Tuple[Optional[str], CustomerIds] = (None, {})
         self._worker: Optional[BufferedEngine] = None
+        #: How ``track``/``update`` check and capture properties (see ``capture_properties_json``).
+        self._capture: Callable[[Any], Tuple[Union[JSONObject, str], int]] = capture_properties
         # Checked in both modes: a bad setting is a mistake even where it has no effect yet.
         if on_error is not None and not callable(on_error):
             raise TypeError(f"on_error must be callable, not {type(on_error).__name__}")
@@ -344,6 +347,9 @@ class SevenSegments(_ApiClient):
                 durable = Spool(spool, max_bytes=spool_max_bytes, fsync=bool(spool_fsync))  # a bad folder raises here
                 process_hooks.register_lock_check(lock_held_here)
             self._worker = BufferedEngine(token, self._transport, limits, on_error, spool=durable)
+            if durable is not None and before_send is None:
+                # Queued commands go straight to the spool, as JSON: capture that text, not a copy.
+                self._capture = capture_properties_json
 
     def __repr__(self) -> str:
         mode = "buffered" if self._buffered else "blocking"
@@ -407,7 +413,7 @@ class SevenSegments(_ApiClient):
             raise ClientClosedError("this SevenSegments client is closed; it takes no more events")
         ids = self._ids(customer)
         kind = check_event_type(event_type)
-        captured, size = capture_properties(properties)
+        captured, size = self._capture(properties)
         pid = _getpid()  # once per call: the id and the engine both need it (a fork changes both)
         command_id = _new_command_id(pid) if command_id is None else check_command_id(command_id)
         command = (
@@ -437,7 +443,7 @@ class SevenSegments(_ApiClient):
         if properties is None:
             raise TypeError("properties must be a dict of customer properties, not None")
         ids = self._ids(customer)
-        captured, size = capture_properties(properties)
+        captured, size = self._capture(properties)
         pid = _getpid()  # once per call: the id and the engine both need it (a fork changes both)
         command_id = _new_command_id(pid) if command_id is None else check_command_id(command_id)
         command = (

@@ -30,7 +30,7 @@ import sys
 import time
 from collections.abc import Mapping
 from itertools import count
-from typing import Any, Callable, Dict, Iterator, Optional, Tuple, cast
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple, Union, cast
 
 from .protocol import (
     COMMAND_ID_RE,
@@ -57,6 +57,7 @@ __all__ = [
     "JSONObject",
     "Timestamp",
     "capture_properties",
+    "capture_properties_json",
     "check_command_id",
     "check_event_type",
     "customer_ids",
@@ -69,7 +70,10 @@ CustomerIds = Dict[str, str]
 #: A tracking command as a buffered client queues it: ``(path, customer ids, event type or None,
 #: properties, timestamp, command_id)``. A tuple is cheaper to make and to keep than the body's dict.
 #: The ``command_id`` is made on the caller's thread, so that ``track``/``update`` can return it.
-Command = Tuple[str, CustomerIds, Optional[str], JSONObject, float, str]
+#: A client with a spool writes each command out before ``track`` returns, so it queues properties
+#: as their JSON text (``capture_properties_json``) rather than as a copy; the encoder and
+#: ``as_dict`` take either.
+Command = Tuple[str, CustomerIds, Optional[str], Union[JSONObject, str], float, str]
 
 #: How deep properties may nest; deeper is refused (it is almost always a cycle).
 MAX_DEPTH = 32
@@ -126,6 +130,66 @@ def capture_properties(properties: Any, path: str = "properties") -> Tuple[JSONO
 
 #: Integers in (-_BIG_INT, _BIG_INT) take the fast path; others are checked for what JSON can write.
 _BIG_INT = 1 << 63
+
+
+def capture_properties_json(properties: Any, path: str = "properties") -> Tuple[str, int]:
+    """Check ``properties`` exactly as :func:`capture_properties` does, and return their compact
+    JSON text and its length, instead of a copy.
+
+    For a caller that writes the command out before it returns (a client with a spool): the text is
+    what it writes, so a copy would only be thrown away. A flat dict of ASCII keys to strings,
+    numbers, booleans and None is written in one loop here; anything else goes through
+    :func:`capture_properties` and the C encoder, and raises the same errors.
+    """
+    if type(properties) is not dict:
+        return _capture_json_carefully(properties, path)
+    text = "{"
+    for key, value in properties.items():
+        if type(key) is not str:
+            return _capture_json_carefully(properties, path)
+        head = _KEY_JSON.get(key)
+        if head is None:
+            if not key.isascii():
+                return _capture_json_carefully(properties, path)
+            head = _encode_string(key) + ":"
+            if len(_KEY_JSON) < _KEYS_KEPT:
+                _KEY_JSON[key] = head
+        kind = type(value)
+        if kind is str:
+            if not value.isascii():  # UTF-8 cannot carry a lone surrogate: the careful path checks
+                return _capture_json_carefully(properties, path)
+            text += head + _encode_string(value) + ","
+        elif kind is int:
+            if not -_BIG_INT < value < _BIG_INT:
+                return _capture_json_carefully(properties, path)
+            text += f"{head}{value},"
+        elif kind is float:
+            if value != value or value == _INFINITY or value == -_INFINITY:
+                return _capture_json_carefully(properties, path)
+            text += f"{head}{value!r},"
+        elif kind is bool:
+            text += head + ("true," if value else "false,")
+        elif value is None:
+            text += head + "null,"
+        else:
+            return _capture_json_carefully(properties, path)
+    if len(text) > MAX_COMMAND_BYTES:  # whether it is too large is decided as it is for a copy
+        return _capture_json_carefully(properties, path)
+    text = text[:-1] + "}" if len(text) > 1 else "{}"
+    return text, len(text)
+
+
+#: JSON of property keys seen, with the colon (``'"amount":'``); it stops growing at _KEYS_KEPT.
+_KEY_JSON: Dict[str, str] = {}
+_KEYS_KEPT = 1024
+
+
+def _capture_json_carefully(properties: Any, path: str) -> Tuple[str, int]:
+    """``capture_properties_json`` for anything but a flat dict of plain values: check and copy,
+    then write the copy."""
+    copy, _ = capture_properties(properties, path)
+    text = _join(_write_tree(copy, 0)) if copy else "{}"
+    return text, len(text)
 
 
 def _capture_int(value: int, path: str) -> Tuple[int, int]:
@@ -461,7 +525,10 @@ class BulkCommandEncoder:
             head = self._event_head
         else:
             head = self._customer_head
-        body = _join(_write_tree(properties, 0)) if properties else "{}"
+        if type(properties) is str:  # already written by capture_properties_json
+            body: str = properties
+        else:
+            body = _join(_write_tree(properties, 0)) if properties else "{}"
         return f'{head}{body},"timestamp":{round(timestamp * 1e6)}e-6,"command_id":"{command_id}"}}}}'.encode()
 
     @staticmethod
@@ -473,7 +540,7 @@ class BulkCommandEncoder:
         data: Dict[str, Any] = {"customer_ids" if path == PATH_EVENTS else "ids": dict(ids)}
         if path == PATH_EVENTS:
             data["type"] = kind
-        data["properties"] = properties
+        data["properties"] = json.loads(properties) if type(properties) is str else properties
         data["timestamp"] = timestamp
         data["command_id"] = command_id
         return {"name": path, "data": data}

@@ -170,7 +170,29 @@ def test_a_full_spool_drops_counts_and_reports_and_never_raises(server: LocalSer
     assert stats["dropped_spool_full"] > 0 and stats["sent"] + stats["dropped_spool_full"] == 2000
     assert any("spool" in str(error) for error, _ in reports)
     assert sum(len(commands) for _, commands in reports) == stats["dropped_spool_full"]
+    reported = [command["data"] for _, commands in reports for command in commands]
+    assert all(data["properties"] == {"n": data["properties"]["n"], "padding": "x" * 40} for data in reported)
     client.close()
+
+
+def test_a_command_dropped_by_a_full_queue_is_reported_with_its_properties(dead_url: str, tmp_path: Path) -> None:
+    """A client with a spool queues properties as their JSON text: on_error still gets them as a dict."""
+    reports, on_error = collector()
+    client = SevenSegments(
+        TOKEN, "john", target=dead_url, buffered=True, spool=str(tmp_path / "spool"), max_queue_size=5,
+        flush_interval=60, on_error=on_error,
+    )
+    for number in range(50):
+        client.track("view", {"n": number, "when": "now", "ok": True, "price": 2.5, "none": None})
+        client.update({"n": number})
+    client.close(0)
+    reported = [command for _, commands in reports for command in commands]
+    assert client.stats()["dropped_queue_full"] > 0
+    events = [command["data"] for command in reported if command["name"] == "crm/events"]
+    updates = [command["data"] for command in reported if command["name"] == "crm/customers"]
+    assert events and updates
+    assert all(data["properties"] == {"n": data["properties"]["n"], "when": "now", "ok": True, "price": 2.5, "none": None} for data in events)
+    assert all(list(data["properties"]) == ["n"] for data in updates)
 
 
 def test_segments_after_the_first_are_made_by_the_worker_not_by_track(

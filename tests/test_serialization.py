@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
+from typing import Any, Callable, Dict
 
-from hypothesis import given, settings
+import pytest
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from seven_segments.serialization import MAX_TIMESTAMP, BulkCommandEncoder
+from seven_segments import serialization
+from seven_segments.serialization import MAX_TIMESTAMP, BulkCommandEncoder, capture_properties, capture_properties_json
 
 @settings(max_examples=300, deadline=None)
 @given(st.floats(min_value=0, max_value=MAX_TIMESTAMP, exclude_max=True))
@@ -62,3 +66,75 @@ def test_on_error_gets_a_copy_of_the_shared_ids() -> None:
     reported = BulkCommandEncoder.as_dict(("crm/events", ids, "view", {}, 1.0, "id-1"))
     reported["data"]["customer_ids"]["registered"] = "changed by a callback"
     assert ids == {"registered": "ann"}
+
+
+# What a client with a spool queues: the properties' JSON text, checked exactly as a copy is. --------
+
+#: Strings of characters JSON and UTF-8 treat specially (escapes, non-ASCII, a lone surrogate: which
+#: ``st.text`` never makes), and of any other.
+_characters = st.sampled_from(["a", "é", "\ud800", '"', "\\", "\n", "\x00", "\x7f", "\u2028", "💥"]) | st.characters()
+
+
+def _strings(max_size: int) -> st.SearchStrategy[str]:
+    return st.lists(_characters, max_size=max_size).map("".join)
+
+
+_plain_values = st.one_of(
+    st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True), _strings(8),
+)
+_values = st.recursive(_plain_values, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3), max_leaves=6)
+
+
+def _outcome(capture: Callable[[], Any]) -> Any:
+    try:
+        return capture()
+    except (TypeError, ValueError) as error:
+        return (type(error), str(error))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.dictionaries(_strings(6), _values, max_size=6))
+@example({"lone": "\ud800"})
+@example({"a": 1, "\ud800": 2})
+def test_the_json_of_properties_is_the_json_of_their_checked_copy_or_the_same_error(properties: Dict[str, Any]) -> None:
+    careful = _outcome(lambda: capture_properties(properties))
+    written = _outcome(lambda: capture_properties_json(properties))
+    if isinstance(careful, tuple) and isinstance(careful[0], type):
+        assert written == careful
+    else:
+        text = json.dumps(careful[0], separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        assert written == (text, len(text))
+        assert json.loads(written[0]) == careful[0]
+
+
+def test_the_json_of_properties_names_the_bad_value_as_the_copy_does() -> None:
+    with pytest.raises(ValueError, match=r"properties\['b'\]: float nan is not valid JSON"):
+        capture_properties_json({"a": 1, "b": float("nan")})
+    with pytest.raises(TypeError, match=r"properties\['when'\]: bytes b'x' is not valid JSON; decode it"):
+        capture_properties_json({"ok": "yes", "when": b"x"})
+    with pytest.raises(TypeError, match="properties must be a dict, not list"):
+        capture_properties_json([1])
+    with pytest.raises(ValueError, match="a command may take at most"):
+        capture_properties_json({"big": "x" * 200_000})
+    assert capture_properties_json(None) == ("{}", 2) and capture_properties_json({}) == ("{}", 2)
+    assert capture_properties_json({"at": datetime(2026, 1, 2, tzinfo=timezone.utc), "n": 1}) == (
+        '{"at":"2026-01-02T00:00:00+00:00","n":1}', 40,
+    )
+
+
+def test_the_keys_written_once_are_kept_only_up_to_a_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(serialization, "_KEY_JSON", {})
+    for number in range(serialization._KEYS_KEPT + 500):
+        assert capture_properties_json({f"key-{number}": number})[0] == f'{{"key-{number}":{number}}}'
+    assert len(serialization._KEY_JSON) == serialization._KEYS_KEPT
+
+
+def test_a_command_queued_with_the_json_of_its_properties_is_encoded_and_reported_as_with_a_copy() -> None:
+    encoder = BulkCommandEncoder("token")
+    ids = {"registered": "ann"}
+    for path, kind in (("crm/events", "view"), ("crm/customers", None)):
+        copy = (path, ids, kind, {"a": "é", "n": 2.5}, 7.0, "id-1")
+        text = (path, ids, kind, capture_properties_json({"a": "é", "n": 2.5})[0], 7.0, "id-1")
+        assert encoder.encode(text) == encoder.encode(copy)
+        assert BulkCommandEncoder.as_dict(text) == BulkCommandEncoder.as_dict(copy)
