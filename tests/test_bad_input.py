@@ -78,6 +78,24 @@ def test_bad_event_type(client: SevenSegments, fresh: LocalServer, bad: Any, err
     nothing_sent(client, fresh)
 
 
+def test_an_event_type_is_checked_at_every_call_after_a_good_one(client: SevenSegments, fresh: LocalServer) -> None:
+    """The client remembers the last event type it checked: a good one first changes nothing."""
+
+    class Shouting(str):
+        def __str__(self) -> str:
+            return "shouted"
+
+    name = "".join(["vi", "ew"])  # a str made at run time: another object than the literal
+    for event_type in ("view", "view", name, Shouting("quiet"), Shouting("quiet")):
+        client.track(event_type)
+    for bad in ("", "x" * 257, 5):
+        with pytest.raises((TypeError, ValueError), match="event type"):
+            client.track(bad)  # type: ignore[arg-type]
+        client.track("view")
+    assert client.flush(5) is True
+    assert [event["type"] for event in fresh.events()] == ["view"] * 3 + ["quiet"] * 2 + ["view"] * 3
+
+
 def test_event_type_of_256_characters_is_fine(client: SevenSegments, fresh: LocalServer) -> None:
     client.track("y" * 256)
     assert client.flush(5) is True
