@@ -144,39 +144,39 @@ def capture_properties_json(properties: Any, path: str = "properties") -> Tuple[
     if type(properties) is not dict:
         return _capture_json_carefully(properties, path)
     text = "{"
-    for key, value in properties.items():
-        if type(key) is not str:
-            return _capture_json_carefully(properties, path)
-        head = _KEY_JSON.get(key)
-        if head is None:
-            if not key.isascii():
+    try:
+        for key, value in properties.items():
+            if type(key) is not str:
                 return _capture_json_carefully(properties, path)
-            head = _encode_string(key) + ":"
-            if len(_KEY_JSON) < _KEYS_KEPT:
-                _KEY_JSON[key] = head
-        kind = type(value)
-        if kind is str:
-            if not value.isascii():  # UTF-8 cannot carry a lone surrogate: the careful path checks
+            try:
+                head = _KEY_JSON[key]
+            except KeyError:
+                head = _encode_string(key) + ":"
+                if len(_KEY_JSON) < _KEYS_KEPT:
+                    _KEY_JSON[key] = head
+            kind = type(value)
+            if kind is str:
+                text += head + _encode_string(value) + ","
+            elif kind is int:
+                text += f"{head}{value},"  # ValueError past 4300 digits: the careful path says so
+            elif kind is float:
+                if value - value:  # NaN or an infinity (for any other float, 0.0)
+                    return _capture_json_carefully(properties, path)
+                text += f"{head}{value!r},"
+            elif kind is bool:
+                text += head + ("true," if value else "false,")
+            elif value is None:
+                text += head + "null,"
+            else:
                 return _capture_json_carefully(properties, path)
-            text += head + _encode_string(value) + ","
-        elif kind is int:
-            if not -_BIG_INT < value < _BIG_INT:
-                return _capture_json_carefully(properties, path)
-            text += f"{head}{value},"
-        elif kind is float:
-            if value != value or value == _INFINITY or value == -_INFINITY:
-                return _capture_json_carefully(properties, path)
-            text += f"{head}{value!r},"
-        elif kind is bool:
-            text += head + ("true," if value else "false,")
-        elif value is None:
-            text += head + "null,"
-        else:
-            return _capture_json_carefully(properties, path)
-    if len(text) > MAX_COMMAND_BYTES:  # whether it is too large is decided as it is for a copy
+    except ValueError:
         return _capture_json_carefully(properties, path)
-    text = text[:-1] + "}" if len(text) > 1 else "{}"
-    return text, len(text)
+    # Outside ASCII, the careful path checks for lone surrogates (UTF-8 cannot carry them); and
+    # whether the properties are too large is decided as it is for a copy.
+    size = len(text)  # the closing brace takes the last comma's place
+    if size > MAX_COMMAND_BYTES or not text.isascii():
+        return _capture_json_carefully(properties, path)
+    return (text[:-1] + "}", size) if size > 1 else ("{}", 2)
 
 
 #: JSON of property keys seen, with the colon (``'"amount":'``); it stops growing at _KEYS_KEPT.
