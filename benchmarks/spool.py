@@ -2,10 +2,13 @@
 
     python benchmarks/spool.py [--rounds 3] [--n 100000] [--calls 20000] [--json FILE]
 
-Our client only, with the interpreter that runs this script. Each (variant, figure) runs in its own
-process, variants alternating within every round so that the machine's noise falls on both; the
-table gives medians over the rounds and the ratio with / without a spool. Delivery is timed from the
-first ``track`` until the local server (its own process, counting only) holds every event.
+Our client only, with the interpreter that runs this script. The caller's cost is taken in one
+process per round and thread count, with both clients (one without a spool, one with) called in
+alternating blocks of 500 calls, so that the machine's swings fall on both alike (on a shared
+machine the same loop can run twice as slowly for seconds at a time). Each delivery runs in its
+own process, variants alternating within every round; it is timed from the first ``track`` until
+the local server (its own process, counting only) holds every event. The table gives medians over
+the rounds and the ratio with / without a spool.
 """
 
 from __future__ import annotations
@@ -27,28 +30,42 @@ from typing import Any, Dict, List
 REPO = Path(__file__).resolve().parent.parent
 
 CALLER = """
-import json, sys, tempfile, threading, time
+import json, sys, tempfile, threading
+from time import perf_counter_ns as clock
 from seven_segments import SevenSegments
-spool, threads, calls = sys.argv[1] == "spool", int(sys.argv[2]), int(sys.argv[3])
+threads, calls = int(sys.argv[1]), int(sys.argv[2])
 folder = tempfile.mkdtemp(prefix="bench-spool-")
-kw = {"spool": folder + "/s", "spool_max_bytes": 2**33} if spool else {}
-client = SevenSegments("bench-token", "john", target="http://127.0.0.1:9", buffered=True,
-                       max_queue_size=10**7, max_queue_bytes=2**33, **kw)
-samples = []
+options = dict(target="http://127.0.0.1:9", buffered=True, max_queue_size=10**7, max_queue_bytes=2**33)
+clients = {
+    "plain": SevenSegments("bench-token", "john", **options),
+    "spool": SevenSegments("bench-token", "john", spool=folder + "/s", spool_max_bytes=2**33, **options),
+}
+BLOCK = 500  # calls of one client, then of the other: the machine's swings fall on both
+samples = {name: [] for name in clients}
+done = threading.Lock()
 def run():
-    clock, track, mine = time.perf_counter_ns, client.track, []
     properties = {"product": "bottle", "amount": 5}
-    for _ in range(500):
-        track("warmup", properties)
-    for _ in range(calls):
-        started = clock(); track("purchase", properties); mine.append(clock() - started)
-    samples.extend(mine)
+    mine = {name: [] for name in clients}
+    for client in clients.values():
+        for _ in range(500):
+            client.track("warmup", properties)
+    for block in range(2 * calls // BLOCK):
+        name = ("plain", "spool")[block % 2]
+        track, out = clients[name].track, mine[name]
+        for _ in range(BLOCK):
+            started = clock(); track("purchase", properties); out.append(clock() - started)
+    with done:
+        for name in mine:
+            samples[name].extend(mine[name])
 workers = [threading.Thread(target=run) for _ in range(threads)]
 for worker in workers: worker.start()
 for worker in workers: worker.join()
-samples.sort()
-print(json.dumps({"median": samples[len(samples) // 2] / 1000, "p99": samples[int(len(samples) * 0.99)] / 1000}))
-client.close(0)
+figures = {}
+for name, mine in samples.items():
+    mine.sort()
+    figures[name] = {"median": mine[len(mine) // 2] / 1000, "p99": mine[int(len(mine) * 0.99)] / 1000}
+print(json.dumps(figures))
+for client in clients.values(): client.close(0)
 import shutil; shutil.rmtree(folder, ignore_errors=True)
 """
 
@@ -114,12 +131,13 @@ def main() -> int:
     args = parser.parse_args()
     figures: Dict[str, Dict[str, List[float]]] = {"plain": {}, "spool": {}}
     for _ in range(args.rounds):
+        for threads in (1, 4):
+            caller = run_child(CALLER, str(threads), str(args.calls))
+            for variant, mine in figures.items():
+                mine.setdefault(f"caller {threads}: median µs", []).append(caller[variant]["median"])
+                mine.setdefault(f"caller {threads}: p99 µs", []).append(caller[variant]["p99"])
         for variant in ("plain", "spool"):
             mine = figures[variant]
-            for threads in (1, 4):
-                caller = run_child(CALLER, variant, str(threads), str(args.calls))
-                mine.setdefault(f"caller {threads}: median µs", []).append(caller["median"])
-                mine.setdefault(f"caller {threads}: p99 µs", []).append(caller["p99"])
             server, url = start_server()
             try:
                 delivery = run_child(DELIVERY, variant, url, str(args.n))
