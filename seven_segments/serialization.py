@@ -152,7 +152,7 @@ def capture_properties_json(properties: Any, path: str = "properties") -> Tuple[
                 head = _KEY_JSON[key]
             except KeyError:
                 head = _encode_string(key) + ":"
-                if len(_KEY_JSON) < _KEYS_KEPT:
+                if len(key) <= _KEY_KEPT_LENGTH and len(_KEY_JSON) < _KEYS_KEPT:
                     _KEY_JSON[key] = head
             kind = type(value)
             if kind is str:
@@ -171,17 +171,21 @@ def capture_properties_json(properties: Any, path: str = "properties") -> Tuple[
                 return _capture_json_carefully(properties, path)
     except ValueError:
         return _capture_json_carefully(properties, path)
-    # Outside ASCII, the careful path checks for lone surrogates (UTF-8 cannot carry them); and
-    # whether the properties are too large is decided as it is for a copy.
+    # Outside ASCII, the careful path checks for lone surrogates (UTF-8 cannot carry them). Whether
+    # the properties are too large is decided on capture_properties' estimate of their size, which
+    # is at most 4.8 times the text's length (an entry ``"":0,`` of 5 characters counts 24): a text
+    # of up to a fifth of the limit is always under it, and a longer one goes the careful way.
     size = len(text)  # the closing brace takes the last comma's place
-    if size > MAX_COMMAND_BYTES or not text.isascii():
+    if size * 5 > MAX_COMMAND_BYTES or not text.isascii():
         return _capture_json_carefully(properties, path)
     return (text[:-1] + "}", size) if size > 1 else ("{}", 2)
 
 
-#: JSON of property keys seen, with the colon (``'"amount":'``); it stops growing at _KEYS_KEPT.
+#: JSON of property keys seen, with the colon (``'"amount":'``): keys of at most _KEY_KEPT_LENGTH
+#: characters, until there are _KEYS_KEPT of them.
 _KEY_JSON: Dict[str, str] = {}
 _KEYS_KEPT = 1024
+_KEY_KEPT_LENGTH = 64
 
 
 def _capture_json_carefully(properties: Any, path: str) -> Tuple[str, int]:

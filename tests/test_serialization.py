@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+import enum
 import json
 from datetime import datetime, timezone
 from typing import Any, Callable, Dict
@@ -123,11 +125,89 @@ def test_the_json_of_properties_names_the_bad_value_as_the_copy_does() -> None:
     )
 
 
+class _Text(str):
+    def __str__(self) -> str:
+        return "not this"
+
+
+class _Number(int):
+    def __repr__(self) -> str:
+        return "not this"
+
+
+class _Level(enum.IntEnum):
+    HIGH = 3
+
+
+class _Ratio(float):
+    def __repr__(self) -> str:
+        return "not this"
+
+
+class _Colour(str, enum.Enum):
+    RED = "red"
+
+
+@pytest.mark.parametrize(
+    "properties",
+    [
+        {"s": _Text("shown")}, {_Text("key"): 1}, {"n": _Number(7)}, {"level": _Level.HIGH}, {"r": _Ratio(0.5)},
+        {_Colour.RED: 1}, {"c": _Colour.RED}, {"z": -0.0, "big": 1e16, "huge": 1e308, "tiny": 5e-324},
+        {"i": 2**63, "j": -(2**64), "k": 10**4299}, {"quote\"back\\slash\n\u2028": "\x00\x7f"},
+        {"": ""}, {"a": []}, {"a": {}}, collections.OrderedDict(a=1), {"n": 10**4300}, {1: 2}, {None: 1},
+        {"b": b"x"}, {"c": 1j}, {"nan": float("nan")}, {"inf": float("-inf")},
+    ],
+)
+def test_the_json_of_unusual_properties_is_the_json_of_their_checked_copy_or_the_same_error(properties: Any) -> None:
+    careful = _outcome(lambda: capture_properties(properties))
+    written = _outcome(lambda: capture_properties_json(properties))
+    if isinstance(careful, tuple) and isinstance(careful[0], type):
+        assert written == careful
+    else:
+        text = json.dumps(careful[0], separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        assert written == (text, len(text))
+
+
+@pytest.mark.parametrize(
+    "properties",
+    [
+        {f"k{number:04d}": 0 for number in range(4200)},  # 42 KB of text, counted 122 KB: refused
+        {f"k{number:04d}": True for number in range(4200)},
+        {f"k{number:04d}": 0.5 for number in range(3200)},
+        {"a": "x" * 102392},  # 102,400 characters of text, counted 102,401
+    ],
+    ids=["ints", "booleans", "floats", "one string at the edge"],
+)
+def test_properties_refused_as_too_large_for_a_copy_are_refused_as_json(properties: Dict[str, Any]) -> None:
+    with pytest.raises(ValueError) as careful:
+        capture_properties(properties)
+    with pytest.raises(ValueError) as written:
+        capture_properties_json(properties)
+    assert str(written.value) == str(careful.value) and "a command may take at most 102400" in str(careful.value)
+
+
+def test_the_largest_properties_a_copy_takes_are_written_whole() -> None:
+    properties = {f"k{number:04d}": 0 for number in range(3000)}  # counted about 87 KB: accepted
+    copy, _ = capture_properties(properties)
+    assert capture_properties_json(properties)[0] == json.dumps(copy, separators=(",", ":"))
+
+
 def test_the_keys_written_once_are_kept_only_up_to_a_bound(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(serialization, "_KEY_JSON", {})
     for number in range(serialization._KEYS_KEPT + 500):
         assert capture_properties_json({f"key-{number}": number})[0] == f'{{"key-{number}":{number}}}'
     assert len(serialization._KEY_JSON) == serialization._KEYS_KEPT
+
+
+def test_long_keys_are_not_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A key the cache kept would stay for the life of the process, refused properties' keys too."""
+    monkeypatch.setattr(serialization, "_KEY_JSON", {})
+    long_key = "k" * 1_000_000
+    with pytest.raises(ValueError, match="a command may take at most"):
+        capture_properties_json({long_key: 1})
+    assert capture_properties_json({"k" * 65: 1})[0] == '{"' + "k" * 65 + '":1}'
+    assert capture_properties_json({"k" * 64: 1})[0] == '{"' + "k" * 64 + '":1}'
+    assert list(serialization._KEY_JSON) == ["k" * 64]
 
 
 def test_a_command_queued_with_the_json_of_its_properties_is_encoded_and_reported_as_with_a_copy() -> None:
