@@ -14,7 +14,10 @@ the machine that runs the code. A ``date`` or a ``time`` of day is not a moment 
 
 The fast path (a flat dict of strings and numbers) is a single loop without recursion: it runs on
 every ``track`` of every request thread of a web server. (Writing the JSON there instead, with the C
-encoder, costs the caller more than this copy does: the background thread writes it.)
+encoder, costs the caller more than this copy does: the background thread writes it.) A client with
+a spool writes each command out before ``track`` returns, so it needs the JSON at once:
+``capture_properties_json`` checks the same way and returns the text instead of a copy, which
+mutating the dict later cannot change either.
 """
 
 from __future__ import annotations
