@@ -112,3 +112,19 @@ def test_the_web_app_profile_sums_py_spy_samples_by_thread_and_function(tmp_path
     assert "| ours: pump thread | 20.0% |" in text and "| other: MainThread | 10.0% |" in text
     assert "| capture_properties | 30.0% |" in text
     assert "| ours: pump thread: BulkCommandEncoder.encode | 20.0% |" in text
+
+
+def test_the_spool_benchmark_prints_both_variants(tmp_path: Path) -> None:
+    raw = tmp_path / "spool.json"
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "spool.py"), "--rounds", "1", "--n", "300", "--calls", "500",
+         "--json", str(raw)],
+        capture_output=True, text=True, timeout=90, cwd=str(REPO),
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ")[1:] for line in done.stdout.splitlines() if line.startswith("| ")}
+    for figure in ("caller 1: median µs", "caller 4: p99 µs", "delivery: events/s", "delivery: CPU µs per event"):
+        plain, spooled, ratio = (cell.strip(" |") for cell in rows[figure])
+        assert NUMBER.match(plain) and NUMBER.match(spooled) and ratio.endswith("×"), rows[figure]
+    figures = json.loads(raw.read_text())
+    assert set(figures) == {"plain", "spool"} and len(figures["spool"]["caller 1: median µs"]) == 1
