@@ -604,6 +604,76 @@ def test_gunicorn_workers_deliver_at_sigterm(options: List[str], server: LocalSe
     assert server.stats()["duplicates"] == 0
 
 
+#: The same app with a spool shared by the workers; each request's events carry its query string.
+SPOOL_WSGI_APP = """
+import os
+from seven_segments import SevenSegments
+client = SevenSegments(
+    "wsgi-token", "john", target=os.environ["API_URL"], buffered=True, flush_interval=60, spool=os.environ["SPOOL"]
+)
+
+def application(environ, start_response):
+    for number in range(100):
+        client.track("view", {"request": environ["QUERY_STRING"], "n": number})
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [str(os.getpid()).encode()]
+"""
+
+
+def test_gunicorn_workers_sharing_a_spool_lose_nothing_when_one_is_killed(server: LocalServer, tmp_path: Path) -> None:
+    """--preload, 2 workers on one spool folder; SIGKILL one after it answered (its events were only
+    queued: flush_interval=60); the worker gunicorn forks in its place takes the dead one's files
+    over, and at the graceful stop every event of every answered request has arrived once."""
+    needs("gunicorn")
+    import urllib.request
+
+    (tmp_path / "wsgi_app.py").write_text(SPOOL_WSGI_APP)
+    port = _free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-b", f"127.0.0.1:{port}", "-w", "2", "--graceful-timeout", "5",
+         "-k", "sync", "--preload", "wsgi_app:application"],
+        cwd=str(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{tmp_path}", API_URL=server.url, SPOOL=str(tmp_path / "spool")),
+    )
+    answered: Dict[str, int] = {}  # request -> the pid of the worker that answered it
+
+    def ask(request: str) -> None:
+        answered[request] = int(urllib.request.urlopen(f"http://127.0.0.1:{port}/?{request}", timeout=5).read())
+
+    try:
+        assert _get(f"http://127.0.0.1:{port}/?warm", 1) == 1
+        answered["warm"] = -1  # its pid is not needed
+        for number in range(20):
+            ask(f"before-{number}")
+        victim = answered["before-0"]
+        os.kill(victim, signal.SIGKILL)
+        pending_at_the_kill = len(answered) * 100 - server.stats()["events"]
+        workers = set(answered.values()) - {-1}
+        deadline = time.monotonic() + 20
+        number = 0
+        while time.monotonic() < deadline:  # until the worker forked in its place answers
+            try:
+                ask(f"after-{number}")
+                number += 1
+            except OSError:
+                time.sleep(0.05)
+                continue
+            if answered[f"after-{number - 1}"] not in workers:
+                break
+        assert set(answered.values()) - workers - {victim}, "no worker was forked in place of the killed one"
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    arrived = {(event["properties"]["request"], event["properties"]["n"]) for event in server.events()}
+    expected = {(request, n) for request in answered for n in range(100)}
+    assert pending_at_the_kill > 0  # not all sent yet: the killed worker held some in its spool alone
+    assert expected <= arrived, (len(expected - arrived), output[-3000:])
+    assert len(server.events()) == len(expected)  # each once: a replayed duplicate is not applied twice
+
+
 # --------------------------------------------------------------------------------------------
 # serverless: the README's recipe
 
