@@ -357,6 +357,29 @@ def _uwsgi_version(uwsgi: Any) -> Optional[Tuple[int, ...]]:
     return tuple(parts) if parts else None
 
 
+def threads_hang_forks_here() -> bool:
+    """True in a uwsgi master (worker id 0) that forks its workers without CPython's fork protocol.
+
+    uwsgi forks from C and, unless started with ``--py-call-uwsgi-fork-hooks``, skips what
+    ``os.fork()`` does for the interpreter: a worker forked while another thread of the master held
+    the interpreter's lock waits for that lock for ever (seen here: 1 start in 5 to 25 hung every
+    worker, stuck in ``take_gil``, when the master ran a client's thread). So no thread of ours
+    starts in such a process: the client queues there, and ``flush()``/``close()`` deliver on the
+    calling thread; the workers, forked with a client of their own, start theirs as usual.
+    """
+    uwsgi = sys.modules.get("uwsgi")
+    if uwsgi is None:
+        return False
+    options = getattr(uwsgi, "opt", None) or {}
+    if "py-call-uwsgi-fork-hooks" in options or b"py-call-uwsgi-fork-hooks" in options:
+        return False
+    worker_id = getattr(uwsgi, "worker_id", None)
+    try:
+        return worker_id is not None and int(worker_id()) == 0
+    except Exception:  # an unknown uwsgi: assume a worker, as before
+        return False
+
+
 def warn_if_threads_disabled() -> bool:
     """Under uwsgi with Python threads off, log one warning per process; True when it warned.
 

@@ -29,7 +29,7 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from .clock import Clock, monotonic
-from .process_hooks import keep_signals_off_this_thread
+from .process_hooks import keep_signals_off_this_thread, threads_hang_forks_here
 
 __all__ = ["Attempt", "Watchdog", "WATCHDOG", "WatchedHTTPConnectionPool", "WatchedHTTPSConnectionPool"]
 
@@ -154,6 +154,8 @@ class Watchdog:
     # The watchdog thread ------------------------------------------------------------------------
 
     def _start(self) -> None:
+        if threads_hang_forks_here():  # a uwsgi master: a timer signal instead (see process_hooks)
+            return
         thread = threading.Thread(target=self._run, name="seven-segments-watchdog", daemon=True)
         try:
             thread.start()

@@ -413,6 +413,22 @@ def application(environ, start_response):
 """
 
 
+#: The same app with a spool shared by the workers; each request's events carry its query string.
+SPOOL_WSGI_APP = """
+import os
+from seven_segments import SevenSegments
+client = SevenSegments(
+    "wsgi-token", "john", target=os.environ["API_URL"], buffered=True, flush_interval=60, spool=os.environ["SPOOL"]
+)
+
+def application(environ, start_response):
+    for number in range(100):
+        client.track("view", {"request": environ["QUERY_STRING"], "n": number})
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [str(os.getpid()).encode()]
+"""
+
+
 def _free_port() -> int:
     import socket
 
@@ -490,6 +506,81 @@ def test_uwsgi_without_python_threads_is_warned_about(
     with caplog.at_level("WARNING", logger="seven_segments.process_hooks"):
         assert process_hooks.warn_if_threads_disabled() is warns
     assert ("--enable-threads" in caplog.text) is warns
+
+
+@pytest.mark.parametrize(
+    "worker_id, options, unsafe",
+    [(0, {}, True), (0, {"py_call_uwsgi_fork_hooks": True}, False), (1, {}, False), (2, {}, False)],
+    ids=["master", "master-with-fork-hooks", "worker-1", "worker-2"],
+)
+def test_threads_are_kept_out_of_a_uwsgi_master_that_forks_without_the_interpreters_fork_hooks(
+    worker_id: int, options: Dict[str, Any], unsafe: bool, monkeypatch: Any
+) -> None:
+    fake = _FakeUwsgi(b"2.0.30", **options)
+    fake.worker_id = lambda: worker_id  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "uwsgi", fake)
+    assert process_hooks.threads_hang_forks_here() is unsafe
+
+
+def _our_threads() -> List[str]:
+    import threading
+
+    return sorted(thread.name for thread in threading.enumerate() if thread.name.startswith("seven-segments"))
+
+
+def test_a_client_in_a_uwsgi_master_starts_no_thread_and_delivers_on_the_flushing_thread(
+    monkeypatch: Any, server: LocalServer, tmp_path: Path
+) -> None:
+    """A worker forked by uwsgi while a thread of the master held the interpreter's lock hangs for
+    ever (1 start in 5 to 25, with a spool client made in the master): no thread starts there."""
+    from seven_segments import SevenSegments
+
+    fake = _FakeUwsgi(b"2.0.30")
+    fake.worker_id = lambda: 0  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "uwsgi", fake)
+    before = _our_threads()
+    client = SevenSegments(TOKEN, "john", target=server.url, buffered=True, spool=str(tmp_path / "spool"))
+    for number in range(50):
+        client.track("view", {"n": number})
+    assert _our_threads() == before
+    assert client.flush(10) is True
+    assert _our_threads() == before
+    assert sorted(event["properties"]["n"] for event in server.events()) == list(range(50))
+    client.close(5)
+    assert _our_threads() == before
+
+
+def test_uwsgi_workers_start_when_the_master_made_a_spool_client(server: LocalServer, tmp_path: Path) -> None:
+    """Real uwsgi, preforked, a spool client made in the master (whose thread, before, hung the
+    workers of 1 start in 5 to 25): every start answers from both workers."""
+    import shutil
+    import urllib.request
+
+    needs("pyuwsgi")
+    uwsgi = shutil.which("uwsgi", path=os.path.dirname(sys.executable))
+    if uwsgi is None:
+        pytest.skip("no uwsgi program next to this Python")
+    (tmp_path / "wsgi_app.py").write_text(SPOOL_WSGI_APP)
+    for start in range(6):
+        port = _free_port()
+        process = subprocess.Popen(
+            [uwsgi, "--http-socket", f"127.0.0.1:{port}", "--wsgi-file", "wsgi_app.py", "--master", "--processes", "2",
+             "--need-app"],
+            cwd=str(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            env=dict(os.environ, PYTHONPATH=str(ROOT), API_URL=server.url, SPOOL=str(tmp_path / f"spool-{start}")),
+        )
+        pids = set()
+        try:
+            end = time.monotonic() + 10
+            while len(pids) < 2 and time.monotonic() < end:
+                try:
+                    pids.add(urllib.request.urlopen(f"http://127.0.0.1:{port}/?start-{start}", timeout=2).read())
+                except OSError:  # not listening yet, or a worker that does not answer
+                    time.sleep(0.05)
+        finally:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(10)
+        assert len(pids) == 2, f"start {start}: {len(pids)} of 2 workers answered"
 
 
 # --------------------------------------------------------------------------------------------
@@ -604,36 +695,24 @@ def test_gunicorn_workers_deliver_at_sigterm(options: List[str], server: LocalSe
     assert server.stats()["duplicates"] == 0
 
 
-#: The same app with a spool shared by the workers; each request's events carry its query string.
-SPOOL_WSGI_APP = """
-import os
-from seven_segments import SevenSegments
-client = SevenSegments(
-    "wsgi-token", "john", target=os.environ["API_URL"], buffered=True, flush_interval=60, spool=os.environ["SPOOL"]
-)
-
-def application(environ, start_response):
-    for number in range(100):
-        client.track("view", {"request": environ["QUERY_STRING"], "n": number})
-    start_response("200 OK", [("Content-Type", "text/plain")])
-    return [str(os.getpid()).encode()]
-"""
 
 
 def test_gunicorn_workers_sharing_a_spool_lose_nothing_when_one_is_killed(server: LocalServer, tmp_path: Path) -> None:
-    """--preload, 2 workers on one spool folder; SIGKILL one after it answered (its events were only
-    queued: flush_interval=60); the worker gunicorn forks in its place takes the dead one's files
-    over, and at the graceful stop every event of every answered request has arrived once."""
-    needs("gunicorn")
+    """Two workers forked from a master that made the client (--preload) on one spool folder; one
+    is SIGKILLed after it answered, its events only queued (flush_interval=60). The worker forked
+    in its place takes the dead one's files over, and at the graceful stop every event of every
+    answered request has arrived once."""
     import urllib.request
 
-    (tmp_path / "wsgi_app.py").write_text(SPOOL_WSGI_APP)
+    needs("gunicorn")
     port = _free_port()
+    command = [sys.executable, "-m", "gunicorn", "-b", f"127.0.0.1:{port}", "-w", "2", "--graceful-timeout", "5",
+               "-k", "sync", "--preload", "wsgi_app:application"]
+    (tmp_path / "wsgi_app.py").write_text(SPOOL_WSGI_APP)
     process = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-b", f"127.0.0.1:{port}", "-w", "2", "--graceful-timeout", "5",
-         "-k", "sync", "--preload", "wsgi_app:application"],
-        cwd=str(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        command, cwd=str(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env=dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{tmp_path}", API_URL=server.url, SPOOL=str(tmp_path / "spool")),
+        start_new_session=True,  # uwsgi signals its process group
     )
     answered: Dict[str, int] = {}  # request -> the pid of the worker that answered it
 
@@ -642,13 +721,12 @@ def test_gunicorn_workers_sharing_a_spool_lose_nothing_when_one_is_killed(server
 
     try:
         assert _get(f"http://127.0.0.1:{port}/?warm", 1) == 1
-        answered["warm"] = -1  # its pid is not needed
         for number in range(20):
             ask(f"before-{number}")
         victim = answered["before-0"]
         os.kill(victim, signal.SIGKILL)
-        pending_at_the_kill = len(answered) * 100 - server.stats()["events"]
-        workers = set(answered.values()) - {-1}
+        pending_at_the_kill = (len(answered) + 1) * 100 - server.stats()["events"]
+        workers = set(answered.values())
         deadline = time.monotonic() + 20
         number = 0
         while time.monotonic() < deadline:  # until the worker forked in its place answers
@@ -665,10 +743,10 @@ def test_gunicorn_workers_sharing_a_spool_lose_nothing_when_one_is_killed(server
         output, _ = process.communicate(timeout=30)
     finally:
         if process.poll() is None:
-            process.kill()
+            os.killpg(process.pid, signal.SIGKILL)  # the master and its workers
             process.communicate()
     arrived = {(event["properties"]["request"], event["properties"]["n"]) for event in server.events()}
-    expected = {(request, n) for request in answered for n in range(100)}
+    expected = {(request, n) for request in ["warm", *answered] for n in range(100)}
     assert pending_at_the_kill > 0  # not all sent yet: the killed worker held some in its spool alone
     assert expected <= arrived, (len(expected - arrived), output[-3000:])
     assert len(server.events()) == len(expected)  # each once: a replayed duplicate is not applied twice

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Tu
 
 from ..clock import Clock, monotonic
 from ..errors import ServiceUnavailable
-from ..process_hooks import keep_signals_off_this_thread
+from ..process_hooks import keep_signals_off_this_thread, threads_hang_forks_here
 from ..serialization import BulkCommandEncoder, Command
 from ..transport import Transport
 from ..watchdog import WATCHDOG
@@ -240,11 +240,12 @@ class Core:
         with lifecycle.lock:
             if lifecycle.phase is not _IDLE or self.thread is not None or not lifecycle.move_locked(_RUNNING):
                 return
-            if not self._start_thread_locked():
-                # The interpreter is shutting down (Python 3.12+ starts no thread then): flush()
-                # and close() deliver on the caller's thread instead.
+            if threads_hang_forks_here() or not self._start_thread_locked():
+                # A uwsgi master (see process_hooks.threads_hang_forks_here), or the interpreter is
+                # shutting down (Python 3.12+ starts no thread then): flush() and close() deliver
+                # on the caller's thread instead.
                 lifecycle.phase = _IDLE
-                logger.debug("cannot start the worker thread; delivering on the closing thread")
+                logger.debug("no worker thread here; delivering on the flushing or closing thread")
         registry.started(self)
 
     def _start_thread_locked(self) -> bool:

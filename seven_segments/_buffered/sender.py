@@ -15,7 +15,7 @@ from collections import deque
 from typing import Any, Callable, Deque, Optional, Tuple, Union
 
 from ..errors import SevenSegmentsError
-from ..process_hooks import keep_signals_off_this_thread
+from ..process_hooks import keep_signals_off_this_thread, threads_hang_forks_here
 from ..protocol import PATH_BULK
 from ..transport import Transport, TransientError
 from .answers import Verdict, answer_reader, read_results
@@ -70,7 +70,7 @@ class SenderPool:
     def run(self, job: Callable[[], None]) -> bool:
         """Run ``job`` on a sender thread; False when no thread could take it (run it yourself)."""
         with self._lock:
-            if self._closed:
+            if self._closed or threads_hang_forks_here():
                 return False
             self._jobs.append(job)
             if self._idle >= len(self._jobs) or self._threads >= self._max_threads:
