@@ -358,7 +358,8 @@ def _uwsgi_version(uwsgi: Any) -> Optional[Tuple[int, ...]]:
 
 
 def threads_hang_forks_here() -> bool:
-    """True in a uwsgi master (worker id 0) that forks its workers without CPython's fork protocol.
+    """True in a uwsgi master (worker id 0, not a mule nor the spooler) that forks its workers
+    without CPython's fork protocol.
 
     uwsgi forks from C and, unless started with ``--py-call-uwsgi-fork-hooks``, skips what
     ``os.fork()`` does for the interpreter: a worker forked while another thread of the master held
@@ -373,9 +374,10 @@ def threads_hang_forks_here() -> bool:
     options = getattr(uwsgi, "opt", None) or {}
     if "py-call-uwsgi-fork-hooks" in options or b"py-call-uwsgi-fork-hooks" in options:
         return False
-    worker_id = getattr(uwsgi, "worker_id", None)
-    try:
-        return worker_id is not None and int(worker_id()) == 0
+    try:  # the master has worker id 0, as do a mule (mule id > 0) and the spooler, which fork nothing
+        if int(uwsgi.worker_id()) != 0 or int(getattr(uwsgi, "mule_id", lambda: 0)()) != 0:
+            return False
+        return not getattr(uwsgi, "i_am_the_spooler", lambda: False)()
     except Exception:  # an unknown uwsgi: assume a worker, as before
         return False
 

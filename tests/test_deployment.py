@@ -510,14 +510,18 @@ def test_uwsgi_without_python_threads_is_warned_about(
 
 @pytest.mark.parametrize(
     "worker_id, options, unsafe",
-    [(0, {}, True), (0, {"py_call_uwsgi_fork_hooks": True}, False), (1, {}, False), (2, {}, False)],
-    ids=["master", "master-with-fork-hooks", "worker-1", "worker-2"],
+    [(0, {}, True), (0, {"py_call_uwsgi_fork_hooks": True}, False), (1, {}, False), (2, {}, False), (0, {"mule": 1}, False),
+     (0, {"spooler": True}, False)],
+    ids=["master", "master-with-fork-hooks", "worker-1", "worker-2", "a-mule", "the-spooler"],
 )
 def test_threads_are_kept_out_of_a_uwsgi_master_that_forks_without_the_interpreters_fork_hooks(
     worker_id: int, options: Dict[str, Any], unsafe: bool, monkeypatch: Any
 ) -> None:
+    mule, spooler = options.pop("mule", 0), options.pop("spooler", False)
     fake = _FakeUwsgi(b"2.0.30", **options)
     fake.worker_id = lambda: worker_id  # type: ignore[attr-defined]
+    fake.mule_id = lambda: mule  # type: ignore[attr-defined]
+    fake.i_am_the_spooler = lambda: spooler  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "uwsgi", fake)
     assert process_hooks.threads_hang_forks_here() is unsafe
 
