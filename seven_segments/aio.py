@@ -26,6 +26,7 @@ waits in a thread, so no coroutine blocks the event loop whatever the server doe
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
@@ -47,7 +48,7 @@ from ._buffered.limits import (
     DEFAULT_SHUTDOWN_TIMEOUT,
     DEFAULT_SPOOL_MAX_BYTES,
 )
-from .process_hooks import keep_signals_off_this_thread
+from .process_hooks import keep_signals_off_this_thread, threads_hang_forks_here
 from .protocol import DEFAULT_TARGET
 from .serialization import CustomerIds, Timestamp
 from .types import AnalysisType, BeforeSend, Customer, ErrorCallback
@@ -93,7 +94,10 @@ async def _in_own_thread(function: Callable[[], _T], name: str) -> _T:
         except RuntimeError:  # the loop is closed: nobody awaits any more
             pass
 
-    threading.Thread(target=run, name=name, daemon=True).start()
+    if threads_hang_forks_here():  # a uwsgi master: no thread of ours there (see process_hooks)
+        run()
+    else:
+        threading.Thread(target=run, name=name, daemon=True).start()
     return await future
 
 
@@ -101,13 +105,28 @@ class _AsyncBase:
     """What both faces share: a private thread pool for the calls that wait on the server."""
 
     def __init__(self, max_workers: int) -> None:
-        self._executor = ThreadPoolExecutor(_max_workers(max_workers), thread_name_prefix="seven-segments-aio")
+        self._max_workers = _max_workers(max_workers)
+        self._executor = self._new_executor()
         self._closed = False
+
+    def _new_executor(self) -> ThreadPoolExecutor:
+        self._pid = os.getpid()
+        return ThreadPoolExecutor(self._max_workers, thread_name_prefix="seven-segments-aio")
 
     def _in_pool(self, function: Callable[[], _T]) -> "Awaitable[_T]":
         if self._closed:
             raise ClientClosedError(f"this {type(self).__name__} client is closed")
-        return asyncio.get_running_loop().run_in_executor(self._executor, function)
+        loop = asyncio.get_running_loop()
+        if threads_hang_forks_here():  # a uwsgi master: the call runs here (see process_hooks)
+            future: "asyncio.Future[_T]" = loop.create_future()
+            try:
+                future.set_result(function())
+            except Exception as error:
+                future.set_exception(error)
+            return future
+        if self._pid != os.getpid():  # a forked child: the parent's pool thinks its threads are alive
+            self._executor = self._new_executor()
+        return loop.run_in_executor(self._executor, function)
 
     async def __aenter__(self: _Client) -> _Client:
         return self

@@ -309,3 +309,40 @@ def test_the_async_client_takes_every_keyword_of_the_buffered_one() -> None:
     buffered = set(inspect.signature(SevenSegments.__init__).parameters) - {"self", "buffered"}
     asynchronous = set(inspect.signature(AsyncSevenSegments.__init__).parameters) - {"self", "max_workers"}
     assert buffered == asynchronous
+
+
+FORKED_GET_HTML = """
+import asyncio, os, sys
+from seven_segments import AsyncSevenSegments
+
+client = AsyncSevenSegments(sys.argv[2], "john", target=sys.argv[1])
+first = asyncio.run(client.get_html("Banner"))  # at import, in the master: the pool has a thread now
+pid = os.fork()
+if pid == 0:  # a worker: its copy of the pool believed that thread alive, and ran nothing
+    try:
+        html = asyncio.run(asyncio.wait_for(client.get_html("Banner"), 10))
+        os._exit(0 if html == first else 3)
+    except BaseException:
+        import traceback
+        traceback.print_exc()
+        sys.stderr.flush()
+        os._exit(4)
+_, status = os.waitpid(pid, 0)
+asyncio.run(client.aclose(5))
+sys.exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else 9)
+"""
+
+
+def test_get_html_works_in_a_child_forked_after_the_parent_used_it(campaign_server: LocalServer) -> None:
+    """gunicorn --preload with an asyncio worker class forks after the app may have called the API."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, "-c", FORKED_GET_HTML, campaign_server.url, TOKEN], capture_output=True, text=True,
+        timeout=60, env=dict(os.environ, PYTHONPATH=str(root)),
+    )
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])

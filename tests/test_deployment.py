@@ -554,6 +554,57 @@ def test_a_client_in_a_uwsgi_master_starts_no_thread_and_delivers_on_the_flushin
     assert _our_threads() == before
 
 
+@pytest.fixture
+def fake_uwsgi_master(monkeypatch: Any) -> None:
+    fake = _FakeUwsgi(b"2.0.30")
+    fake.worker_id = lambda: 0  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "uwsgi", fake)
+
+
+def test_a_command_queued_in_a_uwsgi_master_is_warned_about_once(
+    fake_uwsgi_master: None, server: LocalServer, caplog: Any, monkeypatch: Any
+) -> None:
+    """uwsgi's master runs no atexit: only a flush() there sends what it tracked."""
+    from seven_segments import SevenSegments
+    from seven_segments._buffered import engine
+
+    monkeypatch.setattr(engine, "_uwsgi_master_warned_pid", 0)
+    client = SevenSegments(TOKEN, "john", target=server.url, buffered=True)
+    with caplog.at_level("WARNING", logger="seven_segments"):
+        assert client.flush(5) is True  # nothing queued: nothing to say
+        assert "uwsgi master" not in caplog.text
+        for number in range(3):
+            client.track("view", {"n": number})
+    assert caplog.text.count("queued in the uwsgi master") == 1 and "client.flush()" in caplog.text
+    assert server.events() == []
+    assert client.flush(5) is True
+    assert len(server.events()) == 3
+    client.close(5)
+
+
+@pytest.mark.parametrize("api", ["refusing", "silent"])
+def test_a_flush_in_a_uwsgi_master_ends_by_its_timeout(api: str, fake_uwsgi_master: None, dead_url: str) -> None:
+    """The pump runs on the flushing thread there: its attempts end with the flush, which does not
+    wait its timeout a second time after it (it took 6 s for flush(3) against a refusing API, and 13 s
+    against one that never answers)."""
+    import socket
+
+    from seven_segments import SevenSegments
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)  # connections are accepted by the kernel; nothing ever answers
+        url = dead_url if api == "refusing" else f"http://127.0.0.1:{silent.getsockname()[1]}"
+        client = SevenSegments(TOKEN, "john", target=url, buffered=True, timeout=10)
+        for number in range(500):
+            client.track("view", {"n": number})
+        started = time.monotonic()
+        assert client.flush(1.5) is False
+        took = time.monotonic() - started
+        client.close(0)
+    assert took < 2.5, took
+
+
 def test_uwsgi_workers_start_when_the_master_made_a_spool_client(server: LocalServer, tmp_path: Path) -> None:
     """Real uwsgi, preforked, a spool client made in the master (whose thread, before, hung the
     workers of 1 start in 5 to 25): every start answers from both workers."""

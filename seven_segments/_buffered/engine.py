@@ -69,6 +69,23 @@ INLINE_POLL = 0.05
 #: Dropped commands kept for ``on_error`` until the pump reports them: this share of the queue's bytes.
 DROP_KEEP_SHARE = 4
 _BUSY = 1 << 62
+#: The shortest attempt made on a flushing thread whose flush has (almost) no time left (seconds).
+MIN_INLINE_ATTEMPT = 0.05
+
+_uwsgi_master_warned_pid = 0
+
+
+def _warn_once_about_the_uwsgi_master() -> None:
+    global _uwsgi_master_warned_pid
+    if _uwsgi_master_warned_pid == os.getpid():
+        return
+    _uwsgi_master_warned_pid = os.getpid()
+    logger.warning(
+        "seven_segments: a command was queued in the uwsgi master, where no background thread can run "
+        "(uwsgi forks its workers without the interpreter's fork hooks) and which runs no atexit: it is "
+        "sent only by client.flush() or client.close() called in the master. Call flush() after tracking "
+        "at import, or start uwsgi with --py-call-uwsgi-fork-hooks"
+    )
 
 _RUNNING = Phase.RUNNING
 _IDLE = Phase.IDLE
@@ -102,6 +119,9 @@ class Core:
         self.ledger = Ledger(keep_drops=keep)
         self.reporter = Reporter(on_error, clock)
         self.senders = SenderPool("seven-segments-sender", max_threads=limits.max_in_flight)
+        #: While a flush runs the pump on its own thread: when that flush ends (attempts made on
+        #: that thread end by then too).
+        self._inline_until = math.inf
         self.wakeup = threading.Event()
         self.wake_at = 1  # a producer wakes the pump when len(incoming) reaches this
         self.thread: Optional[threading.Thread] = None
@@ -205,7 +225,13 @@ class Core:
             self.fail_late()
         if self.thread is None and not ticket.done.is_set():  # no pump thread could start: deliver here
             deadline = math.inf if timeout is None else self.clock() + timeout
-            self._run_inline(until=lambda: ticket.done.is_set() or self.clock() >= deadline)
+            self._inline_until = deadline
+            try:
+                self._run_inline(until=lambda: ticket.done.is_set() or self.clock() >= deadline)
+            finally:
+                self._inline_until = math.inf
+            if timeout is not None:
+                timeout = max(0.0, deadline - self.clock())
         if not ticket.done.wait(timeout):
             return False
         ledger = self.ledger
@@ -240,12 +266,15 @@ class Core:
         with lifecycle.lock:
             if lifecycle.phase is not _IDLE or self.thread is not None or not lifecycle.move_locked(_RUNNING):
                 return
-            if threads_hang_forks_here() or not self._start_thread_locked():
+            in_a_uwsgi_master = threads_hang_forks_here()
+            if in_a_uwsgi_master or not self._start_thread_locked():
                 # A uwsgi master (see process_hooks.threads_hang_forks_here), or the interpreter is
                 # shutting down (Python 3.12+ starts no thread then): flush() and close() deliver
                 # on the caller's thread instead.
                 lifecycle.phase = _IDLE
                 logger.debug("no worker thread here; delivering on the flushing or closing thread")
+        if in_a_uwsgi_master and any(type(item) is tuple for item in self.incoming):  # a command, not a flush
+            _warn_once_about_the_uwsgi_master()
         registry.started(self)
 
     def _start_thread_locked(self) -> bool:
@@ -484,11 +513,13 @@ class Core:
     def _launch(self, number: int, batch: Batch, timeout: float, done: Callable[[Outcome], None]) -> None:
         transport = self.transport
 
-        def attempt() -> None:
+        def attempt(timeout: float = timeout) -> None:
             done(attempt_batch(transport, self, number, batch, timeout))
 
         if not self.senders.run(attempt):
-            attempt()  # no sender thread can start (interpreter exit): make the attempt here
+            # No sender thread can start (interpreter exit, a uwsgi master): the attempt runs here,
+            # within what is left of the flush that runs the pump on this thread.
+            attempt(max(MIN_INLINE_ATTEMPT, min(timeout, self._inline_until - self.clock())))
 
 
 class BufferedEngine:
