@@ -273,8 +273,9 @@ class Core:
                 # on the caller's thread instead.
                 lifecycle.phase = _IDLE
                 logger.debug("no worker thread here; delivering on the flushing or closing thread")
-        if in_a_uwsgi_master and any(type(item) is tuple for item in self.incoming):  # a command, not a flush
-            _warn_once_about_the_uwsgi_master()
+        if in_a_uwsgi_master and _uwsgi_master_warned_pid != os.getpid():
+            if any(type(item) is tuple for item in self.incoming):  # a command, not a flush ticket
+                _warn_once_about_the_uwsgi_master()
         registry.started(self)
 
     def _start_thread_locked(self) -> bool:
