@@ -767,7 +767,7 @@ def test_gunicorn_workers_sharing_a_spool_lose_nothing_when_one_is_killed(server
     process = subprocess.Popen(
         command, cwd=str(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env=dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{tmp_path}", API_URL=server.url, SPOOL=str(tmp_path / "spool")),
-        start_new_session=True,  # uwsgi signals its process group
+        start_new_session=True,  # its own group: the finally below kills the master and its workers
     )
     answered: Dict[str, int] = {}  # request -> the pid of the worker that answered it
 

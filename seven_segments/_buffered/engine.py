@@ -75,9 +75,10 @@ MIN_INLINE_ATTEMPT = 0.05
 _uwsgi_master_warned_pid = 0
 
 
-def _warn_once_about_the_uwsgi_master() -> None:
+def _warn_once_about_the_uwsgi_master(incoming: Deque[Any]) -> None:
+    """Once per process, when ``incoming`` holds a command (not only a flush ticket)."""
     global _uwsgi_master_warned_pid
-    if _uwsgi_master_warned_pid == os.getpid():
+    if _uwsgi_master_warned_pid == os.getpid() or not any(type(item) is tuple for item in incoming):
         return
     _uwsgi_master_warned_pid = os.getpid()
     logger.warning(
@@ -273,9 +274,8 @@ class Core:
                 # on the caller's thread instead.
                 lifecycle.phase = _IDLE
                 logger.debug("no worker thread here; delivering on the flushing or closing thread")
-        if in_a_uwsgi_master and _uwsgi_master_warned_pid != os.getpid():
-            if any(type(item) is tuple for item in self.incoming):  # a command, not a flush ticket
-                _warn_once_about_the_uwsgi_master()
+        if in_a_uwsgi_master:
+            _warn_once_about_the_uwsgi_master(self.incoming)
         registry.started(self)
 
     def _start_thread_locked(self) -> bool:

@@ -124,8 +124,8 @@ class Ledger:
                 self.last_failed_seq = last_seq
 
     def count_kept(self, count: int) -> None:
-        """``count`` spooled commands were let go of undelivered: they stay in the spool (the pump
-        marks the flushes that cover them, and reads them back for later ones)."""
+        """``count`` spooled commands were let go of undelivered: they stay in the spool, for this
+        process to read back (after an outage) or for the next client on the folder."""
         with self.lock:
             self.kept += count
 

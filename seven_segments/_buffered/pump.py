@@ -805,8 +805,7 @@ class Pump:
         if spooled:  # on disk already: the next client on the folder delivers them
             late = [item for item in late if len(item) >= 4]
             self._release(len(spooled), 0)
-            with self.ledger.lock:
-                self.ledger.kept += len(spooled)
+            self.ledger.count_kept(len(spooled))
             for ticket in self.tickets:
                 ticket.delivered_all = False
         if late:
