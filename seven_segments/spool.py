@@ -111,8 +111,14 @@ RECORD_HEADER_BYTES = _RECORD_HEADER.size
 _ACK = struct.Struct("<Q")
 #: What ``dict.pop`` gives for an offset not (or no longer) unconfirmed.
 _ABSENT = object()
+#: A segment's ``ack_fd`` when its ack file is not a regular file: confirmations are not noted.
+_NO_ACK_FILE = -2
 
 _OPEN_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+#: Every file in the folder is opened without following a link (one planted there could name any
+#: file), and without waiting (a FIFO planted there would block the open for ever).
+_OPEN_SAFE = _OPEN_CLOEXEC | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+_OPEN_FOLDER = os.O_RDONLY | _OPEN_CLOEXEC | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0)
 _HOST = re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname() or "host")[:64] or "host"
 
 #: Every spool of this process, so that a forked child drops its parent's files even when nobody
@@ -162,7 +168,43 @@ def _forget_the_parents() -> None:
 
 
 class SpoolError(ValueError):
-    """The spool's folder cannot be used (a file, not writable, written by a newer version)."""
+    """The spool's folder cannot be used (a file, a link, another user's or open to others' writing,
+    not writable, written by a newer version)."""
+
+
+class NotAFileError(OSError):
+    """A name in the spool folder that is not a regular file (a link, a device, a FIFO): never read
+    nor written."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(errno.EINVAL, "not a regular file (a link, a device or a FIFO); skipped", path)
+
+
+def _open_file(path: str, flags: int = os.O_RDONLY, mode: int = 0o600) -> int:
+    """``os.open`` of a regular file in the spool folder, never through a link (``O_NOFOLLOW``) and
+    never waiting; raises ``NotAFileError`` for anything else there (a link, a device, a FIFO)."""
+    try:
+        fd = os.open(path, flags | _OPEN_SAFE, mode)
+    except OSError as error:
+        if error.errno in (errno.ELOOP, errno.EMLINK, errno.ENXIO):  # a link (EMLINK: BSD); ENXIO: a FIFO
+            raise NotAFileError(path) from None
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise NotAFileError(path)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _read_file(path: str, limit: int = -1) -> bytes:
+    """The bytes of a regular file in the spool folder (at most ``limit``), see ``_open_file``."""
+    fd = _open_file(path)
+    try:
+        return os.pread(fd, limit, 0) if limit >= 0 else _read_all(fd)
+    finally:
+        os.close(fd)
 
 
 class _Segment:
@@ -306,11 +348,14 @@ def _newer(path: str, version: int) -> SpoolError:
 
 
 def _read_acks(path: str) -> Set[int]:
-    """The confirmed offsets in an ack file (a cut last entry is ignored)."""
+    """The confirmed offsets in an ack file (a cut last entry is ignored); none when it is not a
+    regular file (warned)."""
     try:
-        with open(path, "rb") as file:
-            data = file.read()
+        data = _read_file(path)
     except FileNotFoundError:
+        return set()
+    except NotAFileError as error:
+        logger.warning("seven_segments: spool file %s is %s", path, error.strerror)
         return set()
     whole = len(data) - len(data) % _ACK.size
     return {offset for (offset,) in _ACK.iter_unpack(data[:whole])}
@@ -453,10 +498,9 @@ class Spool:
         for name in _segment_names(self._folder):
             path = os.path.join(self._folder, name + SEGMENT_SUFFIX)
             try:
-                with open(path, "rb") as file:
-                    head = file.read(HEADER_BYTES)
+                head = _read_file(path, HEADER_BYTES)
             except OSError:
-                continue  # deleted meanwhile, or not ours to read: recover() says so
+                continue  # deleted meanwhile, not a file, or not ours to read: recover() says so
             if len(head) == HEADER_BYTES and head[:7] == _FILE_MAGIC and head[7] > FORMAT_VERSION:
                 raise _newer(path, head[7])
         _ignore_sigxfsz()
@@ -536,7 +580,7 @@ class Spool:
         temp = os.path.join(self._folder, "." + name + TEMP_SUFFIX)
         # No O_APPEND: records are written at the place reserved for them (on Linux, pwrite on an
         # O_APPEND file ignores the place and appends).
-        fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | _OPEN_CLOEXEC, 0o600)
+        fd = _open_file(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL)
         view = None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -608,7 +652,7 @@ class Spool:
 
     def _fsync_folder(self) -> None:
         try:
-            folder_fd = os.open(self._folder, os.O_RDONLY | _OPEN_CLOEXEC)
+            folder_fd = os.open(self._folder, _OPEN_FOLDER)
             try:
                 os.fsync(folder_fd)
             finally:
@@ -792,12 +836,15 @@ class Spool:
                 if segment.sealed and not segment.unconfirmed:
                     self._delete(segment)
                     continue
+                if segment.ack_fd == _NO_ACK_FILE:
+                    continue
                 try:
                     if segment.ack_fd < 0:
-                        segment.ack_fd = os.open(
-                            segment.ack_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | _OPEN_CLOEXEC, 0o600
-                        )
+                        segment.ack_fd = _open_file(segment.ack_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
                     os.write(segment.ack_fd, _ack_bytes(fresh))
+                except NotAFileError as error:  # planted: never written through; its records may go twice
+                    segment.ack_fd = _NO_ACK_FILE
+                    logger.warning("seven_segments: spool file %s is %s", segment.ack_path, error.strerror)
                 except OSError as error:
                     logger.debug("seven_segments: cannot note confirmations in %s: %s", segment.ack_path, error)
 
@@ -905,8 +952,7 @@ class Spool:
             if not wanted:
                 continue
             try:  # by its path, not its descriptor: a close meanwhile cannot hand us another file's
-                with open(path, "rb") as file:
-                    data = file.read()
+                data = _read_file(path)
             except OSError as error:
                 logger.warning("seven_segments: cannot read back spool file %s: %s", path, error.strerror or error)
                 if lost is not None:
@@ -931,8 +977,7 @@ class Spool:
     @staticmethod
     def _created(path: str) -> int:
         try:
-            with open(path, "rb") as file:
-                head = file.read(HEADER_BYTES)
+            head = _read_file(path, HEADER_BYTES)
             created: int = _FILE_HEADER.unpack(head)[2] if len(head) == HEADER_BYTES else 0
             return created
         except OSError:
@@ -952,9 +997,9 @@ class Spool:
         """A segment its maker died before naming (it holds no record): removed when unlocked and
         older than a minute (a live maker may not have locked it yet)."""
         try:
-            if time.time() - os.stat(path).st_mtime < TEMP_GRACE_SECONDS:
+            if time.time() - os.lstat(path).st_mtime < TEMP_GRACE_SECONDS:
                 return
-            fd = os.open(path, os.O_RDONLY | _OPEN_CLOEXEC)
+            fd = _open_file(path)
         except OSError:
             return
         try:
@@ -973,10 +1018,10 @@ class Spool:
         segment: Optional[_Segment] = None
         with _making():  # only the descriptor and its lock: nothing is read or logged under it
             try:
-                fd = os.open(path, os.O_RDONLY | _OPEN_CLOEXEC)
+                fd = _open_file(path)
             except FileNotFoundError:
                 fd = -1
-            except OSError as error:
+            except OSError as error:  # NotAFileError too: a link to /dev/zero would be read for ever
                 fd, failure = -1, error
             if fd >= 0:
                 try:
@@ -987,7 +1032,10 @@ class Spool:
                     segment = _Segment(self._folder, name, fd, 0)
                     _in_hand(segment)
         if failure is not None:
-            logger.warning("seven_segments: cannot open spool file %s: %s", path, failure.strerror or failure)
+            if isinstance(failure, NotAFileError):
+                logger.warning("seven_segments: spool file %s is %s", path, failure.strerror)
+            else:
+                logger.warning("seven_segments: cannot open spool file %s: %s", path, failure.strerror or failure)
         if segment is None:
             return None
         try:
@@ -1014,7 +1062,7 @@ class Spool:
         path, name, fd = segment.path, segment.name, segment.fd
         try:
             try:
-                if os.stat(path).st_ino != os.fstat(fd).st_ino:
+                if os.lstat(path).st_ino != os.fstat(fd).st_ino:
                     return None  # replaced meanwhile
             except FileNotFoundError:
                 return None  # taken, replayed and deleted by another process meanwhile
@@ -1116,31 +1164,76 @@ class Spool:
 
 
 def _prepare_folder(folder: str) -> None:
-    """Create ``folder`` (0o700) if missing; raise ``SpoolError`` naming it when it cannot serve."""
+    """Create ``folder`` (0o700) if missing; raise ``SpoolError`` naming it when it cannot serve
+    (see ``_check_folder``). Takes group's and others' reading away from a folder of this user."""
+    made = False
     try:
-        info = os.stat(folder)
+        fd = os.open(folder, _OPEN_FOLDER)
     except FileNotFoundError:
         try:
             os.makedirs(folder, mode=0o700)
-            os.chmod(folder, 0o700)  # makedirs' mode passes through the umask
+            made = True
         except FileExistsError:
-            pass  # another process made it meanwhile
+            pass  # another process made it meanwhile: checked below like any other
         except OSError as error:
             raise SpoolError(f"spool folder {folder} cannot be created: {error.strerror or error}") from None
-        info = os.stat(folder)
-    except NotADirectoryError:
-        raise SpoolError(f"spool folder {folder} cannot be created: a part of the path is a file") from None
+        fd = _open_folder(folder)
     except OSError as error:
-        raise SpoolError(f"spool folder {folder} cannot be used: {error.strerror or error}") from None
-    if not stat.S_ISDIR(info.st_mode):
-        raise SpoolError(f"spool path {folder} is a file, not a folder")
-    if info.st_uid == os.geteuid() and stat.S_IMODE(info.st_mode) & 0o077:
-        try:
-            os.chmod(folder, stat.S_IMODE(info.st_mode) & 0o700)  # its files hold the company token
-        except OSError:
-            pass
+        fd = _open_folder(folder, error)
+    try:
+        mode = _check_folder(folder, os.fstat(fd))
+        if made or mode & 0o077:
+            try:
+                os.fchmod(fd, 0o700 if made else mode & 0o700)  # its files hold the company token
+            except OSError:
+                pass
+    finally:
+        os.close(fd)
     if not os.access(folder, os.W_OK | os.X_OK):
         raise SpoolError(f"spool folder {folder} cannot be written (permission denied)")
+
+
+def _open_folder(folder: str, error: Optional[OSError] = None) -> int:
+    """The spool folder opened (``O_DIRECTORY | O_NOFOLLOW``), or ``SpoolError`` saying why not."""
+    if error is None:
+        try:
+            return os.open(folder, _OPEN_FOLDER)
+        except OSError as failure:
+            error = failure
+    try:
+        info: Optional[os.stat_result] = os.lstat(folder)
+    except OSError:
+        info = None
+    if info is not None and stat.S_ISLNK(info.st_mode):
+        raise SpoolError(
+            f"spool folder {folder} is a symbolic link: give the folder it names (a link can be changed to name another)"
+        )
+    if info is not None and not stat.S_ISDIR(info.st_mode):
+        raise SpoolError(f"spool path {folder} is a file, not a folder")
+    if isinstance(error, FileNotFoundError):
+        raise SpoolError(f"spool folder {folder} does not exist")
+    if isinstance(error, NotADirectoryError):
+        raise SpoolError(f"spool folder {folder} cannot be created: a part of the path is a file")
+    raise SpoolError(f"spool folder {folder} cannot be used: {error.strerror or error}")
+
+
+def _check_folder(folder: str, info: os.stat_result) -> int:
+    """Refuse (``SpoolError``) a spool folder that another user owns, or that its group or others
+    can write to (sticky or not, as ``/tmp``): they could read or replace the files, which hold the
+    company token and are replayed. Returns the folder's permission bits."""
+    mode = stat.S_IMODE(info.st_mode)
+    if info.st_uid != os.geteuid():
+        raise SpoolError(
+            f"spool folder {folder} belongs to another user (uid {info.st_uid}; this process runs as uid"
+            f" {os.geteuid()}): use a folder of the user the client runs as"
+        )
+    if mode & 0o022:
+        who = "others" if mode & 0o002 else "its group"
+        raise SpoolError(
+            f"spool folder {folder} can be written by {who} (mode {mode:o}): its files hold the company token;"
+            f" use a folder only its owner can write to (chmod 700 {folder})"
+        )
+    return mode
 
 
 def inspect(folder: str) -> SpoolReport:
@@ -1148,8 +1241,11 @@ def inspect(folder: str) -> SpoolReport:
     live process holds it. Reads only (takes no file over); raises ``SpoolError`` when ``folder`` is
     not a spool folder."""
     folder = os.path.abspath(os.fspath(folder))
-    if not os.path.isdir(folder):
-        raise SpoolError(f"spool folder {folder} does not exist" if not os.path.exists(folder) else f"spool path {folder} is not a folder")
+    fd = _open_folder(folder)
+    try:
+        _check_folder(folder, os.fstat(fd))
+    finally:
+        os.close(fd)
     try:
         names = _segment_names(folder)
     except OSError as error:
@@ -1158,8 +1254,11 @@ def inspect(folder: str) -> SpoolReport:
     for name in names:
         path = os.path.join(folder, name + SEGMENT_SUFFIX)
         try:
-            fd = os.open(path, os.O_RDONLY | _OPEN_CLOEXEC)
+            fd = _open_file(path)
         except FileNotFoundError:
+            continue
+        except NotAFileError as error:
+            logger.warning("seven_segments: spool file %s is %s", path, error.strerror)
             continue
         except OSError as error:
             raise SpoolError(f"spool file {path} cannot be read: {error.strerror or error}") from None

@@ -121,6 +121,25 @@ def test_deliver_reports_refused_commands(folder: str, fresh: LocalServer) -> No
     assert inspect(folder).commands == 0  # refused for good: not sent again
 
 
+def test_a_folder_of_another_user_or_open_to_others_is_refused(folder: str, capsys: pytest.CaptureFixture[str]) -> None:
+    spooled(folder, range(3))
+    os.chmod(folder, 0o777)
+    reasons = [f"{folder} can be written by others (mode 777)"]
+    if os.geteuid() == 0:
+        reasons.append(f"{folder} belongs to another user (uid 65534;")
+    for reason in reasons:
+        if "uid" in reason:
+            os.chmod(folder, 0o700)
+            os.chown(folder, 65534, 65534)
+        for args in ([folder], [folder, "--deliver", "--target", "http://127.0.0.1:9"]):
+            assert cli.main(["spool", *args]) == 2
+            result = capsys.readouterr()
+            assert reason in result.err and result.out == "", result.err
+    os.chown(folder, os.geteuid(), os.getegid())
+    os.chmod(folder, 0o700)
+    assert inspect(folder).commands == 3  # nothing was taken
+
+
 def test_missing_folder_is_a_usage_error(folder: str, capsys: pytest.CaptureFixture[str]) -> None:
     for args in ([folder], [folder, "--deliver", "--target", "http://127.0.0.1:9"]):
         assert cli.main(["spool", *args]) == 2
