@@ -584,8 +584,8 @@ class SevenSegments(_ApiClient):
         if self._worker is None:
             stats = {
                 "queued": 0, "sent": self._sent.value, "retried": self._retried.value, "failed": self._failed.value,
-                "unconfirmed": 0, "dropped": 0, "dropped_queue_full": 0, "dropped_closed": 0, "dropped_spool_full": 0,
-                "replayed": 0, "kept_in_spool": 0, "batches": 0, "in_flight": 0, "pending": 0,
+                "unconfirmed": 0, "dropped": 0, "dropped_queue_full": 0, "dropped_closed": 0,
+                "replayed": 0, "not_spooled": 0, "kept_in_spool": 0, "batches": 0, "in_flight": 0, "pending": 0,
             }
         else:
             stats = self._worker.stats()

@@ -109,6 +109,8 @@ _RECORD_MAGIC_BYTES = struct.pack("<H", _RECORD_MAGIC)
 _RECORD_HEADER = struct.Struct("<HII")
 RECORD_HEADER_BYTES = _RECORD_HEADER.size
 _ACK = struct.Struct("<Q")
+#: Why a record was not written when the spool's bound was reached.
+_FULL = "full: spool_max_bytes reached"
 #: What ``dict.pop`` gives for an offset not (or no longer) unconfirmed.
 _ABSENT = object()
 #: A segment's ``ack_fd`` when its ack file is not a regular file: confirmations are not noted.
@@ -518,6 +520,7 @@ class Spool:
         self._appended = self._confirmed = self._replayed = self._dropped = self._damaged = 0
         self._kept_bytes = 0
         self._failure_logged = False
+        self._last_failure = ""
         self._no_segment_until = 0.0  # after a failure to make a segment, none is tried until then
         try:  # a first segment now proves the folder can be written, with a clear error if not
             first = self._new_segment(reserve=False)
@@ -543,6 +546,11 @@ class Spool:
         """The spool's folder (absolute)."""
         return self._folder
 
+    @property
+    def last_failure(self) -> str:
+        """Why the last record that could not be written was not ("" when none failed)."""
+        return self._last_failure
+
     def __repr__(self) -> str:
         return f"Spool({self._folder!r})"
 
@@ -564,9 +572,16 @@ class Spool:
         ``capacity`` bytes (``posix_fallocate``: a full disk or ``RLIMIT_FSIZE`` shows here, as an
         ``OSError``, not as a fault while writing into the map). The segment is in ``_IN_HAND`` until
         its spool holds it (``_no_longer_in_hand``)."""
-        with _making():
-            segment = self._make_segment_file(serial, capacity, reserve)
-            _in_hand(segment)
+        try:
+            with _making():
+                segment = self._make_segment_file(serial, capacity, reserve)
+                _in_hand(segment)
+        except FileNotFoundError:
+            if not self._make_folder_again():
+                raise
+            with _making():
+                segment = self._make_segment_file(serial, capacity, reserve)
+                _in_hand(segment)
         if segment.view is None and self._mapped and reserve:
             self._mapped = False
             logger.info("seven_segments: the spool %s cannot be mapped; records are written one by one", self._folder)
@@ -601,6 +616,20 @@ class Spool:
                 pass
             raise
         return segment
+
+    def _make_folder_again(self) -> bool:
+        """When the folder was deleted: make it again, checked as a new spool's is (one warning
+        each time); True when it was. Raises ``OSError`` when it cannot be made."""
+        if os.path.lexists(self._folder):
+            return False
+        try:
+            _prepare_folder(self._folder)
+        except SpoolError as error:
+            raise OSError(errno.ENOENT, str(error)) from None
+        logger.warning(
+            "seven_segments: the spool folder %s was deleted (with the commands in it): made again", self._folder
+        )
+        return True
 
     def prepare_next(self) -> None:
         """Make the segment that follows the current one before it is needed: from the engine's pump
@@ -678,6 +707,7 @@ class Spool:
         lock, held_here = self._lock_and_owner
         if held_here():  # append called from within append (a signal handler, a logging handler)
             self._dropped += 1
+            self._last_failure = "a write from within a write (a signal or logging handler)"
             return None
         try:
             if not lock.acquire(False):
@@ -685,6 +715,7 @@ class Spool:
             segment = self._current
             if self._closed:
                 self._dropped += 1
+                self._last_failure = "the spool is closed"
                 return None
             if segment is None or segment.size + size > segment.capacity and (segment.records or segment.view is not None):
                 segment = self._next_segment(segment, size)
@@ -703,6 +734,7 @@ class Spool:
                 self._appended += 1
             elif self._kept_bytes + size > self._max_bytes:
                 self._dropped += 1
+                self._last_failure = _FULL
                 return None
             else:  # a pwrite segment: reserve the place, write outside the lock
                 segment.size = segment.allocated = offset + size
@@ -763,6 +795,7 @@ class Spool:
         capacity = min(max(self._segment_bytes, HEADER_BYTES + size), room)
         if self._mapped and capacity < HEADER_BYTES + size or not self._mapped and room < HEADER_BYTES + size:
             self._dropped += 1
+            self._last_failure = _FULL
             return None
         now = time.monotonic()
         if now < self._no_segment_until:
@@ -798,9 +831,13 @@ class Spool:
         """Count the drop (the lock is held) and seal the segment: what part of the record got written
         stays as a gap that readers skip (length and checksum), and the next record goes to a new file."""
         self._dropped += 1
+        self._last_failure = error.strerror or str(error)
         if not self._failure_logged:
             self._failure_logged = True
-            logger.warning("seven_segments: cannot write to the spool %s (%s); commands are dropped", self._folder, error.strerror or error)
+            logger.warning(
+                "seven_segments: cannot write to the spool %s (%s); records are not kept there until it can be",
+                self._folder, error.strerror or error,
+            )
         if segment is not None and segment is self._current:
             self._seal(segment)
 
@@ -1121,6 +1158,7 @@ class Spool:
         self._kept_bytes = 0
         self._appended = self._confirmed = self._replayed = self._dropped = self._damaged = 0
         self._failure_logged = False
+        self._last_failure = ""
         self._no_segment_until = 0.0
 
     def close(self) -> int:

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import errno
+import json
+import logging
 import os
+import shutil
 import signal
+import stat
 import subprocess
 import sys
 import textwrap
@@ -15,7 +20,7 @@ from typing import Any, List
 import pytest
 
 from seven_segments import SevenSegments
-from seven_segments.spool import inspect
+from seven_segments.spool import Spool, SpoolError, inspect
 from seven_segments.testing import LocalServer
 
 from .conftest import TOKEN, collector, wait_until
@@ -157,7 +162,109 @@ def test_a_spool_that_is_a_file_is_refused_at_construction(tmp_path: Path) -> No
         SevenSegments(TOKEN, "john", spool=str(tmp_path / "spool"))
 
 
-def test_a_full_spool_drops_counts_and_reports_and_never_raises(server: LocalServer, tmp_path: Path) -> None:
+def test_a_spool_folder_of_another_user_or_open_to_others_is_refused_at_construction(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    spool.mkdir(mode=0o700)
+    spool.chmod(0o1777)  # like /tmp
+    with pytest.raises(SpoolError, match=f"{spool} can be written by others"):
+        SevenSegments(TOKEN, "john", buffered=True, spool=str(spool))
+    if os.geteuid() == 0:
+        spool.chmod(0o700)
+        os.chown(spool, 65534, 65534)
+        with pytest.raises(SpoolError, match=f"{spool} belongs to another user"):
+            SevenSegments(TOKEN, "john", buffered=True, spool=str(spool))
+    assert os.listdir(spool) == []
+
+
+def test_a_segment_linked_to_dev_zero_is_skipped_and_the_good_ones_delivered(
+    server: LocalServer, dead_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    spool = tmp_path / "spool"
+    writer = SevenSegments(TOKEN, "john", target=dead_url, buffered=True, spool=str(spool), shutdown_timeout=0.1)
+    for number in range(50):
+        writer.track("view", {"n": number})
+    writer.close()
+    assert inspect(str(spool)).commands == 50
+    zero = spool / "0-zero.seg"  # read first (sorted first, made "at 0")
+    zero.symlink_to("/dev/zero")
+    caplog.set_level(logging.WARNING, "seven_segments")
+    client = replay(server, spool)
+    assert delivered(server) == list(range(50))
+    assert any(str(zero) in r.getMessage() and "not a regular file" in r.getMessage() for r in caplog.records)
+    client.close()
+
+
+def test_a_deleted_spool_folder_is_made_again_and_every_event_delivered(
+    server: LocalServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    spool = tmp_path / "spool"
+    caplog.set_level(logging.WARNING, "seven_segments")
+    client = SevenSegments(  # files of 16 KiB: about a hundred events each
+        TOKEN, "john", target=server.url, buffered=True, spool=str(spool), spool_max_bytes=64 * 1024, flush_interval=0.05,
+    )
+    for first in range(0, 1300, 100):  # flushed in rounds: within spool_max_bytes
+        if first == 300:
+            shutil.rmtree(spool)
+        for number in range(first, first + 100):
+            client.track("view", {"n": number})
+        assert client.flush(10)
+    assert delivered(server) == list(range(1300))
+    assert spool.is_dir() and stat.S_IMODE(spool.stat().st_mode) == 0o700
+    stats = client.stats()
+    assert stats["dropped"] == 0 and stats["not_spooled"] == 0  # spooled again, in the new folder
+    made = [r for r in caplog.records if "made again" in r.getMessage()]
+    assert len(made) == 1 and str(spool) in made[0].getMessage()
+    client.close()
+
+
+def test_a_full_disk_keeps_delivering_from_memory(
+    server: LocalServer, tmp_path: Path, monkeypatch: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Less free disk than one segment: commands the spool cannot take are still sent (from memory)."""
+    def no_room(*args: Any) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    caplog.set_level(logging.WARNING, "seven_segments")
+    reports, on_error = collector()
+    client = SevenSegments(
+        TOKEN, "john", target=server.url, buffered=True, spool=str(tmp_path / "spool"), on_error=on_error,
+    )
+    monkeypatch.setattr(os, "posix_fallocate", no_room)  # the disk has no room for the next file (4 MiB)
+    for number in range(500):
+        client.track("view", {"n": number})
+    assert client.flush(10) is True
+    assert delivered(server) == list(range(500))
+    stats = client.stats()
+    assert (stats["sent"], stats["not_spooled"], stats["dropped"]) == (500, 500, 0) and reports == []
+    said = [r.getMessage() for r in caplog.records if "not in the spool" in r.getMessage()]
+    assert len(said) == 1 and "No space left on device" in said[0], said
+    client.close()
+
+
+def test_commands_not_in_the_spool_are_reported_lost_at_close_with_the_api_down(dead_url: str, tmp_path: Path) -> None:
+    """Only memory held them: at the close deadline they are failed and reported, not said kept."""
+    reports, on_error = collector()
+    client = SevenSegments(  # files of 1 KiB: the first few commands fit, the others go from memory
+        TOKEN, "john", target=dead_url, buffered=True, spool=str(tmp_path / "spool"), spool_max_bytes=4096,
+        shutdown_timeout=0.2, on_error=on_error,
+    )
+    for number in range(30):
+        client.track("view", {"n": number})
+    client.close()
+    stats = client.stats()
+    kept, lost = stats["kept_in_spool"], stats["not_spooled"]
+    assert kept > 0 and lost > 0 and kept + lost == 30 and stats["failed"] == lost
+    reported = sorted(command["data"]["properties"]["n"] for _, commands in reports for command in commands)
+    assert len(reported) == lost
+    assert inspect(str(tmp_path / "spool")).commands == kept
+    reader = Spool(str(tmp_path / "spool"))
+    replayed = [json.loads(data)["data"]["properties"]["n"] for chunk in reader.recover() for _, data in chunk]
+    assert sorted(replayed + reported) == list(range(30))
+    reader.close()
+
+
+def test_a_full_spool_sends_from_memory_counts_and_never_raises(server: LocalServer, tmp_path: Path) -> None:
+    """Past spool_max_bytes, commands the API could take are not dropped: they go from memory."""
     reports: List[Any] = []
     client = SevenSegments(
         TOKEN, "john", target=server.url, buffered=True, spool=str(tmp_path / "spool"), spool_max_bytes=64 * 1024,
@@ -165,13 +272,10 @@ def test_a_full_spool_drops_counts_and_reports_and_never_raises(server: LocalSer
     )
     for number in range(2000):  # about 150 bytes each on disk: far more than 64 KiB
         client.track("view", {"n": number, "padding": "x" * 40})
-    assert client.flush(10) is False  # some were dropped
+    assert client.flush(10) is True
     stats = client.stats()
-    assert stats["dropped_spool_full"] > 0 and stats["sent"] + stats["dropped_spool_full"] == 2000
-    assert any("spool" in str(error) for error, _ in reports)
-    assert sum(len(commands) for _, commands in reports) == stats["dropped_spool_full"]
-    reported = [command["data"] for _, commands in reports for command in commands]
-    assert all(data["properties"] == {"n": data["properties"]["n"], "padding": "x" * 40} for data in reported)
+    assert stats["not_spooled"] > 0 and stats["sent"] == 2000 and stats["dropped"] == 0 and reports == []
+    assert delivered(server) == list(range(2000))
     client.close()
 
 

@@ -36,7 +36,7 @@ from ..transport import Transport
 from ..watchdog import WATCHDOG
 from . import registry
 from .batching import Batch
-from .ledger import CLOSED, FULL, SPOOL_FULL, Ledger
+from .ledger import CLOSED, FULL, Ledger
 from .lifecycle import Lifecycle, Phase
 from .limits import Limits
 from .pump import FlushTicket, Pump
@@ -162,10 +162,10 @@ class Core:
             return
         if self.spool is not None:
             spooled = self._spool(command)
-            if spooled is None:
-                self._drop(command, SPOOL_FULL)
-                return
-            command = spooled  # type: ignore[assignment]  # (payload, record): the pump needs no encoding
+            if spooled is None:  # the spool cannot take it (full, the disk full): sent from memory only
+                self.ledger.count_not_spooled()
+            else:
+                command = spooled  # type: ignore[assignment]  # (payload, record): the pump needs no encoding
         if extra > LARGE_EXTRA:
             with self.ledger.lock:
                 pump.large_raw_bytes += extra

@@ -14,14 +14,13 @@ from typing import Dict, List, Optional, Tuple
 from ..serialization import Command
 from .batching import Batch
 
-__all__ = ["Ledger", "DropReason", "FULL", "CLOSED", "SPOOL_FULL", "REASONS"]
+__all__ = ["Ledger", "DropReason", "FULL", "CLOSED", "REASONS"]
 
 DropReason = str
 #: Why a command was dropped at the call.
 FULL: DropReason = "full"
 CLOSED: DropReason = "closed"
-SPOOL_FULL: DropReason = "spool"
-REASONS = (FULL, CLOSED, SPOOL_FULL)
+REASONS = (FULL, CLOSED)
 
 
 class Ledger:
@@ -40,6 +39,9 @@ class Ledger:
         #: With a spool: commands taken from it (left by an earlier process), and kept in it at close.
         self.replayed = 0
         self.kept = 0
+        #: With a spool: commands it could not take (full, the disk full, not writable), queued in
+        #: memory only.
+        self.not_spooled = 0
         self.dropped: Dict[DropReason, int] = {reason: 0 for reason in REASONS}
         #: Dropped commands waiting to be passed to ``on_error``, and those beyond ``keep_drops``.
         self.drops: Dict[DropReason, List[Command]] = {reason: [] for reason in REASONS}
@@ -69,6 +71,11 @@ class Ledger:
                 return len(kept) == 1, None
             self.drops[reason] = []
             return False, kept
+
+    def count_not_spooled(self) -> None:
+        """A command the spool could not take was queued in memory only."""
+        with self.lock:
+            self.not_spooled += 1
 
     @property
     def total_dropped(self) -> int:
@@ -148,8 +155,8 @@ class Ledger:
                 "dropped": sum(self.dropped.values()),
                 "dropped_queue_full": self.dropped[FULL],
                 "dropped_closed": self.dropped[CLOSED],
-                "dropped_spool_full": self.dropped[SPOOL_FULL],
                 "replayed": self.replayed,
+                "not_spooled": self.not_spooled,
                 "kept_in_spool": self.kept,
                 "batches": self.batches,
                 "in_flight": len(self.in_flight),

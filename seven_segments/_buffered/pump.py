@@ -30,7 +30,7 @@ from ..serialization import BulkCommandEncoder, Command
 from ..transport import TransientError
 from .answers import Verdict
 from .batching import Batch, fit_to_bytes, fresh_batch_due
-from .ledger import FULL, SPOOL_FULL, Ledger
+from .ledger import FULL, Ledger
 from .lifecycle import Lifecycle, Phase
 from .limits import Limits
 from .reporting import Reporter
@@ -50,7 +50,8 @@ Launch = Callable[[int, Batch, float, Callable[[Outcome], None]], None]
 
 #: Commands taken from the incoming queue per step, at most.
 TAKE_PER_STEP = 2_000
-#: With a spool, commands let go of during an outage are warned about at most this often.
+#: With a spool, commands let go of during an outage, or that it could not take, are warned about at
+#: most this often.
 LET_GO_WARNING_SECONDS = 60.0
 #: ... and read back at most this many at a time.
 READ_BACK_CHUNK = 1_000
@@ -158,6 +159,9 @@ class Pump:
         #: Commands let go of since the last warning about it, and when that was (rate-limited).
         self._let_go_unsaid = 0
         self._let_go_said_at = -math.inf
+        #: Commands the spool could not take (``Ledger.not_spooled``) said so far, and when.
+        self._not_spooled_said = 0
+        self._not_spooled_said_at = -math.inf
         self._kept_said = False  # the close's warning about what stays in the spool was given
         #: A close reads back what was let go of once (not again after each new failure: an API still
         #: down would get a request per step until the deadline).
@@ -399,20 +403,35 @@ class Pump:
                 logger.exception("seven_segments: confirming spooled commands failed")
 
     def report_drops(self) -> None:
-        """Pass dropped commands to ``on_error`` and warn (rate-limited), each with its true reason."""
+        """Pass dropped commands to ``on_error`` and warn (rate-limited), each with its true reason;
+        warn about commands the spool could not take (rate-limited)."""
+        if self.ledger.not_spooled != self._not_spooled_said:
+            self._say_not_spooled()
         if not any(self.ledger.drops.values()) and not any(self.ledger.drops_not_kept.values()):
             return
         for reason, commands, not_kept in self.ledger.take_drops():
             self.report_dropped(reason, commands, not_kept)
+
+    def _say_not_spooled(self) -> None:
+        """One warning (at most a minute) for the commands the spool could not take since the last."""
+        now = self.clock()
+        if now - self._not_spooled_said_at < LET_GO_WARNING_SECONDS or self.spool is None:
+            return
+        total = self.ledger.not_spooled
+        logger.warning(
+            "seven_segments: %d commands are not in the spool %s (%s): they are sent from memory, and lost if"
+            " this process dies before they are delivered",
+            total - self._not_spooled_said,
+            self.spool.folder,
+            self.spool.last_failure or "it cannot be written",
+        )
+        self._not_spooled_said, self._not_spooled_said_at = total, now
 
     def report_dropped(self, reason: str, commands: List[Command], not_kept: int) -> None:
         """Queue dropped commands for ``on_error`` and warn (rate-limited), with their true reason."""
         limits = self.limits
         if reason == FULL:
             text = f"the queue is full ({limits.max_queue_size} commands or {limits.max_queue_bytes} bytes)"
-        elif reason == SPOOL_FULL:
-            spool = self.spool.folder if self.spool is not None else "?"
-            text = f"the spool {spool} is full (spool_max_bytes) or cannot be written"
         else:
             text = "the client is closed"
         self.reporter.dropped(len(commands) + not_kept, text)
@@ -566,11 +585,17 @@ class Pump:
     def _fail_or_let_go(self, seqs: Sequence[int], payloads: Sequence[bytes], error: SevenSegmentsError) -> None:
         """Commands the API did not take within ``retry_deadline`` (down, or answering "retry"):
         failed for good without a spool; with one, let go of (see ``_let_go``), since they are safe on
-        disk and the API has not refused them."""
+        disk and the API has not refused them; those the spool could not take are failed."""
+        records = self._records
         if self.spool is None:
             self._fail(seqs, payloads, error)
-        else:  # every command queued with a spool is in it (``Core.submit`` drops what it cannot write)
+        elif all(seq in records for seq in seqs):
             self._let_go(seqs, payloads, error)
+        else:
+            on_disk = [index for index, seq in enumerate(seqs) if seq in records]
+            in_memory = [index for index, seq in enumerate(seqs) if seq not in records]
+            self._let_go([seqs[i] for i in on_disk], [payloads[i] for i in on_disk], error)
+            self._fail([seqs[i] for i in in_memory], [payloads[i] for i in in_memory], error)
 
     def _let_go(self, seqs: Sequence[int], payloads: Sequence[bytes], error: SevenSegmentsError) -> None:
         """Take spooled commands out of memory without confirming them: they stay in the spool,
@@ -752,6 +777,7 @@ class Pump:
         self._end_reading()  # what was not read back yet stays in the spool (counted as kept already)
         late = self.drain_incoming()
         kept = sum(map(len, in_flight)) + sum(map(len, self.line)) + len(self.fresh) + len(late)
+        kept -= self._fail_not_spooled(in_flight, late)
         self.line = []
         self.fresh.clear()
         self._fresh_bytes = 0
@@ -775,6 +801,26 @@ class Pump:
             ticket.delivered_all = False
         self.settle_tickets()
         self.reporter.drain()
+
+    def _fail_not_spooled(self, in_flight: List[Batch], late: List[Command]) -> int:
+        """At the close deadline, with a spool: fail (and report) the commands left that it could
+        not take (``Ledger.not_spooled``), which only memory held; returns how many."""
+        records = self._records
+        if self.ledger.not_spooled == 0:
+            return 0
+        error = ServiceUnavailable(f"not delivered within the close deadline ({self.close_timeout:g} s), and not in the spool")
+        failed = 0
+        batches = in_flight + self.line + [Batch(range(self.fresh_head, self.fresh_head + len(self.fresh)), list(self.fresh), 0.0)]
+        for batch in batches:
+            lost = [index for index, seq in enumerate(batch.seqs) if seq not in records]
+            if lost:
+                self._fail([batch.seqs[i] for i in lost], [batch.payloads[i] for i in lost], error)
+                failed += len(lost)
+        late_in_memory = [item for item in late if len(item) >= 4]
+        if late_in_memory:
+            self._fail([self.seq] * len(late_in_memory), late_in_memory, error, held_bytes=0)
+            failed += len(late_in_memory)
+        return failed
 
     def drain_incoming(self) -> List[Command]:
         """Empty the incoming queue: its commands (counted as taken), and its tickets, placed."""
