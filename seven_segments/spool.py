@@ -637,13 +637,19 @@ class Spool:
         (most of it with the GIL released); done here, the append that fills the current segment
         only switches to the spare. Does nothing until the current mapped segment is half full, when
         a spare exists already, or when the spool's bound leaves no room for a whole one. Never
-        raises: a file that cannot be made now is tried again by the append that needs it."""
+        raises: a file that cannot be made now is tried again by the append that needs it.
+
+        A current segment whose file was deleted (with the folder, say) is sealed here, so that the
+        records after it go to a new file (in the folder made again), not to one that is gone."""
         current = self._current
+        if current is not None and self._deleted(current):
+            current = self._let_go_of_deleted(current)
+            if current is None and not self._mapped:
+                return  # the next append makes the next file
+        elif current is None or current.view is None or current.size * 2 < current.capacity:
+            return
         if (
-            current is None
-            or current.view is None
-            or current.size * 2 < current.capacity
-            or self._spare is not None
+            self._spare is not None
             or self._closed
             or self._pid != os.getpid()
             or self._max_bytes - self._kept_bytes < 2 * self._segment_bytes  # room for it and a smaller last one
@@ -678,6 +684,27 @@ class Spool:
                     pass
             self._release(segment)  # first: a fork in between must find it in hand or closed
         _no_longer_in_hand(segment)
+
+    def _deleted(self, segment: _Segment) -> bool:
+        """Whether the file of a segment this process writes was deleted (no name left in any folder)."""
+        if self._closed or self._pid != os.getpid():
+            return False
+        try:
+            return os.fstat(segment.fd).st_nlink == 0
+        except OSError:  # closed meanwhile: replaced by an appender
+            return False
+
+    def _let_go_of_deleted(self, current: _Segment) -> Optional[_Segment]:
+        """Seal the current segment, whose file was deleted, and delete a spare made in the same
+        folder; returns the current segment after (None when it was sealed)."""
+        with self._lock:
+            if self._current is current and not current.closed:
+                self._seal(current)
+            spare = self._spare
+            if spare is not None and self._deleted(spare):
+                self._spare = None
+                self._delete(spare)
+            return self._current
 
     def _fsync_folder(self) -> None:
         try:

@@ -202,14 +202,22 @@ def test_a_deleted_spool_folder_is_made_again_and_every_event_delivered(
     client = SevenSegments(  # files of 16 KiB: about a hundred events each
         TOKEN, "john", target=server.url, buffered=True, spool=str(spool), spool_max_bytes=64 * 1024, flush_interval=0.05,
     )
-    for first in range(0, 1300, 100):  # flushed in rounds: within spool_max_bytes
-        if first == 300:
-            shutil.rmtree(spool)
+    for first in range(0, 300, 100):  # flushed in rounds: within spool_max_bytes
         for number in range(first, first + 100):
             client.track("view", {"n": number})
         assert client.flush(10)
-    assert delivered(server) == list(range(1300))
+    shutil.rmtree(spool)
+    for number in range(300, 310):  # room for them in the current file, which is gone
+        client.track("view", {"n": number})
+    assert client.flush(10)
+    client.track("view", {"n": 310})  # into a new file, not into the one that is gone
     assert spool.is_dir() and stat.S_IMODE(spool.stat().st_mode) == 0o700
+    assert [entry for entry in inspect(str(spool)).files if entry.alive]  # this process's new file
+    for first in range(311, 1311, 100):
+        for number in range(first, first + 100):
+            client.track("view", {"n": number})
+        assert client.flush(10)
+    assert delivered(server) == list(range(1311))
     stats = client.stats()
     assert stats["dropped"] == 0 and stats["not_spooled"] == 0  # spooled again, in the new folder
     made = [r for r in caplog.records if "made again" in r.getMessage()]
