@@ -246,9 +246,10 @@ class SevenSegments(_ApiClient):
       ``max_in_flight`` (16: requests in flight at once; the window shrinks to one on a passing failure
       and grows back on success), ``spool`` (a folder: every command is written there before ``track``
       returns, so that a process killed at any moment loses nothing; the next client on the folder
-      delivers what was left), ``spool_max_bytes`` (256 MiB: past it, commands are dropped and
-      reported) and ``spool_fsync`` (False: with True, each command is also flushed to the disk, which
-      survives a power loss at the cost of a disk flush per call),
+      delivers what was left), ``spool_max_bytes`` (256 MiB: past it, or on a full disk, commands are
+      sent from memory only, counted as ``not_spooled``) and ``spool_fsync`` (False: with True, each
+      command is also flushed to the disk, which survives a power loss at the cost of a disk flush per
+      call),
       ``on_error(error, commands)`` (called on the worker thread for commands that could not be
       delivered), ``gzip`` (True: compress request bodies of 1 KiB or more).
     - ``before_send(command)`` (both modes): called with each tracking command as a plain dict

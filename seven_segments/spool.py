@@ -39,7 +39,11 @@ that were never confirmed, oldest first. A record cut short by a kill, or damage
 magic, length or checksum), is skipped with one warning per file saying how many were lost.
 
 Payloads are opaque bytes here. In the client they are bulk commands, which hold the company token:
-that is why the folder is private to the user.
+that is why the folder is private to the user. A folder another user owns, that its group or others
+can write to, or that is a symbolic link, is refused (``SpoolError``); every file in it is opened
+without following a link, and one that is not a regular file is skipped with a warning. A folder
+deleted while in use is made again (with the same checks) when the next segment is made; the pump's
+``prepare_next`` seals a current segment whose file was deleted at once.
 """
 
 from __future__ import annotations
