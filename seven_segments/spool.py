@@ -1275,7 +1275,7 @@ def _open_folder(folder: str, error: Optional[OSError] = None) -> int:
         info = None
     if info is not None and stat.S_ISLNK(info.st_mode):
         raise SpoolError(
-            f"spool folder {folder} is a symbolic link: give the folder it names (a link can be changed to name another)"
+            f"spool folder {folder} is a symbolic link: give the folder it names (a link can be made to name another)"
         )
     if info is not None and not stat.S_ISDIR(info.st_mode):
         raise SpoolError(f"spool path {folder} is a file, not a folder")

@@ -808,9 +808,12 @@ class Pump:
         records = self._records
         if self.ledger.not_spooled == 0:
             return 0
-        error = ServiceUnavailable(f"not delivered within the close deadline ({self.close_timeout:g} s), and not in the spool")
+        error = ServiceUnavailable(
+            f"not delivered within the close deadline ({self.close_timeout:g} s), and not in the spool"
+        )
         failed = 0
-        batches = in_flight + self.line + [Batch(range(self.fresh_head, self.fresh_head + len(self.fresh)), list(self.fresh), 0.0)]
+        fresh = Batch(range(self.fresh_head, self.fresh_head + len(self.fresh)), list(self.fresh), 0.0)
+        batches = in_flight + self.line + [fresh]
         for batch in batches:
             lost = [index for index, seq in enumerate(batch.seqs) if seq not in records]
             if lost:
