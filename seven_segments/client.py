@@ -345,9 +345,11 @@ class SevenSegments(_ApiClient):
             durable = None
             if spool is not None:
                 from . import process_hooks
-                from .spool import Spool, lock_held_here  # only for clients that use one: the command line starts faster
+                from .spool import Spool, is_command, lock_held_here  # only for clients that use one: the command line starts faster
 
-                durable = Spool(spool, max_bytes=spool_max_bytes, fsync=bool(spool_fsync))  # a bad folder raises here
+                durable = Spool(  # a bad folder raises here
+                    spool, max_bytes=spool_max_bytes, fsync=bool(spool_fsync), target=self.target, accepts=is_command
+                )
                 process_hooks.register_lock_check(lock_held_here)
             self._worker = BufferedEngine(token, self._transport, limits, on_error, spool=durable)
             if durable is not None and before_send is None:

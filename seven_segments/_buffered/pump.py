@@ -489,7 +489,9 @@ class Pump:
                 self._answered(batch, verdict, now)
             elif isinstance(error, TransientError):
                 self._transient(batch, error, now)
-            elif isinstance(error, InvalidRequest) and error.status == 413 and len(batch) > 1:
+            elif isinstance(error, InvalidRequest) and error.status in (400, 413) and len(batch) > 1:
+                # Too large, or malformed as a whole (400: one bad command makes the body bad): halves,
+                # until the command at fault is alone and fails by itself.
                 for half in batch.halves():
                     self._insort(half)
             else:
