@@ -246,7 +246,7 @@ class SevenSegments(_ApiClient):
       ``max_in_flight`` (16: requests in flight at once; the window shrinks to one on a passing failure
       and grows back on success), ``spool`` (a folder: every command is written there before ``track``
       returns, so that a process killed at any moment loses nothing; the next client on the folder
-      delivers what was left), ``spool_max_bytes`` (256 MiB: past it, commands are dropped and
+      for the same ``target`` delivers what was left), ``spool_max_bytes`` (256 MiB: past it, commands are dropped and
       reported) and ``spool_fsync`` (False: with True, each command is also flushed to the disk, which
       survives a power loss at the cost of a disk flush per call),
       ``on_error(error, commands)`` (called on the worker thread for commands that could not be
