@@ -3,7 +3,8 @@
 ``Transport.post`` makes exactly one attempt and sorts the outcome the way docs/protocol.md says:
 a passing failure (connection refused or reset, timeout, 429, 500/502/503/504) raises
 ``TransientError`` (internal, carries ``Retry-After``); anything else that is not a success raises
-the public error for it. ``call_with_retries`` retries transient failures through tenacity with
+the public error for it. A redirect (3xx) is never followed: ``SevenSegmentsError``, and not a byte
+goes to the host it names. ``call_with_retries`` retries transient failures through tenacity with
 exponential backoff and jitter, never sooner than ``Retry-After``, until a deadline, and then raises
 ``ServiceUnavailable``.
 
@@ -344,12 +345,15 @@ class Transport:
         failure: Exception
         attempt = WATCHDOG.begin(monotonic() + wait, owner)
         try:
+            # Redirects are never followed (requests follows them by default): the protocol has
+            # none, and following one would send the body (which holds the token), the ``?company=``
+            # query and the credentials to a host the user did not name. A 3xx is an error.
             if params is None and self._auth is None:
-                response = self._session.send(self._prepare(path, body, gzipped), timeout=wait)
+                response = self._session.send(self._prepare(path, body, gzipped), timeout=wait, allow_redirects=False)
             else:
                 response = self._session.post(
                     f"{self.target}/{path}", data=body, headers={"Content-Encoding": "gzip"} if gzipped else None,
-                    params=params, timeout=wait, auth=self._auth,
+                    params=params, timeout=wait, auth=self._auth, allow_redirects=False,
                 )
         except requests.Timeout:
             failure = TransientError(f"{path}: no answer within {wait:.3g} s")
@@ -438,6 +442,14 @@ class Transport:
             else:
                 what = "the company token was not accepted"
             raise AuthenticationError(f"{path}: {what}", status=status, errors=errors)
+        if 300 <= status <= 399:
+            location = self.scrub(response.headers.get("Location") or "nowhere")
+            if len(location) > 200:
+                location = location[:197] + "..."
+            raise SevenSegmentsError(
+                f"{path}: the server redirects to {location}; redirects are not followed (is the target right?)",
+                status=status, errors=errors,
+            )
         if status in (400, 404, 413):
             what = {400: "the request is invalid", 404: "not found", 413: "the body is too large"}[status]
             raise InvalidRequest(f"{path}: {what}", status=status, errors=errors)

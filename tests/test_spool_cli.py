@@ -6,7 +6,7 @@ import json
 import os
 import subprocess
 import sys
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
 
@@ -110,6 +110,17 @@ def test_deliver_with_the_api_down(folder: str, dead_url: str) -> None:
     assert len(lines) == 1 and "20 commands kept in" in lines[0] and "Traceback" not in result.stderr, result.stderr
     assert TOKEN not in result.stderr + result.stdout
     assert inspect(folder).commands == 20  # nothing lost
+
+
+def test_deliver_never_follows_a_redirect(folder: str, fresh: LocalServer, witness: Any) -> None:
+    spooled(folder, range(5), target=fresh.url)
+    fresh.faults.redirect_next(1, witness.url, status=308)
+    result = run("spool", folder, "--deliver")  # to the file's own target
+    assert result.returncode == 1
+    assert f"bulk: the server redirects to {witness.url}/bulk; redirects are not followed" in result.stderr
+    assert "5 commands kept in" in result.stderr and TOKEN not in result.stderr + result.stdout
+    assert witness.connections == 0 and witness.received == b""
+    assert inspect(folder).commands == 5 and fresh.events() == []  # kept, for a run with the right target
 
 
 def test_deliver_reports_refused_commands(folder: str, fresh: LocalServer) -> None:

@@ -44,6 +44,7 @@ from .faults import (
     DELAY,
     DROP_AFTER,
     DROP_BEFORE,
+    REDIRECT,
     STATUS,
     TRICKLE,
     Faults,
@@ -667,7 +668,7 @@ class LocalServer:
                 record = self._record(handler, path, query, raw, gzipped, received)
                 fault = self.faults.take_request(path == _BULK)
                 if fault is not None:
-                    self._pre_fault(fault)
+                    self._pre_fault(fault, handler.path)
                 body, size = self._decode(handler, raw, MAX_BULK_BYTES if path == _BULK else MAX_COMMAND_BYTES)
                 answer, extra_headers = self._process(handler, path, query, body, size, received, fault, results)
                 status = 200
@@ -692,7 +693,11 @@ class LocalServer:
             if not counted:
                 self._count(status, results)  # before _dispatch drops the connection
 
-    def _pre_fault(self, fault: RequestFault) -> None:
+    def _pre_fault(self, fault: RequestFault, target: str) -> None:
+        if fault.kind == REDIRECT:
+            raise _Refusal(
+                fault.status, [f"injected fault: HTTP {fault.status} redirect"], {"Location": f"{fault.location}{target}"}
+            )
         if fault.kind == STATUS:
             retry_after = format_retry_after(fault.retry_after)
             raise _Refusal(
