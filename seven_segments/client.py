@@ -83,12 +83,24 @@ def _number(name: str, value: Any, *, minimum: float, allow_equal: bool = True, 
     return value
 
 
+def _utf8_problem(value: str) -> Optional[str]:
+    """Why ``value`` cannot be sent as UTF-8 (a lone surrogate, and where), without quoting it; else None."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:  # its .object is the whole value: never let it travel
+        return f"character {error.start + 1} is a lone surrogate, which is not text and cannot be sent as UTF-8"
+    return None
+
+
 def _secret(name: str, value: Any) -> str:
     """Check a token or password without ever echoing it."""
     if not isinstance(value, str):
         raise TypeError(f"{name} must be a string, not {type(value).__name__}")
     if not value.strip():
         raise ValueError(f"{name} must be a non-empty string")
+    problem = _utf8_problem(value)
+    if problem is not None:
+        raise ValueError(f"{name} is not valid: {problem}")  # outside the except: no chain to the value
     return value
 
 
@@ -611,6 +623,9 @@ class AuthenticatedSevenSegments(_ApiClient):
     ) -> None:
         if not isinstance(username, str) or not username:
             raise ValueError(f"username must be a non-empty string, not {username!r}")
+        problem = _utf8_problem(username)
+        if problem is not None:
+            raise ValueError(f"username {username!r} is not valid: {problem}")
         _secret("password", password)
         self._username = username
         super().__init__(target, timeout, retry_deadline, (password,), False, (username, password))

@@ -237,7 +237,10 @@ class Transport:
         self._secret_pattern = self._pattern(())
         for secret in secrets:
             self.add_secret(secret)
-        self._auth = auth
+        # HTTP Basic credentials as UTF-8 (RFC 7617, the charset the API asks for): given str,
+        # requests encodes them as Latin-1, which garbles "é" and raises, with the password in the
+        # exception, for anything beyond. The client checked that they encode.
+        self._auth = None if auth is None else requests.auth.HTTPBasicAuth(auth[0].encode("utf-8"), auth[1].encode("utf-8"))
         self._pid = os.getpid()
         self._session = self._new_session()
         self._urls: Dict[str, str] = {}  # prepared by the session once per path
