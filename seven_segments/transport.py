@@ -237,7 +237,7 @@ class Transport:
         self._secret_pattern = self._pattern(())
         for secret in secrets:
             self.add_secret(secret)
-        # HTTP Basic credentials as UTF-8 (RFC 7617, the charset the API asks for): given str,
+        # HTTP Basic credentials as UTF-8 (RFC 7617; the local server asks for it): given str,
         # requests encodes them as Latin-1, which garbles "é" and raises, with the password in the
         # exception, for anything beyond. The client checked that they encode.
         self._auth = None if auth is None else requests.auth.HTTPBasicAuth(auth[0].encode("utf-8"), auth[1].encode("utf-8"))
