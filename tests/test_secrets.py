@@ -220,18 +220,18 @@ def test_the_token_of_a_replayed_spool_is_masked_like_our_own(tmp_path: Any, cap
     from seven_segments.serialization import BulkCommandEncoder
     from seven_segments.spool import Spool
 
-    folder = str(tmp_path / "spool")
-    dead = Spool(folder)  # a client with another token that died with a command spooled
-    dead.append(BulkCommandEncoder(DEAD_TOKEN).encode((PATH_EVENTS, {"registered": "x"}, "view", {}, 1.7e9, "dead-1")))
-    dead.close()
     echo = ThreadingHTTPServer(("127.0.0.1", 0), _EchoingRefusals)
     thread = threading.Thread(target=echo.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
+    target = f"http://127.0.0.1:{echo.server_address[1]}"
+    folder = str(tmp_path / "spool")
+    dead = Spool(folder, target=target)  # a client of that target, with another token, died with a command spooled
+    dead.append(BulkCommandEncoder(DEAD_TOKEN).encode((PATH_EVENTS, {"registered": "x"}, "view", {}, 1.7e9, "dead-1")))
+    dead.close()
     reports: List[Any] = []
     try:
         with caplog.at_level(logging.DEBUG):
-            client = SevenSegments(LONG_TOKEN, "john", target=f"http://127.0.0.1:{echo.server_address[1]}",
-                                   buffered=True, spool=folder, flush_interval=0.01,
+            client = SevenSegments(LONG_TOKEN, "john", target=target, buffered=True, spool=folder, flush_interval=0.01,
                                    on_error=lambda error, commands: reports.append((error, commands)))
             client.track("view")
             assert client.flush(10) is False
