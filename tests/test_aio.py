@@ -376,7 +376,7 @@ def test_a_redirect_is_an_error_and_nothing_goes_to_the_other_host(witness: Any)
 
 
 def test_concurrent_flushes_share_one_thread(server: LocalServer) -> None:
-    server.faults.delay_next(1, 1.0)  # the flushes wait for an answer that takes a while
+    server.faults.delay_next(1, 0.5)  # the flushes wait for an answer that takes a while
 
     async def main() -> None:
         client = AsyncSevenSegments(TOKEN, "john", target=server.url, flush_interval=60, max_in_flight=2)
