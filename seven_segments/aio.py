@@ -20,19 +20,22 @@ waits in a thread, so no coroutine blocks the event loop whatever the server doe
   ``_flush_waiter``). Cancelling it stops the waiting only: delivery goes on in the background
   exactly as before. ``aclose`` waits on a thread of its own; cancelling it cannot undo the close:
   it goes on, within ``shutdown_timeout``, in its thread.
-- One client may be used by any number of tasks (and threads). Pass ``customer=`` per call when
-  tasks serve different customers (``identify`` sets the client's customer for every task).
+- One client may be used by any number of tasks (and threads). Pass ``customer=`` per call, or run
+  each request inside ``customer_context(customer)``, when tasks serve different customers
+  (``identify`` sets the client's customer for every task).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import Any, Awaitable, Callable, Dict, Mapping, Optional, Type, TypeVar
 
+from .context import CustomerContext
 from .errors import ClientClosedError
 from ._flush_waiter import FlushWaiter
 from .client import (
@@ -128,7 +131,8 @@ class _AsyncBase:
             return future
         if self._pid != os.getpid():  # a forked child: the parent's pool thinks its threads are alive
             self._executor = self._new_executor()
-        return loop.run_in_executor(self._executor, function)
+        # In a copy of the caller's contextvars, as asyncio.to_thread runs it: its customer_context.
+        return loop.run_in_executor(self._executor, contextvars.copy_context().run, function)
 
     async def __aenter__(self: _Client) -> _Client:
         return self
@@ -223,6 +227,12 @@ class AsyncSevenSegments(_AsyncBase):
     def identify(self, customer: Customer, properties: Optional[Mapping[str, Any]] = None) -> None:
         """Make ``customer`` the client's current customer (for every task); with ``properties``, ``update`` them."""
         self._client.identify(customer, properties)
+
+    def customer_context(self, customer: Customer) -> CustomerContext:
+        """``with client.customer_context(customer):`` the calls inside it that name no customer
+        (``track``, ``update``, ``await get_html``) are for ``customer``, in this task only (and the
+        tasks it creates): as ``SevenSegments.customer_context``. A plain ``with``, in a coroutine too."""
+        return self._client.customer_context(customer)
 
     def track(
         self,

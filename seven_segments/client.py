@@ -13,6 +13,7 @@ from types import TracebackType
 from typing import Any, Callable, Dict, Optional, Tuple, Type, TypeVar, Union
 
 from .clock import monotonic
+from .context import CustomerChoice
 from .errors import ClientClosedError, SevenSegmentsError
 from .protocol import (
     ANALYSIS_TYPES,
@@ -239,7 +240,7 @@ def _checked_command(command: Command, sent: Any) -> Tuple[Command, int]:
     return (path, ids, kind, properties, timestamp_seconds(sent["timestamp"]), check_command_id(sent["command_id"])), size
 
 
-class SevenSegments(_ApiClient):
+class SevenSegments(_ApiClient, CustomerChoice):
     """Client of the 7SEGMENTS tracking API.
 
     ``SevenSegments(token, customer=None)`` as in the seed; ``customer`` is a string id (meaning
@@ -275,8 +276,8 @@ class SevenSegments(_ApiClient):
       nothing is queued, sent or kept, no thread is started: ``track``/``update`` count the command as
       ``discarded``, ``get_html`` returns ``''``, ``flush`` returns True. For development and CI.
 
-    One client may be shared by all threads; pass ``customer=`` per call rather than ``identify``
-    when threads serve different customers.
+    One client may be shared by all threads; pass ``customer=`` per call, or run the request inside
+    ``customer_context(customer)``, rather than ``identify`` when threads serve different customers.
     """
 
     def __init__(
@@ -308,7 +309,7 @@ class SevenSegments(_ApiClient):
         # A buffered client's retry_deadline is the worker's; get_html still answers within seconds.
         call_deadline = DEFAULT_BLOCKING_RETRY_DEADLINE if buffered else None
         super().__init__(target, timeout, retry_deadline, (token,), bool(gzip), None, call_deadline)
-        self._customer_ids: Optional[CustomerIds] = None if customer is None else customer_ids(customer)
+        self._init_customer(None if customer is None else customer_ids(customer))
         #: The last string ``customer=`` passed to a call and its ids: one ids object for a run of
         #: calls for one customer (the engine's encoder reuses its JSON for the same object).
         self._last_customer: Tuple[Optional[str], CustomerIds] = (None, {})
@@ -372,7 +373,7 @@ class SevenSegments(_ApiClient):
         mode = "buffered" if self._buffered else "blocking"
         if not self._enabled:
             mode += ", disabled"
-        return f"SevenSegments(target={self.target!r}, customer={self._customer_ids!r}, {mode})"
+        return f"SevenSegments(target={self.target!r}, customer={self._identified!r}, {mode})"
 
     @property
     def buffered(self) -> bool:
@@ -386,12 +387,13 @@ class SevenSegments(_ApiClient):
 
     @property
     def customer(self) -> Optional[CustomerIds]:
-        """The identified customer's ids, or None."""
-        return None if self._customer_ids is None else dict(self._customer_ids)
+        """The identified customer's ids, or None (a ``customer_context`` does not change it)."""
+        return None if self._identified is None else dict(self._identified)
 
     def identify(self, customer: Customer, properties: Optional[Mapping[str, Any]] = None) -> None:
-        """Make ``customer`` the client's current customer; with ``properties``, also ``update`` them."""
-        self._customer_ids = customer_ids(customer)
+        """Make ``customer`` the client's current customer (for every thread: an active ``customer_context``
+        comes first); with ``properties``, also ``update`` them."""
+        self._identify_ids(customer_ids(customer))
         if properties is not None:
             self.update(properties)
 
@@ -413,8 +415,8 @@ class SevenSegments(_ApiClient):
                 self._last_customer = (customer, ids)
                 return ids
             return customer_ids(customer)
-        if self._customer_ids is None:
-            return customer_ids(None)  # raises "no customer identified ..."
+        if self._customer_ids is None:  # look further: contexts (once used), then the identified customer
+            return self._context_or_identified()
         return self._customer_ids
 
     def track(
