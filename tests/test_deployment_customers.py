@@ -24,7 +24,7 @@ import pytest
 from seven_segments.testing import LocalServer
 
 from .conftest import wait_until
-from .test_deployment import ROOT, _free_port, needs
+from .test_deployment import ROOT, Run, _free_port, green, needs
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -178,3 +178,34 @@ def test_concurrent_requests_of_different_customers_each_track_for_their_own(
         assert set(answers) == {b"<b>hi</b>"}
     else:
         assert sorted(answers) == sorted(request.encode() for request in customer_of)
+
+
+#: Green threads of eventlet (gevent's run gunicorn's requests above), switching inside their contexts.
+EVENTLET_TASKS = """
+import eventlet
+from seven_segments import SevenSegments
+client = SevenSegments("green-token", target=url, buffered=True, flush_interval=60)
+
+def serve(name):
+    with client.customer_context(name):
+        for number in range(20):
+            client.track("view", {"who": name})
+            eventlet.sleep(0)
+
+threads = [eventlet.spawn(serve, "green-%d" % number) for number in range(5)]
+for thread in threads:
+    thread.wait()
+ready("flushed %s" % client.flush(10))
+"""
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_eventlet_green_threads_each_track_for_their_own(shared_server: LocalServer, tmp_path: Path) -> None:
+    result = Run(tmp_path, green("eventlet", EVENTLET_TASKS), shared_server.url).finish()
+    assert result["code"] == 0, result["stderr"]
+    assert "flushed True" in result["stdout"]
+    pairs = Counter(
+        (event["customer_ids"]["registered"], event["properties"]["who"])
+        for event in shared_server.events() if "who" in event["properties"]
+    )
+    assert pairs == {(f"green-{number}", f"green-{number}"): 20 for number in range(5)}
