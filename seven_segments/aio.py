@@ -16,23 +16,28 @@ waits in a thread, so no coroutine blocks the event loop whatever the server doe
   Cancelling one returns at once: a call not yet started never runs, one under way finishes in its
   thread (bounded by ``timeout`` and the call's retry deadline) and its answer is dropped. They are
   reads: nothing is lost or applied twice.
-- ``flush`` and ``aclose`` wait on a thread of their own. Cancelling ``flush`` stops the waiting
-  only: delivery goes on in the background exactly as before. Cancelling ``aclose`` cannot undo the
-  close: it goes on, within ``shutdown_timeout``, in its thread.
-- One client may be used by any number of tasks (and threads). Pass ``customer=`` per call when
-  tasks serve different customers (``identify`` sets the client's customer for every task).
+- ``flush`` waits on one thread per client, however many flushes wait at once (see
+  ``_flush_waiter``). Cancelling it stops the waiting only: delivery goes on in the background
+  exactly as before. ``aclose`` waits on a thread of its own; cancelling it cannot undo the close:
+  it goes on, within ``shutdown_timeout``, in its thread.
+- One client may be used by any number of tasks (and threads). Pass ``customer=`` per call, or run
+  each request inside ``customer_context(customer)``, when tasks serve different customers
+  (``identify`` sets the client's customer for every task).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import Any, Awaitable, Callable, Dict, Mapping, Optional, Type, TypeVar
 
+from .context import CustomerContext
 from .errors import ClientClosedError
+from ._flush_waiter import FlushWaiter
 from .client import (
     DEFAULT_BLOCKING_RETRY_DEADLINE,
     DEFAULT_TIMEOUT,
@@ -126,7 +131,8 @@ class _AsyncBase:
             return future
         if self._pid != os.getpid():  # a forked child: the parent's pool thinks its threads are alive
             self._executor = self._new_executor()
-        return loop.run_in_executor(self._executor, function)
+        # In a copy of the caller's contextvars, as asyncio.to_thread runs it: its customer_context.
+        return loop.run_in_executor(self._executor, contextvars.copy_context().run, function)
 
     async def __aenter__(self: _Client) -> _Client:
         return self
@@ -198,6 +204,7 @@ class AsyncSevenSegments(_AsyncBase):
             enabled=enabled,
         )
         super().__init__(max_workers)
+        self._flushes = FlushWaiter(self._client.flush, "seven-segments-aio-flush")
 
     def __repr__(self) -> str:
         return f"AsyncSevenSegments(target={self.target!r}, customer={self.customer!r})"
@@ -220,6 +227,12 @@ class AsyncSevenSegments(_AsyncBase):
     def identify(self, customer: Customer, properties: Optional[Mapping[str, Any]] = None) -> None:
         """Make ``customer`` the client's current customer (for every task); with ``properties``, ``update`` them."""
         self._client.identify(customer, properties)
+
+    def customer_context(self, customer: Customer) -> CustomerContext:
+        """``with client.customer_context(customer):`` the calls inside it that name no customer
+        (``track``, ``update``, ``await get_html``) are for ``customer``, in this task only (and the
+        tasks it creates): as ``SevenSegments.customer_context``. A plain ``with``, in a coroutine too."""
+        return self._client.customer_context(customer)
 
     def track(
         self,
@@ -264,8 +277,7 @@ class AsyncSevenSegments(_AsyncBase):
         """
         if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0):
             raise ValueError(f"timeout must be a number of seconds >= 0, not {timeout!r}")
-        client = self._client
-        return await _in_own_thread(lambda: client.flush(timeout), "seven-segments-aio-flush")
+        return await self._flushes.flush(timeout)
 
     async def aclose(self, timeout: Optional[float] = None) -> None:
         """Deliver what is queued (at most ``timeout``, default ``shutdown_timeout``) and stop; idempotent.

@@ -250,12 +250,16 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
         "spool",
         help="show or deliver what a spool folder holds",
         description="Show what a buffered client's spool folder holds (files, commands, bytes, whether their writer "
-        "is alive). With --deliver, send what the files of dead writers hold (live ones are left) and exit 0 only "
-        "when all of it was delivered.",
+        "is alive). With --deliver, send what the files of dead writers hold (live ones are left), each file to the "
+        "target it was written for, and exit 0 only when all of it was delivered.",
     )
     spool.add_argument("path", metavar="PATH", help="the spool folder")
     spool.add_argument("--deliver", action="store_true", help="deliver the commands of dead writers' files")
-    spool.add_argument("--target", help=f"base URL of the API (default: ${TARGET_ENV} or {DEFAULT_TARGET})")
+    spool.add_argument(
+        "--target",
+        help="send every file's commands to this base URL of the API instead of the target each file was written for; "
+        f"files that name none (written by an older seven_segments) go to ${TARGET_ENV} or {DEFAULT_TARGET}",
+    )
     spool.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for an answer (default: 10)")
     spool.add_argument(
         "--retry-deadline", type=float, default=30.0,
@@ -458,12 +462,15 @@ def _run_spool(args: argparse.Namespace) -> int:
         for entry in report.files:
             damaged = f", {entry.damaged} damaged" if entry.damaged else ""
             writer = "alive" if entry.alive else "dead"
-            sys.stdout.write(f"  {entry.name}: {entry.commands} commands, {entry.bytes} bytes, writer {writer}{damaged}\n")
+            target = f", for {entry.target}" if entry.target else ""
+            sys.stdout.write(f"  {entry.name}: {entry.commands} commands, {entry.bytes} bytes, writer {writer}{damaged}{target}\n")
         return EXIT_OK
     if not (args.timeout > 0 and args.retry_deadline >= 0):
         raise UsageError(f"--timeout must be > 0 and --retry-deadline >= 0, not {args.timeout} and {args.retry_deadline}")
-    target = args.target or os.environ.get(TARGET_ENV) or DEFAULT_TARGET
-    done = deliver(args.path, target, timeout=args.timeout, retry_deadline=args.retry_deadline)
+    default_target = os.environ.get(TARGET_ENV) or DEFAULT_TARGET
+    done = deliver(
+        args.path, args.target, default_target=default_target, timeout=args.timeout, retry_deadline=args.retry_deadline
+    )
     for line in done.refused:
         sys.stderr.write(f"spool: {line}\n")
     if done.failure is not None:

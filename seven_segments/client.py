@@ -13,6 +13,7 @@ from types import TracebackType
 from typing import Any, Callable, Dict, Optional, Tuple, Type, TypeVar, Union
 
 from .clock import monotonic
+from .context import CustomerChoice
 from .errors import ClientClosedError, SevenSegmentsError
 from .protocol import (
     ANALYSIS_TYPES,
@@ -83,12 +84,24 @@ def _number(name: str, value: Any, *, minimum: float, allow_equal: bool = True, 
     return value
 
 
+def _utf8_problem(value: str) -> Optional[str]:
+    """Why ``value`` cannot be sent as UTF-8 (a lone surrogate, and where), without quoting it; else None."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:  # its .object is the whole value: never let it travel
+        return f"character {error.start + 1} is a lone surrogate, which is not text and cannot be sent as UTF-8"
+    return None
+
+
 def _secret(name: str, value: Any) -> str:
     """Check a token or password without ever echoing it."""
     if not isinstance(value, str):
         raise TypeError(f"{name} must be a string, not {type(value).__name__}")
     if not value.strip():
         raise ValueError(f"{name} must be a non-empty string")
+    problem = _utf8_problem(value)
+    if problem is not None:
+        raise ValueError(f"{name} is not valid: {problem}")  # outside the except: no chain to the value
     return value
 
 
@@ -227,7 +240,7 @@ def _checked_command(command: Command, sent: Any) -> Tuple[Command, int]:
     return (path, ids, kind, properties, timestamp_seconds(sent["timestamp"]), check_command_id(sent["command_id"])), size
 
 
-class SevenSegments(_ApiClient):
+class SevenSegments(_ApiClient, CustomerChoice):
     """Client of the 7SEGMENTS tracking API.
 
     ``SevenSegments(token, customer=None)`` as in the seed; ``customer`` is a string id (meaning
@@ -246,10 +259,10 @@ class SevenSegments(_ApiClient):
       ``max_in_flight`` (16: requests in flight at once; the window shrinks to one on a passing failure
       and grows back on success), ``spool`` (a folder: every command is written there before ``track``
       returns, so that a process killed at any moment loses nothing; the next client on the folder
-      delivers what was left), ``spool_max_bytes`` (256 MiB: past it, or on a full disk, commands are
-      sent from memory only, counted as ``not_spooled``) and ``spool_fsync`` (False: with True, each
-      command is also flushed to the disk, which survives a power loss at the cost of a disk flush per
-      call),
+      for the same ``target`` delivers what was left), ``spool_max_bytes`` (256 MiB: past it, or on a full
+      disk, commands are sent from memory only, counted as ``not_spooled``) and ``spool_fsync`` (False:
+      with True, each command is also flushed to the disk, which survives a power loss at the cost of a
+      disk flush per call),
       ``on_error(error, commands)`` (called on the worker thread for commands that could not be
       delivered), ``gzip`` (True: compress request bodies of 1 KiB or more).
     - ``before_send(command)`` (both modes): called with each tracking command as a plain dict
@@ -264,8 +277,8 @@ class SevenSegments(_ApiClient):
       nothing is queued, sent or kept, no thread is started: ``track``/``update`` count the command as
       ``discarded``, ``get_html`` returns ``''``, ``flush`` returns True. For development and CI.
 
-    One client may be shared by all threads; pass ``customer=`` per call rather than ``identify``
-    when threads serve different customers.
+    One client may be shared by all threads; pass ``customer=`` per call, or run the request inside
+    ``customer_context(customer)``, rather than ``identify`` when threads serve different customers.
     """
 
     def __init__(
@@ -297,7 +310,7 @@ class SevenSegments(_ApiClient):
         # A buffered client's retry_deadline is the worker's; get_html still answers within seconds.
         call_deadline = DEFAULT_BLOCKING_RETRY_DEADLINE if buffered else None
         super().__init__(target, timeout, retry_deadline, (token,), bool(gzip), None, call_deadline)
-        self._customer_ids: Optional[CustomerIds] = None if customer is None else customer_ids(customer)
+        self._init_customer(None if customer is None else customer_ids(customer))
         #: The last string ``customer=`` passed to a call and its ids: one ids object for a run of
         #: calls for one customer (the engine's encoder reuses its JSON for the same object).
         self._last_customer: Tuple[Optional[str], CustomerIds] = (None, {})
@@ -346,9 +359,11 @@ class SevenSegments(_ApiClient):
             durable = None
             if spool is not None:
                 from . import process_hooks
-                from .spool import Spool, lock_held_here  # only for clients that use one: the command line starts faster
+                from .spool import Spool, is_command, lock_held_here  # only for clients that use one: the command line starts faster
 
-                durable = Spool(spool, max_bytes=spool_max_bytes, fsync=bool(spool_fsync))  # a bad folder raises here
+                durable = Spool(  # a bad folder raises here
+                    spool, max_bytes=spool_max_bytes, fsync=bool(spool_fsync), target=self.target, accepts=is_command
+                )
                 process_hooks.register_lock_check(lock_held_here)
             self._worker = BufferedEngine(token, self._transport, limits, on_error, spool=durable)
             if durable is not None and before_send is None:
@@ -359,7 +374,7 @@ class SevenSegments(_ApiClient):
         mode = "buffered" if self._buffered else "blocking"
         if not self._enabled:
             mode += ", disabled"
-        return f"SevenSegments(target={self.target!r}, customer={self._customer_ids!r}, {mode})"
+        return f"SevenSegments(target={self.target!r}, customer={self._identified!r}, {mode})"
 
     @property
     def buffered(self) -> bool:
@@ -373,12 +388,13 @@ class SevenSegments(_ApiClient):
 
     @property
     def customer(self) -> Optional[CustomerIds]:
-        """The identified customer's ids, or None."""
-        return None if self._customer_ids is None else dict(self._customer_ids)
+        """The identified customer's ids, or None (a ``customer_context`` does not change it)."""
+        return None if self._identified is None else dict(self._identified)
 
     def identify(self, customer: Customer, properties: Optional[Mapping[str, Any]] = None) -> None:
-        """Make ``customer`` the client's current customer; with ``properties``, also ``update`` them."""
-        self._customer_ids = customer_ids(customer)
+        """Make ``customer`` the client's current customer (for every thread: an active ``customer_context``
+        comes first); with ``properties``, also ``update`` them."""
+        self._identify_ids(customer_ids(customer))
         if properties is not None:
             self.update(properties)
 
@@ -400,8 +416,8 @@ class SevenSegments(_ApiClient):
                 self._last_customer = (customer, ids)
                 return ids
             return customer_ids(customer)
-        if self._customer_ids is None:
-            return customer_ids(None)  # raises "no customer identified ..."
+        if self._customer_ids is None:  # look further: contexts (once used), then the identified customer
+            return self._context_or_identified()
         return self._customer_ids
 
     def track(
@@ -610,6 +626,9 @@ class AuthenticatedSevenSegments(_ApiClient):
     ) -> None:
         if not isinstance(username, str) or not username:
             raise ValueError(f"username must be a non-empty string, not {username!r}")
+        problem = _utf8_problem(username)
+        if problem is not None:
+            raise ValueError(f"username {username!r} is not valid: {problem}")
         _secret("password", password)
         self._username = username
         super().__init__(target, timeout, retry_deadline, (password,), False, (username, password))

@@ -25,10 +25,12 @@ from __future__ import annotations
 import base64
 import datetime as _dt
 import enum
+import functools
 import json
 import json.encoder
 import math
 import os
+import re
 import sys
 import time
 from collections.abc import Mapping
@@ -490,6 +492,21 @@ _write_plain = compact_json_encoder()
 _write_tree: Callable[[Any, int], Any] = c_json_encoder() or (lambda value, _level: (_write_plain(value),))
 
 
+#: The company token of an encoded command: the JSON string after ``"company_id":``.
+_COMPANY_ID = re.compile(rb'"company_id"\s*:\s*("[^"\\]*(?:\\.[^"\\]*)*")')  # unrolled: no alternation per character
+
+
+
+@functools.lru_cache(maxsize=64)
+def _company_token(text: bytes) -> Optional[str]:
+    """The token a JSON string holds (the commands of a spool share a few: decoded once each)."""
+    try:
+        token = json.loads(text)
+    except ValueError:
+        return None
+    return token if isinstance(token, str) else None
+
+
 class BulkCommandEncoder:
     """Turns queued ``Command`` tuples into the JSON of one ``bulk`` command, for one company token.
 
@@ -537,6 +554,16 @@ class BulkCommandEncoder:
         else:
             body = _join(_write_tree(properties, 0)) if properties else "{}"
         return f'{head}{body},"timestamp":{round(timestamp * 1e6)}e-6,"command_id":"{command_id}"}}}}'.encode()
+
+    @staticmethod
+    def company_of(payload: bytes) -> Optional[str]:
+        """The company token an encoded command carries (``data.company_id``), or None when it has none.
+
+        Found by a search rather than by decoding the whole command, so that a client replaying a
+        spool written with another token can keep that token out of what it quotes, cheaply.
+        """
+        match = _COMPANY_ID.search(payload)
+        return None if match is None else _company_token(match.group(1))
 
     @staticmethod
     def as_dict(command: Command) -> Dict[str, Any]:

@@ -6,8 +6,9 @@ process writes its own *segment* files, ``<host>-<pid>-<random>-<n>.seg``, and h
 (SIGKILL, the OOM killer, ``os._exit``), so a file whose lock can be taken belongs to nobody. No pid
 files.
 
-A segment starts with a 16-byte header (``7SPOOL``-style magic, a format version byte, the moment
-it was made) followed by records::
+A segment starts with a header (``7SSPOOL`` magic, a format version byte, the moment it was made;
+since version 2, the target the spool was made for: a 2-byte length and that many bytes of UTF-8)
+followed by records::
 
     magic (2 bytes) | payload length (uint32 LE) | crc32 of the payload (uint32 LE) | payload
 
@@ -39,11 +40,20 @@ that were never confirmed, oldest first. A record cut short by a kill, or damage
 magic, length or checksum), is skipped with one warning per file saying how many were lost.
 
 Payloads are opaque bytes here. In the client they are bulk commands, which hold the company token:
-that is why the folder is private to the user. A folder another user owns, that its group or others
-can write to, or that is a symbolic link, is refused (``SpoolError``); every file in it is opened
-without following a link, and one that is not a regular file is skipped with a warning. A folder
-deleted while in use is made again (with the same checks) when the next segment is made; the pump's
-``prepare_next`` seals a current segment whose file was deleted at once.
+that is why the folder is private to the user. A spool given ``accepts`` (the client's: ``is_command``)
+skips a recovered record it refuses, like a damaged one: a record whose checksum holds but whose bytes
+are no command (a torn header makes one: an empty payload's CRC-32 is 0) is never replayed, and its
+place is settled.
+
+A folder another user owns, that its group or others can write to, or that is a symbolic link, is
+refused (``SpoolError``); every file in it is opened without following a link, and one that is not a
+regular file is skipped with a warning. A folder deleted while in use is made again (with the same
+checks) when the next segment is made; the pump's ``prepare_next`` seals a current segment whose
+file was deleted at once.
+
+Each file is replayed only for its own target: ``recover`` takes the files written for the spool's
+``target``, and those of version 1 (which do not say theirs) or of a spool made without one; it
+leaves the files of other targets to a client made for theirs (or to ``deliver``).
 """
 
 from __future__ import annotations
@@ -67,6 +77,8 @@ import weakref
 import zlib
 from typing import Callable, Dict, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple
 
+from .protocol import DEFAULT_TARGET, PATH_CUSTOMERS, PATH_EVENTS
+
 __all__ = [
     "DEFAULT_MAX_BYTES",
     "Delivery",
@@ -80,6 +92,7 @@ __all__ = [
     "SpoolReport",
     "deliver",
     "inspect",
+    "is_command",
     "lock_held_here",
 ]
 
@@ -91,8 +104,8 @@ DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 SEGMENT_BYTES = 4 * 1024 * 1024
 #: ``recover`` yields at most this many records at a time (one bulk request).
 RECOVER_CHUNK = 1000
-#: The format written; files of a higher version are refused.
-FORMAT_VERSION = 1
+#: The format written; files of a higher version are refused. Version 2 added the target to the header.
+FORMAT_VERSION = 2
 #: A record longer than this is taken for damage (a command is at most 100 KiB).
 MAX_RECORD_BYTES = 16 * 1024 * 1024
 
@@ -106,6 +119,8 @@ _FILE_MAGIC = b"7SSPOOL"
 #: magic (7 bytes), version (1 byte), created (ns since the epoch, uint64 LE).
 _FILE_HEADER = struct.Struct("<7sBQ")
 HEADER_BYTES = _FILE_HEADER.size
+#: Since version 2, the header goes on with the target: its length in bytes, then its UTF-8.
+_TARGET_LENGTH = struct.Struct("<H")
 #: Bytes 0xFF 0xA7 start every record (0xFF never occurs in UTF-8 text, so JSON payloads never
 #: contain it: after damage, the next record is found by looking for it).
 _RECORD_MAGIC = 0xA7FF
@@ -273,6 +288,8 @@ class SpoolFile(NamedTuple):
     #: Records that are cut short or damaged (for a live writer, possibly one being written).
     damaged: int
     version: int
+    #: The target its commands are for ("" when the file does not say: version 1).
+    target: str = ""
 
 
 class SpoolReport(NamedTuple):
@@ -307,7 +324,7 @@ def _valid_at(data: bytes, view: memoryview, position: int) -> int:
     return end
 
 
-def parse_records(data: bytes) -> Tuple[List[Tuple[int, int, int]], int]:
+def parse_records(data: bytes, start: int = HEADER_BYTES) -> Tuple[List[Tuple[int, int, int]], int]:
     """The sound records of a segment's bytes (``(offset, payload start, payload end)``), and how
     many were lost to damage or a cut (a count of record starts in each damaged stretch, at least 1).
 
@@ -316,7 +333,7 @@ def parse_records(data: bytes) -> Tuple[List[Tuple[int, int, int]], int]:
     view = memoryview(data)
     records: List[Tuple[int, int, int]] = []
     lost = 0
-    position = HEADER_BYTES
+    position = start
     size = len(data)
     while position < size:
         end = _valid_at(data, view, position)
@@ -336,14 +353,70 @@ def parse_records(data: bytes) -> Tuple[List[Tuple[int, int, int]], int]:
     return records, lost
 
 
-def _read_header(data: bytes, path: str) -> Tuple[int, int]:
-    """``(version, created ns)`` of a segment's first bytes; raises ``SpoolError`` for a non-segment."""
+class _Header(NamedTuple):
+    """What a segment's header says."""
+
+    version: int
+    created: int
+    #: The target it was written for ("" when it does not say: version 1, or a spool made without one).
+    target: str
+    #: Where its first record starts.
+    start: int
+
+
+def _read_header(data: bytes, path: str) -> _Header:
+    """The header of a segment's first bytes; raises ``SpoolError`` for a non-segment. A header of a
+    newer version is read as far as its fixed part (``start`` 0)."""
     if len(data) < HEADER_BYTES:
         raise SpoolError(f"spool file {path} is shorter than a segment header ({len(data)} bytes)")
     magic, version, created = _FILE_HEADER.unpack_from(data, 0)
     if magic != _FILE_MAGIC:
         raise SpoolError(f"spool file {path} is not a seven_segments spool segment")
-    return version, created
+    if version < 2:
+        return _Header(version, created, "", HEADER_BYTES)
+    if version > FORMAT_VERSION:
+        return _Header(version, created, "", 0)
+    start = HEADER_BYTES + _TARGET_LENGTH.size
+    end = start + (_TARGET_LENGTH.unpack_from(data, HEADER_BYTES)[0] if len(data) >= start else 0)
+    if len(data) < end or len(data) < start:
+        raise SpoolError(f"spool file {path} is shorter than its header ({len(data)} bytes)")
+    try:
+        target = data[start:end].decode("utf-8")
+    except UnicodeDecodeError:
+        raise SpoolError(f"spool file {path} has a damaged header (its target is not UTF-8)") from None
+    return _Header(version, created, target, end)
+
+
+def _target_block(target: str) -> bytes:
+    """The end of a version 2 header: ``target``'s length and UTF-8 bytes."""
+    encoded = target.encode("utf-8")
+    if len(encoded) > 0xFFFF:
+        raise ValueError(f"a spool's target must be at most 65535 bytes of UTF-8, not {len(encoded)}")
+    return _TARGET_LENGTH.pack(len(encoded)) + encoded
+
+
+def _refuse_constant(name: str) -> object:
+    raise ValueError(name)
+
+
+def is_command(payload: bytes) -> bool:
+    """Whether ``payload`` is one ``bulk`` command: a JSON object ``{"name": "crm/events" or
+    "crm/customers", "data": {...}}`` in UTF-8 (no NaN or Infinity, which JSON lacks). What ``track``
+    spools always is; checked when a record is replayed, never when it is written. Decoding it is
+    the cheapest check that is sound: a payload that passes cannot make the server refuse the
+    ``bulk`` request that holds it as a whole (400), only, at worst, that command."""
+    try:
+        command = json.loads(payload.decode("utf-8"), parse_constant=_refuse_constant)
+    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        return False
+    return (
+        type(command) is dict
+        and command.get("name") in _COMMAND_NAMES
+        and type(command.get("data")) is dict
+    )
+
+
+_COMMAND_NAMES = frozenset({PATH_EVENTS, PATH_CUSTOMERS})
 
 
 def _newer(path: str, version: int) -> SpoolError:
@@ -396,8 +469,9 @@ _MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 _NO_FALLOCATE = frozenset(code for code in (getattr(errno, "EOPNOTSUPP", None), errno.EINVAL, getattr(errno, "ENOSYS", None)) if code)
 
 
-def _reserve(fd: int, length: int) -> None:
-    """Give the file ``length`` bytes of disk (zeros after its header), or raise ``OSError`` (no room)."""
+def _reserve(fd: int, length: int, start: int) -> None:
+    """Give the file ``length`` bytes of disk (zeros after its header, which ends at ``start``), or
+    raise ``OSError`` (no room)."""
     fallocate = getattr(os, "posix_fallocate", None)
     if fallocate is not None:
         try:
@@ -406,21 +480,21 @@ def _reserve(fd: int, length: int) -> None:
         except OSError as error:
             if error.errno not in _NO_FALLOCATE:
                 raise
-    position = HEADER_BYTES
+    position = start
     zeros = bytes(min(1 << 20, length))
     while position < length:
         position += os.pwrite(fd, zeros[: length - position], position)
 
 
-def _map_preallocated(fd: int, length: int) -> "Optional[mmap.mmap]":
+def _map_preallocated(fd: int, length: int, start: int) -> "Optional[mmap.mmap]":
     """The segment file, preallocated to ``length`` bytes, mapped shared for writing; None (the file
-    cut back to its header) where the file system cannot map files. Raises ``OSError`` when the disk
-    has no room for it."""
-    _reserve(fd, length)
+    cut back to its header, which ends at ``start``) where the file system cannot map files. Raises
+    ``OSError`` when the disk has no room for it."""
+    _reserve(fd, length, start)
     try:
         return mmap.mmap(fd, length, flags=mmap.MAP_SHARED | _MAP_POPULATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
     except (OSError, ValueError):
-        os.ftruncate(fd, HEADER_BYTES)
+        os.ftruncate(fd, start)
         return None
 
 
@@ -473,6 +547,10 @@ class Spool:
     ``append`` is safe from many threads at once; ``confirm`` and ``recover`` are meant for one
     thread (the engine's pump), and may run while others append. Each process writes its own files
     and takes over those of dead processes only (see the module's docstring).
+
+    ``target`` (the API's base URL) is written in each segment's header; ``recover`` takes only the
+    files of that target (or that name none). ``accepts``, if given, is asked about each recovered
+    record before it is yielded: one it refuses is skipped and counted as damaged.
     """
 
     def __init__(
@@ -482,7 +560,11 @@ class Spool:
         max_bytes: int = DEFAULT_MAX_BYTES,
         fsync: bool = False,
         segment_bytes: Optional[int] = None,
+        target: str = "",
+        accepts: Optional[Callable[[bytes], bool]] = None,
     ) -> None:
+        if not isinstance(target, str):
+            raise TypeError(f"a spool's target must be a string, not {type(target).__name__} {target!r}")
         if not isinstance(folder, (str, os.PathLike)):
             raise TypeError(f"spool must be a folder path, not {type(folder).__name__} {folder!r}")
         if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes <= 0:
@@ -493,8 +575,15 @@ class Spool:
             raise ValueError(f"segment_bytes must be an integer > {HEADER_BYTES}, not {segment_bytes!r}")
         self._folder = os.path.abspath(os.fspath(folder))
         self._max_bytes = max_bytes
+        self._target = target
+        self._target_block = _target_block(target)
+        #: Where the first record of a segment of this spool goes (after its header).
+        self._start = HEADER_BYTES + len(self._target_block)
+        self._accepts = accepts
+        #: The target of each file taken over (a dead writer's), by segment name.
+        self._targets: Dict[str, str] = {}
         # A fully confirmed segment still takes its room until it is sealed: keep it a small part of the bound.
-        self._segment_bytes = max(HEADER_BYTES + 1, min(segment_bytes, max_bytes // 4))
+        self._segment_bytes = max(self._start + 1, min(segment_bytes, max_bytes // 4))
         self._fsync = bool(fsync)
         #: Segments are preallocated and mapped, unless each record must be fsynced (then written with
         #: pwrite), the system cannot reserve a file's space (no ``posix_fallocate``: macOS), or mapping
@@ -555,6 +644,16 @@ class Spool:
         """Why the last record that could not be written was not ("" when none failed)."""
         return self._last_failure
 
+    @property
+    def target(self) -> str:
+        """The target written in this spool's segments ("" when made without one)."""
+        return self._target
+
+    def target_of(self, name: str) -> str:
+        """The target a segment of this spool (by the name in its records) was written for: this
+        spool's own, or the one a dead writer's file says ("" when it says none)."""
+        return self._targets.get(name, self._target)
+
     def __repr__(self) -> str:
         return f"Spool({self._folder!r})"
 
@@ -603,12 +702,12 @@ class Spool:
         view = None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            header = _FILE_HEADER.pack(_FILE_MAGIC, FORMAT_VERSION, time.time_ns())
+            header = _FILE_HEADER.pack(_FILE_MAGIC, FORMAT_VERSION, time.time_ns()) + self._target_block
             if os.write(fd, header) != len(header):
                 raise OSError(errno.ENOSPC, "no room for a segment header")
             if self._mapped and reserve:
-                view = _map_preallocated(fd, max(capacity or self._segment_bytes, HEADER_BYTES + 1))
-            segment = _Segment(self._folder, name, fd, HEADER_BYTES, view, self._segment_bytes)
+                view = _map_preallocated(fd, max(capacity or self._segment_bytes, self._start + 1), self._start)
+            segment = _Segment(self._folder, name, fd, self._start, view, self._segment_bytes)
             os.rename(temp, segment.path)
         except BaseException:
             if view is not None:
@@ -818,13 +917,13 @@ class Spool:
         if full is not None:
             self._seal(full)
         spare = self._spare
-        if spare is not None and HEADER_BYTES + size <= spare.capacity:
+        if spare is not None and self._start + size <= spare.capacity:
             self._spare = None
             self._current = spare
             return spare
         room = self._max_bytes - self._kept_bytes
-        capacity = min(max(self._segment_bytes, HEADER_BYTES + size), room)
-        if self._mapped and capacity < HEADER_BYTES + size or not self._mapped and room < HEADER_BYTES + size:
+        capacity = min(max(self._segment_bytes, self._start + size), room)
+        if self._mapped and capacity < self._start + size or not self._mapped and room < self._start + size:
             self._dropped += 1
             self._last_failure = _FULL
             return None
@@ -926,6 +1025,7 @@ class Spool:
         self._release(segment)
         self._kept_bytes -= segment.allocated
         self._segments.pop(segment.name, None)
+        self._targets.pop(segment.name, None)
 
     @staticmethod
     def _release(segment: _Segment, forked: bool = False) -> None:
@@ -949,14 +1049,17 @@ class Spool:
 
     # -- recovering ------------------------------------------------------------------------------
 
-    def recover(self) -> Iterator[List[Tuple[Record, bytes]]]:
+    def recover(self, every_target: bool = False) -> Iterator[List[Tuple[Record, bytes]]]:
         """The records never confirmed of the segments whose writer is dead, in chunks of at most
-        ``RECOVER_CHUNK``, oldest first.
+        ``RECOVER_CHUNK``, oldest first: of the files written for this spool's target or naming
+        none (version 1, or a spool made without one); with ``every_target``, of all (``target_of``
+        says whose each is).
 
         Each such segment is taken over (its lock) as the iteration reaches it, and belongs to this
         process from then on: confirm its records like any others; once all are, it is deleted.
-        Damaged or cut records are skipped with one warning per file. Call it again later to take
-        over files of writers that died since; files already taken are not yielded again.
+        Damaged or cut records, and those ``accepts`` refuses, are skipped with one warning per
+        file. Call it again later to take over files of writers that died since; files already taken
+        are not yielded again. The files of other targets are left as they are, untouched.
         """
         if self._pid != os.getpid():
             self.after_fork()
@@ -972,7 +1075,9 @@ class Spool:
                 name = entry[: -len(SEGMENT_SUFFIX)]
                 if name in self._segments:
                     continue
-                candidates.append((self._created(os.path.join(self._folder, entry)), name))
+                created, target = self._head(os.path.join(self._folder, entry))
+                if every_target or target in ("", self._target):
+                    candidates.append((created, name))
             elif entry.endswith(ACK_SUFFIX) and entry[: -len(ACK_SUFFIX)] + SEGMENT_SUFFIX not in names:
                 self._remove_orphan(entry[: -len(ACK_SUFFIX)])
             elif entry.startswith(".") and entry.endswith(TEMP_SUFFIX):
@@ -982,7 +1087,7 @@ class Spool:
         for _, name in candidates:
             if self._closed:
                 break
-            taken = self._take(name)
+            taken = self._take(name, every_target)
             if taken is None:
                 continue
             segment, payloads = taken
@@ -1043,13 +1148,15 @@ class Spool:
             yield chunk
 
     @staticmethod
-    def _created(path: str) -> int:
+    def _head(path: str) -> Tuple[int, str]:
+        """When a segment was made, and the target it was written for ("" when its header says none
+        or cannot be read: ``_take`` says why)."""
         try:
-            head = _read_file(path, HEADER_BYTES)
-            created: int = _FILE_HEADER.unpack(head)[2] if len(head) == HEADER_BYTES else 0
-            return created
-        except OSError:
-            return 0
+            head = _read_file(path, HEADER_BYTES + _TARGET_LENGTH.size + 0xFFFF)
+            header = _read_header(head, path)
+            return header.created, header.target
+        except (OSError, SpoolError):
+            return 0, ""
 
     def _remove_orphan(self, name: str) -> None:
         """An ack file whose segment is gone (its owner died between the two deletions)."""
@@ -1078,9 +1185,9 @@ class Spool:
         finally:
             os.close(fd)
 
-    def _take(self, name: str) -> Optional[Tuple[_Segment, List[Tuple[int, bytes]]]]:
+    def _take(self, name: str, every_target: bool = False) -> Optional[Tuple[_Segment, List[Tuple[int, bytes]]]]:
         """Lock a dead writer's segment, hold it, and read what it holds unconfirmed; None when it
-        is alive, gone, or unreadable (warned)."""
+        is alive, gone, unreadable (warned), or of another target (unless ``every_target``)."""
         path = os.path.join(self._folder, name + SEGMENT_SUFFIX)
         failure: Optional[OSError] = None
         segment: Optional[_Segment] = None
@@ -1107,7 +1214,7 @@ class Spool:
         if segment is None:
             return None
         try:
-            payloads = self._read_taken(segment)
+            payloads = self._read_taken(segment, every_target)
         except BaseException:  # MemoryError on a huge file, say: its descriptor and lock go too
             self._release(segment)
             _no_longer_in_hand(segment)
@@ -1124,9 +1231,10 @@ class Spool:
         _no_longer_in_hand(segment)
         return segment, payloads
 
-    def _read_taken(self, segment: _Segment) -> Optional[List[Tuple[int, bytes]]]:
+    def _read_taken(self, segment: _Segment, every_target: bool) -> Optional[List[Tuple[int, bytes]]]:
         """The unconfirmed records of a dead writer's segment just locked (``segment.fd``), noted in
-        ``segment``; None when it was replaced or deleted meanwhile, or cannot be read (warned)."""
+        ``segment``; None when it was replaced or deleted meanwhile, cannot be read (warned), or is
+        another target's (unless ``every_target``: its header could not be read before)."""
         path, name, fd = segment.path, segment.name, segment.fd
         try:
             try:
@@ -1136,14 +1244,16 @@ class Spool:
                 return None  # taken, replayed and deleted by another process meanwhile
             data = _read_all(fd)
             try:
-                version, _ = _read_header(data, path)
+                header = _read_header(data, path)
             except SpoolError as error:
                 logger.warning("seven_segments: %s; left as it is", error)
                 return None
-            if version > FORMAT_VERSION:
-                logger.warning("seven_segments: %s; left as it is", _newer(path, version))
+            if header.version > FORMAT_VERSION:
+                logger.warning("seven_segments: %s; left as it is", _newer(path, header.version))
                 return None
-            records, lost = parse_records(data)
+            if not every_target and header.target not in ("", self._target):
+                return None  # another target's: left to a client for it
+            records, lost = parse_records(data, header.start)
             acked = _read_acks(os.path.join(self._folder, name + ACK_SUFFIX))
             if lost:
                 self._damaged += lost
@@ -1152,7 +1262,7 @@ class Spool:
                     path, lost, "" if lost == 1 else "s",
                 )
             size = len(data)
-            end = records[-1][2] if records else HEADER_BYTES
+            end = records[-1][2] if records else header.start
             if size > end:  # zeros (the unwritten rest of a writer that died) or a cut record, lost anyway
                 try:  # given back, and not counted
                     os.truncate(path, end)
@@ -1162,6 +1272,18 @@ class Spool:
             segment.size = segment.allocated = size
             segment.sealed = True
             payloads = [(offset, data[start:end]) for offset, start, end in records if offset not in acked]
+            accepts = self._accepts
+            if accepts is not None:
+                commands = [item for item in payloads if accepts(item[1])]
+                count = len(payloads) - len(commands)
+                payloads = commands  # the others' places are settled: never unconfirmed
+                if count:
+                    self._damaged += count
+                    logger.warning(
+                        "seven_segments: spool file %s: %d record%s whole but not a command (damaged), skipped (lost)",
+                        path, count, "" if count == 1 else "s",
+                    )
+            self._targets[name] = header.target
             segment.unconfirmed.update((offset, None) for offset, _ in payloads)
             segment.records = len(payloads)
             return payloads
@@ -1183,6 +1305,7 @@ class Spool:
         for segment in self._segments.values():
             self._release(segment, forked=True)
         self._segments = {}
+        self._targets = {}
         self._current = self._spare = None
         self._random = os.urandom(4).hex()
         self._serial = 0
@@ -1344,17 +1467,17 @@ def inspect(folder: str) -> SpoolReport:
         finally:
             os.close(fd)
         try:
-            version, _ = _read_header(data, path)
+            header = _read_header(data, path)
         except SpoolError:
             files.append(SpoolFile(name + SEGMENT_SUFFIX, 0, len(data), alive, 0, 0))
             continue
-        if version > FORMAT_VERSION:
-            files.append(SpoolFile(name + SEGMENT_SUFFIX, 0, len(data), alive, 0, version))
+        if header.version > FORMAT_VERSION:
+            files.append(SpoolFile(name + SEGMENT_SUFFIX, 0, len(data), alive, 0, header.version))
             continue
-        records, lost = parse_records(data)
+        records, lost = parse_records(data, header.start)
         acked = _read_acks(os.path.join(folder, name + ACK_SUFFIX))
         pending = sum(1 for offset, _, _ in records if offset not in acked)
-        files.append(SpoolFile(name + SEGMENT_SUFFIX, pending, len(data), alive, lost, version))
+        files.append(SpoolFile(name + SEGMENT_SUFFIX, pending, len(data), alive, lost, header.version, header.target))
     return SpoolReport(folder, files)
 
 
@@ -1374,12 +1497,21 @@ class Delivery(NamedTuple):
     live_commands: int
 
 
-def deliver(folder: str, target: str, *, timeout: float = 10.0, retry_deadline: float = 30.0) -> Delivery:
-    """Deliver what the spool at ``folder`` holds in the files of dead writers to ``target``, as
-    ``bulk`` requests of at most ``RECOVER_CHUNK`` commands, each retried on passing failures for
-    ``retry_deadline`` seconds. Applied and refused commands are confirmed (so removed); those the
-    API asked to retry, and all of them once a request fails, are kept. Files of live processes are
-    left alone. Raises ``SpoolError`` when ``folder`` is not a spool folder."""
+def deliver(
+    folder: str,
+    target: Optional[str] = None,
+    *,
+    default_target: str = DEFAULT_TARGET,
+    timeout: float = 10.0,
+    retry_deadline: float = 30.0,
+) -> Delivery:
+    """Deliver what the spool at ``folder`` holds in the files of dead writers, as ``bulk`` requests
+    of at most ``RECOVER_CHUNK`` commands, each retried on passing failures for ``retry_deadline``
+    seconds: each file's commands to the target its header names (``default_target`` for a file that
+    names none: version 1), or all of them to ``target`` when given. Applied and refused commands are
+    confirmed (so removed); those the API asked to retry, and all of a target's once a request to it
+    fails, are kept. Records that are no command are skipped (``is_command``). Files of live
+    processes are left alone. Raises ``SpoolError`` when ``folder`` is not a spool folder."""
     from .errors import SevenSegmentsError
     from .protocol import MAX_BULK_BYTES, PATH_BULK
     from .transport import Backoff, Transport, call_with_retries
@@ -1387,14 +1519,23 @@ def deliver(folder: str, target: str, *, timeout: float = 10.0, retry_deadline: 
 
     before = inspect(folder)  # raises for a missing folder, rather than making one
     live = [entry for entry in before.files if entry.alive]
-    spool = Spool(folder)
-    transport = Transport(target, timeout=timeout)
+    spool = Spool(folder, target=target or "", accepts=is_command)
+    transports: Dict[str, Transport] = {}
     delivered = 0
     refused: List[str] = []
-    failure: Optional[str] = None
+    failures: Dict[str, str] = {}  # by target: its commands are kept
     tokens: Set[str] = set()
+
+    def transport_for(where: str) -> Transport:
+        transport = transports.get(where)
+        if transport is None:
+            transport = transports[where] = Transport(where, timeout=timeout)
+            for token in tokens:
+                transport.add_secret(token)
+        return transport
+
     try:
-        for chunk in spool.recover():
+        for chunk in spool.recover(every_target=True):
             commands = []
             for record, data in chunk:
                 try:
@@ -1405,9 +1546,20 @@ def deliver(folder: str, target: str, *, timeout: float = 10.0, retry_deadline: 
                     command, token = None, None
                 if isinstance(token, str) and token not in tokens:
                     tokens.add(token)
-                    transport.add_secret(token)  # kept out of every message quoted from the server
+                    for transport in transports.values():
+                        transport.add_secret(token)  # kept out of every message quoted from the server
                 commands.append((record, data, command))
-            for batch in _batches(commands, MAX_BULK_BYTES - 64):
+            by_target: Dict[str, List[Tuple[Record, bytes, object]]] = {}
+            for item in commands:
+                by_target.setdefault(target or spool.target_of(item[0][0]) or default_target, []).append(item)
+            for where, batch in ((where, batch) for where, group in by_target.items() for batch in _batches(group, MAX_BULK_BYTES - 64)):
+                if where in failures:
+                    continue  # that target failed: its commands stay in the files
+                try:
+                    transport = transport_for(where)
+                except ValueError as error:  # a file naming a target that is no URL
+                    failures[where] = str(error)
+                    continue
                 request = b'{"commands":[' + b",".join(data for _, data, _ in batch) + b"]}"
                 end = time.monotonic() + retry_deadline
                 try:
@@ -1423,7 +1575,8 @@ def deliver(folder: str, target: str, *, timeout: float = 10.0, retry_deadline: 
                     failure = transport.scrub(str(error))
                     if error.errors:
                         failure += " (" + "; ".join(transport.scrub(reason) for reason in error.errors) + ")"
-                    break
+                    failures[where] = failure
+                    continue
                 verdict = read_results(answer.get("results"), len(batch))
                 if verdict.all_ok:
                     settled = [record for record, _, _ in batch]
@@ -1434,12 +1587,12 @@ def deliver(folder: str, target: str, *, timeout: float = 10.0, retry_deadline: 
                         refused.append(_refusal(batch[index][2], reasons, transport.scrub))
                 delivered += len(settled) - (0 if verdict.all_ok else len(verdict.errors))
                 spool.confirm(settled)
-            if failure is not None:
-                break
     finally:
-        transport.close()
+        for transport in transports.values():
+            transport.close()
         kept = spool.close()
-    return Delivery(delivered, refused, kept, failure, len(live), sum(entry.commands for entry in live))
+    failed = "; ".join(failures.values()) if failures else None
+    return Delivery(delivered, refused, kept, failed, len(live), sum(entry.commands for entry in live))
 
 
 def _batches(commands: List[Tuple[Record, bytes, object]], limit: int) -> Iterator[List[Tuple[Record, bytes, object]]]:

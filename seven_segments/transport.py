@@ -3,7 +3,8 @@
 ``Transport.post`` makes exactly one attempt and sorts the outcome the way docs/protocol.md says:
 a passing failure (connection refused or reset, timeout, 429, 500/502/503/504) raises
 ``TransientError`` (internal, carries ``Retry-After``); anything else that is not a success raises
-the public error for it. ``call_with_retries`` retries transient failures through tenacity with
+the public error for it. A redirect (3xx) is never followed: ``SevenSegmentsError``, and not a byte
+goes to the host it names. ``call_with_retries`` retries transient failures through tenacity with
 exponential backoff and jitter, never sooner than ``Retry-After``, until a deadline, and then raises
 ``ServiceUnavailable``.
 
@@ -236,7 +237,10 @@ class Transport:
         self._secret_pattern = self._pattern(())
         for secret in secrets:
             self.add_secret(secret)
-        self._auth = auth
+        # HTTP Basic credentials as UTF-8 (RFC 7617; the local server asks for it): given str,
+        # requests encodes them as Latin-1, which garbles "é" and raises, with the password in the
+        # exception, for anything beyond. The client checked that they encode.
+        self._auth = None if auth is None else requests.auth.HTTPBasicAuth(auth[0].encode("utf-8"), auth[1].encode("utf-8"))
         self._pid = os.getpid()
         self._session = self._new_session()
         self._urls: Dict[str, str] = {}  # prepared by the session once per path
@@ -344,12 +348,15 @@ class Transport:
         failure: Exception
         attempt = WATCHDOG.begin(monotonic() + wait, owner)
         try:
+            # Redirects are never followed (requests follows them by default): the protocol has
+            # none, and following one would send the body (which holds the token), the ``?company=``
+            # query and the credentials to a host the user did not name. A 3xx is an error.
             if params is None and self._auth is None:
-                response = self._session.send(self._prepare(path, body, gzipped), timeout=wait)
+                response = self._session.send(self._prepare(path, body, gzipped), timeout=wait, allow_redirects=False)
             else:
                 response = self._session.post(
                     f"{self.target}/{path}", data=body, headers={"Content-Encoding": "gzip"} if gzipped else None,
-                    params=params, timeout=wait, auth=self._auth,
+                    params=params, timeout=wait, auth=self._auth, allow_redirects=False,
                 )
         except requests.Timeout:
             failure = TransientError(f"{path}: no answer within {wait:.3g} s")
@@ -438,6 +445,14 @@ class Transport:
             else:
                 what = "the company token was not accepted"
             raise AuthenticationError(f"{path}: {what}", status=status, errors=errors)
+        if 300 <= status <= 399:
+            location = self.scrub(response.headers.get("Location") or "nowhere")
+            if len(location) > 200:
+                location = location[:197] + "..."
+            raise SevenSegmentsError(
+                f"{path}: the server redirects to {location}; redirects are not followed (is the target right?)",
+                status=status, errors=errors,
+            )
         if status in (400, 404, 413):
             what = {400: "the request is invalid", 404: "not found", 413: "the body is too large"}[status]
             raise InvalidRequest(f"{path}: {what}", status=status, errors=errors)

@@ -78,3 +78,66 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 5.0) -> bool:
             return True
         time.sleep(0.001)
     return bool(predicate())
+
+
+class Witness:
+    """Another host, as a redirect would name it: a real HTTP listener on loopback that records every
+    connection and every byte it receives, and answers each request with a success (so that a
+    client following a redirect there would believe it delivered)."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        witness = self
+        self.connections = 0
+        self.received = bytearray()
+        self._lock = threading.Lock()
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                with witness._lock:
+                    witness.received += self.requestline.encode() + bytes(self.headers) + body
+                commands = body.count(b'"company_id"')
+                answer = ('{"success": true, "data": "", "results": [%s]}'
+                          % ", ".join(['{"status": "ok"}'] * commands)).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+                pass
+
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+
+            def verify_request(self, request: Any, client_address: Any) -> bool:
+                with witness._lock:
+                    witness.connections += 1
+                return True
+
+        self._server = Server(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop listening."""
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)
+
+
+@pytest.fixture
+def witness() -> Iterator[Witness]:
+    """A second HTTP listener on loopback that counts the connections and bytes it gets."""
+    listener = Witness()
+    try:
+        yield listener
+    finally:
+        listener.close()

@@ -346,3 +346,52 @@ def test_get_html_works_in_a_child_forked_after_the_parent_used_it(campaign_serv
         timeout=60, env=dict(os.environ, PYTHONPATH=str(root)),
     )
     assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+
+
+def test_a_redirect_is_an_error_and_nothing_goes_to_the_other_host(witness: Any) -> None:
+    from seven_segments import SevenSegmentsError
+
+    with LocalServer(campaigns=CAMPAIGNS, users={"analyst": "pa55-word"}, analyses=ANALYSES) as local:
+        reported: List[Any] = []
+
+        async def main() -> None:
+            on_error = lambda error, commands: reported.append((error, len(commands)))  # noqa: E731
+            async with AsyncSevenSegments(TOKEN, "john", target=local.url, on_error=on_error) as client:
+                local.faults.redirect_next(1, witness.url, status=307)
+                with pytest.raises(SevenSegmentsError, match="redirects to") as html:
+                    await client.get_html("Banner")
+                assert html.value.status == 307
+                local.faults.redirect_next(1, witness.url, status=308)
+                client.track("view")
+                assert await client.flush(10) is False
+            async with AsyncAuthenticatedSevenSegments("analyst", "pa55-word", target=local.url) as exporter:
+                local.faults.redirect_next(1, witness.url, status=307)
+                with pytest.raises(SevenSegmentsError, match="redirects to") as export:
+                    await exporter.export_analysis("report", {"analysis_id": "report-1"}, token=TOKEN)
+                assert export.value.status == 307 and TOKEN not in str(export.value)
+
+        run(main)
+        assert [(error.status, count) for error, count in reported] == [(308, 1)]
+        assert witness.connections == 0 and witness.received == b""
+
+
+def test_concurrent_flushes_share_one_thread(server: LocalServer) -> None:
+    server.faults.delay_next(1, 0.5)  # the flushes wait for an answer that takes a while
+
+    async def main() -> None:
+        client = AsyncSevenSegments(TOKEN, "john", target=server.url, flush_interval=60, max_in_flight=2)
+        client.track("view")
+        before = threading.active_count()
+        flushes = [asyncio.ensure_future(client.flush(10)) for _ in range(300)]
+        await asyncio.sleep(0)  # every flush has started waiting
+        during = threading.active_count()
+        assert not any(flush.done() for flush in flushes)
+        assert during - before <= 4, (before, during)  # a sender, and one thread for all the flushes
+        assert await asyncio.gather(*flushes) == [True] * 300
+        server.latency = 0.3
+        client.track("view")  # later flushes are served as well, and a short one ends by its timeout
+        assert await asyncio.gather(client.flush(0.05), client.flush(10)) == [False, True]
+        await client.aclose()
+
+    run(main)
+    assert len(server.events()) == 2

@@ -172,6 +172,33 @@ def test_a_single_command_answered_413_fails_and_is_reported(server: LocalServer
     assert isinstance(reports[0][0], InvalidRequest) and reports[0][0].status == 413
 
 
+@pytest.mark.parametrize("spooled", [False, True])
+def test_a_redirect_fails_the_batch_for_good_and_nothing_goes_to_the_other_host(
+    server: LocalServer, witness: Any, tmp_path: Any, caplog: Any, spooled: bool
+) -> None:
+    reports, on_error = collector()
+    server.faults.redirect_next(1, witness.url, status=307)
+    spool = str(tmp_path / "spool") if spooled else None
+    with caplog.at_level(logging.WARNING, logger="seven_segments"):
+        with buffered(server, flush_interval=60, on_error=on_error, spool=spool) as client:
+            for number in range(3):
+                client.track("view", {"n": number})
+            assert client.flush(10) is False
+            assert client.stats() == {**client.stats(), "failed": 3, "sent": 0, "retried": 0, "kept_in_spool": 0}
+            client.track("view", {"n": 3})
+            assert client.flush(10) is True  # the next batch goes to the server named, as usual
+    assert witness.connections == 0 and witness.received == b""
+    assert len(bulk_bodies(server)) == 2 and [event["properties"]["n"] for event in server.events()] == [3]
+    [(error, commands)] = reports
+    assert type(error) is SevenSegmentsError and error.status == 307 and "redirect" in str(error)
+    assert [command["data"]["properties"]["n"] for command in commands] == [0, 1, 2]
+    assert any("3 commands could not be delivered" in record.getMessage() for record in caplog.records)
+    if spooled:  # failed for good: confirmed, never replayed
+        from seven_segments.spool import inspect
+
+        assert inspect(spool).commands == 0
+
+
 def test_a_bad_token_fails_the_batch_without_retry() -> None:
     reports, on_error = collector()
     with LocalServer(tokens=["the-only-token"]) as server:

@@ -358,3 +358,43 @@ def test_a_flush_stops_waiting_once_what_it_read_back_is_let_go_of_again() -> No
     outage(run, min(run.launched))  # the first chunk read back fails again
     assert ticket.done.is_set() and not ticket.delivered_all
     assert run.ledger.kept + run.pump.held == 30 and spool.confirmed == []
+
+
+def test_a_batch_refused_as_a_whole_400_is_split_until_the_bad_command_fails_alone() -> None:
+    # A 400 for the whole batch failed all 1,000 of its commands for one bad one (issue 24).
+    spool = FakeSpool()
+    run = Harness(spool=spool, max_in_flight=8)
+    run.track_spooled(8)
+    bad = b'{"name":"crm/events","data":{"n":6}}'  # the command the server finds malformed
+    ticket = run.flush()
+    run.step()
+    requests = 0
+    while run.launched:
+        number = min(run.launched)
+        batch = run.launched[number][0]
+        requests += 1
+        if bad in batch.payloads:
+            run.answer(number, None, InvalidRequest("bulk: HTTP 400: the body is not valid JSON", status=400))
+        else:
+            run.answer(number)
+        run.step()
+    assert (run.ledger.sent, run.ledger.failed) == (7, 1)
+    assert requests == 1 + 2 + 2 + 2  # the whole, then halves of the half that holds it, down to one
+    ((error, commands),) = run.reports
+    assert isinstance(error, InvalidRequest) and error.status == 400 and commands == [{"name": "crm/events", "data": {"n": 6}}]
+    assert sorted(spool.confirmed) == sorted(spool.payloads)  # the bad one too: failed and reported
+    assert ticket.done.is_set() and ticket.delivered_all is False
+
+
+def test_on_error_hears_of_every_command_even_when_one_cannot_be_decoded() -> None:
+    # Decoding a payload that was no command raised: on_error never heard of the 999 others (issue 24).
+    clock = FakeClock()
+    heard: List[List[Dict[str, Any]]] = []
+    reporter = Reporter(lambda error, commands: heard.append(commands), clock)
+    good = b'{"name":"crm/events","data":{"company_id":"secret-token","command_id":"c1"}}'
+    reporter.failed(SevenSegmentsError("refused"), [good, b"", b'{"name":"secret-token"}', good])
+    reporter.drain()
+    (commands,) = heard
+    assert [command["name"] for command in commands] == ["crm/events", None, None, "crm/events"]
+    assert commands[0]["data"] == {"command_id": "c1"} and commands[1]["undecodable"] == "JSONDecodeError"
+    assert "secret-token" not in repr(commands)

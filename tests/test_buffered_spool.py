@@ -80,16 +80,23 @@ def delivered(server: LocalServer) -> List[int]:
     return delivered_numbers(server)
 
 
-def test_sigkill_with_the_api_down_loses_nothing_accepted(server: LocalServer, dead_url: str, tmp_path: Path) -> None:
+def back_up(dead_url: str) -> LocalServer:
+    """The API that was down at ``dead_url``, answering again (a spool replays each command only to
+    the target it was written for)."""
+    return LocalServer(port=int(dead_url.rsplit(":", 1)[1]))
+
+
+def test_sigkill_with_the_api_down_loses_nothing_accepted(dead_url: str, tmp_path: Path) -> None:
     spool = tmp_path / "spool"
     accepted = kill_mid_burst(dead_url, spool, after=3000)
-    client = replay(server, spool)
-    numbers = delivered(server)
+    with back_up(dead_url) as server:
+        client = replay(server, spool)
+        numbers = delivered(server)
+        client.close()
     assert set(range(accepted)) <= set(numbers)  # every event accepted before the kill arrived...
     assert len(numbers) == len(set(numbers))  # ...once
     stats = client.stats()
     assert stats["replayed"] >= accepted and stats["sent"] == stats["replayed"]
-    client.close()
     assert [name for name in os.listdir(spool) if name.endswith(".seg")] == []  # space given back
 
 
@@ -109,7 +116,7 @@ def test_sigkill_while_the_api_is_up_and_losing_answers_delivers_each_event_once
     client.close()
 
 
-def test_exit_with_the_api_down_keeps_what_it_could_not_send(dead_url: str, server: LocalServer, tmp_path: Path) -> None:
+def test_exit_with_the_api_down_keeps_what_it_could_not_send(dead_url: str, tmp_path: Path) -> None:
     spool = tmp_path / "spool"
     script = """
 import logging, sys
@@ -126,9 +133,10 @@ for number in range(500):
     assert result.returncode == 0, result.stderr
     assert f"500 commands were kept in the spool {spool}" in result.stderr
     assert "lost" not in result.stderr and "exit-token" not in result.stderr
-    client = replay(server, spool)
-    assert delivered(server) == list(range(500))
-    client.close()
+    with back_up(dead_url) as server:
+        client = replay(server, spool)
+        assert delivered(server) == list(range(500))
+        client.close()
 
 
 def test_a_forked_child_spools_to_its_own_files(server: LocalServer, tmp_path: Path) -> None:
@@ -177,13 +185,15 @@ def test_a_spool_folder_of_another_user_or_open_to_others_is_refused_at_construc
 
 
 def test_a_segment_linked_to_dev_zero_is_skipped_and_the_good_ones_delivered(
-    server: LocalServer, dead_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    server: LocalServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     spool = tmp_path / "spool"
-    writer = SevenSegments(TOKEN, "john", target=dead_url, buffered=True, spool=str(spool), shutdown_timeout=0.1)
+    server.faults.fail_next(100_000, status=503)  # the API is down for the writer: its commands stay
+    writer = SevenSegments(TOKEN, "john", target=server.url, buffered=True, spool=str(spool), shutdown_timeout=0.1)
     for number in range(50):
         writer.track("view", {"n": number})
     writer.close()
+    server.faults.clear()
     assert inspect(str(spool)).commands == 50
     zero = spool / "0-zero.seg"  # read first (sorted first, made "at 0")
     zero.symlink_to("/dev/zero")
@@ -265,7 +275,7 @@ def test_commands_not_in_the_spool_are_reported_lost_at_close_with_the_api_down(
     reported = sorted(command["data"]["properties"]["n"] for _, commands in reports for command in commands)
     assert len(reported) == lost
     assert inspect(str(tmp_path / "spool")).commands == kept
-    reader = Spool(str(tmp_path / "spool"))
+    reader = Spool(str(tmp_path / "spool"), target=dead_url)
     replayed = [json.loads(data)["data"]["properties"]["n"] for chunk in reader.recover() for _, data in chunk]
     assert sorted(replayed + reported) == list(range(30))
     reader.close()
@@ -559,9 +569,10 @@ def test_a_let_go_command_damaged_on_disk_is_counted_lost_and_the_flush_says_so(
     folder = tmp_path / "spool"
     client = let_go_in_an_outage(server, str(folder), 5)
     (segment,) = folder.glob("*.seg")
+    first = segment.read_bytes().index(b"\xff\xa7", HEADER_BYTES)  # after the header, which names the target
     fd = os.open(segment, os.O_RDWR)
     try:
-        os.pwrite(fd, b"\xff", HEADER_BYTES + RECORD_HEADER_BYTES + 3)  # one byte of the first record
+        os.pwrite(fd, b"\xff", first + RECORD_HEADER_BYTES + 3)  # one byte of the first record
     finally:
         os.close(fd)
     server.faults.clear()
@@ -572,3 +583,89 @@ def test_a_let_go_command_damaged_on_disk_is_counted_lost_and_the_flush_says_so(
     assert (stats["sent"], stats["failed"], stats["kept_in_spool"], stats["pending"]) == (4, 1, 0, 0)
     client.close()
     assert delivered_numbers(server) == [1, 2, 3, 4]
+
+
+def spooled_command(number: int) -> bytes:
+    """A command as a client for TOKEN spools it."""
+    return json.dumps({
+        "name": "crm/events",
+        "data": {
+            "company_id": TOKEN, "customer_ids": {"registered": "john"}, "type": "view", "properties": {"n": number},
+            "timestamp": 1_700_000_000 + number, "command_id": f"cmd-{number}",
+        },
+    }, separators=(",", ":")).encode()
+
+
+def left_by_a_dead_writer(folder: str, target: str, payloads: List[bytes]) -> None:
+    """A segment written by the spool's own writer, whose process is gone (its file unlocked)."""
+    from seven_segments.spool import Spool
+
+    writer = Spool(folder, target=target)
+    for payload in payloads:
+        assert writer.append(payload) is not None
+    assert writer.close() == len(payloads)
+
+
+def test_a_record_that_is_no_command_is_never_sent_and_costs_no_other_command(server: LocalServer, tmp_path: Path) -> None:
+    # Its batch of 1,000 was refused as a whole (400) and failed for good; decoding it for on_error
+    # raised, so on_error heard of none: 999 events lost silently. Alone, the client sent
+    # {"commands": []} for ever: flush() never True, each close its whole deadline (issue 24).
+    folder = str(tmp_path / "spool")
+    payloads = [spooled_command(number) for number in range(1000)]
+    payloads.insert(500, b"")  # an empty payload has CRC-32 0: 10 bytes of a torn header make one
+    left_by_a_dead_writer(folder, server.url, payloads)
+    reports, on_error = collector()
+    client = SevenSegments(TOKEN, "john", target=server.url, buffered=True, spool=folder, on_error=on_error)
+    assert client.flush(10) is True
+    assert delivered_numbers(server) == list(range(1000)) and reports == []
+    assert all(request["status"] == 200 for request in server.requests())
+    started = time.monotonic()
+    client.close(5)
+    assert time.monotonic() - started < 2
+    assert inspect(folder).files == []  # the bad record's place settled with the rest: the file is gone
+    left_by_a_dead_writer(folder, server.url, [b""])  # alone
+    client = SevenSegments(TOKEN, "john", target=server.url, buffered=True, spool=folder)
+    started = time.monotonic()
+    assert client.flush(3) is True
+    client.close(3)
+    assert time.monotonic() - started < 2 and inspect(folder).files == []
+    assert client.stats()["sent"] == 0
+
+
+def test_a_batch_refused_as_a_whole_with_400_is_split_and_delivered(server: LocalServer, tmp_path: Path) -> None:
+    reports, on_error = collector()
+    client = SevenSegments(TOKEN, "john", target=server.url, buffered=True, on_error=on_error, flush_interval=60)
+    server.faults.fail_next(1, status=400)
+    for number in range(10):
+        client.track("view", {"n": number})
+    assert client.flush(10) is True
+    client.close()
+    assert delivered_numbers(server) == list(range(10)) and reports == []
+    assert [request["status"] for request in server.requests()] == [400, 200, 200]
+
+
+def test_a_client_for_another_target_neither_sends_nor_deletes_the_commands_of_another(
+    server: LocalServer, tmp_path: Path
+) -> None:
+    # Client B replayed client A's commands to B's server, where they were refused and deleted,
+    # and B's on_error got them without their company (issue 24).
+    folder = str(tmp_path / "spool")
+    server.faults.fail_next(100_000, status=503)  # A's API is down: A's commands stay on disk
+    first = SevenSegments(TOKEN, "john", target=server.url, buffered=True, spool=folder, flush_interval=0.01)
+    for number in range(5):
+        first.track("view", {"n": number})
+    first.close(0.3)
+    assert inspect(folder).commands == 5
+    server.faults.clear()
+    with LocalServer() as other:
+        reports, on_error = collector()
+        second = SevenSegments("other-token", "jane", target=other.url, buffered=True, spool=folder, on_error=on_error)
+        second.track("view", {"n": 100})
+        assert second.flush(10) is True
+        second.close()
+        assert [event["properties"]["n"] for event in other.events()] == [100] and reports == []
+        assert inspect(folder).commands == 5  # A's, neither sent to B's server nor deleted
+    later = SevenSegments(TOKEN, "john", target=server.url + "/", buffered=True, spool=folder)
+    assert later.flush(10) is True
+    later.close()
+    assert delivered_numbers(server) == list(range(5)) and inspect(folder).commands == 0

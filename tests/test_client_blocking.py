@@ -392,6 +392,24 @@ def test_unknown_token_is_401_without_retry() -> None:
         assert len(local.events()) == 1
 
 
+@pytest.mark.parametrize("status", [302, 307, 308])
+def test_a_redirect_is_an_error_and_nothing_goes_to_the_other_host(
+    campaign_server: LocalServer, witness: Any, status: int
+) -> None:
+    client = SevenSegments(SECRET_TOKEN, customer="john123", target=campaign_server.url)
+    calls = [lambda: client.track("e"), lambda: client.update({"a": 1}), lambda: client.get_html("Banner left")]
+    for call in calls:
+        campaign_server.faults.redirect_next(1, witness.url, status=status)
+        with pytest.raises(SevenSegmentsError) as caught:
+            call()
+        assert type(caught.value) is SevenSegmentsError and caught.value.status == status
+        assert "redirect" in str(caught.value) and witness.url in str(caught.value)
+        assert SECRET_TOKEN not in str(caught.value) + repr(caught.value)
+    assert witness.connections == 0 and witness.received == b""
+    assert len(campaign_server.requests()) == 3  # not retried
+    assert client.stats()["failed"] == 2 and campaign_server.events() == []
+
+
 def test_properties_over_100_kib_of_utf8_are_refused_at_the_call(server: LocalServer) -> None:
     # 60,000 two-byte characters: 120 KB of UTF-8, over the protocol's 100 KiB per command.
     client = SevenSegments(SEED_TOKEN, customer="john123", target=server.url)

@@ -264,3 +264,55 @@ def test_closed_export_client(loaded: LocalServer) -> None:
     with pytest.raises(SevenSegmentsError) as caught:
         client.export_analysis("funnel", {"analysis_id": FUNNEL_ID})
     assert PASSWORD not in str(caught.value)
+
+
+@pytest.mark.parametrize("status", [307, 308])
+def test_a_redirect_is_an_error_and_nothing_goes_to_the_other_host(
+    loaded: LocalServer, client: AuthenticatedSevenSegments, witness: Any, status: int
+) -> None:
+    loaded.faults.redirect_next(1, witness.url, status=status)  # Location: <witness>/analytics/funnel?company=TOKEN
+    with pytest.raises(SevenSegmentsError) as caught:
+        client.export_analysis("funnel", {"analysis_id": FUNNEL_ID}, token=TOKEN)
+    assert type(caught.value) is SevenSegmentsError and caught.value.status == status
+    assert f"redirects to {witness.url}/analytics/funnel?company=***;" in str(caught.value)
+    for text in (str(caught.value), repr(caught.value)):
+        assert TOKEN not in text and PASSWORD not in text
+    assert witness.connections == 0 and witness.received == b""
+    assert last_request(loaded)["status"] == status
+
+
+@pytest.mark.parametrize(
+    "user, password",
+    [
+        ("alice", "pässwörd-SECRET"),  # Latin-1: requests would send it as Latin-1, which is not UTF-8
+        ("alice", "пароль-SECRET-€-密码"),  # outside Latin-1: requests would raise with the password in it
+        ("zoë-€-用户", "pw-SECRET-ascii"),
+    ],
+)
+def test_credentials_outside_ascii_are_sent_as_utf8(user: str, password: str) -> None:
+    with LocalServer(users={user: password}, analyses=ANALYSES) as local:
+        client = AuthenticatedSevenSegments(user, password, target=local.url)
+        assert client.export_analysis("funnel", {"analysis_id": FUNNEL_ID})["total"]["counts"] == [0, 0, 0]
+        assert last_request(local)["user"] == user
+        wrong = AuthenticatedSevenSegments(user, password + "-wrong", target=local.url)
+        with pytest.raises(AuthenticationError) as caught:
+            wrong.export_analysis("funnel", {"analysis_id": FUNNEL_ID})
+        assert password not in str(caught.value) + repr(caught.value)
+
+
+def test_a_secret_that_is_not_text_is_refused_at_construction_without_it() -> None:
+    password = "pw-SECRET-\ud800-lone-surrogate"
+    with pytest.raises(ValueError) as caught:
+        AuthenticatedSevenSegments(USER, password, target="http://127.0.0.1:9")
+    assert "password" in str(caught.value) and "surrogate" in str(caught.value)
+    assert caught.value.__cause__ is None and caught.value.__context__ is None  # no UnicodeEncodeError holding it
+    assert "SECRET" not in str(caught.value) + repr(caught.value)
+    with pytest.raises(ValueError, match="username"):
+        AuthenticatedSevenSegments("al\udcffice", PASSWORD, target="http://127.0.0.1:9")
+    client = AuthenticatedSevenSegments(USER, PASSWORD, target="http://127.0.0.1:9")
+    with pytest.raises(ValueError) as per_call:
+        client.export_analysis("funnel", {"analysis_id": FUNNEL_ID}, token="tok-SECRET-\udc80")
+    assert "token" in str(per_call.value) and "SECRET" not in str(per_call.value) + repr(per_call.value)
+    with pytest.raises(ValueError) as tracking:
+        SevenSegments("tok-SECRET-\udc80", target="http://127.0.0.1:9")
+    assert "SECRET" not in str(tracking.value) + repr(tracking.value)

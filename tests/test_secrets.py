@@ -7,7 +7,10 @@ Messages never have a secret formatted in; URL query values are redacted by pars
 
 from __future__ import annotations
 
+import json
 import logging
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Iterator, List
 
 import pytest
@@ -184,3 +187,63 @@ def test_the_log_filter_leaves_other_requests_alone(caplog: pytest.LogCaptureFix
     logging.getLogger("urllib3.connectionpool").debug('"%s %s"', "GET", "/search?q=shoes&company=" + LONG_TOKEN)
     assert caplog.records[-1].getMessage() == '"GET /search?q=shoes&company=***"'
     client.close()
+
+
+# -- a spool replayed by another client --------------------------------------------------------------
+
+
+DEAD_TOKEN = "dead-client-TOKEN-0123456789"
+
+
+class _EchoingRefusals(BaseHTTPRequestHandler):
+    """A server that refuses every bulk command, quoting its company token back."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        commands = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["commands"]
+        results = [{"status": "error", "errors": [f"unknown company_id {command['data']['company_id']}"]}
+                   for command in commands]
+        answer = json.dumps({"success": True, "results": results}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        pass
+
+
+def test_the_token_of_a_replayed_spool_is_masked_like_our_own(tmp_path: Any, caplog: pytest.LogCaptureFixture) -> None:
+    from seven_segments.protocol import PATH_EVENTS
+    from seven_segments.serialization import BulkCommandEncoder
+    from seven_segments.spool import Spool
+
+    echo = ThreadingHTTPServer(("127.0.0.1", 0), _EchoingRefusals)
+    thread = threading.Thread(target=echo.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    target = f"http://127.0.0.1:{echo.server_address[1]}"
+    folder = str(tmp_path / "spool")
+    dead = Spool(folder, target=target)  # a client of that target, with another token, died with a command spooled
+    dead.append(BulkCommandEncoder(DEAD_TOKEN).encode((PATH_EVENTS, {"registered": "x"}, "view", {}, 1.7e9, "dead-1")))
+    dead.close()
+    reports: List[Any] = []
+    try:
+        with caplog.at_level(logging.DEBUG):
+            client = SevenSegments(LONG_TOKEN, "john", target=target, buffered=True, spool=folder, flush_interval=0.01,
+                                   on_error=lambda error, commands: reports.append((error, commands)))
+            client.track("view")
+            assert client.flush(10) is False
+            client.close()
+    finally:
+        echo.shutdown()
+        echo.server_close()
+        thread.join(5)
+    ids = [command["data"]["command_id"] for _, commands in reports for command in commands]
+    assert len(ids) == 2 and "dead-1" in ids  # the dead client's command and ours, both refused
+    shown = [caplog.text] + [text for error, commands in reports
+                             for text in (str(error), repr(error), *error.errors, json.dumps(commands))]
+    assert any("unknown company_id ***" in text for text in shown)
+    for text in shown:
+        assert DEAD_TOKEN not in text and LONG_TOKEN not in text, text

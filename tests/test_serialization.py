@@ -217,3 +217,14 @@ def test_a_command_queued_with_the_json_of_its_properties_is_encoded_and_reporte
         text = (path, ids, kind, capture_properties_json({"a": "é", "n": 2.5})[0], 7.0, "id-1")
         assert encoder.encode(text) == encoder.encode(copy)
         assert BulkCommandEncoder.as_dict(text) == BulkCommandEncoder.as_dict(copy)
+
+
+def test_company_of_finds_the_token_of_an_encoded_command() -> None:
+    from seven_segments.serialization import BulkCommandEncoder
+
+    token = 'to"k\\en-ü-€'
+    payload = BulkCommandEncoder(token).encode(("crm/events", {"registered": "x"}, "view", {"company_id": "no"}, 1.0, "c1"))
+    assert BulkCommandEncoder.company_of(payload) == token
+    assert BulkCommandEncoder.company_of(b'{"name": "bulk", "data": {"company_id" : "spaced"}}') == "spaced"
+    for payload in (b"{}", b'{"data": {"company_id": 5}}', b'{"data": {"company_id": "\\ud800'):
+        assert BulkCommandEncoder.company_of(payload) is None

@@ -229,3 +229,19 @@ def test_long_delay_does_not_block_stop() -> None:
     assert time.monotonic() - started < 2
     thread.join(5)
     assert len(failures) == 1 and local.events() == []
+
+
+def test_redirect_next_names_another_host_and_applies_nothing(server: LocalServer) -> None:
+    server.faults.redirect_next(1, "http://127.0.0.1:9/", status=308)
+    answer = requests.post(server.url + "/bulk?company=co", data=json.dumps(bulk(event())), headers=JSON,
+                           timeout=10, allow_redirects=False)
+    assert answer.status_code == 308 and answer.headers["Location"] == "http://127.0.0.1:9/bulk?company=co"
+    assert answer.json() == {"success": False, "errors": ["injected fault: HTTP 308 redirect"]}
+    assert server.events() == [] and post(server, "/bulk", bulk(event())).status_code == 200
+    assert post(server, "/_local/faults", {"action": "redirect_next", "location": "https://x.example"}).status_code == 200
+    assert server.faults.pending()["requests"] == [
+        {"kind": "redirect", "status": 307, "retry_after": None, "seconds": 0.0, "location": "https://x.example"}
+    ]
+    for bad in ({"status": 200, "location": "http://x"}, {"location": "x.example"}):
+        with pytest.raises(ValueError):
+            server.faults.redirect_next(1, **bad)

@@ -156,6 +156,45 @@ def test_verbose_logs_one_line_per_request(caplog: pytest.LogCaptureFixture) -> 
     assert "pw-never-logged" not in caplog.text
 
 
+def test_no_log_line_shows_a_company_token(caplog: pytest.LogCaptureFixture) -> None:
+    token = "company-TOKEN-never-logged-7"
+    with caplog.at_level(logging.DEBUG, logger="seven_segments.testing.server"):
+        with LocalServer(verbose=True) as local:
+            answer = requests.post(local.url + f"/analytics/funnel?company={token}", json={}, auth=("u", "pw"), timeout=10)
+            assert answer.status_code == 400
+            requests.get(local.url + f"/_local/events?company={token}", timeout=10)
+            requests.get(local.url + f"/_local/events?%ZZ&company={token}", timeout=10)  # a malformed query too
+    lines = [r.getMessage() for r in caplog.records if r.name == "seven_segments.testing.server"]
+    assert any("POST /analytics/funnel?company=*** -> 400" in line for line in lines), lines
+    assert any("GET /_local/events?company=*** -> 200" in line for line in lines), lines
+    assert token not in caplog.text
+
+
+def _ipv6_loopback() -> bool:
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback on this machine")
+def test_serves_ipv6_when_asked_and_the_client_reaches_it() -> None:
+    from seven_segments import SevenSegments
+
+    with LocalServer(host="::1") as local:
+        assert local.url == f"http://[::1]:{local.port}"
+        SevenSegments("co", "john", target=local.url).track("visit")
+        with SevenSegments("co", "john", target=local.url + "/", buffered=True) as buffered:
+            buffered.track("visit")
+            assert buffered.flush(10)
+        assert len(local.events()) == 2
+        assert requests.get(local.url + "/_local/stats", timeout=10).json()["stats"]["events"] == 2
+
+
 def test_url_before_start_is_an_error() -> None:
     with pytest.raises(RuntimeError):
         LocalServer().url

@@ -33,6 +33,7 @@ from seven_segments.spool import (
     Spool,
     SpoolError,
     inspect,
+    is_command,
     parse_records,
 )
 
@@ -832,7 +833,7 @@ def test_a_dead_writers_file_that_cannot_be_read_is_let_go_of_whatever_the_error
         segment.view.close()
         os.close(segment.fd)
 
-    def out_of_memory(self: Any, segment: Any) -> Any:
+    def out_of_memory(self: Any, segment: Any, *rest: Any) -> Any:
         raise MemoryError
 
     monkeypatch.setattr(Spool, "_read_taken", out_of_memory)
@@ -1017,3 +1018,95 @@ def test_threads_appending_at_once_each_find_their_own_record(folder: str, optio
     found = sorted((body["thread"], body["n"]) for body in (json.loads(data) for _, data in recover_all(reader)))
     assert found == sorted((thread, number) for thread, number, _ in records if thread >= 2)
     reader.close()
+
+
+def command(number: int) -> bytes:
+    """A bulk command as the client spools it."""
+    return b'{"name":"crm/events","data":{"company_id":"t","customer_ids":{"registered":"c"},"type":"view",' \
+        b'"properties":{"n":%d},"timestamp":1700000000e0,"command_id":"id-%d"}}' % (number, number)
+
+
+NOT_COMMANDS = [
+    b"",  # what 10 bytes of a torn record header make: an empty payload, whose CRC-32 is 0
+    b"null",
+    b'{"x":1}',
+    b'["crm/events"]',
+    b'{"name":"crm/other","data":{}}',
+    b'{"name":"crm/events","data":[]}',
+    b'{"name":"crm/events","data":{',  # cut
+    b'{"name":"crm/events","data":{"n":NaN}}',  # no JSON
+    b'{"name":"crm/events","data":{"n":"\xff"}}',  # not UTF-8
+    '{"name":"crm/events","data":{}}'.encode("utf-16"),  # JSON, but not in UTF-8
+    b"[" * 100_000,  # too deep to decode
+    b'{"name":"crm/events","data":{}} {}',  # two values
+]
+
+
+def test_is_command() -> None:
+    assert is_command(command(1)) and is_command(b'{"name": "crm/customers", "data": {"ids": {}}}')
+    assert [payload for payload in NOT_COMMANDS if is_command(payload)] == []
+
+
+def test_a_whole_record_that_is_no_command_is_skipped_counted_and_its_place_settled(
+    folder: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Replayed, it made its whole bulk request refused (400), which failed the good commands with it
+    # for good; alone, an empty one made the client send {"commands": []} for ever (issue 24).
+    writer = Spool(folder)
+    good: List[Record] = []
+    for number in range(1000):
+        if number % 100 == 50:
+            assert writer.append(NOT_COMMANDS[(number // 100) % len(NOT_COMMANDS)]) is not None
+        good.append(writer.append(command(number)))  # type: ignore[arg-type]
+    assert writer.close() == 1010
+    caplog.set_level(logging.WARNING, LOGGER)
+    reader = Spool(folder, accepts=is_command)
+    found = recover_all(reader)
+    assert [data for _, data in found] == [command(number) for number in range(1000)]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "10 records whole but not a command" in warnings[0], warnings
+    assert reader.stats()["damaged"] == 10
+    reader.confirm([record for record, _ in found])
+    assert segments(folder) == []  # nothing else waits in it: deleted
+    reader.close()
+    alone = Spool(folder)
+    alone.append(b"")
+    alone.close()
+    reader = Spool(folder, accepts=is_command)
+    assert recover_all(reader) == [] and segments(folder) == []
+    reader.close()
+
+
+def test_each_file_is_replayed_only_for_the_target_it_was_written_for(folder: str) -> None:
+    # A client made on the folder for another target sent these commands there, where they were
+    # refused and deleted (issue 24).
+    for target, numbers in (("http://a.example", range(0, 3)), ("http://b.example", range(3, 5)), ("", range(5, 6))):
+        writer = Spool(folder, target=target)
+        for number in numbers:
+            writer.append(payload(number))
+        writer.close()
+    version_1 = os.path.join(folder, "old-1-abcd-1.seg")  # written before targets were: says none
+    with open(version_1, "wb") as file:
+        file.write(b"7SSPOOL\x01" + bytes(8) + _record_bytes(payload(6)))
+    assert sorted(entry.target for entry in inspect(folder).files) == ["", "", "http://a.example", "http://b.example"]
+    reader = Spool(folder, target="http://b.example")
+    found = recover_all(reader)
+    assert sorted(number_of(data) for _, data in found) == [3, 4, 5, 6]  # its own, and those naming none
+    files = {entry.target: entry for entry in inspect(folder).files}
+    assert files["http://a.example"].commands == 3 and not files["http://a.example"].alive  # not even locked
+    reader.confirm([record for record, _ in found])
+    reader.close()
+    assert inspect(folder).commands == 3
+    other = Spool(folder, target="http://a.example")
+    assert sorted(number_of(data) for _, data in recover_all(other)) == [0, 1, 2]
+    other.close()  # not confirmed: kept
+    every = Spool(folder, target="http://c.example")
+    found = recover_all_targets(every)
+    assert sorted((every.target_of(name), number_of(data)) for (name, _), data in found) == [
+        ("http://a.example", 0), ("http://a.example", 1), ("http://a.example", 2),
+    ]
+    every.close()
+
+
+def recover_all_targets(spool: Spool) -> List[Tuple[Record, bytes]]:
+    return [item for chunk in spool.recover(every_target=True) for item in chunk]

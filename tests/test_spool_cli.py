@@ -6,7 +6,7 @@ import json
 import os
 import subprocess
 import sys
-from typing import Dict, List
+from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
 
@@ -32,12 +32,15 @@ def command(number: int, event_type: str = "purchase") -> bytes:
     }).encode()
 
 
-def spooled(folder: str, numbers: range, **types: str) -> None:
-    """A spool left by a writer that is gone (closed: its files unlocked, its commands kept)."""
-    writer = Spool(folder)
+def spooled(folder: str, numbers: range, target: str = "", poison: Optional[bytes] = None, **types: str) -> None:
+    """A spool left by a writer that is gone (closed: its files unlocked, its commands kept), for
+    ``target``; ``poison``, if given, is written in the middle as a record of its own."""
+    writer = Spool(folder, target=target)
     for number in numbers:
+        if poison is not None and number == numbers[len(numbers) // 2]:
+            assert writer.append(poison) is not None
         assert writer.append(command(number, types.get(f"n{number}", "purchase"))) is not None
-    assert writer.close() == len(numbers)
+    assert writer.close() == len(numbers) + (poison is not None)
 
 
 def run(*args: str) -> "subprocess.CompletedProcess[str]":
@@ -109,6 +112,17 @@ def test_deliver_with_the_api_down(folder: str, dead_url: str) -> None:
     assert inspect(folder).commands == 20  # nothing lost
 
 
+def test_deliver_never_follows_a_redirect(folder: str, fresh: LocalServer, witness: Any) -> None:
+    spooled(folder, range(5), target=fresh.url)
+    fresh.faults.redirect_next(1, witness.url, status=308)
+    result = run("spool", folder, "--deliver")  # to the file's own target
+    assert result.returncode == 1
+    assert f"bulk: the server redirects to {witness.url}/bulk; redirects are not followed" in result.stderr
+    assert "5 commands kept in" in result.stderr and TOKEN not in result.stderr + result.stdout
+    assert witness.connections == 0 and witness.received == b""
+    assert inspect(folder).commands == 5 and fresh.events() == []  # kept, for a run with the right target
+
+
 def test_deliver_reports_refused_commands(folder: str, fresh: LocalServer) -> None:
     spooled(folder, range(6), n2="", n4="")
     result = run("spool", folder, "--deliver", "--target", fresh.url)
@@ -148,3 +162,44 @@ def test_missing_folder_is_a_usage_error(folder: str, capsys: pytest.CaptureFixt
     assert not os.path.exists(folder)
     assert cli.main(["spool", folder, "--deliver", "--timeout", "0"]) == 2
     assert "--timeout must be > 0" in capsys.readouterr().err
+
+
+def deliver_here(*args: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> "Tuple[int, str, str]":
+    monkeypatch.delenv("SEVEN_SEGMENTS_TARGET", raising=False)
+    status = cli.main(["spool", *args, "--deliver", "--retry-deadline", "1"])
+    result = capsys.readouterr()
+    return status, result.out, result.err
+
+
+def test_deliver_skips_a_record_that_is_no_command_and_delivers_the_rest(
+    folder: str, fresh: LocalServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Its request was refused as a whole (400) and kept: exit 1 for ever, nothing delivered (issue 24).
+    spooled(folder, range(1000), poison=b"")
+    status, out, err = deliver_here(folder, "--target", fresh.url, monkeypatch=monkeypatch, capsys=capsys)
+    assert (status, err) == (0, "") and "delivered 1000 commands, 0 refused, 0 kept" in out
+    assert sorted(command_ids(fresh)) == sorted(f"cmd-{n}" for n in range(1000))
+    assert inspect(folder).files == []
+
+
+def test_deliver_sends_each_file_to_its_own_target_unless_told_otherwise(
+    folder: str, fresh: LocalServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Every file went to the one target given (issue 24).
+    with LocalServer() as other:
+        spooled(folder, range(0, 3), target=fresh.url)
+        spooled(folder, range(3, 5), target=other.url)
+        status, out, err = deliver_here(folder, monkeypatch=monkeypatch, capsys=capsys)
+        assert (status, err) == (0, "") and "delivered 5 commands, 0 refused, 0 kept" in out
+        assert sorted(command_ids(fresh)) == ["cmd-0", "cmd-1", "cmd-2"]
+        assert sorted(command_ids(other)) == ["cmd-3", "cmd-4"]
+        spooled(folder, range(5, 7), target=other.url)
+        status, out, err = deliver_here(folder, "--target", fresh.url, monkeypatch=monkeypatch, capsys=capsys)
+        assert status == 0 and "delivered 2 commands" in out
+        assert len(other.events()) == 2 and sorted(command_ids(fresh))[-2:] == ["cmd-5", "cmd-6"]
+        spooled(folder, range(7, 9), target=other.url)
+        spooled(folder, range(9, 11), target=fresh.url)
+    status, out, err = deliver_here(folder, "--timeout", "1", monkeypatch=monkeypatch, capsys=capsys)
+    assert status == 1 and "2 commands kept" in err  # the other target is gone: only its own stay
+    assert len(fresh.events()) == 7 and inspect(folder).commands == 2
+    assert {entry.target for entry in inspect(folder).files} == {other.url}

@@ -14,12 +14,13 @@ from typing import Any, Dict, Iterator, List, Tuple
 
 import pytest
 
+from seven_segments.errors import SevenSegmentsError
 from seven_segments.protocol import USER_AGENT
 from seven_segments.transport import Transport
 
 
 class Recorder(BaseHTTPRequestHandler):
-    """Answers every POST with a JSON success (``/moved/...``: a 307 to ``/...``), sets a cookie on
+    """Answers every POST with a JSON success (``/moved/...``: a 307 to ``/...``, not followed), sets a cookie on
     the first, records what came."""
 
     seen: List[Tuple[str, Dict[str, str], bytes]] = []
@@ -89,9 +90,12 @@ def test_session_hooks_see_prepared_requests(recorder: Any) -> None:
     transport.close()
 
 
-def test_a_redirect_is_followed_as_session_post_follows_it(recorder: Any) -> None:
+@pytest.mark.parametrize("auth", [None, ("alice", "pw")])
+def test_a_redirect_is_not_followed_even_to_the_same_host(recorder: Any, auth: Any) -> None:
     url, seen = recorder
-    transport = Transport(url + "/moved", timeout=5)
-    assert transport.post("bulk", b'{"commands":[]}') == {"success": True}
-    assert [(path, body) for path, _, body in seen] == [("/moved/bulk", b'{"commands":[]}'), ("/bulk", b'{"commands":[]}')]
+    transport = Transport(url + "/moved", timeout=5, auth=auth)
+    with pytest.raises(SevenSegmentsError) as caught:
+        transport.post("bulk", b'{"commands":[]}', params={"company": "co"} if auth else None)
+    assert caught.value.status == 307 and "redirects to /bulk" in str(caught.value)
+    assert [path.partition("?")[0] for path, _, _ in seen] == ["/moved/bulk"]  # one request, none to /bulk
     transport.close()

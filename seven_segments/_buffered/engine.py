@@ -137,6 +137,7 @@ class Core:
             launch=self._launch,
             clock=clock,
             scrub=transport.scrub,
+            add_secret=transport.add_secret,
             spool=spool,
         )
         self.pump.wake = self.wakeup.set

@@ -21,7 +21,7 @@ import math
 import threading
 from collections import deque
 from itertools import repeat
-from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, Iterator, List, Optional, Sequence, Set, Tuple, Union
 
 from ..clock import Clock
 from ..errors import InvalidRequest, QueueFull, SevenSegmentsError, ServiceUnavailable
@@ -102,6 +102,7 @@ class Pump:
         clock: Clock,
         policy: Optional[RetryPolicy] = None,
         scrub: Callable[[str], str] = lambda text: text,
+        add_secret: Callable[[str], None] = lambda secret: None,
         spool: "Optional[Spool]" = None,
     ) -> None:
         self.limits = limits
@@ -113,6 +114,10 @@ class Pump:
         self.clock = clock
         self.policy = policy if policy is not None else RetryPolicy(limits.retry_deadline)
         self._scrub = scrub
+        #: Keeps a company token out of what ``scrub`` lets through; and the tokens of replayed
+        #: commands given to it (a dead client's spool may have been written with another token).
+        self._add_secret = add_secret
+        self._tokens_seen: Set[str] = {token}
         self.window = Window(limits.max_in_flight)
         self._encoder = BulkCommandEncoder(token)
         #: Encoded commands never sent, oldest first; the i-th is numbered ``fresh_head + i``.
@@ -356,6 +361,8 @@ class Pump:
             if not fresh:
                 self.fresh_head = self.seq + 1
                 self._oldest_at = self.clock()
+            if self._reading is Reading.DEAD_WRITERS:
+                self._learn_tokens(chunk)
             size = 0
             for record, payload in chunk:
                 self.seq += 1
@@ -376,6 +383,16 @@ class Pump:
                     ticket.upto = max(ticket.upto, self.seq)
         if self._reading is Reading.DEAD_WRITERS and self.lifecycle.phase is Phase.DRAINING:
             self._end_reading()  # closing: what was not read stays in the spool for the next start
+
+    def _learn_tokens(self, chunk: "List[Tuple[Record, bytes]]") -> None:
+        """Mask the company tokens of replayed commands (written by another client, perhaps with
+        another token) wherever the server's text is quoted, as this client's own token is."""
+        seen = self._tokens_seen
+        for _, payload in chunk:
+            token = BulkCommandEncoder.company_of(payload)
+            if token is not None and token not in seen:
+                seen.add(token)
+                self._add_secret(token)
 
     def _read(self, chunks: "Iterator[List[Tuple[Record, bytes]]]", reading: Reading) -> None:
         self._replay = chunks
@@ -508,7 +525,9 @@ class Pump:
                 self._answered(batch, verdict, now)
             elif isinstance(error, TransientError):
                 self._transient(batch, error, now)
-            elif isinstance(error, InvalidRequest) and error.status == 413 and len(batch) > 1:
+            elif isinstance(error, InvalidRequest) and error.status in (400, 413) and len(batch) > 1:
+                # Too large, or malformed as a whole (400: one bad command makes the body bad): halves,
+                # until the command at fault is alone and fails by itself.
                 for half in batch.halves():
                     self._insort(half)
             else:

@@ -33,11 +33,17 @@ Items = Union[Sequence[bytes], Sequence[Command]]
 
 
 def _decode(item: Union[bytes, Command]) -> Dict[str, Any]:
-    if isinstance(item, bytes):
-        command: Dict[str, Any] = json.loads(item)
-        command["data"].pop("company_id", None)
-        return command
-    return BulkCommandEncoder.as_dict(item)
+    """The command for ``on_error``; one that cannot be decoded (bytes that are no command, a bug)
+    is still reported, as ``{"name": None, "data": None, "undecodable": "<error type>"}``, never skipping
+    the others of its chunk, and never with its bytes (they may hold the token)."""
+    try:
+        if isinstance(item, bytes):
+            command: Dict[str, Any] = json.loads(item)
+            command["data"].pop("company_id", None)
+            return command
+        return BulkCommandEncoder.as_dict(item)
+    except Exception as error:
+        return {"name": None, "data": None, "undecodable": type(error).__name__}
 
 
 class Reporter:

@@ -20,6 +20,7 @@ DELAY = "delay"
 DROP_BEFORE = "drop_before"
 DROP_AFTER = "drop_after"
 TRICKLE = "trickle"
+REDIRECT = "redirect"
 #: Per-command fault kinds (bulk only).
 COMMAND_RETRY = "command_retry"
 COMMAND_ERROR = "command_error"
@@ -31,7 +32,7 @@ RetryAfter = Union[float, int, str, None]
 
 
 class RequestFault:
-    """One injected request fault: ``kind`` plus ``status``/``retry_after`` or ``seconds``.
+    """One injected request fault: ``kind`` plus ``status``/``retry_after``, ``seconds`` or ``location``.
 
     For the ``command_retry`` kind (random faults only), ``retry_fraction`` of the bulk request's
     commands, chosen by ``rng``, answer ``retry``.
@@ -44,19 +45,26 @@ class RequestFault:
         retry_after: RetryAfter = None,
         seconds: float = 0.0,
         rng: Optional[_random.Random] = None,
+        location: Optional[str] = None,
     ) -> None:
         self.kind = kind
         self.status = status
         self.retry_after = retry_after
         self.seconds = seconds
         self.rng = rng
+        self.location = location
 
     def __repr__(self) -> str:
-        return f"RequestFault({self.kind!r}, status={self.status}, retry_after={self.retry_after!r}, seconds={self.seconds})"
+        where = f", location={self.location!r}" if self.location is not None else ""
+        return (f"RequestFault({self.kind!r}, status={self.status}, retry_after={self.retry_after!r},"
+                f" seconds={self.seconds}{where})")
 
     def describe(self) -> Dict[str, Any]:
         """JSON-friendly description."""
-        return {"kind": self.kind, "status": self.status, "retry_after": self.retry_after, "seconds": self.seconds}
+        described: Dict[str, Any] = {"kind": self.kind, "status": self.status, "retry_after": self.retry_after, "seconds": self.seconds}
+        if self.location is not None:
+            described["location"] = self.location
+        return described
 
 
 def format_retry_after(value: RetryAfter) -> Optional[str]:
@@ -107,6 +115,17 @@ class Faults:
         With ``after_apply`` the request is applied first (events are stored), then dropped.
         """
         self._add(n, RequestFault(DROP_AFTER if after_apply else DROP_BEFORE))
+
+    def redirect_next(self, n: int = 1, location: str = "", status: int = 307) -> None:
+        """The next ``n`` API requests answer ``status`` (a 3xx) with ``Location: <location><path>``,
+        applying nothing: the request's path and query (``/analytics/funnel?company=...``) appended
+        to ``location`` (such as ``http://127.0.0.1:8081``), as an API moved to another host
+        answers. The protocol has no redirects: a client must not follow one."""
+        if not isinstance(status, int) or isinstance(status, bool) or not 300 <= status <= 399:
+            raise ValueError(f"status must be a redirect status from 300 to 399, not {status!r}")
+        if not isinstance(location, str) or not location.startswith(("http://", "https://")):
+            raise ValueError(f"location must be an http:// or https:// URL, not {location!r}")
+        self._add(n, RequestFault(REDIRECT, status=status, location=location.rstrip("/")))
 
     def command_results(self, n: int = 1, result: str = "retry") -> None:
         """The next ``n`` bulk commands answer ``result`` (``"retry"`` or ``"error"``) and are not applied."""
@@ -168,8 +187,8 @@ class Faults:
     def apply_json(self, spec: Any) -> None:
         """Plan faults from JSON: ``{"action": "fail_next", "n": 2, "status": 503}``, or a list of such.
 
-        ``action`` is one of ``fail_next``, ``delay_next``, ``drop_next``, ``command_results``,
-        ``random``, ``clear``; the other keys are the method's keyword arguments. ``ValueError`` or
+        ``action`` is one of ``fail_next``, ``delay_next``, ``drop_next``, ``redirect_next``,
+        ``command_results``, ``random``, ``clear``; the other keys are the method's keyword arguments. ``ValueError`` or
         ``TypeError`` when invalid.
         """
         specs = spec if isinstance(spec, list) else [spec]
@@ -177,6 +196,7 @@ class Faults:
             "fail_next": self.fail_next,
             "delay_next": self.delay_next,
             "drop_next": self.drop_next,
+            "redirect_next": self.redirect_next,
             "command_results": self.command_results,
             "random": self.random,
             "clear": self.clear,

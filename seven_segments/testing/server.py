@@ -44,6 +44,7 @@ from .faults import (
     DELAY,
     DROP_AFTER,
     DROP_BEFORE,
+    REDIRECT,
     STATUS,
     TRICKLE,
     Faults,
@@ -51,6 +52,7 @@ from .faults import (
 )
 from .faults import format_retry_after
 from .store import Command, Store
+from ..transport import redact_urls
 from .validation import (
     CustomerUpdate,
     EventRow,
@@ -142,6 +144,8 @@ class _HTTPServer(ThreadingHTTPServer):
     request_queue_size = 128
 
     def __init__(self, address: Tuple[str, int], app: "LocalServer") -> None:
+        if ":" in address[0]:  # an IPv6 address such as ::1 (the class listens on IPv4 otherwise)
+            self.address_family = socket.AF_INET6
         self.app = app
         self.connections: Set[socket.socket] = set()
         self.connections_lock = threading.Lock()
@@ -193,7 +197,8 @@ class _Handler(BaseHTTPRequestHandler):
         raise AttributeError(name)
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - signature of the base class
-        logger.debug("%s " + format, self.address_string(), *args)
+        if logger.isEnabledFor(logging.DEBUG):  # a request line it quotes may hold ?company=TOKEN
+            logger.debug("%s %s", self.address_string(), redact_urls(format % args))
 
     def send_error(self, code: int, message: Optional[str] = None, explain: Optional[str] = None) -> None:
         """Errors found by the base class (malformed request line, headers too long...) as JSON."""
@@ -321,7 +326,7 @@ class _Handler(BaseHTTPRequestHandler):
                 logger.info(
                     "%s %s -> %s (%.1f ms)",
                     self.command,
-                    self.path,
+                    redact_urls(self.path),  # ?company=*** as the client shows it: tokens are secrets
                     "dropped" if status is None else status,
                     (time.perf_counter() - started) * 1000,
                 )
@@ -351,7 +356,7 @@ class LocalServer:
     ``analyses``: mapping or JSON file path. ``users``: name -> password for the export API
     (``None``: any name and password). ``tokens``: accepted company tokens (``None``: any non-empty
     one). ``counting_only``: validate, dedupe and count but store nothing. ``verbose``: log one line
-    per request (``logging.INFO`` on this module's logger). ``latency``: seconds every API answer
+    per request (``logging.INFO`` on this module's logger; URL query values masked, ``?company=***``). ``latency``: seconds every API answer
     (every path but ``/_local/``) waits after its body is read, as a round trip across a network
     would; concurrent requests wait concurrently (settable at run time through :attr:`latency` or
     ``POST /_local/latency``). Stored data stays readable after :meth:`stop`; a restarted server
@@ -667,7 +672,7 @@ class LocalServer:
                 record = self._record(handler, path, query, raw, gzipped, received)
                 fault = self.faults.take_request(path == _BULK)
                 if fault is not None:
-                    self._pre_fault(fault)
+                    self._pre_fault(fault, handler.path)
                 body, size = self._decode(handler, raw, MAX_BULK_BYTES if path == _BULK else MAX_COMMAND_BYTES)
                 answer, extra_headers = self._process(handler, path, query, body, size, received, fault, results)
                 status = 200
@@ -692,7 +697,11 @@ class LocalServer:
             if not counted:
                 self._count(status, results)  # before _dispatch drops the connection
 
-    def _pre_fault(self, fault: RequestFault) -> None:
+    def _pre_fault(self, fault: RequestFault, target: str) -> None:
+        if fault.kind == REDIRECT:
+            raise _Refusal(
+                fault.status, [f"injected fault: HTTP {fault.status} redirect"], {"Location": f"{fault.location}{target}"}
+            )
         if fault.kind == STATUS:
             retry_after = format_retry_after(fault.retry_after)
             raise _Refusal(
