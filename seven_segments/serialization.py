@@ -89,7 +89,11 @@ _SHORT_REPR = 60
 
 def _short(value: Any) -> str:
     """A repr of ``value`` cut to a readable length, for error messages."""
-    text = repr(value)
+    return _cut(repr(value))
+
+
+def _cut(text: str) -> str:
+    """``text`` cut to a readable length, for error messages."""
     return text if len(text) <= _SHORT_REPR else text[: _SHORT_REPR - 3] + "..."
 
 
@@ -201,14 +205,24 @@ def _capture_json_carefully(properties: Any, path: str) -> Tuple[str, int]:
     return text, len(text)
 
 
+#: The most digits of an int written as JSON: Python's own default limit for int-to-str.
+MAX_INT_DIGITS = 4300
+#: Any int of more bits has more than ``MAX_INT_DIGITS`` digits (4300 / log10(2) is 14284.3).
+_MAX_INT_BITS = 14286
+
+
 def _capture_int(value: int, path: str) -> Tuple[int, int]:
     """An int JSON can write (at most 4300 digits: Python's own limit for int-to-str)."""
     if -_BIG_INT < value < _BIG_INT:
         return value, 20
     try:
+        if value.bit_length() > _MAX_INT_BITS:  # refused without writing it, whatever the interpreter's limit
+            raise ValueError
         text = str(value)
+        if len(text) > MAX_INT_DIGITS + (value < 0):
+            raise ValueError
     except ValueError:
-        raise ValueError(f"{path}: int with more than 4300 digits is not a valid JSON number here") from None
+        raise ValueError(f"{path}: int with more than {MAX_INT_DIGITS} digits is not a valid JSON number here") from None
     return value, len(text)
 
 
@@ -277,6 +291,13 @@ def _capture_value(value: Any, path: str, depth: int) -> Tuple[Any, int]:
     if decimal is not None and isinstance(value, decimal.Decimal):
         if not value.is_finite():
             raise ValueError(f"{path}: Decimal {value} is not valid JSON")
+        # adjusted() is the power of ten of the first digit: read before any conversion, since
+        # making an int or a float of Decimal('1e1000000') holds the interpreter's lock for seconds.
+        if value and value.adjusted() >= MAX_INT_DIGITS:
+            raise ValueError(
+                f"{path}: Decimal {_cut(str(value))} has more than {MAX_INT_DIGITS} digits before the point;"
+                " it is too large for a JSON number here"
+            )
         if value == value.to_integral_value():
             return _capture_int(int(value), path)
         number = float(value)

@@ -11,6 +11,7 @@ import decimal
 import enum
 import json
 import math
+import time
 import types
 import uuid
 from collections.abc import Mapping
@@ -164,6 +165,19 @@ def test_non_finite_numbers(client: SevenSegments, fresh: LocalServer, propertie
     assert shown in message and "not valid JSON" in message
     with pytest.raises(ValueError):
         client.update(properties)
+    nothing_sent(client, fresh)
+
+
+def test_a_decimal_with_a_huge_exponent_is_refused_at_once(fresh: LocalServer) -> None:
+    """What ``json.loads(..., parse_float=Decimal)`` makes of ``1e1000000``: converting it to an int
+    first held the interpreter's lock for half a minute, stopping every thread of the process."""
+    client = SevenSegments(TOKEN, customer="john123", target=fresh.url)
+    huge = json.loads('{"cart": [{"price": 1e1000000}]}', parse_float=decimal.Decimal)
+    started = time.perf_counter()
+    with pytest.raises(ValueError) as caught:
+        client.track("e", huge)
+    assert time.perf_counter() - started < 1.0  # microseconds; generous for a busy machine
+    assert str(caught.value).startswith("properties['cart'][0]['price']: Decimal 1E+1000000 has more than 4300 digits")
     nothing_sent(client, fresh)
 
 

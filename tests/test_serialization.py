@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import collections
+import decimal
 import enum
 import json
+import sys
+import time
 from datetime import datetime, timezone
 from typing import Any, Callable, Dict
 
@@ -228,3 +231,42 @@ def test_company_of_finds_the_token_of_an_encoded_command() -> None:
     assert BulkCommandEncoder.company_of(b'{"name": "bulk", "data": {"company_id" : "spaced"}}') == "spaced"
     for payload in (b"{}", b'{"data": {"company_id": 5}}', b'{"data": {"company_id": "\\ud800'):
         assert BulkCommandEncoder.company_of(payload) is None
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("1e-1000000", 0.0),  # the nearest float, as json.loads("1e-1000000") gives
+        ("-1.5e-400", -0.0),
+        ("0e1000000", 0),  # zero, whatever its exponent
+        ("1e4299", 10**4299),  # 4300 digits: the most an int may have
+        ("1." + "1" * 100_000, 1.1111111111111112),  # many digits: the nearest float
+        ("1" * 4300, int("1" * 4300)),
+    ],
+)
+def test_decimals_near_the_limits_are_converted(text: str, expected: Any) -> None:
+    copy, _ = capture_properties({"d": decimal.Decimal(text)})
+    assert copy["d"] == expected and type(copy["d"]) is type(expected)
+
+
+@pytest.mark.parametrize("text", ["1e4300", "-1e4300", "1e1000000", "-9.99e999999999", "1" * 4301, "1" * 5000 + ".5"])
+def test_decimals_past_4300_digits_before_the_point_are_refused_at_once(text: str) -> None:
+    started = time.perf_counter()
+    for capture in (capture_properties, capture_properties_json):
+        with pytest.raises(ValueError, match=r"^properties\['d'\]: Decimal .* has more than 4300 digits"):
+            capture({"d": decimal.Decimal(text)})
+    assert time.perf_counter() - started < 1.0
+
+
+def test_ints_past_4300_digits_are_refused_whatever_the_interpreters_limit() -> None:
+    if not hasattr(sys, "set_int_max_str_digits"):
+        pytest.skip("no int-to-str limit on this interpreter")
+    limit = sys.get_int_max_str_digits()
+    sys.set_int_max_str_digits(0)
+    try:
+        for value in (10**4300, -(10**4300), 10**20000):
+            with pytest.raises(ValueError, match="more than 4300 digits"):
+                capture_properties({"n": [value]})
+        assert capture_properties({"n": [-(10**4299)]})[0] == {"n": [-(10**4299)]}
+    finally:
+        sys.set_int_max_str_digits(limit)
