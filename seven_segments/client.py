@@ -30,13 +30,16 @@ from .serialization import (
     Command,
     CustomerIds,
     JSONObject,
+    LargeCustomerIds,
     Timestamp,
     capture_properties,
     capture_properties_json,
     check_command_id,
+    check_command_size,
     check_event_type,
     customer_ids,
     new_command_id,
+    properties_room,
     timestamp_seconds,
 )
 from .transport import Backoff, Transport, TransientError, call_with_retries
@@ -311,6 +314,9 @@ class SevenSegments(_ApiClient, CustomerChoice):
         call_deadline = DEFAULT_BLOCKING_RETRY_DEADLINE if buffered else None
         super().__init__(target, timeout, retry_deadline, (token,), bool(gzip), None, call_deadline)
         self._init_customer(None if customer is None else customer_ids(customer))
+        #: Properties that ``capture_properties`` counts at most this large fit in a command with
+        #: any customer ids that are not ``LargeCustomerIds``; a command past it is measured.
+        self._properties_room = properties_room(self._token)
         #: The last string ``customer=`` passed to a call and its ids: one ids object for a run of
         #: calls for one customer (the engine's encoder reuses its JSON for the same object).
         self._last_customer: Tuple[Optional[str], CustomerIds] = (None, {})
@@ -450,6 +456,8 @@ class SevenSegments(_ApiClient, CustomerChoice):
             PATH_EVENTS, ids, kind, captured, time.time() if timestamp is None else timestamp_seconds(timestamp),
             command_id,
         )
+        if size > self._properties_room or type(ids) is LargeCustomerIds:
+            self._check_size(command, size)  # perhaps more than the server takes
         worker = self._worker
         if worker is not None and self._before_send is None:
             worker.submit(command, size, pid)
@@ -482,11 +490,21 @@ class SevenSegments(_ApiClient, CustomerChoice):
             PATH_CUSTOMERS, ids, None, captured, time.time() if timestamp is None else timestamp_seconds(timestamp),
             command_id,
         )
+        if size > self._properties_room or type(ids) is LargeCustomerIds:
+            self._check_size(command, size)  # perhaps more than the server takes
         worker = self._worker
         if worker is not None and self._before_send is None:
             worker.submit(command, size, pid)
             return command_id
         return self._dispatch(command, size)
+
+    def _check_size(self, command: Command, size: int) -> None:
+        """``ValueError`` naming the largest part of a command that the server would refuse as too
+        large (its properties counted ``size``: see ``properties_room``)."""
+        ids = command[1]
+        if type(ids) is LargeCustomerIds and size <= properties_room(self._token, ids.json_bytes):
+            return
+        check_command_size(command, self._token)
 
     def _dispatch(self, command: Command, size: int) -> str:
         """Every checked command that is not simply queued: disabled, through ``before_send``, or
@@ -516,7 +534,10 @@ class SevenSegments(_ApiClient, CustomerChoice):
             self._filtered.add()
             return None
         try:
-            return _checked_command(command, sent)
+            checked, size = _checked_command(command, sent)
+            if size > self._properties_room or type(checked[1]) is LargeCustomerIds:
+                self._check_size(checked, size)
+            return checked, size
         except (TypeError, ValueError) as error:
             self._report_hook_failure(command, f"before_send returned an invalid command: {error}")
             return None

@@ -64,9 +64,12 @@ __all__ = [
     "capture_properties",
     "capture_properties_json",
     "check_command_id",
+    "check_command_size",
+    "LargeCustomerIds",
     "check_event_type",
     "customer_ids",
     "new_command_id",
+    "properties_room",
     "timestamp_seconds",
 ]
 
@@ -321,18 +324,21 @@ def customer_ids(customer: Any, path: str = "customer") -> CustomerIds:
     if isinstance(customer, str):
         if not customer:
             raise ValueError(f"{path} must be a non-empty string or a dict of id types to ids, not ''")
-        return {DEFAULT_ID_TYPE: _plain_string(customer, path)}
+        ids = {DEFAULT_ID_TYPE: _plain_string(customer, path)}
+        return ids if len(customer) <= _SMALL_STRING_ID else _large_ids(ids, path)
     if isinstance(customer, Mapping):
         if not customer:
             raise ValueError(f"{path} must name at least one id, not an empty dict")
-        ids: CustomerIds = {}
+        ids = {}
+        characters = 0
         for id_type, id_value in customer.items():
             if not isinstance(id_type, str) or not id_type:
                 raise TypeError(f"{path}: id type {_short(id_type)} must be a non-empty string")
             if not isinstance(id_value, str) or not id_value:
                 raise TypeError(f"{path}[{id_type!r}]: id {_short(id_value)} must be a non-empty string")
             ids[_plain_string(id_type, f"{path}: id type")] = _plain_string(id_value, f"{path}[{id_type!r}]")
-        return ids
+            characters += len(id_type) + len(id_value) + 1
+        return ids if characters <= SMALL_IDS_CHARACTERS else _large_ids(ids, path)
     if customer is None:
         raise ValueError(
             "no customer identified: pass customer= to SevenSegments(...) or to this call, or call identify() first"
@@ -340,6 +346,94 @@ def customer_ids(customer: Any, path: str = "customer") -> CustomerIds:
     raise TypeError(
         f"{path} must be a string id or a dict of id types to ids, not {type(customer).__name__} {_short(customer)}"
     )
+
+
+# Command size ------------------------------------------------------------------------------------
+# The server refuses (413) a command whose data (company_id, ids, type, properties, timestamp,
+# command_id) takes more than MAX_COMMAND_BYTES as compact UTF-8 JSON; the client refuses it at the
+# call instead. Measuring that exactly means writing the JSON, so the call first compares cheap upper
+# bounds: a character of a string takes at most 6 bytes as JSON (an escape such as \u0000), and the
+# size ``capture_properties`` counts for properties is at least a sixth of their JSON's.
+
+#: Customer ids of at most this many characters (each id type and id, plus one per pair) are small:
+#: with them, properties up to ``properties_room`` surely fit. Larger ones are ``LargeCustomerIds``.
+SMALL_IDS_CHARACTERS = 1024
+#: At most what small customer ids take as JSON.
+_SMALL_IDS_BYTES = 2 + 6 * SMALL_IDS_CHARACTERS
+#: The longest string customer (the id of the default id type) whose ids are small.
+_SMALL_STRING_ID = SMALL_IDS_CHARACTERS - len(DEFAULT_ID_TYPE) - 1
+#: What a command's data takes besides its values: field names and punctuation, by path.
+_FRAME = {
+    PATH_EVENTS: len('{"company_id":,"customer_ids":,"type":,"properties":,"timestamp":,"command_id":""}'),
+    PATH_CUSTOMERS: len('{"company_id":,"ids":,"properties":,"timestamp":,"command_id":""}'),
+}
+#: The least a command's data takes besides its customer ids.
+_LEAST_BESIDES_IDS = len('{"company_id":"t","ids":,"properties":{},"timestamp":0,"command_id":"c"}')
+#: At most what a command takes besides its company id, customer ids and properties: the frame, an
+#: event type of 256 escaped characters, a timestamp as the server writes it, a command id of 64.
+_MOST_BESIDES_VALUES = _FRAME[PATH_EVENTS] + 6 * MAX_EVENT_TYPE_LENGTH + 2 + 24 + MAX_COMMAND_ID_LENGTH
+
+
+class LargeCustomerIds(Dict[str, str]):
+    """Customer ids of more than ``SMALL_IDS_CHARACTERS`` characters, as ``customer_ids`` returns
+    them, with the bytes they take as JSON (``json_bytes``): every command for them is checked
+    against the server's limit (see ``properties_room``). They are no command's alone: a copy of
+    them for ``on_error`` or ``before_send`` is a plain dict."""
+
+    __slots__ = ("json_bytes",)
+
+    def __init__(self, ids: CustomerIds, json_bytes: int) -> None:
+        super().__init__(ids)
+        self.json_bytes = json_bytes
+
+
+def _json_bytes(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8"))
+
+
+def _large_ids(ids: CustomerIds, path: str) -> LargeCustomerIds:
+    """``ids`` measured; ``ValueError`` when no command can carry them, whatever else it holds."""
+    size = _json_bytes(_write_plain(ids))
+    if size + _LEAST_BESIDES_IDS > MAX_COMMAND_BYTES:
+        raise ValueError(
+            f"{path}: the ids take {size} bytes as JSON, more than any command can carry"
+            f" (a command may take at most {MAX_COMMAND_BYTES})"
+        )
+    return LargeCustomerIds(ids, size)
+
+
+def properties_room(company_id: str, ids_bytes: int = _SMALL_IDS_BYTES) -> int:
+    """The largest size ``capture_properties`` may count for properties that surely fit in one
+    command with customer ids of at most ``ids_bytes`` bytes of JSON (by default, any small ids)
+    and any event type, timestamp and command id. Past it, :func:`check_command_size` measures."""
+    return (MAX_COMMAND_BYTES - _MOST_BESIDES_VALUES - 6 * len(company_id) - 2 - ids_bytes) // 6
+
+
+def check_command_size(command: Command, company_id: str) -> int:
+    """The bytes of ``command``'s data as compact UTF-8 JSON, as the server measures them;
+    ``ValueError`` naming the largest part when that is more than a command may take."""
+    path, ids, kind, properties, timestamp, command_id = command
+    parts = {"the customer ids": ids.json_bytes if type(ids) is LargeCustomerIds else _json_bytes(_write_plain(ids))}
+    if type(properties) is str:
+        parts["the properties"] = _json_bytes(properties)
+    else:
+        parts["the properties"] = _json_bytes(_join(_write_tree(properties, 0))) if properties else 2
+    if kind is not None:
+        parts["the event type"] = _json_bytes(_encode_string(kind))
+    parts["the company token"] = _json_bytes(_encode_string(company_id))
+    # The timestamp as the server writes it again, or as the bulk encoder writes it (``...e-6``):
+    # the longer, so that the pump, which measures what it sends, never refuses what passed here.
+    written = max(len(repr(float(timestamp))), len(str(round(timestamp * 1e6))) + 3)
+    parts["the other fields"] = _FRAME[path] + written + len(command_id)
+    size = sum(parts.values())
+    if size > MAX_COMMAND_BYTES:
+        (largest, largest_size), *others = sorted(parts.items(), key=lambda part: -part[1])
+        raise ValueError(
+            f"{largest} take {largest_size} bytes as JSON, too many for one command: with "
+            + ", ".join(f"{name[4:]} ({part_size})" for name, part_size in others)
+            + f" the command would take {size}; a command may take at most {MAX_COMMAND_BYTES}"
+        )
+    return size
 
 
 def check_event_type(value: Any) -> str:

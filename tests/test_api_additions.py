@@ -248,6 +248,11 @@ def test_before_send_that_raises_drops_the_command_and_reports_it(
         (lambda c: c.update(name="crm/customers"), ["name must stay 'crm/events'"]),
         (lambda c: c.pop("properties"), ["missing: properties"]),
         (lambda c: c.update(company_id="other"), ["unknown: 'company_id'"]),
+        (lambda c: c.update(customer_ids={"registered": "x" * 200_000}), ["customer_ids: the ids take 200017 bytes"]),
+        (
+            lambda c: c.update(customer_ids={"registered": "x" * 60_000}, properties={"p": "y" * 70_000}),
+            ["the properties take 70008 bytes as JSON, too many for one command", "customer ids (60017)"],
+        ),
     ],
 )
 def test_before_send_returning_an_invalid_command_drops_and_reports_it(

@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from seven_segments import AuthenticatedSevenSegments, SevenSegments
+from seven_segments.protocol import MAX_COMMAND_BYTES
 from seven_segments.testing import LocalServer
 
 pytestmark = pytest.mark.timeout(30)
@@ -328,6 +329,88 @@ def test_bad_customer(fresh: LocalServer, bad: Any, error: type, words: List[str
         client.identify(bad)
     assert client.customer == {"registered": "john123"}  # a refused identify changes nothing
     assert fresh.requests() == []
+
+
+_A_200_KB_ID = "x" * 200_000
+_5000_ID_TYPES = {f"id-type-{number:05d}": f"id-{number:05d}" for number in range(5000)}
+
+
+@pytest.mark.parametrize("customer", [_A_200_KB_ID, _5000_ID_TYPES], ids=["a 200 KB id", "5,000 id types"])
+def test_customer_ids_no_command_can_carry_are_refused_at_the_call(
+    client: SevenSegments, fresh: LocalServer, customer: Any
+) -> None:
+    """They were accepted, then answered 413 (and split in halves with the commands queued with them)."""
+    calls = [
+        lambda: client.track("e", customer=customer),
+        lambda: client.update({"a": 1}, customer=customer),
+        lambda: client.identify(customer),
+        lambda: client.customer_context(customer),
+        lambda: client.get_html("Banner", customer=customer),
+        lambda: SevenSegments(TOKEN, customer=customer, target=fresh.url),
+    ]
+    for call in calls:
+        with pytest.raises(ValueError, match=r"^customer: the ids take \d+ bytes as JSON, more than any command can carry"):
+            call()
+    assert client.customer == {"registered": "john123"}
+    nothing_sent(client, fresh)
+
+
+def test_a_command_too_large_as_a_whole_is_refused_at_the_call_naming_its_largest_part(
+    client: SevenSegments, fresh: LocalServer
+) -> None:
+    with pytest.raises(ValueError, match=r"^the properties take 70008 bytes as JSON, too many for one command: with customer ids \(40017\), "):
+        client.track("e", {"p": "x" * 70_000}, customer="i" * 40_000)
+    with pytest.raises(ValueError, match=r"^the customer ids take 70013 bytes as JSON, too many .* a command may take at most 102400$"):
+        client.update({"p": "x" * 40_000}, customer={"cookie": "c" * 70_000})
+    with pytest.raises(ValueError, match=r"^the properties take 104008 bytes as JSON"):  # counted 52,009 before escaping
+        client.track("e", {"q": '"' * 52_000})
+    client.identify("i" * 60_000)  # fits, with small properties
+    with pytest.raises(ValueError, match=r"^the customer ids take 60017 bytes as JSON, too many for one command: with properties \(50008\)"):
+        client.track("e", {"p": "x" * 50_000})
+    client.track("e", {"p": "x" * 40_000})
+    with client.customer_context({"email": "e" * 2000}):
+        with pytest.raises(ValueError, match=r"^the properties take 101008 bytes as JSON, too many for one command: with customer ids \(2012\)"):
+            client.update({"p": "x" * 101_000})
+        client.update({"p": "x" * 100_000})
+    assert client.flush(5) is True
+    assert [request["status"] for request in fresh.requests()] in ([200, 200], [200])  # nothing answered 413
+    assert len(fresh.events()) == 1 and fresh.customer({"email": "e" * 2000}) == {"p": "x" * 100_000}
+
+
+def test_a_command_up_to_the_servers_limit_is_sent_and_one_byte_more_refused_at_the_call(
+    client: SevenSegments, fresh: LocalServer
+) -> None:
+    _up_to_the_servers_limit(client, fresh)
+
+
+def test_a_command_up_to_the_servers_limit_is_spooled_and_sent_and_one_byte_more_refused_at_the_call(
+    fresh: LocalServer, tmp_path: Any
+) -> None:
+    with SevenSegments(TOKEN, customer="john123", target=fresh.url, buffered=True, spool=str(tmp_path)) as client:
+        _up_to_the_servers_limit(client, fresh)
+
+
+def _up_to_the_servers_limit(client: SevenSegments, fresh: LocalServer) -> None:
+    def data(text: str) -> Dict[str, Any]:
+        return {
+            "company_id": TOKEN, "customer_ids": {"registered": "john123"}, "type": "e", "properties": {"s": text},
+            "timestamp": 1700000000.5, "command_id": "c" * 16,
+        }
+
+    def server_size(text: str) -> int:  # as the server measures a command's data
+        return len(json.dumps(data(text), separators=(",", ":"), ensure_ascii=False).encode())
+
+    room = MAX_COMMAND_BYTES - server_size("")
+    over = "\u00e9" * ((room + 1) // 2) + "x" * ((room + 1) % 2)  # one byte more, two bytes a character
+    assert server_size(over) == MAX_COMMAND_BYTES + 1
+    with pytest.raises(ValueError, match=r"^the properties take \d+ bytes as JSON, too many for one command"):
+        client.track("e", {"s": over}, timestamp=1700000000.5, command_id="c" * 16)
+    # The client counts the timestamp as the longer of its two spellings (1700000000500000e-6 in a
+    # bulk body, 1700000000.5 as the server writes it again): up to 7 bytes less than the server allows.
+    client.track("e", {"s": "x" * (room - 7)}, timestamp=1700000000.5, command_id="c" * 16)
+    assert client.flush(5) is True
+    assert [request["status"] for request in fresh.requests()] == [200]
+    assert len(fresh.events()[0]["properties"]["s"]) == room - 7
 
 
 def test_bad_campaign_name(fresh: LocalServer) -> None:

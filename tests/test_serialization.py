@@ -16,7 +16,14 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from seven_segments import serialization
-from seven_segments.serialization import MAX_TIMESTAMP, BulkCommandEncoder, capture_properties, capture_properties_json
+from seven_segments.serialization import (
+    MAX_TIMESTAMP,
+    BulkCommandEncoder,
+    capture_properties,
+    capture_properties_json,
+    check_command_size,
+    customer_ids,
+)
 
 @settings(max_examples=300, deadline=None)
 @given(st.floats(min_value=0, max_value=MAX_TIMESTAMP, exclude_max=True))
@@ -270,3 +277,46 @@ def test_ints_past_4300_digits_are_refused_whatever_the_interpreters_limit() -> 
         assert capture_properties({"n": [-(10**4299)]})[0] == {"n": [-(10**4299)]}
     finally:
         sys.set_int_max_str_digits(limit)
+
+
+_valid_text = st.text(st.characters(blacklist_categories=("Cs",)) | st.sampled_from(['"', "\\", "\n", "\x00", "é", "💥"]), min_size=1, max_size=12)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    path=st.sampled_from(["crm/events", "crm/customers"]),
+    ids=st.dictionaries(_valid_text, _valid_text, min_size=1, max_size=3),
+    kind=_valid_text,
+    properties=st.dictionaries(_valid_text, _valid_text | st.integers() | st.floats(allow_nan=False, allow_infinity=False), max_size=4),
+    timestamp=st.floats(min_value=0, max_value=MAX_TIMESTAMP, exclude_max=True),
+    as_json=st.booleans(),
+    token=_valid_text,
+)
+def test_the_size_checked_at_the_call_is_what_the_pump_measures_and_no_less_than_the_servers(
+    path: str, ids: Dict[str, str], kind: str, properties: Dict[str, Any], timestamp: float, as_json: bool, token: str
+) -> None:
+    captured = capture_properties_json(properties)[0] if as_json else capture_properties(properties)[0]
+    command = (path, ids, kind if path == "crm/events" else None, captured, timestamp, "c-1")
+    size = check_command_size(command, token)
+    payload = BulkCommandEncoder(token).encode(command)
+    pumps = len(payload) - len('{"name":"' + path + '","data":}')  # the pump refuses a command past the limit
+    servers = len(json.dumps(json.loads(payload)["data"], separators=(",", ":"), ensure_ascii=False).encode())
+    assert max(pumps, servers) <= size <= max(pumps, servers) + 24  # only the timestamp's spelling differs
+
+
+@pytest.mark.parametrize("id_length", [1, serialization.SMALL_IDS_CHARACTERS - 2, 15_000])
+def test_properties_within_the_room_fit_even_when_every_character_is_escaped(id_length: int) -> None:
+    """The call measures a command only when its properties count more than ``properties_room``
+    (of any small ids, or of the ``LargeCustomerIds`` it has): below it, the command fits whatever
+    its characters (here all escaped to six bytes)."""
+    token, ids = "\x01" * 40, customer_ids({"\x02": "\x03" * id_length})
+    if id_length > serialization.SMALL_IDS_CHARACTERS:
+        assert isinstance(ids, serialization.LargeCustomerIds) and ids.json_bytes == 6 * id_length + 13
+        room = serialization.properties_room(token, ids.json_bytes)
+    else:
+        assert type(ids) is dict
+        room = serialization.properties_room(token)
+    properties, size = capture_properties({"\x04": "\x05" * (room - 9)})
+    assert size == room
+    command = ("crm/events", ids, "\x06" * 256, properties, MAX_TIMESTAMP - 1e-6, "c" * 64)
+    assert check_command_size(command, token) <= serialization.MAX_COMMAND_BYTES
