@@ -34,6 +34,8 @@ CommandDict = Dict[str, Any]
 
 #: ``on_error(error, commands)``: told about commands that were not delivered and never will be;
 #: each command is ``{"name": path, "data": {...}}`` without the company token, ``command_id`` kept.
+#: For commands a ``bulk`` answer refused (``InvalidRequest``, ``status`` 200), ``error.errors[i]``
+#: is the server's reason for ``commands[i]``.
 ErrorCallback = Callable[[SevenSegmentsError, List[Dict[str, Any]]], None]
 
 #: ``before_send(command) -> command or None``: sees each tracking command (a ``CommandDict``) on

@@ -150,6 +150,28 @@ def test_per_command_retry_and_error_results(server: LocalServer) -> None:
     assert commands[0]["name"] == "crm/events"
 
 
+def test_one_answer_refusing_1000_commands_is_one_warning_and_one_on_error_call(server: LocalServer, caplog: Any) -> None:
+    """It was 1,000 warnings and 1,000 calls of one command each."""
+    reports, on_error = collector()
+    server.tokens = ["another-company"]  # every command refused, for one of two reasons:
+    server.faults.command_results(600, "error")  # the first 600 by an injected fault
+    with caplog.at_level(logging.WARNING, logger="seven_segments"):
+        with buffered(server, flush_interval=60, on_error=on_error) as client:
+            command_ids = [client.track("view", {"n": number}) for number in range(1000)]
+            assert client.flush(10) is False
+            stats = client.stats()
+    assert len(bulk_bodies(server)) == 1 and stats["failed"] == 1000 and stats["sent"] == 0
+    [warning] = [record.getMessage() for record in caplog.records if record.name.startswith("seven_segments")]
+    assert warning == (
+        "seven_segments: 1000 commands could not be delivered: bulk: the server refused them for good:"
+        ' "injected fault: command refused" (600 commands), "company_id is not a known company token" (400 commands)'
+    )
+    [(error, commands)] = reports
+    assert isinstance(error, InvalidRequest) and error.status == 200 and str(error).startswith("bulk: 1000 commands were refused")
+    assert [command["data"]["command_id"] for command in commands] == command_ids
+    assert error.errors == ("injected fault: command refused",) * 600 + ("company_id is not a known company token",) * 400
+
+
 def test_413_splits_the_batch(server: LocalServer) -> None:
     server.faults.fail_next(2, status=413)
     with buffered(server, flush_interval=60) as client:

@@ -19,6 +19,7 @@ from seven_segments._buffered.ledger import FULL, Ledger
 from seven_segments._buffered.lifecycle import Lifecycle, Phase
 from seven_segments._buffered.limits import Limits
 from seven_segments._buffered.pump import FlushTicket, Pump
+from seven_segments._buffered import reporting
 from seven_segments._buffered.reporting import Reporter
 from seven_segments._buffered.retry import RetryPolicy
 from seven_segments._buffered.sender import Outcome
@@ -240,6 +241,39 @@ def test_per_command_results_settle_each_command() -> None:
     run.answer(2)
     run.step()
     assert ticket.done.is_set() and ticket.delivered_all is False  # one of its commands failed
+
+
+def test_the_refusals_of_one_answer_are_one_warning_and_chunks_giving_each_command_its_reason(
+    monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    monkeypatch.setattr(reporting, "CHUNK", 300)
+    run = Harness(max_in_flight=1)
+    run.track(1000)
+    ticket = run.flush()
+    run.step()
+    refused = [(index, (f"reason {index}", "second")) for index in range(1, 1000, 2)]
+    refused += [(index, ()) for index in range(0, 200, 2)]
+    with caplog.at_level(logging.WARNING, logger="seven_segments"):
+        run.answer(1, Verdict([index for index in range(200, 1000, 2)], [], refused, False))
+        run.step()
+    assert (run.ledger.sent, run.ledger.failed) == (400, 600)
+    [warning] = [record.getMessage() for record in caplog.records]
+    assert warning.startswith("seven_segments: 600 commands could not be delivered: bulk: the server refused them for good: ")
+    assert warning.endswith(
+        '"reason 1; second" (1 command), "reason 3; second" (1 command), "reason 5; second" (1 command) and 498 other reasons'
+    )
+    assert [len(commands) for _, commands in run.reports] == [300, 300]
+    reasons = {}
+    for error, commands in run.reports:
+        assert isinstance(error, InvalidRequest) and error.status == 200 and len(error.errors) == len(commands)
+        assert str(error).startswith(f"bulk: {len(commands)} commands were refused (HTTP 200): ")
+        for command, reason in zip(commands, error.errors):
+            reasons[int(command["data"]["command_id"][3:]) - 1] = reason
+    assert reasons == {
+        **{index: f"reason {index}; second" for index in range(1, 1000, 2)},
+        **{index: "refused, with no reason given" for index in range(0, 200, 2)},
+    }
+    assert ticket.done.is_set() and ticket.delivered_all is False
 
 
 def test_a_flush_answers_for_its_own_commands_not_for_later_ones() -> None:

@@ -33,7 +33,7 @@ from .batching import Batch, fit_to_bytes, fresh_batch_due
 from .ledger import FULL, Ledger
 from .lifecycle import Lifecycle, Phase
 from .limits import Limits
-from .reporting import Reporter
+from .reporting import NO_REASON, Reporter, refusal_summary
 from .retry import RetryPolicy
 from .sender import Outcome
 from .window import Window
@@ -547,12 +547,8 @@ class Pump:
         self.ledger.count(sent=len(ok), batches=1)
         self._release(len(ok), sum(len(batch.payloads[i]) for i in ok))
         self._confirm([batch.seqs[i] for i in ok])
-        for index, reasons in verdict.errors:
-            self._fail(
-                [batch.seqs[index]],
-                [batch.payloads[index]],
-                InvalidRequest(f"{PATH_BULK}: the command was refused", status=200, errors=[self._scrub(r) for r in reasons]),
-            )
+        if verdict.errors:
+            self._refused(batch, verdict.errors)
         if verdict.retry:
             plan = self.policy.after_retry_results(batch, now, verdict.progress)
             if plan is None:
@@ -682,6 +678,16 @@ class Pump:
         self.held -= count
         self.held_bytes -= size
 
+    def _refused(self, batch: Batch, refusals: List[Tuple[int, Tuple[str, ...]]]) -> None:
+        """The commands of ``batch`` its answer refused for good: failed together, with one warning
+        (their count and first reasons), and passed to ``on_error`` in chunks that give each command's
+        own reason (``Reporter.refused``)."""
+        reasons = [self._scrub("; ".join(given)) if given else NO_REASON for _, given in refusals]
+        payloads = [batch.payloads[index] for index, _ in refusals]
+        why = f"{PATH_BULK}: the server refused them for good: {refusal_summary(reasons)}"
+        self._settle_failed([batch.seqs[index] for index, _ in refusals], payloads, why)
+        self.reporter.refused(payloads, reasons)
+
     def _fail(
         self,
         seqs: Sequence[int],
@@ -692,6 +698,18 @@ class Pump:
         """Count commands as failed for good, mark the flushes they concern, and report them."""
         if not seqs:
             return
+        self._settle_failed(seqs, items, error, held_bytes)
+        self.reporter.failed(error, items)
+
+    def _settle_failed(
+        self,
+        seqs: Sequence[int],
+        items: Union[Sequence[bytes], Sequence[Command]],
+        why: Union[str, SevenSegmentsError],
+        held_bytes: Optional[int] = None,
+    ) -> None:
+        """Count commands as failed for good, mark the flushes they concern, and say why in one
+        warning (at close, in the close's summary)."""
         self.ledger.count_failed(len(seqs), max(seqs))
         size = sum(len(item) for item in items if isinstance(item, bytes)) if held_bytes is None else held_bytes
         self._release(len(seqs), size)
@@ -702,10 +720,9 @@ class Pump:
                 ticket.delivered_all = False
         if self.lifecycle.phase is Phase.DRAINING:
             self.losses_at_close += len(seqs)
-            self.last_close_error = str(error)
+            self.last_close_error = str(why)
         else:
-            logger.warning("seven_segments: %d commands could not be delivered: %s", len(seqs), error)
-        self.reporter.failed(error, items)
+            logger.warning("seven_segments: %d commands could not be delivered: %s", len(seqs), why)
 
     def first_unsettled(self) -> float:
         """The oldest sequence number not settled yet (infinity when all are)."""

@@ -4,7 +4,8 @@ Failed commands are handed over as encoded payloads or as queued tuples and deco
 chunk by chunk (at most ``CHUNK`` commands per ``on_error`` call), so reporting 200,000 commands at
 exit never holds more than one chunk of dicts. Chunks wait in one queue that the pump drains, and
 that a closer which gave up on the pump drains too: each chunk is taken by exactly one of them.
-The commands passed to ``on_error`` never carry the company token.
+The commands passed to ``on_error`` never carry the company token. The commands one ``bulk`` answer
+refused are reported together too (``refused``), each with its own reason.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ from collections import deque
 from typing import Any, Deque, Dict, Optional, Sequence, Tuple, Union
 
 from ..clock import Clock
-from ..errors import SevenSegmentsError
+from ..errors import InvalidRequest, SevenSegmentsError
+from ..protocol import PATH_BULK
 from ..serialization import BulkCommandEncoder, Command
 from ..types import ErrorCallback
 
-__all__ = ["Reporter", "CHUNK", "DROP_WARNING_INTERVAL"]
+__all__ = ["Reporter", "CHUNK", "DROP_WARNING_INTERVAL", "refusal_summary"]
 
 logger = logging.getLogger("seven_segments")
 
@@ -30,6 +32,28 @@ CHUNK = 1000
 DROP_WARNING_INTERVAL = 10.0
 
 Items = Union[Sequence[bytes], Sequence[Command]]
+
+#: A refusal's reason when the server gave none.
+NO_REASON = "refused, with no reason given"
+#: A warning about refused commands quotes this many of their distinct reasons, each cut to
+#: ``_REASON_SHOWN`` characters.
+_REASONS_SHOWN = 3
+_REASON_SHOWN = 200
+
+
+def refusal_summary(reasons: Sequence[str]) -> str:
+    """The first few distinct ``reasons`` of refused commands, each with how many commands it refused
+    (one line for a warning, however many commands there were)."""
+    counts: Dict[str, int] = {}
+    for reason in reasons:
+        counts[reason] = counts.get(reason, 0) + 1
+    shown = [
+        '"' + (reason if len(reason) <= _REASON_SHOWN else reason[: _REASON_SHOWN - 3] + "...") + '"'
+        + f" ({count} command{'s' if count > 1 else ''})"
+        for reason, count in list(counts.items())[:_REASONS_SHOWN]
+    ]
+    others = len(counts) - len(shown)
+    return ", ".join(shown) + (f" and {others} other reason{'s' if others > 1 else ''}" if others else "")
 
 
 def _decode(item: Union[bytes, Command]) -> Dict[str, Any]:
@@ -65,6 +89,16 @@ class Reporter:
             return
         for start in range(0, len(items), CHUNK):
             self._chunks.append((error, items[start : start + CHUNK]))
+
+    def refused(self, items: Sequence[bytes], reasons: Sequence[str]) -> None:
+        """Queue commands the server refused for good for ``on_error``, in chunks: each with an
+        ``InvalidRequest`` (status 200) whose ``errors[i]`` is the reason for the chunk's command ``i``."""
+        if self.on_error is None or not items:
+            return
+        for start in range(0, len(items), CHUNK):
+            part = reasons[start : start + CHUNK]
+            what = "the command was refused" if len(part) == 1 else f"{len(part)} commands were refused"
+            self._chunks.append((InvalidRequest(f"{PATH_BULK}: {what}", status=200, errors=part), items[start : start + CHUNK]))
 
     def drain(self, until: Optional[float] = None) -> None:
         """Call ``on_error`` for every queued chunk (outside every lock; its exceptions are logged),
