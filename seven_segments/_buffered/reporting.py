@@ -98,7 +98,8 @@ class Reporter:
         for start in range(0, len(items), CHUNK):
             part = reasons[start : start + CHUNK]
             what = "the command was refused" if len(part) == 1 else f"{len(part)} commands were refused"
-            self._chunks.append((InvalidRequest(f"{PATH_BULK}: {what}", status=200, errors=part), items[start : start + CHUNK]))
+            error = InvalidRequest(f"{PATH_BULK}: {what}", status=200, errors=part)
+            self._chunks.append((error, items[start : start + CHUNK]))
 
     def drain(self, until: Optional[float] = None) -> None:
         """Call ``on_error`` for every queued chunk (outside every lock; its exceptions are logged),
