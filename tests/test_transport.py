@@ -125,3 +125,19 @@ def test_a_bulk_request_never_follows_a_redirect_and_the_3xx_is_a_permanent_fail
     finally:
         transport.close()
         elsewhere.close()
+
+
+def test_a_bulk_request_goes_through_the_proxy_the_environment_names(
+    recorder: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a proxy for the target, bulk requests go the requests way, to the proxy."""
+    url, seen = recorder
+    for name in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", url)
+    transport = Transport("http://api.example.invalid", timeout=5)
+    try:
+        assert transport.post("bulk", b'{"commands":[]}') == {"success": True}
+    finally:
+        transport.close()
+    assert [path for path, _, _ in seen] == ["http://api.example.invalid/bulk"]
