@@ -609,6 +609,8 @@ _join = "".join
 #: ``value -> compact JSON text`` of a plain tree (what ``capture_properties`` returns), with the
 #: standard library: for the ids' JSON, kept and reused (see BulkCommandEncoder).
 _write_plain = compact_json_encoder()
+#: The C encoder itself, called as ``_write_tree(value, 0)`` for the parts of the text.
+_write_tree: Callable[[Any, int], Any] = c_json_encoder() or (lambda value, _level: (_write_plain(value),))
 #: What writes the checked properties: ``orjson`` when installed, else the standard library. Read
 #: at each call (a test puts either in place with ``_use_writer``).
 _WRITER: JsonWriter = json_writer.WRITER
@@ -682,11 +684,19 @@ class BulkCommandEncoder:
         else:
             head = self._customer_head
         if type(properties) is str:  # already written by capture_properties_json
-            return head + f'{properties},"timestamp":{round(timestamp * 1e6)}e-6,"command_id":"{command_id}"}}}}'.encode()
-        return (
-            head + (_WRITER.data(properties) if properties else b"{}")
-            + f',"timestamp":{round(timestamp * 1e6)}e-6,"command_id":"{command_id}"}}}}'.encode()
-        )
+            body: str = properties
+        elif not properties:
+            body = "{}"
+        elif _FAST_DUMPS is not None:
+            try:
+                written = _FAST_DUMPS(properties)
+            except TypeError:  # an integer past 64 bits (orjson.JSONEncodeError): the standard library writes it
+                body = _join(_write_tree(properties, 0))
+            else:
+                return head + written + f',"timestamp":{round(timestamp * 1e6)}e-6,"command_id":"{command_id}"}}}}'.encode()
+        else:
+            body = _join(_write_tree(properties, 0))
+        return head + f'{body},"timestamp":{round(timestamp * 1e6)}e-6,"command_id":"{command_id}"}}}}'.encode()
 
     @staticmethod
     def company_of(payload: bytes) -> Optional[str]:
