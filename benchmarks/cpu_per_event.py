@@ -12,9 +12,10 @@ Rows:
 
 - ``ours``: the buffered client with its defaults (``orjson`` writes when installed);
 - ``ours (json)``: the same with ``orjson`` made unimportable (the standard library writes);
-- ``naive json``: ``deque.append`` of a tuple on the caller; one thread pops up to 1,000 events, makes
-  the bulk commands' dicts, ``json.dumps``, gzip level 1, ``http.client`` POST; no checks, no retries;
-- ``naive orjson``: the same with ``orjson.dumps``;
+- ``naive json`` (:class:`libs.FloorBulk`): ``deque.append`` of a tuple on the caller; one thread pops
+  up to 1,000 events, makes the bulk commands' dicts, ``json.dumps``, gzip level 1, ``http.client``
+  POST; no checks, no retries;
+- ``naive orjson`` (:class:`libs.FloorBulkOrjson`): the same with ``orjson.dumps``;
 - with ``--base DIR``, ``base ...`` rows run our client from another checkout (A/B in one run).
 
     python benchmarks/cpu_per_event.py --n 30000 --repeat 3
@@ -30,6 +31,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -94,69 +96,6 @@ def _count_ended_threads() -> None:
     threading.Thread.run = counted_run  # type: ignore[method-assign]
 
 
-class NaiveClient:
-    """``deque.append`` on the caller; one thread posting gzipped JSON of up to 1,000 bulk commands."""
-
-    def __init__(self, url: str, dumps: Any) -> None:
-        import collections
-        import http.client
-        import threading
-        from urllib.parse import urlsplit
-
-        parts = urlsplit(url)
-        self.connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
-        self.dumps = dumps
-        self.queue: Any = collections.deque()
-        self.wake = threading.Event()
-        self.busy = False
-        self.thread = threading.Thread(target=self._run, name="naive-sender", daemon=True)
-        self.thread.start()
-
-    def track(self, kind: str, customer: str, properties: Dict[str, Any], at: float, command_id: str) -> None:
-        self.queue.append((kind, customer, properties, at, command_id))
-
-    def _post_some(self) -> int:
-        import zlib
-
-        queue = self.queue
-        commands = []
-        self.busy = True
-        try:
-            for _ in range(1000):
-                kind, customer, properties, at, command_id = queue.popleft()
-                commands.append({"name": "crm/events", "data": {
-                    "company_id": TOKEN, "customer_ids": {"registered": customer}, "type": kind,
-                    "properties": properties, "timestamp": at, "command_id": command_id,
-                }})
-        except IndexError:
-            pass
-        if commands:
-            body = self.dumps({"commands": commands})
-            if isinstance(body, str):
-                body = body.encode()
-            compressor = zlib.compressobj(1, zlib.DEFLATED, 31)
-            body = compressor.compress(body) + compressor.flush()
-            try:
-                self.connection.request("POST", "/bulk", body=body, headers={
-                    "Content-Type": "application/json", "Content-Encoding": "gzip"})
-                self.connection.getresponse().read()
-            except Exception:
-                self.connection.close()  # no retries: what fails is lost
-        self.busy = False
-        return len(commands)
-
-    def _run(self) -> None:
-        while True:
-            if not self._post_some():
-                self.wake.wait(0.01)
-
-    def flush(self) -> None:
-        import time
-
-        while self.queue or self.busy:
-            time.sleep(0.002)
-
-
 def child(client: str, url: str, n: int) -> Dict[str, Any]:
     """One measured run in this process; returns its figures."""
     import gc
@@ -166,20 +105,17 @@ def child(client: str, url: str, n: int) -> Dict[str, Any]:
 
     properties = PROPERTIES
     if client.startswith("naive"):
-        if client == "naive orjson":
-            import orjson
+        sys.path.insert(0, str(HERE))
+        import libs
 
-            dumps: Any = orjson.dumps
-        else:
-            dumps = json.dumps
-        naive = NaiveClient(url, dumps)
-        prefix = f"n{os.getpid()}-"
+        naive = libs.get("floor_bulk_orjson" if client == "naive orjson" else "floor_bulk")
+        naive.open(url)
 
         def run() -> None:
-            track, now = naive.track, time.time
-            for number in range(n):
-                track("purchase", "john123", dict(properties), now(), prefix + str(number))
-            naive.flush()
+            event = naive.event
+            for _ in range(n):
+                event("purchase", "john123", dict(properties))
+            naive.flush(120)
     else:
         if client.endswith("(json)"):
             sys.modules["orjson"] = None  # type: ignore[assignment]
@@ -235,17 +171,20 @@ def measure(client: str, n: int, latency: float, pythonpath: str) -> Dict[str, A
     sys.path.insert(0, str(HERE))
     from servers import Server
 
-    with Server("ours", latency=latency) as server:
+    with Server("ours", latency=latency) as server, tempfile.TemporaryFile("w+") as errors:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([pythonpath, str(HERE)]))
         process = subprocess.Popen(
             [sys.executable, str(Path(__file__).resolve()), "--child", client, server.url, str(n)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=str(REPO),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors, text=True, env=env, cwd=str(REPO),
         )
         assert process.stdin is not None and process.stdout is not None
         try:
             line = process.stdout.readline()
             if line.strip() != "WAIT":
-                raise RuntimeError(f"{client}: {line!r}")
+                process.kill()
+                process.wait()
+                errors.seek(0)
+                raise RuntimeError(f"{client}: {line!r} {errors.read()[-2000:]}")
             arrived = server.wait("ours", n, timeout=120, stall=5)
             process.stdin.write(json.dumps(arrived) + "\n")
             process.stdin.flush()
