@@ -361,10 +361,21 @@ def test_properties_within_the_room_fit_even_when_every_character_is_escaped(id_
 # The two writers (orjson when installed, the standard library otherwise): the same checks, the same
 # errors, the same JSON values on the wire. ------------------------------------------------------
 
+#: What callers pass besides plain JSON: moments (aware and naive), decimals (NaN among them),
+#: UUIDs, tuples, sets, and keys that are not strings.
+_rich_values = st.recursive(
+    _plain_values | st.datetimes(timezones=st.none() | st.just(timezone.utc)) | st.dates()
+    | st.decimals(places=3) | st.decimals(allow_nan=True) | st.uuids(),
+    lambda inner: st.lists(inner, max_size=3) | st.lists(inner, max_size=3).map(tuple)
+    | st.frozensets(st.integers(-3, 3), max_size=3)
+    | st.dictionaries(st.text(max_size=4) | st.integers(0, 3), inner, max_size=3),
+    max_leaves=6,
+)
+
 _commands = st.tuples(
     st.sampled_from([("crm/events", "view"), ("crm/customers", None)]),
     st.dictionaries(st.text("ab\"é💥", min_size=1, max_size=4), st.text("ab\\é", min_size=1, max_size=4), min_size=1, max_size=2),
-    st.dictionaries(_strings(6), _values, max_size=6),
+    st.dictionaries(_strings(6), _values | _rich_values, max_size=6),
     st.floats(min_value=0, max_value=MAX_TIMESTAMP, exclude_max=True),
 )
 
@@ -415,6 +426,12 @@ def test_orjson_never_sees_what_it_would_write_wrongly() -> None:
         with pytest.raises(TypeError, match=r"properties: key 1 is int; keys must be strings"):
             capture_properties_json({1: 2})
         assert capture_properties_json({"big": 2**64, "n": 1}) == ('{"big":18446744073709551616,"n":1}', 34)
+        cycle: Any = []
+        cycle.append(cycle)
+        with pytest.raises(ValueError, match=r"properties\['c'\]" + r"\[0\]" * 32 + r": nested deeper than 32 levels"):
+            capture_properties_json({"c": cycle})
+        with pytest.raises(TypeError, match=r"properties\['o'\]: object <object object at"):
+            capture_properties_json({"o": object()})
         copy, _ = capture_properties({"big": [-(2**70)]})
         encoded = BulkCommandEncoder("token").encode(("crm/events", {"registered": "a"}, "view", copy, 1.0, "id-1"))
         assert b'"properties":{"big":[-1180591620717411303424]}' in encoded
