@@ -50,6 +50,10 @@ class JsonWriter:
 
     #: Which library writes: ``"json"`` or ``"orjson"``.
     name = "json"
+    #: ``orjson.dumps`` itself for the orjson writer (``value -> bytes``; raises a ``TypeError``, for
+    #: an integer outside 64 bits among others), for callers that handle a refusal themselves;
+    #: None for the standard library's.
+    fast_dumps: Optional[Callable[[Any], bytes]] = None
 
     def text(self, value: Any) -> str:  # pragma: no cover - overridden
         """The compact JSON text of ``value``."""
@@ -83,21 +87,21 @@ class OrjsonWriter(JsonWriter):
     name = "orjson"
 
     def __init__(self, dumps: Callable[[Any], bytes], refused: Type[Exception], fallback: JsonWriter) -> None:
-        self.dumps = dumps
+        self.fast_dumps = self._dumps = dumps
         self._refused = refused
         self._fallback = fallback
 
     def data(self, value: Any) -> bytes:
         """The compact JSON of ``value`` as UTF-8 bytes."""
         try:
-            return self.dumps(value)
+            return self._dumps(value)
         except self._refused:
             return self._fallback.data(value)
 
     def text(self, value: Any) -> str:
         """The compact JSON text of ``value``."""
         try:
-            return self.dumps(value).decode()
+            return self._dumps(value).decode()
         except self._refused:
             return self._fallback.text(value)
 

@@ -614,14 +614,15 @@ _write_tree: Callable[[Any, int], Any] = c_json_encoder() or (lambda value, _lev
 #: What writes the checked properties: ``orjson`` when installed, else the standard library. Read
 #: at each call (a test puts either in place with ``_use_writer``).
 _WRITER: JsonWriter = json_writer.WRITER
-#: ``orjson.dumps`` when it writes, for ``capture_properties_json``'s flat dicts; else None.
-_FAST_DUMPS: Optional[Callable[[Any], bytes]] = getattr(_WRITER, "dumps", None)
+#: ``orjson.dumps`` when it writes, for ``capture_properties_json``'s flat dicts and the pump's
+#: properties, which handle its refusals themselves; else None.
+_FAST_DUMPS: Optional[Callable[[Any], bytes]] = _WRITER.fast_dumps
 
 
 def _use_writer(writer: JsonWriter) -> JsonWriter:
     """Write with ``writer`` from now on; returns the one used until now (for tests and benchmarks)."""
     global _WRITER, _FAST_DUMPS
-    previous, _WRITER, _FAST_DUMPS = _WRITER, writer, getattr(writer, "dumps", None)
+    previous, _WRITER, _FAST_DUMPS = _WRITER, writer, writer.fast_dumps
     return previous
 
 

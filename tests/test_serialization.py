@@ -444,7 +444,7 @@ import json, sys
 sys.modules["orjson"] = None  # import orjson raises ImportError
 from seven_segments import serialization
 from seven_segments.client import _encode
-assert serialization._WRITER.name == "json" and serialization._FAST_DUMPS is None, serialization._WRITER
+assert serialization._WRITER.name == "json" and serialization._FAST_DUMPS is None and serialization._WRITER.fast_dumps is None, serialization._WRITER
 text, size = serialization.capture_properties_json({"a": 1.5, "b": [2 ** 70], "c": "\u00e9"})
 assert (text, size) == ('{"a":1.5,"b":[1180591620717411303424],"c":"\u00e9"}', 46), (text, size)
 copy, _ = serialization.capture_properties({"n": 1})
