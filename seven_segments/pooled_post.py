@@ -1,9 +1,8 @@
 """``bulk`` requests straight through the urllib3 connection pool that ``requests`` keeps for a session.
 
-``Session.send`` costs about as much CPU as compressing the body it sends (hooks, cookies, redirect
-handling, response objects): for the background thread that sends thousands of events a second,
-that is the largest share of its work after the JSON. A ``bulk`` POST needs none of it, so it goes
-to the same pool (the session's adapter's, so connections, TLS settings and the watchdog's
+``Session.send`` does work per request that a ``bulk`` POST does not need (hooks, cookies, redirect
+handling, response objects), on the background thread that sends thousands of events a second. So
+a ``bulk`` POST goes to the session adapter's own pool (connections, TLS settings and the watchdog's
 connection classes are shared with the blocking calls), without retries and never following a
 redirect: a 3xx answer is read as the answer it is.
 

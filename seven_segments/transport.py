@@ -1,6 +1,7 @@
 """HTTP to the 7SEGMENTS API: one ``requests.Session`` per client, answers mapped to errors, retries.
 
-``Transport.post`` makes exactly one attempt and sorts the outcome the way docs/protocol.md says:
+``Transport.post`` makes exactly one attempt (a ``bulk`` one straight through the session's urllib3
+pool, never following a redirect: pooled_post.py) and sorts the outcome as docs/protocol.md says:
 a passing failure (connection refused or reset, timeout, 429, 500/502/503/504) raises
 ``TransientError`` (internal, carries ``Retry-After``); anything else that is not a success raises
 the public error for it. A redirect (3xx) is never followed: ``SevenSegmentsError``, and not a byte
