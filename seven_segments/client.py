@@ -33,7 +33,7 @@ from .serialization import (
     LargeCustomerIds,
     Timestamp,
     capture_properties,
-    capture_properties_json,
+    capture_properties_written,
     check_command_id,
     check_command_size,
     check_event_type,
@@ -324,8 +324,8 @@ class SevenSegments(_ApiClient, CustomerChoice):
         #: The last event type ``track`` checked (see ``_event_type``): at first, no string at all.
         self._last_event_type: object = _NO_EVENT_TYPE
         self._worker: Optional[BufferedEngine] = None
-        #: How ``track``/``update`` check and capture properties (see ``capture_properties_json``).
-        self._capture: Callable[[Any], Tuple[Union[JSONObject, str], int]] = capture_properties
+        #: How ``track``/``update`` check and capture properties (see ``capture_properties_written``).
+        self._capture: Callable[[Any], Tuple[Union[JSONObject, str, bytes], int]] = capture_properties
         # Checked in both modes: a bad setting is a mistake even where it has no effect yet.
         if on_error is not None and not callable(on_error):
             raise TypeError(f"on_error must be callable, not {type(on_error).__name__}")
@@ -373,9 +373,9 @@ class SevenSegments(_ApiClient, CustomerChoice):
                 )
                 process_hooks.register_lock_check(lock_held_here)
             self._worker = BufferedEngine(token, self._transport, limits, on_error, spool=durable)
-            if durable is not None and before_send is None:
-                # Queued commands go straight to the spool, as JSON: capture that text, not a copy.
-                self._capture = capture_properties_json
+            if before_send is None:
+                # Queued commands are their JSON from the call on: capture that, not a copy.
+                self._capture = capture_properties_written
 
     def __repr__(self) -> str:
         mode = "buffered" if self._buffered else "blocking"
@@ -461,7 +461,7 @@ class SevenSegments(_ApiClient, CustomerChoice):
             self._check_size(command, size)  # perhaps more than the server takes
         worker = self._worker
         if worker is not None and self._before_send is None:
-            worker.submit(command, size, pid)
+            worker.submit(command, pid)
             return command_id
         return self._dispatch(command, size)
 
@@ -495,7 +495,7 @@ class SevenSegments(_ApiClient, CustomerChoice):
             self._check_size(command, size)  # perhaps more than the server takes
         worker = self._worker
         if worker is not None and self._before_send is None:
-            worker.submit(command, size, pid)
+            worker.submit(command, pid)
             return command_id
         return self._dispatch(command, size)
 
@@ -519,7 +519,7 @@ class SevenSegments(_ApiClient, CustomerChoice):
                 return command[5]
             command, size = hooked
         if self._worker is not None:
-            self._worker.submit(command, size)
+            self._worker.submit(command)
         else:
             self._send_now(command)
         return command[5]

@@ -3,7 +3,8 @@
 Every public tracking call runs its arguments through this module on the caller's thread. It
 raises ``TypeError``/``ValueError`` naming the bad value and where it is (for example
 ``properties['cart'][2]: float nan is not valid JSON``), and it returns a private copy in plain JSON
-types, so that mutating a dict after ``track()`` returned never changes what is sent.
+types (or, for a buffered client, their JSON), so that mutating a dict after ``track()`` returned
+never changes what is sent.
 
 Conversions: ``datetime``/``date``/``time`` become ISO 8601 strings, ``Decimal`` a number, ``UUID`` a
 string, ``Enum`` its value, tuples, lists, sets and frozensets lists, other ``Mapping`` types dicts.
@@ -13,11 +14,10 @@ One rule for moments, as ``timestamp=`` and inside properties alike: a ``datetim
 the machine that runs the code. A ``date`` or a ``time`` of day is not a moment and is sent as it is.
 
 The fast path (a flat dict of strings and numbers) is a single loop without recursion: it runs on
-every ``track`` of every request thread of a web server. (Writing the JSON there instead, with the C
-encoder, costs the caller more than this copy does: the background thread writes it.) A client with
-a spool writes each command out before ``track`` returns, so it needs the JSON at once:
-``capture_properties_json`` checks the same way and returns the text instead of a copy, which
-mutating the dict later cannot change either.
+every ``track`` of every request thread of a web server. A buffered client makes each command the
+bytes it will have inside a ``bulk`` body before ``track`` returns (``BulkCommandEncoder``), so it
+needs the JSON at once: ``capture_properties_written`` checks the same way and returns the JSON
+instead of a copy, which mutating the dict later cannot change either.
 """
 
 from __future__ import annotations
@@ -63,6 +63,7 @@ __all__ = [
     "Timestamp",
     "capture_properties",
     "capture_properties_json",
+    "capture_properties_written",
     "check_command_id",
     "check_command_size",
     "LargeCustomerIds",
@@ -78,10 +79,10 @@ CustomerIds = Dict[str, str]
 #: A tracking command as a buffered client queues it: ``(path, customer ids, event type or None,
 #: properties, timestamp, command_id)``. A tuple is cheaper to make and to keep than the body's dict.
 #: The ``command_id`` is made on the caller's thread, so that ``track``/``update`` can return it.
-#: A client with a spool writes each command out before ``track`` returns, so it queues properties
-#: as their JSON text (``capture_properties_json``) rather than as a copy; the encoder and
-#: ``as_dict`` take either.
-Command = Tuple[str, CustomerIds, Optional[str], Union[JSONObject, str], float, str]
+#: A buffered client encodes each command before ``track`` returns, so its properties are already
+#: their JSON (``capture_properties_written``: text, or bytes from ``orjson``) rather than a copy;
+#: the encoder and ``as_dict`` take any of them.
+Command = Tuple[str, CustomerIds, Optional[str], Union[JSONObject, str, bytes], float, str]
 
 #: How deep properties may nest; deeper is refused (it is almost always a cycle).
 MAX_DEPTH = 32
@@ -146,13 +147,23 @@ _BIG_INT = 1 << 63
 
 def capture_properties_json(properties: Any, path: str = "properties") -> Tuple[str, int]:
     """Check ``properties`` exactly as :func:`capture_properties` does, and return their compact
-    JSON text and its length, instead of a copy.
+    JSON text and its length, instead of a copy (see :func:`capture_properties_written`)."""
+    written, size = capture_properties_written(properties, path)
+    if isinstance(written, str):
+        return written, size
+    text = written.decode()
+    return text, len(text)
 
-    For a caller that writes the command out before it returns (a client with a spool): the text is
-    what it writes, so a copy would only be thrown away. A flat dict of ASCII keys to strings,
-    numbers, booleans and None is written in one loop here; anything else goes through
-    :func:`capture_properties` and the C encoder, and raises the same errors. With ``orjson``
-    installed, the loop only checks, and ``orjson`` writes the dict.
+
+def capture_properties_written(properties: Any, path: str = "properties") -> Tuple[Union[str, bytes], int]:
+    """Check ``properties`` exactly as :func:`capture_properties` does, and return their compact
+    JSON (text, or UTF-8 bytes when ``orjson`` wrote it) and its length, instead of a copy.
+
+    For a buffered client, which makes each command the bytes it sends before ``track`` returns:
+    the JSON is what goes into the command, so a copy would only be thrown away. A flat dict of
+    ASCII keys to strings, numbers, booleans and None is written in one loop here; anything else
+    goes through :func:`capture_properties` and the C encoder, and raises the same errors. With
+    ``orjson`` installed, the loop only checks, and ``orjson`` writes the dict.
     """
     if type(properties) is not dict:
         return _capture_json_carefully(properties, path)
@@ -196,7 +207,9 @@ def capture_properties_json(properties: Any, path: str = "properties") -> Tuple[
     return (text[:-1] + "}", size) if size > 1 else ("{}", 2)
 
 
-def _capture_flat_json_fast(properties: JSONObject, path: str, dumps: Callable[[Any], bytes]) -> Tuple[str, int]:
+def _capture_flat_json_fast(
+    properties: JSONObject, path: str, dumps: Callable[[Any], bytes]
+) -> Tuple[Union[str, bytes], int]:
     """``capture_properties_json`` of a dict, written by ``dumps`` (orjson) once the loop found only
     string keys and plain values JSON takes as they are; anything else goes the careful way."""
     for key, value in properties.items():
@@ -220,8 +233,7 @@ def _capture_flat_json_fast(properties: JSONObject, path: str, dumps: Callable[[
     # least the text's: capture_properties counts a string by its UTF-8 length too.
     if len(data) * 5 > MAX_COMMAND_BYTES:
         return _capture_json_carefully(properties, path)
-    text = data.decode()
-    return text, len(text)
+    return data, len(data)
 
 
 #: JSON of property keys seen, with the colon (``'"amount":'``): keys of at most _KEY_KEPT_LENGTH
@@ -445,7 +457,9 @@ def check_command_size(command: Command, company_id: str) -> int:
     ``ValueError`` naming the largest part when that is more than a command may take."""
     path, ids, kind, properties, timestamp, command_id = command
     parts = {"the customer ids": ids.json_bytes if type(ids) is LargeCustomerIds else _json_bytes(_write_plain(ids))}
-    if type(properties) is str:
+    if type(properties) is bytes:
+        parts["the properties"] = len(properties)
+    elif type(properties) is str:
         parts["the properties"] = _json_bytes(properties)
     else:
         parts["the properties"] = _json_bytes(_join(_write_tree(properties, 0))) if properties else 2
@@ -684,8 +698,13 @@ class BulkCommandEncoder:
             head = self._event_head
         else:
             head = self._customer_head
-        if type(properties) is str:  # already written by capture_properties_json
-            body: str = properties
+        kind_of = type(properties)
+        if kind_of is bytes:  # written by orjson in capture_properties_written
+            return head + cast(bytes, properties) + (
+                f',"timestamp":{round(timestamp * 1e6)}e-6,"command_id":"{command_id}"}}}}'.encode()
+            )
+        if kind_of is str:  # already written by capture_properties_json
+            body: str = cast(str, properties)
         elif not properties:
             body = "{}"
         elif _FAST_DUMPS is not None:
@@ -718,7 +737,7 @@ class BulkCommandEncoder:
         data: Dict[str, Any] = {"customer_ids" if path == PATH_EVENTS else "ids": dict(ids)}
         if path == PATH_EVENTS:
             data["type"] = kind
-        data["properties"] = json.loads(properties) if type(properties) is str else properties
+        data["properties"] = json.loads(properties) if isinstance(properties, (str, bytes)) else properties
         data["timestamp"] = timestamp
         data["command_id"] = command_id
         return {"name": path, "data": data}

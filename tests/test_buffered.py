@@ -79,13 +79,20 @@ def test_the_timer_sends_a_partial_batch(server: LocalServer) -> None:
 
 
 def test_properties_are_captured_at_the_call(server: LocalServer) -> None:
+    """The command is its bytes when ``track`` returns: changing the dicts after it changes nothing
+    sent, nested (the careful path) or flat (the one-loop path, written by orjson when installed)."""
     properties: Dict[str, Any] = {"cart": ["a"], "n": 1}
+    flat: Dict[str, Any] = {"product": "bottle", "n": 1}
     with buffered(server, flush_interval=60) as client:
         client.track("view", properties)
+        client.update(flat)
         properties["cart"].append("b")
         properties["n"] = 2
+        flat["n"] = 2
+        flat["new"] = True
         assert client.flush(5)
     assert server.events()[0]["properties"] == {"cart": ["a"], "n": 1}
+    assert server.customer({"registered": "john123"}) == {"product": "bottle", "n": 1}
 
 
 def test_timestamp_is_the_moment_of_the_call_not_of_delivery(server: LocalServer) -> None:

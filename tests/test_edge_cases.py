@@ -107,7 +107,7 @@ def test_a_command_that_races_close_is_failed_and_reported_not_left_behind(serve
             return Phase.RUNNING if self.reads == 1 else real.phase
 
     core.lifecycle = Racing()  # type: ignore[assignment]
-    core.submit(("crm/events", {"registered": "john"}, "late", {}, time.time(), "late-1"), 0)
+    core.submit(("crm/events", {"registered": "john"}, "late", {}, time.time(), "late-1"))
     core.lifecycle = real
     stats = client.stats()
     assert (stats["queued"], stats["sent"], stats["failed"], stats["pending"]) == (2, 1, 1, 0)

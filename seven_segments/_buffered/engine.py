@@ -1,9 +1,10 @@
 """The engine of one buffered client: its core (all mutable state), the pump thread, and the facade.
 
-The caller's side (``submit``) is a few attribute reads, a ``deque.append`` and, now and then, an
-``Event.set``: no I/O, no JSON, no lock (except for unusually large commands, whose memory is
-accounted under a lock, and for drops). Everything else runs on the pump thread (``pump.py``) and
-on sender threads (``sender.py``).
+The caller's side (``submit``) makes the command the bytes it will have inside a ``bulk`` body
+(its properties were written as JSON by the same pass that checked them), then a few attribute
+reads, a ``deque.append`` and, now and then, an ``Event.set``: no I/O, no lock (except for drops).
+Nothing is encoded again after the call: the queue, batches, retries and the spool carry those
+bytes. Everything else runs on the pump thread (``pump.py``) and on sender threads (``sender.py``).
 
 Threads of one client: one pump thread while it has work (it ends after ``PUMP_IDLE_SECONDS`` with
 nothing to do, and the next call starts it again), and up to ``max_in_flight`` sender threads, each
@@ -39,7 +40,7 @@ from .batching import Batch
 from .ledger import CLOSED, FULL, Ledger
 from .lifecycle import Lifecycle, Phase
 from .limits import Limits
-from .pump import FlushTicket, Pump
+from .pump import COMMAND_COST, FlushTicket, Pump, Spooled
 from ..types import ErrorCallback
 from .reporting import Reporter
 from .sender import Outcome, SenderPool, attempt_batch
@@ -51,13 +52,8 @@ __all__ = ["BufferedEngine", "Core", "PUMP_IDLE_SECONDS"]
 
 logger = logging.getLogger("seven_segments")
 
-#: Memory a small command takes while it waits, not yet encoded, in the incoming deque (a tuple
-#: and its properties dict: about 300 bytes measured with tracemalloc).
-RAW_COMMAND_COST = 320
-#: A waiting command is taken to use ``RAW_BASE + 2 * (JSON size of its properties)`` bytes; those
-#: that exceed ``RAW_COMMAND_COST`` by more than ``LARGE_EXTRA`` have the excess accounted exactly.
-RAW_BASE = 200
-LARGE_EXTRA = 256
+#: The size of a typical command, to bound how many dropped ones are kept for ``on_error``.
+TYPICAL_COMMAND_BYTES = 320
 #: The pump thread ends after this long with nothing to do (the next call starts it again).
 PUMP_IDLE_SECONDS = 10.0
 #: How long ``close()`` waits past its deadline for a pump that is finishing (reporting, answering).
@@ -78,7 +74,7 @@ _uwsgi_master_warned_pid = 0
 def _warn_once_about_the_uwsgi_master(incoming: Deque[Any]) -> None:
     """Once per process, when ``incoming`` holds a command (not only a flush ticket)."""
     global _uwsgi_master_warned_pid
-    if _uwsgi_master_warned_pid == os.getpid() or not any(type(item) is tuple for item in incoming):
+    if _uwsgi_master_warned_pid == os.getpid() or all(type(item) is FlushTicket for item in incoming):
         return
     _uwsgi_master_warned_pid = os.getpid()
     logger.warning(
@@ -110,13 +106,13 @@ class Core:
         self._max_queue_size = limits.max_queue_size  # read by every call: one attribute, not two
         self._max_queue_bytes = limits.max_queue_bytes
         self._token = token
-        self._encoders = threading.local()  # with a spool, callers encode: one encoder per thread
+        self._encoders = threading.local()  # callers encode: one encoder per thread
         self.limits = limits
         self.transport = transport
         self.clock = clock
-        self.incoming: Deque[Any] = deque()  # Command tuples and FlushTickets, in call order
+        self.incoming: Deque[Any] = deque()  # commands (bytes, or Spooled) and FlushTickets, in call order
         self.lifecycle = Lifecycle()
-        keep = 0 if on_error is None else max(1000, limits.max_queue_bytes // DROP_KEEP_SHARE // RAW_COMMAND_COST)
+        keep = 0 if on_error is None else max(1000, limits.max_queue_bytes // DROP_KEEP_SHARE // TYPICAL_COMMAND_BYTES)
         self.ledger = Ledger(keep_drops=keep)
         self.reporter = Reporter(on_error, clock)
         self.senders = SenderPool("seven-segments-sender", max_threads=limits.max_in_flight)
@@ -144,34 +140,43 @@ class Core:
 
     # The caller's side ------------------------------------------------------------------------
 
-    def submit(self, command: Command, size: int) -> None:
-        """Queue ``command`` (``size``: the JSON size of its properties) without blocking, or drop it."""
+    def submit(self, command: Command) -> None:
+        """Make ``command`` (checked) its bytes and queue them without blocking, or drop it.
+
+        A command costs its JSON's bytes and ``COMMAND_COST`` against ``max_queue_bytes``: exactly for
+        those the pump holds; those still in ``incoming`` (a step's worth, unless the pump is starved)
+        are taken to be the size of the commands it took last.
+        """
+        encoders = self._encoders
+        try:
+            payload: bytes = encoders.encode(command)
+        except AttributeError:
+            encoders.encode = BulkCommandEncoder(self._token).encode
+            payload = encoders.encode(command)
         incoming = self.incoming
         pump = self.pump
         lifecycle = self.lifecycle
         phase = lifecycle.phase
         if phase is not _RUNNING and phase is not _IDLE:
-            self._drop(command, CLOSED)
+            self._drop(payload, CLOSED)
             return
         waiting = len(incoming)
-        extra = RAW_BASE + 2 * size - RAW_COMMAND_COST  # its memory beyond RAW_COMMAND_COST
+        held = pump.held
         if (
-            waiting + pump.held >= self._max_queue_size
-            or pump.held_bytes + waiting * RAW_COMMAND_COST + pump.large_raw_bytes + extra > self._max_queue_bytes
+            waiting + held >= self._max_queue_size
+            or pump.held_bytes + (held + waiting + 1) * COMMAND_COST + waiting * pump.typical_size + len(payload)
+            > self._max_queue_bytes
         ):
-            self._drop(command, FULL)
+            self._drop(payload, FULL)
             return
+        item: Any = payload
         if self.spool is not None:
-            spooled = self._spool(command)
-            if spooled is None:  # the spool cannot take it (full, the disk full): sent from memory only
+            record = self.spool.append(payload, self.pid)  # the facade checked: this is the core's process
+            if record is None:  # the spool cannot take it (full, the disk full): sent from memory only
                 self.ledger.count_not_spooled()
             else:
-                command = spooled  # type: ignore[assignment]  # (payload, record): the pump needs no encoding
-        if extra > LARGE_EXTRA:
-            with self.ledger.lock:
-                pump.large_raw_bytes += extra
-            command = command + (extra,)  # type: ignore[assignment]  # taken back by the pump
-        incoming.append(command)
+                item = Spooled(payload, record)
+        incoming.append(item)
         phase = lifecycle.phase
         if phase is _RUNNING:
             if waiting + 1 >= self.wake_at and not self.wakeup.is_set():
@@ -183,22 +188,8 @@ class Core:
         else:
             self.wakeup.set()
 
-    def _spool(self, command: Command) -> "Optional[Tuple[bytes, Record]]":
-        """Write ``command`` to the spool (before ``track`` returns): ``(payload, record)``, or None."""
-        encoder = getattr(self._encoders, "encoder", None)
-        if encoder is None:
-            encoder = self._encoders.encoder = BulkCommandEncoder(self._token)
-        try:
-            payload = encoder.encode(command)
-        except Exception:  # checked at the call, so not expected
-            logger.exception("seven_segments: a command could not be encoded for the spool")
-            return None
-        assert self.spool is not None
-        record = self.spool.append(payload, self.pid)  # the facade checked: this is the core's process
-        return None if record is None else (payload, record)
-
-    def _drop(self, command: Command, reason: str) -> None:
-        first, overflow = self.ledger.drop(command, reason)
+    def _drop(self, payload: bytes, reason: str) -> None:
+        first, overflow = self.ledger.drop(payload, reason)
         if overflow is not None:  # drops outpace the pump: this caller reports them, so that none is lost
             self.pump.report_dropped(reason, overflow, 0)
             self.reporter.drain()
@@ -495,7 +486,7 @@ class Core:
             )
             error = ServiceUnavailable(f"not delivered within the close deadline ({pump.close_timeout:g} s)")
             self.reporter.failed(error, waiting)
-            self.reporter.failed(error, [item for item in late if len(item) >= 4])
+            self.reporter.failed(error, [item for item in late if type(item) is bytes])
         self._release()
 
     def fail_late(self) -> None:
@@ -569,15 +560,16 @@ class BufferedEngine:
         self._transport.renew_after_fork()
         self._core = self._holder[0] = self._new_core()
 
-    def submit(self, command: Command, size: int = 0, pid: int = 0) -> None:
-        """Queue ``command`` without blocking; drop it (counted, reported) when full or closed.
+    def submit(self, command: Command, pid: int = 0) -> None:
+        """Queue ``command`` (checked) as its bytes without blocking; drop it (counted, reported) when
+        full or closed.
 
         ``pid`` is the current process id when the caller has just read it (0: read it here).
         """
         core = self._core
         if core.pid != (pid or os.getpid()):
             core = self._current()
-        core.submit(command, size)
+        core.submit(command)
 
     def flush(self, timeout: Optional[float] = None) -> bool:
         """Wait until everything queued before this call settled (or ``timeout``); True when all was delivered."""

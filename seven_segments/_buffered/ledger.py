@@ -11,7 +11,6 @@ from __future__ import annotations
 import threading
 from typing import Dict, List, Optional, Tuple
 
-from ..serialization import Command
 from .batching import Batch
 
 __all__ = ["Ledger", "DropReason", "FULL", "CLOSED", "REASONS"]
@@ -44,7 +43,7 @@ class Ledger:
         self.not_spooled = 0
         self.dropped: Dict[DropReason, int] = {reason: 0 for reason in REASONS}
         #: Dropped commands waiting to be passed to ``on_error``, and those beyond ``keep_drops``.
-        self.drops: Dict[DropReason, List[Command]] = {reason: [] for reason in REASONS}
+        self.drops: Dict[DropReason, List[bytes]] = {reason: [] for reason in REASONS}
         self.drops_not_kept: Dict[DropReason, int] = {reason: 0 for reason in REASONS}
         self.in_flight: Dict[int, Batch] = {}
         #: The highest sequence number that failed, and what flush callers have seen so far.
@@ -56,7 +55,7 @@ class Ledger:
 
     # Callers ------------------------------------------------------------------------------------
 
-    def drop(self, command: Command, reason: DropReason) -> Tuple[bool, Optional[List[Command]]]:
+    def drop(self, command: bytes, reason: DropReason) -> Tuple[bool, Optional[List[bytes]]]:
         """Count a dropped command, kept for ``on_error`` within bounds. Returns whether it is the first
         one waiting to be reported, and, when the kept ones reached the bound before the pump could
         report them, those commands, taken out for the caller to report itself."""
@@ -82,7 +81,7 @@ class Ledger:
         """Commands dropped at the call, for any reason."""
         return sum(self.dropped.values())
 
-    def take_drops(self) -> List[Tuple[DropReason, List[Command], int]]:
+    def take_drops(self) -> List[Tuple[DropReason, List[bytes], int]]:
         """The dropped commands waiting to be reported, by reason, with the count of those not kept."""
         taken = []
         with self.lock:

@@ -1,13 +1,13 @@
 """The pump: every decision of buffered delivery, made on one thread.
 
-One :meth:`Pump.step` takes what callers queued (giving each command its sequence number and its JSON),
+One :meth:`Pump.step` takes what callers queued (giving each command, already its JSON, a sequence number),
 reports drops, applies the outcomes that senders handed back, starts the batches that are due while
 the window has room, answers the flushes whose commands all settled, and says how long it may sleep.
 It never waits inside a step: a retried batch goes back in line with a "not before" time, and the
 engine's thread sleeps until the earliest moment the pump knows of, or until woken.
 
 Ownership: the pump alone touches the waiting line (``fresh``, ``line``), the flush tickets, the
-window and the encoder; the ledger counts; senders only do I/O. Every command taken ends exactly once
+window; the ledger counts; senders only do I/O. Every command taken ends exactly once
 as sent, failed or unconfirmed.
 """
 
@@ -21,12 +21,12 @@ import math
 import threading
 from collections import deque
 from itertools import repeat
-from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, Iterator, List, Optional, Sequence, Set, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, Iterator, List, Optional, Sequence, Set, Tuple, Union, cast
 
 from ..clock import Clock
 from ..errors import InvalidRequest, QueueFull, SevenSegmentsError, ServiceUnavailable
-from ..protocol import MAX_COMMAND_BYTES, PATH_BULK, PATH_CUSTOMERS, PATH_EVENTS
-from ..serialization import BulkCommandEncoder, Command
+from ..protocol import PATH_BULK
+from ..serialization import BulkCommandEncoder
 from ..transport import TransientError
 from .answers import Verdict
 from .batching import Batch, fit_to_bytes, fresh_batch_due
@@ -41,7 +41,7 @@ from .window import Window
 if TYPE_CHECKING:
     from ..spool import Record, Spool
 
-__all__ = ["FlushTicket", "Pump", "Launch"]
+__all__ = ["COMMAND_COST", "FlushTicket", "Pump", "Launch", "Spooled"]
 
 logger = logging.getLogger("seven_segments")
 
@@ -55,8 +55,21 @@ TAKE_PER_STEP = 2_000
 LET_GO_WARNING_SECONDS = 60.0
 #: ... and read back at most this many at a time.
 READ_BACK_CHUNK = 1_000
-#: Bytes of a bulk command that are not its ``data``: ``{"name":"<path>","data":`` and ``}``.
-_ENVELOPE = {path: len('{"name":"' + path + '","data":}') for path in (PATH_EVENTS, PATH_CUSTOMERS)}
+#: What a queued command costs besides its JSON's bytes, against ``max_queue_bytes``: the bytes
+#: object's header and its slot in the queue (and in a batch).
+COMMAND_COST = 64
+#: What the pump takes a command still in the incoming queue to weigh before it has taken any.
+FIRST_TYPICAL_SIZE = 256
+
+
+class Spooled:
+    """A command a client with a spool queued: its bytes, and where the spool holds them."""
+
+    __slots__ = ("payload", "record")
+
+    def __init__(self, payload: bytes, record: "Record") -> None:
+        self.payload = payload
+        self.record = record
 
 
 class Reading(enum.Enum):
@@ -119,7 +132,6 @@ class Pump:
         self._add_secret = add_secret
         self._tokens_seen: Set[str] = {token}
         self.window = Window(limits.max_in_flight)
-        self._encoder = BulkCommandEncoder(token)
         #: Encoded commands never sent, oldest first; the i-th is numbered ``fresh_head + i``.
         self.fresh: Deque[bytes] = deque()
         self.fresh_head = 1
@@ -137,10 +149,11 @@ class Pump:
         #: Set by the engine when a close begins.
         self.close_deadline = math.inf
         self.close_timeout = 0.0
-        #: What callers check, without a lock, before queuing: commands and bytes held here.
+        #: What callers check, without a lock, before queuing: commands and their JSON's bytes held
+        #: here, and the mean size of the commands taken last (for those not taken yet).
         self.held = 0
         self.held_bytes = 0
-        self.large_raw_bytes = 0  # the accounted memory of large commands still in ``incoming``
+        self.typical_size = FIRST_TYPICAL_SIZE
         self.losses_at_close = 0
         self.last_close_error = ""
         self.last_trouble = ""  # the last passing failure, for the close summary
@@ -226,17 +239,15 @@ class Pump:
     # Taking what callers queued ---------------------------------------------------------------
 
     def take(self) -> None:
-        """Number and encode queued commands; place flush tickets behind them."""
+        """Number queued commands (their bytes, made by the callers); place flush tickets behind them."""
         incoming = self.incoming
         if not incoming or self._reading is Reading.DEAD_WRITERS:  # dead processes' files go first
             return
         fresh = self.fresh
-        encode = self._encoder.encode
-        envelope = _ENVELOPE
+        records = self._records
         was_empty = not fresh
-        taken = 0
         added = 0
-        seq = self.seq
+        seq = start = self.seq
         popleft = incoming.popleft
         append = fresh.append
         for _ in range(TAKE_PER_STEP):  # bounded, so that answers and drops are seen between takes
@@ -244,49 +255,29 @@ class Pump:
                 item = popleft()
             except IndexError:
                 break
-            if type(item) is not tuple:
-                self.seq = seq
-                self._place(item)
-                continue
-            if len(item) < 4:  # spooled, so encoded on the caller's thread: (payload, record[, extra])
+            kind = type(item)
+            if kind is bytes:
                 seq += 1
-                taken += 1
-                if len(item) == 3:
-                    with self.ledger.lock:
-                        self.large_raw_bytes -= item[2]
-                self._records[seq] = item[1]
                 if not fresh:
                     self.fresh_head = seq
-                append(item[0])
-                added += len(item[0])
-                continue
-            if len(item) > 6:  # a large command: give back its accounted memory
-                with self.ledger.lock:
-                    self.large_raw_bytes -= item[6]
-                item = item[:6]
-            seq += 1
-            taken += 1
-            try:
-                payload = encode(item)
-            except Exception as error:  # checked at the call, so not expected: fail it alone
+                append(item)
+                added += len(item)
+            elif kind is Spooled:
+                seq += 1
+                records[seq] = item.record
+                if not fresh:
+                    self.fresh_head = seq
+                append(item.payload)
+                added += len(item.payload)
+            else:
                 self.seq = seq
-                self._refuse_at_take(seq, item, InvalidRequest(f"{item[0]}: the command cannot be encoded: {error}"))
-                continue
-            if len(payload) > MAX_COMMAND_BYTES and len(payload) - envelope[item[0]] > MAX_COMMAND_BYTES:
-                self.seq = seq
-                size = len(payload) - envelope[item[0]]
-                self._refuse_at_take(
-                    seq, payload, InvalidRequest(f"{item[0]}: the command takes {size} bytes as JSON, more than {MAX_COMMAND_BYTES}")
-                )
-                continue
-            if not fresh:
-                self.fresh_head = seq
-            append(payload)
-            added += len(payload)
+                self._place(item)
         self.seq = seq
-        self._fresh_bytes += added
-        self.held_bytes += added
+        taken = seq - start
         if taken:
+            self._fresh_bytes += added
+            self.held_bytes += added
+            self.typical_size = added // taken
             with self.ledger.lock:
                 self.ledger.taken += taken
             self.held += taken
@@ -304,20 +295,6 @@ class Pump:
             self.spool.prepare_next()
         except Exception:  # never stops delivery: the caller that needs the segment makes it
             logger.exception("seven_segments: preparing the next spool segment failed")
-
-    def _refuse_at_take(self, seq: int, item: Union[bytes, Command], error: SevenSegmentsError) -> None:
-        """A command that cannot be sent: fail it alone, keeping the numbers of ``fresh`` contiguous."""
-        if self.fresh:  # the fresh commands before it become a batch of their own, in line
-            self._line_fresh_up_to(len(self.fresh))
-        items: Union[List[bytes], List[Command]] = [item] if isinstance(item, bytes) else [item]
-        self._fail([seq], items, error, held_bytes=0)  # ``take`` counts it as held when it ends
-
-    def _line_fresh_up_to(self, count: int) -> None:
-        while count > 0:
-            cut = min(count, self.limits.batch_size)
-            batch = self._cut_fresh(cut, self.clock())
-            self._insort(batch)
-            count -= cut
 
     def _insort(self, batch: Batch) -> None:
         """Put ``batch`` back in line, by age (its first sequence number)."""
@@ -444,7 +421,7 @@ class Pump:
         )
         self._not_spooled_said, self._not_spooled_said_at = total, now
 
-    def report_dropped(self, reason: str, commands: List[Command], not_kept: int) -> None:
+    def report_dropped(self, reason: str, commands: List[bytes], not_kept: int) -> None:
         """Queue dropped commands for ``on_error`` and warn (rate-limited), with their true reason."""
         limits = self.limits
         if reason == FULL:
@@ -691,7 +668,7 @@ class Pump:
     def _fail(
         self,
         seqs: Sequence[int],
-        items: Union[Sequence[bytes], Sequence[Command]],
+        items: Sequence[bytes],
         error: SevenSegmentsError,
         held_bytes: Optional[int] = None,
     ) -> None:
@@ -704,14 +681,14 @@ class Pump:
     def _settle_failed(
         self,
         seqs: Sequence[int],
-        items: Union[Sequence[bytes], Sequence[Command]],
+        items: Sequence[bytes],
         why: Union[str, SevenSegmentsError],
         held_bytes: Optional[int] = None,
     ) -> None:
         """Count commands as failed for good, mark the flushes they concern, and say why in one
         warning (at close, in the close's summary)."""
         self.ledger.count_failed(len(seqs), max(seqs))
-        size = sum(len(item) for item in items if isinstance(item, bytes)) if held_bytes is None else held_bytes
+        size = sum(map(len, items)) if held_bytes is None else held_bytes
         self._release(len(seqs), size)
         self._confirm(seqs)  # failed for good and reported: not to be replayed
         first = min(seqs)
@@ -765,7 +742,7 @@ class Pump:
             in_flight += cut
         unconfirmed = sum(map(len, in_flight))
         self._release(unconfirmed, sum(sum(map(len, batch.payloads)) for batch in in_flight))
-        late = self.drain_incoming()
+        late = cast(List[bytes], self.drain_incoming())  # no spool here: bytes only
         line, self.line = self.line, []
         fresh = list(self.fresh)
         seqs: List[int] = [seq for batch in line for seq in batch.seqs]
@@ -838,7 +815,7 @@ class Pump:
         self.settle_tickets()
         self.reporter.drain()
 
-    def _fail_not_spooled(self, in_flight: List[Batch], late: List[Command]) -> int:
+    def _fail_not_spooled(self, in_flight: List[Batch], late: "List[Union[bytes, Spooled]]") -> int:
         """At the close deadline, with a spool: fail (and report) the commands left that it could
         not take (``Ledger.not_spooled``), which only memory held; returns how many."""
         records = self._records
@@ -855,28 +832,25 @@ class Pump:
             if lost:
                 self._fail([batch.seqs[i] for i in lost], [batch.payloads[i] for i in lost], error)
                 failed += len(lost)
-        late_in_memory = [item for item in late if len(item) >= 4]
+        late_in_memory = [item for item in late if type(item) is bytes]
         if late_in_memory:
             self._fail([self.seq] * len(late_in_memory), late_in_memory, error, held_bytes=0)
             failed += len(late_in_memory)
         return failed
 
-    def drain_incoming(self) -> List[Command]:
-        """Empty the incoming queue: its commands (counted as taken), and its tickets, placed."""
-        commands: List[Command] = []
+    def drain_incoming(self) -> "List[Union[bytes, Spooled]]":
+        """Empty the incoming queue: its commands (counted as taken, not as held bytes), and its
+        tickets, placed."""
+        commands: "List[Union[bytes, Spooled]]" = []
         while True:
             try:
                 item = self.incoming.popleft()
             except IndexError:
                 break
-            if type(item) is tuple:
-                size = len(item)
-                if size == 3 or size == 7:  # a large command: give back its accounted memory
-                    with self.ledger.lock:
-                        self.large_raw_bytes -= item[-1]
-                commands.append(item[:2] if size < 4 else item[:6])  # (payload, record) when spooled
-            else:
+            if type(item) is FlushTicket:
                 self._place(item)
+            else:
+                commands.append(item)
         if commands:
             with self.ledger.lock:
                 self.ledger.taken += len(commands)
@@ -885,12 +859,12 @@ class Pump:
 
     def fail_late(self) -> None:
         """After the stop: fail what reached the queue after the last look, answer late flushes."""
-        late = self.drain_incoming()
-        spooled = [item for item in late if len(item) < 4]
+        items = self.drain_incoming()
+        late = [item for item in items if type(item) is bytes]
+        spooled = len(items) - len(late)
         if spooled:  # on disk already: the next client on the folder delivers them
-            late = [item for item in late if len(item) >= 4]
-            self._release(len(spooled), 0)
-            self.ledger.count_kept(len(spooled))
+            self._release(spooled, 0)
+            self.ledger.count_kept(spooled)
             for ticket in self.tickets:
                 ticket.delivered_all = False
         if late:

@@ -1,6 +1,6 @@
 """Telling the user about losses: ``on_error`` in bounded chunks, rate-limited warnings.
 
-Failed commands are handed over as encoded payloads or as queued tuples and decoded to dicts only
+Failed commands are handed over as the bytes they were queued as, and decoded to dicts only
 chunk by chunk (at most ``CHUNK`` commands per ``on_error`` call), so reporting 200,000 commands at
 exit never holds more than one chunk of dicts. Chunks wait in one queue that the pump drains, and
 that a closer which gave up on the pump drains too: each chunk is taken by exactly one of them.
@@ -14,12 +14,11 @@ import json
 import logging
 import threading
 from collections import deque
-from typing import Any, Deque, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Deque, Dict, Optional, Sequence, Tuple
 
 from ..clock import Clock
 from ..errors import InvalidRequest, SevenSegmentsError
 from ..protocol import PATH_BULK
-from ..serialization import BulkCommandEncoder, Command
 from ..types import ErrorCallback
 
 __all__ = ["Reporter", "CHUNK", "DROP_WARNING_INTERVAL", "refusal_summary"]
@@ -31,7 +30,7 @@ CHUNK = 1000
 #: A warning about dropped commands is logged at most this often (seconds).
 DROP_WARNING_INTERVAL = 10.0
 
-Items = Union[Sequence[bytes], Sequence[Command]]
+Items = Sequence[bytes]
 
 #: A refusal's reason when the server gave none.
 NO_REASON = "refused, with no reason given"
@@ -56,16 +55,14 @@ def refusal_summary(reasons: Sequence[str]) -> str:
     return ", ".join(shown) + (f" and {others} other reason{'s' if others > 1 else ''}" if others else "")
 
 
-def _decode(item: Union[bytes, Command]) -> Dict[str, Any]:
+def _decode(item: bytes) -> Dict[str, Any]:
     """The command for ``on_error``; one that cannot be decoded (bytes that are no command, a bug)
     is still reported, as ``{"name": None, "data": None, "undecodable": "<error type>"}``, never skipping
     the others of its chunk, and never with its bytes (they may hold the token)."""
     try:
-        if isinstance(item, bytes):
-            command: Dict[str, Any] = json.loads(item)
-            command["data"].pop("company_id", None)
-            return command
-        return BulkCommandEncoder.as_dict(item)
+        command: Dict[str, Any] = json.loads(item)
+        command["data"].pop("company_id", None)
+        return command
     except Exception as error:
         return {"name": None, "data": None, "undecodable": type(error).__name__}
 
@@ -84,7 +81,7 @@ class Reporter:
         self._busy_lock = threading.Lock()
 
     def failed(self, error: SevenSegmentsError, items: Items) -> None:
-        """Queue ``items`` (payloads or tuples) for ``on_error`` with ``error``, in chunks."""
+        """Queue ``items`` (encoded commands) for ``on_error`` with ``error``, in chunks."""
         if self.on_error is None or not items:
             return
         for start in range(0, len(items), CHUNK):

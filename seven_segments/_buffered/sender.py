@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from typing import Any, Callable, Deque, Optional, Tuple, Union
+from typing import Any, Callable, Deque, Optional, Sequence, Tuple, Union
 
 from ..errors import SevenSegmentsError
 from ..process_hooks import keep_signals_off_this_thread, threads_hang_forks_here
@@ -21,7 +21,7 @@ from ..transport import Transport, TransientError
 from .answers import Verdict, answer_reader, read_results
 from .batching import Batch
 
-__all__ = ["Outcome", "SenderPool", "attempt_batch", "IDLE_SECONDS"]
+__all__ = ["Outcome", "SenderPool", "attempt_batch", "bulk_body", "IDLE_SECONDS"]
 
 logger = logging.getLogger(__name__)
 
@@ -35,9 +35,20 @@ _BULK_HEAD = b'{"commands":['
 _BULK_TAIL = b"]}"
 
 
+def bulk_body(payloads: Sequence[bytes]) -> bytes:
+    """The ``bulk`` body of encoded commands, written by one join: the head and the tail are added
+    to the first and the last command (small copies), never to the whole body."""
+    parts = list(payloads)
+    if len(parts) < 2:
+        return _BULK_HEAD + b"".join(parts) + _BULK_TAIL
+    parts[0] = _BULK_HEAD + parts[0]
+    parts[-1] += _BULK_TAIL
+    return b",".join(parts)
+
+
 def attempt_batch(transport: Transport, owner: Any, number: int, batch: Batch, timeout: float) -> Outcome:
     """Send ``batch`` once as a ``bulk`` request (ending within ``timeout``) and read the answer."""
-    body = _BULK_HEAD + b",".join(batch.payloads) + _BULK_TAIL
+    body = bulk_body(batch.payloads)
     try:
         answer = transport.post(PATH_BULK, body, timeout=timeout, owner=owner, decode=answer_reader(len(batch)))
     except (TransientError, SevenSegmentsError) as error:
