@@ -172,11 +172,11 @@ def capture_properties_written(properties: Any, path: str = "properties") -> Tup
     text = "{"
     try:
         for key, value in properties.items():
-            if type(key) is not str:
-                return _capture_json_carefully(properties, path)
             try:
-                head = _KEY_JSON[key]
+                head = _KEY_JSON[key]  # only strings are kept: another key is never found
             except KeyError:
+                if type(key) is not str:
+                    return _capture_json_carefully(properties, path)
                 head = _encode_string(key) + ":"
                 if len(key) <= _KEY_KEPT_LENGTH and len(_KEY_JSON) < _KEYS_KEPT:
                     _KEY_JSON[key] = head
@@ -210,24 +210,19 @@ def capture_properties_written(properties: Any, path: str = "properties") -> Tup
 def _capture_flat_json_fast(
     properties: JSONObject, path: str, dumps: Callable[[Any], bytes]
 ) -> Tuple[Union[str, bytes], int]:
-    """``capture_properties_json`` of a dict, written by ``dumps`` (orjson) once the loop found only
-    string keys and plain values JSON takes as they are; anything else goes the careful way."""
-    for key, value in properties.items():
-        if type(key) is not str:
-            return _capture_json_carefully(properties, path)
-        kind = type(value)
-        if kind is str or kind is bool or value is None:
+    """``capture_properties_written`` of a dict, written by ``dumps`` (orjson) once the loop found
+    only values JSON takes as they are. The loop looks at values only: what else a flat dict may hold
+    that the checks refuse, ``orjson`` refuses too (a key that is not a string, an integer outside
+    64 bits, a lone surrogate), and the careful path then names it."""
+    for value in properties.values():
+        if type(value) in _PLAIN_TYPES:
             continue
-        if kind is int:
-            if -_BIG_INT < value < _BIG_INT:
-                continue
-        elif kind is float:
-            if not value - value:  # NaN or an infinity goes the careful way (orjson would write null)
-                continue
+        if type(value) is float and not value - value:  # NaN or an infinity goes the careful way (orjson would write null)
+            continue
         return _capture_json_carefully(properties, path)
     try:
         data = dumps(properties)
-    except TypeError:  # a lone surrogate (orjson.JSONEncodeError): the careful path names it
+    except TypeError:  # orjson.JSONEncodeError: the careful path names what it refused
         return _capture_json_carefully(properties, path)
     # The same bound as the loop's (see capture_properties_json), on the UTF-8 length, which is at
     # least the text's: capture_properties counts a string by its UTF-8 length too.
@@ -236,6 +231,8 @@ def _capture_flat_json_fast(
     return data, len(data)
 
 
+#: The types of values a flat dict's fast path writes as they are (exactly these: no subclass).
+_PLAIN_TYPES = frozenset((str, int, bool, type(None)))
 #: JSON of property keys seen, with the colon (``'"amount":'``): keys of at most _KEY_KEPT_LENGTH
 #: characters, until there are _KEYS_KEPT of them.
 _KEY_JSON: Dict[str, str] = {}
@@ -620,6 +617,7 @@ if hasattr(os, "register_at_fork"):
 
 
 _join = "".join
+_join_bytes = b"".join
 #: ``value -> compact JSON text`` of a plain tree (what ``capture_properties`` returns), with the
 #: standard library: for the ids' JSON, kept and reused (see BulkCommandEncoder).
 _write_plain = compact_json_encoder()
@@ -699,12 +697,16 @@ class BulkCommandEncoder:
         else:
             head = self._customer_head
         kind_of = type(properties)
-        if kind_of is bytes:  # written by orjson in capture_properties_written
-            return head + cast(bytes, properties) + (
-                f',"timestamp":{round(timestamp * 1e6)}e-6,"command_id":"{command_id}"}}}}'.encode()
-            )
-        if kind_of is str:  # already written by capture_properties_json
-            body: str = cast(str, properties)
+        dumps = _FAST_DUMPS
+        if kind_of is bytes and dumps is not None:  # written by orjson in capture_properties_written
+            return _join_bytes((
+                head, cast(bytes, properties), b',"timestamp":', dumps(round(timestamp * 1e6)),
+                b'e-6,"command_id":', dumps(command_id), b"}}",
+            ))
+        if kind_of is bytes:
+            body: str = cast(bytes, properties).decode()
+        elif kind_of is str:  # already written by capture_properties_json
+            body = cast(str, properties)
         elif not properties:
             body = "{}"
         elif _FAST_DUMPS is not None:
