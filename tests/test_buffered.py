@@ -390,3 +390,26 @@ def test_invalid_buffered_settings_raise_in_blocking_mode_too(server: LocalServe
         SevenSegments(TOKEN, target=server.url, batch_size=5000)
     with pytest.raises(ValueError, match="shutdown_timeout"):
         SevenSegments(TOKEN, target=server.url, shutdown_timeout=-1)
+
+
+def test_max_queue_bytes_counts_each_command_as_its_json_and_a_small_constant(dead_url: str) -> None:
+    """With the API down, a queue of ``max_queue_bytes`` holds as many commands as their JSON plus
+    ``COMMAND_COST`` each fits: not their JSON alone (which let the real memory pass the bound)."""
+    from seven_segments._buffered.pump import COMMAND_COST
+    from seven_segments.serialization import BulkCommandEncoder
+
+    bound = 64 * 1024
+    properties = {"product": "bottle", "amount": 5, "price": 12.5, "currency": "EUR", "first": True, "coupon": None}
+    client = SevenSegments(
+        TOKEN, "john123", target=dead_url, buffered=True, max_queue_bytes=bound, retry_deadline=600, flush_interval=0.01,
+    )
+    try:
+        for _ in range(400):
+            client.track("purchase", properties)
+            time.sleep(0.0002)  # lets the worker take what was queued, as a real caller does
+        accepted = 400 - client.stats()["dropped_queue_full"]
+    finally:
+        client.close(0)
+    size = len(BulkCommandEncoder(TOKEN).encode(("crm/events", {"registered": "john123"}, "purchase", properties, 1.7e9, "x" * 22)))
+    assert accepted * (size + COMMAND_COST) <= bound + 2 * (size + COMMAND_COST)
+    assert accepted * (size + COMMAND_COST) >= 0.8 * bound
