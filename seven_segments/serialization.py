@@ -167,8 +167,27 @@ def capture_properties_written(properties: Any, path: str = "properties") -> Tup
     """
     if type(properties) is not dict:
         return _capture_json_carefully(properties, path)
-    if _FAST_DUMPS is not None:
-        return _capture_flat_json_fast(properties, path, _FAST_DUMPS)
+    dumps = _FAST_DUMPS
+    if dumps is not None:
+        # orjson writes the dict once this loop found only values JSON takes as they are. It looks
+        # at values only: what else a flat dict may hold that the checks refuse, orjson refuses too
+        # (a key that is not a string, an integer outside 64 bits, a lone surrogate), and the
+        # careful path then names it.
+        for value in properties.values():
+            if type(value) in _PLAIN_TYPES:
+                continue
+            if type(value) is float and not value - value:  # NaN or an infinity: orjson would write null
+                continue
+            return _capture_json_carefully(properties, path)
+        try:
+            data = dumps(properties)
+        except TypeError:  # orjson.JSONEncodeError: the careful path names what it refused
+            return _capture_json_carefully(properties, path)
+        # The same bound as the loop's below, on the UTF-8 length, which is at least the text's:
+        # capture_properties counts a string by its UTF-8 length too.
+        if len(data) * 5 > MAX_COMMAND_BYTES:
+            return _capture_json_carefully(properties, path)
+        return data, len(data)
     text = "{"
     try:
         for key, value in properties.items():
@@ -205,30 +224,6 @@ def capture_properties_written(properties: Any, path: str = "properties") -> Tup
     if size * 5 > MAX_COMMAND_BYTES or not text.isascii():
         return _capture_json_carefully(properties, path)
     return (text[:-1] + "}", size) if size > 1 else ("{}", 2)
-
-
-def _capture_flat_json_fast(
-    properties: JSONObject, path: str, dumps: Callable[[Any], bytes]
-) -> Tuple[Union[str, bytes], int]:
-    """``capture_properties_written`` of a dict, written by ``dumps`` (orjson) once the loop found
-    only values JSON takes as they are. The loop looks at values only: what else a flat dict may hold
-    that the checks refuse, ``orjson`` refuses too (a key that is not a string, an integer outside
-    64 bits, a lone surrogate), and the careful path then names it."""
-    for value in properties.values():
-        if type(value) in _PLAIN_TYPES:
-            continue
-        if type(value) is float and not value - value:  # NaN or an infinity goes the careful way (orjson would write null)
-            continue
-        return _capture_json_carefully(properties, path)
-    try:
-        data = dumps(properties)
-    except TypeError:  # orjson.JSONEncodeError: the careful path names what it refused
-        return _capture_json_carefully(properties, path)
-    # The same bound as the loop's (see capture_properties_json), on the UTF-8 length, which is at
-    # least the text's: capture_properties counts a string by its UTF-8 length too.
-    if len(data) * 5 > MAX_COMMAND_BYTES:
-        return _capture_json_carefully(properties, path)
-    return data, len(data)
 
 
 #: The types of values a flat dict's fast path writes as they are (exactly these: no subclass).
