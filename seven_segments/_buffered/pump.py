@@ -20,7 +20,7 @@ import logging
 import math
 import threading
 from collections import deque
-from itertools import repeat
+from itertools import islice, repeat
 from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, Iterator, List, Optional, Sequence, Set, Tuple, Union, cast
 
 from ..clock import Clock
@@ -144,6 +144,8 @@ class Pump:
         self._number = 0
         #: Batches whose request the close deadline cut short: unconfirmed, not failed.
         self._cut_at_close: List[Batch] = []
+        #: Held while taking from ``incoming`` in bulk, and while emptying it (``drain_incoming``).
+        self._popping = threading.Lock()
         #: Finished answers from senders, applied at the next step.
         self.outcomes: Deque[Outcome] = deque()
         #: Set by the engine when a close begins.
@@ -250,7 +252,21 @@ class Pump:
         seq = start = self.seq
         popleft = incoming.popleft
         append = fresh.append
-        for _ in range(TAKE_PER_STEP):  # bounded, so that answers and drops are seen between takes
+        count = TAKE_PER_STEP  # bounded, so that answers and drops are seen between takes
+        if self.spool is None:
+            with self._popping:  # a closer that gave up on this pump empties the queue meanwhile
+                count = min(len(incoming), TAKE_PER_STEP)
+                if not self.ledger.tickets_queued:
+                    # Only bytes (a flush counts its ticket before queuing it, and only a spool queues
+                    # Spooled): the step's worth at once, in C loops.
+                    items = list(islice(iter(popleft, None), count))
+                    if was_empty:
+                        self.fresh_head = seq + 1
+                    fresh.extend(items)
+                    added = sum(map(len, items))
+                    seq += count
+                    count = 0
+        for _ in range(count):
             try:
                 item = popleft()
             except IndexError:
@@ -472,8 +488,8 @@ class Pump:
         ):
             return None
         count = min(len(fresh), limits.batch_size)
-        if self._fresh_bytes > limits.max_batch_bytes:
-            count = fit_to_bytes([len(fresh[i]) for i in range(count)], limits.max_batch_bytes)
+        if self._fresh_bytes > limits.max_batch_bytes and sum(map(len, islice(fresh, count))) + count + 14 > limits.max_batch_bytes:
+            count = fit_to_bytes([len(payload) for payload in islice(fresh, count)], limits.max_batch_bytes)
         return self._cut_fresh(count, now)
 
     def _cut_fresh(self, count: int, now: float) -> Batch:
@@ -842,15 +858,16 @@ class Pump:
         """Empty the incoming queue: its commands (counted as taken, not as held bytes), and its
         tickets, placed."""
         commands: "List[Union[bytes, Spooled]]" = []
-        while True:
-            try:
-                item = self.incoming.popleft()
-            except IndexError:
-                break
-            if type(item) is FlushTicket:
-                self._place(item)
-            else:
-                commands.append(item)
+        with self._popping:
+            while True:
+                try:
+                    item = self.incoming.popleft()
+                except IndexError:
+                    break
+                if type(item) is FlushTicket:
+                    self._place(item)
+                else:
+                    commands.append(item)
         if commands:
             with self.ledger.lock:
                 self.ledger.taken += len(commands)
