@@ -4,8 +4,9 @@ The stages, each with one job:
 
 - ``limits.py``: every limit and default, in one place;
 - ``lifecycle.py``: the phases of an engine (IDLE, RUNNING, DRAINING, STOPPED) and their moves;
-- ``engine.py``: the caller's side (``submit``: a ``deque.append``), the pump thread, close and fork;
-- ``pump.py``: every decision: take and encode, batch, dispatch within the window, apply answers,
+- ``engine.py``: the caller's side (``submit``: the command's bytes, a ``deque.append``), the pump
+  thread, close and fork;
+- ``pump.py``: every decision: take (and number), batch, dispatch within the window, apply answers,
   answer flushes, give up at the close deadline;
 - ``batching.py``: when a batch is due and how it is cut; ``window.py``: how many requests may be in
   flight; ``retry.py``: the retry policy; ``answers.py``: what a ``bulk`` answer means;
