@@ -54,6 +54,7 @@ from ._buffered.limits import (
     DEFAULT_SPOOL_MAX_BYTES,
 )
 from .process_hooks import keep_signals_off_this_thread, threads_hang_forks_here
+from .network import CertSetting, ProxiesSetting, VerifySetting
 from .protocol import DEFAULT_TARGET
 from .serialization import CustomerIds, Timestamp
 from .types import AnalysisType, BeforeSend, Customer, ErrorCallback
@@ -180,6 +181,9 @@ class AsyncSevenSegments(_AsyncBase):
         before_send: Optional[BeforeSend] = None,
         enabled: bool = True,
         max_workers: int = DEFAULT_MAX_WORKERS,
+        proxies: ProxiesSetting = None,
+        verify: VerifySetting = True,
+        cert: CertSetting = None,
     ) -> None:
         _max_workers(max_workers)
         self._client = SevenSegments(
@@ -202,6 +206,9 @@ class AsyncSevenSegments(_AsyncBase):
             gzip=gzip,
             before_send=before_send,
             enabled=enabled,
+            proxies=proxies,
+            verify=verify,
+            cert=cert,
         )
         super().__init__(max_workers)
         self._flushes = FlushWaiter(self._client.flush, "seven-segments-aio-flush")
@@ -300,7 +307,7 @@ class AsyncAuthenticatedSevenSegments(_AsyncBase):
     """asyncio client of the 7SEGMENTS export API: ``await export_analysis(...)`` runs in a thread.
 
     ``AsyncAuthenticatedSevenSegments(username, password, *, target=..., timeout=10,
-    retry_deadline=5, max_workers=8)``; ``async with`` closes.
+    retry_deadline=5, max_workers=8, proxies=None, verify=True, cert=None)``; ``async with`` closes.
     """
 
     def __init__(
@@ -312,10 +319,14 @@ class AsyncAuthenticatedSevenSegments(_AsyncBase):
         timeout: float = DEFAULT_TIMEOUT,
         retry_deadline: float = DEFAULT_BLOCKING_RETRY_DEADLINE,
         max_workers: int = DEFAULT_MAX_WORKERS,
+        proxies: ProxiesSetting = None,
+        verify: VerifySetting = True,
+        cert: CertSetting = None,
     ) -> None:
         _max_workers(max_workers)
         self._client = AuthenticatedSevenSegments(
-            username, password, target=target, timeout=timeout, retry_deadline=retry_deadline
+            username, password, target=target, timeout=timeout, retry_deadline=retry_deadline,
+            proxies=proxies, verify=verify, cert=cert,
         )
         super().__init__(max_workers)
 

@@ -42,6 +42,7 @@ from .serialization import (
     properties_room,
     timestamp_seconds,
 )
+from .network import CertSetting, ProxiesSetting, VerifySetting
 from .transport import Backoff, Transport, TransientError, call_with_retries
 from .types import AnalysisType, BeforeSend, CommandDict, Customer, ErrorCallback
 from ._buffered import BufferedEngine, Limits
@@ -120,12 +121,16 @@ class _ApiClient:
         gzip: bool,
         auth: Any,
         call_deadline: Optional[float] = None,
+        network: Optional[Dict[str, Any]] = None,
     ) -> None:
         self._timeout = _number("timeout", timeout, minimum=0, allow_equal=False)
         self._retry_deadline = _number("retry_deadline", retry_deadline, minimum=0)
         #: How long a call that the caller waits for (blocking track/update, get_html, export) retries.
         self._call_deadline = self._retry_deadline if call_deadline is None else call_deadline
-        self._transport = Transport(target, timeout=self._timeout, gzip=gzip, secrets=secrets, auth=auth)
+        # network: the keywords proxies, verify and cert, checked (and the environment read) by Transport.
+        self._transport = Transport(
+            target, timeout=self._timeout, gzip=gzip, secrets=secrets, auth=auth, **(network or {})
+        )
         self._closed = False
         self._sleep: Callable[[float], None] = time.sleep
 
@@ -268,6 +273,11 @@ class SevenSegments(_ApiClient, CustomerChoice):
       disk flush per call),
       ``on_error(error, commands)`` (called on the worker thread for commands that could not be
       delivered), ``gzip`` (True: compress request bodies of 1 KiB or more).
+    - The network (both modes): ``proxies`` (a dict of scheme to proxy URL, as ``requests`` takes it;
+      default: the ``HTTPS_PROXY``/``HTTP_PROXY``/``NO_PROXY`` environment variables), ``verify`` (the
+      path of a CA bundle, a file or a folder; default: ``REQUESTS_CA_BUNDLE`` or certifi's;
+      ``False`` is refused) and ``cert`` (a client certificate for mutual TLS: a PEM file with its
+      key, or a ``(certificate, key)`` pair). See ``seven_segments.network``.
     - ``before_send(command)`` (both modes): called with each tracking command as a plain dict
       (``CommandDict``: ``name``, ``customer_ids`` or ``ids``, ``type``, ``properties``, ``timestamp``,
       ``command_id``) on the CALLER's thread, inside ``track``/``update``, before it is queued or sent
@@ -306,13 +316,19 @@ class SevenSegments(_ApiClient, CustomerChoice):
         gzip: bool = True,
         before_send: Optional[BeforeSend] = None,
         enabled: bool = True,
+        proxies: ProxiesSetting = None,
+        verify: VerifySetting = True,
+        cert: CertSetting = None,
     ) -> None:
         self._token = _secret("token", token)
         if retry_deadline is None:
             retry_deadline = DEFAULT_BUFFERED_RETRY_DEADLINE if buffered else DEFAULT_BLOCKING_RETRY_DEADLINE
         # A buffered client's retry_deadline is the worker's; get_html still answers within seconds.
         call_deadline = DEFAULT_BLOCKING_RETRY_DEADLINE if buffered else None
-        super().__init__(target, timeout, retry_deadline, (token,), bool(gzip), None, call_deadline)
+        super().__init__(
+            target, timeout, retry_deadline, (token,), bool(gzip), None, call_deadline,
+            network={"proxies": proxies, "verify": verify, "cert": cert},
+        )
         self._init_customer(None if customer is None else customer_ids(customer))
         #: Properties that ``capture_properties`` counts at most this large fit in a command with
         #: any customer ids that are not ``LargeCustomerIds``; a command past it is measured.
@@ -644,6 +660,9 @@ class AuthenticatedSevenSegments(_ApiClient):
         target: str = DEFAULT_TARGET,
         timeout: float = DEFAULT_TIMEOUT,
         retry_deadline: float = DEFAULT_BLOCKING_RETRY_DEADLINE,
+        proxies: ProxiesSetting = None,
+        verify: VerifySetting = True,
+        cert: CertSetting = None,
     ) -> None:
         if not isinstance(username, str) or not username:
             raise ValueError(f"username must be a non-empty string, not {username!r}")
@@ -652,7 +671,10 @@ class AuthenticatedSevenSegments(_ApiClient):
             raise ValueError(f"username {username!r} is not valid: {problem}")
         _secret("password", password)
         self._username = username
-        super().__init__(target, timeout, retry_deadline, (password,), False, (username, password))
+        super().__init__(
+            target, timeout, retry_deadline, (password,), False, (username, password),
+            network={"proxies": proxies, "verify": verify, "cert": cert},
+        )
 
     def __repr__(self) -> str:
         return f"AuthenticatedSevenSegments(username={self._username!r}, target={self.target!r})"

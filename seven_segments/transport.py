@@ -25,6 +25,7 @@ import math
 import os
 import re
 import socket
+import ssl
 import time
 import weakref
 import zlib
@@ -35,6 +36,7 @@ import requests
 
 from .clock import Clock, monotonic
 from .errors import AuthenticationError, InvalidRequest, SevenSegmentsError, ServiceUnavailable
+from .network import CertSetting, NetworkSettings, ProxiesSetting, VerifySetting
 from .protocol import TRANSIENT_STATUSES, USER_AGENT
 from .watchdog import WATCHDOG, WatchedHTTPConnectionPool, WatchedHTTPSConnectionPool
 
@@ -180,13 +182,8 @@ def parse_retry_after(value: Optional[str], now: Optional[float] = None) -> Opti
 _NO_SUCH_HOST = frozenset(code for code in (getattr(socket, "EAI_NONAME", None), getattr(socket, "EAI_NODATA", None)) if code)
 
 
-def _unresolved(path: str, target: str, error: BaseException) -> Optional[Exception]:
-    """The error for a failure to resolve the target's host name (found in ``error``'s causes), else None.
-
-    "No such host" is permanent (a ``SevenSegmentsError``, not retried), so a mistyped target fails at
-    once instead of being retried for the whole deadline; a temporary resolver failure (``EAI_AGAIN``)
-    is a ``TransientError``, retried like an outage. Both say "cannot resolve HOST".
-    """
+def _causes(error: BaseException) -> Iterable[BaseException]:
+    """``error`` and every exception it was caused by or carries (urllib3 wraps them deep)."""
     seen: "set[int]" = set()
     causes: List[Any] = [error]
     while causes:
@@ -194,6 +191,18 @@ def _unresolved(path: str, target: str, error: BaseException) -> Optional[Except
         if not isinstance(cause, BaseException) or id(cause) in seen:
             continue
         seen.add(id(cause))
+        yield cause
+        causes.extend([cause.__cause__, cause.__context__, getattr(cause, "reason", None), *cause.args])
+
+
+def _unresolved(path: str, target: str, error: BaseException) -> Optional[Exception]:
+    """The error for a failure to resolve the target's host name (found in ``error``'s causes), else None.
+
+    "No such host" is permanent (a ``SevenSegmentsError``, not retried), so a mistyped target fails at
+    once instead of being retried for the whole deadline; a temporary resolver failure (``EAI_AGAIN``)
+    is a ``TransientError``, retried like an outage. Both say "cannot resolve HOST".
+    """
+    for cause in _causes(error):
         if isinstance(cause, requests.exceptions.ProxyError):
             return None  # the proxy's name, not the target's: the generic message says which
         if isinstance(cause, socket.gaierror):
@@ -201,7 +210,28 @@ def _unresolved(path: str, target: str, error: BaseException) -> Optional[Except
             if cause.errno in _NO_SUCH_HOST:
                 return SevenSegmentsError(f"{path}: cannot resolve {host}: no such host (is the target {target!r} right?)")
             return TransientError(f"{path}: cannot resolve {host} ({cause.strerror or 'temporary DNS failure'})")
-        causes.extend([cause.__cause__, cause.__context__, getattr(cause, "reason", None), *cause.args])
+    return None
+
+
+def _tls_refused(path: str, network: NetworkSettings, error: BaseException) -> Optional[Exception]:
+    """The error for a TLS handshake refused over certificates (found in ``error``'s causes), else None.
+
+    A server certificate that the CA bundle does not vouch for (or of another host), and a server
+    refusing our client certificate (or its absence), fail the same way on every attempt: a
+    ``SevenSegmentsError`` naming the target, not retried, as a host that does not resolve.
+    """
+    for cause in _causes(error):
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            whose = network.target if not (network.proxy or "").startswith("https:") else f"{network.target} (or of the proxy)"
+            reason = cause.verify_message or cause.reason or "certificate verify failed"
+            return SevenSegmentsError(
+                f"{path}: the TLS certificate of {whose} is not trusted ({reason}); give verify= the CA bundle "
+                "that signed it"
+            )
+        if isinstance(cause, ssl.SSLError) and "CERTIFICATE" in str(cause.reason or ""):
+            alert = str(cause.reason).lower().replace("_", " ")
+            wanted = "a client certificate it trusts (cert=)" if network.client_cert else "a client certificate (cert=)"
+            return SevenSegmentsError(f"{path}: {network.target} refused the TLS connection ({alert}): it wants {wanted}")
     return None
 
 
@@ -218,6 +248,24 @@ class TransientError(Exception):
         self.errors = tuple(errors)
 
 
+#: Every attempt ends by its deadline, however slowly the server answers (see watchdog.py).
+_WATCHED_POOLS = {"http": WatchedHTTPConnectionPool, "https": WatchedHTTPSConnectionPool}
+
+
+class _WatchedAdapter(requests.adapters.HTTPAdapter):
+    """requests' adapter whose connection pools are watched, direct and through a proxy alike:
+    requests makes a new ``ProxyManager`` per proxy, with urllib3's own pool classes."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = _WATCHED_POOLS
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        manager.pool_classes_by_scheme = _WATCHED_POOLS  # only HTTP(S) proxies: see network.PROXY_SCHEMES
+        return manager
+
+
 class Transport:
     """One client's HTTP connection pool to its target, and the rules for reading answers."""
 
@@ -229,8 +277,14 @@ class Transport:
         gzip: bool = False,
         secrets: Iterable[str] = (),
         auth: Optional[Tuple[str, str]] = None,
+        proxies: ProxiesSetting = None,
+        verify: VerifySetting = True,
+        cert: CertSetting = None,
     ) -> None:
         self.target = normalize_target(target)
+        #: How requests reach the target (proxy, CA bundle, client certificate), decided once, here:
+        #: every path that sends reads it (see ``network.py``).
+        self.network = NetworkSettings.resolve(self.target, proxies=proxies, verify=verify, cert=cert)
         self.timeout = timeout
         self.gzip = gzip
         self._secrets: Tuple[str, ...] = ()
@@ -249,24 +303,16 @@ class Transport:
         session = requests.Session()
         # Web servers share one client among many threads: keep up to 32 connections for reuse
         # (requests' default of 10 makes the 11th concurrent caller reconnect every time).
-        adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=POOL_SIZE)
-        # Every attempt ends by its deadline, however slowly the server answers (see watchdog.py).
-        adapter.poolmanager.pool_classes_by_scheme = {
-            "http": WatchedHTTPConnectionPool,
-            "https": WatchedHTTPSConnectionPool,
-        }
+        adapter = _WatchedAdapter(pool_connections=1, pool_maxsize=POOL_SIZE)
         session.mount("https://", adapter)
         session.mount("http://", adapter)
         session.headers.update(
             {"User-Agent": USER_AGENT, "Content-Type": "application/json", "Accept": "application/json"}
         )
         # requests reads the proxy and CA-bundle environment variables again on every request (a
-        # scan of os.environ, a large share of a bulk request's CPU): read them once, here.
-        session.proxies.update(requests.utils.get_environ_proxies(self.target))
-        bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
-        if bundle:
-            session.verify = bundle  # verification stays on, with the bundle the environment names
-        session.trust_env = False
+        # scan of os.environ, a large share of a bulk request's CPU): they were read once, into
+        # self.network, which also holds the keywords that win over them.
+        self.network.apply(session)
         return session
 
     def renew_after_fork(self) -> None:
@@ -364,11 +410,13 @@ class Transport:
             if attempt.expired:  # the watchdog ended an attempt that outlived its deadline
                 failure = TransientError(f"{path}: no complete answer within {wait:.3g} s")
             else:
-                failure = _unresolved(path, self.target, error) or TransientError(
+                failure = _unresolved(path, self.target, error) or _tls_refused(path, self.network, error) or TransientError(
                     f"{path}: connection failed ({self._reason(error)})"
                 )
         except requests.RequestException as error:
             failure = SevenSegmentsError(f"{path}: request failed ({self._reason(error)})")
+        except OSError as error:  # requests' own check of a certificate file removed since we checked it
+            failure = SevenSegmentsError(f"{path}: {self.scrub(str(error))}")
         else:
             if not attempt.expired:
                 return self._read_answer(path, response, decode)
