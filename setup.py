@@ -59,6 +59,8 @@ setup(
             # deployment tests (tests/test_deployment.py skips what is missing)
             "billiard>=4", "gevent>=22", "eventlet>=0.33", 'pyuwsgi>=2.0.27; sys_platform != "win32"',
             "uvicorn>=0.20", 'gunicorn>=21; sys_platform != "win32"',
+            # network tests (tests/test_network.py): certificates made for the test, a real HTTP proxy
+            "trustme>=1.0", "proxy.py>=2.4",
         ],
         "dev": ["mypy>=1.8", "types-requests", "ruff", "build"],
     },

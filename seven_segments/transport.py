@@ -213,6 +213,10 @@ def _unresolved(path: str, target: str, error: BaseException) -> Optional[Except
     return None
 
 
+#: The TLS alerts (OpenSSL's reasons) of a server that refuses our client certificate or its absence.
+_CERTIFICATE_ALERT = re.compile(r"ALERT_(?:\w*CERTIFICATE\w*|UNKNOWN_CA)$")
+
+
 def _tls_refused(path: str, network: NetworkSettings, error: BaseException) -> Optional[Exception]:
     """The error for a TLS handshake refused over certificates (found in ``error``'s causes), else None.
 
@@ -228,7 +232,7 @@ def _tls_refused(path: str, network: NetworkSettings, error: BaseException) -> O
                 f"{path}: the TLS certificate of {whose} is not trusted ({reason}); give verify= the CA bundle "
                 "that signed it"
             )
-        if isinstance(cause, ssl.SSLError) and "CERTIFICATE" in str(cause.reason or ""):
+        if isinstance(cause, ssl.SSLError) and _CERTIFICATE_ALERT.search(str(cause.reason or "")):
             alert = str(cause.reason).lower().replace("_", " ")
             wanted = "a client certificate it trusts (cert=)" if network.client_cert else "a client certificate (cert=)"
             return SevenSegmentsError(f"{path}: {network.target} refused the TLS connection ({alert}): it wants {wanted}")
