@@ -36,7 +36,7 @@ import requests
 
 from .clock import Clock, monotonic
 from .errors import AuthenticationError, InvalidRequest, SevenSegmentsError, ServiceUnavailable
-from .network import CertSetting, NetworkSettings, ProxiesSetting, VerifySetting
+from .network import CertSetting, NetworkSettings, ProxiesSetting, VerifySetting, shown_proxy
 from .protocol import TRANSIENT_STATUSES, USER_AGENT
 from .watchdog import WATCHDOG, WatchedHTTPConnectionPool, WatchedHTTPSConnectionPool
 
@@ -215,6 +215,20 @@ def _unresolved(path: str, target: str, error: BaseException) -> Optional[Except
 
 #: The TLS alerts (OpenSSL's reasons) of a server that refuses our client certificate or its absence.
 _CERTIFICATE_ALERT = re.compile(r"ALERT_(?:\w*CERTIFICATE\w*|UNKNOWN_CA)$")
+
+
+def _proxy_refused(path: str, network: NetworkSettings, error: BaseException) -> Optional[Exception]:
+    """The error for a proxy that refused to open a tunnel for want of credentials (407), else None:
+    permanent, as the same credentials would be refused again."""
+    if network.proxy is None or not isinstance(error, requests.exceptions.ProxyError):
+        return None
+    for cause in _causes(error):
+        if isinstance(cause, OSError) and " 407 " in f" {cause} ":
+            return SevenSegmentsError(
+                f"{path}: the proxy {shown_proxy(network.proxy)} refused the credentials (HTTP 407 Proxy "
+                "Authentication Required): check the user and password of the proxy's URL"
+            )
+    return None
 
 
 def _tls_refused(path: str, network: NetworkSettings, error: BaseException) -> Optional[Exception]:
@@ -414,8 +428,11 @@ class Transport:
             if attempt.expired:  # the watchdog ended an attempt that outlived its deadline
                 failure = TransientError(f"{path}: no complete answer within {wait:.3g} s")
             else:
-                failure = _unresolved(path, self.target, error) or _tls_refused(path, self.network, error) or TransientError(
-                    f"{path}: connection failed ({self._reason(error)})"
+                failure = (
+                    _unresolved(path, self.target, error)
+                    or _tls_refused(path, self.network, error)
+                    or _proxy_refused(path, self.network, error)
+                    or TransientError(f"{path}: connection failed ({self._reason(error)})")
                 )
         except requests.RequestException as error:
             failure = SevenSegmentsError(f"{path}: request failed ({self._reason(error)})")
@@ -503,6 +520,12 @@ class Transport:
                 location = location[:197] + "..."
             raise SevenSegmentsError(
                 f"{path}: the server redirects to {location}; redirects are not followed (is the target right?)",
+                status=status, errors=errors,
+            )
+        if status == 407 and self.network.proxy is not None:
+            raise SevenSegmentsError(
+                f"{path}: the proxy {shown_proxy(self.network.proxy)} refused the credentials (HTTP 407 Proxy "
+                "Authentication Required): check the user and password of the proxy's URL",
                 status=status, errors=errors,
             )
         if status in (400, 404, 413):

@@ -209,6 +209,22 @@ def test_tls_with_a_custom_ca_in_both_modes_and_from_the_environment(tls: LocalS
     assert [event["type"] for event in tls.events()] == ["blocking", "buffered", "environment", "keyword wins"]
 
 
+def test_verify_takes_a_folder_of_hashed_certificates(tls: LocalServer, pki: PKI, tmp_path: Path) -> None:
+    folder = tmp_path / "cas"
+    folder.mkdir()
+    (folder / "ca.pem").write_bytes(Path(pki.ca).read_bytes())
+    try:
+        subprocess.run(["openssl", "rehash", str(folder)], check=True, capture_output=True, timeout=30)
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("no openssl command to hash the folder with")
+    SevenSegments(TOKEN, "john", target=tls.url, verify=str(folder)).track("folder")
+    assert [event["type"] for event in tls.events()] == ["folder"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(SevenSegmentsError, match="not trusted"):
+        SevenSegments(TOKEN, "john", target=tls.url, verify=str(empty)).track("x")
+
+
 def test_a_wrong_ca_fails_at_once_naming_the_target_and_never_a_secret(tls: LocalServer, pki: PKI) -> None:
     started = time.monotonic()
     with pytest.raises(SevenSegmentsError) as caught:
@@ -364,6 +380,7 @@ def test_a_proxy_that_refuses_the_password_never_shows_it(proxy: Proxy, fresh: L
             SevenSegments(TOKEN, "john", target=target, verify=pki.ca, proxies=proxies, retry_deadline=0.2).track("x")
         text = f"{caught.value} {caught.value!r}"
         assert PROXY_PASSWORD not in text and TOKEN not in text, text
+        assert f"the proxy http://***@127.0.0.1:{proxy.port} refused the credentials (HTTP 407" in text, text
     assert fresh.events() == [] and tls.events() == []
 
 
