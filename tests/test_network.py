@@ -344,7 +344,8 @@ def test_an_http_target_through_the_proxy_in_both_modes(proxy: Proxy, fresh: Loc
     assert PROXY_PASSWORD not in caplog.text + repr(client) + repr(client._transport.network)
 
 
-def test_an_https_target_through_a_connect_tunnel(proxy: Proxy, tls: LocalServer, pki: PKI) -> None:
+def test_an_https_target_through_a_connect_tunnel(proxy: Proxy, tls: LocalServer, pki: PKI, caplog: Any) -> None:
+    caplog.set_level(logging.DEBUG)
     host = tls.url.split("://")[1]
     before = proxy.carried(f"CONNECT {host}")
     with SevenSegments(TOKEN, "john", target=tls.url, buffered=True, verify=pki.ca,
@@ -353,6 +354,7 @@ def test_an_https_target_through_a_connect_tunnel(proxy: Proxy, tls: LocalServer
         assert buffered.flush(5)
     assert [event["type"] for event in tls.events()] == ["tunnelled"]
     assert wait_until(lambda: proxy.carried(f"CONNECT {host}") > before)
+    assert PROXY_PASSWORD not in caplog.text and TOKEN not in caplog.text
 
 
 def test_the_environments_proxy_no_proxy_and_the_keyword_that_wins(proxy: Proxy, fresh: LocalServer, monkeypatch: Any) -> None:
