@@ -54,8 +54,12 @@ setup(
     python_requires=">=3.8",
     install_requires=["requests>=2.20", "tenacity>=8.2"],
     extras_require={
+        # orjson writes the JSON when it can be imported; the standard library does otherwise.
+        "fast": ["orjson>=3.9"],
         "test": [
             "pytest>=7", "freezegun>=1.2", "hypothesis>=6", "pytest-timeout>=2",
+            # both JSON writers are proven equal when orjson is there (the tests pass without it)
+            "orjson>=3.9",
             # deployment tests (tests/test_deployment.py skips what is missing)
             "billiard>=4", "gevent>=22", "eventlet>=0.33", 'pyuwsgi>=2.0.27; sys_platform != "win32"',
             "uvicorn>=0.20", 'gunicorn>=21; sys_platform != "win32"',

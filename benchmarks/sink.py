@@ -15,6 +15,7 @@ amplitude      ``/2/httpapi``, ``/batch``        JSON ``{"events": [...]}``   ``
 ours           ``/bulk``, ``/crm/events``,       JSON, docs/protocol.md       ``command_id``
                ``/crm/customers``
 floor          ``/floor``                        JSON ``[...]``               (none: all counted)
+floor_orjson   ``/floor_orjson``                 JSON ``[...]``               (none: all counted)
 =============  ================================  ===========================  ===================
 
 Any body may be gzip-compressed (``Content-Encoding: gzip``). Each answer is the success answer the
@@ -153,10 +154,11 @@ def handle_amplitude(body: bytes) -> Answer:
     return 200, {"code": 200, "events_ingested": n, "payload_size_bytes": len(body), "server_upload_time": int(time.time() * 1000)}
 
 
-def handle_floor(body: bytes) -> Answer:
-    """The naive floor client of the web-app scenario: a JSON list of events without ids."""
+def handle_floor(name: str, body: bytes) -> Answer:
+    """A naive floor client of the web-app scenario (``floor``, ``floor_orjson``): a JSON list of
+    events without ids, counted under ``name``."""
     events = _json(body)
-    counter("floor").add(None for _ in events)
+    counter(name).add(None for _ in events)
     return 200, {"ok": True}
 
 
@@ -187,8 +189,8 @@ def route(method: str, target: str, headers: Dict[str, str], body: bytes) -> Ans
         return handle_amplitude(body)
     if path in ("/bulk", "/crm/events", "/crm/customers"):
         return handle_ours(path, body)
-    if path == "/floor":
-        return handle_floor(body)
+    if path in ("/floor", "/floor_orjson"):
+        return handle_floor(path[1:], body)
     return 404, {"success": False, "errors": [f"sink: unknown path {path}"]}
 
 

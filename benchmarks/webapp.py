@@ -4,12 +4,13 @@
     python benchmarks/webapp.py --repeat 5 --json webapp.json
     python benchmarks/webapp.py --quick               # 1 short round (about 3 min with the peers)
     python benchmarks/webapp.py --repeat 5 --duration 6   # more, shorter turns: steadier on a noisy machine
-    python benchmarks/webapp.py --ours-only --ks 10   # untracked, ours and the floor only
+    python benchmarks/webapp.py --ours-only --ks 10   # untracked, ours and the two floors only
 
 A real WSGI server, ``gunicorn -k gthread --threads 8 -w 1`` (installed into ``benchmarks/.venv``),
 serves :mod:`webapp_app`: each request does about 100 µs of ordinary Python and tracks K events of 6
 properties through one module-level client, at the library's defaults. The clients: the untracked app,
-ours, a naive floor (:class:`libs.Floor`) and the four peers. The events go to the counting sink
+ours, the naive floor (:class:`libs.Floor`, ``json.dumps``) and the same with ``orjson.dumps``
+(:class:`libs.FloorOrjson`), and the four peers. The events go to the counting sink
 (:mod:`sink`) whose answers come at once or ``--latencies`` seconds late (an API 50 ms away).
 
 Load comes from a closed loop: ``wrk -t2 -c8`` where ``wrk`` is installed, else a Python closed loop
@@ -49,7 +50,7 @@ import setup_env  # noqa: E402
 from report import fmt, table  # noqa: E402
 from servers import Server, closed_port_url  # noqa: E402
 
-CLIENTS = ["untracked", "ours", "floor"] + libs.PEERS
+CLIENTS = ["untracked", "ours", "floor", "floor_orjson"] + libs.PEERS
 Cell = Dict[str, Any]
 
 WRK_SCRIPT = r"""
@@ -467,7 +468,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--ks", default="1,10", help="events tracked per request, comma-separated (default 1,10)")
     parser.add_argument("--latencies", default="0,0.05", help="API round trips in seconds, comma-separated (default 0,0.05)")
     parser.add_argument("--clients", default=",".join(CLIENTS), help=f"comma-separated, from {','.join(CLIENTS)}")
-    parser.add_argument("--ours-only", action="store_true", help="only untracked, ours and the floor (no peers' venv)")
+    parser.add_argument("--ours-only", action="store_true", help="only untracked, ours and the two floors (no peers' venv)")
     parser.add_argument("--ours-server", choices=["sink", "local"], default="sink",
                         help="where ours sends: the sink like every client (default) or the local server (counting only)")
     parser.add_argument("--load", choices=["auto", "wrk", "python"], default="auto", help="load generator (auto: wrk if installed)")
@@ -503,7 +504,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error(f"--ks must be >= 1 and --latencies >= 0, not {args.ks!r} / {args.latencies!r}")
     clients = [c for c in args.clients.split(",") if c]
     if args.ours_only:
-        clients = [c for c in clients if c in ("untracked", "ours", "floor")]
+        clients = [c for c in clients if c in ("untracked", "ours", "floor", "floor_orjson")]
     unknown = [c for c in clients if c not in CLIENTS]
     if unknown:
         parser.error(f"unknown clients {unknown}; known: {CLIENTS}")
@@ -514,13 +515,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.python:
         python = args.python
     elif peers or args.wsgi == "gunicorn" or (args.wsgi == "auto" and not has_gunicorn(sys.executable)):
-        failures = setup_env.ensure(peers, log=log, tools=[] if args.wsgi == "wsgiref" else ["gunicorn"])
+        # orjson: the naive orjson floor's encoder, and ours writes with it when installed ([fast])
+        failures = setup_env.ensure(peers, log=log, tools=(["orjson"] if "floor_orjson" in clients else [])
+                                    + ([] if args.wsgi == "wsgiref" else ["gunicorn"]))
         for failed, error in failures.items():
             log(f"{failed}: {error}")
         clients = [c for c in clients if c not in failures]
         python = str(setup_env.venv_python())
     else:
         python = sys.executable  # no peers, and this interpreter has gunicorn or wsgiref was asked for
+    if "floor_orjson" in clients and subprocess.run([python, "-c", "import orjson"], capture_output=True,
+                                                    timeout=60).returncode != 0:
+        log(f"floor_orjson: orjson is not installed in {python}")
+        clients.remove("floor_orjson")
     if args.wsgi == "auto":
         args.wsgi = "gunicorn" if has_gunicorn(python) else "wsgiref"
     if args.load == "auto":

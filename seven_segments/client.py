@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -25,6 +24,7 @@ from .protocol import (
     PATH_EVENTS,
     PATH_HTML,
 )
+from . import serialization
 from .serialization import (
     BulkCommandEncoder,
     Command,
@@ -179,7 +179,8 @@ class _ApiClient:
 
 
 def _encode(data: JSONObject) -> bytes:
-    return json.dumps(data, separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode()
+    """The body of a blocking call: ``data`` holds only checked plain values (see serialization)."""
+    return serialization._WRITER.data(data)
 
 
 class _Tally:

@@ -50,8 +50,8 @@ from .types import Timestamp
 
 from json.encoder import encode_basestring as _encode_string
 
-#: The C accelerator of the json module (None on interpreters without it).
-_c_make_encoder: Optional[Callable[..., Any]] = getattr(json.encoder, "c_make_encoder", None)
+from . import json_writer
+from .json_writer import JsonWriter, c_json_encoder, compact_json_encoder
 
 __all__ = [
     "BulkCommandEncoder",
@@ -151,10 +151,13 @@ def capture_properties_json(properties: Any, path: str = "properties") -> Tuple[
     For a caller that writes the command out before it returns (a client with a spool): the text is
     what it writes, so a copy would only be thrown away. A flat dict of ASCII keys to strings,
     numbers, booleans and None is written in one loop here; anything else goes through
-    :func:`capture_properties` and the C encoder, and raises the same errors.
+    :func:`capture_properties` and the C encoder, and raises the same errors. With ``orjson``
+    installed, the loop only checks, and ``orjson`` writes the dict.
     """
     if type(properties) is not dict:
         return _capture_json_carefully(properties, path)
+    if _FAST_DUMPS is not None:
+        return _capture_flat_json_fast(properties, path, _FAST_DUMPS)
     text = "{"
     try:
         for key, value in properties.items():
@@ -193,6 +196,34 @@ def capture_properties_json(properties: Any, path: str = "properties") -> Tuple[
     return (text[:-1] + "}", size) if size > 1 else ("{}", 2)
 
 
+def _capture_flat_json_fast(properties: JSONObject, path: str, dumps: Callable[[Any], bytes]) -> Tuple[str, int]:
+    """``capture_properties_json`` of a dict, written by ``dumps`` (orjson) once the loop found only
+    string keys and plain values JSON takes as they are; anything else goes the careful way."""
+    for key, value in properties.items():
+        if type(key) is not str:
+            return _capture_json_carefully(properties, path)
+        kind = type(value)
+        if kind is str or kind is bool or value is None:
+            continue
+        if kind is int:
+            if -_BIG_INT < value < _BIG_INT:
+                continue
+        elif kind is float:
+            if not value - value:  # NaN or an infinity goes the careful way (orjson would write null)
+                continue
+        return _capture_json_carefully(properties, path)
+    try:
+        data = dumps(properties)
+    except TypeError:  # a lone surrogate (orjson.JSONEncodeError): the careful path names it
+        return _capture_json_carefully(properties, path)
+    # The same bound as the loop's (see capture_properties_json), on the UTF-8 length, which is at
+    # least the text's: capture_properties counts a string by its UTF-8 length too.
+    if len(data) * 5 > MAX_COMMAND_BYTES:
+        return _capture_json_carefully(properties, path)
+    text = data.decode()
+    return text, len(text)
+
+
 #: JSON of property keys seen, with the colon (``'"amount":'``): keys of at most _KEY_KEPT_LENGTH
 #: characters, until there are _KEYS_KEPT of them.
 _KEY_JSON: Dict[str, str] = {}
@@ -204,7 +235,7 @@ def _capture_json_carefully(properties: Any, path: str) -> Tuple[str, int]:
     """``capture_properties_json`` for anything but a flat dict of plain values: check and copy,
     then write the copy."""
     copy, _ = capture_properties(properties, path)
-    text = _join(_write_tree(copy, 0)) if copy else "{}"
+    text = _WRITER.text(copy) if copy else "{}"
     return text, len(text)
 
 
@@ -574,37 +605,25 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=lambda: _reseed_after_fork())
 
 
-def _refuse_default(value: Any) -> Any:
-    raise TypeError(f"{type(value).__name__} is not JSON")
-
-
-def c_json_encoder(sort_keys: bool = False) -> Optional[Callable[[Any, int], Any]]:
-    """The json module's C encoder, built once for reuse (``json.dumps`` builds one per call, which
-    costs more than encoding a small object): compact, UTF-8 (no ``\\u`` escapes), NaN and
-    Infinity refused, no cycle check (for values known to be trees). Call as ``encoder(value, 0)``
-    and join the parts. ``None`` on interpreters without the C accelerator."""
-    if _c_make_encoder is None:  # pragma: no cover
-        return None
-    return cast(
-        Callable[[Any, int], Any],
-        _c_make_encoder(None, _refuse_default, _encode_string, None, ":", ",", sort_keys, False, False),
-    )
-
-
-def compact_json_encoder(sort_keys: bool = False) -> Callable[[Any], str]:
-    """A reusable, thread-safe ``value -> compact UTF-8 JSON text`` (see :func:`c_json_encoder`)."""
-    encoder = c_json_encoder(sort_keys)
-    if encoder is None:  # pragma: no cover
-        return json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=False, sort_keys=sort_keys).encode
-    join = "".join
-    return lambda value: join(encoder(value, 0))
-
-
 _join = "".join
-#: ``value -> compact JSON text`` of a plain tree (what ``capture_properties`` returns).
+#: ``value -> compact JSON text`` of a plain tree (what ``capture_properties`` returns), with the
+#: standard library: for the ids' JSON, kept and reused (see BulkCommandEncoder).
 _write_plain = compact_json_encoder()
 #: The C encoder itself, called as ``_write_tree(value, 0)`` for the parts of the text.
 _write_tree: Callable[[Any, int], Any] = c_json_encoder() or (lambda value, _level: (_write_plain(value),))
+#: What writes the checked properties: ``orjson`` when installed, else the standard library. Read
+#: at each call (a test puts either in place with ``_use_writer``).
+_WRITER: JsonWriter = json_writer.WRITER
+#: ``orjson.dumps`` when it writes, for ``capture_properties_json``'s flat dicts and the pump's
+#: properties, which handle its refusals themselves; else None.
+_FAST_DUMPS: Optional[Callable[[Any], bytes]] = _WRITER.fast_dumps
+
+
+def _use_writer(writer: JsonWriter) -> JsonWriter:
+    """Write with ``writer`` from now on; returns the one used until now (for tests and benchmarks)."""
+    global _WRITER, _FAST_DUMPS
+    previous, _WRITER, _FAST_DUMPS = _WRITER, writer, writer.fast_dumps
+    return previous
 
 
 #: The company token of an encoded command: the JSON string after ``"company_id":``.
@@ -627,7 +646,8 @@ class BulkCommandEncoder:
 
     The token is encoded once, the JSON of the last customer ids and event type is reused (for the
     same object, or for equal ids: the client passes one ids object for a run of calls for one
-    customer), and only the properties go through the C encoder.
+    customer), and only the properties are written (by ``orjson`` when it is installed, else by the
+    standard library's C encoder).
     The timestamp is written with microsecond precision as a JSON number in exponent form
     (``1700000000123456e-6``), which costs a fifth of writing the float itself.
     """
@@ -636,8 +656,8 @@ class BulkCommandEncoder:
         self._company = _encode_string(token)
         self._ids: Optional[CustomerIds] = None
         self._type: Optional[str] = None
-        self._event_head = ""  # everything before the properties, for the last ids and type seen
-        self._customer_head = ""  # the same for customer updates, for the last ids seen
+        self._event_head = b""  # everything before the properties, for the last ids and type seen
+        self._customer_head = b""  # the same for customer updates, for the last ids seen
         self._set_ids({})
 
     def _set_ids(self, ids: CustomerIds) -> None:
@@ -647,7 +667,7 @@ class BulkCommandEncoder:
         self._customer_head = (
             '{"name":"' + PATH_CUSTOMERS + '","data":{"company_id":' + self._company + ',"ids":' + self._ids_json
             + ',"properties":'
-        )
+        ).encode()
 
     def encode(self, command: Command) -> bytes:
         """``{"name": path, "data": {...}}`` as UTF-8 JSON bytes (``command`` is exactly a ``Command``)."""
@@ -660,15 +680,24 @@ class BulkCommandEncoder:
                 self._event_head = (
                     '{"name":"crm/events","data":{"company_id":' + self._company + ',"customer_ids":' + self._ids_json
                     + ',"type":' + _encode_string(cast(str, kind)) + ',"properties":'
-                )
+                ).encode()
             head = self._event_head
         else:
             head = self._customer_head
         if type(properties) is str:  # already written by capture_properties_json
             body: str = properties
+        elif not properties:
+            body = "{}"
+        elif _FAST_DUMPS is not None:
+            try:
+                written = _FAST_DUMPS(properties)
+            except TypeError:  # an integer past 64 bits (orjson.JSONEncodeError): the standard library writes it
+                body = _join(_write_tree(properties, 0))
+            else:
+                return head + written + f',"timestamp":{round(timestamp * 1e6)}e-6,"command_id":"{command_id}"}}}}'.encode()
         else:
-            body = _join(_write_tree(properties, 0)) if properties else "{}"
-        return f'{head}{body},"timestamp":{round(timestamp * 1e6)}e-6,"command_id":"{command_id}"}}}}'.encode()
+            body = _join(_write_tree(properties, 0))
+        return head + f'{body},"timestamp":{round(timestamp * 1e6)}e-6,"command_id":"{command_id}"}}}}'.encode()
 
     @staticmethod
     def company_of(payload: bytes) -> Optional[str]:

@@ -1,6 +1,7 @@
 """HTTP to the 7SEGMENTS API: one ``requests.Session`` per client, answers mapped to errors, retries.
 
-``Transport.post`` makes exactly one attempt and sorts the outcome the way docs/protocol.md says:
+``Transport.post`` makes exactly one attempt (a ``bulk`` one straight through the session's urllib3
+pool, never following a redirect: pooled_post.py) and sorts the outcome as docs/protocol.md says:
 a passing failure (connection refused or reset, timeout, 429, 500/502/503/504) raises
 ``TransientError`` (internal, carries ``Retry-After``); anything else that is not a success raises
 the public error for it. A redirect (3xx) is never followed: ``SevenSegmentsError``, and not a byte
@@ -19,6 +20,7 @@ strings of their records (``?company=***`` in urllib3's debug line of each reque
 from __future__ import annotations
 
 import email.utils
+import http.client
 import json
 import logging
 import math
@@ -33,12 +35,14 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional,
 from urllib.parse import quote, quote_plus, unquote_plus, urlsplit
 
 import requests
+import urllib3
 
 from .clock import Clock, monotonic
 from .errors import AuthenticationError, InvalidRequest, SevenSegmentsError, ServiceUnavailable
 from .network import CertSetting, NetworkSettings, ProxiesSetting, VerifySetting, shown_proxy
-from .protocol import TRANSIENT_STATUSES, USER_AGENT
-from .watchdog import WATCHDOG, WatchedHTTPConnectionPool, WatchedHTTPSConnectionPool
+from .pooled_post import PooledPost
+from .protocol import PATH_BULK, TRANSIENT_STATUSES, USER_AGENT
+from .watchdog import WATCHDOG, Attempt, WatchedHTTPConnectionPool, WatchedHTTPSConnectionPool
 
 if TYPE_CHECKING:  # imported when first needed: a call that succeeds at once never loads tenacity
     import tenacity
@@ -316,6 +320,7 @@ class Transport:
         self._pid = os.getpid()
         self._session = self._new_session()
         self._urls: Dict[str, str] = {}  # prepared by the session once per path
+        self._pooled: Dict[str, PooledPost] = {}  # bulk requests' way to the session's pool
 
     def _new_session(self) -> requests.Session:
         session = requests.Session()
@@ -337,6 +342,7 @@ class Transport:
         """Drop the parent's pooled sockets (without closing them: they are the parent's) and start anew."""
         self._pid = os.getpid()
         self._session = self._new_session()
+        self._pooled = {}
 
     def close(self) -> None:
         """Close the pooled connections."""
@@ -416,6 +422,10 @@ class Transport:
             # none, and following one would send the body (which holds the token), the ``?company=``
             # query and the credentials to a host the user did not name. A 3xx is an error.
             if params is None and self._auth is None:
+                if path == PATH_BULK:
+                    pooled = self._pooled.get(path) or self._pooled.setdefault(path, PooledPost(self._session, self._url(path)))
+                    if pooled.usable():
+                        return self._post_pooled(pooled, path, body, gzipped, wait, attempt, decode)
                 response = self._session.send(self._prepare(path, body, gzipped), timeout=wait, allow_redirects=False)
             else:
                 response = self._session.post(
@@ -428,21 +438,17 @@ class Transport:
             if attempt.expired:  # the watchdog ended an attempt that outlived its deadline
                 failure = TransientError(f"{path}: no complete answer within {wait:.3g} s")
             else:
-                failure = (
-                    _unresolved(path, self.target, error)
-                    or _tls_refused(path, self.network, error)
-                    or _proxy_refused(path, self.network, error)
-                    or TransientError(f"{path}: connection failed ({self._reason(error)})")
-                )
+                failure = self._connection_failure(path, error)
         except requests.RequestException as error:
             failure = SevenSegmentsError(f"{path}: request failed ({self._reason(error)})")
         except OSError as error:  # requests' own check of a certificate file removed since we checked it
             failure = SevenSegmentsError(f"{path}: {self.scrub(str(error))}")
         else:
+            answer = (response.status_code, response.content, response.headers)
             if not attempt.expired:
-                return self._read_answer(path, response, decode)
+                return self._read_answer(path, answer, decode)
             try:  # cut at its deadline: an answer that is not whole is a timeout, not the server's word
-                return self._read_answer(path, response, decode)
+                return self._read_answer(path, answer, decode)
             except SevenSegmentsError:
                 failure = TransientError(f"{path}: no complete answer within {wait:.3g} s")
         finally:
@@ -451,17 +457,61 @@ class Transport:
         # whose text may hold the URL with ?company=TOKEN.
         raise failure
 
+    def _post_pooled(
+        self, pooled: PooledPost, path: str, body: bytes, gzipped: bool, wait: float, attempt: Attempt,
+        decode: Callable[[bytes], Any],
+    ) -> Dict[str, Any]:
+        """``post``'s attempt on the urllib3 pool (see pooled_post.py), its failures sorted as
+        ``post`` sorts requests' ones."""
+        failure: Exception
+        try:
+            answer = pooled.post(body, gzipped, wait)
+        except urllib3.exceptions.TimeoutError as error:
+            if isinstance(error, urllib3.exceptions.NewConnectionError):  # a refused connection, not a timeout
+                failure = self._connection_failure(path, error)
+            else:
+                failure = TransientError(f"{path}: no answer within {wait:.3g} s")
+        except (urllib3.exceptions.HTTPError, OSError, http.client.HTTPException) as error:
+            if attempt.expired:  # the watchdog ended an attempt that outlived its deadline
+                failure = TransientError(f"{path}: no complete answer within {wait:.3g} s")
+            else:
+                failure = self._connection_failure(path, error)
+        else:
+            if not attempt.expired:
+                return self._read_answer(path, answer, decode)
+            try:
+                return self._read_answer(path, answer, decode)
+            except SevenSegmentsError:
+                failure = TransientError(f"{path}: no complete answer within {wait:.3g} s")
+        raise failure  # outside the except blocks: no chain to urllib3's exception and its URL
+
+    def _connection_failure(self, path: str, error: BaseException) -> Exception:
+        """The error for an attempt whose connection failed (before the deadline): permanent for a
+        host that does not exist, a certificate refused either way or a proxy refusing the
+        credentials; else a passing failure."""
+        return (
+            _unresolved(path, self.target, error)
+            or _tls_refused(path, self.network, error)
+            or _proxy_refused(path, self.network, error)
+            or TransientError(f"{path}: connection failed ({self._reason(error)})")
+        )
+
+    def _url(self, path: str) -> str:
+        """The URL of ``path``, as the session prepares it (once per path)."""
+        url = self._urls.get(path)
+        if url is None:
+            session = self._session
+            url = self._urls[path] = session.prepare_request(requests.Request("POST", f"{self.target}/{path}")).url or ""
+        return url
+
     def _prepare(self, path: str, body: bytes, gzipped: bool) -> requests.PreparedRequest:
         """The request ``Session.post`` would prepare for a bytes body without params or auth, made
         from the session's headers, URL and hooks prepared once: ``prepare_request`` merges settings,
         cookies and hooks anew for every request, a fifth of a bulk request's CPU (measured)."""
         session = self._session
-        url = self._urls.get(path)
-        if url is None:
-            url = self._urls[path] = session.prepare_request(requests.Request("POST", f"{self.target}/{path}")).url or ""
         request = requests.PreparedRequest()
         request.method = "POST"
-        request.url = url
+        request.url = self._url(path)
         request.headers = cast("requests.structures.CaseInsensitiveDict[str]", session.headers).copy()  # all str
         request.headers["Content-Length"] = str(len(body))
         if gzipped:
@@ -484,11 +534,12 @@ class Transport:
         return text
 
     def _read_answer(
-        self, path: str, response: requests.Response, decode: Callable[[bytes], Any] = json.loads
+        self, path: str, answer: Tuple[int, bytes, Any], decode: Callable[[bytes], Any] = json.loads
     ) -> Dict[str, Any]:
-        status = response.status_code
+        """The JSON of a success, or the error for ``answer`` (its status, body and headers)."""
+        status, content, headers = answer
         try:
-            payload: Any = decode(response.content)
+            payload: Any = decode(content)
         except ValueError:
             payload = None
         errors: Sequence[str] = ()
@@ -501,7 +552,7 @@ class Transport:
                 raise InvalidRequest(f"{path}: the request was refused", status=status, errors=errors)
             raise SevenSegmentsError(f"{path}: the server's answer is not a JSON success object", status=status)
         if status in TRANSIENT_STATUSES:
-            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            retry_after = parse_retry_after(headers.get("Retry-After"))
             reason = f"{path}: HTTP {status}"
             if retry_after is not None:
                 reason += f", retry after {retry_after:.3g} s"
@@ -515,7 +566,7 @@ class Transport:
                 what = "the company token was not accepted"
             raise AuthenticationError(f"{path}: {what}", status=status, errors=errors)
         if 300 <= status <= 399:
-            location = self.scrub(response.headers.get("Location") or "nowhere")
+            location = self.scrub(headers.get("Location") or "nowhere")
             if len(location) > 200:
                 location = location[:197] + "..."
             raise SevenSegmentsError(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import subprocess
@@ -9,6 +10,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+HAS_ORJSON = importlib.util.find_spec("orjson") is not None
 NUMBER = re.compile(r"^-?[\d,]+(\.\d+)?$")
 
 #: Summary rows whose "ours" cell must be a number.
@@ -67,8 +69,9 @@ def test_webapp_smoke_counts_what_the_app_tracked(tmp_path: Path) -> None:
     so that it runs anywhere; the full scenario differs only in the server and the clients.
     """
     raw = tmp_path / "webapp.json"
+    clients = "untracked,ours" + (",floor_orjson" if HAS_ORJSON else "")
     done = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "webapp.py"), "--quick", "--ours-only", "--clients", "untracked,ours",
+        [sys.executable, str(REPO / "benchmarks" / "webapp.py"), "--quick", "--ours-only", "--clients", clients,
          "--wsgi", "wsgiref", "--ks", "2", "--latencies", "0.02", "--duration", "1", "--warmup", "1",
          "--stop-timeout", "15", "--json", str(raw)],
         capture_output=True,
@@ -86,6 +89,28 @@ def test_webapp_smoke_counts_what_the_app_tracked(tmp_path: Path) -> None:
     # every request tracked 2 events; after the graceful stop the server holds every one of them
     assert ours["tracked"] > 0 and ours["tracked"] % 2 == 0, ours
     assert ours["received"] == ours["tracked"] and ours["lost"] == 0 and not ours["killed"], ours
+    if HAS_ORJSON:  # the naive client with orjson, counted apart by the sink
+        naive = cells["floor_orjson"]
+        assert "error" not in naive and naive["tracked"] > 0 and naive["received"] == naive["tracked"], naive
+
+
+def test_the_cpu_per_event_benchmark_prints_ours_and_the_naive_clients(tmp_path: Path) -> None:
+    raw = tmp_path / "cpu.json"
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "cpu_per_event.py"), "--smoke", "--json", str(raw)],
+        capture_output=True, text=True, timeout=60, cwd=str(REPO),
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = {line.split(" | ")[0].strip("| "): [cell.strip(" |") for cell in line.split(" | ")[1:]]
+            for line in done.stdout.splitlines() if line.startswith("| ") and not line.startswith("| client")}
+    expected = {"ours", "ours (json)", "naive json"} | ({"naive orjson"} if HAS_ORJSON else set())
+    assert set(rows) == expected, done.stdout
+    for client, cells in rows.items():
+        cpu, caller, pump, senders, other, to_json, to_orjson, lost = cells
+        assert all(NUMBER.match(cell) for cell in (cpu, caller, pump, senders, other, to_json)), (client, cells)
+        assert float(cpu) > 0 and lost == "0", (client, cells)
+    runs = json.loads(raw.read_text())["runs"]
+    assert all(run["delivered"] == 2000 and run["duplicates"] == 0 for results in runs.values() for run in results)
 
 
 def test_the_web_app_profile_sums_py_spy_samples_by_thread_and_function(tmp_path: Path) -> None:

@@ -76,6 +76,13 @@ def test_the_metadata_is_filled(sdist: tarfile.TarFile) -> None:
     assert "Requires-Python: >=3.8" in metadata
     for minor in range(8, 14):
         assert f"Classifier: Programming Language :: Python :: 3.{minor}\n" in metadata
+    # orjson only with the [fast] extra (and for the tests): the package runs without it
+    assert "Provides-Extra: fast" in metadata
+    (requires,) = [name for name in sdist.getnames() if name.endswith(".egg-info/requires.txt")]
+    handle = sdist.extractfile(requires)
+    assert handle is not None
+    sections = handle.read().decode().split("\n[")
+    assert "orjson" not in sections[0] and any(section.startswith("fast]\norjson>=") for section in sections)
 
 
 # -- a missing dependency --------------------------------------------------------------------------

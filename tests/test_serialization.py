@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import decimal
 import enum
 import json
+import subprocess
 import sys
 import time
 from datetime import datetime, timezone
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Iterator
 
 import pytest
 from hypothesis import example, given, settings
@@ -24,6 +26,27 @@ from seven_segments.serialization import (
     check_command_size,
     customer_ids,
 )
+from seven_segments.json_writer import STDLIB, JsonWriter, orjson_writer
+
+#: The orjson writer, when orjson is installed (``pip install 'seven-segments[fast]'``).
+ORJSON = orjson_writer()
+needs_orjson = pytest.mark.skipif(ORJSON is None, reason="orjson is not installed")
+
+
+@contextlib.contextmanager
+def writing_with(writer: JsonWriter) -> Iterator[None]:
+    """Properties are written by ``writer`` inside the block."""
+    previous = serialization._use_writer(writer)
+    try:
+        yield
+    finally:
+        serialization._use_writer(previous)
+
+
+@pytest.fixture
+def stdlib_writer() -> Iterator[None]:
+    with writing_with(STDLIB):
+        yield
 
 @settings(max_examples=300, deadline=None)
 @given(st.floats(min_value=0, max_value=MAX_TIMESTAMP, exclude_max=True))
@@ -106,15 +129,30 @@ def _outcome(capture: Callable[[], Any]) -> Any:
 
 
 def _assert_written_as_the_checked_copy(properties: Any) -> None:
-    """``capture_properties_json`` gives the JSON of ``capture_properties``' copy, or its error."""
+    """``capture_properties_json`` gives the JSON of ``capture_properties``' copy, or its error: with
+    the standard library, exactly ``json.dumps``' text; with orjson, the same JSON value."""
     careful = _outcome(lambda: capture_properties(properties))
-    written = _outcome(lambda: capture_properties_json(properties))
+    with writing_with(STDLIB):
+        written = _outcome(lambda: capture_properties_json(properties))
     if isinstance(careful, tuple) and isinstance(careful[0], type):
         assert written == careful
     else:
         text = json.dumps(careful[0], separators=(",", ":"), ensure_ascii=False, allow_nan=False)
         assert written == (text, len(text))
         assert json.loads(written[0]) == careful[0]
+    if ORJSON is not None:
+        with writing_with(ORJSON):
+            fast = _outcome(lambda: capture_properties_json(properties))
+        _assert_the_same_json_or_error(fast, written)
+
+
+def _assert_the_same_json_or_error(fast: Any, written: Any) -> None:
+    """Two outcomes of ``capture_properties_json``: the same error, or texts of the same JSON value
+    whose lengths (what the queue counts) are those of the texts."""
+    if isinstance(written, tuple) and isinstance(written[0], type):
+        assert fast == written
+    else:
+        assert json.loads(fast[0]) == json.loads(written[0]) and fast[1] == len(fast[0])
 
 
 @settings(max_examples=400, deadline=None)
@@ -201,14 +239,14 @@ def test_the_largest_properties_a_copy_takes_are_written_whole() -> None:
     assert capture_properties_json(properties)[0] == json.dumps(copy, separators=(",", ":"))
 
 
-def test_the_keys_written_once_are_kept_only_up_to_a_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_keys_written_once_are_kept_only_up_to_a_bound(monkeypatch: pytest.MonkeyPatch, stdlib_writer: None) -> None:
     monkeypatch.setattr(serialization, "_KEY_JSON", {})
     for number in range(serialization._KEYS_KEPT + 500):
         assert capture_properties_json({f"key-{number}": number})[0] == f'{{"key-{number}":{number}}}'
     assert len(serialization._KEY_JSON) == serialization._KEYS_KEPT
 
 
-def test_long_keys_are_not_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_long_keys_are_not_kept(monkeypatch: pytest.MonkeyPatch, stdlib_writer: None) -> None:
     """A key the cache kept would stay for the life of the process, refused properties' keys too."""
     monkeypatch.setattr(serialization, "_KEY_JSON", {})
     long_key = "k" * 1_000_000
@@ -320,3 +358,107 @@ def test_properties_within_the_room_fit_even_when_every_character_is_escaped(id_
     assert size == room
     command = ("crm/events", ids, "\x06" * 256, properties, MAX_TIMESTAMP - 1e-6, "c" * 64)
     assert check_command_size(command, token) <= serialization.MAX_COMMAND_BYTES
+# The two writers (orjson when installed, the standard library otherwise): the same checks, the same
+# errors, the same JSON values on the wire. ------------------------------------------------------
+
+#: What callers pass besides plain JSON: moments (aware and naive), decimals (NaN among them),
+#: UUIDs, tuples, sets, and keys that are not strings.
+_rich_values = st.recursive(
+    _plain_values | st.datetimes(timezones=st.none() | st.just(timezone.utc)) | st.dates()
+    | st.decimals(places=3) | st.decimals(allow_nan=True) | st.uuids(),
+    lambda inner: st.lists(inner, max_size=3) | st.lists(inner, max_size=3).map(tuple)
+    | st.frozensets(st.integers(-3, 3), max_size=3)
+    | st.dictionaries(st.text(max_size=4) | st.integers(0, 3), inner, max_size=3),
+    max_leaves=6,
+)
+
+_commands = st.tuples(
+    st.sampled_from([("crm/events", "view"), ("crm/customers", None)]),
+    st.dictionaries(st.text("ab\"é💥", min_size=1, max_size=4), st.text("ab\\é", min_size=1, max_size=4), min_size=1, max_size=2),
+    st.dictionaries(_strings(6), _values | _rich_values, max_size=6),
+    st.floats(min_value=0, max_value=MAX_TIMESTAMP, exclude_max=True),
+)
+
+
+@needs_orjson
+@settings(max_examples=300, deadline=None)
+@given(_commands)
+@example((("crm/events", "view"), {"registered": "a"}, {"big": 2**64, "small": -(2**63) - 1, "top": 2**64 - 1}, 1.0))
+@example((("crm/events", "view"), {"registered": "a"}, {"huge": 10**4299, "nested": [{"x": 2**70}]}, 1.0))
+@example((("crm/events", "view"), {"registered": "a"}, {"nan": float("nan"), "x": 1}, 1.0))
+@example((("crm/events", "view"), {"registered": "a"}, {"lone": ["\ud800"]}, 1.0))
+def test_both_writers_accept_refuse_and_write_the_same_commands(command: Any) -> None:
+    """Checked on the caller (as a copy, or as JSON for a spool), then encoded in the pump, with each
+    writer: the same error naming the same path, or bulk commands of the same JSON value."""
+    (path, kind), ids, properties, timestamp = command
+    outcomes = []
+    for writer in (STDLIB, ORJSON):
+        assert writer is not None
+        with writing_with(writer):
+            copy = _outcome(lambda: capture_properties(properties))
+            text = _outcome(lambda: capture_properties_json(properties))
+            if isinstance(copy, tuple) and isinstance(copy[0], type):
+                outcomes.append((copy, text, None, None))
+                continue
+            encoder = BulkCommandEncoder("token")
+            from_copy = json.loads(encoder.encode((path, ids, kind, copy[0], timestamp, "id-1")))
+            from_text = json.loads(encoder.encode((path, ids, kind, text[0], timestamp, "id-1")))
+            assert from_copy == from_text
+            outcomes.append((copy, text, from_copy, json.loads(text[0])))
+    (copy, text, encoded, parsed), (fast_copy, fast_text, fast_encoded, fast_parsed) = outcomes
+    assert fast_copy == copy  # the checks do not depend on the writer
+    _assert_the_same_json_or_error(fast_text, text)
+    assert fast_encoded == encoded and fast_parsed == parsed
+
+
+@needs_orjson
+def test_orjson_never_sees_what_it_would_write_wrongly() -> None:
+    """orjson writes NaN as null and refuses integers past 64 bits: the checks refuse the one and
+    the standard library writes the other, naming the same paths as without orjson."""
+    assert ORJSON is not None
+    with writing_with(ORJSON):
+        with pytest.raises(ValueError, match=r"properties\['n'\]: float nan is not valid JSON"):
+            capture_properties_json({"a": 1, "n": float("nan")})
+        with pytest.raises(ValueError, match=r"properties\['l'\]\[1\]: float inf is not valid JSON"):
+            capture_properties_json({"l": [1, float("inf")]})
+        with pytest.raises(ValueError, match=r"properties\['at'\] 2026-01-02T00:00:00 has no time zone"):
+            capture_properties_json({"at": datetime(2026, 1, 2)})
+        with pytest.raises(TypeError, match=r"properties: key 1 is int; keys must be strings"):
+            capture_properties_json({1: 2})
+        assert capture_properties_json({"big": 2**64, "n": 1}) == ('{"big":18446744073709551616,"n":1}', 34)
+        cycle: Any = []
+        cycle.append(cycle)
+        with pytest.raises(ValueError, match=r"properties\['c'\]" + r"\[0\]" * 32 + r": nested deeper than 32 levels"):
+            capture_properties_json({"c": cycle})
+        with pytest.raises(TypeError, match=r"properties\['o'\]: object <object object at"):
+            capture_properties_json({"o": object()})
+        copy, _ = capture_properties({"big": [-(2**70)]})
+        encoded = BulkCommandEncoder("token").encode(("crm/events", {"registered": "a"}, "view", copy, 1.0, "id-1"))
+        assert b'"properties":{"big":[-1180591620717411303424]}' in encoded
+
+
+def test_the_standard_library_writes_when_orjson_cannot_be_imported() -> None:
+    """Without orjson (its import blocked), the package imports, checks, and writes with json."""
+    script = """
+import json, sys
+sys.modules["orjson"] = None  # import orjson raises ImportError
+from seven_segments import serialization
+from seven_segments.client import _encode
+assert serialization._WRITER.name == "json" and serialization._FAST_DUMPS is None and serialization._WRITER.fast_dumps is None, serialization._WRITER
+text, size = serialization.capture_properties_json({"a": 1.5, "b": [2 ** 70], "c": "\u00e9"})
+assert (text, size) == ('{"a":1.5,"b":[1180591620717411303424],"c":"\u00e9"}', 46), (text, size)
+copy, _ = serialization.capture_properties({"n": 1})
+body = serialization.BulkCommandEncoder("t").encode(("crm/events", {"registered": "a"}, "view", copy, 1.0, "i"))
+assert json.loads(body)["data"]["properties"] == {"n": 1}
+assert json.loads(_encode({"a": [1, "\u00e9"]})) == {"a": [1, "\u00e9"]}
+try:
+    serialization.capture_properties_json({"x": float("nan")})
+except ValueError as error:
+    assert str(error) == "properties['x']: float nan is not valid JSON", error
+else:
+    raise AssertionError("NaN accepted")
+assert "orjson" not in [name for name in sys.modules if sys.modules[name] is not None]
+print("ok")
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
