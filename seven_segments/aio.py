@@ -36,6 +36,7 @@ from types import TracebackType
 from typing import Any, Awaitable, Callable, Dict, Mapping, Optional, Type, TypeVar
 
 from .context import CustomerContext
+from .health import Health
 from .errors import ClientClosedError
 from ._flush_waiter import FlushWaiter
 from .client import (
@@ -52,6 +53,7 @@ from ._buffered.limits import (
     DEFAULT_MAX_QUEUE_SIZE,
     DEFAULT_SHUTDOWN_TIMEOUT,
     DEFAULT_SPOOL_MAX_BYTES,
+    DEFAULT_STALL_WARNING_AFTER,
 )
 from .process_hooks import keep_signals_off_this_thread, threads_hang_forks_here
 from .network import CertSetting, ProxiesSetting, VerifySetting
@@ -180,6 +182,7 @@ class AsyncSevenSegments(_AsyncBase):
         gzip: bool = True,
         before_send: Optional[BeforeSend] = None,
         enabled: bool = True,
+        stall_warning_after: float = DEFAULT_STALL_WARNING_AFTER,
         max_workers: int = DEFAULT_MAX_WORKERS,
         proxies: ProxiesSetting = None,
         verify: VerifySetting = True,
@@ -209,6 +212,7 @@ class AsyncSevenSegments(_AsyncBase):
             proxies=proxies,
             verify=verify,
             cert=cert,
+            stall_warning_after=stall_warning_after,
         )
         super().__init__(max_workers)
         self._flushes = FlushWaiter(self._client.flush, "seven-segments-aio-flush")
@@ -298,9 +302,13 @@ class AsyncSevenSegments(_AsyncBase):
         finally:
             self._executor.shutdown(wait=False)
 
-    def stats(self) -> Dict[str, int]:
+    def stats(self) -> Dict[str, float]:
         """Counts since the client was made (as ``SevenSegments.stats``; no I/O)."""
         return self._client.stats()
+
+    def health(self) -> Health:
+        """Whether delivery works (as ``SevenSegments.health``; no I/O)."""
+        return self._client.health()
 
 
 class AsyncAuthenticatedSevenSegments(_AsyncBase):

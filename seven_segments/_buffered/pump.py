@@ -33,9 +33,11 @@ from .batching import Batch, fit_to_bytes, fresh_batch_due
 from .ledger import FULL, Ledger
 from .lifecycle import Lifecycle, Phase
 from .limits import Limits
+from .progress import Progress
 from .reporting import NO_REASON, Reporter, refusal_summary
 from .retry import RetryPolicy
 from .sender import Outcome
+from .stall import Say, StallAlarm
 from .window import Window
 
 if TYPE_CHECKING:
@@ -119,6 +121,9 @@ class Pump:
         self._add_secret = add_secret
         self._tokens_seen: Set[str] = {token}
         self.window = Window(limits.max_in_flight)
+        #: How long the oldest command has waited, how the last requests ended; the stall warnings.
+        self.progress = Progress(limits.stall_warning_after)
+        self.stall = StallAlarm(limits.stall_warning_after)
         self._encoder = BulkCommandEncoder(token)
         #: Encoded commands never sent, oldest first; the i-th is numbered ``fresh_head + i``.
         self.fresh: Deque[bytes] = deque()
@@ -189,6 +194,8 @@ class Pump:
             self._read_back_at_close = True
             self._read_back_given_up()
         now = self.clock()
+        if not self.incoming:
+            self.progress.drained_at = now
         if draining and now >= self.close_deadline and not self.empty:
             self.give_up()
             return -1.0
@@ -197,11 +204,12 @@ class Pump:
         self.reporter.drain()
         if draining and self.empty and not self.incoming and not self._reading_back:
             return -1.0
+        look = self.look_at_progress(now)
         if self.incoming and self._reading is not Reading.DEAD_WRITERS:
             return 0.0  # more to take than one step takes
         if self._reading is not Reading.NOTHING and self._room_to_replay():
             return 0.0  # more to read from the spool (read back after an outage, since this step began)
-        return self.sleep_for(now, draining)
+        return min(look, self.sleep_for(now, draining))
 
     @property
     def empty(self) -> bool:
@@ -236,7 +244,7 @@ class Pump:
         was_empty = not fresh
         taken = 0
         added = 0
-        seq = self.seq
+        seq = first = self.seq
         popleft = incoming.popleft
         append = fresh.append
         for _ in range(TAKE_PER_STEP):  # bounded, so that answers and drops are seen between takes
@@ -290,6 +298,7 @@ class Pump:
             with self.ledger.lock:
                 self.ledger.taken += taken
             self.held += taken
+            self.progress.taken(first + 1, self.clock())
             if self.spool is not None:
                 self._prepare_spool()
         if was_empty and fresh:
@@ -358,6 +367,7 @@ class Pump:
                 logger.exception("seven_segments: reading the spool failed; what is left stays on disk")
                 self._end_reading()
                 break
+            self.progress.taken(self.seq + 1, self.clock())
             if not fresh:
                 self.fresh_head = self.seq + 1
                 self._oldest_at = self.clock()
@@ -451,6 +461,7 @@ class Pump:
             text = f"the queue is full ({limits.max_queue_size} commands or {limits.max_queue_bytes} bytes)"
         else:
             text = "the client is closed"
+        self.progress.dropped_at = self.clock()
         self.reporter.dropped(len(commands) + not_kept, text)
         self.reporter.failed(QueueFull(f"{len(commands) + not_kept} commands dropped: {text}"), commands)
 
@@ -522,8 +533,11 @@ class Pump:
                 continue  # a closer gave up on it and counted it
             now = self.clock()
             if verdict is not None:
+                self.progress.answered()
                 self._answered(batch, verdict, now)
-            elif isinstance(error, TransientError):
+                continue
+            self.progress.failed(self._scrub(error.reason if isinstance(error, TransientError) else str(error)))
+            if isinstance(error, TransientError):
                 self._transient(batch, error, now)
             elif isinstance(error, InvalidRequest) and error.status in (400, 413) and len(batch) > 1:
                 # Too large, or malformed as a whole (400: one bad command makes the body bad): halves,
@@ -619,6 +633,7 @@ class Pump:
         ``on_error``: they are not lost."""
         if not seqs:
             return
+        self.progress.let_go(seqs)
         self.ledger.count_kept(len(seqs))
         self._release(len(seqs), sum(map(len, payloads)))
         given_up = self._given_up
@@ -732,6 +747,54 @@ class Pump:
         if self.ledger.in_flight:
             first = min(first, self.ledger.first_in_flight())
         return first
+
+    def oldest_pending(self, now: float) -> float:
+        """Seconds the oldest command not delivered yet has waited (0 when none); from any thread."""
+        incoming = self.incoming
+        waiting = len(incoming) - self.ledger.tickets_queued
+        head = None
+        if waiting > 0:
+            try:
+                head = incoming[0]
+            except IndexError:
+                waiting = 0
+        return self.progress.oldest_age(now, self.held, waiting, head)
+
+    def waiting(self) -> int:
+        """Commands not delivered yet: held here, queued, and let go of into the spool in an outage."""
+        return self.held + max(0, len(self.incoming) - self.ledger.tickets_queued) + self.ledger.kept
+
+    def look_at_progress(self, now: float) -> float:
+        """Forget the marks of what settled; warn when delivery stalls or resumes (see ``StallAlarm``).
+        Returns how long the pump may sleep before it must look again."""
+        progress = self.progress
+        if progress.let_go_since < math.inf and not self._given_up and not self._reading_back:
+            progress.let_go_since = math.inf
+        progress.settled_before(self.first_unsettled() if self.held else math.inf)
+        age = self.oldest_pending(now)
+        said = self.stall.look(now, age)
+        if said is not None:
+            self._say_stall(said, now, age)
+        return self.stall.next_look(now, age)
+
+    def _say_stall(self, said: Say, now: float, age: float) -> None:
+        if said is Say.RESUMED:
+            logger.warning(
+                "seven_segments: delivery resumed after a stall of %.1f s; %d commands wait, the oldest for %.1f s",
+                now - self.stall.since,
+                self.waiting(),
+                age,
+            )
+            return
+        logger.warning(
+            "seven_segments: delivery is %sstalled: %d commands wait, the oldest for %.1f s (stall_warning_after=%g s);"
+            " last error: %s",
+            "still " if said is Say.STILL else "",
+            self.waiting(),
+            age,
+            self.limits.stall_warning_after,
+            self.progress.last_error or "none (no request failed)",
+        )
 
     def settle_tickets(self) -> None:
         """Answer the flushes whose commands all settled. Commands let go of in an outage were queued
