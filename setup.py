@@ -67,6 +67,9 @@ setup(
             "trustme>=1.0", "proxy.py>=2.4",
         ],
         "dev": ["mypy>=1.8", "types-requests", "ruff", "build"],
+        # seven_segments.metrics: instrument() and register_prometheus() import these only when called
+        "otel": ["opentelemetry-api>=1.12"],
+        "prometheus": ["prometheus-client>=0.12"],
     },
     entry_points={
         "console_scripts": ["seven-segments=seven_segments.cli:main"],

@@ -644,8 +644,10 @@ class SevenSegments(_ApiClient, CustomerChoice):
         """Counts since the client was made: queued, sent, retried, failed, unconfirmed (in flight when a
         close gave up: perhaps applied), dropped (``dropped_queue_full`` + ``dropped_closed``), batches,
         in_flight, pending, filtered (dropped by ``before_send`` returning ``None``) and discarded (by a
-        disabled client); and ``oldest_pending_seconds``, how long the oldest command not delivered
-        yet has waited (0 when none). The keys are the same in both modes.
+        disabled client); ``pending_bytes`` (the memory the pending commands take, as ``max_queue_bytes``
+        counts it), ``spool_bytes`` (the size of the spool's files) and ``oldest_pending_seconds`` (how
+        long the oldest command not delivered yet has waited; 0 when none). The keys are the same in
+        both modes.
 
         ``failed`` includes the commands ``before_send`` failed on. A blocking client counts each
         ``track``/``update`` that the server accepted as sent, each that raised as failed, and each
@@ -657,7 +659,7 @@ class SevenSegments(_ApiClient, CustomerChoice):
                 "queued": 0, "sent": self._sent.value, "retried": self._retried.value, "failed": self._failed.value,
                 "unconfirmed": 0, "dropped": 0, "dropped_queue_full": 0, "dropped_closed": 0,
                 "replayed": 0, "not_spooled": 0, "kept_in_spool": 0, "batches": 0, "in_flight": 0, "pending": 0,
-                "oldest_pending_seconds": 0.0,
+                "pending_bytes": 0, "spool_bytes": 0, "oldest_pending_seconds": 0.0,
             }
         else:
             stats = self._worker.stats()

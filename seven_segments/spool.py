@@ -649,6 +649,11 @@ class Spool:
         """The target written in this spool's segments ("" when made without one)."""
         return self._target
 
+    @property
+    def bytes_held(self) -> int:
+        """The size of the files this spool holds now (read without its lock: for metrics)."""
+        return self._kept_bytes
+
     def target_of(self, name: str) -> str:
         """The target a segment of this spool (by the name in its records) was written for: this
         spool's own, or the one a dead writer's file says ("" when it says none)."""

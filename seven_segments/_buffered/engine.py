@@ -260,10 +260,14 @@ class Core:
             )
 
     def stats(self) -> Dict[str, float]:
-        """Counts since the client was made (see ``Ledger.snapshot``), and ``oldest_pending_seconds``."""
+        """Counts since the client was made (see ``Ledger.snapshot``); the memory (as ``max_queue_bytes``
+        counts it) and spool bytes held; ``oldest_pending_seconds``."""
         waiting = len(self.incoming) - self.ledger.tickets_queued
         stats: Dict[str, float] = dict(self.ledger.snapshot(max(0, waiting)))
-        stats["oldest_pending_seconds"] = self.pump.oldest_pending(self.clock())
+        pump = self.pump
+        stats["pending_bytes"] = pump.held_bytes + max(0, waiting) * RAW_COMMAND_COST + pump.large_raw_bytes
+        stats["spool_bytes"] = 0 if self.spool is None else self.spool.bytes_held
+        stats["oldest_pending_seconds"] = pump.oldest_pending(self.clock())
         return stats
 
     def figures(self) -> Figures:
