@@ -110,7 +110,7 @@ def _judge(figures: Figures) -> Tuple[Status, str]:
         return "degraded", f"the queue is {figures.queue_fill:.0%} full"
     if figures.requests_failed_in_a_row or figures.retrying:
         failed = figures.requests_failed_in_a_row
-        what = f"the last {failed} request{'s' if failed > 1 else ''} failed" if failed else "a request failed"
+        what = "a request failed" if not failed else "the last request failed" if failed == 1 else f"the last {failed} requests failed"
         return "degraded", f"retrying: {what}; {figures.retrying} commands wait to be sent again{last}"
     if figures.pending:
         return "ok", f"delivering: {figures.pending} commands pending, the oldest for {_age(figures.oldest_pending_seconds)}"
