@@ -105,10 +105,13 @@ def _tracking_client(client: Any, where: str) -> "SevenSegments":
     return sync
 
 
-def _name_of(client: "SevenSegments", name: Optional[str], where: str) -> str:
-    """The client's name in every view: ``name``, the one it already has, or its host[:port] made unique."""
+def _check_name(name: Optional[str], where: str) -> None:
     if name is not None and (not isinstance(name, str) or not name.strip()):
         raise ValueError(f"{where}: name must be a non-empty string, not {name!r}")
+
+
+def _name_of(client: "SevenSegments", name: Optional[str], where: str) -> str:
+    """The client's name in every view: ``name``, the one it already has, or its host[:port] made unique."""
     with _names_lock:
         known = _names.get(client)
         if known is not None:
@@ -178,6 +181,7 @@ def instrument(client: Any, meter_provider: Any = None, *, name: Optional[str] =
     extra). Idempotent for one client and provider."""
     where = "seven_segments.metrics.instrument"
     tracked = _tracking_client(client, where)
+    _check_name(name, where)
     try:
         from opentelemetry import metrics as otel_metrics
     except ImportError:
@@ -251,6 +255,7 @@ def register_prometheus(client: Any, registry: Any = None, *, name: Optional[str
     ``[prometheus]`` extra). Idempotent for one client and registry."""
     where = "seven_segments.metrics.register_prometheus"
     tracked = _tracking_client(client, where)
+    _check_name(name, where)
     try:
         import prometheus_client
     except ImportError:
