@@ -775,6 +775,8 @@ class Pump:
         said = self.stall.look(now, age)
         if said is not None:
             self._say_stall(said, now, age)
+        if not self.held and not self.incoming:
+            return math.inf  # only commands let go of into the spool wait: they need no pump awake
         return self.stall.next_look(now, age)
 
     def _say_stall(self, said: Say, now: float, age: float) -> None:
