@@ -248,3 +248,26 @@ def test_an_attempt_interrupted_by_a_base_exception_hands_its_batch_back(
         assert interrupted.is_set() and client.stats()["sent"] == 3 and client.stats()["retried"] == 3
     finally:
         client.close()
+
+
+def test_commands_behind_a_worker_stuck_in_on_error_show_their_age(fresh: LocalServer) -> None:
+    release = threading.Event()
+    fresh.faults.command_results(1, "error")  # the first command is refused: on_error is called, and hangs
+    client = SevenSegments(
+        TOKEN, "u", target=fresh.url, buffered=True, flush_interval=0.01, stall_warning_after=0.3,
+        on_error=lambda error, commands: release.wait(10),
+    )
+    try:
+        client.track("view")
+        assert wait_until(lambda: client.stats()["failed"] == 1)
+        for n in range(4):  # queued behind the stuck worker, never taken
+            client.track("view", {"n": n})
+        assert wait_until(lambda: client.health().status == "failing", timeout=10)
+        health = client.health()
+        assert health.oldest_pending_seconds > 0.3 and health.pending == 4 and "stalled" in health.reason
+        release.set()
+        client.flush(10)
+        assert client.stats()["oldest_pending_seconds"] == 0.0 and client.stats()["sent"] == 4
+    finally:
+        release.set()
+        client.close()
