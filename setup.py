@@ -65,6 +65,8 @@ setup(
             "uvicorn>=0.20", 'gunicorn>=21; sys_platform != "win32"',
             # network tests (tests/test_network.py): certificates made for the test, a real HTTP proxy
             "trustme>=1.0", "proxy.py>=2.4",
+            # seven_segments.metrics with the real SDKs (tests/test_metrics.py skips what is missing)
+            "opentelemetry-sdk>=1.12", "prometheus-client>=0.12",
         ],
         "dev": ["mypy>=1.8", "types-requests", "ruff", "build"],
         # seven_segments.metrics: instrument() and register_prometheus() import these only when called

@@ -216,3 +216,19 @@ print('ok')
     assert plain.stdout.strip() == "[]", plain.stderr
     blocked = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert blocked.stdout.strip() == "ok", blocked.stderr
+
+
+def test_an_asyncio_client_is_published_too(fresh: LocalServer) -> None:
+    pytest.importorskip("prometheus_client")
+    from prometheus_client import CollectorRegistry
+
+    from seven_segments import AsyncSevenSegments
+
+    registry = CollectorRegistry()
+    client = AsyncSevenSegments(TOKEN, "u", target=fresh.url, stall_warning_after=60)
+    metrics.register_prometheus(client, registry, name="async")
+    client.track("view")
+    assert client.sync.flush(10)
+    assert _prometheus_values(registry)[("seven_segments_commands_delivered_total", "async", "")] == 1
+    assert client.health().status == "ok"
+    client.sync.close()
