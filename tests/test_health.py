@@ -271,3 +271,32 @@ def test_commands_behind_a_worker_stuck_in_on_error_show_their_age(fresh: LocalS
     finally:
         release.set()
         client.close()
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_watchdog_thread_that_died_is_started_again_by_the_next_attempt(caplog: pytest.LogCaptureFixture) -> None:
+    from seven_segments.watchdog import Watchdog
+
+    ticks: List[float] = []
+
+    def clock() -> float:
+        ticks.append(1.0)
+        if len(ticks) == 1:  # the watchdog thread's first look: an exception kills it
+            raise RuntimeError("killed")
+        return time.monotonic()
+
+    watchdog = Watchdog(clock=clock)
+    caplog.set_level(logging.ERROR, logger="seven_segments")
+    first = watchdog.begin(time.monotonic() + 60)
+    assert watchdog._thread is not None
+    dead = watchdog._thread
+    dead.join(5)
+    assert not dead.is_alive()
+    watchdog.end(first)
+    second = watchdog.begin(time.monotonic() + 0.05)
+    assert watchdog._thread is not None and watchdog._thread is not dead and watchdog._thread.is_alive()
+    assert wait_until(lambda: second.expired, timeout=5)  # watched again: its deadline is kept
+    watchdog.end(second)
+    assert [r.getMessage() for r in caplog.records if "watchdog" in r.getMessage()] == [
+        "seven_segments watchdog: its thread stopped unexpectedly; started again"
+    ]
