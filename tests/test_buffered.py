@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from typing import Any, Dict, List
@@ -268,7 +269,8 @@ def test_a_full_queue_drops_counts_and_reports(server: LocalServer, caplog: Any)
     assert len(server.events()) == 10
     dropped = [command for error, commands in reports if isinstance(error, QueueFull) for command in commands]
     assert [command["data"]["properties"]["n"] for command in dropped] == list(range(9, 30))
-    assert "dropped 21 commands" in caplog.text
+    # One warning, or more when the pump woke to report the first drops while the caller still tracked
+    assert sum(int(count) for count in re.findall(r"dropped (\d+) commands: the queue is full", caplog.text)) == 21
 
 
 def test_on_error_exceptions_are_caught(server: LocalServer, caplog: Any) -> None:
