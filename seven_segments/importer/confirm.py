@@ -18,6 +18,7 @@ from collections import deque
 from typing import Any, Callable, Deque, Dict, List, NamedTuple, Optional, Tuple
 
 from ..errors import AuthenticationError, InvalidRequest, SevenSegmentsError
+from ..process_hooks import keep_signals_off_this_thread
 from .state import Checkpoint, StateFiles
 
 __all__ = ["Mark", "Confirmer", "Rejected"]
@@ -130,13 +131,15 @@ class Confirmer:
         self._thread = threading.Thread(target=self._run, name="seven-segments-import-confirm", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
-        """Let the thread end after its round (the caller then runs the last round itself)."""
+    def stop(self, wait: bool = True) -> None:
+        """Let the thread end after its round (the caller then runs the last round itself); with
+        ``wait=False`` (interrupted), do not wait for that round: whatever it saves is true still."""
         self._stop.set()
-        if self._thread is not None:
+        if wait and self._thread is not None:
             self._thread.join()
 
     def _run(self) -> None:
+        keep_signals_off_this_thread()
         while not self._stop.wait(self._interval):
             if self.mark.line > self.checkpoint.line and not self.failed:
                 self.confirm(finished=False)

@@ -40,6 +40,9 @@ UPDATE_KEYS = frozenset(("update", "customer", "timestamp", "command_id"))
 #: CSV columns that are not properties.
 CSV_FIELDS = ("type", "customer", "timestamp", "command_id")
 CSV_ID_PREFIX = "customer."
+#: ``json.loads`` of text without its checks of the argument's type and encoding.
+_decode = json.JSONDecoder().decode
+_BOM = b"\xef\xbb\xbf"
 
 
 class LineError(ValueError):
@@ -86,10 +89,12 @@ def _describe_keys(keys: Any) -> str:
 def parse_json_line(raw: bytes) -> Call:
     """The call one JSON Lines line asks for; ``LineError`` (a ``ValueError``) when it is none."""
     try:
-        line = json.loads(raw)
+        line = _decode(raw.decode())
     except UnicodeDecodeError:
         raise LineError("the line is not valid UTF-8") from None
     except ValueError as error:
+        if raw.startswith(_BOM):  # a byte order mark before the first line
+            return parse_json_line(raw[len(_BOM):])
         raise LineError(f"the line is not JSON: {error}") from None
     if type(line) is not dict:
         raise LineError(f"the line must be a JSON object, not {type(line).__name__}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import sys
 import threading
@@ -174,8 +175,16 @@ class ImportJob:
                 "standard input (-) needs --source-id NAME: it names the input's lines in their command ids, so "
                 "that a second run skips what the first delivered"
             )
+        try:
+            return self._open_and_run()
+        finally:
+            if self._state is not None:
+                self._state.rejects.close()
+                self._state.unlock()
+
+    def _open_and_run(self) -> int:
         prefix = "dry-run"
-        if not options.dry_run:
+        if not self.options.dry_run:
             found = self._prepare_state()
             if found is None:
                 return self._already_done()
@@ -193,9 +202,6 @@ class ImportJob:
             return self._run(source, prefix)
         finally:
             source.close()
-            if self._state is not None:
-                self._state.rejects.close()
-                self._state.unlock()
 
     def _already_done(self) -> int:
         checkpoint = self._checkpoint
@@ -209,6 +215,7 @@ class ImportJob:
         start = self._checkpoint.line
         progress = Progress(self._label, source.size, source.position, self.options.progress_interval,
                             stream=self.err, dry_run=self.options.dry_run, start_line=start)
+        progress.update(self._current(Mark(start, 0, 0, 0)))  # the counts the run starts from
         confirmer = self._confirmer
         if confirmer is not None:
             confirmer.start()
@@ -221,9 +228,9 @@ class ImportJob:
             interrupted = False
         finally:
             if confirmer is not None:
-                confirmer.stop()
+                confirmer.stop(wait=not interrupted)
                 if interrupted:
-                    self._client.close(timeout=1.0)
+                    self._close_interrupted(confirmer)
         if confirmer is not None:
             finished = self.stopped is None and not confirmer.failed
             confirmer.confirm(finished=finished)
@@ -237,6 +244,18 @@ class ImportJob:
         if self.stopped is not None:
             return EXIT_NOT_ALL_ARRIVED
         return EXIT_OK if self.counts.rejected == 0 else EXIT_NOT_ALL_ARRIVED
+
+    def _close_interrupted(self, confirmer: Confirmer) -> None:
+        """Stop sending at once: what is not confirmed is sent again by the next run, so the client's
+        warning that it was "lost" would mislead."""
+        library = logging.getLogger("seven_segments")
+        level = library.level
+        library.setLevel(logging.CRITICAL)
+        try:
+            self._client.close(timeout=1.0)
+        finally:
+            library.setLevel(level)
+        self.err.write(f"import: {self._label}: the next run resumes after line {confirmer.checkpoint.line}\n")
 
     def _current(self, mark: Mark) -> Counts:
         """The counts of the input: what the checkpoint counted before this run, and this run's."""

@@ -41,6 +41,8 @@ class Progress:
         stream: IO[str] = sys.stderr, dry_run: bool = False, start_line: int = 0,
     ) -> None:
         self._start_line = start_line
+        self._start_accepted = -1
+        self._start_delivered = 0
         self._label = label
         self._size = size
         self._position = position
@@ -65,6 +67,9 @@ class Progress:
 
     def update(self, counts: Counts, force: bool = False) -> None:
         """Show ``counts`` if it is time to."""
+        if self._start_accepted < 0:  # the first counts are those the run started with
+            self._start_accepted = counts.accepted
+            self._start_delivered = counts.delivered
         now = time.monotonic()
         if now < self._next_check and not force:
             return
@@ -91,11 +96,14 @@ class Progress:
         elapsed = max(now - self._started, 1e-9)
         read = counts.read - self._start_line
         text = f", {read / elapsed:,.0f} lines/s" if read > 0 else ""
-        if position is not None and self._size:
-            done = position - self._first_position
-            left = self._size - position
-            if done > 0:
-                text += f", {100.0 * position / self._size:.0f}%, about {_duration(elapsed * left / done)} left"
+        if position is not None and self._size and self._size > self._first_position:
+            # The share of this run's work done: bytes read, discounted by what is not delivered yet.
+            share = (position - self._first_position) / (self._size - self._first_position)
+            if not self._dry_run:
+                accepted = counts.accepted - self._start_accepted
+                share *= (counts.delivered - self._start_delivered) / accepted if accepted > 0 else 1.0
+            if share > 0:
+                text += f", {100.0 * position / self._size:.0f}% read, about {_duration(elapsed * (1 - share) / share)} left"
         return text
 
     def close(self) -> None:
