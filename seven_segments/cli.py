@@ -6,7 +6,8 @@ a process that SIGPIPE ended) when the reader of the output closed the pipe earl
 
 The company token comes from the ``COMPANY_TOKEN`` positional or, when that is left out, from
 ``$SEVEN_SEGMENTS_TOKEN`` (which keeps it out of the process list); the password of ``export`` only
-from ``$SEVEN_SEGMENTS_PASSWORD`` or a prompt.
+from ``$SEVEN_SEGMENTS_PASSWORD`` or a prompt. ``import`` (see ``importer``) takes the token from
+``$SEVEN_SEGMENTS_TOKEN`` only, and exits 1 when a line was rejected or not delivered.
 """
 
 from __future__ import annotations

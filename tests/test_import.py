@@ -65,13 +65,16 @@ def test_bad_lines_are_rejected_counted_and_written_to_the_rejects_file(
         "",                                                                 # 10: blank
         {"update": {"plan": "gold"}, "customer": "c11", "timestamp": "2023-11-14T22:13:20Z"},
         event(12, command_id="order-12"),
+        json.dumps(event(13, properties={"huge": "y" * (5 << 20)})),         # 13: longer than any command
+        event(14),
     ])
     assert run_import(str(source), "--target", fresh.url) == 1
     out, err = capsys.readouterr()
-    assert "12 lines, 3 delivered, 8 rejected, 1 blank" in out
+    assert "14 lines, 4 delivered, 9 rejected, 1 blank" in out
     rejects = rejects_of(source)
     reasons = {entry["line"]: entry["reason"] for entry in rejects}
-    assert sorted(reasons) == [1, 3, 4, 5, 6, 7, 8, 9]
+    assert sorted(reasons) == [1, 3, 4, 5, 6, 7, 8, 9, 13]
+    assert "longer than 4194304 bytes" in reasons[13]
     assert reasons[1].startswith("refused by the API")
     assert rejects[-1]["line"] == 1 and rejects[-1]["command"]["data"]["command_id"] == f"{id_prefix(_identity(source))}-1"
     assert "not JSON" in reasons[3]
@@ -86,13 +89,13 @@ def test_bad_lines_are_rejected_counted_and_written_to_the_rejects_file(
     for line in (3, 5, 6):
         assert f"{source}:{line}: " in err
     assert TOKEN not in err + out + Path(str(source) + ".import-rejects.jsonl").read_text()
-    assert [e["properties"]["n"] for e in fresh.events()] == [2, 12]
+    assert [e["properties"]["n"] for e in fresh.events()] == [2, 12, 14]
     assert fresh.events()[1]["command_id"] == "order-12"
     assert fresh.customer("c11") == {"plan": "gold"}
     # Run again: the checkpoint says it is done; the exit status still says not everything arrived.
     assert run_import(str(source), "--target", fresh.url) == 1
     assert "imported already" in capsys.readouterr().out
-    assert len(fresh.events()) == 2
+    assert len(fresh.events()) == 3
 
 
 def _identity(path: Path) -> str:
@@ -199,3 +202,32 @@ def test_json_line_shapes() -> None:
     ]:
         with pytest.raises(LineError, match=words):
             parse_json_line(bad)
+
+
+def test_an_unreachable_api_stops_the_import_and_the_next_run_delivers_everything(
+    tmp_path: Path, fresh: LocalServer, dead_url: str, token: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = write_lines(tmp_path / "later.jsonl", [event(i) for i in range(1, 2001)])
+    assert run_import(str(source), "--target", dead_url, "--retry-deadline", "0.2", "--timeout", "1") == 1
+    out = capsys.readouterr().out
+    assert "stopped: line 1 and others were not delivered (ServiceUnavailable" in out
+    assert not Path(str(source) + ".import-rejects.jsonl").exists()  # not delivered is not rejected
+    assert run_import(str(source), "--target", fresh.url) == 0
+    assert fresh.stats()["events"] == 2000
+
+
+def test_refusals_are_matched_to_their_lines_by_command_id(tmp_path: Path) -> None:
+    from seven_segments.errors import InvalidRequest, ServiceUnavailable
+    from seven_segments.importer.confirm import Confirmer
+    from seven_segments.importer.state import Checkpoint, StateFiles
+
+    rejected: List[Any] = []
+    confirmer = Confirmer(None, StateFiles(str(tmp_path / "x")), Checkpoint("source:x"), "abc",
+                          lambda line, reason, details: rejected.append((line, reason)), 1.0)
+    confirmer.own_id(7, "order-7")
+    commands = [{"name": "crm/events", "data": {"command_id": cid}} for cid in ("abc-3", "order-7")]
+    confirmer.on_error(InvalidRequest("bulk: 2 commands were refused", status=200, errors=["bad a", "bad b"]), commands)
+    assert rejected == [(3, "refused by the API: bad a"), (7, "refused by the API: bad b")]
+    assert confirmer.refused == 2 and not confirmer.failed
+    confirmer.on_error(ServiceUnavailable("bulk: gave up"), [{"name": "crm/events", "data": {"command_id": "abc-9"}}])
+    assert confirmer.failure is not None and confirmer.failure[0] == 9

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import itertools
+import functools
 import logging
 import os
 import sys
@@ -28,9 +28,26 @@ SHOWN_REJECTS = 20
 _EVERY = 1024
 #: The commands queued and not yet delivered stay under this many per request in flight.
 WINDOW_PER_REQUEST = 2000
+#: A JSON line longer than this is refused unread (a command takes at most 100 KiB as the API counts
+#: it; escapes and spaces may make its line longer, never this much).
+MAX_LINE = 4 << 20
 #: The token of a dry run without ``$SEVEN_SEGMENTS_TOKEN``: it is never sent; only its length counts
 #: (a command's size includes it), that of the usual UUID.
 _DRY_RUN_TOKEN = "00000000-0000-0000-0000-000000000000"
+
+
+def _skip_lines(stream: IO[bytes], count: int) -> int:
+    """Read past ``count`` lines (each in pieces of bounded size); how many there were."""
+    skipped = 0
+    while skipped < count:
+        piece = stream.readline(MAX_LINE)
+        if not piece:
+            break
+        if piece.endswith(b"\n"):
+            skipped += 1
+        elif len(piece) < MAX_LINE:  # the last line, without a newline
+            return skipped + 1
+    return skipped
 
 
 def _as_it_is(text: str) -> str:
@@ -303,11 +320,13 @@ class ImportJob:
 
     def _queue_json_lines(self, source: Source, start: int, prefix: str, progress: Progress) -> Mark:
         """Read, check and queue the lines after ``start``; the mark after the last one."""
-        lines: Iterable[bytes] = source.stream
+        stream = source.stream
         if start:
-            skipped = sum(1 for _ in itertools.islice(lines, start))
+            skipped = _skip_lines(stream, start)
             if skipped < start:
                 return self._shorter(skipped)
+        # Read at most MAX_LINE bytes at a time, so that a line of any length takes bounded memory.
+        lines: Iterable[bytes] = iter(functools.partial(stream.readline, MAX_LINE), b"")
         client = self._client
         track, update = client.track, client.update
         own = self._confirmer.own_id if self._confirmer is not None else None
@@ -336,6 +355,10 @@ class ImportJob:
                     blank += 1
                 else:
                     rejected += 1
+                    if len(raw) == MAX_LINE and not raw.endswith(b"\n"):
+                        _skip_lines(stream, 1)  # the rest of the line
+                        error = LineError(f"the line is longer than {MAX_LINE} bytes: no command is that large")
+                        raw = raw[:1000] + b"..."
                     reject(number, str(error), {"text": raw.decode("utf-8", "replace").rstrip("\r\n")})
                     if self._too_many(rejected):
                         break
