@@ -85,7 +85,7 @@ def test_bad_lines_are_rejected_counted_and_written_to_the_rejects_file(
     assert "customer" in reasons[8]
     assert "'timestmap'" in reasons[9]
     assert all(entry["file"] == str(source) for entry in rejects)
-    assert [e for e in rejects if e["line"] == 9][0]["text"] == json.dumps({"type": "purchase", "customer": "c9", "timestmap": T0})
+    assert next(e for e in rejects if e["line"] == 9)["text"] == json.dumps({"type": "purchase", "customer": "c9", "timestmap": T0})
     for line in (3, 5, 6):
         assert f"{source}:{line}: " in err
     assert TOKEN not in err + out + Path(str(source) + ".import-rejects.jsonl").read_text()

@@ -56,7 +56,10 @@ def test_import_killed_twice_delivers_every_line_exactly_once(tmp_path: Path) ->
         confirmed: List[int] = []
         for point in kill_points:
             process = start_import(source, server.url)
-            assert wait_until(lambda: server.stats()["events"] >= point or process.poll() is not None, timeout=120)
+            assert wait_until(
+                lambda point=point, process=process: server.stats()["events"] >= point or process.poll() is not None,
+                timeout=120,
+            )
             assert process.poll() is None, process.communicate()
             process.send_signal(signal.SIGKILL)
             process.communicate()

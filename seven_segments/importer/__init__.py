@@ -14,7 +14,8 @@ import os
 import sys
 
 from .formats import FORMATS
-from .job import Options, UsageProblem, run as run_options
+from .job import Options, UsageProblem
+from .job import run as run_options
 
 __all__ = ["add_arguments", "run", "UsageProblem"]
 

@@ -8,7 +8,17 @@ import os
 import sys
 import threading
 import time
-from typing import IO, Any, Callable, Dict, Iterable, List, NamedTuple, NoReturn, Optional
+from typing import (
+    IO,
+    Any,
+    Callable,
+    Dict,
+    Iterable,
+    List,
+    NamedTuple,
+    NoReturn,
+    Optional,
+)
 
 from .confirm import Confirmer, Mark
 from .formats import CSV, JSON_LINES, CsvRows, LineError, parse_json_line
@@ -355,11 +365,12 @@ class ImportJob:
                     blank += 1
                 else:
                     rejected += 1
+                    reason = str(error)
                     if len(raw) == MAX_LINE and not raw.endswith(b"\n"):
                         _skip_lines(stream, 1)  # the rest of the line
-                        error = LineError(f"the line is longer than {MAX_LINE} bytes: no command is that large")
+                        reason = f"the line is longer than {MAX_LINE} bytes: no command is that large"
                         raw = raw[:1000] + b"..."
-                    reject(number, str(error), {"text": raw.decode("utf-8", "replace").rstrip("\r\n")})
+                    reject(number, reason, {"text": raw.decode("utf-8", "replace").rstrip("\r\n")})
                     if self._too_many(rejected):
                         break
             if not number % _EVERY and not self._look(Mark(number, accepted, rejected, blank), progress):
@@ -435,7 +446,9 @@ class ImportJob:
             text += f"; {seconds:.1f} s, {read / seconds:,.0f} lines/s"
         self.out.write(text + "\n")
         if self.stopped is not None:
-            self.out.write(f"{self._label}: stopped: {self.stopped}; run the same command again to resume\n")
+            advice = ("raise --max-errors (or fix the input) and run again to resume" if "--max-errors" in self.stopped
+                      else "run the same command again to resume")
+            self.out.write(f"{self._label}: stopped: {self.stopped}; {advice}\n")
 
 
 def run(options: Options, token: Optional[str], out: IO[str] = sys.stdout, err: IO[str] = sys.stderr) -> int:
