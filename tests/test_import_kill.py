@@ -43,6 +43,14 @@ def start_import(path: Path, url: str) -> "subprocess.Popen[bytes]":
     )
 
 
+def confirmed_line(checkpoint: Path) -> int:
+    """The last line the checkpoint confirms (0 before there is one); it is replaced atomically."""
+    try:
+        return int(json.loads(checkpoint.read_text())["confirmed_line"])
+    except FileNotFoundError:
+        return 0
+
+
 @pytest.mark.timeout(300)
 def test_import_killed_twice_delivers_every_line_exactly_once(tmp_path: Path) -> None:
     source = tmp_path / "events.jsonl"
@@ -51,20 +59,23 @@ def test_import_killed_twice_delivers_every_line_exactly_once(tmp_path: Path) ->
     checkpoint = Path(str(source) + ".import-checkpoint.json")
     with LocalServer(counting_only=True) as server:
         # Failing, dropped (before and after applying), rate-limited requests, and commands answered "retry".
-        server.faults.random(rate=0.05, retry_after=0)
+        server.faults.random(rate=0.1, retry_after=0)
         kill_points: List[int] = sorted(rng.sample(range(LINES * 3 // 10, LINES * 8 // 10), 2))
         confirmed: List[int] = []
         for point in kill_points:
             process = start_import(source, server.url)
+            # Killed past a random number of events and once its checkpoint moved (so that resuming shows).
+            previous = confirmed[-1] if confirmed else 0
             assert wait_until(
-                lambda point=point, process=process: server.stats()["events"] >= point or process.poll() is not None,
+                lambda point=point, process=process, previous=previous: process.poll() is not None or (
+                    server.stats()["events"] >= point and confirmed_line(checkpoint) > previous),
                 timeout=120,
             )
             assert process.poll() is None, process.communicate()
             process.send_signal(signal.SIGKILL)
             process.communicate()
             assert process.returncode == -signal.SIGKILL
-            confirmed.append(json.loads(checkpoint.read_text())["confirmed_line"] if checkpoint.exists() else 0)
+            confirmed.append(confirmed_line(checkpoint))
         process = start_import(source, server.url)
         out, err = process.communicate(timeout=240)
         assert process.returncode == 0, (out, err)
@@ -73,8 +84,7 @@ def test_import_killed_twice_delivers_every_line_exactly_once(tmp_path: Path) ->
         assert stats["faults_injected"] > 0
         assert b"%d lines, %d delivered, 0 rejected" % (LINES, LINES) in out
         assert json.loads(checkpoint.read_text())["finished"] is True
-        # Each run resumed where the previous one's checkpoint stood, not from the start.
-        assert confirmed[1] >= confirmed[0] and confirmed[1] > 0
+        assert 0 < confirmed[0] < confirmed[1] < LINES
         resent = stats["commands"]["ok"] - LINES
         print(f"kills at {kill_points}, checkpoints at {confirmed}, {stats['duplicates']} duplicates "
               f"({resent} commands acknowledged twice), {stats['faults_injected']} faults")

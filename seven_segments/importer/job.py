@@ -2,27 +2,17 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import sys
 import threading
 import time
-from typing import (
-    IO,
-    Any,
-    Callable,
-    Dict,
-    Iterable,
-    List,
-    NamedTuple,
-    NoReturn,
-    Optional,
-)
+from typing import IO, Any, Callable, Dict, List, NamedTuple, Optional
 
 from .confirm import Confirmer, Mark
-from .formats import CSV, JSON_LINES, CsvRows, LineError, parse_json_line
+from .formats import CSV, JSON_LINES, CsvRows, LineError
 from .progress import Counts, Progress
+from .reading import LineQueuer, ShortInput
 from .sources import STDIN, Source, file_identity, id_prefix
 from .state import Checkpoint, StateError, StateFiles
 
@@ -34,30 +24,11 @@ EXIT_NOT_ALL_ARRIVED = 1
 
 #: Rejects shown on standard error per input (all of them go to the rejects file).
 SHOWN_REJECTS = 20
-#: Lines between two looks at the queue, the progress and the stop conditions.
-_EVERY = 1024
 #: The commands queued and not yet delivered stay under this many per request in flight.
 WINDOW_PER_REQUEST = 2000
-#: A JSON line longer than this is refused unread (a command takes at most 100 KiB as the API counts
-#: it; escapes and spaces may make its line longer, never this much).
-MAX_LINE = 4 << 20
 #: The token of a dry run without ``$SEVEN_SEGMENTS_TOKEN``: it is never sent; only its length counts
 #: (a command's size includes it), that of the usual UUID.
 _DRY_RUN_TOKEN = "00000000-0000-0000-0000-000000000000"
-
-
-def _skip_lines(stream: IO[bytes], count: int) -> int:
-    """Read past ``count`` lines (each in pieces of bounded size); how many there were."""
-    skipped = 0
-    while skipped < count:
-        piece = stream.readline(MAX_LINE)
-        if not piece:
-            break
-        if piece.endswith(b"\n"):
-            skipped += 1
-        elif len(piece) < MAX_LINE:  # the last line, without a newline
-            return skipped + 1
-    return skipped
 
 
 def _as_it_is(text: str) -> str:
@@ -99,7 +70,6 @@ class ImportJob:
     def __init__(self, name: str, options: Options, token: Optional[str], out: IO[str], err: IO[str]) -> None:
         self.options = options
         self.name = name
-        self.format = _format_of(name, options.format)
         self.token = token
         self.out = out
         self.err = err
@@ -111,8 +81,12 @@ class ImportJob:
         self._confirmer: Optional[Confirmer] = None
         self._state: Optional[StateFiles] = None
         self._checkpoint = Checkpoint("")
-        self._label = "<stdin>" if name == STDIN else name
         self._scrub: Callable[[str], str] = _as_it_is
+
+    @property
+    def _label(self) -> str:
+        """How reports name the input."""
+        return "<stdin>" if self.name == STDIN else self.name
 
     # Setting up ---------------------------------------------------------------------------------
 
@@ -247,11 +221,23 @@ class ImportJob:
         if confirmer is not None:
             confirmer.start()
         interrupted = True
+        queuer = LineQueuer(
+            self._client, None if confirmer is None else confirmer.own_id, self._reject,
+            look=lambda mark: self._look(mark, progress), too_many=self._too_many,
+        )
         try:
-            if self.format == CSV:
-                last = self._queue_csv(source, start, prefix, progress)
-            else:
-                last = self._queue_json_lines(source, start, prefix, progress)
+            try:
+                if _format_of(self.name, self.options.format) == CSV:
+                    last = queuer.csv_rows(self._csv_rows(source), start, prefix)
+                else:
+                    last = queuer.json_lines(source.stream, start, prefix)
+            except ShortInput as short:
+                raise UsageProblem(
+                    f"{self._label} has {short.lines} lines, fewer than the {start} its checkpoint confirms: it is "
+                    "not the input that import read; use --restart, or give the same input"
+                ) from None
+            if confirmer is not None:
+                confirmer.mark = last
             interrupted = False
         finally:
             if confirmer is not None:
@@ -303,7 +289,7 @@ class ImportJob:
         return self.counts
 
     def _look(self, mark: Mark, progress: Progress) -> bool:
-        """Every ``_EVERY`` lines: publish the mark, show progress, wait for room in the queue; False to stop."""
+        """Every ``reading.EVERY`` lines: publish the mark, show progress, wait for room in the queue; False to stop."""
         confirmer = self._confirmer
         progress.update(self._current(mark))
         if confirmer is None:
@@ -328,109 +314,11 @@ class ImportJob:
             return True
         return False
 
-    def _queue_json_lines(self, source: Source, start: int, prefix: str, progress: Progress) -> Mark:
-        """Read, check and queue the lines after ``start``; the mark after the last one."""
-        stream = source.stream
-        if start:
-            skipped = _skip_lines(stream, start)
-            if skipped < start:
-                return self._shorter(skipped)
-        # Read at most MAX_LINE bytes at a time, so that a line of any length takes bounded memory.
-        lines: Iterable[bytes] = iter(functools.partial(stream.readline, MAX_LINE), b"")
-        client = self._client
-        track, update = client.track, client.update
-        own = self._confirmer.own_id if self._confirmer is not None else None
-        reject = self._reject
-        parse = parse_json_line
-        id_start = prefix + "-"
-        accepted = rejected = blank = 0
-        number = start
-        for raw in lines:
-            number += 1
-            try:
-                call = parse(raw)
-                command_id = call.command_id
-                if command_id is None:
-                    command_id = id_start + str(number)
-                elif own is not None:
-                    own(number, command_id)
-                if call.event_type is None:
-                    update(call.properties, customer=call.customer, timestamp=call.timestamp, command_id=command_id)
-                else:
-                    track(call.event_type, call.properties, customer=call.customer, timestamp=call.timestamp,
-                          command_id=command_id)
-                accepted += 1
-            except (TypeError, ValueError) as error:
-                if not raw.strip():
-                    blank += 1
-                else:
-                    rejected += 1
-                    reason = str(error)
-                    if len(raw) == MAX_LINE and not raw.endswith(b"\n"):
-                        _skip_lines(stream, 1)  # the rest of the line
-                        reason = f"the line is longer than {MAX_LINE} bytes: no command is that large"
-                        raw = raw[:1000] + b"..."
-                    reject(number, reason, {"text": raw.decode("utf-8", "replace").rstrip("\r\n")})
-                    if self._too_many(rejected):
-                        break
-            if not number % _EVERY and not self._look(Mark(number, accepted, rejected, blank), progress):
-                break
-        mark = Mark(number, accepted, rejected, blank)
-        if self._confirmer is not None:
-            self._confirmer.mark = mark
-        return mark
-
-    def _queue_csv(self, source: Source, start: int, prefix: str, progress: Progress) -> Mark:
-        """As ``_queue_json_lines``, for CSV rows (row 1 is the header: it is never skipped nor counted)."""
+    def _csv_rows(self, source: Source) -> CsvRows:
         try:
-            rows = CsvRows(source.stream)
+            return CsvRows(source.stream)
         except LineError as error:
             raise UsageProblem(f"{self._label}: {error}") from None
-        client = self._client
-        own = self._confirmer.own_id if self._confirmer is not None else None
-        accepted = rejected = blank = 0
-        number = max(start, 1)
-        base = Mark(number, 0, 0, 0)
-        if self._confirmer is not None:
-            self._confirmer.mark = base
-        for number, call, cells in rows:
-            if number <= start:
-                continue
-            if call is None:
-                blank += 1
-            else:
-                try:
-                    if isinstance(call, LineError):
-                        raise call
-                    command_id = call.command_id
-                    if command_id is None:
-                        command_id = f"{prefix}-{number}"
-                    elif own is not None:
-                        own(number, command_id)
-                    if call.event_type is None:
-                        client.update(call.properties, customer=call.customer, timestamp=call.timestamp,
-                                      command_id=command_id)
-                    else:
-                        client.track(call.event_type, call.properties, customer=call.customer,
-                                     timestamp=call.timestamp, command_id=command_id)
-                    accepted += 1
-                except (TypeError, ValueError) as error:
-                    rejected += 1
-                    self._reject(number, str(error), {"row": cells})
-                    if self._too_many(rejected):
-                        break
-            if not number % _EVERY and not self._look(Mark(number, accepted, rejected, blank), progress):
-                break
-        mark = Mark(number, accepted, rejected, blank)
-        if self._confirmer is not None:
-            self._confirmer.mark = mark
-        return mark
-
-    def _shorter(self, lines: int) -> NoReturn:
-        raise UsageProblem(
-            f"{self._label} has {lines} lines, fewer than the {self._checkpoint.line} its checkpoint confirms: "
-            "it is not the input that import read; use --restart, or give the same input"
-        )
 
     def _summary(self, seconds: float) -> None:
         counts = self.counts
