@@ -189,7 +189,7 @@ def test_without_a_token_import_is_a_usage_error(tmp_path: Path, monkeypatch: py
 
 def test_json_line_shapes() -> None:
     call = parse_json_line(b'{"update": {"a": 1}, "customer": {"cookie": "x"}, "timestamp": "1700000000.5"}\n')
-    assert call.event_type is None and call.properties == {"a": 1} and call.timestamp == 1700000000.5
+    assert call[0] is None and call[1] == {"a": 1} and call[3] == 1700000000.5
     for bad, words in [
         (b"[1]", "JSON object"),
         (b'{"customer": "a", "timestamp": 1}', "neither"),

@@ -27,7 +27,7 @@ import csv
 import datetime
 import io
 import json
-from typing import IO, Any, Dict, Iterator, List, NamedTuple, Optional, Tuple
+from typing import IO, Any, Dict, Iterator, List, Tuple
 
 __all__ = ["Call", "LineError", "JSON_LINES", "CSV", "FORMATS", "parse_json_line", "CsvRows", "timestamp_value"]
 
@@ -49,14 +49,9 @@ class LineError(ValueError):
     """A line that is not a command of the format (its shape, not its values)."""
 
 
-class Call(NamedTuple):
-    """One tracking call a line asks for: ``event_type`` is None for a customer update."""
-
-    event_type: Any
-    properties: Any
-    customer: Any
-    timestamp: Any
-    command_id: Optional[str]
+#: One tracking call a line asks for: ``(event_type, properties, customer, timestamp, command_id)``,
+#: ``event_type`` None for a customer update (a plain tuple: made once a line, it must be cheap).
+Call = Tuple[Any, Any, Any, Any, Any]
 
 
 def timestamp_value(value: Any) -> Any:
@@ -121,7 +116,10 @@ def parse_json_line(raw: bytes) -> Call:
         raise LineError('the line has no "customer"')
     if "timestamp" not in line:
         raise LineError('the line has no "timestamp" (a backfill keeps the time each command happened)')
-    return Call(event_type, properties, line["customer"], timestamp_value(line["timestamp"]), line.get("command_id"))
+    timestamp = line["timestamp"]
+    if type(timestamp) is str:
+        timestamp = timestamp_value(timestamp)
+    return event_type, properties, line["customer"], timestamp, line.get("command_id")
 
 
 class CsvRows:
@@ -217,4 +215,4 @@ class CsvRows:
         event_type = row[at["type"]] if self.events else None
         if self.events and event_type == "":
             raise LineError("the row has no event type")
-        return Call(event_type, properties, customer, timestamp_value(timestamp), command_id)
+        return event_type, properties, customer, timestamp_value(timestamp), command_id

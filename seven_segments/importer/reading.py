@@ -82,17 +82,15 @@ class LineQueuer:
         for raw in lines:
             number += 1
             try:
-                call = parse(raw)
-                command_id = call.command_id
+                event_type, properties, customer, timestamp, command_id = parse(raw)
                 if command_id is None:
                     command_id = id_start + str(number)
                 elif own is not None:
                     own(number, command_id)
-                if call.event_type is None:
-                    update(call.properties, customer=call.customer, timestamp=call.timestamp, command_id=command_id)
+                if event_type is None:
+                    update(properties, customer=customer, timestamp=timestamp, command_id=command_id)
                 else:
-                    track(call.event_type, call.properties, customer=call.customer, timestamp=call.timestamp,
-                          command_id=command_id)
+                    track(event_type, properties, customer=customer, timestamp=timestamp, command_id=command_id)
                 accepted += 1
             except (TypeError, ValueError) as error:
                 if not raw.strip():
@@ -125,17 +123,16 @@ class LineQueuer:
                 try:
                     if isinstance(call, LineError):
                         raise call
-                    command_id = call.command_id
+                    event_type, properties, customer, timestamp, command_id = call
                     if command_id is None:
                         command_id = f"{prefix}-{number}"
                     elif self._own_id is not None:
                         self._own_id(number, command_id)
-                    if call.event_type is None:
-                        client.update(call.properties, customer=call.customer, timestamp=call.timestamp,
-                                      command_id=command_id)
+                    if event_type is None:
+                        client.update(properties, customer=customer, timestamp=timestamp, command_id=command_id)
                     else:
-                        client.track(call.event_type, call.properties, customer=call.customer,
-                                     timestamp=call.timestamp, command_id=command_id)
+                        client.track(event_type, properties, customer=customer, timestamp=timestamp,
+                                     command_id=command_id)
                     accepted += 1
                 except (TypeError, ValueError) as error:
                     rejected += 1
