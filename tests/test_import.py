@@ -179,6 +179,22 @@ def test_state_files_are_not_followed_through_links(tmp_path: Path, fresh: Local
     assert elsewhere.read_text() == "{}"
 
 
+def test_a_second_import_of_the_same_input_at_once_is_refused(
+    tmp_path: Path, fresh: LocalServer, token: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from seven_segments.importer.state import StateFiles
+
+    source = write_lines(tmp_path / "a.jsonl", [event(1)])
+    running = StateFiles(str(source))
+    running.lock()
+    try:
+        assert run_import(str(source), "--target", fresh.url) == 2
+        assert "another import of this input is running" in capsys.readouterr().err
+    finally:
+        running.unlock()
+    assert run_import(str(source), "--target", fresh.url) == 0
+
+
 def test_without_a_token_import_is_a_usage_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.delenv("SEVEN_SEGMENTS_TOKEN", raising=False)

@@ -131,6 +131,11 @@ class ImportJob:
                 state.rejects.keep_up_to(checkpoint.line)
         except StateError as error:
             raise UsageProblem(str(error)) from None
+        except OSError as error:
+            where = os.path.dirname(state.checkpoint_path) or "."
+            raise UsageProblem(
+                f"the state of {self._label} cannot be kept in {where} ({error.strerror or error}); give --state DIR"
+            ) from None
         self._checkpoint = checkpoint
         return None if checkpoint.finished else id_prefix(identity)
 
