@@ -24,8 +24,10 @@ EXIT_NOT_ALL_ARRIVED = 1
 
 #: Rejects shown on standard error per input (all of them go to the rejects file).
 SHOWN_REJECTS = 20
-#: The commands queued and not yet delivered stay under this many per request in flight.
+#: The commands queued and not yet delivered stay under this many per request in flight, and under
+#: about WINDOW_BYTES of their lines (the engine holds a few times that in memory).
 WINDOW_PER_REQUEST = 2000
+WINDOW_BYTES = 32 << 20
 #: The token of a dry run without ``$SEVEN_SEGMENTS_TOKEN``: it is never sent; only its length counts
 #: (a command's size includes it), that of the usual UUID.
 _DRY_RUN_TOKEN = "00000000-0000-0000-0000-000000000000"
@@ -228,7 +230,7 @@ class ImportJob:
         interrupted = True
         queuer = LineQueuer(
             self._client, None if confirmer is None else confirmer.own_id, self._reject,
-            look=lambda mark: self._look(mark, progress), too_many=self._too_many,
+            look=lambda mark, size: self._look(mark, size, progress), too_many=self._too_many,
         )
         try:
             try:
@@ -293,14 +295,16 @@ class ImportJob:
         )
         return self.counts
 
-    def _look(self, mark: Mark, progress: Progress) -> bool:
-        """Every ``reading.EVERY`` lines: publish the mark, show progress, wait for room in the queue; False to stop."""
+    def _look(self, mark: Mark, size: int, progress: Progress) -> bool:
+        """Every ``reading.LOOK_BYTES`` read: publish the mark, show progress, wait for room in the queue; False to stop."""
         confirmer = self._confirmer
         progress.update(self._current(mark))
         if confirmer is None:
             return True
         confirmer.mark = mark
-        window = WINDOW_PER_REQUEST * self.options.max_in_flight
+        # As many lines as keep the requests in flight busy, and no more than WINDOW_BYTES of them.
+        line_size = size / max(1, mark.line - self._checkpoint.line)
+        window = max(16, min(WINDOW_PER_REQUEST * self.options.max_in_flight, int(WINDOW_BYTES / line_size)))
         while True:
             if confirmer.failed:
                 return False

@@ -1,7 +1,7 @@
 """The reading loop of an import: each line after the checkpoint parsed, checked by the client and queued.
 
 This is the loop whose speed the ``--dry-run`` bound is about, so it keeps to local names and looks
-at the queue, the progress and the stop conditions (``look``) once every ``EVERY`` lines only.
+at the queue, the progress and the stop conditions (``look``) once every ``LOOK_BYTES`` read only.
 """
 
 from __future__ import annotations
@@ -12,10 +12,11 @@ from typing import IO, Any, Callable, Iterable, Optional
 from .confirm import Mark, Rejected
 from .formats import CsvRows, LineError, parse_json_line
 
-__all__ = ["LineQueuer", "ShortInput", "MAX_LINE", "EVERY", "skip_lines"]
+__all__ = ["LineQueuer", "ShortInput", "MAX_LINE", "LOOK_BYTES", "skip_lines"]
 
-#: Lines between two looks at the queue, the progress and the stop conditions.
-EVERY = 1024
+#: Bytes of input between two looks at the queue, the progress and the stop conditions (about a
+#: thousand small events; a few large ones, so that large lines never pile up between two looks).
+LOOK_BYTES = 256 << 10
 #: A JSON line longer than this is refused unread (a command takes at most 100 KiB as the API counts
 #: it; escapes and spaces may make its line longer, never this much).
 MAX_LINE = 4 << 20
@@ -47,8 +48,8 @@ class LineQueuer:
     """Queues one input's commands through ``client`` (a buffered client, or a disabled one for a dry run).
 
     ``own_id(line, command_id)`` is told of each line that names its own ``command_id`` before it is
-    queued; ``reject(line, reason, details)`` of each line refused; ``look(mark)`` is called every
-    ``EVERY`` lines (False: stop reading); ``too_many(rejected)`` after each rejected line (True: stop).
+    queued; ``reject(line, reason, details)`` of each line refused; ``look(mark, size)`` is called
+    every ``LOOK_BYTES`` with the bytes read so far (False: stop reading); ``too_many(rejected)`` after each rejected line (True: stop).
     """
 
     def __init__(
@@ -56,7 +57,7 @@ class LineQueuer:
         client: Any,
         own_id: Optional[Callable[[int, str], None]],
         reject: Rejected,
-        look: Callable[[Mark], bool],
+        look: Callable[[Mark, int], bool],
         too_many: Callable[[int], bool],
     ) -> None:
         self._client = client
@@ -77,10 +78,12 @@ class LineQueuer:
         own, reject, look, too_many = self._own_id, self._reject, self._look, self._too_many
         parse = parse_json_line
         id_start = prefix + "-"
-        accepted = rejected = blank = 0
+        accepted = rejected = blank = size = 0
+        next_look = LOOK_BYTES
         number = start
         for raw in lines:
             number += 1
+            size += len(raw)
             try:
                 event_type, properties, customer, timestamp, command_id = parse(raw)
                 if command_id is None:
@@ -105,18 +108,22 @@ class LineQueuer:
                     reject(number, reason, {"text": raw.decode("utf-8", "replace").rstrip("\r\n")})
                     if too_many(rejected):
                         break
-            if not number % EVERY and not look(Mark(number, accepted, rejected, blank)):
-                break
+            if size >= next_look:
+                next_look = size + LOOK_BYTES
+                if not look(Mark(number, accepted, rejected, blank), size):
+                    break
         return Mark(number, accepted, rejected, blank)
 
     def csv_rows(self, rows: CsvRows, start: int, prefix: str) -> Mark:
         """As ``json_lines``, for CSV rows (row 1 is the header: never skipped, never counted)."""
         client = self._client
-        accepted = rejected = blank = 0
+        accepted = rejected = blank = size = 0
+        next_look = LOOK_BYTES
         number = max(start, 1)
         for number, call, cells in rows:
             if number <= start:
                 continue
+            size += sum(map(len, cells.values()))
             if call is None:
                 blank += 1
             else:
@@ -139,8 +146,10 @@ class LineQueuer:
                     self._reject(number, str(error), {"row": cells})
                     if self._too_many(rejected):
                         break
-            if not number % EVERY and not self._look(Mark(number, accepted, rejected, blank)):
-                break
+            if size >= next_look:
+                next_look = size + LOOK_BYTES
+                if not self._look(Mark(number, accepted, rejected, blank), size):
+                    break
         if number < start:
             raise ShortInput(number)
         return Mark(number, accepted, rejected, blank)
