@@ -201,11 +201,11 @@ class NotAFileError(OSError):
         super().__init__(errno.EINVAL, "not a regular file (a link, a device or a FIFO); skipped", path)
 
 
-def _open_file(path: str, flags: int = os.O_RDONLY, mode: int = 0o600) -> int:
+def _open_file(path: str, flags: int = os.O_RDONLY, mode: int = 0o600, dir_fd: Optional[int] = None) -> int:
     """``os.open`` of a regular file in the spool folder, never through a link (``O_NOFOLLOW``) and
     never waiting; raises ``NotAFileError`` for anything else there (a link, a device, a FIFO)."""
     try:
-        fd = os.open(path, flags | _OPEN_SAFE, mode)
+        fd = os.open(path, flags | _OPEN_SAFE, mode, dir_fd=dir_fd)
     except OSError as error:
         if error.errno in (errno.ELOOP, errno.EMLINK, errno.ENXIO):  # a link (EMLINK: BSD); ENXIO: a FIFO
             raise NotAFileError(path) from None
@@ -700,10 +700,19 @@ class Spool:
 
     def _make_segment_file(self, serial: int, capacity: int, reserve: bool) -> _Segment:
         name = f"{_HOST}-{os.getpid()}-{self._random}-{serial}"
-        temp = os.path.join(self._folder, "." + name + TEMP_SUFFIX)
+        temp = "." + name + TEMP_SUFFIX
+        # Made in the folder as checked now, not as it was at the start: it may have been deleted and
+        # replaced since (by a link, or by a folder others can write to) and would get the token.
+        folder = _open_checked_folder(self._folder)
+        try:
+            return self._make_segment_file_in(folder, name, temp, capacity, reserve)
+        finally:
+            os.close(folder)
+
+    def _make_segment_file_in(self, folder: int, name: str, temp: str, capacity: int, reserve: bool) -> _Segment:
         # No O_APPEND: records are written at the place reserved for them (on Linux, pwrite on an
         # O_APPEND file ignores the place and appends).
-        fd = _open_file(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL)
+        fd = _open_file(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL, dir_fd=folder)
         view = None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -713,13 +722,13 @@ class Spool:
             if self._mapped and reserve:
                 view = _map_preallocated(fd, max(capacity or self._segment_bytes, self._start + 1), self._start)
             segment = _Segment(self._folder, name, fd, self._start, view, self._segment_bytes)
-            os.rename(temp, segment.path)
+            os.rename(temp, name + SEGMENT_SUFFIX, src_dir_fd=folder, dst_dir_fd=folder)
         except BaseException:
             if view is not None:
                 view.close()
             os.close(fd)
             try:
-                os.unlink(temp)
+                os.unlink(temp, dir_fd=folder)
             except OSError:
                 pass
             raise
@@ -1412,6 +1421,23 @@ def _open_folder(folder: str, error: Optional[OSError] = None) -> int:
     if isinstance(error, NotADirectoryError):
         raise SpoolError(f"spool folder {folder} cannot be created: a part of the path is a file")
     raise SpoolError(f"spool folder {folder} cannot be used: {error.strerror or error}")
+
+
+def _open_checked_folder(folder: str) -> int:
+    """The spool folder opened (``O_NOFOLLOW``) and checked as ``_check_folder`` does, to make a file
+    in it; ``FileNotFoundError`` when it is gone, another ``OSError`` saying why it may not be used."""
+    try:
+        fd = os.open(folder, _OPEN_FOLDER)
+    except (FileNotFoundError, PermissionError):
+        raise
+    except OSError as error:  # ELOOP: a link; ENOTDIR: a file
+        raise OSError(error.errno, f"spool folder {folder} is a symbolic link or a file now") from None
+    try:
+        _check_folder(folder, os.fstat(fd))
+    except SpoolError as error:
+        os.close(fd)
+        raise OSError(errno.EPERM, str(error)) from None
+    return fd
 
 
 def _check_folder(folder: str, info: os.stat_result) -> int:

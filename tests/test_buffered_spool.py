@@ -235,6 +235,40 @@ def test_a_deleted_spool_folder_is_made_again_and_every_event_delivered(
     client.close()
 
 
+@pytest.mark.parametrize("replacement", ["a link to another folder", "a folder others can write to"])
+def test_a_spool_folder_replaced_while_the_client_runs_gets_no_file_and_every_event_is_delivered(
+    server: LocalServer, tmp_path: Path, caplog: pytest.LogCaptureFixture, replacement: str
+) -> None:
+    # Deleted and replaced (by a link, or by a folder open to others' writing) while the client ran,
+    # the folder was checked no more: the next segments, with the company token, went into it.
+    spool, other = tmp_path / "spool", tmp_path / "other"
+    caplog.set_level(logging.WARNING, "seven_segments")
+    client = SevenSegments(  # files of 16 KiB: about a hundred events each
+        TOKEN, "john", target=server.url, buffered=True, spool=str(spool), spool_max_bytes=64 * 1024, flush_interval=0.05,
+    )
+    for number in range(100):
+        client.track("view", {"n": number})
+    assert client.flush(10)
+    shutil.rmtree(spool)
+    other.mkdir()
+    other.chmod(0o777)
+    if replacement == "a link to another folder":
+        spool.symlink_to(other)
+    else:
+        other.rename(spool)
+        other = spool
+    for first in range(100, 400, 100):  # past the current file: new ones are made
+        for number in range(first, first + 100):
+            client.track("view", {"n": number})
+        assert client.flush(10)
+    assert os.listdir(other) == []
+    assert delivered(server) == list(range(400))
+    assert client.stats()["not_spooled"] > 0 and client.stats()["dropped"] == 0
+    warned = [r.getMessage() for r in caplog.records if str(spool) in r.getMessage() and "cannot write" in r.getMessage()]
+    assert len(warned) == 1 and ("link" in warned[0] or "written by others" in warned[0])
+    client.close()
+
+
 def test_a_full_disk_keeps_delivering_from_memory(
     server: LocalServer, tmp_path: Path, monkeypatch: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
