@@ -172,6 +172,10 @@ class Pump:
         #: Commands the spool could not take (``Ledger.not_spooled``) said so far, and when.
         self._not_spooled_said = 0
         self._not_spooled_said_at = -math.inf
+        #: Commands refused alone after a batch they were in was refused as a whole and split (400,
+        #: 413), with their reasons and statuses: reported together once no part of a split is left
+        #: (a server refusing every request would otherwise make one warning and call per command).
+        self._split_refusals: List[Tuple[bytes, str, Optional[int]]] = []
         self._kept_said = False  # the close's warning about what stays in the spool was given
         #: A close reads back what was let go of once (not again after each new failure: an API still
         #: down would get a request per step until the deadline).
@@ -544,9 +548,37 @@ class Pump:
                 # until the command at fault is alone and fails by itself.
                 for half in batch.halves():
                     self._insort(half)
+            elif isinstance(error, InvalidRequest) and error.status in (400, 413) and batch.split:
+                self._settle_failed(batch.seqs, batch.payloads, None)
+                reason = "; ".join(error.errors) if error.errors else str(error)
+                self._split_refusals.extend((payload, reason, error.status) for payload in batch.payloads)
             else:
                 assert error is not None
                 self._fail(batch.seqs, batch.payloads, error)
+        if self._split_refusals and not self._splitting():
+            self._report_split_refusals()
+
+    def _splitting(self) -> bool:
+        """Whether a part of a batch refused as a whole is still to be sent or answered."""
+        if any(batch.split for batch in self.line):
+            return True
+        with self.ledger.lock:
+            return any(batch.split for batch in self.ledger.in_flight.values())
+
+    def _report_split_refusals(self) -> None:
+        """The commands refused alone after their batches were refused as a whole: one warning, and
+        ``on_error`` in chunks giving each command's own reason, per status."""
+        refusals, self._split_refusals = self._split_refusals, []
+        statuses = sorted({status or 0 for _, _, status in refusals})
+        for status in statuses:
+            payloads = [payload for payload, _, given in refusals if (given or 0) == status]
+            reasons = [reason for _, reason, given in refusals if (given or 0) == status]
+            self._say_failed(
+                len(payloads),
+                f"{PATH_BULK}: refused for good, each alone, after their batch was refused as a whole"
+                f" (HTTP {status}): {refusal_summary(reasons)}",
+            )
+            self.reporter.refused(payloads, reasons, status)
 
     def _answered(self, batch: Batch, verdict: Verdict, now: float) -> None:
         self.window.on_success()
@@ -720,11 +752,11 @@ class Pump:
         self,
         seqs: Sequence[int],
         items: Union[Sequence[bytes], Sequence[Command]],
-        why: Union[str, SevenSegmentsError],
+        why: Union[str, SevenSegmentsError, None],
         held_bytes: Optional[int] = None,
     ) -> None:
-        """Count commands as failed for good, mark the flushes they concern, and say why in one
-        warning (at close, in the close's summary)."""
+        """Count commands as failed for good, mark the flushes they concern, and say ``why`` (unless
+        None: said later) in one warning (at close, in the close's summary)."""
         self.ledger.count_failed(len(seqs), max(seqs))
         size = sum(len(item) for item in items if isinstance(item, bytes)) if held_bytes is None else held_bytes
         self._release(len(seqs), size)
@@ -733,11 +765,16 @@ class Pump:
         for ticket in self.tickets:
             if ticket.upto >= first:
                 ticket.delivered_all = False
+        if why is not None:
+            self._say_failed(len(seqs), why)
+
+    def _say_failed(self, count: int, why: Union[str, SevenSegmentsError]) -> None:
+        """One warning for ``count`` commands failed for good (at close, in the close's summary)."""
         if self.lifecycle.phase is Phase.DRAINING:
-            self.losses_at_close += len(seqs)
+            self.losses_at_close += count
             self.last_close_error = str(why)
         else:
-            logger.warning("seven_segments: %d commands could not be delivered: %s", len(seqs), why)
+            logger.warning("seven_segments: %d commands could not be delivered: %s", count, why)
 
     def first_unsettled(self) -> float:
         """The oldest sequence number not settled yet (infinity when all are)."""
@@ -819,6 +856,8 @@ class Pump:
 
     def give_up(self) -> None:
         """The close deadline passed: settle everything left, warning first, then ``on_error`` in chunks."""
+        if self._split_refusals:
+            self._report_split_refusals()  # what is left of their splits is given up below
         if self.spool is not None:
             self._keep_in_spool()
             return
