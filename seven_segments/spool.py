@@ -448,15 +448,41 @@ def _ack_bytes(offsets: List[int]) -> bytes:
     return entries.tobytes()
 
 
-def _read_all(fd: int) -> bytes:
+def _read_all(fd: int, limit: Optional[int] = None) -> bytes:
+    """The bytes of the file (at most ``limit`` and one more, when given)."""
     chunks: List[bytes] = []
     position = 0
-    while True:
+    while limit is None or position <= limit:
         chunk = os.pread(fd, 1 << 20, position)
         if not chunk:
-            return b"".join(chunks)
+            break
         chunks.append(chunk)
         position += len(chunk)
+    return b"".join(chunks)
+
+
+#: No spool writes a larger segment file: a full one, or one made for a single record of the
+#: largest size, with the longest header.
+MAX_SEGMENT_FILE_BYTES = (
+    SEGMENT_BYTES + HEADER_BYTES + _TARGET_LENGTH.size + 0xFFFF + RECORD_HEADER_BYTES + MAX_RECORD_BYTES
+)
+
+
+def _read_segment(fd: int, path: str, limit: int = MAX_SEGMENT_FILE_BYTES) -> Optional[bytes]:
+    """The bytes of a segment file; None (warned) for one larger than ``limit``, which is no
+    segment: a planted file of gigabytes, read, would take the memory (a ``MemoryError`` stopped
+    the replay of every other file)."""
+    size = os.fstat(fd).st_size
+    if size <= limit:
+        data = _read_all(fd, limit)  # at most one byte more, should it grow meanwhile
+        if len(data) <= limit:
+            return data
+        size = len(data)
+    logger.warning(
+        "seven_segments: spool file %s is larger than any segment (%d bytes, at most %d): not read, left as it is",
+        path, size, limit,
+    )
+    return None
 
 
 def _segment_names(folder: str) -> List[str]:
@@ -1256,7 +1282,10 @@ class Spool:
                     return None  # replaced meanwhile
             except FileNotFoundError:
                 return None  # taken, replayed and deleted by another process meanwhile
-            data = _read_all(fd)
+            read = _read_segment(fd, path, max(self._segment_bytes, SEGMENT_BYTES) + MAX_SEGMENT_FILE_BYTES - SEGMENT_BYTES)
+            if read is None:
+                return None
+            data = read
             try:
                 header = _read_header(data, path)
             except SpoolError as error:
@@ -1494,9 +1523,14 @@ def inspect(folder: str) -> SpoolReport:
                 alive = False
             except OSError:
                 alive = True
-            data = _read_all(fd)
+            read = _read_segment(fd, path)
+            size = os.fstat(fd).st_size
         finally:
             os.close(fd)
+        if read is None:
+            files.append(SpoolFile(name + SEGMENT_SUFFIX, 0, size, alive, 0, 0))
+            continue
+        data = read
         try:
             header = _read_header(data, path)
         except SpoolError:

@@ -666,6 +666,28 @@ def test_a_record_that_is_no_command_is_never_sent_and_costs_no_other_command(se
     assert client.stats()["sent"] == 0
 
 
+def test_a_huge_file_planted_as_a_segment_is_not_read_and_the_good_ones_are_delivered(
+    server: LocalServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Read whole, a sparse file of gigabytes took the memory: MemoryError stopped the replay of every
+    # other file (and flush() said True), or, without a memory limit, the process read it all.
+    folder = str(tmp_path / "spool")
+    left_by_a_dead_writer(folder, server.url, [spooled_command(number) for number in range(10)])
+    [good] = [entry for entry in os.listdir(folder) if entry.endswith(".seg")]
+    huge = Path(folder) / "0-huge.seg"  # read first (sorted first, made "at 0")
+    with open(huge, "wb") as file:
+        file.write((Path(folder) / good).read_bytes()[:16])
+        file.truncate(64 * 1024 * 1024 * 1024)
+    caplog.set_level(logging.WARNING, "seven_segments")
+    client = SevenSegments(TOKEN, "john", target=server.url, buffered=True, spool=folder)
+    assert client.flush(10) is True
+    client.close()
+    assert delivered_numbers(server) == list(range(10))
+    assert any(str(huge) in r.getMessage() and "larger than any segment" in r.getMessage() for r in caplog.records)
+    assert huge.stat().st_size == 64 * 1024 * 1024 * 1024  # left as it is
+    assert [entry.commands for entry in inspect(folder).files] == [0]
+
+
 def test_a_batch_refused_as_a_whole_with_400_is_split_and_delivered(server: LocalServer, tmp_path: Path) -> None:
     reports, on_error = collector()
     client = SevenSegments(TOKEN, "john", target=server.url, buffered=True, on_error=on_error, flush_interval=60)
