@@ -351,7 +351,11 @@ class Transport:
     def add_secret(self, secret: str) -> None:
         """Also keep ``secret`` (such as a company token passed per call) out of what ``scrub`` and
         the log filter let through, as is and URL-encoded."""
-        forms = {secret, quote(secret, safe=""), quote_plus(secret, safe="")} if secret else set()
+        # A replayed command's token may hold a lone surrogate (JSON can say "\ud800"): quoted as
+        # its UTF-8 would be, never raising in the middle of a replay.
+        forms = {
+            secret, quote(secret, safe="", errors="surrogatepass"), quote_plus(secret, safe="", errors="surrogatepass")
+        } if secret else set()
         new = forms - set(self._secrets)
         if new:
             self._secrets = tuple(sorted(set(self._secrets) | new, key=len, reverse=True))

@@ -247,3 +247,43 @@ def test_the_token_of_a_replayed_spool_is_masked_like_our_own(tmp_path: Any, cap
     assert any("unknown company_id ***" in text for text in shown)
     for text in shown:
         assert DEAD_TOKEN not in text and LONG_TOKEN not in text, text
+
+
+def test_a_replayed_token_that_is_no_text_neither_stops_the_replay_nor_shows(
+    tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A lone surrogate ("\ud800" in the record's JSON) made masking that token raise, in the middle of
+    # the replay: the chunk read from the spool was never queued (flush() said True all the same).
+    from seven_segments.protocol import PATH_EVENTS
+    from seven_segments.serialization import BulkCommandEncoder
+    from seven_segments.spool import Spool
+
+    echo = ThreadingHTTPServer(("127.0.0.1", 0), _EchoingRefusals)
+    thread = threading.Thread(target=echo.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    target = f"http://127.0.0.1:{echo.server_address[1]}"
+    folder = str(tmp_path / "spool")
+    strange = DEAD_TOKEN + "\ud800"
+    dead = Spool(folder, target=target)
+    command = (PATH_EVENTS, {"registered": "x"}, "view", {}, 1.7e9, "dead-1")
+    dead.append(BulkCommandEncoder(DEAD_TOKEN).encode(command).replace(DEAD_TOKEN.encode(), json.dumps(strange).strip('"').encode()))
+    dead.close()
+    reports: List[Any] = []
+    try:
+        with caplog.at_level(logging.DEBUG):
+            client = SevenSegments(LONG_TOKEN, "john", target=target, buffered=True, spool=folder, flush_interval=0.01,
+                                   on_error=lambda error, commands: reports.append((error, commands)))
+            client.track("view")
+            assert client.flush(10) is False
+            client.close()
+    finally:
+        echo.shutdown()
+        echo.server_close()
+        thread.join(5)
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
+    ids = [command["data"]["command_id"] for _, commands in reports for command in commands]
+    assert len(ids) == 2 and "dead-1" in ids
+    shown = [caplog.text] + [text for error, commands in reports
+                             for text in (str(error), repr(error), *error.errors, json.dumps(commands))]
+    for text in shown:
+        assert DEAD_TOKEN not in text and LONG_TOKEN not in text, text
