@@ -1574,10 +1574,11 @@ def deliver(
     of at most ``RECOVER_CHUNK`` commands, each retried on passing failures for ``retry_deadline``
     seconds: each file's commands to the target its header names (``default_target`` for a file that
     names none: version 1), or all of them to ``target`` when given. Applied and refused commands are
-    confirmed (so removed); those the API asked to retry, and all of a target's once a request to it
-    fails, are kept. Records that are no command are skipped (``is_command``). Files of live
+    confirmed (so removed); a request refused as a whole (400, 413) is split in halves until the
+    command at fault is alone, and refused; those the API asked to retry, and all of a target's
+    once a request to it fails, are kept. Records that are no command are skipped (``is_command``). Files of live
     processes are left alone. Raises ``SpoolError`` when ``folder`` is not a spool folder."""
-    from .errors import SevenSegmentsError
+    from .errors import InvalidRequest, SevenSegmentsError
     from .protocol import MAX_BULK_BYTES, PATH_BULK
     from .transport import Backoff, Transport, call_with_retries
     from ._buffered.answers import read_results
@@ -1617,7 +1618,9 @@ def deliver(
             by_target: Dict[str, List[Tuple[Record, bytes, object]]] = {}
             for item in commands:
                 by_target.setdefault(target or spool.target_of(item[0][0]) or default_target, []).append(item)
-            for where, batch in ((where, batch) for where, group in by_target.items() for batch in _batches(group, MAX_BULK_BYTES - 64)):
+            work = [(where, batch) for where, group in by_target.items() for batch in _batches(group, MAX_BULK_BYTES - 64)]
+            while work:
+                where, batch = work.pop(0)
                 if where in failures:
                     continue  # that target failed: its commands stay in the files
                 try:
@@ -1636,11 +1639,18 @@ def deliver(
                         backoff=Backoff(initial=0.1, maximum=5.0),
                         sleep=time.sleep,
                     )
+                except InvalidRequest as error:
+                    if error.status not in (400, 413):  # refused as a whole, with success false
+                        failures[where] = transport.scrub(str(error))
+                    elif len(batch) > 1:  # too large, or malformed as a whole: halves, until the command at fault is alone
+                        half = len(batch) // 2
+                        work[:0] = [(where, batch[:half]), (where, batch[half:])]
+                    else:
+                        refused.append(_refusal(batch[0][2], error.errors or (str(error),), transport.scrub))
+                        spool.confirm([batch[0][0]])
+                    continue
                 except SevenSegmentsError as error:
-                    failure = transport.scrub(str(error))
-                    if error.errors:
-                        failure += " (" + "; ".join(transport.scrub(reason) for reason in error.errors) + ")"
-                    failures[where] = failure
+                    failures[where] = transport.scrub(str(error))  # its str quotes the server's errors
                     continue
                 verdict = read_results(answer.get("results"), len(batch))
                 if verdict.all_ok:
