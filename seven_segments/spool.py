@@ -401,12 +401,17 @@ def _refuse_constant(name: str) -> object:
 
 def is_command(payload: bytes) -> bool:
     """Whether ``payload`` is one ``bulk`` command: a JSON object ``{"name": "crm/events" or
-    "crm/customers", "data": {...}}`` in UTF-8 (no NaN or Infinity, which JSON lacks). What ``track``
+    "crm/customers", "data": {...}}`` in UTF-8 (no NaN or Infinity, which JSON lacks, nor an escaped
+    lone surrogate, which is no text). What ``track``
     spools always is; checked when a record is replayed, never when it is written. Decoding it is
     the cheapest check that is sound: a payload that passes cannot make the server refuse the
     ``bulk`` request that holds it as a whole (400), only, at worst, that command."""
     try:
         command = json.loads(payload.decode("utf-8"), parse_constant=_refuse_constant)
+        if _SURROGATE_ESCAPE.search(payload) is not None:
+            # "\ud800" is valid JSON but no text (track refuses it; a server cannot read it): one
+            # that is half of a pair is whole again once decoded, and encodes.
+            json.dumps(command, ensure_ascii=False).encode("utf-8")
     except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         return False
     return (
@@ -414,6 +419,10 @@ def is_command(payload: bytes) -> bool:
         and command.get("name") in _COMMAND_NAMES
         and type(command.get("data")) is dict
     )
+
+
+#: A JSON escape of a UTF-16 surrogate (\ud800 to \udfff), whole or lone.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 _COMMAND_NAMES = frozenset({PATH_EVENTS, PATH_CUSTOMERS})

@@ -688,6 +688,26 @@ def test_a_huge_file_planted_as_a_segment_is_not_read_and_the_good_ones_are_deli
     assert [entry.commands for entry in inspect(folder).files] == [0]
 
 
+
+def test_a_record_holding_a_lone_surrogate_is_no_command_and_costs_no_other_command(
+    server: LocalServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Its JSON is valid ("\ud800" is an escape), but no client writes it (track refuses such text)
+    # and the server could not read it: the local server dropped every request holding it, so the
+    # nine good commands of its batch were retried, let go of, and replayed so at every start.
+    folder = str(tmp_path / "spool")
+    poisoned = spooled_command(5).replace(b'"n":5', b'"n":5,"s":"\\ud800"')
+    assert b'"s":"\\ud800"' in poisoned
+    left_by_a_dead_writer(folder, server.url, [spooled_command(n) for n in range(5)] + [poisoned]
+                          + [spooled_command(n) for n in range(6, 10)])
+    caplog.set_level(logging.WARNING, "seven_segments")
+    client = SevenSegments(TOKEN, "john", target=server.url, buffered=True, spool=folder, retry_deadline=2)
+    assert client.flush(5) is True
+    client.close()
+    assert delivered_numbers(server) == [0, 1, 2, 3, 4, 6, 7, 8, 9]
+    assert all(request["status"] == 200 for request in server.requests())
+    assert any("not a command" in r.getMessage() for r in caplog.records) and inspect(folder).files == []
+
 def test_a_batch_refused_as_a_whole_with_400_is_split_and_delivered(server: LocalServer, tmp_path: Path) -> None:
     reports, on_error = collector()
     client = SevenSegments(TOKEN, "john", target=server.url, buffered=True, on_error=on_error, flush_interval=60)
