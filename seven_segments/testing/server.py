@@ -14,6 +14,7 @@ import functools
 import json
 import logging
 import os
+import re
 import socket
 import ssl
 import threading
@@ -365,6 +366,12 @@ class _Handler(BaseHTTPRequestHandler):
                     "dropped" if status is None else status,
                     (time.perf_counter() - started) * 1000,
                 )
+
+
+#: A JSON escape of a UTF-16 surrogate (\ud800 to \udfff): a lone one decodes to no text, which
+#: can be neither stored nor measured as UTF-8.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_SURROGATE_ERROR = "the body holds an escaped lone surrogate (\\ud800 to \\udfff), which is not text"
 
 
 def _gunzip(raw: bytes, limit: int) -> bytes:
@@ -815,6 +822,11 @@ class LocalServer:
             raise _Refusal(400, [f"the body is not valid JSON: {error}"]) from None
         if not isinstance(body, dict):
             raise _Refusal(400, ["the body must be a JSON object"])
+        if _SURROGATE_ESCAPE.search(raw) is not None:  # rare: checked only where such an escape is
+            try:
+                json.dumps(body, ensure_ascii=False).encode("utf-8")  # a pair is whole once decoded
+            except UnicodeEncodeError:
+                raise _Refusal(400, [_SURROGATE_ERROR]) from None
         return body, len(raw)
 
     def _process(
