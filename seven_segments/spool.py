@@ -78,6 +78,7 @@ import zlib
 from typing import Callable, Dict, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple
 
 from .protocol import DEFAULT_TARGET, PATH_CUSTOMERS, PATH_EVENTS
+from .serialization import escapes_lone_surrogate
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -408,21 +409,14 @@ def is_command(payload: bytes) -> bool:
     ``bulk`` request that holds it as a whole (400), only, at worst, that command."""
     try:
         command = json.loads(payload.decode("utf-8"), parse_constant=_refuse_constant)
-        if _SURROGATE_ESCAPE.search(payload) is not None:
-            # "\ud800" is valid JSON but no text (track refuses it; a server cannot read it): one
-            # that is half of a pair is whole again once decoded, and encodes.
-            json.dumps(command, ensure_ascii=False).encode("utf-8")
     except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         return False
     return (
         type(command) is dict
         and command.get("name") in _COMMAND_NAMES
         and type(command.get("data")) is dict
+        and not escapes_lone_surrogate(payload, command)  # a server could not read it
     )
-
-
-#: A JSON escape of a UTF-16 surrogate (\ud800 to \udfff), whole or lone.
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 _COMMAND_NAMES = frozenset({PATH_EVENTS, PATH_CUSTOMERS})

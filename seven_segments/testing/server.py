@@ -14,7 +14,6 @@ import functools
 import json
 import logging
 import os
-import re
 import socket
 import ssl
 import threading
@@ -55,6 +54,7 @@ from .faults import (
 )
 from .faults import format_retry_after
 from .store import Command, Store
+from ..serialization import escapes_lone_surrogate
 from ..transport import redact_urls
 from .validation import (
     CustomerUpdate,
@@ -366,12 +366,6 @@ class _Handler(BaseHTTPRequestHandler):
                     "dropped" if status is None else status,
                     (time.perf_counter() - started) * 1000,
                 )
-
-
-#: A JSON escape of a UTF-16 surrogate (\ud800 to \udfff): a lone one decodes to no text, which
-#: can be neither stored nor measured as UTF-8.
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
-_SURROGATE_ERROR = "the body holds an escaped lone surrogate (\\ud800 to \\udfff), which is not text"
 
 
 def _gunzip(raw: bytes, limit: int) -> bytes:
@@ -822,11 +816,8 @@ class LocalServer:
             raise _Refusal(400, [f"the body is not valid JSON: {error}"]) from None
         if not isinstance(body, dict):
             raise _Refusal(400, ["the body must be a JSON object"])
-        if _SURROGATE_ESCAPE.search(raw) is not None:  # rare: checked only where such an escape is
-            try:
-                json.dumps(body, ensure_ascii=False).encode("utf-8")  # a pair is whole once decoded
-            except UnicodeEncodeError:
-                raise _Refusal(400, [_SURROGATE_ERROR]) from None
+        if escapes_lone_surrogate(raw, body):  # neither stored nor measured as UTF-8
+            raise _Refusal(400, ["the body holds an escaped lone surrogate (\\ud800 to \\udfff), which is not text"])
         return body, len(raw)
 
     def _process(
