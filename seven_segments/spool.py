@@ -220,6 +220,19 @@ def _open_file(path: str, flags: int = os.O_RDONLY, mode: int = 0o600, dir_fd: O
     return fd
 
 
+def _truncate_same(path: str, fd: int, length: int) -> None:
+    """Cut the file that ``fd`` (read-only) holds to ``length``, through ``path`` opened for writing
+    without following a link, and only when ``path`` still names that file (``OSError`` if not)."""
+    writable = _open_file(path, os.O_WRONLY)
+    try:
+        held, named = os.fstat(fd), os.fstat(writable)
+        if (held.st_dev, held.st_ino) != (named.st_dev, named.st_ino):
+            raise OSError(errno.ESTALE, "replaced meanwhile", path)
+        os.ftruncate(writable, length)
+    finally:
+        os.close(writable)
+
+
 def _read_file(path: str, limit: int = -1) -> bytes:
     """The bytes of a regular file in the spool folder (at most ``limit``), see ``_open_file``."""
     fd = _open_file(path)
@@ -1311,7 +1324,7 @@ class Spool:
             end = records[-1][2] if records else header.start
             if size > end:  # zeros (the unwritten rest of a writer that died) or a cut record, lost anyway
                 try:  # given back, and not counted
-                    os.truncate(path, end)
+                    _truncate_same(path, fd, end)
                     size = end
                 except OSError:
                     pass

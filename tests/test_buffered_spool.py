@@ -708,6 +708,44 @@ def test_a_record_holding_a_lone_surrogate_is_no_command_and_costs_no_other_comm
     assert all(request["status"] == 200 for request in server.requests())
     assert any("not a command" in r.getMessage() for r in caplog.records) and inspect(folder).files == []
 
+
+def test_a_segment_replaced_by_a_link_while_it_is_read_back_truncates_nothing_else(
+    server: LocalServer, tmp_path: Path, monkeypatch: Any
+) -> None:
+    # Checked to be the file locked, then read and parsed, then cut back to its last record by its
+    # name: os.truncate followed a link put there meanwhile, and cut the file it named.
+    import seven_segments.spool as spool_module
+
+    folder = tmp_path / "spool"
+    server.faults.fail_next(100_000, status=503)
+    writer = SevenSegments(TOKEN, "john", target=server.url, buffered=True, spool=str(folder), shutdown_timeout=0.1)
+    for number in range(5):
+        writer.track("view", {"n": number})
+    writer.close()
+    server.faults.clear()
+    [segment] = [entry for entry in os.listdir(folder) if entry.endswith(".seg")]
+    with open(folder / segment, "ab") as file:
+        file.write(bytes(4096))  # zeros, as a writer killed leaves: cut back when the file is read
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"x" * 100_000)
+    parse = spool_module.parse_records
+    swapped: List[str] = []
+
+    def swapping(data: bytes, start: int = spool_module.HEADER_BYTES) -> Any:
+        if not swapped:
+            [name] = [entry for entry in os.listdir(folder) if entry.endswith(".seg")]
+            os.rename(folder / name, tmp_path / "kept.seg")
+            (folder / name).symlink_to(victim)
+            swapped.append(name)
+        return parse(data, start)
+
+    monkeypatch.setattr(spool_module, "parse_records", swapping)
+    client = SevenSegments(TOKEN, "john", target=server.url, buffered=True, spool=str(folder))
+    assert client.flush(10) is True
+    client.close()
+    assert swapped and victim.read_bytes() == b"x" * 100_000
+    assert delivered(server) == list(range(5))
+
 def test_a_batch_refused_as_a_whole_with_400_is_split_and_delivered(server: LocalServer, tmp_path: Path) -> None:
     reports, on_error = collector()
     client = SevenSegments(TOKEN, "john", target=server.url, buffered=True, on_error=on_error, flush_interval=60)
