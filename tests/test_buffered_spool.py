@@ -19,7 +19,7 @@ from typing import Any, List
 
 import pytest
 
-from seven_segments import SevenSegments
+from seven_segments import InvalidRequest, SevenSegments
 from seven_segments.spool import Spool, SpoolError, inspect
 from seven_segments.testing import LocalServer
 
@@ -745,6 +745,32 @@ def test_a_segment_replaced_by_a_link_while_it_is_read_back_truncates_nothing_el
     client.close()
     assert swapped and victim.read_bytes() == b"x" * 100_000
     assert delivered(server) == list(range(5))
+
+
+def test_a_replayed_command_too_large_is_failed_without_a_request(server: LocalServer, tmp_path: Path) -> None:
+    # Spooled before sizes were checked at the call (or planted), it went out with the others: each
+    # request holding it was answered 413 and split, until it was alone (issue 24's point 8).
+    folder = str(tmp_path / "spool")
+
+    def large(number: int) -> bytes:
+        command = json.loads(spooled_command(number))
+        command["data"]["properties"]["pad"] = "x" * 200_000
+        return json.dumps(command).encode()
+
+    payloads = [large(n) if n in (15, 25) else spooled_command(n) for n in range(30)]
+    left_by_a_dead_writer(folder, server.url, payloads)
+    reports, on_error = collector()
+    client = SevenSegments(TOKEN, "john", target=server.url, buffered=True, spool=folder, on_error=on_error)
+    assert client.flush(10) is False
+    assert client.stats() == {**client.stats(), "failed": 2, "sent": 28, "replayed": 30, "pending": 0}
+    client.close()
+    assert delivered_numbers(server) == [n for n in range(30) if n not in (15, 25)]
+    assert all(request["status"] == 200 for request in server.requests())
+    [(error, commands)] = reports
+    assert isinstance(error, InvalidRequest) and error.status == 413 and len(error.errors) == 2
+    assert all("more than 102400" in reason for reason in error.errors)
+    assert [c["data"]["command_id"] for c in commands] == ["cmd-15", "cmd-25"]
+    assert inspect(folder).files == []
 
 def test_a_batch_refused_as_a_whole_with_400_is_split_and_delivered(server: LocalServer, tmp_path: Path) -> None:
     reports, on_error = collector()

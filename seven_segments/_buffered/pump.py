@@ -16,6 +16,7 @@ from __future__ import annotations
 import array
 import bisect
 import enum
+import json
 import logging
 import math
 import threading
@@ -59,6 +60,17 @@ LET_GO_WARNING_SECONDS = 60.0
 READ_BACK_CHUNK = 1_000
 #: Bytes of a bulk command that are not its ``data``: ``{"name":"<path>","data":`` and ``}``.
 _ENVELOPE = {path: len('{"name":"' + path + '","data":}') for path in (PATH_EVENTS, PATH_CUSTOMERS)}
+_LARGEST_ENVELOPE = max(_ENVELOPE.values())
+
+
+def _data_size(payload: bytes) -> int:
+    """The bytes of a spooled command's data as the server measures them (compact UTF-8 JSON); 0
+    when it cannot be read (the server says why)."""
+    try:
+        data = json.loads(payload)["data"]
+        return len(json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
+    except (ValueError, KeyError, TypeError, RecursionError):
+        return 0
 
 
 class Reading(enum.Enum):
@@ -378,9 +390,19 @@ class Pump:
             if self._reading is Reading.DEAD_WRITERS:
                 self._learn_tokens(chunk)
             size = 0
+            too_large: List[bytes] = []
             for record, payload in chunk:
                 self.seq += 1
                 self._records[self.seq] = record
+                if len(payload) > MAX_COMMAND_BYTES + _LARGEST_ENVELOPE and _data_size(payload) > MAX_COMMAND_BYTES:
+                    # Spooled before sizes were checked at the call: failed here, not split by 413s.
+                    if fresh:  # the commands before it become a batch of their own: numbers stay contiguous
+                        self._line_fresh_up_to(len(fresh))
+                    self._settle_failed([self.seq], [payload], None, held_bytes=0)  # counted as held below
+                    too_large.append(payload)
+                    continue
+                if not fresh:
+                    self.fresh_head = self.seq
                 fresh.append(payload)
                 size += len(payload)
             self._fresh_bytes += size
@@ -395,8 +417,17 @@ class Pump:
             if self._reading is Reading.LET_GO:  # queued before every flush waiting now
                 for ticket in self.tickets:
                     ticket.upto = max(ticket.upto, self.seq)
+            if too_large:
+                self._report_too_large(too_large)
         if self._reading is Reading.DEAD_WRITERS and self.lifecycle.phase is Phase.DRAINING:
             self._end_reading()  # closing: what was not read stays in the spool for the next start
+
+    def _report_too_large(self, payloads: List[bytes]) -> None:
+        """Replayed commands too large for the server, failed without a request: one warning, and
+        ``on_error`` in chunks giving each one's size (as a 413 for it alone would)."""
+        reasons = [f"the command takes {_data_size(payload)} bytes as JSON, more than {MAX_COMMAND_BYTES}" for payload in payloads]
+        self._say_failed(len(payloads), f"{PATH_BULK}: not sent, too large: {refusal_summary(reasons)}")
+        self.reporter.refused(payloads, reasons, 413)
 
     def _learn_tokens(self, chunk: "List[Tuple[Record, bytes]]") -> None:
         """Mask the company tokens of replayed commands (written by another client, perhaps with
