@@ -63,8 +63,15 @@ setup(
             # deployment tests (tests/test_deployment.py skips what is missing)
             "billiard>=4", "gevent>=22", "eventlet>=0.33", 'pyuwsgi>=2.0.27; sys_platform != "win32"',
             "uvicorn>=0.20", 'gunicorn>=21; sys_platform != "win32"',
+            # network tests (tests/test_network.py): certificates made for the test, a real HTTP proxy
+            "trustme>=1.0", "proxy.py>=2.4",
+            # seven_segments.metrics with the real SDKs (tests/test_metrics.py skips what is missing)
+            "opentelemetry-sdk>=1.12", "prometheus-client>=0.12",
         ],
         "dev": ["mypy>=1.8", "types-requests", "ruff", "build"],
+        # seven_segments.metrics: instrument() and register_prometheus() import these only when called
+        "otel": ["opentelemetry-api>=1.12"],
+        "prometheus": ["prometheus-client>=0.12"],
     },
     entry_points={
         "console_scripts": ["seven-segments=seven_segments.cli:main"],

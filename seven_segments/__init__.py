@@ -15,6 +15,7 @@ from .errors import (
     ServiceUnavailable,
     SevenSegmentsError,
 )
+from .health import Health
 from .types import AnalysisType, BeforeSend, CommandDict, Customer, ErrorCallback, Timestamp
 
 from typing import TYPE_CHECKING, Any
@@ -43,6 +44,7 @@ __all__ = [
     "CommandDict",
     "Customer",
     "ErrorCallback",
+    "Health",
     "InvalidRequest",
     "QueueFull",
     "ServiceUnavailable",

@@ -36,6 +36,7 @@ from types import TracebackType
 from typing import Any, Awaitable, Callable, Dict, Mapping, Optional, Type, TypeVar
 
 from .context import CustomerContext
+from .health import Health
 from .errors import ClientClosedError
 from ._flush_waiter import FlushWaiter
 from .client import (
@@ -52,8 +53,10 @@ from ._buffered.limits import (
     DEFAULT_MAX_QUEUE_SIZE,
     DEFAULT_SHUTDOWN_TIMEOUT,
     DEFAULT_SPOOL_MAX_BYTES,
+    DEFAULT_STALL_WARNING_AFTER,
 )
 from .process_hooks import keep_signals_off_this_thread, threads_hang_forks_here
+from .network import CertSetting, ProxiesSetting, VerifySetting
 from .protocol import DEFAULT_TARGET
 from .serialization import CustomerIds, Timestamp
 from .types import AnalysisType, BeforeSend, Customer, ErrorCallback
@@ -179,7 +182,11 @@ class AsyncSevenSegments(_AsyncBase):
         gzip: bool = True,
         before_send: Optional[BeforeSend] = None,
         enabled: bool = True,
+        stall_warning_after: float = DEFAULT_STALL_WARNING_AFTER,
         max_workers: int = DEFAULT_MAX_WORKERS,
+        proxies: ProxiesSetting = None,
+        verify: VerifySetting = True,
+        cert: CertSetting = None,
     ) -> None:
         _max_workers(max_workers)
         self._client = SevenSegments(
@@ -202,6 +209,10 @@ class AsyncSevenSegments(_AsyncBase):
             gzip=gzip,
             before_send=before_send,
             enabled=enabled,
+            proxies=proxies,
+            verify=verify,
+            cert=cert,
+            stall_warning_after=stall_warning_after,
         )
         super().__init__(max_workers)
         self._flushes = FlushWaiter(self._client.flush, "seven-segments-aio-flush")
@@ -291,16 +302,20 @@ class AsyncSevenSegments(_AsyncBase):
         finally:
             self._executor.shutdown(wait=False)
 
-    def stats(self) -> Dict[str, int]:
+    def stats(self) -> Dict[str, float]:
         """Counts since the client was made (as ``SevenSegments.stats``; no I/O)."""
         return self._client.stats()
+
+    def health(self) -> Health:
+        """Whether delivery works (as ``SevenSegments.health``; no I/O)."""
+        return self._client.health()
 
 
 class AsyncAuthenticatedSevenSegments(_AsyncBase):
     """asyncio client of the 7SEGMENTS export API: ``await export_analysis(...)`` runs in a thread.
 
     ``AsyncAuthenticatedSevenSegments(username, password, *, target=..., timeout=10,
-    retry_deadline=5, max_workers=8)``; ``async with`` closes.
+    retry_deadline=5, max_workers=8, proxies=None, verify=True, cert=None)``; ``async with`` closes.
     """
 
     def __init__(
@@ -312,10 +327,14 @@ class AsyncAuthenticatedSevenSegments(_AsyncBase):
         timeout: float = DEFAULT_TIMEOUT,
         retry_deadline: float = DEFAULT_BLOCKING_RETRY_DEADLINE,
         max_workers: int = DEFAULT_MAX_WORKERS,
+        proxies: ProxiesSetting = None,
+        verify: VerifySetting = True,
+        cert: CertSetting = None,
     ) -> None:
         _max_workers(max_workers)
         self._client = AuthenticatedSevenSegments(
-            username, password, target=target, timeout=timeout, retry_deadline=retry_deadline
+            username, password, target=target, timeout=timeout, retry_deadline=retry_deadline,
+            proxies=proxies, verify=verify, cert=cert,
         )
         super().__init__(max_workers)
 

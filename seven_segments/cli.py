@@ -6,7 +6,8 @@ a process that SIGPIPE ended) when the reader of the output closed the pipe earl
 
 The company token comes from the ``COMPANY_TOKEN`` positional or, when that is left out, from
 ``$SEVEN_SEGMENTS_TOKEN`` (which keeps it out of the process list); the password of ``export`` only
-from ``$SEVEN_SEGMENTS_PASSWORD`` or a prompt.
+from ``$SEVEN_SEGMENTS_PASSWORD`` or a prompt. ``import`` (see ``importer``) takes the token from
+``$SEVEN_SEGMENTS_TOKEN`` only, and exits 1 when a line was rejected or not delivered.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ EXIT_BROKEN_PIPE = 141
 
 #: The commands that talk to the API, which take the options ``--target``, ``--timeout``, ``--verbose``
 #: before the command as well as after it.
-API_COMMANDS = ("track", "update", "get_html", "export")
+API_COMMANDS = ("track", "update", "get_html", "export", "import")
 #: Options that take a value, before the command.
 _GLOBAL_VALUED = ("--target", "--timeout")
 
@@ -245,6 +246,19 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
         from .demo import add_arguments as add_demo_arguments
 
         add_demo_arguments(demo)
+
+    backfill = commands.add_parser(
+        "import",
+        help="import a backfill of events and customer updates",
+        description="Import JSON Lines or CSV files of events and customer updates, each line applied once even "
+        f"when the import is killed and run again (it resumes from its checkpoint). The company token comes from "
+        f"${TOKEN_ENV} only. Exits 0 when every line arrived, 1 when a line was rejected or not delivered.",
+    )
+    if command in (None, "import"):
+        from .importer import add_arguments as add_import_arguments
+
+        add_import_arguments(backfill)
+    _add_common(backfill)
 
     spool = commands.add_parser(
         "spool",
@@ -483,6 +497,15 @@ def _run_spool(args: argparse.Namespace) -> int:
     return EXIT_OK if done.failure is None and not done.kept and not done.refused else EXIT_API_ERROR
 
 
+def _run_import(args: argparse.Namespace) -> int:
+    from .importer import UsageProblem, run
+
+    try:
+        return run(args)
+    except UsageProblem as problem:
+        raise UsageError(str(problem)) from None
+
+
 _COMMANDS: Dict[str, Callable[[argparse.Namespace], int]] = {
     "track": _run_track,
     "update": _run_update,
@@ -491,6 +514,7 @@ _COMMANDS: Dict[str, Callable[[argparse.Namespace], int]] = {
     "serve": _run_serve,
     "demo": _run_demo,
     "spool": _run_spool,
+    "import": _run_import,
 }
 
 

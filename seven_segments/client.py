@@ -14,6 +14,7 @@ from typing import Any, Callable, Dict, Optional, Tuple, Type, TypeVar, Union
 from .clock import monotonic
 from .context import CustomerChoice
 from .errors import ClientClosedError, SevenSegmentsError
+from .health import Figures, Health, assess
 from .protocol import (
     ANALYSIS_TYPES,
     DEFAULT_TARGET,
@@ -42,6 +43,7 @@ from .serialization import (
     properties_room,
     timestamp_seconds,
 )
+from .network import CertSetting, ProxiesSetting, VerifySetting
 from .transport import Backoff, Transport, TransientError, call_with_retries
 from .types import AnalysisType, BeforeSend, CommandDict, Customer, ErrorCallback
 from ._buffered import BufferedEngine, Limits
@@ -53,6 +55,7 @@ from ._buffered.limits import (
     DEFAULT_MAX_QUEUE_SIZE,
     DEFAULT_SHUTDOWN_TIMEOUT,
     DEFAULT_SPOOL_MAX_BYTES,
+    DEFAULT_STALL_WARNING_AFTER,
     MAX_BATCH_BYTES,
     MAX_IN_FLIGHT,
 )
@@ -120,12 +123,16 @@ class _ApiClient:
         gzip: bool,
         auth: Any,
         call_deadline: Optional[float] = None,
+        network: Optional[Dict[str, Any]] = None,
     ) -> None:
         self._timeout = _number("timeout", timeout, minimum=0, allow_equal=False)
         self._retry_deadline = _number("retry_deadline", retry_deadline, minimum=0)
         #: How long a call that the caller waits for (blocking track/update, get_html, export) retries.
         self._call_deadline = self._retry_deadline if call_deadline is None else call_deadline
-        self._transport = Transport(target, timeout=self._timeout, gzip=gzip, secrets=secrets, auth=auth)
+        # network: the keywords proxies, verify and cert, checked (and the environment read) by Transport.
+        self._transport = Transport(
+            target, timeout=self._timeout, gzip=gzip, secrets=secrets, auth=auth, **(network or {})
+        )
         self._closed = False
         self._sleep: Callable[[float], None] = time.sleep
 
@@ -269,6 +276,11 @@ class SevenSegments(_ApiClient, CustomerChoice):
       disk flush per call),
       ``on_error(error, commands)`` (called on the worker thread for commands that could not be
       delivered), ``gzip`` (True: compress request bodies of 1 KiB or more).
+    - The network (both modes): ``proxies`` (a dict of scheme to proxy URL, as ``requests`` takes it;
+      default: the ``HTTPS_PROXY``/``HTTP_PROXY``/``NO_PROXY`` environment variables), ``verify`` (the
+      path of a CA bundle, a file or a folder; default: ``REQUESTS_CA_BUNDLE`` or certifi's;
+      ``False`` is refused) and ``cert`` (a client certificate for mutual TLS: a PEM file with its
+      key, or a ``(certificate, key)`` pair). See ``seven_segments.network``.
     - ``before_send(command)`` (both modes): called with each tracking command as a plain dict
       (``CommandDict``: ``name``, ``customer_ids`` or ``ids``, ``type``, ``properties``, ``timestamp``,
       ``command_id``) on the CALLER's thread, inside ``track``/``update``, before it is queued or sent
@@ -280,6 +292,9 @@ class SevenSegments(_ApiClient, CustomerChoice):
     - ``enabled`` (True): with ``False`` every call is checked as usual (bad input still raises) but
       nothing is queued, sent or kept, no thread is started: ``track``/``update`` count the command as
       ``discarded``, ``get_html`` returns ``''``, ``flush`` returns True. For development and CI.
+    - ``stall_warning_after`` (300 s, buffered): when a command has waited this long for delivery, a
+      warning says how many wait, for how long, and the last error (then at most one a minute while it
+      lasts, and one line when delivery resumes); ``health()`` says ``"failing"`` meanwhile.
 
     One client may be shared by all threads; pass ``customer=`` per call, or run the request inside
     ``customer_context(customer)``, rather than ``identify`` when threads serve different customers.
@@ -307,13 +322,20 @@ class SevenSegments(_ApiClient, CustomerChoice):
         gzip: bool = True,
         before_send: Optional[BeforeSend] = None,
         enabled: bool = True,
+        proxies: ProxiesSetting = None,
+        verify: VerifySetting = True,
+        cert: CertSetting = None,
+        stall_warning_after: float = DEFAULT_STALL_WARNING_AFTER,
     ) -> None:
         self._token = _secret("token", token)
         if retry_deadline is None:
             retry_deadline = DEFAULT_BUFFERED_RETRY_DEADLINE if buffered else DEFAULT_BLOCKING_RETRY_DEADLINE
         # A buffered client's retry_deadline is the worker's; get_html still answers within seconds.
         call_deadline = DEFAULT_BLOCKING_RETRY_DEADLINE if buffered else None
-        super().__init__(target, timeout, retry_deadline, (token,), bool(gzip), None, call_deadline)
+        super().__init__(
+            target, timeout, retry_deadline, (token,), bool(gzip), None, call_deadline,
+            network={"proxies": proxies, "verify": verify, "cert": cert},
+        )
         self._init_customer(None if customer is None else customer_ids(customer))
         #: Properties that ``capture_properties`` counts at most this large fit in a command with
         #: any customer ids that are not ``LargeCustomerIds``; a command past it is measured.
@@ -342,6 +364,9 @@ class SevenSegments(_ApiClient, CustomerChoice):
         self._filtered, self._hook_failed, self._discarded = _Tally(), _Tally(), _Tally()
         self._sent, self._retried, self._failed = _Tally(), _Tally(), _Tally()
         self._hook_failures_flushed = 0  # before_send failures that a flush() already answered for
+        #: A blocking client's calls in a row that raised, and the last error (for ``health()``).
+        self._calls_failed_in_a_row = 0
+        self._last_call_error = ""
         batch_size = _number("batch_size", batch_size, minimum=1, integer=True)
         if batch_size > MAX_BULK_COMMANDS:
             raise ValueError(f"batch_size must be at most {MAX_BULK_COMMANDS} (the protocol's limit), not {batch_size}")
@@ -358,7 +383,9 @@ class SevenSegments(_ApiClient, CustomerChoice):
             retry_deadline=self._retry_deadline,
             shutdown_timeout=_number("shutdown_timeout", shutdown_timeout, minimum=0),
             timeout=self._timeout,
+            stall_warning_after=_number("stall_warning_after", stall_warning_after, minimum=0, allow_equal=False),
         )
+        self._stall_warning_after = limits.stall_warning_after
         spool_max_bytes = _number("spool_max_bytes", spool_max_bytes, minimum=1024, integer=True)
         if spool is not None and not buffered:
             raise ValueError("spool= needs buffered=True: a blocking client sends each command before it returns")
@@ -560,10 +587,13 @@ class SevenSegments(_ApiClient, CustomerChoice):
         data = {"company_id": self._token, **BulkCommandEncoder.as_dict(command)["data"]}
         try:
             self._call(command[0], _encode(data), on_retry=self._retried.add)
-        except Exception:
+        except Exception as error:
             self._failed.add()
+            self._calls_failed_in_a_row += 1
+            self._last_call_error = str(error) if isinstance(error, SevenSegmentsError) else type(error).__name__
             raise
         self._sent.add()
+        self._calls_failed_in_a_row = 0
 
     def get_html(self, campaign_name: str, *, customer: Optional[Customer] = None) -> str:
         """The HTML of campaign ``campaign_name`` for the customer (``''`` when it shows nothing to them,
@@ -610,21 +640,26 @@ class SevenSegments(_ApiClient, CustomerChoice):
         else:
             self._transport.close()
 
-    def stats(self) -> Dict[str, int]:
+    def stats(self) -> Dict[str, float]:
         """Counts since the client was made: queued, sent, retried, failed, unconfirmed (in flight when a
         close gave up: perhaps applied), dropped (``dropped_queue_full`` + ``dropped_closed``), batches,
         in_flight, pending, filtered (dropped by ``before_send`` returning ``None``) and discarded (by a
-        disabled client). The keys are the same in both modes.
+        disabled client); ``pending_bytes`` (the memory the pending commands take, as ``max_queue_bytes``
+        counts it), ``spool_bytes`` (the size of the spool's files) and ``oldest_pending_seconds`` (how
+        long the oldest command not delivered yet has waited; 0 when none). The keys are the same in
+        both modes.
 
         ``failed`` includes the commands ``before_send`` failed on. A blocking client counts each
         ``track``/``update`` that the server accepted as sent, each that raised as failed, and each
         retry of one as retried.
         """
+        stats: Dict[str, float]
         if self._worker is None:
             stats = {
                 "queued": 0, "sent": self._sent.value, "retried": self._retried.value, "failed": self._failed.value,
                 "unconfirmed": 0, "dropped": 0, "dropped_queue_full": 0, "dropped_closed": 0,
                 "replayed": 0, "not_spooled": 0, "kept_in_spool": 0, "batches": 0, "in_flight": 0, "pending": 0,
+                "pending_bytes": 0, "spool_bytes": 0, "oldest_pending_seconds": 0.0,
             }
         else:
             stats = self._worker.stats()
@@ -632,6 +667,27 @@ class SevenSegments(_ApiClient, CustomerChoice):
         stats["filtered"] = stats.get("filtered", 0) + self._filtered.value
         stats["discarded"] = self._discarded.value
         return stats
+
+    def health(self) -> Health:
+        """Whether delivery works: a :class:`Health` whose ``status`` is ``"ok"``, ``"degraded"`` or
+        ``"failing"``, with a ``reason`` sentence and the figures behind it (the rules are in
+        ``seven_segments.health``). Cheap, from any thread; ``as_dict()`` gives it as JSON types."""
+        if self._worker is not None:
+            figures = self._worker.figures()
+        else:
+            figures = Figures(
+                enabled=self._enabled,
+                closed=self._closed,
+                pending=0,
+                oldest_pending_seconds=0.0,
+                queue_fill=0.0,
+                retrying=0,
+                requests_failed_in_a_row=self._calls_failed_in_a_row,
+                seconds_since_drop=math.inf,
+                last_error=self._last_call_error,
+                stall_warning_after=self._stall_warning_after,
+            )
+        return assess(figures)
 
 
 class AuthenticatedSevenSegments(_ApiClient):
@@ -645,6 +701,9 @@ class AuthenticatedSevenSegments(_ApiClient):
         target: str = DEFAULT_TARGET,
         timeout: float = DEFAULT_TIMEOUT,
         retry_deadline: float = DEFAULT_BLOCKING_RETRY_DEADLINE,
+        proxies: ProxiesSetting = None,
+        verify: VerifySetting = True,
+        cert: CertSetting = None,
     ) -> None:
         if not isinstance(username, str) or not username:
             raise ValueError(f"username must be a non-empty string, not {username!r}")
@@ -653,7 +712,10 @@ class AuthenticatedSevenSegments(_ApiClient):
             raise ValueError(f"username {username!r} is not valid: {problem}")
         _secret("password", password)
         self._username = username
-        super().__init__(target, timeout, retry_deadline, (password,), False, (username, password))
+        super().__init__(
+            target, timeout, retry_deadline, (password,), False, (username, password),
+            network={"proxies": proxies, "verify": verify, "cert": cert},
+        )
 
     def __repr__(self) -> str:
         return f"AuthenticatedSevenSegments(username={self._username!r}, target={self.target!r})"

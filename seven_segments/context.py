@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 import threading
-from contextvars import ContextVar, Token
+from contextvars import ContextVar
 from types import TracebackType
 from typing import Optional, Type
 
@@ -36,14 +36,18 @@ __all__ = ["CustomerChoice", "CustomerContext"]
 
 
 class _Frame:
-    """One active context: its client, its customer and the context it is nested in."""
+    """One active context: its client, its customer, the context it is nested in, and the
+    ``CustomerContext`` that entered it."""
 
-    __slots__ = ("owner", "ids", "outer")
+    __slots__ = ("owner", "ids", "outer", "scope")
 
-    def __init__(self, owner: "CustomerChoice", ids: CustomerIds, outer: "Optional[_Frame]") -> None:
+    def __init__(
+        self, owner: "CustomerChoice", ids: CustomerIds, outer: "Optional[_Frame]", scope: "CustomerContext"
+    ) -> None:
         self.owner = owner
         self.ids = ids
         self.outer = outer
+        self.scope = scope
 
 
 #: The innermost active context (of any client) where the code runs; frames of several clients nest.
@@ -67,37 +71,39 @@ if hasattr(os, "register_at_fork"):
 class CustomerContext:
     """What ``customer_context(customer)`` returns: inside ``with`` it, the calls of its client that
     name no customer are for that customer (see the module's docstring). Entering it gives the
-    customer's ids; it may be entered again once it was exited, not while it is active."""
+    customer's ids. It holds no state of its own (what is active lives in the context variable):
+    one object may be entered by several threads or tasks at once, and again once exited, but not
+    twice at once in one thread, greenlet or task."""
 
-    __slots__ = ("_owner", "_ids", "_token")
+    __slots__ = ("_owner", "_ids")
 
     def __init__(self, owner: "CustomerChoice", ids: CustomerIds) -> None:
         self._owner = owner
         self._ids = ids
-        self._token: "Optional[Token[Optional[_Frame]]]" = None
 
     def __repr__(self) -> str:
-        return f"<customer_context {self._ids!r}{' (active)' if self._token is not None else ''}>"
+        return f"<customer_context {self._ids!r}>"
 
     def __enter__(self) -> CustomerIds:
-        if self._token is not None:
-            raise RuntimeError(f"{self!r} is already active: make a new customer_context to nest one")
-        self._token = _frames.set(_Frame(self._owner, self._ids, _frames.get()))
+        outer = frame = _frames.get()
+        while frame is not None:
+            if frame.scope is self:
+                raise RuntimeError(f"{self!r} is already active here: make a new customer_context to nest one")
+            frame = frame.outer
+        _frames.set(_Frame(self._owner, self._ids, outer, self))
         return dict(self._ids)
 
     def __exit__(
         self, kind: Optional[Type[BaseException]], error: Optional[BaseException], trace: Optional[TracebackType]
     ) -> None:
-        token, self._token = self._token, None
-        if token is None:
-            raise RuntimeError(f"{self!r} was exited without being entered")
-        try:
-            _frames.reset(token)
-        except ValueError:
+        frame = _frames.get()
+        if frame is None or frame.scope is not self:
             raise RuntimeError(
-                f"{self!r} was exited in another context than it was entered in (a generator resumed"
-                " elsewhere?): enter and exit it in the same thread, greenlet or task"
-            ) from None
+                f"{self!r} is not the innermost customer_context active here (exited without being entered,"
+                " out of order, or in another thread, greenlet or task than it was entered in: a generator"
+                " resumed elsewhere?)"
+            )
+        _frames.set(frame.outer)
 
 
 class CustomerChoice:

@@ -43,13 +43,13 @@ class PooledPost:
 
     def _pool(self) -> Any:
         adapter = cast(requests.adapters.HTTPAdapter, self._session.get_adapter(self._url))
-        verify = self._session.verify
+        verify, cert = self._session.verify, self._session.cert  # as network.NetworkSettings set them
         attributes = getattr(adapter, "build_connection_pool_key_attributes", None)
-        if attributes is not None:  # requests 2.32+: the pool key requests itself uses (CA bundle included)
-            host, pool_kwargs = attributes(self._request, verify, None)
+        if attributes is not None:  # requests 2.32+: the pool key requests itself uses (CA bundle, client certificate)
+            host, pool_kwargs = attributes(self._request, verify, cert)
             return adapter.poolmanager.connection_from_host(**host, pool_kwargs=pool_kwargs)
         pool = adapter.get_connection(self._url)  # pragma: no cover - requests before 2.32
-        adapter.cert_verify(pool, self._url, verify, None)  # type: ignore[no-untyped-call] # pragma: no cover
+        adapter.cert_verify(pool, self._url, verify, cert)  # type: ignore[no-untyped-call] # pragma: no cover
         return pool  # pragma: no cover
 
     def post(self, body: bytes, gzipped: bool, timeout: float) -> Answer:

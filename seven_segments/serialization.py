@@ -69,6 +69,7 @@ __all__ = [
     "LargeCustomerIds",
     "check_event_type",
     "customer_ids",
+    "escapes_lone_surrogate",
     "new_command_id",
     "properties_room",
     "timestamp_seconds",
@@ -381,6 +382,23 @@ def customer_ids(customer: Any, path: str = "customer") -> CustomerIds:
     raise TypeError(
         f"{path} must be a string id or a dict of id types to ids, not {type(customer).__name__} {_short(customer)}"
     )
+
+
+#: A JSON escape of a UTF-16 surrogate (\\ud800 to \\udfff), whole or lone.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def escapes_lone_surrogate(text: bytes, value: Any) -> bool:
+    """Whether the JSON ``text``, decoded as ``value``, escapes a lone surrogate (``"\\ud800"``): valid
+    JSON, but no text (UTF-8 cannot carry it; ``track`` refuses it). Checked only where such an
+    escape is; half of a pair is whole again once decoded."""
+    if _SURROGATE_ESCAPE.search(text) is None:
+        return False
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 # Command size ------------------------------------------------------------------------------------

@@ -78,6 +78,7 @@ import zlib
 from typing import Callable, Dict, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple
 
 from .protocol import DEFAULT_TARGET, PATH_CUSTOMERS, PATH_EVENTS
+from .serialization import escapes_lone_surrogate
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -201,11 +202,11 @@ class NotAFileError(OSError):
         super().__init__(errno.EINVAL, "not a regular file (a link, a device or a FIFO); skipped", path)
 
 
-def _open_file(path: str, flags: int = os.O_RDONLY, mode: int = 0o600) -> int:
+def _open_file(path: str, flags: int = os.O_RDONLY, mode: int = 0o600, dir_fd: Optional[int] = None) -> int:
     """``os.open`` of a regular file in the spool folder, never through a link (``O_NOFOLLOW``) and
     never waiting; raises ``NotAFileError`` for anything else there (a link, a device, a FIFO)."""
     try:
-        fd = os.open(path, flags | _OPEN_SAFE, mode)
+        fd = os.open(path, flags | _OPEN_SAFE, mode, dir_fd=dir_fd)
     except OSError as error:
         if error.errno in (errno.ELOOP, errno.EMLINK, errno.ENXIO):  # a link (EMLINK: BSD); ENXIO: a FIFO
             raise NotAFileError(path) from None
@@ -217,6 +218,19 @@ def _open_file(path: str, flags: int = os.O_RDONLY, mode: int = 0o600) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def _truncate_same(path: str, fd: int, length: int) -> None:
+    """Cut the file that ``fd`` (read-only) holds to ``length``, through ``path`` opened for writing
+    without following a link, and only when ``path`` still names that file (``OSError`` if not)."""
+    writable = _open_file(path, os.O_WRONLY)
+    try:
+        held, named = os.fstat(fd), os.fstat(writable)
+        if (held.st_dev, held.st_ino) != (named.st_dev, named.st_ino):
+            raise OSError(errno.ESTALE, "replaced meanwhile", path)
+        os.ftruncate(writable, length)
+    finally:
+        os.close(writable)
 
 
 def _read_file(path: str, limit: int = -1) -> bytes:
@@ -401,7 +415,8 @@ def _refuse_constant(name: str) -> object:
 
 def is_command(payload: bytes) -> bool:
     """Whether ``payload`` is one ``bulk`` command: a JSON object ``{"name": "crm/events" or
-    "crm/customers", "data": {...}}`` in UTF-8 (no NaN or Infinity, which JSON lacks). What ``track``
+    "crm/customers", "data": {...}}`` in UTF-8 (no NaN or Infinity, which JSON lacks, nor an escaped
+    lone surrogate, which is no text). What ``track``
     spools always is; checked when a record is replayed, never when it is written. Decoding it is
     the cheapest check that is sound: a payload that passes cannot make the server refuse the
     ``bulk`` request that holds it as a whole (400), only, at worst, that command."""
@@ -413,6 +428,7 @@ def is_command(payload: bytes) -> bool:
         type(command) is dict
         and command.get("name") in _COMMAND_NAMES
         and type(command.get("data")) is dict
+        and not escapes_lone_surrogate(payload, command)  # a server could not read it
     )
 
 
@@ -448,15 +464,41 @@ def _ack_bytes(offsets: List[int]) -> bytes:
     return entries.tobytes()
 
 
-def _read_all(fd: int) -> bytes:
+def _read_all(fd: int, limit: Optional[int] = None) -> bytes:
+    """The bytes of the file (at most ``limit`` and one more, when given)."""
     chunks: List[bytes] = []
     position = 0
-    while True:
+    while limit is None or position <= limit:
         chunk = os.pread(fd, 1 << 20, position)
         if not chunk:
-            return b"".join(chunks)
+            break
         chunks.append(chunk)
         position += len(chunk)
+    return b"".join(chunks)
+
+
+#: No spool writes a larger segment file: a full one, or one made for a single record of the
+#: largest size, with the longest header.
+MAX_SEGMENT_FILE_BYTES = (
+    SEGMENT_BYTES + HEADER_BYTES + _TARGET_LENGTH.size + 0xFFFF + RECORD_HEADER_BYTES + MAX_RECORD_BYTES
+)
+
+
+def _read_segment(fd: int, path: str, limit: int = MAX_SEGMENT_FILE_BYTES) -> Optional[bytes]:
+    """The bytes of a segment file; None (warned) for one larger than ``limit``, which is no
+    segment: a planted file of gigabytes, read, would take the memory (a ``MemoryError`` stopped
+    the replay of every other file)."""
+    size = os.fstat(fd).st_size
+    if size <= limit:
+        data = _read_all(fd, limit)  # at most one byte more, should it grow meanwhile
+        if len(data) <= limit:
+            return data
+        size = len(data)
+    logger.warning(
+        "seven_segments: spool file %s is larger than any segment (%d bytes, at most %d): not read, left as it is",
+        path, size, limit,
+    )
+    return None
 
 
 def _segment_names(folder: str) -> List[str]:
@@ -649,6 +691,11 @@ class Spool:
         """The target written in this spool's segments ("" when made without one)."""
         return self._target
 
+    @property
+    def bytes_held(self) -> int:
+        """The size of the files this spool holds now (read without its lock: for metrics)."""
+        return self._kept_bytes
+
     def target_of(self, name: str) -> str:
         """The target a segment of this spool (by the name in its records) was written for: this
         spool's own, or the one a dead writer's file says ("" when it says none)."""
@@ -695,10 +742,19 @@ class Spool:
 
     def _make_segment_file(self, serial: int, capacity: int, reserve: bool) -> _Segment:
         name = f"{_HOST}-{os.getpid()}-{self._random}-{serial}"
-        temp = os.path.join(self._folder, "." + name + TEMP_SUFFIX)
+        temp = "." + name + TEMP_SUFFIX
+        # Made in the folder as checked now, not as it was at the start: it may have been deleted and
+        # replaced since (by a link, or by a folder others can write to) and would get the token.
+        folder = _open_checked_folder(self._folder)
+        try:
+            return self._make_segment_file_in(folder, name, temp, capacity, reserve)
+        finally:
+            os.close(folder)
+
+    def _make_segment_file_in(self, folder: int, name: str, temp: str, capacity: int, reserve: bool) -> _Segment:
         # No O_APPEND: records are written at the place reserved for them (on Linux, pwrite on an
         # O_APPEND file ignores the place and appends).
-        fd = _open_file(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL)
+        fd = _open_file(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL, dir_fd=folder)
         view = None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -708,13 +764,13 @@ class Spool:
             if self._mapped and reserve:
                 view = _map_preallocated(fd, max(capacity or self._segment_bytes, self._start + 1), self._start)
             segment = _Segment(self._folder, name, fd, self._start, view, self._segment_bytes)
-            os.rename(temp, segment.path)
+            os.rename(temp, name + SEGMENT_SUFFIX, src_dir_fd=folder, dst_dir_fd=folder)
         except BaseException:
             if view is not None:
                 view.close()
             os.close(fd)
             try:
-                os.unlink(temp)
+                os.unlink(temp, dir_fd=folder)
             except OSError:
                 pass
             raise
@@ -1242,7 +1298,10 @@ class Spool:
                     return None  # replaced meanwhile
             except FileNotFoundError:
                 return None  # taken, replayed and deleted by another process meanwhile
-            data = _read_all(fd)
+            read = _read_segment(fd, path, max(self._segment_bytes, SEGMENT_BYTES) + MAX_SEGMENT_FILE_BYTES - SEGMENT_BYTES)
+            if read is None:
+                return None
+            data = read
             try:
                 header = _read_header(data, path)
             except SpoolError as error:
@@ -1265,7 +1324,7 @@ class Spool:
             end = records[-1][2] if records else header.start
             if size > end:  # zeros (the unwritten rest of a writer that died) or a cut record, lost anyway
                 try:  # given back, and not counted
-                    os.truncate(path, end)
+                    _truncate_same(path, fd, end)
                     size = end
                 except OSError:
                     pass
@@ -1409,6 +1468,23 @@ def _open_folder(folder: str, error: Optional[OSError] = None) -> int:
     raise SpoolError(f"spool folder {folder} cannot be used: {error.strerror or error}")
 
 
+def _open_checked_folder(folder: str) -> int:
+    """The spool folder opened (``O_NOFOLLOW``) and checked as ``_check_folder`` does, to make a file
+    in it; ``FileNotFoundError`` when it is gone, another ``OSError`` saying why it may not be used."""
+    try:
+        fd = os.open(folder, _OPEN_FOLDER)
+    except (FileNotFoundError, PermissionError):
+        raise
+    except OSError as error:  # ELOOP: a link; ENOTDIR: a file
+        raise OSError(error.errno, f"spool folder {folder} is a symbolic link or a file now") from None
+    try:
+        _check_folder(folder, os.fstat(fd))
+    except SpoolError as error:
+        os.close(fd)
+        raise OSError(errno.EPERM, str(error)) from None
+    return fd
+
+
 def _check_folder(folder: str, info: os.stat_result) -> int:
     """Refuse (``SpoolError``) a spool folder that another user owns, or that its group or others
     can write to (sticky or not, as ``/tmp``): they could read or replace the files, which hold the
@@ -1463,9 +1539,14 @@ def inspect(folder: str) -> SpoolReport:
                 alive = False
             except OSError:
                 alive = True
-            data = _read_all(fd)
+            read = _read_segment(fd, path)
+            size = os.fstat(fd).st_size
         finally:
             os.close(fd)
+        if read is None:
+            files.append(SpoolFile(name + SEGMENT_SUFFIX, 0, size, alive, 0, 0))
+            continue
+        data = read
         try:
             header = _read_header(data, path)
         except SpoolError:
@@ -1509,10 +1590,11 @@ def deliver(
     of at most ``RECOVER_CHUNK`` commands, each retried on passing failures for ``retry_deadline``
     seconds: each file's commands to the target its header names (``default_target`` for a file that
     names none: version 1), or all of them to ``target`` when given. Applied and refused commands are
-    confirmed (so removed); those the API asked to retry, and all of a target's once a request to it
-    fails, are kept. Records that are no command are skipped (``is_command``). Files of live
+    confirmed (so removed); a request refused as a whole (400, 413) is split in halves until the
+    command at fault is alone, and refused; those the API asked to retry, and all of a target's
+    once a request to it fails, are kept. Records that are no command are skipped (``is_command``). Files of live
     processes are left alone. Raises ``SpoolError`` when ``folder`` is not a spool folder."""
-    from .errors import SevenSegmentsError
+    from .errors import InvalidRequest, SevenSegmentsError
     from .protocol import MAX_BULK_BYTES, PATH_BULK
     from .transport import Backoff, Transport, call_with_retries
     from ._buffered.answers import read_results
@@ -1552,7 +1634,9 @@ def deliver(
             by_target: Dict[str, List[Tuple[Record, bytes, object]]] = {}
             for item in commands:
                 by_target.setdefault(target or spool.target_of(item[0][0]) or default_target, []).append(item)
-            for where, batch in ((where, batch) for where, group in by_target.items() for batch in _batches(group, MAX_BULK_BYTES - 64)):
+            work = [(where, batch) for where, group in by_target.items() for batch in _batches(group, MAX_BULK_BYTES - 64)]
+            while work:
+                where, batch = work.pop(0)
                 if where in failures:
                     continue  # that target failed: its commands stay in the files
                 try:
@@ -1571,11 +1655,18 @@ def deliver(
                         backoff=Backoff(initial=0.1, maximum=5.0),
                         sleep=time.sleep,
                     )
+                except InvalidRequest as error:
+                    if error.status not in (400, 413):  # refused as a whole, with success false
+                        failures[where] = transport.scrub(str(error))
+                    elif len(batch) > 1:  # too large, or malformed as a whole: halves, until the command at fault is alone
+                        half = len(batch) // 2
+                        work[:0] = [(where, batch[:half]), (where, batch[half:])]
+                    else:
+                        refused.append(_refusal(batch[0][2], error.errors or (str(error),), transport.scrub))
+                        spool.confirm([batch[0][0]])
+                    continue
                 except SevenSegmentsError as error:
-                    failure = transport.scrub(str(error))
-                    if error.errors:
-                        failure += " (" + "; ".join(transport.scrub(reason) for reason in error.errors) + ")"
-                    failures[where] = failure
+                    failures[where] = transport.scrub(str(error))  # its str quotes the server's errors
                     continue
                 verdict = read_results(answer.get("results"), len(batch))
                 if verdict.all_ok:

@@ -27,6 +27,7 @@ import math
 import os
 import re
 import socket
+import ssl
 import time
 import weakref
 import zlib
@@ -38,6 +39,7 @@ import urllib3
 
 from .clock import Clock, monotonic
 from .errors import AuthenticationError, InvalidRequest, SevenSegmentsError, ServiceUnavailable
+from .network import CertSetting, NetworkSettings, ProxiesSetting, VerifySetting, shown_proxy
 from .pooled_post import PooledPost
 from .protocol import PATH_BULK, TRANSIENT_STATUSES, USER_AGENT
 from .watchdog import WATCHDOG, Attempt, WatchedHTTPConnectionPool, WatchedHTTPSConnectionPool
@@ -184,13 +186,8 @@ def parse_retry_after(value: Optional[str], now: Optional[float] = None) -> Opti
 _NO_SUCH_HOST = frozenset(code for code in (getattr(socket, "EAI_NONAME", None), getattr(socket, "EAI_NODATA", None)) if code)
 
 
-def _unresolved(path: str, target: str, error: BaseException) -> Optional[Exception]:
-    """The error for a failure to resolve the target's host name (found in ``error``'s causes), else None.
-
-    "No such host" is permanent (a ``SevenSegmentsError``, not retried), so a mistyped target fails at
-    once instead of being retried for the whole deadline; a temporary resolver failure (``EAI_AGAIN``)
-    is a ``TransientError``, retried like an outage. Both say "cannot resolve HOST".
-    """
+def _causes(error: BaseException) -> Iterable[BaseException]:
+    """``error`` and every exception it was caused by or carries (urllib3 wraps them deep)."""
     seen: "set[int]" = set()
     causes: List[Any] = [error]
     while causes:
@@ -198,6 +195,18 @@ def _unresolved(path: str, target: str, error: BaseException) -> Optional[Except
         if not isinstance(cause, BaseException) or id(cause) in seen:
             continue
         seen.add(id(cause))
+        yield cause
+        causes.extend([cause.__cause__, cause.__context__, getattr(cause, "reason", None), *cause.args])
+
+
+def _unresolved(path: str, target: str, error: BaseException) -> Optional[Exception]:
+    """The error for a failure to resolve the target's host name (found in ``error``'s causes), else None.
+
+    "No such host" is permanent (a ``SevenSegmentsError``, not retried), so a mistyped target fails at
+    once instead of being retried for the whole deadline; a temporary resolver failure (``EAI_AGAIN``)
+    is a ``TransientError``, retried like an outage. Both say "cannot resolve HOST".
+    """
+    for cause in _causes(error):
         if isinstance(cause, requests.exceptions.ProxyError):
             return None  # the proxy's name, not the target's: the generic message says which
         if isinstance(cause, socket.gaierror):
@@ -205,7 +214,46 @@ def _unresolved(path: str, target: str, error: BaseException) -> Optional[Except
             if cause.errno in _NO_SUCH_HOST:
                 return SevenSegmentsError(f"{path}: cannot resolve {host}: no such host (is the target {target!r} right?)")
             return TransientError(f"{path}: cannot resolve {host} ({cause.strerror or 'temporary DNS failure'})")
-        causes.extend([cause.__cause__, cause.__context__, getattr(cause, "reason", None), *cause.args])
+    return None
+
+
+#: The TLS alerts (OpenSSL's reasons) of a server that refuses our client certificate or its absence.
+_CERTIFICATE_ALERT = re.compile(r"ALERT_(?:\w*CERTIFICATE\w*|UNKNOWN_CA)$")
+
+
+def _proxy_refused(path: str, network: NetworkSettings, error: BaseException) -> Optional[Exception]:
+    """The error for a proxy that refused to open a tunnel for want of credentials (407), else None:
+    permanent, as the same credentials would be refused again."""
+    if network.proxy is None or not isinstance(error, requests.exceptions.ProxyError):
+        return None
+    for cause in _causes(error):
+        if isinstance(cause, OSError) and " 407 " in f" {cause} ":
+            return SevenSegmentsError(
+                f"{path}: the proxy {shown_proxy(network.proxy)} refused the credentials (HTTP 407 Proxy "
+                "Authentication Required): check the user and password of the proxy's URL"
+            )
+    return None
+
+
+def _tls_refused(path: str, network: NetworkSettings, error: BaseException) -> Optional[Exception]:
+    """The error for a TLS handshake refused over certificates (found in ``error``'s causes), else None.
+
+    A server certificate that the CA bundle does not vouch for (or of another host), and a server
+    refusing our client certificate (or its absence), fail the same way on every attempt: a
+    ``SevenSegmentsError`` naming the target, not retried, as a host that does not resolve.
+    """
+    for cause in _causes(error):
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            whose = network.target if not (network.proxy or "").startswith("https:") else f"{network.target} (or of the proxy)"
+            reason = cause.verify_message or cause.reason or "certificate verify failed"
+            return SevenSegmentsError(
+                f"{path}: the TLS certificate of {whose} is not trusted ({reason}); give verify= the CA bundle "
+                "that signed it"
+            )
+        if isinstance(cause, ssl.SSLError) and _CERTIFICATE_ALERT.search(str(cause.reason or "")):
+            alert = str(cause.reason).lower().replace("_", " ")
+            wanted = "a client certificate it trusts (cert=)" if network.client_cert else "a client certificate (cert=)"
+            return SevenSegmentsError(f"{path}: {network.target} refused the TLS connection ({alert}): it wants {wanted}")
     return None
 
 
@@ -222,6 +270,24 @@ class TransientError(Exception):
         self.errors = tuple(errors)
 
 
+#: Every attempt ends by its deadline, however slowly the server answers (see watchdog.py).
+_WATCHED_POOLS = {"http": WatchedHTTPConnectionPool, "https": WatchedHTTPSConnectionPool}
+
+
+class _WatchedAdapter(requests.adapters.HTTPAdapter):
+    """requests' adapter whose connection pools are watched, direct and through a proxy alike:
+    requests makes a new ``ProxyManager`` per proxy, with urllib3's own pool classes."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = _WATCHED_POOLS
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        manager.pool_classes_by_scheme = _WATCHED_POOLS  # only HTTP(S) proxies: see network.PROXY_SCHEMES
+        return manager
+
+
 class Transport:
     """One client's HTTP connection pool to its target, and the rules for reading answers."""
 
@@ -233,8 +299,14 @@ class Transport:
         gzip: bool = False,
         secrets: Iterable[str] = (),
         auth: Optional[Tuple[str, str]] = None,
+        proxies: ProxiesSetting = None,
+        verify: VerifySetting = True,
+        cert: CertSetting = None,
     ) -> None:
         self.target = normalize_target(target)
+        #: How requests reach the target (proxy, CA bundle, client certificate), decided once, here:
+        #: every path that sends reads it (see ``network.py``).
+        self.network = NetworkSettings.resolve(self.target, proxies=proxies, verify=verify, cert=cert)
         self.timeout = timeout
         self.gzip = gzip
         self._secrets: Tuple[str, ...] = ()
@@ -254,24 +326,16 @@ class Transport:
         session = requests.Session()
         # Web servers share one client among many threads: keep up to 32 connections for reuse
         # (requests' default of 10 makes the 11th concurrent caller reconnect every time).
-        adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=POOL_SIZE)
-        # Every attempt ends by its deadline, however slowly the server answers (see watchdog.py).
-        adapter.poolmanager.pool_classes_by_scheme = {
-            "http": WatchedHTTPConnectionPool,
-            "https": WatchedHTTPSConnectionPool,
-        }
+        adapter = _WatchedAdapter(pool_connections=1, pool_maxsize=POOL_SIZE)
         session.mount("https://", adapter)
         session.mount("http://", adapter)
         session.headers.update(
             {"User-Agent": USER_AGENT, "Content-Type": "application/json", "Accept": "application/json"}
         )
         # requests reads the proxy and CA-bundle environment variables again on every request (a
-        # scan of os.environ, a large share of a bulk request's CPU): read them once, here.
-        session.proxies.update(requests.utils.get_environ_proxies(self.target))
-        bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
-        if bundle:
-            session.verify = bundle  # verification stays on, with the bundle the environment names
-        session.trust_env = False
+        # scan of os.environ, a large share of a bulk request's CPU): they were read once, into
+        # self.network, which also holds the keywords that win over them.
+        self.network.apply(session)
         return session
 
     def renew_after_fork(self) -> None:
@@ -287,7 +351,11 @@ class Transport:
     def add_secret(self, secret: str) -> None:
         """Also keep ``secret`` (such as a company token passed per call) out of what ``scrub`` and
         the log filter let through, as is and URL-encoded."""
-        forms = {secret, quote(secret, safe=""), quote_plus(secret, safe="")} if secret else set()
+        # A replayed command's token may hold a lone surrogate (JSON can say "\ud800"): quoted as
+        # its UTF-8 would be, never raising in the middle of a replay.
+        forms = {
+            secret, quote(secret, safe="", errors="surrogatepass"), quote_plus(secret, safe="", errors="surrogatepass")
+        } if secret else set()
         new = forms - set(self._secrets)
         if new:
             self._secrets = tuple(sorted(set(self._secrets) | new, key=len, reverse=True))
@@ -374,11 +442,11 @@ class Transport:
             if attempt.expired:  # the watchdog ended an attempt that outlived its deadline
                 failure = TransientError(f"{path}: no complete answer within {wait:.3g} s")
             else:
-                failure = _unresolved(path, self.target, error) or TransientError(
-                    f"{path}: connection failed ({self._reason(error)})"
-                )
+                failure = self._connection_failure(path, error)
         except requests.RequestException as error:
             failure = SevenSegmentsError(f"{path}: request failed ({self._reason(error)})")
+        except OSError as error:  # requests' own check of a certificate file removed since we checked it
+            failure = SevenSegmentsError(f"{path}: {self.scrub(str(error))}")
         else:
             answer = (response.status_code, response.content, response.headers)
             if not attempt.expired:
@@ -404,18 +472,14 @@ class Transport:
             answer = pooled.post(body, gzipped, wait)
         except urllib3.exceptions.TimeoutError as error:
             if isinstance(error, urllib3.exceptions.NewConnectionError):  # a refused connection, not a timeout
-                failure = _unresolved(path, self.target, error) or TransientError(
-                    f"{path}: connection failed ({self._reason(error)})"
-                )
+                failure = self._connection_failure(path, error)
             else:
                 failure = TransientError(f"{path}: no answer within {wait:.3g} s")
         except (urllib3.exceptions.HTTPError, OSError, http.client.HTTPException) as error:
             if attempt.expired:  # the watchdog ended an attempt that outlived its deadline
                 failure = TransientError(f"{path}: no complete answer within {wait:.3g} s")
             else:
-                failure = _unresolved(path, self.target, error) or TransientError(
-                    f"{path}: connection failed ({self._reason(error)})"
-                )
+                failure = self._connection_failure(path, error)
         else:
             if not attempt.expired:
                 return self._read_answer(path, answer, decode)
@@ -424,6 +488,17 @@ class Transport:
             except SevenSegmentsError:
                 failure = TransientError(f"{path}: no complete answer within {wait:.3g} s")
         raise failure  # outside the except blocks: no chain to urllib3's exception and its URL
+
+    def _connection_failure(self, path: str, error: BaseException) -> Exception:
+        """The error for an attempt whose connection failed (before the deadline): permanent for a
+        host that does not exist, a certificate refused either way or a proxy refusing the
+        credentials; else a passing failure."""
+        return (
+            _unresolved(path, self.target, error)
+            or _tls_refused(path, self.network, error)
+            or _proxy_refused(path, self.network, error)
+            or TransientError(f"{path}: connection failed ({self._reason(error)})")
+        )
 
     def _url(self, path: str) -> str:
         """The URL of ``path``, as the session prepares it (once per path)."""
@@ -500,6 +575,12 @@ class Transport:
                 location = location[:197] + "..."
             raise SevenSegmentsError(
                 f"{path}: the server redirects to {location}; redirects are not followed (is the target right?)",
+                status=status, errors=errors,
+            )
+        if status == 407 and self.network.proxy is not None:
+            raise SevenSegmentsError(
+                f"{path}: the proxy {shown_proxy(self.network.proxy)} refused the credentials (HTTP 407 Proxy "
+                "Authentication Required): check the user and password of the proxy's URL",
                 status=status, errors=errors,
             )
         if status in (400, 404, 413):

@@ -34,8 +34,9 @@ CommandDict = Dict[str, Any]
 
 #: ``on_error(error, commands)``: told about commands that were not delivered and never will be;
 #: each command is ``{"name": path, "data": {...}}`` without the company token, ``command_id`` kept.
-#: For commands a ``bulk`` answer refused (``InvalidRequest``, ``status`` 200), ``error.errors[i]``
-#: is the server's reason for ``commands[i]``.
+#: For commands a ``bulk`` answer refused (``InvalidRequest``, ``status`` 200), or that were refused
+#: alone after their batch was refused as a whole and split (``status`` 400 or 413),
+#: ``error.errors[i]`` is the server's reason for ``commands[i]``.
 ErrorCallback = Callable[[SevenSegmentsError, List[Dict[str, Any]]], None]
 
 #: ``before_send(command) -> command or None``: sees each tracking command (a ``CommandDict``) on

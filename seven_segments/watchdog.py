@@ -97,6 +97,9 @@ class Watchdog:
             heapq.heappush(self._heap, (deadline, self._serial, attempt))
             if owner is not None:
                 self._by_owner.setdefault(id(owner), set()).add(attempt)
+            if self._thread is not None and not self._thread.is_alive():  # it died of an exception
+                self._thread = None
+                logger.error("seven_segments watchdog: its thread stopped unexpectedly; started again")
             if self._thread is None:
                 self._start()
             elif self._heap[0][2] is attempt:

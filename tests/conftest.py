@@ -20,6 +20,21 @@ from seven_segments.testing import LocalServer
 
 TOKEN = "test-token-5f1c9d0e-secret"
 
+#: Modules whose tests start real web servers, interpreters, builds or benchmarks: marked ``slow``,
+#: so that ``pytest -m "not slow"`` is the quick loop while working (CI runs everything).
+SLOW_MODULES = frozenset({
+    "test_benchmarks_smoke", "test_demo", "test_deployment", "test_deployment_customers", "test_import_kill",
+    "test_packaging", "test_process_life", "test_server_cli", "test_typing",
+})
+
+
+def pytest_collection_modifyitems(items: List[pytest.Item]) -> None:
+    """Mark the tests of ``SLOW_MODULES`` ``slow``."""
+    for item in items:
+        module = getattr(item, "module", None)
+        if module is not None and module.__name__.rpartition(".")[2] in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture
 def server() -> Iterator[LocalServer]:

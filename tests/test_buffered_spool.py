@@ -19,7 +19,7 @@ from typing import Any, List
 
 import pytest
 
-from seven_segments import SevenSegments
+from seven_segments import InvalidRequest, SevenSegments
 from seven_segments.spool import Spool, SpoolError, inspect
 from seven_segments.testing import LocalServer
 
@@ -232,6 +232,40 @@ def test_a_deleted_spool_folder_is_made_again_and_every_event_delivered(
     assert stats["dropped"] == 0 and stats["not_spooled"] == 0  # spooled again, in the new folder
     made = [r for r in caplog.records if "made again" in r.getMessage()]
     assert len(made) == 1 and str(spool) in made[0].getMessage()
+    client.close()
+
+
+@pytest.mark.parametrize("replacement", ["a link to another folder", "a folder others can write to"])
+def test_a_spool_folder_replaced_while_the_client_runs_gets_no_file_and_every_event_is_delivered(
+    server: LocalServer, tmp_path: Path, caplog: pytest.LogCaptureFixture, replacement: str
+) -> None:
+    # Deleted and replaced (by a link, or by a folder open to others' writing) while the client ran,
+    # the folder was checked no more: the next segments, with the company token, went into it.
+    spool, other = tmp_path / "spool", tmp_path / "other"
+    caplog.set_level(logging.WARNING, "seven_segments")
+    client = SevenSegments(  # files of 16 KiB: about a hundred events each
+        TOKEN, "john", target=server.url, buffered=True, spool=str(spool), spool_max_bytes=64 * 1024, flush_interval=0.05,
+    )
+    for number in range(100):
+        client.track("view", {"n": number})
+    assert client.flush(10)
+    shutil.rmtree(spool)
+    other.mkdir()
+    other.chmod(0o777)
+    if replacement == "a link to another folder":
+        spool.symlink_to(other)
+    else:
+        other.rename(spool)
+        other = spool
+    for first in range(100, 400, 100):  # past the current file: new ones are made
+        for number in range(first, first + 100):
+            client.track("view", {"n": number})
+        assert client.flush(10)
+    assert os.listdir(other) == []
+    assert delivered(server) == list(range(400))
+    assert client.stats()["not_spooled"] > 0 and client.stats()["dropped"] == 0
+    warned = [r.getMessage() for r in caplog.records if str(spool) in r.getMessage() and "cannot write" in r.getMessage()]
+    assert len(warned) == 1 and ("link" in warned[0] or "written by others" in warned[0])
     client.close()
 
 
@@ -631,6 +665,112 @@ def test_a_record_that_is_no_command_is_never_sent_and_costs_no_other_command(se
     assert time.monotonic() - started < 2 and inspect(folder).files == []
     assert client.stats()["sent"] == 0
 
+
+def test_a_huge_file_planted_as_a_segment_is_not_read_and_the_good_ones_are_delivered(
+    server: LocalServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Read whole, a sparse file of gigabytes took the memory: MemoryError stopped the replay of every
+    # other file (and flush() said True), or, without a memory limit, the process read it all.
+    folder = str(tmp_path / "spool")
+    left_by_a_dead_writer(folder, server.url, [spooled_command(number) for number in range(10)])
+    [good] = [entry for entry in os.listdir(folder) if entry.endswith(".seg")]
+    huge = Path(folder) / "0-huge.seg"  # read first (sorted first, made "at 0")
+    with open(huge, "wb") as file:
+        file.write((Path(folder) / good).read_bytes()[:16])
+        file.truncate(64 * 1024 * 1024 * 1024)
+    caplog.set_level(logging.WARNING, "seven_segments")
+    client = SevenSegments(TOKEN, "john", target=server.url, buffered=True, spool=folder)
+    assert client.flush(10) is True
+    client.close()
+    assert delivered_numbers(server) == list(range(10))
+    assert any(str(huge) in r.getMessage() and "larger than any segment" in r.getMessage() for r in caplog.records)
+    assert huge.stat().st_size == 64 * 1024 * 1024 * 1024  # left as it is
+    assert [entry.commands for entry in inspect(folder).files] == [0]
+
+
+
+def test_a_record_holding_a_lone_surrogate_is_no_command_and_costs_no_other_command(
+    server: LocalServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Its JSON is valid ("\ud800" is an escape), but no client writes it (track refuses such text)
+    # and the server could not read it: the local server dropped every request holding it, so the
+    # nine good commands of its batch were retried, let go of, and replayed so at every start.
+    folder = str(tmp_path / "spool")
+    poisoned = spooled_command(5).replace(b'"n":5', b'"n":5,"s":"\\ud800"')
+    assert b'"s":"\\ud800"' in poisoned
+    left_by_a_dead_writer(folder, server.url, [spooled_command(n) for n in range(5)] + [poisoned]
+                          + [spooled_command(n) for n in range(6, 10)])
+    caplog.set_level(logging.WARNING, "seven_segments")
+    client = SevenSegments(TOKEN, "john", target=server.url, buffered=True, spool=folder, retry_deadline=2)
+    assert client.flush(5) is True
+    client.close()
+    assert delivered_numbers(server) == [0, 1, 2, 3, 4, 6, 7, 8, 9]
+    assert all(request["status"] == 200 for request in server.requests())
+    assert any("not a command" in r.getMessage() for r in caplog.records) and inspect(folder).files == []
+
+
+def test_a_segment_replaced_by_a_link_while_it_is_read_back_truncates_nothing_else(
+    server: LocalServer, tmp_path: Path, monkeypatch: Any
+) -> None:
+    # Checked to be the file locked, then read and parsed, then cut back to its last record by its
+    # name: os.truncate followed a link put there meanwhile, and cut the file it named.
+    import seven_segments.spool as spool_module
+
+    folder = tmp_path / "spool"
+    server.faults.fail_next(100_000, status=503)
+    writer = SevenSegments(TOKEN, "john", target=server.url, buffered=True, spool=str(folder), shutdown_timeout=0.1)
+    for number in range(5):
+        writer.track("view", {"n": number})
+    writer.close()
+    server.faults.clear()
+    [segment] = [entry for entry in os.listdir(folder) if entry.endswith(".seg")]
+    with open(folder / segment, "ab") as file:
+        file.write(bytes(4096))  # zeros, as a writer killed leaves: cut back when the file is read
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"x" * 100_000)
+    parse = spool_module.parse_records
+    swapped: List[str] = []
+
+    def swapping(data: bytes, start: int = spool_module.HEADER_BYTES) -> Any:
+        if not swapped:
+            [name] = [entry for entry in os.listdir(folder) if entry.endswith(".seg")]
+            os.rename(folder / name, tmp_path / "kept.seg")
+            (folder / name).symlink_to(victim)
+            swapped.append(name)
+        return parse(data, start)
+
+    monkeypatch.setattr(spool_module, "parse_records", swapping)
+    client = SevenSegments(TOKEN, "john", target=server.url, buffered=True, spool=str(folder))
+    assert client.flush(10) is True
+    client.close()
+    assert swapped and victim.read_bytes() == b"x" * 100_000
+    assert delivered(server) == list(range(5))
+
+
+def test_a_replayed_command_too_large_is_failed_without_a_request(server: LocalServer, tmp_path: Path) -> None:
+    # Spooled before sizes were checked at the call (or planted), it went out with the others: each
+    # request holding it was answered 413 and split, until it was alone (issue 24's point 8).
+    folder = str(tmp_path / "spool")
+
+    def large(number: int) -> bytes:
+        command = json.loads(spooled_command(number))
+        command["data"]["properties"]["pad"] = "x" * 200_000
+        return json.dumps(command).encode()
+
+    payloads = [large(n) if n in (15, 25) else spooled_command(n) for n in range(30)]
+    left_by_a_dead_writer(folder, server.url, payloads)
+    reports, on_error = collector()
+    client = SevenSegments(TOKEN, "john", target=server.url, buffered=True, spool=folder, on_error=on_error)
+    assert client.flush(10) is False
+    assert client.stats() == {**client.stats(), "failed": 2, "sent": 28, "replayed": 30, "pending": 0}
+    client.close()
+    assert delivered_numbers(server) == [n for n in range(30) if n not in (15, 25)]
+    assert all(request["status"] == 200 for request in server.requests())
+    [(error, commands)] = reports
+    assert isinstance(error, InvalidRequest) and error.status == 413 and len(error.errors) == 2
+    assert all("more than 102400" in reason for reason in error.errors)
+    assert [c["data"]["command_id"] for c in commands] == ["cmd-15", "cmd-25"]
+    assert inspect(folder).files == []
 
 def test_a_batch_refused_as_a_whole_with_400_is_split_and_delivered(server: LocalServer, tmp_path: Path) -> None:
     reports, on_error = collector()

@@ -128,6 +128,33 @@ def test_one_context_object_is_not_entered_twice_at_once_but_may_be_reused(recor
         assert recorder.who() == "alice"
 
 
+
+def test_one_context_object_shared_by_threads_holds_in_each_and_leaves_nothing_behind(recorder: Recorder) -> None:
+    # The object kept the token of its one active entry: a second thread's entry raised "already
+    # active", and two entries racing overwrote each other's token, so that a thread kept the
+    # customer after its with had ended (its next requests tracked for it).
+    recorder.client.identify("identified")
+    context = recorder.client.customer_context("tenant")
+    entered, exited = threading.Event(), threading.Event()
+    seen: List[str] = []
+
+    def other() -> None:
+        with context:
+            entered.set()
+            exited.wait(5)
+            seen.append(recorder.who())
+        seen.append(recorder.who())
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    assert entered.wait(5)
+    with context:  # while the other thread is inside it too
+        assert recorder.who() == "tenant"
+    assert recorder.who() == "identified"
+    exited.set()
+    thread.join(5)
+    assert seen == ["tenant", "identified"]
+
 def test_threads_each_see_their_own_context(recorder: Recorder) -> None:
     """All threads inside their contexts at once, tracking in turn; then none sees another's."""
     recorder.client.identify("identified")

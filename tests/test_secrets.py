@@ -215,18 +215,19 @@ class _EchoingRefusals(BaseHTTPRequestHandler):
         pass
 
 
-def test_the_token_of_a_replayed_spool_is_masked_like_our_own(tmp_path: Any, caplog: pytest.LogCaptureFixture) -> None:
-    from seven_segments.protocol import PATH_EVENTS
-    from seven_segments.serialization import BulkCommandEncoder
+def replayed_to_an_echoing_server(folder: str, payloads: List[bytes], caplog: pytest.LogCaptureFixture) -> List[str]:
+    """``payloads`` left in ``folder`` by a dead client of a server that refuses every command quoting
+    its token, replayed by a client with another token that tracks one event; the command ids
+    ``on_error`` got, after checking that no text shown (logs, errors, commands) holds a token."""
     from seven_segments.spool import Spool
 
     echo = ThreadingHTTPServer(("127.0.0.1", 0), _EchoingRefusals)
     thread = threading.Thread(target=echo.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     target = f"http://127.0.0.1:{echo.server_address[1]}"
-    folder = str(tmp_path / "spool")
-    dead = Spool(folder, target=target)  # a client of that target, with another token, died with a command spooled
-    dead.append(BulkCommandEncoder(DEAD_TOKEN).encode((PATH_EVENTS, {"registered": "x"}, "view", {}, 1.7e9, "dead-1")))
+    dead = Spool(folder, target=target)  # a client of that target, with another token, died with commands spooled
+    for payload in payloads:
+        dead.append(payload)
     dead.close()
     reports: List[Any] = []
     try:
@@ -240,10 +241,43 @@ def test_the_token_of_a_replayed_spool_is_masked_like_our_own(tmp_path: Any, cap
         echo.shutdown()
         echo.server_close()
         thread.join(5)
-    ids = [command["data"]["command_id"] for _, commands in reports for command in commands]
-    assert len(ids) == 2 and "dead-1" in ids  # the dead client's command and ours, both refused
     shown = [caplog.text] + [text for error, commands in reports
                              for text in (str(error), repr(error), *error.errors, json.dumps(commands))]
     assert any("unknown company_id ***" in text for text in shown)
     for text in shown:
         assert DEAD_TOKEN not in text and LONG_TOKEN not in text, text
+    return [command["data"]["command_id"] for _, commands in reports for command in commands]
+
+
+def dead_command(command_id: str) -> bytes:
+    """A command of the dead client, with its token."""
+    from seven_segments.protocol import PATH_EVENTS
+    from seven_segments.serialization import BulkCommandEncoder
+
+    return BulkCommandEncoder(DEAD_TOKEN).encode((PATH_EVENTS, {"registered": "x"}, "view", {}, 1.7e9, command_id))
+
+
+def test_the_token_of_a_replayed_spool_is_masked_like_our_own(tmp_path: Any, caplog: pytest.LogCaptureFixture) -> None:
+    ids = replayed_to_an_echoing_server(str(tmp_path / "spool"), [dead_command("dead-1")], caplog)
+    assert len(ids) == 2 and "dead-1" in ids  # the dead client's command and ours, both refused
+
+
+def test_a_token_that_is_no_text_is_masked_without_raising() -> None:
+    # Masking a replayed token holding a lone surrogate raised UnicodeEncodeError in the middle of
+    # the replay: the chunk read from the spool was never queued (flush() said True all the same).
+    transport = Transport("http://127.0.0.1:9", timeout=1)
+    strange = DEAD_TOKEN + "\ud800"
+    transport.add_secret(strange)
+    assert transport.scrub(f"unknown company_id {strange}, ?company={DEAD_TOKEN}%ED%A0%80") == (
+        "unknown company_id ***, ?company=***"
+    )
+
+
+def test_a_replayed_record_whose_token_is_no_text_neither_stops_the_replay_nor_shows(
+    tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Such a record is no command (no client writes it): skipped as damaged, the others replayed.
+    strange = dead_command("dead-1").replace(DEAD_TOKEN.encode(), json.dumps(DEAD_TOKEN + "\ud800").strip('"').encode())
+    ids = replayed_to_an_echoing_server(str(tmp_path / "spool"), [strange, dead_command("dead-2")], caplog)
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
+    assert len(ids) == 2 and "dead-2" in ids and "not a command" in caplog.text

@@ -123,6 +123,23 @@ def test_deliver_never_follows_a_redirect(folder: str, fresh: LocalServer, witne
     assert inspect(folder).commands == 5 and fresh.events() == []  # kept, for a run with the right target
 
 
+
+def test_deliver_splits_a_request_refused_for_a_command_too_large_and_delivers_the_others(
+    folder: str, fresh: LocalServer
+) -> None:
+    # One command of 200 KB (spooled by a client that did not check sizes at the call) had every
+    # request holding it answered 413: the whole target failed, every command kept, exit 1 for ever.
+    large = json.loads(command(99))
+    large["data"]["properties"]["pad"] = "x" * 200_000
+    spooled(folder, range(6), target=fresh.url, poison=json.dumps(large).encode())
+    result = run("spool", folder, "--deliver")
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("spool: crm/events cmd-99 refused: "), result.stderr
+    assert "more than 102400" in lines[0] and TOKEN not in result.stderr + result.stdout
+    assert sorted(command_ids(fresh)) == [f"cmd-{number}" for number in range(6)]
+    assert inspect(folder).commands == 0  # refused for good: not sent again
+
 def test_deliver_reports_refused_commands(folder: str, fresh: LocalServer) -> None:
     spooled(folder, range(6), n2="", n4="")
     result = run("spool", folder, "--deliver", "--target", fresh.url)

@@ -12,6 +12,8 @@ The stages, each with one job:
   flight; ``retry.py``: the retry policy; ``answers.py``: what a ``bulk`` answer means;
 - ``sender.py``: one attempt per batch on a sender thread; ``ledger.py``: the counters and the requests
   in flight; ``reporting.py``: ``on_error`` in chunks and warnings; ``registry.py``: exit and fork.
+- ``progress.py``: how long the oldest command has waited and how the last requests ended (for
+  ``stats()`` and ``health()``); ``stall.py``: when to warn that delivery stalled, and resumed.
 """
 
 from .engine import BufferedEngine

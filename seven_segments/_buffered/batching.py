@@ -13,19 +13,27 @@ class Batch:
     ``seqs`` are the commands' sequence numbers, ascending (a ``range`` for fresh commands);
     ``payloads`` their JSON as it goes into the body. ``since`` is when the batch, or the batch it
     was split from, was first sent (its retry deadline counts from there); ``attempts`` how many
-    times in a row it failed as a whole; ``not_before`` the earliest moment it may be sent again.
+    times in a row it failed as a whole; ``not_before`` the earliest moment it may be sent again;
+    ``split`` whether it is a part of a batch refused as a whole (400, 413), cut in halves.
     """
 
-    __slots__ = ("seqs", "payloads", "since", "attempts", "not_before")
+    __slots__ = ("seqs", "payloads", "since", "attempts", "not_before", "split")
 
     def __init__(
-        self, seqs: Sequence[int], payloads: List[bytes], since: float, attempts: int = 0, not_before: float = 0.0
+        self,
+        seqs: Sequence[int],
+        payloads: List[bytes],
+        since: float,
+        attempts: int = 0,
+        not_before: float = 0.0,
+        split: bool = False,
     ) -> None:
         self.seqs = seqs
         self.payloads = payloads
         self.since = since
         self.attempts = attempts
         self.not_before = not_before
+        self.split = split
 
     def __len__(self) -> int:
         return len(self.payloads)
@@ -42,11 +50,11 @@ class Batch:
         )
 
     def halves(self) -> List["Batch"]:
-        """The batch cut in two (for a 413 answer), each to be sent at once."""
+        """The batch cut in two (for a 400 or 413 answer), each to be sent at once."""
         half = len(self.payloads) // 2
         return [
-            Batch(self.seqs[:half], self.payloads[:half], self.since),
-            Batch(self.seqs[half:], self.payloads[half:], self.since),
+            Batch(self.seqs[:half], self.payloads[:half], self.since, split=True),
+            Batch(self.seqs[half:], self.payloads[half:], self.since, split=True),
         ]
 
     def body_bytes(self) -> int:

@@ -31,9 +31,10 @@ from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Tu
 
 from ..clock import Clock, monotonic
 from ..errors import ServiceUnavailable
+from ..health import Figures
 from ..process_hooks import keep_signals_off_this_thread, threads_hang_forks_here
 from ..serialization import BulkCommandEncoder, Command
-from ..transport import Transport
+from ..transport import TransientError, Transport
 from ..watchdog import WATCHDOG
 from . import registry
 from .batching import Batch
@@ -65,6 +66,8 @@ INLINE_POLL = 0.05
 #: Dropped commands kept for ``on_error`` until the pump reports them: this share of the queue's bytes.
 DROP_KEEP_SHARE = 4
 _BUSY = 1 << 62
+#: A pump thread that dies within this long (seconds) of the last restart is started by the next call.
+RESTART_PAUSE = 1.0
 #: The shortest attempt made on a flushing thread whose flush has (almost) no time left (seconds).
 MIN_INLINE_ATTEMPT = 0.05
 
@@ -123,6 +126,7 @@ class Core:
         self.wake_at = 1  # a producer wakes the pump when len(incoming) reaches this
         self.thread: Optional[threading.Thread] = None
         self._late_lock = threading.Lock()
+        self._restarted_at = -math.inf  # when a pump thread that died was last started again
         self.pump = Pump(
             token=token,
             limits=limits,
@@ -246,15 +250,46 @@ class Core:
                 and ledger.taken == ledger.sent + ledger.failed
             )
 
-    def stats(self) -> Dict[str, int]:
-        """Counts since the client was made (see ``Ledger.snapshot``)."""
+    def stats(self) -> Dict[str, float]:
+        """Counts since the client was made (see ``Ledger.snapshot``); the memory (as ``max_queue_bytes``
+        counts it) and spool bytes held; ``oldest_pending_seconds``."""
         waiting = len(self.incoming) - self.ledger.tickets_queued
-        return self.ledger.snapshot(max(0, waiting))
+        stats: Dict[str, float] = dict(self.ledger.snapshot(max(0, waiting)))
+        pump = self.pump
+        stats["pending_bytes"] = pump.queued_bytes(max(0, waiting))
+        stats["spool_bytes"] = 0 if self.spool is None else self.spool.bytes_held
+        stats["oldest_pending_seconds"] = pump.oldest_pending(self.clock())
+        return stats
+
+    def figures(self) -> Figures:
+        """What ``health()`` judges (see ``seven_segments.health``)."""
+        pump, ledger, limits = self.pump, self.ledger, self.limits
+        now = self.clock()
+        waiting = max(0, len(self.incoming) - ledger.tickets_queued)
+        fill = max(
+            (pump.held + waiting) / limits.max_queue_size,
+            pump.queued_bytes(waiting) / limits.max_queue_bytes,
+        )
+        return Figures(
+            enabled=True,
+            closed=not self.lifecycle.admitting,
+            pending=pump.waiting(),
+            oldest_pending_seconds=pump.oldest_pending(now),
+            queue_fill=min(1.0, fill),
+            retrying=sum(map(len, list(pump.line))),
+            requests_failed_in_a_row=pump.progress.failed_in_a_row,
+            seconds_since_drop=now - pump.progress.dropped_at,
+            last_error=pump.progress.last_error,
+            stall_warning_after=limits.stall_warning_after,
+        )
 
     # Life ---------------------------------------------------------------------------------------
 
     def start(self) -> None:
         """Start a pump thread if there is none (IDLE -> RUNNING)."""
+        progress = self.pump.progress
+        if progress.drained_at == math.inf:  # idle with nothing queued until the call that starts us
+            progress.drained_at = self.clock()
         lifecycle = self.lifecycle
         with lifecycle.lock:
             if lifecycle.phase is not _IDLE or self.thread is not None or not lifecycle.move_locked(_RUNNING):
@@ -347,16 +382,39 @@ class Core:
 
     def _run(self) -> None:
         keep_signals_off_this_thread()
+        cause: Optional[BaseException] = None
         try:
             self._loop()
+        except BaseException as error:  # SystemExit from a callback, an exception raised into the thread
+            cause = error
         finally:
             lifecycle = self.lifecycle
+            died = False
             with lifecycle.lock:
                 if self.thread is threading.current_thread():
                     self.thread = None
-                    if lifecycle.phase is _RUNNING:  # died (a BaseException from somewhere)
-                        logger.error("seven_segments worker: stopped unexpectedly; it will restart on the next call")
+                    if lifecycle.phase is _RUNNING:  # died
                         lifecycle.phase = _IDLE
+                        died = True
+            if died:
+                self._restart_after(cause)
+
+    def _restart_after(self, cause: Optional[BaseException]) -> None:
+        """The pump thread died: start another now (one line says so), unless one died a moment ago
+        (then the next call starts it: a loop of deaths must not spin)."""
+        what = "" if cause is None else f" ({type(cause).__name__}: {self.transport.scrub(str(cause))})"
+        now = self.clock()
+        if now - self._restarted_at < RESTART_PAUSE:
+            logger.error("seven_segments worker: stopped unexpectedly%s; it starts again on the next call", what)
+            return
+        self._restarted_at = now
+        self.start()
+        started = self.thread is not None
+        logger.error(
+            "seven_segments worker: stopped unexpectedly%s; %s",
+            what,
+            "started again" if started else "it starts again on the next call",
+        )
 
     def _run_inline(self, until: Callable[[], bool]) -> None:
         """Deliver on the caller's thread (no thread can start at interpreter exit), polling ``until``,
@@ -425,6 +483,7 @@ class Core:
                 return False
             lifecycle.move_locked(_IDLE)
             self.thread = None
+        self.pump.progress.drained_at = math.inf  # the next command queued starts a pump (see start)
         if not self.incoming and not any(self.ledger.drops.values()):
             return True
         with lifecycle.lock:  # a producer appended as we left: carry on, unless a new pump started
@@ -507,7 +566,13 @@ class Core:
         transport = self.transport
 
         def attempt(timeout: float = timeout) -> None:
-            done(attempt_batch(transport, self, number, batch, timeout))
+            # Whatever ends the attempt (even an exception raised into its thread), an outcome comes
+            # back: a request the pump never hears of again would hold its commands for good.
+            outcome: Outcome = (number, None, TransientError("the sending thread was interrupted"))
+            try:
+                outcome = attempt_batch(transport, self, number, batch, timeout)
+            finally:
+                done(outcome)
 
         if not self.senders.run(attempt):
             # No sender thread can start (interpreter exit, a uwsgi master): the attempt runs here,
@@ -586,9 +651,13 @@ class BufferedEngine:
         """True once ``close()`` has begun."""
         return not self._current().lifecycle.admitting
 
-    def stats(self) -> Dict[str, int]:
-        """Counts since the client was made."""
+    def stats(self) -> Dict[str, float]:
+        """Counts since the client was made, and how long the oldest command not delivered has waited."""
         return self._current().stats()
+
+    def figures(self) -> Figures:
+        """What ``health()`` judges."""
+        return self._current().figures()
 
 
 def _close_dropped(holder: List[Core]) -> None:

@@ -20,6 +20,7 @@ __all__ = [
     "DEFAULT_RETRY_DEADLINE",
     "DEFAULT_SHUTDOWN_TIMEOUT",
     "DEFAULT_SPOOL_MAX_BYTES",
+    "DEFAULT_STALL_WARNING_AFTER",
     "MAX_BATCH_BYTES",
     "MAX_IN_FLIGHT",
 ]
@@ -45,6 +46,8 @@ DEFAULT_RETRY_DEADLINE = 300.0
 DEFAULT_SHUTDOWN_TIMEOUT = 5.0
 #: The disk a durable spool may use, at most.
 DEFAULT_SPOOL_MAX_BYTES = 256 * 1024 * 1024
+#: A warning is logged when a command has waited this long for delivery, in seconds.
+DEFAULT_STALL_WARNING_AFTER = 300.0
 #: A batch's bulk body stays this far under the protocol's 5 MiB.
 MAX_BATCH_BYTES = MAX_BULK_BYTES - 256 * 1024
 
@@ -63,3 +66,5 @@ class Limits:
     shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT
     #: The longest one attempt may take, connecting to the last byte of the answer.
     timeout: float = 10.0
+    #: How long a command may wait for delivery before a warning says delivery is stalled.
+    stall_warning_after: float = DEFAULT_STALL_WARNING_AFTER

@@ -16,6 +16,7 @@ from __future__ import annotations
 import array
 import bisect
 import enum
+import json
 import logging
 import math
 import threading
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, Iterator, List, Op
 
 from ..clock import Clock
 from ..errors import InvalidRequest, QueueFull, SevenSegmentsError, ServiceUnavailable
-from ..protocol import PATH_BULK
+from ..protocol import MAX_COMMAND_BYTES, PATH_BULK, PATH_CUSTOMERS, PATH_EVENTS
 from ..serialization import BulkCommandEncoder
 from ..transport import TransientError
 from .answers import Verdict
@@ -33,9 +34,11 @@ from .batching import Batch, fit_to_bytes, fresh_batch_due
 from .ledger import FULL, Ledger
 from .lifecycle import Lifecycle, Phase
 from .limits import Limits
+from .progress import Progress
 from .reporting import NO_REASON, Reporter, refusal_summary
 from .retry import RetryPolicy
 from .sender import Outcome
+from .stall import Say, StallAlarm
 from .window import Window
 
 if TYPE_CHECKING:
@@ -70,6 +73,20 @@ class Spooled:
     def __init__(self, payload: bytes, record: "Record") -> None:
         self.payload = payload
         self.record = record
+
+#: Bytes of a bulk command that are not its ``data``: ``{"name":"<path>","data":`` and ``}``.
+_ENVELOPE = {path: len('{"name":"' + path + '","data":}') for path in (PATH_EVENTS, PATH_CUSTOMERS)}
+_LARGEST_ENVELOPE = max(_ENVELOPE.values())
+
+
+def _data_size(payload: bytes) -> int:
+    """The bytes of a spooled command's data as the server measures them (compact UTF-8 JSON); 0
+    when it cannot be read (the server says why)."""
+    try:
+        data = json.loads(payload)["data"]
+        return len(json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
+    except (ValueError, KeyError, TypeError, RecursionError):
+        return 0
 
 
 class Reading(enum.Enum):
@@ -132,6 +149,9 @@ class Pump:
         self._add_secret = add_secret
         self._tokens_seen: Set[str] = {token}
         self.window = Window(limits.max_in_flight)
+        #: How long the oldest command has waited, how the last requests ended; the stall warnings.
+        self.progress = Progress(limits.stall_warning_after)
+        self.stall = StallAlarm(limits.stall_warning_after)
         #: Encoded commands never sent, oldest first; the i-th is numbered ``fresh_head + i``.
         self.fresh: Deque[bytes] = deque()
         self.fresh_head = 1
@@ -182,6 +202,10 @@ class Pump:
         #: Commands the spool could not take (``Ledger.not_spooled``) said so far, and when.
         self._not_spooled_said = 0
         self._not_spooled_said_at = -math.inf
+        #: Commands refused alone after a batch they were in was refused as a whole and split (400,
+        #: 413), with their reasons and statuses: reported together once no part of a split is left
+        #: (a server refusing every request would otherwise make one warning and call per command).
+        self._split_refusals: List[Tuple[bytes, str, Optional[int]]] = []
         self._kept_said = False  # the close's warning about what stays in the spool was given
         #: A close reads back what was let go of once (not again after each new failure: an API still
         #: down would get a request per step until the deadline).
@@ -204,6 +228,8 @@ class Pump:
             self._read_back_at_close = True
             self._read_back_given_up()
         now = self.clock()
+        if not self.incoming:
+            self.progress.drained_at = now
         if draining and now >= self.close_deadline and not self.empty:
             self.give_up()
             return -1.0
@@ -212,11 +238,12 @@ class Pump:
         self.reporter.drain()
         if draining and self.empty and not self.incoming and not self._reading_back:
             return -1.0
+        look = self.look_at_progress(now)
         if self.incoming and self._reading is not Reading.DEAD_WRITERS:
             return 0.0  # more to take than one step takes
         if self._reading is not Reading.NOTHING and self._room_to_replay():
             return 0.0  # more to read from the spool (read back after an outage, since this step began)
-        return self.sleep_for(now, draining)
+        return min(look, self.sleep_for(now, draining))
 
     @property
     def empty(self) -> bool:
@@ -297,6 +324,7 @@ class Pump:
             with self.ledger.lock:
                 self.ledger.taken += taken
             self.held += taken
+            self.progress.taken(start + 1, self.clock())
             if self.spool is not None:
                 self._prepare_spool()
         if was_empty and fresh:
@@ -311,6 +339,13 @@ class Pump:
             self.spool.prepare_next()
         except Exception:  # never stops delivery: the caller that needs the segment makes it
             logger.exception("seven_segments: preparing the next spool segment failed")
+
+    def _line_fresh_up_to(self, count: int) -> None:
+        while count > 0:
+            cut = min(count, self.limits.batch_size)
+            batch = self._cut_fresh(cut, self.clock())
+            self._insort(batch)
+            count -= cut
 
     def _insort(self, batch: Batch) -> None:
         """Put ``batch`` back in line, by age (its first sequence number)."""
@@ -330,6 +365,11 @@ class Pump:
             if self._given_up:  # cannot now (the files of dead processes are still being read)
                 ticket.delivered_all = False
         self.tickets.append(ticket)
+
+    def queued_bytes(self, waiting: int) -> int:
+        """What ``max_queue_bytes`` counts now: the JSON of the commands held and ``COMMAND_COST`` each,
+        and ``waiting`` commands not taken yet, at the mean size of those taken last."""
+        return self.held_bytes + (self.held + waiting) * COMMAND_COST + waiting * self.typical_size
 
     def _room_to_replay(self) -> bool:
         limits = self.limits
@@ -351,15 +391,26 @@ class Pump:
                 logger.exception("seven_segments: reading the spool failed; what is left stays on disk")
                 self._end_reading()
                 break
+            self.progress.taken(self.seq + 1, self.clock())
             if not fresh:
                 self.fresh_head = self.seq + 1
                 self._oldest_at = self.clock()
             if self._reading is Reading.DEAD_WRITERS:
                 self._learn_tokens(chunk)
             size = 0
+            too_large: List[bytes] = []
             for record, payload in chunk:
                 self.seq += 1
                 self._records[self.seq] = record
+                if len(payload) > MAX_COMMAND_BYTES + _LARGEST_ENVELOPE and _data_size(payload) > MAX_COMMAND_BYTES:
+                    # Spooled before sizes were checked at the call: failed here, not split by 413s.
+                    if fresh:  # the commands before it become a batch of their own: numbers stay contiguous
+                        self._line_fresh_up_to(len(fresh))
+                    self._settle_failed([self.seq], [payload], None, held_bytes=0)  # counted as held below
+                    too_large.append(payload)
+                    continue
+                if not fresh:
+                    self.fresh_head = self.seq
                 fresh.append(payload)
                 size += len(payload)
             self._fresh_bytes += size
@@ -374,8 +425,17 @@ class Pump:
             if self._reading is Reading.LET_GO:  # queued before every flush waiting now
                 for ticket in self.tickets:
                     ticket.upto = max(ticket.upto, self.seq)
+            if too_large:
+                self._report_too_large(too_large)
         if self._reading is Reading.DEAD_WRITERS and self.lifecycle.phase is Phase.DRAINING:
             self._end_reading()  # closing: what was not read stays in the spool for the next start
+
+    def _report_too_large(self, payloads: List[bytes]) -> None:
+        """Replayed commands too large for the server, failed without a request: one warning, and
+        ``on_error`` in chunks giving each one's size (as a 413 for it alone would)."""
+        reasons = [f"the command takes {_data_size(payload)} bytes as JSON, more than {MAX_COMMAND_BYTES}" for payload in payloads]
+        self._say_failed(len(payloads), f"{PATH_BULK}: not sent, too large: {refusal_summary(reasons)}")
+        self.reporter.refused(payloads, reasons, 413)
 
     def _learn_tokens(self, chunk: "List[Tuple[Record, bytes]]") -> None:
         """Mask the company tokens of replayed commands (written by another client, perhaps with
@@ -444,6 +504,7 @@ class Pump:
             text = f"the queue is full ({limits.max_queue_size} commands or {limits.max_queue_bytes} bytes)"
         else:
             text = "the client is closed"
+        self.progress.dropped_at = self.clock()
         self.reporter.dropped(len(commands) + not_kept, text)
         self.reporter.failed(QueueFull(f"{len(commands) + not_kept} commands dropped: {text}"), commands)
 
@@ -515,17 +576,48 @@ class Pump:
                 continue  # a closer gave up on it and counted it
             now = self.clock()
             if verdict is not None:
+                self.progress.answered()
                 self._answered(batch, verdict, now)
-            elif isinstance(error, TransientError):
+                continue
+            self.progress.failed(self._scrub(error.reason if isinstance(error, TransientError) else str(error)))
+            if isinstance(error, TransientError):
                 self._transient(batch, error, now)
             elif isinstance(error, InvalidRequest) and error.status in (400, 413) and len(batch) > 1:
                 # Too large, or malformed as a whole (400: one bad command makes the body bad): halves,
                 # until the command at fault is alone and fails by itself.
                 for half in batch.halves():
                     self._insort(half)
+            elif isinstance(error, InvalidRequest) and error.status in (400, 413) and batch.split:
+                self._settle_failed(batch.seqs, batch.payloads, None)
+                reason = "; ".join(error.errors) if error.errors else str(error)
+                self._split_refusals.extend((payload, reason, error.status) for payload in batch.payloads)
             else:
                 assert error is not None
                 self._fail(batch.seqs, batch.payloads, error)
+        if self._split_refusals and not self._splitting():
+            self._report_split_refusals()
+
+    def _splitting(self) -> bool:
+        """Whether a part of a batch refused as a whole is still to be sent or answered."""
+        if any(batch.split for batch in self.line):
+            return True
+        with self.ledger.lock:
+            return any(batch.split for batch in self.ledger.in_flight.values())
+
+    def _report_split_refusals(self) -> None:
+        """The commands refused alone after their batches were refused as a whole: one warning, and
+        ``on_error`` in chunks giving each command's own reason, per status."""
+        refusals, self._split_refusals = self._split_refusals, []
+        statuses = sorted({status or 0 for _, _, status in refusals})
+        for status in statuses:
+            payloads = [payload for payload, _, given in refusals if (given or 0) == status]
+            reasons = [reason for _, reason, given in refusals if (given or 0) == status]
+            self._say_failed(
+                len(payloads),
+                f"{PATH_BULK}: refused for good, each alone, after their batch was refused as a whole"
+                f" (HTTP {status}): {refusal_summary(reasons)}",
+            )
+            self.reporter.refused(payloads, reasons, status)
 
     def _answered(self, batch: Batch, verdict: Verdict, now: float) -> None:
         self.window.on_success()
@@ -612,6 +704,7 @@ class Pump:
         ``on_error``: they are not lost."""
         if not seqs:
             return
+        self.progress.let_go(seqs)
         self.ledger.count_kept(len(seqs))
         self._release(len(seqs), sum(map(len, payloads)))
         given_up = self._given_up
@@ -698,11 +791,11 @@ class Pump:
         self,
         seqs: Sequence[int],
         items: Sequence[bytes],
-        why: Union[str, SevenSegmentsError],
+        why: Union[str, SevenSegmentsError, None],
         held_bytes: Optional[int] = None,
     ) -> None:
-        """Count commands as failed for good, mark the flushes they concern, and say why in one
-        warning (at close, in the close's summary)."""
+        """Count commands as failed for good, mark the flushes they concern, and say ``why`` (unless
+        None: said later) in one warning (at close, in the close's summary)."""
         self.ledger.count_failed(len(seqs), max(seqs))
         size = sum(map(len, items)) if held_bytes is None else held_bytes
         self._release(len(seqs), size)
@@ -711,11 +804,16 @@ class Pump:
         for ticket in self.tickets:
             if ticket.upto >= first:
                 ticket.delivered_all = False
+        if why is not None:
+            self._say_failed(len(seqs), why)
+
+    def _say_failed(self, count: int, why: Union[str, SevenSegmentsError]) -> None:
+        """One warning for ``count`` commands failed for good (at close, in the close's summary)."""
         if self.lifecycle.phase is Phase.DRAINING:
-            self.losses_at_close += len(seqs)
+            self.losses_at_close += count
             self.last_close_error = str(why)
         else:
-            logger.warning("seven_segments: %d commands could not be delivered: %s", len(seqs), why)
+            logger.warning("seven_segments: %d commands could not be delivered: %s", count, why)
 
     def first_unsettled(self) -> float:
         """The oldest sequence number not settled yet (infinity when all are)."""
@@ -725,6 +823,56 @@ class Pump:
         if self.ledger.in_flight:
             first = min(first, self.ledger.first_in_flight())
         return first
+
+    def oldest_pending(self, now: float) -> float:
+        """Seconds the oldest command not delivered yet has waited (0 when none); from any thread."""
+        incoming = self.incoming
+        waiting = len(incoming) - self.ledger.tickets_queued
+        head = None
+        if waiting > 0:
+            try:
+                head = incoming[0]
+            except IndexError:
+                waiting = 0
+        return self.progress.oldest_age(now, self.held, waiting, head)
+
+    def waiting(self) -> int:
+        """Commands not delivered yet: held here, queued, and let go of into the spool in an outage."""
+        return self.held + max(0, len(self.incoming) - self.ledger.tickets_queued) + self.ledger.kept
+
+    def look_at_progress(self, now: float) -> float:
+        """Forget the marks of what settled; warn when delivery stalls or resumes (see ``StallAlarm``).
+        Returns how long the pump may sleep before it must look again."""
+        progress = self.progress
+        if progress.let_go_since < math.inf and not self._given_up and not self._reading_back:
+            progress.let_go_since = math.inf
+        progress.settled_before(self.first_unsettled() if self.held else math.inf)
+        age = self.oldest_pending(now)
+        said = self.stall.look(now, age)
+        if said is not None:
+            self._say_stall(said, now, age)
+        if not self.held and not self.incoming:
+            return math.inf  # only commands let go of into the spool wait: they need no pump awake
+        return self.stall.next_look(now, age)
+
+    def _say_stall(self, said: Say, now: float, age: float) -> None:
+        if said is Say.RESUMED:
+            logger.warning(
+                "seven_segments: delivery resumed after a stall of %.1f s; %d commands wait, the oldest for %.1f s",
+                now - self.stall.since,
+                self.waiting(),
+                age,
+            )
+            return
+        logger.warning(
+            "seven_segments: delivery is %sstalled: %d commands wait, the oldest for %.1f s (stall_warning_after=%g s);"
+            " last error: %s",
+            "still " if said is Say.STILL else "",
+            self.waiting(),
+            age,
+            self.limits.stall_warning_after,
+            self.progress.last_error or "none (no request failed)",
+        )
 
     def settle_tickets(self) -> None:
         """Answer the flushes whose commands all settled. Commands let go of in an outage were queued
@@ -747,6 +895,8 @@ class Pump:
 
     def give_up(self) -> None:
         """The close deadline passed: settle everything left, warning first, then ``on_error`` in chunks."""
+        if self._split_refusals:
+            self._report_split_refusals()  # what is left of their splits is given up below
         if self.spool is not None:
             self._keep_in_spool()
             return

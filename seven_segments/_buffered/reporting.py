@@ -87,15 +87,16 @@ class Reporter:
         for start in range(0, len(items), CHUNK):
             self._chunks.append((error, items[start : start + CHUNK]))
 
-    def refused(self, items: Sequence[bytes], reasons: Sequence[str]) -> None:
+    def refused(self, items: Sequence[bytes], reasons: Sequence[str], status: int = 200) -> None:
         """Queue commands the server refused for good for ``on_error``, in chunks: each with an
-        ``InvalidRequest`` (status 200) whose ``errors[i]`` is the reason for the chunk's command ``i``."""
+        ``InvalidRequest`` (``status``: 200 for a ``bulk`` answer's refusals, 400 or 413 for commands
+        refused alone) whose ``errors[i]`` is the reason for the chunk's command ``i``."""
         if self.on_error is None or not items:
             return
         for start in range(0, len(items), CHUNK):
             part = reasons[start : start + CHUNK]
             what = "the command was refused" if len(part) == 1 else f"{len(part)} commands were refused"
-            error = InvalidRequest(f"{PATH_BULK}: {what}", status=200, errors=part)
+            error = InvalidRequest(f"{PATH_BULK}: {what}", status=status, errors=part)
             self._chunks.append((error, items[start : start + CHUNK]))
 
     def drain(self, until: Optional[float] = None) -> None:

@@ -2,7 +2,7 @@
 
 ``serve [--host 127.0.0.1] [--port 8765] [--db FILE] [--campaigns FILE] [--analyses FILE]
 [--users-file FILE] [--user NAME:PASSWORD]... [--tokens TOKEN,...] [--latency-ms N] [--counting-only]
-[--verbose]`` prints the URL, serves, shuts down cleanly and exits 0; when it cannot start it prints
+[--verbose] [--tls-cert FILE [--tls-key FILE] [--tls-client-ca FILE]]`` prints the URL, serves, shuts down cleanly and exits 0; when it cannot start it prints
 one line on stderr and exits 1. Without ``--campaigns`` it serves :data:`DEMO_CAMPAIGNS`. Export API
 users come from ``--users-file``, ``SEVEN_SEGMENTS_SERVER_USERS`` and ``--user`` together; passwords
 are never printed nor logged. See ``docs/local-server.md``.
@@ -133,6 +133,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--counting-only", action="store_true", help="validate and count, store nothing")
     parser.add_argument("--verbose", action="store_true", help="log one line per request")
+    parser.add_argument(
+        "--tls-cert", metavar="FILE", help="serve HTTPS with this PEM certificate (and its key, unless --tls-key)"
+    )
+    parser.add_argument("--tls-key", metavar="FILE", help="the PEM private key of --tls-cert")
+    parser.add_argument(
+        "--tls-client-ca", metavar="FILE",
+        help="require a client certificate signed by this PEM CA (mutual TLS; needs --tls-cert)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -155,6 +163,9 @@ def run(args: argparse.Namespace) -> int:
             counting_only=args.counting_only,
             verbose=args.verbose,
             latency=args.latency_ms / 1000.0,
+            tls_cert=getattr(args, "tls_cert", None),
+            tls_key=getattr(args, "tls_key", None),
+            tls_client_ca=getattr(args, "tls_client_ca", None),
         )
         server.start()
     except (OSError, ValueError) as error:

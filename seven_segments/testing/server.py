@@ -13,7 +13,9 @@ import email.utils
 import functools
 import json
 import logging
+import os
 import socket
+import ssl
 import threading
 import time
 import zlib
@@ -52,6 +54,7 @@ from .faults import (
 )
 from .faults import format_retry_after
 from .store import Command, Store
+from ..serialization import escapes_lone_surrogate
 from ..transport import redact_urls
 from .validation import (
     CustomerUpdate,
@@ -79,6 +82,10 @@ _LOCAL = "/_local/"
 
 #: Bodies up to this size are read (and discarded) before answering 413, so that the client sees the answer.
 _DRAIN_LIMIT = 64 * 1024 * 1024
+#: A TLS client has this long to complete its handshake.
+_HANDSHAKE_SECONDS = 10.0
+#: How long a connection whose handshake failed is read from, for the client to take the alert.
+_LINGER_SECONDS = 2.0
 #: How many requests ``requests()`` keeps (the most recent).
 DEFAULT_MAX_RECORDED = 10_000
 #: At most this many body bytes (as received) are kept for ``requests()``.
@@ -150,6 +157,22 @@ class _HTTPServer(ThreadingHTTPServer):
         self.connections: Set[socket.socket] = set()
         self.connections_lock = threading.Lock()
         super().__init__(address, _Handler)
+        if app.tls is not None:
+            # The handshake is made on the connection's own thread (finish_request), not in accept():
+            # a client that stalls it must not hold up every other connection.
+            self.socket = app.tls.wrap_socket(self.socket, server_side=True, do_handshake_on_connect=False)
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        if isinstance(request, ssl.SSLSocket):
+            try:
+                request.settimeout(_HANDSHAKE_SECONDS)
+                request.do_handshake()
+            except (OSError, ValueError) as error:  # no certificate, an untrusted one, not TLS at all
+                self.app._count_refused_handshake()
+                logger.info("local 7SEGMENTS server: TLS handshake with %s failed: %s", client_address[0], error)
+                _linger(request)
+                return
+        super().finish_request(request, client_address)
 
     def close_connections(self) -> None:
         """Shut down every open connection (idle keep-alive ones included)."""
@@ -160,6 +183,19 @@ class _HTTPServer(ThreadingHTTPServer):
                 connection.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+
+
+def _linger(connection: socket.socket) -> None:
+    """Close our side of a connection whose handshake failed, then read what the client still sends
+    (its request, under TLS 1.3) until it closes: closed at once, the kernel would answer that data
+    with a reset, which can reach the client before the alert OpenSSL sent saying why."""
+    try:
+        socket.socket.shutdown(connection, socket.SHUT_WR)
+        connection.settimeout(_LINGER_SECONDS)
+        while socket.socket.recv(connection, 65536):
+            pass
+    except OSError:
+        pass
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -360,7 +396,10 @@ class LocalServer:
     (every path but ``/_local/``) waits after its body is read, as a round trip across a network
     would; concurrent requests wait concurrently (settable at run time through :attr:`latency` or
     ``POST /_local/latency``). Stored data stays readable after :meth:`stop`; a restarted server
-    listens on the same port again.
+    listens on the same port again. ``tls_cert`` (a PEM certificate, its key in it or in ``tls_key``):
+    serve HTTPS (``url`` is then ``https://...``); with ``tls_client_ca`` (a PEM CA bundle), a client
+    must present a certificate that CA signed (mutual TLS), else its handshake fails (counted in
+    ``stats()["tls_refused"]``).
     """
 
     def __init__(
@@ -377,7 +416,12 @@ class LocalServer:
         verbose: bool = False,
         max_recorded_requests: int = DEFAULT_MAX_RECORDED,
         latency: float = 0.0,
+        tls_cert: Optional[str] = None,
+        tls_key: Optional[str] = None,
+        tls_client_ca: Optional[str] = None,
     ) -> None:
+        #: The server side of TLS (``None``: plain HTTP), made and checked now (see ``_tls_context``).
+        self.tls = _tls_context(tls_cert, tls_key, tls_client_ca)
         self._latency = 0.0
         self.latency = latency
         self.host = host
@@ -478,7 +522,7 @@ class LocalServer:
         if self._httpd is None and self.port == 0:
             raise RuntimeError("the server is not started")
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return f"{'http' if self.tls is None else 'https'}://{host}:{self.port}"
 
     @property
     def running(self) -> bool:
@@ -577,8 +621,8 @@ class LocalServer:
     def stats(self) -> JSONDict:
         """Counters since start or reset (with a ``db`` file, ``events`` counts the file's events too).
 
-        Keys: requests, bulk_requests, statuses, commands, events, customer_updates, duplicates,
-        faults, faults_injected (see ``docs/local-server.md``).
+        Keys: requests, bulk_requests, statuses, commands, tls_refused (TLS handshakes that failed),
+        events, customer_updates, duplicates, faults, faults_injected (see ``docs/local-server.md``).
         """
         with self._stats_lock:
             stats: JSONDict = dict(self._stats)
@@ -614,7 +658,12 @@ class LocalServer:
             "bulk_requests": 0,
             "statuses": {},
             "commands": {RESULT_OK: 0, RESULT_RETRY: 0, RESULT_ERROR: 0},
+            "tls_refused": 0,
         }
+
+    def _count_refused_handshake(self) -> None:
+        with self._stats_lock:
+            self._stats["tls_refused"] += 1
 
     def _count(self, status: Optional[int], results: Optional[Mapping[str, int]] = None) -> None:
         with self._stats_lock:
@@ -767,6 +816,8 @@ class LocalServer:
             raise _Refusal(400, [f"the body is not valid JSON: {error}"]) from None
         if not isinstance(body, dict):
             raise _Refusal(400, ["the body must be a JSON object"])
+        if escapes_lone_surrogate(raw, body):  # neither stored nor measured as UTF-8
+            raise _Refusal(400, ["the body holds an escaped lone surrogate (\\ud800 to \\udfff), which is not text"])
         return body, len(raw)
 
     def _process(
@@ -999,6 +1050,32 @@ class LocalServer:
             raise _Refusal(404, [f"unknown path {path}"])
         except _Refusal as refusal:
             return self._refuse(handler, refusal)
+
+
+def _tls_context(cert: Optional[str], key: Optional[str], client_ca: Optional[str]) -> Optional[ssl.SSLContext]:
+    """The server's TLS context for ``LocalServer(tls_cert=, tls_key=, tls_client_ca=)``, or None;
+    ``ValueError`` naming the keyword and the file that is missing or does not load."""
+    if cert is None:
+        if key is not None or client_ca is not None:
+            raise ValueError("tls_key and tls_client_ca need tls_cert (the server's certificate)")
+        return None
+    for name, path in (("tls_cert", cert), ("tls_key", key), ("tls_client_ca", client_ca)):
+        if path is not None and not (isinstance(path, str) and os.path.isfile(path)):
+            raise ValueError(f"{name}: {path!r} is not a file")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(cert, key)
+    except (ssl.SSLError, OSError) as error:
+        files = repr(cert) if key is None else f"{cert!r} and {key!r}"
+        what = "tls_cert" if key is None else "tls_cert and tls_key"
+        raise ValueError(f"{what}: {files} cannot be loaded as a PEM certificate and its key ({error})") from None
+    if client_ca is not None:
+        try:
+            context.load_verify_locations(cafile=client_ca)
+        except (ssl.SSLError, OSError) as error:
+            raise ValueError(f"tls_client_ca: {client_ca!r} holds no CA certificate that can be read ({error})") from None
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
 
 
 def _check_latency(seconds: Any) -> float:

@@ -1,0 +1,249 @@
+"""``seven-segments import``: formats, bad lines and the rejects file, dry runs, resuming, its state files."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Dict, List
+
+import pytest
+
+from seven_segments.cli import main
+from seven_segments.importer.formats import LineError, parse_json_line
+from seven_segments.importer.sources import id_prefix
+from seven_segments.testing import LocalServer
+
+from .conftest import TOKEN
+
+ROOT = Path(__file__).resolve().parent.parent
+T0 = 1700000000
+
+
+def event(i: int, **extra: Any) -> Dict[str, Any]:
+    line: Dict[str, Any] = {"type": "purchase", "customer": f"c{i}", "properties": {"n": i}, "timestamp": T0 + i}
+    line.update(extra)
+    return line
+
+
+def write_lines(path: Path, lines: List[Any]) -> Path:
+    path.write_text("".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines))
+    return path
+
+
+@pytest.fixture
+def token(monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("SEVEN_SEGMENTS_TOKEN", TOKEN)
+    return TOKEN
+
+
+def run_import(*words: str) -> int:
+    return main(["import", *words, "--progress-interval", "600"])
+
+
+def rejects_of(path: Path) -> List[Dict[str, Any]]:
+    return [json.loads(line) for line in Path(str(path) + ".import-rejects.jsonl").read_text().splitlines()]
+
+
+def test_bad_lines_are_rejected_counted_and_written_to_the_rejects_file(
+    tmp_path: Path, fresh: LocalServer, token: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fresh.faults.command_results(1, "error")  # the API refuses the first command it receives (line 1)
+    source = write_lines(tmp_path / "mixed.jsonl", [
+        event(1),
+        event(2),
+        '{"type": "purchase", "customer": "c3", oops}',                      # 3: bad JSON
+        event(4, properties=["not", "an", "object"]),                       # 4: bad type
+        event(5, timestamp="2023-11-14T22:13:20"),                          # 5: naive timestamp
+        event(6, timestamp=1700000000000),                                  # 6: milliseconds
+        event(7, properties={"blob": "x" * 200_000}),                       # 7: oversized properties
+        event(8, customer=12345),                                           # 8: bad customer
+        {"type": "purchase", "customer": "c9", "timestmap": T0},            # 9: misspelt key
+        "",                                                                 # 10: blank
+        {"update": {"plan": "gold"}, "customer": "c11", "timestamp": "2023-11-14T22:13:20Z"},
+        event(12, command_id="order-12"),
+        json.dumps(event(13, properties={"huge": "y" * (5 << 20)})),         # 13: longer than any command
+        event(14),
+    ])
+    assert run_import(str(source), "--target", fresh.url) == 1
+    out, err = capsys.readouterr()
+    assert "14 lines, 4 delivered, 9 rejected, 1 blank" in out
+    rejects = rejects_of(source)
+    reasons = {entry["line"]: entry["reason"] for entry in rejects}
+    assert sorted(reasons) == [1, 3, 4, 5, 6, 7, 8, 9, 13]
+    assert "longer than 4194304 bytes" in reasons[13]
+    assert reasons[1].startswith("refused by the API")
+    assert rejects[-1]["line"] == 1 and rejects[-1]["command"]["data"]["command_id"] == f"{id_prefix(_identity(source))}-1"
+    assert "not JSON" in reasons[3]
+    assert "properties" in reasons[4] and "list" in reasons[4]
+    assert "no time zone" in reasons[5]
+    assert "milliseconds" in reasons[6]
+    assert "at most 102400" in reasons[7]
+    assert "customer" in reasons[8]
+    assert "'timestmap'" in reasons[9]
+    assert all(entry["file"] == str(source) for entry in rejects)
+    assert next(e for e in rejects if e["line"] == 9)["text"] == json.dumps({"type": "purchase", "customer": "c9", "timestmap": T0})
+    for line in (3, 5, 6):
+        assert f"{source}:{line}: " in err
+    assert TOKEN not in err + out + Path(str(source) + ".import-rejects.jsonl").read_text()
+    assert [e["properties"]["n"] for e in fresh.events()] == [2, 12, 14]
+    assert fresh.events()[1]["command_id"] == "order-12"
+    assert fresh.customer("c11") == {"plan": "gold"}
+    # Run again: the checkpoint says it is done; the exit status still says not everything arrived.
+    assert run_import(str(source), "--target", fresh.url) == 1
+    assert "imported already" in capsys.readouterr().out
+    assert len(fresh.events()) == 3
+
+
+def _identity(path: Path) -> str:
+    from seven_segments.importer.sources import file_identity
+
+    return file_identity(str(path))
+
+
+def test_max_errors_stops_the_import_and_a_rerun_stops_again(
+    tmp_path: Path, fresh: LocalServer, token: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = write_lines(tmp_path / "bad.jsonl", ["{"] * 5 + [event(i) for i in range(6, 3000)])
+    assert run_import(str(source), "--target", fresh.url, "--max-errors", "2") == 1
+    out = capsys.readouterr().out
+    assert "stopped: more than --max-errors 2 lines were rejected" in out
+    assert len(rejects_of(source)) == 3 and fresh.stats()["events"] == 0
+
+
+def test_dry_run_checks_every_line_and_sends_nothing(
+    tmp_path: Path, fresh: LocalServer, token: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = write_lines(tmp_path / "dry.jsonl", [event(1), event(2, timestamp=1700000000000), event(3)])
+    assert run_import(str(source), "--target", fresh.url, "--dry-run") == 1
+    out, err = capsys.readouterr()
+    assert "3 lines, 2 checked, 1 rejected" in out
+    assert f"{source}:2: " in err and "milliseconds" in err
+    assert fresh.stats()["requests"] == 0
+    assert not [name for name in os.listdir(tmp_path) if name != "dry.jsonl"]  # no state written
+    good = write_lines(tmp_path / "good.jsonl", [event(1)])
+    assert run_import(str(good), "--dry-run") == 0  # no target is contacted
+
+
+def test_csv_gzip_and_a_resume_after_the_file_grew_are_refused_or_read(
+    tmp_path: Path, fresh: LocalServer, token: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "customers.csv.gz"
+    with gzip.open(source, "wt", newline="") as stream:
+        stream.write("customer.registered,customer.cookie,timestamp,plan,age,command_id\n")
+        stream.write("john,ck1,2023-11-14T22:13:20Z,gold,42,\n")
+        stream.write(",ck2,1700000001,silver,,u-2\n")
+        stream.write(",,1700000002,none,,\n")  # no customer
+    assert run_import(str(source), "--target", fresh.url) == 1
+    out = capsys.readouterr().out
+    assert "4 lines, 2 delivered, 1 rejected" in out
+    assert rejects_of(source)[0]["line"] == 4 and rejects_of(source)[0]["row"]["plan"] == "none"
+    john = fresh.customer({"registered": "john", "cookie": "ck1"})
+    assert john == {"plan": "gold", "age": 42}
+    events = tmp_path / "events.csv"
+    events.write_text("type,customer,timestamp,amount\npurchase,c1,1700000000,5\n")
+    assert run_import(str(events), "--target", fresh.url) == 0
+    assert fresh.events()[0]["properties"] == {"amount": 5}
+    with open(events, "a") as stream:  # the file changed since its checkpoint: its ids would change
+        stream.write("purchase,c2,1700000001,6\n")
+    assert run_import(str(events), "--target", fresh.url) == 2
+    assert "content changed since" in capsys.readouterr().err
+    assert run_import(str(events), "--target", fresh.url, "--restart") == 0
+    assert [e["properties"]["amount"] for e in fresh.events()] == [5, 5, 6]  # --restart: new ids, as it warns
+
+
+def test_standard_input_needs_a_source_id_and_resumes_by_it(tmp_path: Path, fresh: LocalServer) -> None:
+    env = dict(os.environ, SEVEN_SEGMENTS_TOKEN=TOKEN, PYTHONPATH=str(ROOT))
+    lines = "".join(json.dumps(event(i)) + "\n" for i in range(1, 4)).encode()
+    command = [sys.executable, "-m", "seven_segments", "import", "-", "--target", fresh.url, "--state", str(tmp_path)]
+    refused = subprocess.run(command, input=lines, env=env, capture_output=True)
+    assert refused.returncode == 2 and b"--source-id" in refused.stderr
+    done = subprocess.run(command + ["--source-id", "batch-7"], input=gzip.compress(lines), env=env, capture_output=True)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "stdin-batch-7.import-checkpoint.json").exists()
+    again = subprocess.run(command + ["--source-id", "batch-7", "--restart"], input=lines, env=env, capture_output=True)
+    assert again.returncode == 0 and fresh.stats()["events"] == 3 and fresh.stats()["duplicates"] == 3
+
+
+def test_state_files_are_not_followed_through_links(tmp_path: Path, fresh: LocalServer, token: str,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    source = write_lines(tmp_path / "a.jsonl", [event(1)])
+    elsewhere = tmp_path / "elsewhere.json"
+    elsewhere.write_text("{}")
+    os.symlink(elsewhere, str(source) + ".import-checkpoint.json")
+    assert run_import(str(source), "--target", fresh.url) == 2
+    assert "symbolic link" in capsys.readouterr().err
+    assert elsewhere.read_text() == "{}"
+
+
+def test_a_second_import_of_the_same_input_at_once_is_refused(
+    tmp_path: Path, fresh: LocalServer, token: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from seven_segments.importer.state import StateFiles
+
+    source = write_lines(tmp_path / "a.jsonl", [event(1)])
+    running = StateFiles(str(source))
+    running.lock()
+    try:
+        assert run_import(str(source), "--target", fresh.url) == 2
+        assert "another import of this input is running" in capsys.readouterr().err
+    finally:
+        running.unlock()
+    assert run_import(str(source), "--target", fresh.url) == 0
+
+
+def test_without_a_token_import_is_a_usage_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.delenv("SEVEN_SEGMENTS_TOKEN", raising=False)
+    source = write_lines(tmp_path / "a.jsonl", [event(1)])
+    assert run_import(str(source)) == 2
+    assert "SEVEN_SEGMENTS_TOKEN" in capsys.readouterr().err
+
+
+def test_json_line_shapes() -> None:
+    call = parse_json_line(b'{"update": {"a": 1}, "customer": {"cookie": "x"}, "timestamp": "1700000000.5"}\n')
+    assert call[0] is None and call[1] == {"a": 1} and call[3] == 1700000000.5
+    for bad, words in [
+        (b"[1]", "JSON object"),
+        (b'{"customer": "a", "timestamp": 1}', "neither"),
+        (b'{"type": "a", "update": {}, "customer": "a", "timestamp": 1}', "both"),
+        (b'{"type": "a", "timestamp": 1}', '"customer"'),
+        (b'{"type": "a", "customer": "a"}', '"timestamp"'),
+        (b'{"update": [1], "customer": "a", "timestamp": 1}', "object"),
+        (b'{"type": "a", "customer": "a", "timestamp": "yesterday"}', "ISO 8601"),
+        (b'\xff{}', "UTF-8"),
+    ]:
+        with pytest.raises(LineError, match=words):
+            parse_json_line(bad)
+
+
+def test_an_unreachable_api_stops_the_import_and_the_next_run_delivers_everything(
+    tmp_path: Path, fresh: LocalServer, dead_url: str, token: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = write_lines(tmp_path / "later.jsonl", [event(i) for i in range(1, 2001)])
+    assert run_import(str(source), "--target", dead_url, "--retry-deadline", "0.2", "--timeout", "1") == 1
+    out = capsys.readouterr().out
+    assert "stopped: line 1 and others were not delivered (ServiceUnavailable" in out
+    assert not Path(str(source) + ".import-rejects.jsonl").exists()  # not delivered is not rejected
+    assert run_import(str(source), "--target", fresh.url) == 0
+    assert fresh.stats()["events"] == 2000
+
+
+def test_refusals_are_matched_to_their_lines_by_command_id(tmp_path: Path) -> None:
+    from seven_segments.errors import InvalidRequest, ServiceUnavailable
+    from seven_segments.importer.confirm import Confirmer
+    from seven_segments.importer.state import Checkpoint, StateFiles
+
+    rejected: List[Any] = []
+    confirmer = Confirmer(None, StateFiles(str(tmp_path / "x")), Checkpoint("source:x"), "abc",
+                          lambda line, reason, details: rejected.append((line, reason)), 1.0)
+    confirmer.own_id(7, "order-7")
+    commands = [{"name": "crm/events", "data": {"command_id": cid}} for cid in ("abc-3", "order-7")]
+    confirmer.on_error(InvalidRequest("bulk: 2 commands were refused", status=200, errors=["bad a", "bad b"]), commands)
+    assert rejected == [(3, "refused by the API: bad a"), (7, "refused by the API: bad b")]
+    assert confirmer.refused == 2 and not confirmer.failed
+    confirmer.on_error(ServiceUnavailable("bulk: gave up"), [{"name": "crm/events", "data": {"command_id": "abc-9"}}])
+    assert confirmer.failure is not None and confirmer.failure[0] == 9
