@@ -123,7 +123,7 @@ def _proxy(target: str, proxies: ProxiesSetting) -> Optional[str]:
             f"proxies must be a dict of scheme to proxy URL, such as {{'https': 'http://proxy:3128'}}, "
             f"not {type(proxies).__name__}"
         )
-    chosen: Dict[str, str] = {}
+    chosen: Dict[str, Optional[str]] = {}
     for key, value in proxies.items():
         if not isinstance(key, str):
             raise TypeError(f"proxies: the keys must be strings (http, https, all, scheme://host), not {key!r}")
@@ -131,7 +131,8 @@ def _proxy(target: str, proxies: ProxiesSetting) -> Optional[str]:
             if value is not None and not isinstance(value, str):
                 raise TypeError(f"proxies['no_proxy'] must be a string of hosts separated by commas, not {type(value).__name__}")
             continue
-        if value is None:  # requests' way of saying "no proxy for this one"
+        if value is None:  # requests' way of saying "no proxy for this one": it wins over "all"
+            chosen[key] = None
             continue
         if not isinstance(value, str):
             raise TypeError(f"proxies[{key!r}] must be a proxy URL string, not {type(value).__name__}")

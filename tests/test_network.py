@@ -494,6 +494,11 @@ def test_network_settings_decide_once_and_show_no_credentials(pki: PKI, tmp_path
     assert PROXY_PASSWORD not in repr(settings) and "***@proxy.example:3128" in repr(settings)
     assert NetworkSettings.resolve("https://api.example.com", proxies={"http": secret}).proxy is None  # another scheme
     assert NetworkSettings.resolve("https://api.example.com", proxies={"https://api.example.com": secret}).proxy == secret
+
+    # None for a scheme or host is requests' "no proxy for this one": it wins over "all", as there.
+    assert NetworkSettings.resolve("https://api.example.com", proxies={"all": secret, "https": None}).proxy is None
+    assert NetworkSettings.resolve("https://api.example.com",
+                                   proxies={"all": secret, "https://api.example.com": None}).proxy is None
     client = SevenSegments(TOKEN, target="https://api.example.com", proxies={"https": secret}, buffered=True)
     try:
         session = client._transport._session
