@@ -179,6 +179,21 @@ def test_state_files_are_not_followed_through_links(tmp_path: Path, fresh: Local
     assert elsewhere.read_text() == "{}"
 
 
+def test_state_is_never_kept_in_a_folder_others_can_write_to(tmp_path: Path, fresh: LocalServer, token: str,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)  # as /tmp: anyone may plant a checkpoint saying the input was imported already
+    source = write_lines(shared / "a.jsonl", [event(1)])
+    planted = {"version": 1, "identity": _identity(source), "confirmed_line": 1, "delivered": 1, "rejected": 0,
+               "blank": 0, "finished": True}
+    Path(str(source) + ".import-checkpoint.json").write_text(json.dumps(planted))
+    assert run_import(str(source), "--target", fresh.url) == 2
+    assert f"not kept in {shared}: others can make files in it" in capsys.readouterr().err
+    assert run_import(str(source), "--state", str(tmp_path), "--target", fresh.url) == 0
+    assert len(fresh.events()) == 1
+
+
 def test_a_second_import_of_the_same_input_at_once_is_refused(
     tmp_path: Path, fresh: LocalServer, token: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

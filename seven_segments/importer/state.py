@@ -16,9 +16,10 @@ from __future__ import annotations
 import errno
 import json
 import os
+import stat
 from typing import IO, Any, Dict, Optional
 
-__all__ = ["StateFiles", "Checkpoint", "StateError", "Rejects"]
+__all__ = ["StateFiles", "Checkpoint", "StateError", "Rejects", "check_folder"]
 
 _VERSION = 1
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -71,6 +72,20 @@ def _open(path: str, flags: int, mode: int = 0o600) -> int:
         if error.errno == errno.ELOOP:
             raise StateError(f"{path} is a symbolic link; an import's state files are never followed") from None
         raise
+
+
+def check_folder(folder: str) -> None:
+    """``StateError`` unless only this user can make or replace files in ``folder``: in a folder
+    others can write to (``/tmp``), they could plant a checkpoint that skips lines, or a rejects
+    file they read."""
+    info = os.stat(folder or ".")
+    mode = stat.S_IMODE(info.st_mode)
+    if info.st_uid != os.geteuid() or mode & 0o022:
+        who = "another user" if info.st_uid != os.geteuid() else "others" if mode & 0o002 else "its group"
+        raise StateError(
+            f"the state of an import is not kept in {os.path.abspath(folder or '.')}: {who} can make files in it (a checkpoint that "
+            "skips lines, a rejects file they read); give --state DIR, a folder only you can write to"
+        )
 
 
 def _fsync_folder(folder: str) -> None:
@@ -163,9 +178,11 @@ class StateFiles:
         self._lock_handle: Optional[int] = None
 
     def lock(self) -> None:
-        """Hold the source's lock for this process's life; ``StateError`` when another import holds it."""
+        """Hold the source's lock for this process's life; ``StateError`` when another import holds it
+        or when the folder is not this user's alone (``check_folder``)."""
         import fcntl
 
+        check_folder(os.path.dirname(self._lock_path))
         handle = _open(self._lock_path, os.O_WRONLY | os.O_CREAT)
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
