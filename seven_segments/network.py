@@ -140,7 +140,7 @@ def _proxy(target: str, proxies: ProxiesSetting) -> Optional[str]:
     no_proxy = proxies.get("no_proxy")
     if no_proxy and requests.utils.should_bypass_proxies(target, no_proxy=no_proxy):
         return None
-    return requests.utils.select_proxy(target, chosen) or None
+    return requests.utils.select_proxy(target, chosen) or None  # type: ignore[arg-type]  # None: requests' "none"
 
 
 def _proxy_variable(target: str) -> str:
