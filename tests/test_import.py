@@ -262,3 +262,24 @@ def test_refusals_are_matched_to_their_lines_by_command_id(tmp_path: Path) -> No
     assert confirmer.refused == 2 and not confirmer.failed
     confirmer.on_error(ServiceUnavailable("bulk: gave up"), [{"name": "crm/events", "data": {"command_id": "abc-9"}}])
     assert confirmer.failure is not None and confirmer.failure[0] == 9
+
+
+def test_a_csv_line_longer_than_any_command_is_rejected_in_bounded_memory(tmp_path: Path) -> None:
+    import io
+    import tracemalloc
+
+    from seven_segments.importer.formats import CsvRows
+    from seven_segments.importer.reading import MAX_LINE
+
+    # A file with no line break (a dump given as CSV by mistake) was read whole, then refused.
+    data = b"type,customer,timestamp,note\np,c1,1," + b"x" * (6 * MAX_LINE) + b"\r\np,c2,2,ok\n"
+    tracemalloc.start()
+    try:
+        rows = [(number, call) for number, call, _ in CsvRows(io.BytesIO(data))]
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 5 * MAX_LINE  # a few pieces of text at a time, never the line (twice its size before)
+    assert [number for number, _ in rows] == [2, 3]
+    assert isinstance(rows[0][1], LineError) and "longer than" in str(rows[0][1])
+    assert rows[1][1] == ("p", {"note": "ok"}, "c2", 2.0, None)

@@ -29,7 +29,7 @@ import io
 import json
 from typing import IO, Any, Dict, Iterator, List, Tuple
 
-__all__ = ["Call", "LineError", "JSON_LINES", "CSV", "FORMATS", "parse_json_line", "CsvRows", "timestamp_value"]
+__all__ = ["Call", "LineError", "JSON_LINES", "CSV", "FORMATS", "MAX_LINE", "parse_json_line", "CsvRows", "timestamp_value"]
 
 JSON_LINES = "jsonl"
 CSV = "csv"
@@ -40,6 +40,10 @@ UPDATE_KEYS = frozenset(("update", "customer", "timestamp", "command_id"))
 #: CSV columns that are not properties.
 CSV_FIELDS = ("type", "customer", "timestamp", "command_id")
 CSV_ID_PREFIX = "customer."
+#: A line longer than this is refused unread (a command takes at most 100 KiB as the API counts it;
+#: escapes, quotes and spaces may make its line longer, never this much): bytes of a JSON line,
+#: characters of a CSV one.
+MAX_LINE = 4 << 20
 #: ``json.loads`` of text without its checks of the argument's type and encoding.
 _decode = json.JSONDecoder().decode
 _BOM = b"\xef\xbb\xbf"
@@ -122,6 +126,29 @@ def parse_json_line(raw: bytes) -> Call:
     return event_type, properties, line["customer"], timestamp, line.get("command_id")
 
 
+class _BoundedLines:
+    """The lines of a text for ``csv.reader``, each read in at most ``MAX_LINE`` characters: a longer
+    one is read past to its end and raised as ``csv.Error`` (its row is rejected, the next rows
+    read), so that a file without line breaks takes bounded memory."""
+
+    def __init__(self, text: IO[str]) -> None:
+        self._readline = text.readline
+
+    def __iter__(self) -> "_BoundedLines":
+        return self
+
+    def __next__(self) -> str:
+        line = self._readline(MAX_LINE)
+        if not line:
+            raise StopIteration
+        if len(line) == MAX_LINE and not line.endswith(("\n", "\r")):
+            piece = line
+            while len(piece) == MAX_LINE and not piece.endswith(("\n", "\r")):
+                piece = self._readline(MAX_LINE)
+            raise csv.Error(f"the line is longer than {MAX_LINE} characters: no command is that large")
+        return line
+
+
 class CsvRows:
     """The calls of a CSV file's rows, read from a binary stream (UTF-8, a BOM allowed).
 
@@ -131,7 +158,7 @@ class CsvRows:
 
     def __init__(self, stream: IO[bytes]) -> None:
         self._text = io.TextIOWrapper(stream, encoding="utf-8-sig", newline="")
-        self._reader = csv.reader(self._text)
+        self._reader = csv.reader(_BoundedLines(self._text))
         try:
             header = next(self._reader)
         except StopIteration:

@@ -10,16 +10,13 @@ import functools
 from typing import IO, Any, Callable, Iterable, Optional
 
 from .confirm import Mark, Rejected
-from .formats import CsvRows, LineError, parse_json_line
+from .formats import MAX_LINE, CsvRows, LineError, parse_json_line
 
 __all__ = ["LineQueuer", "ShortInput", "MAX_LINE", "LOOK_BYTES", "skip_lines"]
 
 #: Bytes of input between two looks at the queue, the progress and the stop conditions (about a
 #: thousand small events; a few large ones, so that large lines never pile up between two looks).
 LOOK_BYTES = 256 << 10
-#: A JSON line longer than this is refused unread (a command takes at most 100 KiB as the API counts
-#: it; escapes and spaces may make its line longer, never this much).
-MAX_LINE = 4 << 20
 
 
 class ShortInput(Exception):
