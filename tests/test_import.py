@@ -283,3 +283,20 @@ def test_a_csv_line_longer_than_any_command_is_rejected_in_bounded_memory(tmp_pa
     assert [number for number, _ in rows] == [2, 3]
     assert isinstance(rows[0][1], LineError) and "longer than" in str(rows[0][1])
     assert rows[1][1] == ("p", {"note": "ok"}, "c2", 2.0, None)
+
+
+def test_a_gzip_input_cut_short_delivers_the_lines_before_and_says_so(
+    tmp_path: Path, fresh: LocalServer, token: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    whole = gzip.compress("".join(json.dumps(event(i)) + "\n" for i in range(1, 3001)).encode())
+    source = tmp_path / "partial.jsonl.gz"
+    source.write_bytes(whole[: len(whole) // 2])  # a download cut short
+    assert run_import(str(source), "--target", fresh.url) == 1
+    out, err = capsys.readouterr()
+    read = len(fresh.events())
+    assert 0 < read < 3000 and f"stopped: it cannot be read past line {read}: its gzip content is cut short" in out
+    checkpoint = json.loads(Path(str(source) + ".import-checkpoint.json").read_text())
+    assert checkpoint["confirmed_line"] == checkpoint["delivered"] == read and not checkpoint["finished"]
+    source.write_bytes(whole[:100] + b"\0" * 400 + whole[500:])
+    assert run_import(str(source), "--dry-run") == 1
+    assert "its gzip content is damaged" in capsys.readouterr().out

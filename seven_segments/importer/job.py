@@ -12,7 +12,7 @@ from typing import IO, Any, Callable, Dict, List, NamedTuple, Optional
 from .confirm import Confirmer, Mark
 from .formats import CSV, JSON_LINES, CsvRows, LineError
 from .progress import Counts, Progress
-from .reading import LineQueuer, ShortInput
+from .reading import InputBroken, LineQueuer, ShortInput
 from .sources import STDIN, Source, file_identity, id_prefix
 from .state import Checkpoint, StateError, StateFiles
 
@@ -238,6 +238,9 @@ class ImportJob:
                     last = queuer.csv_rows(self._csv_rows(source), start, prefix)
                 else:
                     last = queuer.json_lines(source.stream, start, prefix)
+            except InputBroken as broken:
+                self.stopped = f"it cannot be read past line {broken.mark.line}: {broken.reason}"
+                last = broken.mark
             except ShortInput as short:
                 raise UsageProblem(
                     f"{self._label} has {short.lines} lines, fewer than the {start} its checkpoint confirms: it is "
@@ -343,8 +346,12 @@ class ImportJob:
             text += f"; {seconds:.1f} s, {read / seconds:,.0f} lines/s"
         self.out.write(text + "\n")
         if self.stopped is not None:
-            advice = ("raise --max-errors (or fix the input) and run again to resume" if "--max-errors" in self.stopped
-                      else "run the same command again to resume")
+            if "--max-errors" in self.stopped:
+                advice = "raise --max-errors (or fix the input) and run again to resume"
+            elif self.stopped.startswith("it cannot be read"):
+                advice = "the lines before it were delivered or rejected"
+            else:
+                advice = "run the same command again to resume"
             self.out.write(f"{self._label}: stopped: {self.stopped}; {advice}\n")
 
 

@@ -11,12 +11,22 @@ from typing import IO, Any, Callable, Iterable, Optional
 
 from .confirm import Mark, Rejected
 from .formats import MAX_LINE, CsvRows, LineError, parse_json_line
+from .sources import UnreadableInput
 
-__all__ = ["LineQueuer", "ShortInput", "MAX_LINE", "LOOK_BYTES", "skip_lines"]
+__all__ = ["LineQueuer", "ShortInput", "InputBroken", "MAX_LINE", "LOOK_BYTES", "skip_lines"]
 
 #: Bytes of input between two looks at the queue, the progress and the stop conditions (about a
 #: thousand small events; a few large ones, so that large lines never pile up between two looks).
 LOOK_BYTES = 256 << 10
+
+
+class InputBroken(Exception):
+    """The input could not be read past ``mark`` (``reason``: why)."""
+
+    def __init__(self, mark: Mark, error: UnreadableInput) -> None:
+        super().__init__(mark, error)
+        self.mark = mark
+        self.reason = str(error)
 
 
 class ShortInput(Exception):
@@ -78,37 +88,40 @@ class LineQueuer:
         accepted = rejected = blank = size = 0
         next_look = LOOK_BYTES
         number = start
-        for raw in lines:
-            number += 1
-            size += len(raw)
-            try:
-                event_type, properties, customer, timestamp, command_id = parse(raw)
-                if command_id is None:
-                    command_id = id_start + str(number)
-                elif own is not None:
-                    own(number, command_id)
-                if event_type is None:
-                    update(properties, customer=customer, timestamp=timestamp, command_id=command_id)
-                else:
-                    track(event_type, properties, customer=customer, timestamp=timestamp, command_id=command_id)
-                accepted += 1
-            except (TypeError, ValueError) as error:
-                if not raw.strip():
-                    blank += 1
-                else:
-                    rejected += 1
-                    reason = str(error)
-                    if len(raw) == MAX_LINE and not raw.endswith(b"\n"):
-                        skip_lines(stream, 1)  # the rest of the line
-                        reason = f"the line is longer than {MAX_LINE} bytes: no command is that large"
-                        raw = raw[:1000] + b"..."
-                    reject(number, reason, {"text": raw.decode("utf-8", "replace").rstrip("\r\n")})
-                    if too_many(rejected):
+        try:
+            for raw in lines:
+                number += 1
+                size += len(raw)
+                try:
+                    event_type, properties, customer, timestamp, command_id = parse(raw)
+                    if command_id is None:
+                        command_id = id_start + str(number)
+                    elif own is not None:
+                        own(number, command_id)
+                    if event_type is None:
+                        update(properties, customer=customer, timestamp=timestamp, command_id=command_id)
+                    else:
+                        track(event_type, properties, customer=customer, timestamp=timestamp, command_id=command_id)
+                    accepted += 1
+                except (TypeError, ValueError) as error:
+                    if not raw.strip():
+                        blank += 1
+                    else:
+                        rejected += 1
+                        reason = str(error)
+                        if len(raw) == MAX_LINE and not raw.endswith(b"\n"):
+                            skip_lines(stream, 1)  # the rest of the line
+                            reason = f"the line is longer than {MAX_LINE} bytes: no command is that large"
+                            raw = raw[:1000] + b"..."
+                        reject(number, reason, {"text": raw.decode("utf-8", "replace").rstrip("\r\n")})
+                        if too_many(rejected):
+                            break
+                if size >= next_look:
+                    next_look = size + LOOK_BYTES
+                    if not look(Mark(number, accepted, rejected, blank), size):
                         break
-            if size >= next_look:
-                next_look = size + LOOK_BYTES
-                if not look(Mark(number, accepted, rejected, blank), size):
-                    break
+        except UnreadableInput as error:
+            raise InputBroken(Mark(number, accepted, rejected, blank), error) from None
         return Mark(number, accepted, rejected, blank)
 
     def csv_rows(self, rows: CsvRows, start: int, prefix: str) -> Mark:
@@ -117,36 +130,39 @@ class LineQueuer:
         accepted = rejected = blank = size = 0
         next_look = LOOK_BYTES
         number = max(start, 1)
-        for number, call, cells in rows:
-            if number <= start:
-                continue
-            size += sum(map(len, cells.values()))
-            if call is None:
-                blank += 1
-            else:
-                try:
-                    if isinstance(call, LineError):
-                        raise call
-                    event_type, properties, customer, timestamp, command_id = call
-                    if command_id is None:
-                        command_id = f"{prefix}-{number}"
-                    elif self._own_id is not None:
-                        self._own_id(number, command_id)
-                    if event_type is None:
-                        client.update(properties, customer=customer, timestamp=timestamp, command_id=command_id)
-                    else:
-                        client.track(event_type, properties, customer=customer, timestamp=timestamp,
-                                     command_id=command_id)
-                    accepted += 1
-                except (TypeError, ValueError) as error:
-                    rejected += 1
-                    self._reject(number, str(error), {"row": cells})
-                    if self._too_many(rejected):
+        try:
+            for number, call, cells in rows:
+                if number <= start:
+                    continue
+                size += sum(map(len, cells.values()))
+                if call is None:
+                    blank += 1
+                else:
+                    try:
+                        if isinstance(call, LineError):
+                            raise call
+                        event_type, properties, customer, timestamp, command_id = call
+                        if command_id is None:
+                            command_id = f"{prefix}-{number}"
+                        elif self._own_id is not None:
+                            self._own_id(number, command_id)
+                        if event_type is None:
+                            client.update(properties, customer=customer, timestamp=timestamp, command_id=command_id)
+                        else:
+                            client.track(event_type, properties, customer=customer, timestamp=timestamp,
+                                         command_id=command_id)
+                        accepted += 1
+                    except (TypeError, ValueError) as error:
+                        rejected += 1
+                        self._reject(number, str(error), {"row": cells})
+                        if self._too_many(rejected):
+                            break
+                if size >= next_look:
+                    next_look = size + LOOK_BYTES
+                    if not self._look(Mark(number, accepted, rejected, blank), size):
                         break
-            if size >= next_look:
-                next_look = size + LOOK_BYTES
-                if not self._look(Mark(number, accepted, rejected, blank), size):
-                    break
+        except UnreadableInput as error:
+            raise InputBroken(Mark(number, accepted, rejected, blank), error) from None
         if number < start:
             raise ShortInput(number)
         return Mark(number, accepted, rejected, blank)

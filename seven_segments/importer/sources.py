@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import os
 import sys
+import zlib
 from typing import IO, Optional
 
-__all__ = ["Source", "STDIN", "file_identity", "id_prefix"]
+__all__ = ["Source", "STDIN", "file_identity", "id_prefix", "UnreadableInput"]
 
 STDIN = "-"
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -39,6 +41,34 @@ def id_prefix(identity: str) -> str:
     return hashlib.sha256(b"seven-segments import\0" + identity.encode("utf-8")).hexdigest()[:24]
 
 
+class UnreadableInput(Exception):
+    """Gzip content cut short or damaged: what came before it was read."""
+
+
+class _CheckedGzip(io.RawIOBase):
+    """A gzip stream whose failures are ``UnreadableInput`` (not an ``OSError`` or ``EOFError``,
+    which the reader would not tell from the failures of its own files and streams)."""
+
+    def __init__(self, stream: gzip.GzipFile) -> None:
+        super().__init__()
+        self._gzip = stream
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: "memoryview") -> int:  # type: ignore[override]
+        try:
+            return self._gzip.readinto(buffer)
+        except EOFError:
+            raise UnreadableInput("its gzip content is cut short (the file is not whole)") from None
+        except (OSError, zlib.error) as error:
+            raise UnreadableInput(f"its gzip content is damaged ({error})") from None
+
+    def close(self) -> None:
+        self._gzip.close()
+        super().close()
+
+
 class Source:
     """One input, open for reading as a binary stream of lines (``.gz`` content found by its magic)."""
 
@@ -56,7 +86,9 @@ class Source:
         peek = getattr(raw, "peek", None)
         head = peek(2)[:2] if peek is not None else b""
         self.gzipped = head == _GZIP_MAGIC
-        self.stream: IO[bytes] = gzip.GzipFile(fileobj=raw, mode="rb") if self.gzipped else raw  # type: ignore[assignment]
+        self.stream: IO[bytes] = raw
+        if self.gzipped:
+            self.stream = io.BufferedReader(_CheckedGzip(gzip.GzipFile(fileobj=raw, mode="rb")), 1 << 16)
 
     @property
     def label(self) -> str:
