@@ -300,3 +300,16 @@ def test_a_gzip_input_cut_short_delivers_the_lines_before_and_says_so(
     source.write_bytes(whole[:100] + b"\0" * 400 + whole[500:])
     assert run_import(str(source), "--dry-run") == 1
     assert "its gzip content is damaged" in capsys.readouterr().out
+
+
+def test_short_csv_rows_never_overflow_the_queue_with_one_request_in_flight(
+    tmp_path: Path, fresh: LocalServer, token: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Rows of a few bytes: tens of thousands of them between two looks at the queue, which held 8,000
+    # commands with --max-in-flight 1; the rest were dropped, and every run stopped at the same place.
+    source = tmp_path / "short.csv"
+    source.write_text("type,customer,timestamp\n" + "".join(f"a,c,{i}\n" for i in range(20000)))
+    fresh.latency = 0.01
+    assert run_import(str(source), "--target", fresh.url, "--max-in-flight", "1") == 0
+    assert "dropped" not in capsys.readouterr().err
+    assert fresh.stats()["events"] == 20000

@@ -12,7 +12,7 @@ from typing import IO, Any, Callable, Dict, List, NamedTuple, Optional
 from .confirm import Confirmer, Mark
 from .formats import CSV, JSON_LINES, CsvRows, LineError
 from .progress import Counts, Progress
-from .reading import InputBroken, LineQueuer, ShortInput
+from .reading import LOOK_BYTES, InputBroken, LineQueuer, ShortInput
 from .sources import STDIN, Source, file_identity, id_prefix
 from .state import Checkpoint, StateError, StateFiles
 
@@ -151,7 +151,9 @@ class ImportJob:
         client = SevenSegments(
             self.token, target=options.target, buffered=True, timeout=options.timeout,
             retry_deadline=options.retry_deadline, max_in_flight=options.max_in_flight,
-            max_queue_size=4 * window, max_queue_bytes=1 << 30, shutdown_timeout=5.0,
+            # The reader waits for room only every LOOK_BYTES read, and every line it queues counts
+            # at least a byte of them: what it queues between two looks always fits.
+            max_queue_size=4 * window + LOOK_BYTES, max_queue_bytes=1 << 30, shutdown_timeout=5.0,
             on_error=confirmer.on_error, gzip=True,
         )
         confirmer._client = client
