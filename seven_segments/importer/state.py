@@ -101,6 +101,23 @@ def _fsync_folder(folder: str) -> None:
         os.close(handle)
 
 
+def _replace(path: str, content: bytes) -> None:
+    """Replace ``path`` by a file holding ``content``, atomically and on the disk (a new file written,
+    flushed, renamed over it)."""
+    temporary = path + ".tmp"
+    try:
+        os.unlink(temporary)
+    except FileNotFoundError:
+        pass
+    handle = _open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    with os.fdopen(handle, "wb") as stream:
+        stream.write(content)
+        stream.flush()
+        os.fsync(stream.fileno())
+    os.replace(temporary, path)
+    _fsync_folder(os.path.dirname(path))
+
+
 class Rejects:
     """The rejects file of one source: one JSON object a line, appended, flushed before each checkpoint."""
 
@@ -125,7 +142,7 @@ class Rejects:
             except (ValueError, KeyError, TypeError):
                 continue
         if len(kept) != len(entries):
-            self._replace(b"".join(entry + b"\n" for entry in kept))
+            _replace(self.path, b"".join(entry + b"\n" for entry in kept))
         return len(kept)
 
     def clear(self) -> None:
@@ -134,19 +151,6 @@ class Rejects:
             os.unlink(self.path)
         except FileNotFoundError:
             pass
-
-    def _replace(self, content: bytes) -> None:
-        temporary = self.path + ".tmp"
-        try:
-            os.unlink(temporary)
-        except FileNotFoundError:
-            pass
-        handle = _open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(content)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, self.path)
 
     def write(self, entry: Dict[str, Any]) -> None:
         """Append one reject (not yet on the disk: see ``sync``)."""
@@ -215,18 +219,7 @@ class StateFiles:
     def save(self, checkpoint: Checkpoint) -> None:
         """Replace the checkpoint atomically, the rejects it counts on the disk first."""
         self.rejects.sync()
-        temporary = self.checkpoint_path + ".tmp"
-        try:
-            os.unlink(temporary)
-        except FileNotFoundError:
-            pass
-        handle = _open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(json.dumps(checkpoint.as_json()).encode() + b"\n")
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, self.checkpoint_path)
-        _fsync_folder(os.path.dirname(self.checkpoint_path))
+        _replace(self.checkpoint_path, json.dumps(checkpoint.as_json()).encode() + b"\n")
 
     def remove(self) -> None:
         """Forget the checkpoint (``--restart``)."""
