@@ -111,6 +111,8 @@ def _judge(figures: Figures) -> Tuple[Status, str]:
     if figures.requests_failed_in_a_row or figures.retrying:
         failed = figures.requests_failed_in_a_row
         what = "a request failed" if not failed else "the last request failed" if failed == 1 else f"the last {failed} requests failed"
+        if not figures.retrying:  # their commands were let go of (retry_deadline): none is retried
+            return "degraded", f"{what}; nothing waits to be sent again{last}"
         return "degraded", f"retrying: {what}; {figures.retrying} commands wait to be sent again{last}"
     if figures.pending:
         return "ok", f"delivering: {figures.pending} commands pending, the oldest for {_age(figures.oldest_pending_seconds)}"

@@ -130,6 +130,9 @@ def _figures(**changes: Any) -> Figures:
         ({"queue_fill": 0.6}, "degraded", "the queue is 60% full"),
         ({"requests_failed_in_a_row": 1, "retrying": 40}, "degraded", "retrying: the last request failed; 40 commands"),
         ({"retrying": 40}, "degraded", "retrying: a request failed"),
+        # The commands of the failed requests failed for good (retry_deadline): nothing is retried.
+        ({"requests_failed_in_a_row": 2, "last_error": "boom"}, "degraded", "the last 2 requests failed; nothing waits to "
+         "be sent again; last error: boom"),
     ],
 )
 def test_health_rules(changes: Any, status: str, words: str) -> None:
