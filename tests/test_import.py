@@ -313,3 +313,14 @@ def test_short_csv_rows_never_overflow_the_queue_with_one_request_in_flight(
     assert run_import(str(source), "--target", fresh.url, "--max-in-flight", "1") == 0
     assert "dropped" not in capsys.readouterr().err
     assert fresh.stats()["events"] == 20000
+
+
+def test_options_out_of_range_are_refused_naming_the_option(
+    tmp_path: Path, dead_url: str, token: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = write_lines(tmp_path / "a.jsonl", [event(1)])
+    with pytest.raises(SystemExit) as exit_:  # --help says 1 to 32: 64 was taken, then refused as "max_in_flight"
+        main(["import", str(source), "--target", dead_url, "--max-in-flight", "64"])
+    assert exit_.value.code == 2 and "--max-in-flight: '64' must be 1 to 32" in capsys.readouterr().err
+    assert main(["import", str(source), "--target", dead_url, "--progress-interval", "nan"]) == 2
+    assert "--progress-interval must be a number > 0" in capsys.readouterr().err

@@ -10,6 +10,7 @@ nothing. The README's "Importing a backfill" documents the formats, the files an
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 
@@ -30,6 +31,15 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _in_flight(text: str) -> int:
+    from .._buffered.limits import MAX_IN_FLIGHT
+
+    value = _positive_int(text)
+    if not 1 <= value <= MAX_IN_FLIGHT:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 1 to {MAX_IN_FLIGHT}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``import`` (``--target``, ``--timeout``, ``--verbose`` are the command line's own)."""
     parser.add_argument("inputs", nargs="+", metavar="FILE", help="JSON Lines or CSV files, .gz read as they are; - for standard input")
@@ -46,8 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry-run", action="store_true", help="check every line, send nothing, print the summary")
     parser.add_argument("--max-errors", type=_positive_int, default=1000, metavar="N",
                         help="stop once more than N lines of an input were rejected (default: 1000)")
-    parser.add_argument("--max-in-flight", type=_positive_int, default=16, metavar="N",
-                        help="requests in flight at once, 1 to 64 (default: 16)")
+    parser.add_argument("--max-in-flight", type=_in_flight, default=16, metavar="N",
+                        help="requests in flight at once, 1 to 32 (default: 16)")
     parser.add_argument("--retry-deadline", type=float, default=300.0, metavar="SECONDS",
                         help="how long passing failures are retried before the import stops (default: 300)")
     parser.add_argument("--progress-interval", type=float, default=10.0, metavar="SECONDS",
@@ -56,8 +66,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``import`` with the parsed ``args``; the exit status (``UsageProblem`` for exit status 2)."""
-    if args.progress_interval <= 0 or args.retry_deadline < 0:
-        raise UsageProblem("--progress-interval must be > 0 and --retry-deadline >= 0")
+    if not (0 < args.progress_interval < math.inf) or not 0 <= args.retry_deadline < math.inf:
+        raise UsageProblem("--progress-interval must be a number > 0 and --retry-deadline a number >= 0")
     options = Options(
         inputs=list(args.inputs), target=args.target, timeout=args.timeout, format=args.format,
         source_id=args.source_id, state=args.state, restart=args.restart, dry_run=args.dry_run,
