@@ -324,3 +324,14 @@ def test_options_out_of_range_are_refused_naming_the_option(
     assert exit_.value.code == 2 and "--max-in-flight: '64' must be 1 to 32" in capsys.readouterr().err
     assert main(["import", str(source), "--target", dead_url, "--progress-interval", "nan"]) == 2
     assert "--progress-interval must be a number > 0" in capsys.readouterr().err
+
+
+def test_restart_of_an_input_imported_already_applies_nothing_twice(
+    tmp_path: Path, fresh: LocalServer, token: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = write_lines(tmp_path / "a.jsonl", [event(1), event(2)])
+    assert run_import(str(source), "--target", fresh.url) == 0
+    assert run_import(str(source), "--target", fresh.url) == 0
+    assert "--restart sends it again, with the same command ids" in capsys.readouterr().out  # not "imports it again"
+    assert run_import(str(source), "--target", fresh.url, "--restart") == 0
+    assert len(fresh.events()) == 2 and fresh.stats()["duplicates"] == 2

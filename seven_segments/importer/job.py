@@ -217,7 +217,8 @@ class ImportJob:
         checkpoint = self._checkpoint
         self.counts = Counts(checkpoint.line, checkpoint.delivered + checkpoint.rejected, checkpoint.delivered,
                              checkpoint.rejected, checkpoint.blank)
-        self.out.write(f"{self._label}: imported already (its checkpoint says so); --restart imports it again\n")
+        self.out.write(f"{self._label}: imported already (its checkpoint says so); --restart sends it again, with the "
+                       "same command ids: the API applies none of its lines twice\n")
         self._summary(0.0)
         return EXIT_OK if checkpoint.rejected == 0 else EXIT_NOT_ALL_ARRIVED
 
