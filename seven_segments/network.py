@@ -221,7 +221,9 @@ def _check_ca_bundle(bundle: str, where: str) -> None:
         raise ValueError(f"{where}: the CA bundle {bundle!r} holds no certificate that can be read ({reason})") from None
 
 
-def _refuse_password(*_: Any) -> bytes:
+def refuse_password(*_: Any) -> bytes:
+    """The password callback of ``load_cert_chain`` that refuses an encrypted key (OpenSSL's own asks
+    for it on the terminal, and waits there)."""
     raise ValueError("an encrypted private key is not supported")
 
 
@@ -243,7 +245,7 @@ def _client_cert(cert: CertSetting) -> Optional[Tuple[str, Optional[str]]]:
     try:
         # Loaded once here, so that a bad file fails now and not at every request. An encrypted key
         # is refused (OpenSSL would otherwise ask for its password on the terminal).
-        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(certificate, key, password=_refuse_password)
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(certificate, key, password=refuse_password)
     except (ssl.SSLError, OSError, ValueError) as error:
         reason = getattr(error, "reason", None) or getattr(error, "strerror", None) or str(error) or type(error).__name__
         files = repr(certificate) if key is None else f"{certificate!r} and {key!r}"

@@ -323,6 +323,15 @@ def test_local_server_tls_options_are_checked(pki: PKI, tmp_path: Path) -> None:
         LocalServer(tls_cert=pki.ca)  # a certificate without its key
     with pytest.raises(ValueError, match="tls_client_ca"):
         LocalServer(tls_cert=pki.server, tls_client_ca=str(tmp_path))
+    from cryptography.hazmat.primitives import serialization
+
+    key = serialization.load_pem_private_key(Path(pki.client_key).read_bytes(), password=None)
+    encrypted = tmp_path / "encrypted-key.pem"
+    encrypted.write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.BestAvailableEncryption(b"pw")))
+    # OpenSSL asked for its pass phrase on the terminal: serve waited there for ever.
+    with pytest.raises(ValueError, match="tls_cert and tls_key: .* \\(an encrypted private key is not supported\\)"):
+        LocalServer(tls_cert=pki.client_cert, tls_key=str(encrypted))
 
 
 # -- the proxy ------------------------------------------------------------------------------------

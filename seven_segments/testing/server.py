@@ -54,6 +54,7 @@ from .faults import (
 )
 from .faults import format_retry_after
 from .store import Command, Store
+from ..network import refuse_password
 from ..serialization import escapes_lone_surrogate
 from ..transport import redact_urls
 from .validation import (
@@ -1064,8 +1065,8 @@ def _tls_context(cert: Optional[str], key: Optional[str], client_ca: Optional[st
             raise ValueError(f"{name}: {path!r} is not a file")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     try:
-        context.load_cert_chain(cert, key)
-    except (ssl.SSLError, OSError) as error:
+        context.load_cert_chain(cert, key, password=refuse_password)  # never a prompt on the terminal
+    except (ssl.SSLError, OSError, ValueError) as error:
         files = repr(cert) if key is None else f"{cert!r} and {key!r}"
         what = "tls_cert" if key is None else "tls_cert and tls_key"
         raise ValueError(f"{what}: {files} cannot be loaded as a PEM certificate and its key ({error})") from None
