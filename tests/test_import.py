@@ -335,3 +335,23 @@ def test_restart_of_an_input_imported_already_applies_nothing_twice(
     assert "--restart sends it again, with the same command ids" in capsys.readouterr().out  # not "imports it again"
     assert run_import(str(source), "--target", fresh.url, "--restart") == 0
     assert len(fresh.events()) == 2 and fresh.stats()["duplicates"] == 2
+
+
+def test_the_time_left_of_a_resumed_run_counts_from_where_it_resumed(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+    import types
+
+    from seven_segments.importer import progress as progress_module
+
+    now = [0.0]
+    monkeypatch.setattr(progress_module, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
+    position = [0]
+    stream = io.StringIO()
+    progress = progress_module.Progress("a.jsonl", 1000, lambda: position[0], 5.0, stream=stream, dry_run=True,
+                                        start_line=900)
+    progress.update(progress_module.Counts(read=900, accepted=900))
+    now[0], position[0] = 0.5, 901  # the 900 lines confirmed before are read past at once
+    progress.update(progress_module.Counts(read=901, accepted=901))
+    now[0], position[0] = 10.5, 950  # half of this run's 99 lines in 10 s: about 10 s left, not 1
+    progress.update(progress_module.Counts(read=950, accepted=950), force=True)
+    assert "95% read, about 10s left" in stream.getvalue()

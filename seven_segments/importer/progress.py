@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib
 import sys
 import time
-from typing import IO, Any, Callable, Optional
+from typing import IO, Any, Callable, Optional, Tuple
 
 __all__ = ["Progress", "Counts"]
 
@@ -53,6 +53,9 @@ class Progress:
         self._next_line = self._started + interval
         self._next_check = 0.0
         self._first_position = position() or 0
+        #: Where and when this run's own reading began (the lines a resumed run skips are read first,
+        #: fast: counted in, they made the time left look almost none).
+        self._work_from: Optional[Tuple[int, float]] = None
         self._bar: Any = None
         if _is_terminal(stream):
             try:
@@ -75,6 +78,8 @@ class Progress:
             return
         self._next_check = now + 0.1
         position = self._position()
+        if self._work_from is None and counts.read > self._start_line and position is not None:
+            self._work_from = (position, now)
         if self._bar is not None:
             if position is not None:
                 self._bar.update(position - self._bar.n)
@@ -96,14 +101,16 @@ class Progress:
         elapsed = max(now - self._started, 1e-9)
         read = counts.read - self._start_line
         text = f", {read / elapsed:,.0f} lines/s" if read > 0 else ""
-        if position is not None and self._size and self._size > self._first_position:
+        if position is not None and self._size and self._work_from is not None and self._size > self._work_from[0]:
             # The share of this run's work done: bytes read, discounted by what is not delivered yet.
-            share = (position - self._first_position) / (self._size - self._first_position)
+            first, since = self._work_from
+            share = (position - first) / (self._size - first)
             if not self._dry_run:
                 accepted = counts.accepted - self._start_accepted
                 share *= (counts.delivered - self._start_delivered) / accepted if accepted > 0 else 1.0
             if share > 0:
-                text += f", {100.0 * position / self._size:.0f}% read, about {_duration(elapsed * (1 - share) / share)} left"
+                taken = max(now - since, 1e-9)
+                text += f", {100.0 * position / self._size:.0f}% read, about {_duration(taken * (1 - share) / share)} left"
         return text
 
     def close(self) -> None:
