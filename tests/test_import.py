@@ -355,3 +355,36 @@ def test_the_time_left_of_a_resumed_run_counts_from_where_it_resumed(monkeypatch
     now[0], position[0] = 10.5, 950  # half of this run's 99 lines in 10 s: about 10 s left, not 1
     progress.update(progress_module.Counts(read=950, accepted=950), force=True)
     assert "95% read, about 10s left" in stream.getvalue()
+
+
+def test_a_pipe_without_a_source_id_is_refused_not_hashed_away(
+    tmp_path: Path, fresh: LocalServer, token: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import threading
+
+    fifo = tmp_path / "export.fifo"  # as bash's <(zcat export.gz): hashing read it all, then 0 lines imported, exit 0
+    os.mkfifo(fifo)
+
+    def feed() -> None:
+        with open(fifo, "w") as writer:
+            writer.write(json.dumps(event(1)) + "\n")
+
+    def let_a_second_reader_end(done: threading.Event) -> None:  # a second open would wait for a writer for ever
+        while not done.wait(0.02):
+            try:
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:  # no reader
+                pass
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    first_run_over = threading.Event()
+    threading.Thread(target=let_a_second_reader_end, args=(first_run_over,), daemon=True).start()
+    try:
+        assert run_import(str(fifo), "--target", fresh.url) == 2
+    finally:
+        first_run_over.set()
+    assert "is not a regular file (a pipe?)" in capsys.readouterr().err
+    assert run_import(str(fifo), "--target", fresh.url, "--source-id", "export-1") == 0  # read once, by its name
+    feeder.join(5)
+    assert len(fresh.events()) == 1

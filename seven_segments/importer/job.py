@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import sys
 import threading
 import time
@@ -105,6 +106,11 @@ class ImportJob:
         if self.options.source_id is not None:
             return "source:" + self.options.source_id
         try:
+            if not stat.S_ISREG(os.stat(self.name).st_mode):  # hashing would read it all: nothing left to import
+                raise UsageProblem(
+                    f"{self.name} is not a regular file (a pipe?): it cannot be read twice, to hash its content and to "
+                    "import it; give --source-id NAME, as for standard input"
+                )
             return file_identity(self.name)
         except OSError as error:
             raise UsageProblem(f"{self.name} cannot be read: {error.strerror or error}") from None
