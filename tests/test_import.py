@@ -388,3 +388,26 @@ def test_a_pipe_without_a_source_id_is_refused_not_hashed_away(
     assert run_import(str(fifo), "--target", fresh.url, "--source-id", "export-1") == 0  # read once, by its name
     feeder.join(5)
     assert len(fresh.events()) == 1
+
+
+def test_the_rejects_file_is_cut_back_one_entry_at_a_time(tmp_path: Path) -> None:
+    import tracemalloc
+
+    from seven_segments.importer.state import Rejects
+
+    rejects = Rejects(str(tmp_path / "a.jsonl.import-rejects.jsonl"))
+    text = "x" * (1 << 20)
+    for line in range(1, 13):
+        rejects.write({"file": "a.jsonl", "line": line, "reason": "bad", "text": text})
+    rejects.close()
+    with open(rejects.path, "ab") as cut:
+        cut.write(b'{"file": "a.jsonl", "line": 3, "rea')  # the entry a kill cut short
+    tracemalloc.start()
+    try:
+        assert rejects.keep_up_to(10) == 10
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20  # a resumed run read the whole file, then held its entries and the new file's content
+    assert [json.loads(entry)["line"] for entry in Path(rejects.path).read_bytes().splitlines()] == list(range(1, 11))
+    assert rejects.keep_up_to(10) == 10

@@ -17,7 +17,7 @@ import errno
 import json
 import os
 import stat
-from typing import IO, Any, Dict, Optional
+from typing import IO, Any, Dict, Iterable, Optional
 
 __all__ = ["StateFiles", "Checkpoint", "StateError", "Rejects", "check_folder"]
 
@@ -101,9 +101,17 @@ def _fsync_folder(folder: str) -> None:
         os.close(handle)
 
 
-def _replace(path: str, content: bytes) -> None:
-    """Replace ``path`` by a file holding ``content``, atomically and on the disk (a new file written,
-    flushed, renamed over it)."""
+def _kept(entry: bytes, line: int) -> bool:
+    """Whether a rejects file's ``entry`` is whole and of a line up to ``line``."""
+    try:
+        return bool(json.loads(entry)["line"] <= line)
+    except (ValueError, KeyError, TypeError):
+        return False
+
+
+def _replace(path: str, content: Iterable[bytes]) -> None:
+    """Replace ``path`` by a file holding the pieces of ``content``, atomically and on the disk (a new
+    file written, flushed, renamed over it)."""
     temporary = path + ".tmp"
     try:
         os.unlink(temporary)
@@ -111,7 +119,8 @@ def _replace(path: str, content: bytes) -> None:
         pass
     handle = _open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
     with os.fdopen(handle, "wb") as stream:
-        stream.write(content)
+        for piece in content:
+            stream.write(piece)
         stream.flush()
         os.fsync(stream.fileno())
     os.replace(temporary, path)
@@ -132,18 +141,15 @@ class Rejects:
             handle = _open(self.path, os.O_RDONLY)
         except FileNotFoundError:
             return 0
-        with os.fdopen(handle, "rb") as stream:
-            entries = stream.read().splitlines()
-        kept = []
-        for entry in entries:
-            try:
-                if json.loads(entry)["line"] <= line:
-                    kept.append(entry)
-            except (ValueError, KeyError, TypeError):
-                continue
-        if len(kept) != len(entries):
-            _replace(self.path, b"".join(entry + b"\n" for entry in kept))
-        return len(kept)
+        with os.fdopen(handle, "rb") as stream:  # one entry at a time: the file may be of any size
+            entries = kept = 0
+            for entry in stream:
+                entries += 1
+                kept += _kept(entry, line)
+            if kept != entries:
+                stream.seek(0)
+                _replace(self.path, (entry.rstrip(b"\n") + b"\n" for entry in stream if _kept(entry, line)))
+        return kept
 
     def clear(self) -> None:
         """Start empty (a first run, or ``--restart``): no file until a line is rejected."""
@@ -219,7 +225,7 @@ class StateFiles:
     def save(self, checkpoint: Checkpoint) -> None:
         """Replace the checkpoint atomically, the rejects it counts on the disk first."""
         self.rejects.sync()
-        _replace(self.checkpoint_path, json.dumps(checkpoint.as_json()).encode() + b"\n")
+        _replace(self.checkpoint_path, [json.dumps(checkpoint.as_json()).encode() + b"\n"])
 
     def remove(self) -> None:
         """Forget the checkpoint (``--restart``)."""
