@@ -686,6 +686,9 @@ class SevenSegments(_ApiClient, CustomerChoice):
                 seconds_since_drop=math.inf,
                 last_error=self._last_call_error,
                 stall_warning_after=self._stall_warning_after,
+                seconds_since_failure=math.inf,  # a refused call raised in its caller, and counts above
+                requests_refused_in_a_row=0,
+                last_failure="",
             )
         return assess(figures)
 

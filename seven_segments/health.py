@@ -5,11 +5,12 @@ The rules, first match wins (``assess``):
 1. a disabled client (``enabled=False``) is ``"ok"``: it sends nothing, by design;
 2. a closed client is ``"failing"``: it takes no more commands;
 3. ``"failing"`` when the oldest command not delivered has waited more than ``stall_warning_after``
-   seconds (delivery is stalled), or when the last ``FAILING_REQUESTS`` requests in a row got no
-   answer (for a blocking client: the last ``FAILING_REQUESTS`` calls raised);
-4. ``"degraded"`` when commands were dropped in the last ``RECENT_DROP_SECONDS`` seconds, when the
-   queue is more than half full (by commands or bytes), or when the last request failed or commands
-   wait to be sent again (retrying);
+   seconds (delivery is stalled), when the last ``FAILING_REQUESTS`` requests in a row got no
+   answer (for a blocking client: the last ``FAILING_REQUESTS`` calls raised), or when the API
+   refused every command of the last ``FAILING_REQUESTS`` requests (a token it does not know);
+4. ``"degraded"`` when commands were dropped, or failed for good, in the last ``RECENT_DROP_SECONDS``
+   seconds, when the queue is more than half full (by commands or bytes), or when the last request
+   failed or commands wait to be sent again (retrying);
 5. ``"ok"`` otherwise.
 
 A readiness endpoint can return ``health.as_dict()`` as JSON, with status 503 unless ``health.ok``
@@ -49,6 +50,9 @@ class Figures(NamedTuple):
     seconds_since_drop: float
     last_error: str
     stall_warning_after: float
+    seconds_since_failure: float = math.inf
+    requests_refused_in_a_row: int = 0
+    last_failure: str = ""
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,8 @@ class Health:
     last_error: str
     #: The bound past which delivery counts as stalled.
     stall_warning_after: float
+    #: Seconds since commands last failed for good: refused, or not delivered in time (``None``: never).
+    seconds_since_failure: Optional[float] = None
 
     @property
     def ok(self) -> bool:
@@ -104,8 +110,14 @@ def _judge(figures: Figures) -> Tuple[Status, str]:
         )
     if figures.requests_failed_in_a_row >= FAILING_REQUESTS:
         return "failing", f"the last {figures.requests_failed_in_a_row} requests failed{last}"
+    if figures.requests_refused_in_a_row >= FAILING_REQUESTS:
+        return "failing", (
+            f"the API refused every command of the last {figures.requests_refused_in_a_row} requests: {figures.last_failure}"
+        )
     if figures.seconds_since_drop < RECENT_DROP_SECONDS:
         return "degraded", f"commands were dropped {_age(figures.seconds_since_drop)} ago (the queue was full)"
+    if figures.seconds_since_failure < RECENT_DROP_SECONDS:
+        return "degraded", f"commands failed for good {_age(figures.seconds_since_failure)} ago: {figures.last_failure}"
     if figures.queue_fill > FULL_SHARE:
         return "degraded", f"the queue is {figures.queue_fill:.0%} full"
     if figures.requests_failed_in_a_row or figures.retrying:
@@ -122,7 +134,7 @@ def _judge(figures: Figures) -> Tuple[Status, str]:
 def assess(figures: Figures) -> Health:
     """The :class:`Health` that ``figures`` make, by the rules of the module's docstring."""
     status, reason = _judge(figures)
-    since_drop = figures.seconds_since_drop
+    since_drop, since_failure = figures.seconds_since_drop, figures.seconds_since_failure
     return Health(
         status=status,
         reason=reason,
@@ -134,4 +146,5 @@ def assess(figures: Figures) -> Health:
         seconds_since_drop=None if math.isinf(since_drop) else round(since_drop, 3),
         last_error=figures.last_error,
         stall_warning_after=figures.stall_warning_after,
+        seconds_since_failure=None if math.isinf(since_failure) else round(since_failure, 3),
     )

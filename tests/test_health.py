@@ -130,6 +130,10 @@ def _figures(**changes: Any) -> Figures:
         ({"queue_fill": 0.6}, "degraded", "the queue is 60% full"),
         ({"requests_failed_in_a_row": 1, "retrying": 40}, "degraded", "retrying: the last request failed; 40 commands"),
         ({"retrying": 40}, "degraded", "retrying: a request failed"),
+        ({"requests_refused_in_a_row": 3, "last_failure": "bulk: refused: bad token"}, "failing",
+         "the API refused every command of the last 3 requests: bulk: refused: bad token"),
+        ({"seconds_since_failure": 5.0, "last_failure": "bulk: gave up"}, "degraded", "commands failed for good 5.0 s ago: bulk: gave up"),
+        ({"seconds_since_failure": 61.0}, "ok", "nothing pending"),
         # The commands of the failed requests failed for good (retry_deadline): nothing is retried.
         ({"requests_failed_in_a_row": 2, "last_error": "boom"}, "degraded", "the last 2 requests failed; nothing waits to "
          "be sent again; last error: boom"),
@@ -303,3 +307,25 @@ def test_a_watchdog_thread_that_died_is_started_again_by_the_next_attempt(caplog
     assert [r.getMessage() for r in caplog.records if "watchdog" in r.getMessage()] == [
         "seven_segments watchdog: its thread stopped unexpectedly; started again"
     ]
+
+
+def test_a_token_the_api_refuses_is_failing_not_ok() -> None:
+    # The API refuses each command of a bulk request for its token, in a 200 answer: every command
+    # failed for good while health() said "ok: nothing pending".
+    server = LocalServer(tokens=["known"])
+    server.start()
+    client = SevenSegments("unknown", target=server.url, buffered=True, on_error=lambda error, commands: None)
+    try:
+        client.track("a", {}, customer="c1")
+        client.flush(10)
+        health = client.health()
+        assert health.status == "degraded" and "commands failed for good" in health.reason, health
+        assert health.seconds_since_failure is not None and "not a known company token" in health.reason
+        for _ in range(FAILING_REQUESTS - 1):
+            client.track("a", {}, customer="c1")
+            client.flush(10)
+        health = client.health()
+        assert health.status == "failing" and "refused every command of the last 3 requests" in health.reason, health
+    finally:
+        client.close(1)
+        server.stop()

@@ -280,6 +280,9 @@ class Core:
             requests_failed_in_a_row=pump.progress.failed_in_a_row,
             seconds_since_drop=now - pump.progress.dropped_at,
             last_error=pump.progress.last_error,
+            seconds_since_failure=now - pump.progress.failed_at,
+            requests_refused_in_a_row=pump.progress.refused_in_a_row,
+            last_failure=pump.progress.last_failure,
             stall_warning_after=limits.stall_warning_after,
         )
 

@@ -43,6 +43,11 @@ class Progress:
         self.last_error = ""
         #: When the pump last saw commands dropped at the call.
         self.dropped_at = -math.inf
+        #: When commands last failed for good (refused, or not delivered in time), and why (scrubbed).
+        self.failed_at = -math.inf
+        self.last_failure = ""
+        #: Answered requests in a row whose every command was refused (a token the API does not know).
+        self.refused_in_a_row = 0
 
     # The pump -----------------------------------------------------------------------------------
 
@@ -72,9 +77,16 @@ class Progress:
         """Commands let go of into the spool (an outage): they still wait, from when they were taken."""
         self.let_go_since = min(self.let_go_since, self.taken_at(min(seqs)))
 
-    def answered(self) -> None:
-        """A request was answered."""
+    def answered(self, all_refused: bool = False) -> None:
+        """A request was answered (``all_refused``: refusing every command it carried)."""
         self.failed_in_a_row = 0
+        self.refused_in_a_row = self.refused_in_a_row + 1 if all_refused else 0
+
+    def failed_for_good(self, now: float, why: str) -> None:
+        """Commands failed for good at ``now`` (``why``: safe to quote; "" to keep the last reason)."""
+        self.failed_at = now
+        if why:
+            self.last_failure = why
 
     def failed(self, error: str) -> None:
         """A request ended without an answer (``error``: why, safe to quote)."""

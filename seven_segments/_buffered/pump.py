@@ -576,7 +576,7 @@ class Pump:
                 continue  # a closer gave up on it and counted it
             now = self.clock()
             if verdict is not None:
-                self.progress.answered()
+                self.progress.answered(all_refused=bool(verdict.errors) and not verdict.ok and not verdict.retry)
                 self._answered(batch, verdict, now)
                 continue
             self.progress.failed(self._scrub(error.reason if isinstance(error, TransientError) else str(error)))
@@ -797,6 +797,7 @@ class Pump:
         """Count commands as failed for good, mark the flushes they concern, and say ``why`` (unless
         None: said later) in one warning (at close, in the close's summary)."""
         self.ledger.count_failed(len(seqs), max(seqs))
+        self.progress.failed_for_good(self.clock(), "" if why is None else self._scrub(str(why)))
         size = sum(map(len, items)) if held_bytes is None else held_bytes
         self._release(len(seqs), size)
         self._confirm(seqs)  # failed for good and reported: not to be replayed
