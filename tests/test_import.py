@@ -411,3 +411,24 @@ def test_the_rejects_file_is_cut_back_one_entry_at_a_time(tmp_path: Path) -> Non
     assert peak < 8 << 20  # a resumed run read the whole file, then held its entries and the new file's content
     assert [json.loads(entry)["line"] for entry in Path(rejects.path).read_bytes().splitlines()] == list(range(1, 11))
     assert rejects.keep_up_to(10) == 10
+
+
+def test_a_token_the_api_refuses_stops_the_import_and_confirms_no_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The API refuses a bulk request's commands one by one for their token: each line was "rejected",
+    # the checkpoint finished, and a run with the right token said "imported already".
+    server = LocalServer(tokens=["known"])
+    server.start()
+    try:
+        source = write_lines(tmp_path / "a.jsonl", [event(i) for i in range(1, 41)])
+        monkeypatch.setenv("SEVEN_SEGMENTS_TOKEN", "unknown")
+        assert run_import(str(source), "--target", server.url) == 1
+        out = capsys.readouterr().out
+        assert "0 rejected" in out and "the API refused the company token" in out and "$SEVEN_SEGMENTS_TOKEN" in out
+        assert not Path(str(source) + ".import-rejects.jsonl").exists()
+        monkeypatch.setenv("SEVEN_SEGMENTS_TOKEN", "known")
+        assert run_import(str(source), "--target", server.url) == 0
+        assert len(server.events()) == 40
+    finally:
+        server.stop()

@@ -17,6 +17,7 @@ import time
 from collections import deque
 from typing import Any, Callable, Deque, Dict, List, NamedTuple, Optional, Tuple
 
+from ..cli import TOKEN_ENV
 from ..errors import AuthenticationError, InvalidRequest, SevenSegmentsError
 from ..process_hooks import keep_signals_off_this_thread
 from .state import Checkpoint, StateFiles
@@ -25,6 +26,9 @@ __all__ = ["Mark", "Confirmer", "Rejected"]
 
 #: How long ``flush`` may return before ``on_error`` heard of what failed (the pump reports right after).
 _REPORT_WAIT = 30.0
+
+#: A refusal naming this field (the company token, which the client adds) is no fault of the line.
+_TOKEN_FIELD = "company_id"
 
 #: ``reject(line, reason, details)``: how the import reports a rejected line.
 Rejected = Callable[[int, str, Dict[str, Any]], None]
@@ -111,8 +115,12 @@ class Confirmer:
         for index, command in enumerate(commands):
             data = command.get("data") or {}
             line = self._line_of(data.get("command_id"))
-            if refusal:
-                reason = reasons[index] if reasons is not None else str(error)
+            reason = reasons[index] if reasons is not None else str(error)
+            if refusal and _TOKEN_FIELD in reason:  # the token, not the line: every line would be refused
+                with self._lock:
+                    if self.failure is None or line < self.failure[0]:
+                        self.failure = (line, f"the API refused the company token: {reason}; is ${TOKEN_ENV} right?")
+            elif refusal:
                 self._reject(line, f"refused by the API: {reason}", {"command": command})
                 with self._lock:
                     self._refused_lines.append(line)
