@@ -2,7 +2,8 @@
 
 Delivery is stalled once the oldest command not delivered has waited more than ``stall_warning_after``
 seconds. The pump looks at each step (and wakes for it: see :meth:`StallAlarm.next_look`): the first
-look past the bound says so, then at most once per ``repeat`` while it lasts; it has resumed once the
+look past the bound says so, then at most once per ``repeat`` while it lasts (while the oldest is past
+the bound: a backlog under it is no stall to repeat); it has resumed once the
 oldest waits less than half the bound (so that an age hovering at the bound does not say so at every
 step), which is said once.
 """
@@ -56,7 +57,7 @@ class StallAlarm:
         if age < self.after / 2:
             self.state = Stall.FLOWING
             return Say.RESUMED
-        if now - self._said_at >= self.repeat:
+        if age > self.after and now - self._said_at >= self.repeat:  # under the bound: no "still stalled"
             self._said_at = now
             return Say.STILL
         return None
