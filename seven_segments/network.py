@@ -12,7 +12,7 @@
   comes down to one proxy URL, or none, kept in :attr:`NetworkSettings.proxy`.
 - CA bundle: ``verify="/path"`` (a file or a folder of hashed certificates); else
   ``REQUESTS_CA_BUNDLE`` or ``CURL_CA_BUNDLE``; else certifi's bundle. ``verify=False`` is refused:
-  verification cannot be turned off.
+  verification cannot be turned off; so is a bundle any user can write to (they could add a CA).
 - Client certificate (mutual TLS): ``cert="/path/both.pem"`` or ``cert=("/path/cert.pem",
   "/path/key.pem")``; no environment variable.
 
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import ssl
+import stat
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
 from urllib.parse import urlsplit
@@ -209,7 +210,17 @@ def _ca_bundle(target: str, verify: VerifySetting) -> Optional[str]:
 
 
 def _check_ca_bundle(bundle: str, where: str) -> None:
-    """``ValueError`` naming ``where`` unless ``bundle`` is a folder or a file of PEM certificates."""
+    """``ValueError`` naming ``where`` unless ``bundle`` is a folder or a file of PEM certificates
+    that only its owner and group can change."""
+    try:
+        mode = os.stat(bundle).st_mode
+    except OSError:
+        mode = 0
+    if mode & stat.S_IWOTH:  # anyone could add a CA to trust: as good as no verification
+        raise ValueError(
+            f"{where}: the CA bundle {bundle!r} can be written by any user (mode {stat.S_IMODE(mode):o}): anyone "
+            "could add a certificate authority it trusts; use a file or folder others cannot write to"
+        )
     if os.path.isdir(bundle):
         return  # a folder of hashed certificates: OpenSSL reads a file of it only when it needs it
     if not os.path.isfile(bundle):

@@ -449,7 +449,15 @@ def test_bad_network_keywords_are_refused_at_construction(make: Any, pki: PKI, t
     missing = str(tmp_path / "missing.pem")
     not_pem = tmp_path / "not.pem"
     not_pem.write_text("not a certificate")
+    shared_folder = tmp_path / "shared-cas"  # as /tmp: any user could add a CA the client then trusts
+    shared_folder.mkdir(exist_ok=True)
+    shared_folder.chmod(0o1777)
+    shared_file = tmp_path / "shared-ca.pem"
+    shared_file.write_bytes(Path(pki.ca).read_bytes())
+    shared_file.chmod(0o666)
     cases = [
+        ({"verify": str(shared_folder)}, ValueError, "verify: the CA bundle .*shared-cas.* can be written by any user"),
+        ({"verify": str(shared_file)}, ValueError, "verify: the CA bundle .*shared-ca.pem.* can be written by any user"),
         ({"verify": False}, ValueError, "verify=False is refused"),
         ({"verify": missing}, ValueError, "verify: the CA bundle .*missing.pem.* does not exist"),
         ({"verify": str(not_pem)}, ValueError, "verify: the CA bundle .*not.pem.* holds no certificate"),
