@@ -549,12 +549,15 @@ def test_a_flush_during_an_outage_leaves_room_for_new_commands(server: LocalServ
         TOKEN, "john", target=server.url, buffered=True, spool=str(tmp_path / "spool"), retry_deadline=1,
         flush_interval=0.01, max_queue_size=100,
     )
-    for number in range(240):  # more than two queues' worth, let go of in turn
+    # 45 calls between flushes: room for them beside the 50 held even when a busy machine keeps the
+    # pump from taking any meanwhile (60 did not always fit); the bug held them back and filled the
+    # queue with 45 as with 60.
+    for number in range(180):  # more than a queue's worth, let go of in turn
         client.track("view", {"n": number})
-        if number % 60 == 59:  # each flush reads at most 25 back, while fewer than 50 are held
+        if number % 45 == 44:  # each flush reads at most 25 back, while fewer than 50 are held
             assert client.flush(10) is False
     assert client.flush(0.5) is False
-    for number in range(240, 250):  # at most 49 + 25 held already: room for these
+    for number in range(180, 190):  # at most 49 + 25 held already: room for these
         client.track("view", {"n": number})
     assert client.stats()["dropped_queue_full"] == 0
     client.close(0.5)
