@@ -7,7 +7,7 @@ a passing failure (connection refused or reset, timeout, 429, 500/502/503/504) r
 the public error for it. A redirect (3xx) is never followed: ``SevenSegmentsError``, and not a byte
 goes to the host it names. ``call_with_retries`` retries transient failures through tenacity with
 exponential backoff and jitter, never sooner than ``Retry-After``, until a deadline, and then raises
-``ServiceUnavailable``.
+``ServiceUnavailable``: the client's one retry policy, in retrying.py.
 
 Secrets (the company token, which also travels as ``?company=``, and the password) are kept out of
 messages by construction: none is ever formatted into one; reasons quoted from ``requests``
@@ -31,21 +31,18 @@ import ssl
 import time
 import weakref
 import zlib
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, TypeVar, cast
+from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, TypeVar, cast
 from urllib.parse import quote, quote_plus, unquote_plus, urlsplit
 
 import requests
 import urllib3
 
 from .clock import Clock, monotonic
-from .errors import AuthenticationError, InvalidRequest, SevenSegmentsError, ServiceUnavailable
+from .errors import AuthenticationError, InvalidRequest, SevenSegmentsError
 from .network import CertSetting, NetworkSettings, ProxiesSetting, VerifySetting, shown_proxy
 from .pooled_post import PooledPost
 from .protocol import PATH_BULK, TRANSIENT_STATUSES, USER_AGENT
 from .watchdog import WATCHDOG, Attempt, WatchedHTTPConnectionPool, WatchedHTTPSConnectionPool
-
-if TYPE_CHECKING:  # imported when first needed: a call that succeeds at once never loads tenacity
-    import tenacity
 
 __all__ = ["Backoff", "Transport", "TransientError", "call_with_retries", "normalize_target", "parse_retry_after"]
 
@@ -57,8 +54,6 @@ T = TypeVar("T")
 GZIP_MIN_BYTES = 1024
 #: zlib level 1: about 6x smaller JSON for a fraction of the CPU of the default level.
 GZIP_LEVEL = 1
-#: A retry with less time than this before its deadline is not made (its answer could not arrive).
-MIN_ATTEMPT_SECONDS = 0.05
 #: Connections kept per client for reuse (blocking calls from many threads share them).
 POOL_SIZE = 32
 #: ``Retry-After`` values longer than this are taken as this (a server bug should not park us for a day).
@@ -589,58 +584,12 @@ class Transport:
         raise SevenSegmentsError(f"{path}: unexpected HTTP status", status=status, errors=errors)
 
 
-class Backoff:
-    """Exponential backoff with jitter that never waits less than the server's ``Retry-After``."""
+class Backoff(NamedTuple):
+    """An exponential backoff with jitter: about ``initial`` seconds after the first failure, at most
+    ``maximum`` apart (the strategy is ``retrying.backoff``, made at the first retry)."""
 
-    def __init__(self, initial: float, maximum: float) -> None:
-        self._initial = initial
-        self._maximum = maximum
-        self._wait: Optional[Callable[[tenacity.RetryCallState], float]] = None
-
-    def _jittered(self, state: tenacity.RetryCallState) -> float:
-        if self._wait is None:
-            import tenacity
-
-            self._wait = tenacity.wait_exponential(multiplier=self._initial, max=self._maximum) + tenacity.wait_random(
-                0, self._initial
-            )
-        return float(self._wait(state))
-
-    def __call__(self, state: tenacity.RetryCallState) -> float:
-        delay = self._jittered(state)
-        error = state.outcome.exception() if state.outcome is not None else None
-        if isinstance(error, TransientError) and error.retry_after is not None:
-            delay = max(delay, error.retry_after)
-        return delay
-
-    def for_attempt(self, attempt_number: int) -> float:
-        """The delay after the ``attempt_number``-th attempt, outside a tenacity loop."""
-        import tenacity
-
-        state = tenacity.RetryCallState(tenacity.Retrying(), None, (), {})
-        state.attempt_number = attempt_number
-        return self._jittered(state)
-
-
-class _Schedule:
-    """The delay before each retry, computed once per attempt so that tenacity's ``stop`` and
-    ``wait`` (called in either order, depending on tenacity's version) agree on it."""
-
-    def __init__(self, backoff: Backoff) -> None:
-        self._backoff = backoff
-        self._attempt = 0
-        self._delay = 0.0
-
-    @property
-    def attempts(self) -> int:
-        """Attempts made so far (at least the first)."""
-        return max(1, self._attempt)
-
-    def delay(self, state: tenacity.RetryCallState) -> float:
-        if state.attempt_number != self._attempt:
-            self._attempt = state.attempt_number
-            self._delay = self._backoff(state)
-        return self._delay
+    initial: float
+    maximum: float
 
 
 def call_with_retries(
@@ -662,66 +611,20 @@ def call_with_retries(
     ``cut_attempts_at_deadline`` (a close that must end on time) it is cut to the time left. A retry is never
     made sooner than ``Retry-After``; when the next retry would start past the deadline we stop at
     once. Raises ``ServiceUnavailable`` (with the last status and errors) when the retries run out;
-    other exceptions pass through.
+    other exceptions pass through. The policy is ``retrying.py``'s.
 
-    The first attempt is made directly; only when it fails does tenacity take over (it is handed
-    that first failure as its own first attempt, then waits and retries), so the usual call that
-    succeeds at once costs nothing more than the request.
+    The first attempt is made directly; only when it fails does tenacity take over
+    (``retrying.retry_blocking``: it is handed that first failure as its own first attempt, then
+    waits and retries), so the usual call that succeeds at once costs nothing more than the request.
     """
     started = clock()
-
-    def attempt_now() -> T:
-        if cut_attempts_at_deadline:
-            return attempt(max(0.001, min(timeout, deadline() - clock())))
-        return attempt(timeout)
-
     try:
-        return attempt_now()
+        return attempt(max(0.001, min(timeout, deadline() - started)) if cut_attempts_at_deadline else timeout)
     except TransientError as error:
-        first_failure: List[TransientError] = [error]
-        last_failure: List[TransientError] = [error]
-    import tenacity
+        failure = error
+    from .retrying import backoff as exponential, retry_blocking  # loads tenacity: only for a retry
 
-    schedule = _Schedule(backoff)
-
-    def should_stop(state: tenacity.RetryCallState) -> bool:
-        return clock() + schedule.delay(state) >= deadline()
-
-    def before_sleep(state: tenacity.RetryCallState) -> None:
-        error = state.outcome.exception() if state.outcome is not None else None
-        if isinstance(error, TransientError):
-            delay = schedule.delay(state)
-            logger.debug("%s; retrying in %.3g s (attempt %d)", error.reason, delay, state.attempt_number)
-            if on_retry is not None:
-                on_retry(error, delay)
-
-    def one_attempt() -> T:
-        if first_failure:
-            raise first_failure.pop()  # the attempt made above, replayed for tenacity's bookkeeping
-        if cut_attempts_at_deadline and deadline() - clock() < MIN_ATTEMPT_SECONDS:
-            # The deadline came forward during the wait (a close): no hurried try before Retry-After.
-            raise last_failure[0]
-        try:
-            return attempt_now()
-        except TransientError as error:
-            last_failure[0] = error
-            raise
-
-    retrying = tenacity.Retrying(
-        retry=tenacity.retry_if_exception_type(TransientError),
-        stop=should_stop,
-        wait=schedule.delay,
-        sleep=sleep,
-        before_sleep=before_sleep,
-        reraise=True,
+    return retry_blocking(
+        attempt, failure, what=what, deadline=deadline, timeout=timeout, wait=exponential(*backoff), sleep=sleep,
+        clock=clock, started=started, on_retry=on_retry, cut_attempts_at_deadline=cut_attempts_at_deadline,
     )
-    try:
-        return retrying(one_attempt)
-    except TransientError as error:
-        reason = error.reason if error.reason.startswith(what) else f"{what}: {error.reason}"
-        failure = ServiceUnavailable(
-            f"{reason}; gave up after {schedule.attempts} attempts in {clock() - started:.1f} s",
-            status=error.status,
-            errors=error.errors,
-        )
-    raise failure  # outside the except block: no chain to the attempts' exceptions

@@ -1,16 +1,9 @@
-"""The retry policy of buffered delivery, in one place.
+"""The buffered pump's questions to the client's one retry policy (``seven_segments/retrying.py``).
 
-- A request that fails in passing (connection error, timeout, 429, 500/502/503/504) puts its whole
-  batch back in line, not before the backoff (tenacity's ``wait_exponential`` plus ``wait_random``
-  jitter, see ``transport.Backoff``) and never before ``Retry-After``; meanwhile the in-flight window
-  shrinks to one request (``window.py``).
-- Commands answered ``retry`` (or missing from ``results``) go back in line at once when the same
-  answer settled others, after a backoff when it settled none.
-- A batch whose next try would start more than ``retry_deadline`` after its first one fails with
-  ``ServiceUnavailable``; so does a ``Retry-After`` that reaches past that deadline.
-- 413 cuts the batch in halves, sent at once; a single command answered 413, and every other
-  refusal (400, 401, 403, 404, unexpected statuses), fails for good.
-- At close, nothing is retried past the close deadline: what is still in line then is given up.
+The rules are stated there, once: the backoff (0.1 s initial, 30 s at most, with jitter), never
+sooner than ``Retry-After``, commands answered ``retry`` sent again at once after progress, no try
+past ``retry_deadline`` after a batch's first one (nor for a ``Retry-After`` beyond it). Here a batch's
+history is put to those strategies as tenacity's call state.
 
 The pump asks; it never sleeps inside a retry: it schedules the batch and sleeps until the earliest
 moment it knows.
@@ -18,44 +11,52 @@ moment it knows.
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Optional, Tuple
 
-from ..transport import Backoff
+from ..transport import TransientError
 from .batching import Batch
+
+if TYPE_CHECKING:  # retrying.py loads tenacity: imported at the first retry, not with the client
+    from ..retrying import Policy
 
 __all__ = ["RetryPolicy", "BACKOFF_INITIAL", "BACKOFF_MAX"]
 
-#: Exponential backoff: the first retry after about this many seconds, at most this far apart.
+#: Exponential backoff: the first retry after about this many seconds, at most this far apart
+#: (the same numbers as ``retrying.BACKOFF_INITIAL``/``BACKOFF_MAX``, kept here for the importers of
+#: this module, which must not load tenacity).
 BACKOFF_INITIAL = 0.1
 BACKOFF_MAX = 30.0
 
 
 class RetryPolicy:
-    """When a batch is tried again, or given up on."""
+    """When a batch is tried again, or given up on (``retrying.batch_policy``, asked by the pump)."""
 
     def __init__(self, retry_deadline: float, backoff: Optional[Callable[[int], float]] = None) -> None:
         self.retry_deadline = retry_deadline
-        #: ``backoff(n)``: seconds to wait after the ``n``-th failure in a row.
-        self.backoff = backoff if backoff is not None else Backoff(BACKOFF_INITIAL, BACKOFF_MAX).for_attempt
+        #: ``backoff(n)``: seconds to wait after the ``n``-th failure in a row (None: the default backoff).
+        self.backoff = backoff
+        self._policy: Optional[Policy] = None
+
+    def _ask(
+        self, batch: Batch, now: float, failure: Optional[BaseException] = None, answer: object = None
+    ) -> Optional[float]:
+        """When the batch may be sent again after ``failure`` or ``answer`` (at ``now``, its
+        ``attempts`` + 1 failures in a row), or None to give up."""
+        from .. import retrying  # tenacity, loaded at the first retry
+
+        if self._policy is None:
+            self._policy = retrying.batch_policy(self.retry_deadline, self.backoff)
+        return self._policy.next_try(retrying.batch_state(batch.attempts + 1, batch.since, now, failure=failure, answer=answer))
 
     def after_transient(self, batch: Batch, now: float, retry_after: Optional[float]) -> Optional[float]:
         """The batch failed as a whole, in passing: when to send it again, or None to give up."""
-        delay = self.backoff(batch.attempts + 1)
-        if retry_after is not None:
-            delay = max(delay, retry_after)
-        again = now + delay
-        if again >= batch.since + self.retry_deadline:
-            return None
-        return again
+        return self._ask(batch, now, failure=TransientError("failed in passing", retry_after=retry_after))
 
     def after_retry_results(self, batch: Batch, now: float, progress: bool) -> Optional[Tuple[int, float]]:
         """Some commands were answered ``retry``: ``(attempts, not_before)`` for them, or None to give up."""
-        if now - batch.since >= self.retry_deadline:
+        from ..retrying import RetryResults
+
+        again = self._ask(batch, now, answer=RetryResults(progress))
+        if again is None:
             return None
-        if progress:
-            return 0, now
-        attempts = batch.attempts + 1
-        again = now + self.backoff(attempts)
-        if again >= batch.since + self.retry_deadline:
-            return None
-        return attempts, again
+        return (0 if progress else batch.attempts + 1), again
