@@ -240,10 +240,10 @@ def retry_blocking(
     on_retry: Optional[Callable[[TransientError, float], None]] = None,
     cut_attempts_at_deadline: bool = False,
 ) -> T:
-    """Retry a blocking call whose first attempt (at ``started``) ended in ``failure``: tenacity's
-    ``Retrying`` loop, waiting ``wait`` (never before ``Retry-After``) until ``deadline()``. Raises
-    ``ServiceUnavailable`` (the last status and errors) when the retries run out."""
-    policy = Policy(wait_retry_after(wait), lambda state: deadline(), lambda state: clock())
+    """``transport.call_with_retries`` after its first attempt (at ``started``) ended in ``failure``:
+    tenacity's ``Retrying`` loop, waiting ``wait`` (never before ``Retry-After``) until ``deadline()``;
+    then ``ServiceUnavailable`` (the last status and errors)."""
+    policy = Policy(wait_retry_after(wait), lambda _: deadline(), lambda _: clock())
     replay, last, tries = [failure], [failure], [0]
 
     def one_attempt() -> T:
@@ -265,10 +265,8 @@ def retry_blocking(
         if on_retry is not None:
             on_retry(last[0], delay)
 
-    retrying = tenacity.Retrying(
-        retry=tenacity.retry_if_exception_type(TransientError), stop=policy.stop, wait=policy.wait, sleep=sleep,
-        before_sleep=before_sleep, reraise=True,
-    )
+    retrying = tenacity.Retrying(retry=tenacity.retry_if_exception_type(TransientError), stop=policy.stop,
+                                 wait=policy.wait, sleep=sleep, before_sleep=before_sleep, reraise=True)
     try:
         return retrying(one_attempt)
     except TransientError as error:

@@ -252,6 +252,25 @@ def _tls_refused(path: str, network: NetworkSettings, error: BaseException) -> O
     return None
 
 
+def _secrets_pattern(secrets: Sequence[str]) -> "re.Pattern[str]":
+    """The pattern of ``secrets`` where ``Transport.scrub`` redacts them."""
+    # A secret is redacted only where it stands whole: not touching a letter, digit, "_" or "-"
+    # (so the token "e" never turns "token" into "tok***n"). One of MIN_BARE_SECRET_LENGTH
+    # characters or more is redacted wherever it stands whole (a server that echoes a real token,
+    # "unknown company_id 1f0c...-9a2b", quoted or not). A shorter one is redacted only where
+    # quoted ('e', "e"): as a bare word it is an ordinary word ("a", "api"), and blanking every
+    # "a" would both mangle the message and show the reader what the secret is.
+    escaped = sorted(secrets, key=len, reverse=True)
+    bare = [re.escape(s) for s in escaped if len(s) >= MIN_BARE_SECRET_LENGTH]
+    quoted = [re.escape(s) for s in escaped if len(s) < MIN_BARE_SECRET_LENGTH]
+    alternatives = []
+    if bare:
+        alternatives.append(f"(?<![{_WORD_CHARS}])(?:{'|'.join(bare)})(?![{_WORD_CHARS}])")
+    if quoted:
+        alternatives.append(f"(?<=['\"`])(?:{'|'.join(quoted)})(?=['\"`])")
+    return re.compile("|".join(alternatives) or "(?!)")
+
+
 class TransientError(Exception):
     """A passing failure of one attempt: worth retrying (internal to the client)."""
 
@@ -305,7 +324,7 @@ class Transport:
         self.timeout = timeout
         self.gzip = gzip
         self._secrets: Tuple[str, ...] = ()
-        self._secret_pattern = self._pattern(())
+        self._secret_pattern = _secrets_pattern(())
         for secret in secrets:
             self.add_secret(secret)
         # HTTP Basic credentials as UTF-8 (RFC 7617; the local server asks for it): given str,
@@ -354,32 +373,14 @@ class Transport:
         new = forms - set(self._secrets)
         if new:
             self._secrets = tuple(sorted(set(self._secrets) | new, key=len, reverse=True))
-            self._secret_pattern = self._pattern(self._secrets)
+            self._secret_pattern = _secrets_pattern(self._secrets)
         _TRANSPORTS.add(self)
-
-    @staticmethod
-    def _pattern(secrets: Sequence[str]) -> "re.Pattern[str]":
-        # A secret is redacted only where it stands whole: not touching a letter, digit, "_" or "-"
-        # (so the token "e" never turns "token" into "tok***n"). One of MIN_BARE_SECRET_LENGTH
-        # characters or more is redacted wherever it stands whole (a server that echoes a real token,
-        # "unknown company_id 1f0c...-9a2b", quoted or not). A shorter one is redacted only where
-        # quoted ('e', "e"): as a bare word it is an ordinary word ("a", "api"), and blanking every
-        # "a" would both mangle the message and show the reader what the secret is.
-        escaped = sorted(secrets, key=len, reverse=True)
-        bare = [re.escape(s) for s in escaped if len(s) >= MIN_BARE_SECRET_LENGTH]
-        quoted = [re.escape(s) for s in escaped if len(s) < MIN_BARE_SECRET_LENGTH]
-        alternatives = []
-        if bare:
-            alternatives.append(f"(?<![{_WORD_CHARS}])(?:{'|'.join(bare)})(?![{_WORD_CHARS}])")
-        if quoted:
-            alternatives.append(f"(?<=['\"`])(?:{'|'.join(quoted)})(?=['\"`])")
-        return re.compile("|".join(alternatives) or "(?!)")
 
     def scrub(self, text: str) -> str:
         """Text from the server (an ``errors`` entry) or from ``requests``, made safe to quote.
 
         URL query values and user information are redacted by parsing (``?company=***``), and a
-        secret of this client is replaced by ``***`` only where it stands whole (see ``_pattern``):
+        secret of this client is replaced by ``***`` only where it stands whole (see ``_secrets_pattern``):
         our own messages never contain a secret, so this guards only against a server or library
         that echoes one, and leaves every other word as it was.
         """
@@ -417,44 +418,39 @@ class Transport:
         failure: Exception
         attempt = WATCHDOG.begin(monotonic() + wait, owner)
         try:
-            # Redirects are never followed (requests follows them by default): the protocol has
-            # none, and following one would send the body (which holds the token), the ``?company=``
-            # query and the credentials to a host the user did not name. A 3xx is an error.
-            if params is None and self._auth is None:
-                if path == PATH_BULK:
-                    pooled = self._pooled.get(path) or self._pooled.setdefault(path, PooledPost(self._session, self._url(path)))
-                    if pooled.usable():
-                        return self._post_pooled(pooled, path, body, gzipped, wait, attempt, decode)
-                response = self._session.send(self._prepare(path, body, gzipped), timeout=wait, allow_redirects=False)
-            else:
-                response = self._session.post(
-                    f"{self.target}/{path}", data=body, headers={"Content-Encoding": "gzip"} if gzipped else None,
-                    params=params, timeout=wait, auth=self._auth, allow_redirects=False,
-                )
+            if params is None and self._auth is None and path == PATH_BULK:
+                pooled = self._pooled.get(path) or self._pooled.setdefault(path, PooledPost(self._session, self._url(path)))
+                if pooled.usable():
+                    return self._post_pooled(pooled, path, body, gzipped, wait, attempt, decode)
+            response = self._send(path, body, gzipped, wait, params)
         except requests.Timeout:
             failure = TransientError(f"{path}: no answer within {wait:.3g} s")
         except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as error:
-            if attempt.expired:  # the watchdog ended an attempt that outlived its deadline
-                failure = TransientError(f"{path}: no complete answer within {wait:.3g} s")
-            else:
-                failure = self._connection_failure(path, error)
+            failure = self._broken(path, wait, attempt, error)
         except requests.RequestException as error:
             failure = SevenSegmentsError(f"{path}: request failed ({self._reason(error)})")
         except OSError as error:  # requests' own check of a certificate file removed since we checked it
             failure = SevenSegmentsError(f"{path}: {self.scrub(str(error))}")
         else:
-            answer = (response.status_code, response.content, response.headers)
-            if not attempt.expired:
-                return self._read_answer(path, answer, decode)
-            try:  # cut at its deadline: an answer that is not whole is a timeout, not the server's word
-                return self._read_answer(path, answer, decode)
-            except SevenSegmentsError:
-                failure = TransientError(f"{path}: no complete answer within {wait:.3g} s")
+            return self._answered(path, (response.status_code, response.content, response.headers), decode, wait, attempt)
         finally:
             WATCHDOG.end(attempt)
         # Raised outside the except blocks: no __context__ chain leads back to requests' exception,
         # whose text may hold the URL with ?company=TOKEN.
         raise failure
+
+    def _send(
+        self, path: str, body: bytes, gzipped: bool, wait: float, params: Optional[Dict[str, str]]
+    ) -> requests.Response:
+        """``post``'s request through ``requests``. Redirects are never followed (requests follows them
+        by default): the protocol has none, and following one would send the body (which holds the
+        token), the ``?company=`` query and the credentials to a host the user did not name."""
+        if params is None and self._auth is None:
+            return self._session.send(self._prepare(path, body, gzipped), timeout=wait, allow_redirects=False)
+        return self._session.post(
+            f"{self.target}/{path}", data=body, headers={"Content-Encoding": "gzip"} if gzipped else None,
+            params=params, timeout=wait, auth=self._auth, allow_redirects=False,
+        )
 
     def _post_pooled(
         self, pooled: PooledPost, path: str, body: bytes, gzipped: bool, wait: float, attempt: Attempt,
@@ -471,18 +467,30 @@ class Transport:
             else:
                 failure = TransientError(f"{path}: no answer within {wait:.3g} s")
         except (urllib3.exceptions.HTTPError, OSError, http.client.HTTPException) as error:
-            if attempt.expired:  # the watchdog ended an attempt that outlived its deadline
-                failure = TransientError(f"{path}: no complete answer within {wait:.3g} s")
-            else:
-                failure = self._connection_failure(path, error)
+            failure = self._broken(path, wait, attempt, error)
         else:
-            if not attempt.expired:
-                return self._read_answer(path, answer, decode)
-            try:
-                return self._read_answer(path, answer, decode)
-            except SevenSegmentsError:
-                failure = TransientError(f"{path}: no complete answer within {wait:.3g} s")
+            return self._answered(path, answer, decode, wait, attempt)
         raise failure  # outside the except blocks: no chain to urllib3's exception and its URL
+
+    def _broken(self, path: str, wait: float, attempt: Attempt, error: BaseException) -> Exception:
+        """The error for an attempt whose connection broke: a timeout when the watchdog ended it at
+        its deadline, else as ``_connection_failure`` says."""
+        if attempt.expired:
+            return TransientError(f"{path}: no complete answer within {wait:.3g} s")
+        return self._connection_failure(path, error)
+
+    def _answered(
+        self, path: str, answer: Tuple[int, bytes, Any], decode: Callable[[bytes], Any], wait: float, attempt: Attempt
+    ) -> Dict[str, Any]:
+        """The JSON of a success, or the error for ``answer``; an attempt cut at its deadline whose
+        answer is not whole is a timeout, not the server's word."""
+        if not attempt.expired:
+            return self._read_answer(path, answer, decode)
+        try:
+            return self._read_answer(path, answer, decode)
+        except SevenSegmentsError:
+            pass
+        raise TransientError(f"{path}: no complete answer within {wait:.3g} s")  # outside: no chain
 
     def _connection_failure(self, path: str, error: BaseException) -> Exception:
         """The error for an attempt whose connection failed (before the deadline): permanent for a
