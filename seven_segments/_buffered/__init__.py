@@ -9,7 +9,7 @@ The stages, each with one job:
 - ``pump.py``: every decision: take (and number), batch, dispatch within the window, apply answers,
   answer flushes, give up at the close deadline;
 - ``batching.py``: when a batch is due and how it is cut; ``window.py``: how many requests may be in
-  flight; ``retry.py``: the retry policy; ``answers.py``: what a ``bulk`` answer means;
+  flight; ``retry.py``: the pump's questions to the retry policy (``retrying.py``); ``answers.py``: what a ``bulk`` answer means;
 - ``sender.py``: one attempt per batch on a sender thread; ``ledger.py``: the counters and the requests
   in flight; ``reporting.py``: ``on_error`` in chunks and warnings; ``registry.py``: exit and fork.
 - ``progress.py``: how long the oldest command has waited and how the last requests ended (for
