@@ -30,14 +30,17 @@ def _server_size(data: Dict[str, Any]) -> int:
 
 @pytest.mark.xfail(
     strict=True,
-    reason="check_command_size measures properties orjson wrote (bytes) by orjson's spelling: 1e-7 is "
-    "'1e-7' there and '1e-07' as the server writes it, so track() accepts a command the server refuses (413)",
+    reason="check_command_size measures properties orjson wrote (bytes, or text from the careful path) by "
+    "orjson's spelling: 1e-7 is '1e-7' there and '1e-07' as the server writes it, so track() accepts a command the server refuses (413)",
 )
-def test_a_command_the_server_would_measure_too_large_is_refused_at_the_call(fresh: LocalServer) -> None:
+@pytest.mark.parametrize("nested", [False, True], ids=["flat (bytes)", "nested (text)"])
+def test_a_command_the_server_would_measure_too_large_is_refused_at_the_call(fresh: LocalServer, nested: bool) -> None:
     pytest.importorskip("orjson")
-    # A flat dict of plain values, small enough for orjson's fast path, whose floats the standard
-    # library (the server) writes one byte longer each; customer ids large enough to be measured.
-    properties = {f"k{i}": 1e-7 for i in range(1500)}
+    # Floats the standard library (the server) writes one byte longer each than orjson: in a flat
+    # dict (orjson's fast path: bytes) or nested (the careful path: orjson's text); customer ids
+    # large enough for the command to be measured.
+    floats = {f"k{i}": 1e-7 for i in range(1500)}
+    properties: Dict[str, Any] = {"n": floats} if nested else floats
     timestamp, command_id = 1700000000.5, "c1"
 
     def data(pad: int) -> Dict[str, Any]:
