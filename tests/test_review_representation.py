@@ -160,3 +160,36 @@ def test_max_queue_bytes_bounds_large_commands_the_pump_has_not_taken_yet(fresh:
     accepted = stats["queued"] - 1
     assert accepted * 50_000 <= 1.5 * 1024 * 1024, stats  # about max_queue_bytes: 21 of them, not 100
     assert stats["dropped"] >= 70
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="Core.submit counts commands the pump has not taken yet at the mean size of those it took last: "
+    "after a step that took one large command, small ones are dropped as 'queue full' while the pump is "
+    "busy (907 of 1000 commands of 100 bytes under max_queue_bytes=8 MiB; none before 2996347)",
+)
+def test_small_commands_are_not_dropped_for_the_size_of_a_large_one_taken_before(fresh: LocalServer) -> None:
+    fresh.faults.command_results(1, "error")
+    in_on_error, release = threading.Event(), threading.Event()
+
+    def on_error(error: Any, commands: Any) -> None:
+        in_on_error.set()
+        release.wait(5)  # the pump thread is busy here, taking nothing
+
+    client = SevenSegments(
+        TOKEN, "john", target=fresh.url, buffered=True, max_queue_bytes=8 * 1024 * 1024, on_error=on_error
+    )
+    try:
+        client.track("large", {"blob": "x" * 90_000})  # the pump's last take: one command of 90 kB
+        client.flush(5)
+        assert in_on_error.wait(5)
+        for i in range(1000):  # about 150 kB in all, against a bound of 8 MiB
+            client.track("small", {"i": i})
+        stats = client.stats()
+        release.set()
+        delivered = client.flush(10)
+    finally:
+        release.set()
+        client.close()
+    assert stats["dropped"] == 0, stats
+    assert delivered
