@@ -158,7 +158,9 @@ def _open_delivery(
         from . import process_hooks
         from .spool import Spool, is_command, lock_held_here  # only for clients that use one: the command line starts faster
 
-        durable = Spool(spool, max_bytes=spool_max_bytes, fsync=spool_fsync, target=transport.target, accepts=is_command)
+        durable = Spool(
+            spool, max_bytes=spool_max_bytes, fsync=spool_fsync, target=transport.target, accepts=is_command
+        )
         process_hooks.register_lock_check(lock_held_here)
     worker = BufferedEngine(token, transport, limits, on_error, spool=durable)
     return worker, worker

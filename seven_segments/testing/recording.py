@@ -42,7 +42,9 @@ class Recorder:
         self._recorded_bytes = 0
         self._counters = _fresh_counters()
 
-    def record(self, exchange: Exchange, path: str, query: str, raw: bytes, gzipped: bool, received: float) -> Optional[JSONDict]:
+    def record(
+        self, exchange: Exchange, path: str, query: str, raw: bytes, gzipped: bool, received: float
+    ) -> Optional[JSONDict]:
         """Keep one API request (its ``Authorization`` value redacted); the record, whose ``status``
         the caller sets once it is known, or None when nothing is kept."""
         if not self._keep:

@@ -503,7 +503,8 @@ def _size_besides_properties(
     fixed = _EVENT_OVERHEAD + (_INT_TIMESTAMP_EXTRA if int in timestamp_types else 0)
     if body_size > MAX_COMMAND_BYTES:
         fixed += 6 * (max(map(len, columns.company_set)) + max(map(len, columns.type_set)))
-        fixed += max(customers.counts) * (6 * (max(map(len, customers.types)) + max(map(len, customers.values))) + 6) + 2
+        longest_id = max(map(len, customers.types)) + max(map(len, customers.values))
+        fixed += max(customers.counts) * (6 * longest_id + 6) + 2
     return fixed
 
 
