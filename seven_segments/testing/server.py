@@ -67,7 +67,7 @@ class _HTTPServer(ThreadingHTTPServer):
                 request.settimeout(_HANDSHAKE_SECONDS)
                 request.do_handshake()
             except (OSError, ValueError) as error:  # no certificate, an untrusted one, not TLS at all
-                self.app.count_refused_handshake()
+                self.app._count_refused_handshake()
                 logger.info("local 7SEGMENTS server: TLS handshake with %s failed: %s", client_address[0], error)
                 _linger(request)
                 return
@@ -499,7 +499,7 @@ class LocalServer:
         """
         return self._store.wait_for_events(n, timeout)
 
-    def count_refused_handshake(self) -> None:
+    def _count_refused_handshake(self) -> None:
         """Count a TLS handshake that failed (for ``stats()["tls_refused"]``)."""
         self._recorder.count_refused_handshake()
 
