@@ -160,6 +160,18 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
 
     The options of ``serve`` and ``demo`` (whose modules take a while to import) are added only when
     ``command`` is one of them, or is ``None`` (everything)."""
+    parser = _top_parser()
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+    _add_tracking_commands(commands)
+    _add_export_command(commands)
+    _add_local_commands(commands, command)
+    _add_spool_command(commands)
+    return parser
+
+
+def _top_parser() -> argparse.ArgumentParser:
+    """The parser with the options that may come before the command."""
     program = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "seven_segments.py"
     if program in ("__main__.py", "-c", ""):
         program = "python -m seven_segments"
@@ -181,8 +193,11 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
     parser.add_argument(
         "--verbose", dest="global_verbose", action="store_true", help="log one line per request and every retry"
     )
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    commands.required = True
+    return parser
+
+
+def _add_tracking_commands(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """``track``, ``update`` and ``get_html``: the calls of the tracking API."""
     customer_help = "registered id, or a JSON object of id types to ids"
     timestamp_help = "seconds since the epoch, or ISO 8601 with a time zone such as 2023-11-14T22:13:20Z (default: now)"
 
@@ -213,6 +228,9 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
     html.add_argument("campaign", metavar="CAMPAIGN_NAME")
     _add_common(html)
 
+
+def _add_export_command(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """``export``: the export API, with a user's credentials."""
     export = commands.add_parser(
         "export",
         help="export an analysis as JSON",
@@ -228,6 +246,11 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
     )
     _add_common(export)
 
+
+def _add_local_commands(
+    commands: "argparse._SubParsersAction[argparse.ArgumentParser]", command: Optional[str]
+) -> None:
+    """``serve``, ``demo`` and ``import``, whose options are added only when ``command`` is theirs (or None)."""
     serve = commands.add_parser(
         "serve", help="run the local 7SEGMENTS server", description="Run the local 7SEGMENTS server until interrupted."
     )
@@ -260,6 +283,9 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
         add_import_arguments(backfill)
     _add_common(backfill)
 
+
+def _add_spool_command(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """``spool``: show or deliver what a spool folder holds."""
     spool = commands.add_parser(
         "spool",
         help="show or deliver what a spool folder holds",
@@ -279,7 +305,6 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
         "--retry-deadline", type=float, default=30.0,
         help="seconds to retry a request that fails in passing before giving up (default: 30)",
     )
-    return parser
 
 
 def _find_command(words: Sequence[str]) -> Optional[int]:

@@ -3,33 +3,26 @@
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from collections.abc import Mapping
-from itertools import count
 from types import TracebackType
 from typing import Any, Callable, Dict, Optional, Tuple, Type, TypeVar, Union
 
 from .clock import monotonic
 from .context import CustomerChoice
 from .errors import ClientClosedError, SevenSegmentsError
-from .health import Figures, Health, assess
+from .health import Health, assess
 from .protocol import (
     ANALYSIS_TYPES,
     DEFAULT_TARGET,
-    MAX_BULK_BYTES,
-    MAX_BULK_COMMANDS,
     PATH_ANALYTICS_PREFIX,
     PATH_CUSTOMERS,
     PATH_EVENTS,
     PATH_HTML,
 )
-from . import serialization
 from .serialization import (
-    BulkCommandEncoder,
     Command,
-    CustomerIds,
     JSONObject,
     LargeCustomerIds,
     Timestamp,
@@ -45,8 +38,12 @@ from .serialization import (
 )
 from .network import CertSetting, ProxiesSetting, VerifySetting
 from .transport import Backoff, Transport, TransientError, call_with_retries
-from .types import AnalysisType, BeforeSend, CommandDict, Customer, ErrorCallback
+from .types import AnalysisType, BeforeSend, Customer, ErrorCallback
 from ._buffered import BufferedEngine, Limits
+from ._before_send import BeforeSendHook, CallerCounts
+from ._blocking import BlockingDelivery, Call, Delivery, encode as _encode
+from ._options import buffered_limits, check_callbacks, check_spool
+from ._options import number as _number, secret as _secret, utf8_problem as _utf8_problem
 from ._buffered.limits import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_FLUSH_INTERVAL,
@@ -56,8 +53,6 @@ from ._buffered.limits import (
     DEFAULT_SHUTDOWN_TIMEOUT,
     DEFAULT_SPOOL_MAX_BYTES,
     DEFAULT_STALL_WARNING_AFTER,
-    MAX_BATCH_BYTES,
-    MAX_IN_FLIGHT,
 )
 
 __all__ = ["SevenSegments", "AuthenticatedSevenSegments"]
@@ -76,39 +71,6 @@ DEFAULT_BLOCKING_RETRY_DEADLINE = 5.0
 DEFAULT_BUFFERED_RETRY_DEADLINE = 300.0
 #: Backoff of blocking calls: short, since a caller is waiting.
 BLOCKING_BACKOFF = Backoff(initial=0.05, maximum=1.0)
-
-
-def _number(name: str, value: Any, *, minimum: float, allow_equal: bool = True, integer: bool = False) -> Any:
-    """Check one numeric setting; raises ``ValueError``/``TypeError`` naming it and the bad value."""
-    kinds = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds):
-        kind = "an integer" if integer else "a number"
-        raise TypeError(f"{name} must be {kind}, not {type(value).__name__} {value!r}")
-    if not math.isfinite(value) or value < minimum or (value == minimum and not allow_equal):
-        bound = f">= {minimum}" if allow_equal else f"> {minimum}"
-        raise ValueError(f"{name} must be a finite number {bound}, not {value!r}")
-    return value
-
-
-def _utf8_problem(value: str) -> Optional[str]:
-    """Why ``value`` cannot be sent as UTF-8 (a lone surrogate, and where), without quoting it; else None."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as error:  # its .object is the whole value: never let it travel
-        return f"character {error.start + 1} is a lone surrogate, which is not text and cannot be sent as UTF-8"
-    return None
-
-
-def _secret(name: str, value: Any) -> str:
-    """Check a token or password without ever echoing it."""
-    if not isinstance(value, str):
-        raise TypeError(f"{name} must be a string, not {type(value).__name__}")
-    if not value.strip():
-        raise ValueError(f"{name} must be a non-empty string")
-    problem = _utf8_problem(value)
-    if problem is not None:
-        raise ValueError(f"{name} is not valid: {problem}")  # outside the except: no chain to the value
-    return value
 
 
 class _ApiClient:
@@ -180,75 +142,28 @@ class _ApiClient:
         self.close()
 
 
-def _encode(data: JSONObject) -> bytes:
-    """The body of a blocking call: ``data`` holds only checked plain values (see serialization)."""
-    return serialization._WRITER.data(data)
-
-
-class _Tally:
-    """A counter that threads may bump at once, without a lock: ``next()`` of an ``itertools.count``
-    is atomic, and no lock can be inherited held by a ``fork()`` child."""
-
-    __slots__ = ("_count",)
-
-    def __init__(self) -> None:
-        self._count = count(1)
-
-    def add(self, *_: Any) -> None:
-        """Count one (any arguments are ignored, so that it can serve as a callback)."""
-        next(self._count)
-
-    @property
-    def value(self) -> int:
-        """How many were counted."""
-        return int(repr(self._count)[6:-1]) - 1  # "count(N)": N is the next number it would give
-
-
-def _plain_copy(value: Any) -> Any:
-    """A copy of captured JSON values (dicts and lists copied all the way down)."""
-    if type(value) is dict:
-        return {key: _plain_copy(item) for key, item in value.items()}
-    if type(value) is list:
-        return [_plain_copy(item) for item in value]
-    return value
-
-
-def _command_dict(command: Command) -> CommandDict:
-    """The command as ``before_send`` sees it: a plain dict of copies (see ``CommandDict``)."""
-    path, ids, kind, properties, timestamp, command_id = command[:6]
-    if path == PATH_EVENTS:
-        return {"name": path, "customer_ids": dict(ids), "type": kind, "properties": _plain_copy(properties),
-                "timestamp": timestamp, "command_id": command_id}
-    return {"name": path, "ids": dict(ids), "properties": _plain_copy(properties), "timestamp": timestamp,
-            "command_id": command_id}
-
-
-def _checked_command(command: Command, sent: Any) -> Tuple[Command, int]:
-    """What ``before_send`` returned for ``command``, checked exactly as a caller's input is.
-
-    It must be a dict with the keys it was given (``name`` unchanged); raises ``TypeError`` or
-    ``ValueError`` naming the bad key or value.
-    """
-    if not isinstance(sent, Mapping):
-        raise TypeError(f"it must return a dict or None, not {type(sent).__name__}")
-    path = command[0]
-    ids_key = "customer_ids" if path == PATH_EVENTS else "ids"
-    keys = {"name", ids_key, "properties", "timestamp", "command_id"} | ({"type"} if path == PATH_EVENTS else set())
-    if set(sent) != keys:
-        missing, unknown = sorted(keys - set(sent)), sorted(map(repr, set(sent) - keys))
-        raise ValueError(
-            "its keys must be " + ", ".join(sorted(keys))
-            + (f"; missing: {', '.join(missing)}" if missing else "")
-            + (f"; unknown: {', '.join(unknown)}" if unknown else "")
+def _open_delivery(
+    token: str, transport: Transport, call: Call, limits: Limits, *, engine: bool, enabled: bool,
+    on_error: Optional[ErrorCallback], spool: Optional[str], spool_max_bytes: int, spool_fsync: bool,
+) -> Tuple[Optional[BufferedEngine], Delivery]:
+    """Where a client's commands go: the engine of an enabled buffered client (built here only, with
+    its spool when it has a folder: a bad folder raises here), else the blocking delivery, which also
+    answers for a disabled client."""
+    if not engine:
+        return None, BlockingDelivery(
+            token, call, transport.close, enabled=enabled, stall_warning_after=limits.stall_warning_after
         )
-    if sent["name"] != path:
-        raise ValueError(f"name must stay {path!r}, not {sent['name']!r}")
-    ids = customer_ids(sent[ids_key], ids_key)
-    kind = check_event_type(sent["type"]) if path == PATH_EVENTS else None
-    properties, size = capture_properties(sent["properties"])
-    if sent["timestamp"] is None:
-        raise TypeError("timestamp must be seconds since the epoch or an aware datetime, not None")
-    return (path, ids, kind, properties, timestamp_seconds(sent["timestamp"]), check_command_id(sent["command_id"])), size
+    durable = None
+    if spool is not None:
+        from . import process_hooks
+        from .spool import Spool, is_command, lock_held_here  # only for clients that use one: the command line starts faster
+
+        durable = Spool(
+            spool, max_bytes=spool_max_bytes, fsync=spool_fsync, target=transport.target, accepts=is_command
+        )
+        process_hooks.register_lock_check(lock_held_here)
+    worker = BufferedEngine(token, transport, limits, on_error, spool=durable)
+    return worker, worker
 
 
 class SevenSegments(_ApiClient, CustomerChoice):
@@ -300,6 +215,9 @@ class SevenSegments(_ApiClient, CustomerChoice):
     ``customer_context(customer)``, rather than ``identify`` when threads serve different customers.
     """
 
+    #: How ``track``/``update`` check and capture properties (see ``capture_properties_written``).
+    _capture: Callable[[Any], Tuple[Union[JSONObject, str, bytes], int]]
+
     def __init__(
         self,
         token: str,
@@ -309,22 +227,16 @@ class SevenSegments(_ApiClient, CustomerChoice):
         buffered: bool = False,
         timeout: float = DEFAULT_TIMEOUT,
         retry_deadline: Optional[float] = None,
-        batch_size: int = DEFAULT_BATCH_SIZE,
-        flush_interval: float = DEFAULT_FLUSH_INTERVAL,
-        max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE,
-        max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES,
-        shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
-        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
-        spool: Optional[str] = None,
-        spool_max_bytes: int = DEFAULT_SPOOL_MAX_BYTES,
-        spool_fsync: bool = False,
+        # buffered only:
+        batch_size: int = DEFAULT_BATCH_SIZE, flush_interval: float = DEFAULT_FLUSH_INTERVAL,
+        max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE, max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES,
+        shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        spool: Optional[str] = None, spool_max_bytes: int = DEFAULT_SPOOL_MAX_BYTES, spool_fsync: bool = False,
         on_error: Optional[ErrorCallback] = None,
         gzip: bool = True,
         before_send: Optional[BeforeSend] = None,
         enabled: bool = True,
-        proxies: ProxiesSetting = None,
-        verify: VerifySetting = True,
-        cert: CertSetting = None,
+        proxies: ProxiesSetting = None, verify: VerifySetting = True, cert: CertSetting = None,
         stall_warning_after: float = DEFAULT_STALL_WARNING_AFTER,
     ) -> None:
         self._token = _secret("token", token)
@@ -337,72 +249,34 @@ class SevenSegments(_ApiClient, CustomerChoice):
             network={"proxies": proxies, "verify": verify, "cert": cert},
         )
         self._init_customer(None if customer is None else customer_ids(customer))
+        self._init_fast_path()
+        check_callbacks(on_error, before_send, enabled)
+        self._before_send, self._enabled, self._buffered = before_send, enabled, bool(buffered)
+        self._counts = CallerCounts()
+        self._hook = None if before_send is None else BeforeSendHook(
+            before_send, on_error, self._counts, self._properties_room, self._check_size
+        )
+        limits = buffered_limits(
+            retry_deadline=self._retry_deadline, timeout=self._timeout, batch_size=batch_size,
+            flush_interval=flush_interval, max_queue_size=max_queue_size, max_queue_bytes=max_queue_bytes,
+            max_in_flight=max_in_flight, shutdown_timeout=shutdown_timeout, stall_warning_after=stall_warning_after,
+        )
+        self._worker, self._delivery = _open_delivery(
+            token, self._transport, self._call, limits, engine=bool(buffered) and enabled, enabled=enabled,
+            on_error=on_error, spool=spool, spool_max_bytes=check_spool(spool, spool_max_bytes, buffered),
+            spool_fsync=bool(spool_fsync),
+        )
+        if self._worker is not None and before_send is None:
+            self._capture = capture_properties_written  # queued commands are their JSON from the call on: no copy
+
+    def _init_fast_path(self) -> None:
+        """What ``track`` and ``update`` remember between calls, to check less on the next one."""
         #: Properties that ``capture_properties`` counts at most this large fit in a command with
         #: any customer ids that are not ``LargeCustomerIds``; a command past it is measured.
         self._properties_room = properties_room(self._token)
-        #: The last string ``customer=`` passed to a call and its ids: one ids object for a run of
-        #: calls for one customer (the engine's encoder reuses its JSON for the same object).
-        self._last_customer: Tuple[Optional[str], CustomerIds] = (None, {})
         #: The last event type ``track`` checked (see ``_event_type``): at first, no string at all.
         self._last_event_type: object = _NO_EVENT_TYPE
-        self._worker: Optional[BufferedEngine] = None
-        #: How ``track``/``update`` check and capture properties (see ``capture_properties_written``).
-        self._capture: Callable[[Any], Tuple[Union[JSONObject, str, bytes], int]] = capture_properties
-        # Checked in both modes: a bad setting is a mistake even where it has no effect yet.
-        if on_error is not None and not callable(on_error):
-            raise TypeError(f"on_error must be callable, not {type(on_error).__name__}")
-        if before_send is not None and not callable(before_send):
-            raise TypeError(f"before_send must be callable, not {type(before_send).__name__}")
-        if not isinstance(enabled, bool):
-            raise TypeError(f"enabled must be True or False, not {type(enabled).__name__} {enabled!r}")
-        self._on_error = on_error
-        self._before_send = before_send
-        self._enabled = enabled
-        self._buffered = bool(buffered)
-        # Counted here (the worker counts what it queues): what before_send filtered out or failed on,
-        # what a disabled client discarded, and what a blocking client sent, retried and failed.
-        self._filtered, self._hook_failed, self._discarded = _Tally(), _Tally(), _Tally()
-        self._sent, self._retried, self._failed = _Tally(), _Tally(), _Tally()
-        self._hook_failures_flushed = 0  # before_send failures that a flush() already answered for
-        #: A blocking client's calls in a row that raised, and the last error (for ``health()``).
-        self._calls_failed_in_a_row = 0
-        self._last_call_error = ""
-        batch_size = _number("batch_size", batch_size, minimum=1, integer=True)
-        if batch_size > MAX_BULK_COMMANDS:
-            raise ValueError(f"batch_size must be at most {MAX_BULK_COMMANDS} (the protocol's limit), not {batch_size}")
-        max_in_flight = _number("max_in_flight", max_in_flight, minimum=1, integer=True)
-        if max_in_flight > MAX_IN_FLIGHT:
-            raise ValueError(f"max_in_flight must be at most {MAX_IN_FLIGHT}, not {max_in_flight}")
-        limits = Limits(
-            batch_size=batch_size,
-            max_batch_bytes=MAX_BATCH_BYTES,
-            flush_interval=_number("flush_interval", flush_interval, minimum=0, allow_equal=False),
-            max_queue_size=_number("max_queue_size", max_queue_size, minimum=1, integer=True),
-            max_queue_bytes=_number("max_queue_bytes", max_queue_bytes, minimum=1024, integer=True),
-            max_in_flight=max_in_flight,
-            retry_deadline=self._retry_deadline,
-            shutdown_timeout=_number("shutdown_timeout", shutdown_timeout, minimum=0),
-            timeout=self._timeout,
-            stall_warning_after=_number("stall_warning_after", stall_warning_after, minimum=0, allow_equal=False),
-        )
-        self._stall_warning_after = limits.stall_warning_after
-        spool_max_bytes = _number("spool_max_bytes", spool_max_bytes, minimum=1024, integer=True)
-        if spool is not None and not buffered:
-            raise ValueError("spool= needs buffered=True: a blocking client sends each command before it returns")
-        if buffered and enabled:
-            durable = None
-            if spool is not None:
-                from . import process_hooks
-                from .spool import Spool, is_command, lock_held_here  # only for clients that use one: the command line starts faster
-
-                durable = Spool(  # a bad folder raises here
-                    spool, max_bytes=spool_max_bytes, fsync=bool(spool_fsync), target=self.target, accepts=is_command
-                )
-                process_hooks.register_lock_check(lock_held_here)
-            self._worker = BufferedEngine(token, self._transport, limits, on_error, spool=durable)
-            if before_send is None:
-                # Queued commands are their JSON from the call on: capture that, not a copy.
-                self._capture = capture_properties_written
+        self._capture = capture_properties
 
     def __repr__(self) -> str:
         mode = "buffered" if self._buffered else "blocking"
@@ -420,11 +294,6 @@ class SevenSegments(_ApiClient, CustomerChoice):
         """False when the client checks every call but sends nothing (``enabled=False``)."""
         return self._enabled
 
-    @property
-    def customer(self) -> Optional[CustomerIds]:
-        """The identified customer's ids, or None (a ``customer_context`` does not change it)."""
-        return None if self._identified is None else dict(self._identified)
-
     def identify(self, customer: Customer, properties: Optional[Mapping[str, Any]] = None) -> None:
         """Make ``customer`` the client's current customer (for every thread: an active ``customer_context``
         comes first); with ``properties``, also ``update`` them."""
@@ -439,20 +308,6 @@ class SevenSegments(_ApiClient, CustomerChoice):
         if kind is event_type:  # a plain str (immutable), not a subclass or a converted copy
             self._last_event_type = kind
         return kind
-
-    def _ids(self, customer: Optional[Customer]) -> CustomerIds:
-        if customer is not None:
-            if type(customer) is str:  # a string id, often the same one several calls in a row
-                last = self._last_customer  # (id, ids), read and replaced whole: safe across threads
-                if last[0] is customer:
-                    return last[1]
-                ids = customer_ids(customer)
-                self._last_customer = (customer, ids)
-                return ids
-            return customer_ids(customer)
-        if self._customer_ids is None:  # look further: contexts (once used), then the identified customer
-            return self._context_or_identified()
-        return self._customer_ids
 
     def track(
         self,
@@ -538,62 +393,15 @@ class SevenSegments(_ApiClient, CustomerChoice):
         """Every checked command that is not simply queued: disabled, through ``before_send``, or
         sent now (blocking). Returns the ``command_id`` it went with."""
         if not self._enabled:
-            self._discarded.add()
+            self._counts.discarded.add()
             return command[5]
-        if self._before_send is not None:
-            hooked = self._run_before_send(self._before_send, command)
+        if self._hook is not None:
+            hooked = self._hook.run(command)
             if hooked is None:
                 return command[5]
             command, size = hooked
-        if self._worker is not None:
-            self._worker.submit(command)
-        else:
-            self._send_now(command)
+        self._delivery.submit(command)  # the engine queues it; a blocking client sends it now
         return command[5]
-
-    def _run_before_send(self, hook: BeforeSend, command: Command) -> Optional[Tuple[Command, int]]:
-        """``command`` as ``before_send`` makes it, checked; ``None`` when it is not to be sent."""
-        try:
-            sent = hook(_command_dict(command))
-        except Exception as error:  # the hook's mistake: the command is dropped and reported, not sent
-            self._report_hook_failure(command, f"before_send raised {type(error).__name__}: {error}")
-            return None
-        if sent is None:
-            self._filtered.add()
-            return None
-        try:
-            checked, size = _checked_command(command, sent)
-            if size > self._properties_room or type(checked[1]) is LargeCustomerIds:
-                self._check_size(checked, size)
-            return checked, size
-        except (TypeError, ValueError) as error:
-            self._report_hook_failure(command, f"before_send returned an invalid command: {error}")
-            return None
-
-    def _report_hook_failure(self, command: Command, reason: str) -> None:
-        """Count a command that ``before_send`` failed on and pass it, as the caller made it, to ``on_error``."""
-        self._hook_failed.add()
-        error = SevenSegmentsError(f"{command[0]}: {reason}; the command was dropped, not sent")
-        callback = self._on_error
-        if callback is None:
-            logger.warning("seven_segments: %s", error)
-            return
-        try:
-            callback(error, [BulkCommandEncoder.as_dict(command)])
-        except Exception:
-            logger.exception("seven_segments: the on_error callback raised")
-
-    def _send_now(self, command: Command) -> None:
-        data = {"company_id": self._token, **BulkCommandEncoder.as_dict(command)["data"]}
-        try:
-            self._call(command[0], _encode(data), on_retry=self._retried.add)
-        except Exception as error:
-            self._failed.add()
-            self._calls_failed_in_a_row += 1
-            self._last_call_error = str(error) if isinstance(error, SevenSegmentsError) else type(error).__name__
-            raise
-        self._sent.add()
-        self._calls_failed_in_a_row = 0
 
     def get_html(self, campaign_name: str, *, customer: Optional[Customer] = None) -> str:
         """The HTML of campaign ``campaign_name`` for the customer (``''`` when it shows nothing to them,
@@ -620,10 +428,8 @@ class SevenSegments(_ApiClient, CustomerChoice):
         """
         if timeout is not None:
             _number("timeout", timeout, minimum=0)
-        delivered = True if self._worker is None else self._worker.flush(timeout)
-        hook_failures = self._hook_failed.value
-        clean = hook_failures == self._hook_failures_flushed
-        self._hook_failures_flushed = hook_failures
+        delivered = self._delivery.flush(timeout)
+        clean = self._counts.flush_clean()  # read after the flush: a hook that failed meanwhile counts
         return delivered and clean
 
     def close(self, timeout: Optional[float] = None) -> None:
@@ -635,10 +441,7 @@ class SevenSegments(_ApiClient, CustomerChoice):
         if timeout is not None:
             _number("timeout", timeout, minimum=0)
         self._closed = True
-        if self._worker is not None:
-            self._worker.close(timeout)
-        else:
-            self._transport.close()
+        self._delivery.close(timeout)
 
     def stats(self) -> Dict[str, float]:
         """Counts since the client was made: queued, sent, retried, failed, unconfirmed (in flight when a
@@ -653,44 +456,13 @@ class SevenSegments(_ApiClient, CustomerChoice):
         ``track``/``update`` that the server accepted as sent, each that raised as failed, and each
         retry of one as retried.
         """
-        stats: Dict[str, float]
-        if self._worker is None:
-            stats = {
-                "queued": 0, "sent": self._sent.value, "retried": self._retried.value, "failed": self._failed.value,
-                "unconfirmed": 0, "dropped": 0, "dropped_queue_full": 0, "dropped_closed": 0,
-                "replayed": 0, "not_spooled": 0, "kept_in_spool": 0, "batches": 0, "in_flight": 0, "pending": 0,
-                "pending_bytes": 0, "spool_bytes": 0, "oldest_pending_seconds": 0.0,
-            }
-        else:
-            stats = self._worker.stats()
-        stats["failed"] = stats.get("failed", 0) + self._hook_failed.value
-        stats["filtered"] = stats.get("filtered", 0) + self._filtered.value
-        stats["discarded"] = self._discarded.value
-        return stats
+        return self._counts.add_to(self._delivery.stats())
 
     def health(self) -> Health:
         """Whether delivery works: a :class:`Health` whose ``status`` is ``"ok"``, ``"degraded"`` or
         ``"failing"``, with a ``reason`` sentence and the figures behind it (the rules are in
         ``seven_segments.health``). Cheap, from any thread; ``as_dict()`` gives it as JSON types."""
-        if self._worker is not None:
-            figures = self._worker.figures()
-        else:
-            figures = Figures(
-                enabled=self._enabled,
-                closed=self._closed,
-                pending=0,
-                oldest_pending_seconds=0.0,
-                queue_fill=0.0,
-                retrying=0,
-                requests_failed_in_a_row=self._calls_failed_in_a_row,
-                seconds_since_drop=math.inf,
-                last_error=self._last_call_error,
-                stall_warning_after=self._stall_warning_after,
-                seconds_since_failure=math.inf,  # a refused call raised in its caller, and counts above
-                requests_refused_in_a_row=0,
-                last_failure="",
-            )
-        return assess(figures)
+        return assess(self._delivery.figures())
 
 
 class AuthenticatedSevenSegments(_ApiClient):

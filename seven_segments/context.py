@@ -27,7 +27,7 @@ import os
 import threading
 from contextvars import ContextVar
 from types import TracebackType
-from typing import Optional, Type
+from typing import Optional, Tuple, Type
 
 from .serialization import CustomerIds, customer_ids
 from .types import Customer
@@ -111,17 +111,41 @@ class CustomerChoice:
 
     Owns ``_customer_ids`` (read first by ``track``: the customer to use without looking further, or
     ``None`` to look at the contexts and then at ``_identified``), ``_identified`` and
-    ``_contexts_used``.
+    ``_contexts_used``; ``_ids`` gives the customer of a call.
     """
 
     _customer_ids: Optional[CustomerIds]
     _identified: Optional[CustomerIds]
     _contexts_used: bool
+    _last_customer: Tuple[Optional[str], CustomerIds]
 
     def _init_customer(self, identified: Optional[CustomerIds]) -> None:
         self._identified = identified
         self._customer_ids = identified
         self._contexts_used = False
+        #: The last string ``customer=`` passed to a call and its ids: one ids object for a run of
+        #: calls for one customer (the engine's encoder reuses its JSON for the same object).
+        self._last_customer = (None, {})
+
+    @property
+    def customer(self) -> Optional[CustomerIds]:
+        """The identified customer's ids, or None (a ``customer_context`` does not change it)."""
+        return None if self._identified is None else dict(self._identified)
+
+    def _ids(self, customer: Optional[Customer]) -> CustomerIds:
+        """The customer of a call: its ``customer=``, else the innermost context, else the identified one."""
+        if customer is not None:
+            if type(customer) is str:  # a string id, often the same one several calls in a row
+                last = self._last_customer  # (id, ids), read and replaced whole: safe across threads
+                if last[0] is customer:
+                    return last[1]
+                ids = customer_ids(customer)
+                self._last_customer = (customer, ids)
+                return ids
+            return customer_ids(customer)
+        if self._customer_ids is None:  # look further: contexts (once used), then the identified customer
+            return self._context_or_identified()
+        return self._customer_ids
 
     def _identify_ids(self, ids: CustomerIds) -> None:
         """Make ``ids`` the identified customer (contexts, where active, still come first)."""

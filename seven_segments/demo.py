@@ -14,9 +14,13 @@ import multiprocessing
 import sys
 import threading
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Tuple
 
 import requests
+
+if TYPE_CHECKING:
+    from .client import SevenSegments
 
 __all__ = ["add_arguments", "run", "run_demo"]
 
@@ -46,10 +50,9 @@ def _percentile(sorted_values: List[float], fraction: float) -> float:
     return sorted_values[index]
 
 
-def run_demo(threads: int, events: int, fault_rate: float, seed: int, timeout: float) -> Tuple[bool, Dict[str, Any]]:
-    """Run the demo; returns ``(nothing lost, figures)``."""
-    from .client import SevenSegments
-
+@contextmanager
+def _server_in_a_process() -> Iterator[str]:
+    """A ``LocalServer`` in a spawned process: yields its URL, and stops it on the way out."""
     context = multiprocessing.get_context("spawn")
     parent_end, child_end = context.Pipe()
     stop = context.Event()
@@ -58,7 +61,63 @@ def run_demo(threads: int, events: int, fault_rate: float, seed: int, timeout: f
     try:
         if not parent_end.poll(30):
             raise RuntimeError("the local server did not start within 30 s")
-        url = parent_end.recv()
+        yield parent_end.recv()
+    finally:
+        stop.set()
+        server_process.join(10)
+        if server_process.is_alive():
+            server_process.kill()
+
+
+def _track_from_threads(client: "SevenSegments", threads: int, events: int) -> Tuple[List[float], float]:
+    """``threads`` threads track ``events`` events each, all starting at once; returns the time each
+    ``track`` took, sorted, and when they started (``time.perf_counter``)."""
+    costs: List[List[float]] = [[] for _ in range(threads)]
+    start_line = threading.Barrier(threads + 1)
+
+    def produce(index: int) -> None:
+        mine = costs[index]
+        clock = time.perf_counter
+        track = client.track
+        start_line.wait()
+        for number in range(events):
+            before = clock()
+            track("page_view", {"thread": index, "n": number, "path": "/products"}, customer=f"user-{index}-{number % 50}")
+            mine.append(clock() - before)
+
+    producers = [threading.Thread(target=produce, args=(index,)) for index in range(threads)]
+    for producer in producers:
+        producer.start()
+    start_line.wait()
+    began = time.perf_counter()
+    for producer in producers:
+        producer.join()
+    return sorted(cost for thread_costs in costs for cost in thread_costs), began
+
+
+def _figures(
+    tracked: int, stats: Dict[str, float], server_stats: Dict[str, Any], all_costs: List[float], elapsed: float
+) -> Dict[str, Any]:
+    """The table the demo prints."""
+    return {
+        "events tracked": tracked,
+        "events stored by the server": server_stats["events"],
+        "duplicates suppressed (command_id)": server_stats["duplicates"],
+        "faults injected": server_stats["faults_injected"],
+        "commands retried": stats["retried"],
+        "dropped": stats["dropped"],
+        "failed": stats["failed"],
+        "caller cost p50 (us)": round(_percentile(all_costs, 0.5) * 1e6, 2),
+        "caller cost p99 (us)": round(_percentile(all_costs, 0.99) * 1e6, 2),
+        "events per second (first track to flushed)": int(tracked / elapsed),
+    }
+
+
+def run_demo(threads: int, events: int, fault_rate: float, seed: int, timeout: float) -> Tuple[bool, Dict[str, Any]]:
+    """Run the demo; returns ``(nothing lost, figures)``."""
+    from .client import SevenSegments
+
+    with _server_in_a_process() as url:
         http = requests.Session()
         http.post(
             f"{url}/_local/faults",
@@ -66,57 +125,20 @@ def run_demo(threads: int, events: int, fault_rate: float, seed: int, timeout: f
             timeout=10,
         ).raise_for_status()
         client = SevenSegments(DEMO_TOKEN, target=url, buffered=True, flush_interval=0.1)
-        costs: List[List[float]] = [[] for _ in range(threads)]
-        start_line = threading.Barrier(threads + 1)
-
-        def produce(index: int) -> None:
-            mine = costs[index]
-            clock = time.perf_counter
-            track = client.track
-            start_line.wait()
-            for number in range(events):
-                before = clock()
-                track("page_view", {"thread": index, "n": number, "path": "/products"}, customer=f"user-{index}-{number % 50}")
-                mine.append(clock() - before)
-
-        producers = [threading.Thread(target=produce, args=(index,)) for index in range(threads)]
-        for producer in producers:
-            producer.start()
-        start_line.wait()
-        began = time.perf_counter()
-        for producer in producers:
-            producer.join()
+        all_costs, began = _track_from_threads(client, threads, events)
         delivered_all = client.flush(timeout)
         elapsed = time.perf_counter() - began
         stats = client.stats()
         client.close()
         server_stats = http.get(f"{url}/_local/stats", timeout=10).json()["stats"]
-        all_costs = sorted(cost for thread_costs in costs for cost in thread_costs)
         tracked = threads * events
-        figures = {
-            "events tracked": tracked,
-            "events stored by the server": server_stats["events"],
-            "duplicates suppressed (command_id)": server_stats["duplicates"],
-            "faults injected": server_stats["faults_injected"],
-            "commands retried": stats["retried"],
-            "dropped": stats["dropped"],
-            "failed": stats["failed"],
-            "caller cost p50 (us)": round(_percentile(all_costs, 0.5) * 1e6, 2),
-            "caller cost p99 (us)": round(_percentile(all_costs, 0.99) * 1e6, 2),
-            "events per second (first track to flushed)": int(tracked / elapsed),
-        }
         nothing_lost = (
             delivered_all
             and server_stats["events"] == tracked
             and stats["dropped"] == 0
             and stats["failed"] == 0
         )
-        return nothing_lost, figures
-    finally:
-        stop.set()
-        server_process.join(10)
-        if server_process.is_alive():
-            server_process.kill()
+        return nothing_lost, _figures(tracked, stats, server_stats, all_costs, elapsed)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -122,7 +122,7 @@ def test_a_bug_in_the_server_answers_500_and_keeps_serving(monkeypatch: pytest.M
         def broken(*args: Any) -> Dict[str, Any]:
             raise RuntimeError("a bug")
 
-        monkeypatch.setattr(server, "_html", broken)
+        monkeypatch.setattr(server._api, "_html", broken)  # noqa: SLF001 - a bug inside the API routes
         answer = requests.post(server.url + "/campaigns/html/get", json=HTML, timeout=10)
         assert answer.status_code == 500
         assert answer.json() == {"success": False, "errors": ["internal error of the local server: RuntimeError"]}

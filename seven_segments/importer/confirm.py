@@ -43,6 +43,85 @@ class Mark(NamedTuple):
     blank: int
 
 
+class _CommandLines:
+    """Which line of the source a command is: the number in a ``command_id`` the import made
+    (``prefix-N``), or the line whose own ``command_id`` the reader queued (until it is confirmed)."""
+
+    def __init__(self, prefix: str) -> None:
+        self._prefix = prefix + "-"
+        self._lock = threading.Lock()
+        self._own_ids: Dict[str, int] = {}
+        self._own_order: Deque[Tuple[int, str]] = deque()
+
+    def own(self, line: int, command_id: str) -> None:
+        """``line`` goes with its own ``command_id``."""
+        with self._lock:
+            self._own_ids[command_id] = line
+            self._own_order.append((line, command_id))
+
+    def line_of(self, command_id: Any) -> int:
+        """The line ``command_id`` was made for; 0 when none is known."""
+        if isinstance(command_id, str):
+            if command_id.startswith(self._prefix):
+                try:
+                    return int(command_id[len(self._prefix):])
+                except ValueError:
+                    pass
+            with self._lock:
+                line = self._own_ids.get(command_id)
+            if line is not None:
+                return line
+        return 0
+
+    def confirmed(self, line: int) -> None:
+        """Every line up to ``line`` is confirmed: forget their own ids."""
+        with self._lock:
+            while self._own_order and self._own_order[0][0] <= line:
+                self._own_ids.pop(self._own_order.popleft()[1], None)
+
+
+class _Heard:
+    """What ``on_error`` heard (on the client's worker thread) and confirming has not yet accounted for:
+    the lines the API refused, how many commands it reported, and the first line that failed otherwise."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._refused_lines: List[int] = []
+        #: Lines refused in all, and those a saved checkpoint counts.
+        self.refused = 0
+        self.refused_confirmed = 0
+        #: Commands ``on_error`` heard of.
+        self.reported = 0
+        #: The first line that failed other than by a refusal, and why.
+        self.failure: Optional[Tuple[int, str]] = None
+
+    def refuse(self, line: int) -> None:
+        """The API refused ``line`` for good."""
+        with self._lock:
+            self._refused_lines.append(line)
+            self.refused += 1
+
+    def fail(self, line: int, why: str) -> None:
+        """``line`` failed other than by a refusal (the first such line is kept)."""
+        with self._lock:
+            if self.failure is None or line < self.failure[0]:
+                self.failure = (line, why)
+
+    def count(self, commands: int) -> None:
+        """``on_error`` heard of this many more commands."""
+        with self._lock:
+            self.reported += commands
+
+    def settle(self, line: int) -> bool:
+        """Account for the refusals up to ``line``; False (nothing settled) when a line up to it failed."""
+        with self._lock:
+            if self.failure is not None and self.failure[0] <= line:
+                return False
+            self.refused_confirmed += sum(1 for refused in self._refused_lines if refused <= line)
+            self._refused_lines = [refused for refused in self._refused_lines if refused > line]
+            return True
+
+
 class Confirmer:
     """Moves the checkpoint of one source forward while the reader queues its lines."""
 
@@ -58,25 +137,14 @@ class Confirmer:
         self._client = client
         self._state = state
         self._base = base
-        self._prefix = prefix + "-"
         self._reject = reject
         self._interval = interval
-        self._lock = threading.Lock()
+        self._lines = _CommandLines(prefix)
+        self._heard = _Heard()
         #: Set by the reader (a whole tuple: read and replaced atomically).
         self.mark = Mark(base.line, 0, 0, 0)
         #: The last checkpoint saved (owned by whoever runs ``confirm``: the thread, then the closer).
         self.checkpoint = base
-        #: Lines whose own ``command_id`` the reader queued and that are not confirmed yet.
-        self._own_ids: Dict[str, int] = {}
-        self._own_order: Deque[Tuple[int, str]] = deque()
-        #: Lines the API refused that are not confirmed yet, and how many it refused in all.
-        self._refused_lines: List[int] = []
-        self.refused = 0
-        self._refused_confirmed = 0
-        #: Commands ``on_error`` heard of.
-        self._reported = 0
-        #: The first line that failed other than by a refusal, and why.
-        self.failure: Optional[Tuple[int, str]] = None
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
 
@@ -84,29 +152,24 @@ class Confirmer:
 
     def own_id(self, line: int, command_id: str) -> None:
         """The reader is about to queue ``line`` with its own ``command_id``."""
-        with self._lock:
-            self._own_ids[command_id] = line
-            self._own_order.append((line, command_id))
+        self._lines.own(line, command_id)
 
     @property
     def failed(self) -> bool:
         """True once a line failed other than by a refusal: the reader stops."""
-        return self.failure is not None
+        return self._heard.failure is not None
+
+    @property
+    def failure(self) -> Optional[Tuple[int, str]]:
+        """The first line that failed other than by a refusal, and why; None while none did."""
+        return self._heard.failure
+
+    @property
+    def refused(self) -> int:
+        """How many lines the API refused in this run."""
+        return self._heard.refused
 
     # on_error (the client's worker thread) ------------------------------------------------------
-
-    def _line_of(self, command_id: Any) -> int:
-        if isinstance(command_id, str):
-            if command_id.startswith(self._prefix):
-                try:
-                    return int(command_id[len(self._prefix):])
-                except ValueError:
-                    pass
-            with self._lock:
-                line = self._own_ids.get(command_id)
-            if line is not None:
-                return line
-        return 0
 
     def on_error(self, error: SevenSegmentsError, commands: List[Dict[str, Any]]) -> None:
         """The client's ``on_error``: refusals become rejected lines, other failures stop the import."""
@@ -114,23 +177,16 @@ class Confirmer:
         reasons = list(error.errors) if refusal and len(error.errors) == len(commands) else None
         for index, command in enumerate(commands):
             data = command.get("data") or {}
-            line = self._line_of(data.get("command_id"))
+            line = self._lines.line_of(data.get("command_id"))
             reason = reasons[index] if reasons is not None else str(error)
             if refusal and _TOKEN_FIELD in reason:  # the token, not the line: every line would be refused
-                with self._lock:
-                    if self.failure is None or line < self.failure[0]:
-                        self.failure = (line, f"the API refused the company token: {reason}; is ${TOKEN_ENV} right?")
+                self._heard.fail(line, f"the API refused the company token: {reason}; is ${TOKEN_ENV} right?")
             elif refusal:
                 self._reject(line, f"refused by the API: {reason}", {"command": command})
-                with self._lock:
-                    self._refused_lines.append(line)
-                    self.refused += 1
+                self._heard.refuse(line)
             else:
-                with self._lock:
-                    if self.failure is None or line < self.failure[0]:
-                        self.failure = (line, f"{type(error).__name__}: {error}")
-        with self._lock:
-            self._reported += len(commands)
+                self._heard.fail(line, f"{type(error).__name__}: {error}")
+        self._heard.count(len(commands))
 
     # Confirming -------------------------------------------------------------------------------
 
@@ -157,7 +213,7 @@ class Confirmer:
         stats = self._client.stats()
         lost = stats["failed"] + stats["dropped"]
         end = time.monotonic() + _REPORT_WAIT
-        while self._reported < lost and time.monotonic() < end:
+        while self._heard.reported < lost and time.monotonic() < end:
             time.sleep(0.005)
 
     def confirm(self, finished: bool) -> bool:
@@ -168,20 +224,16 @@ class Confirmer:
         delivered_all = self._client.flush()
         if not delivered_all:
             self._wait_for_reports()
-        with self._lock:
-            if self.failure is not None and self.failure[0] <= mark.line:
-                return False
-            refused_now = sum(1 for line in self._refused_lines if line <= mark.line)
-            self._refused_lines = [line for line in self._refused_lines if line > mark.line]
-            self._refused_confirmed += refused_now
-            while self._own_order and self._own_order[0][0] <= mark.line:
-                self._own_ids.pop(self._own_order.popleft()[1], None)
+        if not self._heard.settle(mark.line):
+            return False
+        self._lines.confirmed(mark.line)
+        refused_confirmed = self._heard.refused_confirmed
         base = self._base
         checkpoint = Checkpoint(
             base.identity,
             line=mark.line,
-            delivered=base.delivered + mark.accepted - self._refused_confirmed,
-            rejected=base.rejected + mark.rejected + self._refused_confirmed,
+            delivered=base.delivered + mark.accepted - refused_confirmed,
+            rejected=base.rejected + mark.rejected + refused_confirmed,
             blank=base.blank + mark.blank,
             finished=finished,
         )

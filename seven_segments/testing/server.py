@@ -6,11 +6,7 @@ See ``docs/local-server.md`` for the behaviour and every choice made where the p
 
 from __future__ import annotations
 
-import base64
-import binascii
-import collections
 import email.utils
-import functools
 import json
 import logging
 import os
@@ -18,68 +14,25 @@ import socket
 import ssl
 import threading
 import time
-import zlib
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Collection, Deque, Dict, FrozenSet, List, Mapping, Optional, Set, Tuple, Union
-from urllib.parse import parse_qs
+from typing import Any, Callable, Collection, Dict, FrozenSet, List, Mapping, Optional, Set, Tuple, Union
 
-from ..protocol import (
-    ANALYSIS_TYPES,
-    MAX_BULK_BYTES,
-    MAX_BULK_COMMANDS,
-    MAX_COMMAND_BYTES,
-    PATH_ANALYTICS_PREFIX,
-    PATH_BULK,
-    PATH_CUSTOMERS,
-    PATH_EVENTS,
-    PATH_HTML,
-    RESULT_ERROR,
-    RESULT_OK,
-    RESULT_RETRY,
-)
-from . import analyses as _analyses
-from .campaigns import Campaign, Source, in_file, load_campaigns, load_mapping, matches
-from .faults import (
-    COMMAND_ERROR,
-    COMMAND_RETRY,
-    DELAY,
-    DROP_AFTER,
-    DROP_BEFORE,
-    REDIRECT,
-    STATUS,
-    TRICKLE,
-    Faults,
-    RequestFault,
-)
-from .faults import format_retry_after
-from .store import Command, Store
 from ..network import refuse_password
-from ..serialization import escapes_lone_surrogate
+from ..protocol import MAX_BULK_BYTES
 from ..transport import redact_urls
-from .validation import (
-    CustomerUpdate,
-    EventRow,
-    HtmlRequest,
-    command_size,
-    split_command,
-    validate_customer,
-    validate_event,
-    validate_event_bulk,
-    validate_html,
-)
+from .api_routes import ANALYTICS, API_PATHS, ApiRoutes
+from .campaigns import Campaign, Source
+from .faults import Faults
+from .local_routes import INDEX, INDEX_PATHS, LOCAL, LocalRoutes
+from .recording import DEFAULT_MAX_RECORDED, MAX_RECORDED_BYTES, Recorder
+from .settings import Settings
+from .store import Store
+from .wire import Drop, Encoded, JSONDict, Refusal, refuse
+
+__all__ = ["LocalServer", "DEFAULT_MAX_RECORDED", "MAX_RECORDED_BYTES"]
 
 logger = logging.getLogger(__name__)
-
-JSONDict = Dict[str, Any]
-
-#: API paths (as requested, with the leading slash) -> is it a tracking command endpoint.
-_EVENTS = "/" + PATH_EVENTS
-_CUSTOMERS = "/" + PATH_CUSTOMERS
-_HTML = "/" + PATH_HTML
-_BULK = "/" + PATH_BULK
-_ANALYTICS = "/" + PATH_ANALYTICS_PREFIX
-_LOCAL = "/_local/"
 
 #: Bodies up to this size are read (and discarded) before answering 413, so that the client sees the answer.
 _DRAIN_LIMIT = 64 * 1024 * 1024
@@ -87,61 +40,6 @@ _DRAIN_LIMIT = 64 * 1024 * 1024
 _HANDSHAKE_SECONDS = 10.0
 #: How long a connection whose handshake failed is read from, for the client to take the alert.
 _LINGER_SECONDS = 2.0
-#: How many requests ``requests()`` keeps (the most recent).
-DEFAULT_MAX_RECORDED = 10_000
-#: At most this many body bytes (as received) are kept for ``requests()``.
-MAX_RECORDED_BYTES = 64 * 1024 * 1024
-
-_TOKEN_ERROR = "company_id is not a known company token"
-
-#: ``GET /`` and ``GET /_local/``: what this server answers (never delayed, faulted nor recorded).
-_INDEX_PATHS = frozenset(("/", "/_local", "/_local/"))
-_INDEX: JSONDict = {
-    "success": True,
-    "server": "seven-segments local 7SEGMENTS server",
-    "docs": "docs/local-server.md",
-    "api": [
-        "POST /crm/events", "POST /crm/customers", "POST /campaigns/html/get", "POST /bulk",
-        "POST /analytics/{funnel,report,retention,segmentation}",
-    ],
-    "local": {
-        "GET /_local/": "this index",
-        "GET /_local/events[?company=TOKEN]": "stored events, in arrival order",
-        "GET /_local/customers[?company=TOKEN]": "known customers with merged properties",
-        "GET /_local/requests": "recorded API requests, oldest first",
-        "GET /_local/stats": "counters",
-        "GET /_local/wait_for_events?n=N&timeout=S": "wait until N events are stored",
-        "GET /_local/faults": "planned faults",
-        "POST /_local/faults": "plan faults: {\"action\": \"fail_next\", \"n\": 2, \"status\": 503} or a list",
-        "GET /_local/latency": "seconds every API answer waits",
-        "POST /_local/latency": "set it: {\"seconds\": 0.05}",
-        "POST /_local/reset": "forget data, counters and faults",
-    },
-}
-
-
-class _Encoded(bytes):
-    """A JSON answer body encoded already (see :func:`_all_ok`)."""
-
-
-@functools.lru_cache(maxsize=64)
-def _all_ok(count: int) -> _Encoded:
-    """The answer of a bulk request whose ``count`` commands all are ``ok``, encoded once per count."""
-    return _Encoded(('{"success":true,"results":[' + ",".join(['{"status":"ok"}'] * count) + "]}").encode())
-
-
-class _Refusal(Exception):
-    """A whole-request refusal: status, errors and optional headers."""
-
-    def __init__(self, status: int, errors: List[str], headers: Optional[Dict[str, str]] = None) -> None:
-        super().__init__(status, errors)
-        self.status = status
-        self.errors = errors
-        self.headers = headers or {}
-
-
-class _Drop(Exception):
-    """Close the connection without answering."""
 
 
 class _HTTPServer(ThreadingHTTPServer):
@@ -247,8 +145,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_json(code, {"success": False, "errors": [message or phrase]})
 
     def send_json(self, status: int, payload: Any, headers: Optional[Mapping[str, str]] = None) -> None:
-        """Write a complete JSON answer in one go (``payload`` may be an :class:`_Encoded` body)."""
-        if type(payload) is _Encoded:
+        """Write a complete JSON answer in one go (``payload`` may be an :class:`~.wire.Encoded` body)."""
+        if type(payload) is Encoded:
             body: bytes = payload
         else:
             body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
@@ -303,10 +201,10 @@ class _Handler(BaseHTTPRequestHandler):
                 raise ValueError
         except ValueError:
             self.close_connection = True
-            raise _Refusal(400, ["Content-Length must be a non-negative integer"])
+            raise Refusal(400, ["Content-Length must be a non-negative integer"])
         if length > MAX_BULK_BYTES:
             self._discard(length)
-            raise _Refusal(413, [f"the body is {length} bytes, more than {MAX_BULK_BYTES}"])
+            raise Refusal(413, [f"the body is {length} bytes, more than {MAX_BULK_BYTES}"])
         return self.rfile.read(length)
 
     def _discard(self, length: int) -> None:
@@ -328,7 +226,7 @@ class _Handler(BaseHTTPRequestHandler):
                 size = int(line.split(b";", 1)[0].strip(), 16)
             except ValueError:
                 self.close_connection = True
-                raise _Refusal(400, ["malformed chunked body"])
+                raise Refusal(400, ["malformed chunked body"])
             if size == 0:
                 while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
                     pass
@@ -336,7 +234,7 @@ class _Handler(BaseHTTPRequestHandler):
             total += size
             if total > MAX_BULK_BYTES:
                 self.close_connection = True
-                raise _Refusal(413, [f"the body is more than {MAX_BULK_BYTES} bytes"])
+                raise Refusal(413, [f"the body is more than {MAX_BULK_BYTES} bytes"])
             parts.append(self.rfile.read(size))
             self.rfile.readline(1024)
         return b"".join(parts)
@@ -347,7 +245,7 @@ class _Handler(BaseHTTPRequestHandler):
         status: Optional[int] = None
         try:
             status = app.handle(self)
-        except _Drop:
+        except Drop:
             self.drop()
         except Exception as error:  # a bug of this server: answer 500 (if nothing was sent) rather than hang up
             logger.exception("local 7SEGMENTS server: %s %s failed", self.command, self.path.partition("?")[0])
@@ -367,22 +265,6 @@ class _Handler(BaseHTTPRequestHandler):
                     "dropped" if status is None else status,
                     (time.perf_counter() - started) * 1000,
                 )
-
-
-def _gunzip(raw: bytes, limit: int) -> bytes:
-    """Decompress a gzip body, refusing (413) more than ``limit`` bytes of output without inflating them all."""
-    decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    try:
-        data = decompressor.decompress(raw, limit + 1)
-        if len(data) > limit:
-            raise _Refusal(413, [f"the uncompressed body is more than {limit} bytes"])
-        if not decompressor.eof:
-            data += decompressor.flush()
-            if not decompressor.eof:
-                raise _Refusal(400, ["the gzip body is truncated"])
-    except zlib.error as error:
-        raise _Refusal(400, [f"the body is not valid gzip: {error}"]) from None
-    return data
 
 
 class LocalServer:
@@ -423,97 +305,76 @@ class LocalServer:
     ) -> None:
         #: The server side of TLS (``None``: plain HTTP), made and checked now (see ``_tls_context``).
         self.tls = _tls_context(tls_cert, tls_key, tls_client_ca)
-        self._latency = 0.0
-        self.latency = latency
+        self._settings = Settings(latency, campaigns, analyses, users, tokens)  # each checked
         self.host = host
         self.port = port
         self.db = db
-        self.campaigns = campaigns  # checked and loaded by the setters
-        self.analyses = analyses
-        self.users = users
-        self.tokens = tokens
         self.counting_only = counting_only
         self.verbose = verbose
         self.faults = Faults()
         self._store = Store(db, counting_only=counting_only)
-        self._recorded: Deque[JSONDict] = collections.deque()
-        self._recorded_bytes = 0
-        self.max_recorded_requests = max_recorded_requests
-        self._stats_lock = threading.Lock()
-        self._stats: JSONDict = {}
-        self._reset_stats()
+        self._recorder = Recorder(max_recorded_requests, keep=not counting_only)
         self._httpd: Optional[_HTTPServer] = None
         self._thread: Optional[threading.Thread] = None
         self._stopping = threading.Event()
+        self._api = ApiRoutes(self._settings, self._store, self.faults, self._recorder, self._stopping, counting_only)
+        self._local = LocalRoutes(self)
 
     # -- configuration -----------------------------------------------------------------------------
 
     @property
     def latency(self) -> float:
         """Seconds every API answer waits (``0``: none); assign a new value at any time."""
-        return self._latency
+        return self._settings.latency
 
     @latency.setter
     def latency(self, seconds: float) -> None:
-        self._latency = _check_latency(seconds)
+        self._settings.latency = seconds
 
     @property
     def campaigns(self) -> Dict[str, Campaign]:
         """HTML campaigns by name; assign a mapping or a JSON file path (checked: ``ValueError`` naming the problem)."""
-        return self._campaigns
+        return self._settings.campaigns
 
     @campaigns.setter
     def campaigns(self, source: Source) -> None:
-        self._campaigns = load_campaigns(source)
+        self._settings.campaigns = source
 
     @property
     def analyses(self) -> Dict[str, JSONDict]:
         """Export API analyses by id; assign a mapping or a JSON file path (checked: ``ValueError``)."""
-        return self._analyses
+        return self._settings.analyses
 
     @analyses.setter
     def analyses(self, source: Source) -> None:
-        definitions = load_mapping(source, "analyses")
-        try:
-            self._analyses = _analyses.load_analyses(definitions)
-        except ValueError as error:
-            raise in_file(source, "analyses", error) from None
+        self._settings.analyses = source
 
     @property
     def users(self) -> Optional[Dict[str, str]]:
         """Export API users, name -> password (``None``: any non-empty name with any password)."""
-        return self._users
+        return self._settings.users
 
     @users.setter
     def users(self, users: Optional[Mapping[str, str]]) -> None:
-        if users is None:
-            self._users: Optional[Dict[str, str]] = None
-            return
-        if not isinstance(users, Mapping):
-            raise ValueError(f"users must be a mapping of user name to password, not {type(users).__name__}")
-        for name, password in users.items():
-            if not isinstance(name, str) or not name or ":" in name:
-                raise ValueError(f"user name {name!r} must be a non-empty string without ':'")
-            if not isinstance(password, str):
-                raise ValueError(f"the password of user {name!r} must be a string")  # the value is not shown
-        self._users = dict(users)
+        self._settings.users = users
 
     @property
     def tokens(self) -> Optional[FrozenSet[str]]:
         """Accepted company tokens (``None``: any non-empty token); assign a collection of strings."""
-        return self._tokens
+        return self._settings.tokens
 
     @tokens.setter
     def tokens(self, tokens: Optional[Collection[str]]) -> None:
-        if tokens is None:
-            self._tokens: Optional[FrozenSet[str]] = None
-            return
-        if isinstance(tokens, (str, bytes)) or not isinstance(tokens, Collection):
-            kind = type(tokens).__name__
-            raise ValueError(f"tokens must be a collection of company tokens (a list or set), not {kind}")
-        if not all(isinstance(token, str) and token for token in tokens):
-            raise ValueError("tokens must all be non-empty strings")  # tokens are secrets: none is shown
-        self._tokens = frozenset(tokens)
+        self._settings.tokens = tokens
+
+    @property
+    def max_recorded_requests(self) -> int:
+        """How many requests ``requests()`` keeps at most (the most recent); assign a new number at any time."""
+        return self._recorder.max_requests
+
+    @max_recorded_requests.setter
+    def max_recorded_requests(self, count: int) -> None:
+        self._recorder.max_requests = count
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -608,16 +469,7 @@ class LocalServer:
         body (decoded JSON after gunzip, ``None`` if not JSON), gzipped, status (``None`` when dropped
         or not answered yet) and time (seconds since the epoch).
         """
-        with self._stats_lock:
-            records = [dict(record) for record in self._recorded]
-        for record in records:
-            raw = record.pop("raw")
-            try:
-                text = _gunzip(raw, MAX_BULK_BYTES) if record["gzipped"] else raw
-                record["body"] = json.loads(text.decode("utf-8")) if text else None
-            except (_Refusal, ValueError):
-                record["body"] = None
-        return records
+        return self._recorder.requests()
 
     def stats(self) -> JSONDict:
         """Counters since start or reset (with a ``db`` file, ``events`` counts the file's events too).
@@ -625,10 +477,7 @@ class LocalServer:
         Keys: requests, bulk_requests, statuses, commands, tls_refused (TLS handshakes that failed),
         events, customer_updates, duplicates, faults, faults_injected (see ``docs/local-server.md``).
         """
-        with self._stats_lock:
-            stats: JSONDict = dict(self._stats)
-            stats["statuses"] = dict(stats["statuses"])
-            stats["commands"] = dict(stats["commands"])
+        stats = self._recorder.counters()
         stats["events"] = self._store.events_accepted
         stats["customer_updates"] = self._store.customer_updates
         stats["duplicates"] = self._store.duplicates
@@ -640,10 +489,7 @@ class LocalServer:
         """Forget events, customers, command ids, recorded requests, counters and planned faults."""
         self._store.reset()
         self.faults.reset()
-        with self._stats_lock:
-            self._recorded.clear()
-            self._recorded_bytes = 0
-            self._reset_stats()
+        self._recorder.reset()
 
     def wait_for_events(self, n: int, timeout: Optional[float] = 5.0) -> bool:
         """Wait until ``stats()["events"] >= n``; ``False`` after ``timeout`` s.
@@ -653,404 +499,26 @@ class LocalServer:
         """
         return self._store.wait_for_events(n, timeout)
 
-    def _reset_stats(self) -> None:
-        self._stats = {
-            "requests": 0,
-            "bulk_requests": 0,
-            "statuses": {},
-            "commands": {RESULT_OK: 0, RESULT_RETRY: 0, RESULT_ERROR: 0},
-            "tls_refused": 0,
-        }
-
     def _count_refused_handshake(self) -> None:
-        with self._stats_lock:
-            self._stats["tls_refused"] += 1
-
-    def _count(self, status: Optional[int], results: Optional[Mapping[str, int]] = None) -> None:
-        with self._stats_lock:
-            key = "dropped" if status is None else str(status)
-            self._stats["statuses"][key] = self._stats["statuses"].get(key, 0) + 1
-            if results:
-                commands = self._stats["commands"]
-                for result, count in results.items():
-                    commands[result] += count
+        """Count a TLS handshake that failed (for ``stats()["tls_refused"]``)."""
+        self._recorder.count_refused_handshake()
 
     # -- request handling --------------------------------------------------------------------------
 
     def handle(self, handler: _Handler) -> Optional[int]:
         """Answer one request; the status sent (``None`` when the connection was dropped)."""
         path, _, query = handler.path.partition("?")
-        if path.startswith(_LOCAL):
-            return self._handle_local(handler, path, query)
-        if path in _INDEX_PATHS and handler.command in ("GET", "HEAD"):
-            handler.send_json(200, _INDEX)
+        if path.startswith(LOCAL):
+            return self._local.handle(handler, path, query)
+        if path in INDEX_PATHS and handler.command in ("GET", "HEAD"):
+            handler.send_json(200, INDEX)
             return 200
-        latency = self._latency
+        latency = self._settings.latency
         if latency > 0 and self._stopping.wait(latency):
-            raise _Drop()  # stopped while waiting: go away without applying
-        if path in (_EVENTS, _CUSTOMERS, _HTML, _BULK) or path.startswith(_ANALYTICS):
-            return self._handle_api(handler, path, query)
-        return self._refuse(handler, _Refusal(404, [f"unknown path {path}"]), drain=True)
-
-    def _refuse(self, handler: _Handler, refusal: _Refusal, drain: bool = False) -> int:
-        if drain:
-            try:
-                handler.read_raw_body()
-            except _Refusal:
-                pass
-        handler.send_json(refusal.status, {"success": False, "errors": refusal.errors}, refusal.headers)
-        return refusal.status
-
-    def _handle_api(self, handler: _Handler, path: str, query: str) -> Optional[int]:
-        with self._stats_lock:
-            self._stats["requests"] += 1
-            if path == _BULK:
-                self._stats["bulk_requests"] += 1
-        if handler.command != "POST":
-            self._count(405)
-            return self._refuse(handler, _Refusal(405, [f"{path} accepts POST only"], {"Allow": "POST"}), drain=True)
-        record: Optional[JSONDict] = None
-        received = time.time()
-        fault: Optional[RequestFault] = None
-        status: Optional[int] = None
-        results: Dict[str, int] = {}
-        counted = False
-        try:
-            try:
-                raw = handler.read_raw_body()
-                gzipped = "gzip" in handler.headers.get("Content-Encoding", "").lower()
-                record = self._record(handler, path, query, raw, gzipped, received)
-                fault = self.faults.take_request(path == _BULK)
-                if fault is not None:
-                    self._pre_fault(fault, handler.path)
-                body, size = self._decode(handler, raw, MAX_BULK_BYTES if path == _BULK else MAX_COMMAND_BYTES)
-                answer, extra_headers = self._process(handler, path, query, body, size, received, fault, results)
-                status = 200
-            except _Refusal as refusal:
-                status = refusal.status
-                answer, extra_headers = {"success": False, "errors": refusal.errors}, refusal.headers
-            if fault is not None and fault.kind == DROP_AFTER:
-                raise _Drop()
-            if record is not None:
-                record["status"] = status
-            # Count before answering, so that a client reading stats() after the answer sees it.
-            self._count(status, results)
-            counted = True
-            if fault is not None and fault.kind == TRICKLE:
-                handler.trickle = (self._stopping, fault.seconds)
-            handler.send_json(status, answer, extra_headers)
-            return status
-        except _Drop:
-            status = None
-            raise
-        finally:
-            if not counted:
-                self._count(status, results)  # before _dispatch drops the connection
-
-    def _pre_fault(self, fault: RequestFault, target: str) -> None:
-        if fault.kind == REDIRECT:
-            raise _Refusal(
-                fault.status, [f"injected fault: HTTP {fault.status} redirect"], {"Location": f"{fault.location}{target}"}
-            )
-        if fault.kind == STATUS:
-            retry_after = format_retry_after(fault.retry_after)
-            raise _Refusal(
-                fault.status,
-                [f"injected fault: HTTP {fault.status}"],
-                {"Retry-After": retry_after} if retry_after is not None else None,
-            )
-        if fault.kind == DELAY:
-            if self._stopping.wait(fault.seconds):
-                raise _Drop()  # stopped while delaying: go away without applying
-        elif fault.kind == DROP_BEFORE:
-            raise _Drop()
-
-    def _record(
-        self, handler: _Handler, path: str, query: str, raw: bytes, gzipped: bool, received: float
-    ) -> Optional[JSONDict]:
-        if self.counting_only:
-            return None
-        headers: Dict[str, str] = {}
-        user: Optional[str] = None
-        for name, value in handler.headers.items():
-            if name.lower() == "authorization":
-                scheme = value.split(" ", 1)[0]
-                user = _basic_credentials(value)[0] if scheme.lower() == "basic" else None
-                value = f"{scheme} <redacted>"
-            headers[name] = value
-        record: JSONDict = {
-            "method": handler.command,
-            "path": path + ("?" + query if query else ""),
-            "headers": headers,
-            "user": user,
-            "raw": raw,
-            "gzipped": gzipped,
-            "status": None,
-            "time": received,
-        }
-        with self._stats_lock:
-            self._recorded.append(record)
-            self._recorded_bytes += len(raw)
-            while self._recorded and (
-                len(self._recorded) > self.max_recorded_requests or self._recorded_bytes > MAX_RECORDED_BYTES
-            ):
-                self._recorded_bytes -= len(self._recorded.popleft()["raw"])
-        return record
-
-    def _decode(self, handler: _Handler, raw: bytes, limit: int) -> Tuple[JSONDict, int]:
-        """The JSON object of the body (after gunzip) and its uncompressed size; refusals as ``_Refusal``."""
-        content_type = handler.headers.get("Content-Type", "")
-        if content_type.split(";", 1)[0].strip().lower() != "application/json":
-            raise _Refusal(400, ["Content-Type must be application/json"])
-        encoding = handler.headers.get("Content-Encoding", "identity").strip().lower()
-        if encoding == "gzip":
-            raw = _gunzip(raw, limit)
-        elif encoding not in ("identity", ""):
-            raise _Refusal(400, [f"Content-Encoding {encoding} is not supported (use gzip or none)"])
-        if len(raw) > limit:
-            raise _Refusal(413, [f"the body is {len(raw)} bytes, more than {limit}"])
-        try:
-            body = json.loads(raw.decode("utf-8"))
-        except UnicodeDecodeError:
-            raise _Refusal(400, ["the body is not UTF-8"]) from None
-        except ValueError as error:
-            raise _Refusal(400, [f"the body is not valid JSON: {error}"]) from None
-        if not isinstance(body, dict):
-            raise _Refusal(400, ["the body must be a JSON object"])
-        if escapes_lone_surrogate(raw, body):  # neither stored nor measured as UTF-8
-            raise _Refusal(400, ["the body holds an escaped lone surrogate (\\ud800 to \\udfff), which is not text"])
-        return body, len(raw)
-
-    def _process(
-        self,
-        handler: _Handler,
-        path: str,
-        query: str,
-        body: JSONDict,
-        size: int,
-        received: float,
-        fault: Optional[RequestFault],
-        results: Dict[str, int],
-    ) -> Tuple[Union[JSONDict, _Encoded], Optional[Dict[str, str]]]:
-        if path == _BULK:
-            return self._bulk(body, size, received, fault, results), None
-        if path == _EVENTS or path == _CUSTOMERS:
-            command = validate_event(body, received) if path == _EVENTS else validate_customer(body, received)
-            if isinstance(command, list):
-                results[RESULT_ERROR] = 1
-                raise _Refusal(400, command)
-            if not self._token_ok(command.company_id):
-                results[RESULT_ERROR] = 1
-                raise _Refusal(401, [_TOKEN_ERROR])
-            self._store.apply([command])
-            results[RESULT_OK] = 1
-            return {"success": True}, None
-        if path == _HTML:
-            return self._html(body), None
-        return self._analytics(handler, path[len(_ANALYTICS):], query, body), None
-
-    def _token_ok(self, token: str) -> bool:
-        return self.tokens is None or token in self.tokens
-
-    def _bulk(
-        self, body: JSONDict, size: int, received: float, fault: Optional[RequestFault], counts: Dict[str, int]
-    ) -> Union[JSONDict, _Encoded]:
-        commands = body.get("commands")
-        if not isinstance(commands, list):
-            raise _Refusal(400, ["the body must be a JSON object with a commands list"])
-        extra = sorted(set(body) - {"commands"})
-        if extra:
-            raise _Refusal(400, [f"{name} is not a known field of a bulk body" for name in extra])
-        if len(commands) > MAX_BULK_COMMANDS:
-            raise _Refusal(413, [f"a bulk request holds at most {MAX_BULK_COMMANDS} commands, not {len(commands)}"])
-        tokens = self.tokens
-        if not self.faults.commands_faulted(fault):
-            # The usual bulk, all valid events, checked as a whole; anything else command by command below.
-            batch = validate_event_bulk(commands, received, size, rows=not self.counting_only)
-            if batch is not None and (tokens is None or batch.companies <= tokens):
-                self._store.apply_events(batch.keys, batch.rows)
-                counts[RESULT_OK] = len(commands)
-                return _all_ok(len(commands))
-        validated: List[Union[EventRow, CustomerUpdate, List[str]]] = []
-        for command in commands:
-            # Fast path for the usual shape; split_command reports anything else.
-            errors: List[str]
-            if type(command) is dict and len(command) == 2 and "data" in command:
-                name, data, errors = command.get("name"), command["data"], []
-            else:
-                name, data, errors = split_command(command)
-            if errors:
-                validated.append(errors)
-            elif name == PATH_EVENTS:
-                validated.append(validate_event(data, received))
-            elif name == PATH_CUSTOMERS:
-                validated.append(validate_customer(data, received))
-            else:
-                validated.append([f"name must be {PATH_EVENTS} or {PATH_CUSTOMERS}"])
-        if size > MAX_COMMAND_BYTES:
-            self._check_command_sizes(commands, validated)
-        injected = self.faults.take_commands(len(commands), fault)
-        results: List[JSONDict] = []
-        valid: List[Command] = []
-        ok = {"status": RESULT_OK}
-        for index, item in enumerate(validated):
-            kind = injected[index]
-            if kind == COMMAND_RETRY:
-                results.append({"status": RESULT_RETRY})
-            elif kind == COMMAND_ERROR:
-                results.append({"status": RESULT_ERROR, "errors": ["injected fault: command refused"]})
-            elif type(item) is list:
-                results.append({"status": RESULT_ERROR, "errors": item})
-            elif tokens is not None and item.company_id not in tokens:  # type: ignore[union-attr]
-                results.append({"status": RESULT_ERROR, "errors": [_TOKEN_ERROR]})
-            else:
-                valid.append(item)  # type: ignore[arg-type]
-                results.append(ok)
-        self._store.apply(valid)
-        for result in results:
-            status = result["status"]
-            counts[status] = counts.get(status, 0) + 1
-        return {"success": True, "results": results}
-
-    @staticmethod
-    def _check_command_sizes(commands: List[Any], validated: List[Union[EventRow, CustomerUpdate, List[str]]]) -> None:
-        """413 if any command's data is over ``MAX_COMMAND_BYTES`` as JSON (exact size only when it may be)."""
-        for index, item in enumerate(validated):
-            # At most 4 bytes per character of JSON text in UTF-8, 6 per character of a raw string (\u0000),
-            # plus the other fields' names, syntax, command_id and timestamp.
-            if isinstance(item, EventRow):
-                estimate = 4 * (len(item.properties_json) + len(item.customer_key))
-                estimate += 6 * (len(item.type) + len(item.company_id))
-            elif isinstance(item, CustomerUpdate):
-                estimate = 4 * sum(len(value) for value in item.properties.values())
-                estimate += 6 * sum(len(key) + 1 for key in item.properties) + 4 * len(item.customer_key)
-                estimate += 6 * len(item.company_id)
-            else:
-                estimate = MAX_COMMAND_BYTES  # refused anyway: measure exactly
-            if estimate + 512 > MAX_COMMAND_BYTES:
-                command = commands[index]
-                if isinstance(command, dict) and "data" in command:
-                    size = command_size(command["data"])
-                    if size > MAX_COMMAND_BYTES:
-                        raise _Refusal(
-                            413, [f"commands[{index}].data is {size} bytes as JSON, more than {MAX_COMMAND_BYTES}"]
-                        )
-
-    def _html(self, body: JSONDict) -> JSONDict:
-        request = validate_html(body)
-        if isinstance(request, list):
-            raise _Refusal(400, request)
-        assert isinstance(request, HtmlRequest)
-        if not self._token_ok(request.company_id):
-            raise _Refusal(401, [_TOKEN_ERROR])
-        campaign = self.campaigns.get(request.campaign)
-        if campaign is None:
-            raise _Refusal(404, [f"no campaign named {request.campaign!r}"])
-        if campaign.condition is not None:
-            properties = self._store.customer_properties(request.company_id, request.customer_key)
-            if not matches(campaign.condition, properties):
-                return {"success": True, "data": ""}
-        return {"success": True, "data": campaign.html}
-
-    def _analytics(self, handler: _Handler, analysis_type: str, query: str, body: JSONDict) -> JSONDict:
-        if analysis_type not in ANALYSIS_TYPES:
-            raise _Refusal(404, [f"unknown analysis type {analysis_type!r}; one of {sorted(ANALYSIS_TYPES)}"])
-        name, password = _basic_credentials(handler.headers.get("Authorization", ""))
-        if name is None or not self._user_ok(name, password or ""):
-            raise _Refusal(
-                401, ["HTTP Basic credentials of an export API user are required" if name is None
-                      else "the username or password is not that of an export API user"],
-                {"WWW-Authenticate": 'Basic realm="7SEGMENTS export API", charset="UTF-8"'},
-            )
-        analysis_id = body.get("analysis_id")
-        if not isinstance(analysis_id, str) or not analysis_id:
-            raise _Refusal(400, ["analysis_id must be a non-empty string"])
-        analysis = self.analyses.get(analysis_id)
-        if analysis is None or analysis["type"] != analysis_type:
-            raise _Refusal(404, [f"no {analysis_type} analysis with id {analysis_id!r}"])
-        company = self._pick_company(parse_qs(query).get("company", []))
-        result = _analyses.compute(analysis, self._store, company)
-        answer: JSONDict = {"success": True}
-        answer.update(result)
-        return answer
-
-    def _user_ok(self, name: str, password: str) -> bool:
-        if self.users is None:
-            return bool(name)
-        expected = self.users.get(name)
-        return expected is not None and _constant_time_equal(expected, password)
-
-    def _pick_company(self, given: List[str]) -> str:
-        if given:
-            company = given[-1]
-            if not company:
-                raise _Refusal(400, ["company must be a non-empty company token"])
-            if self.tokens is not None and company not in self.tokens:
-                raise _Refusal(403, ["this user has no access to that company"])
-            return company
-        choices = sorted(self.tokens) if self.tokens is not None else self._store.companies()
-        if len(choices) == 1:
-            return choices[0]
-        if not choices:
-            return ""
-        raise _Refusal(400, [f"this user can reach {len(choices)} companies; pick one with ?company=TOKEN"])
-
-    def _handle_local(self, handler: _Handler, path: str, query: str) -> int:
-        name = path[len(_LOCAL):]
-        params = parse_qs(query)
-        company = params.get("company", [None])[-1]
-        getters: Dict[str, Callable[[], Any]] = {
-            "events": lambda: {"events": self.events(company)},
-            "customers": lambda: {"customers": self.customers(company)},
-            "requests": lambda: {"requests": self.requests()},
-            "stats": lambda: {"stats": self.stats()},
-            "faults": lambda: {"faults": self.faults.pending()},
-            "latency": lambda: {"latency": self.latency},
-        }
-        try:
-            raw = handler.read_raw_body()
-            if handler.command == "GET" and name in getters:
-                answer = {"success": True}
-                answer.update(getters[name]())
-                handler.send_json(200, answer)
-                return 200
-            if handler.command == "GET" and name == "wait_for_events":
-                try:
-                    n = int(params.get("n", ["1"])[-1])
-                    timeout = float(params.get("timeout", ["5"])[-1])
-                except ValueError:
-                    raise _Refusal(400, ["n must be an integer and timeout a number"]) from None
-                reached = self.wait_for_events(n, min(timeout, 60.0))
-                handler.send_json(200, {"success": True, "reached": reached, "events": self._store.events_accepted})
-                return 200
-            if handler.command == "POST" and name == "latency":
-                try:
-                    self.latency = json.loads(raw.decode("utf-8") or "null").get("seconds")
-                except (ValueError, AttributeError) as error:
-                    raise _Refusal(400, [f'the body must be {{"seconds": S}}: {error}']) from None
-                handler.send_json(200, {"success": True, "latency": self.latency})
-                return 200
-            if handler.command == "POST" and name == "reset":
-                self.reset()
-                handler.send_json(200, {"success": True})
-                return 200
-            if handler.command == "POST" and name == "faults":
-                try:
-                    spec = json.loads(_gunzip(raw, MAX_BULK_BYTES) if "gzip" in handler.headers.get(
-                        "Content-Encoding", "").lower() else raw.decode("utf-8"))
-                    self.faults.apply_json(spec)
-                except (ValueError, TypeError) as error:
-                    raise _Refusal(400, [f"invalid fault: {error}"]) from None
-                handler.send_json(200, {"success": True, "faults": self.faults.pending()})
-                return 200
-            if handler.command in ("GET", "HEAD") and name == "":
-                handler.send_json(200, _INDEX)
-                return 200
-            if name in getters or name in ("reset", "faults", "wait_for_events", ""):
-                raise _Refusal(405, [f"{path} does not accept {handler.command}"])
-            raise _Refusal(404, [f"unknown path {path}"])
-        except _Refusal as refusal:
-            return self._refuse(handler, refusal)
+            raise Drop()  # stopped while waiting: go away without applying
+        if path in API_PATHS or path.startswith(ANALYTICS):
+            return self._api.handle(handler, path, query)
+        return refuse(handler, Refusal(404, [f"unknown path {path}"]), drain=True)
 
 
 def _tls_context(cert: Optional[str], key: Optional[str], client_ca: Optional[str]) -> Optional[ssl.SSLContext]:
@@ -1077,31 +545,3 @@ def _tls_context(cert: Optional[str], key: Optional[str], client_ca: Optional[st
             raise ValueError(f"tls_client_ca: {client_ca!r} holds no CA certificate that can be read ({error})") from None
         context.verify_mode = ssl.CERT_REQUIRED
     return context
-
-
-def _check_latency(seconds: Any) -> float:
-    """``seconds`` as a float if it is a finite number from 0 to 60, else ``ValueError`` naming it."""
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds <= 60:
-        raise ValueError(f"latency must be a number of seconds from 0 to 60, not {seconds!r}")
-    return float(seconds)
-
-
-def _basic_credentials(header: str) -> Tuple[Optional[str], Optional[str]]:
-    """``(user, password)`` from an ``Authorization: Basic`` header, ``(None, None)`` if absent or malformed."""
-    scheme, _, encoded = header.strip().partition(" ")
-    if scheme.lower() != "basic":
-        return None, None
-    try:
-        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, ValueError):
-        return None, None
-    name, sep, password = decoded.partition(":")
-    if not sep:
-        return None, None
-    return name, password
-
-
-def _constant_time_equal(expected: str, given: str) -> bool:
-    import hmac
-
-    return hmac.compare_digest(expected.encode("utf-8"), given.encode("utf-8"))

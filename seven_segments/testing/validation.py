@@ -371,6 +371,49 @@ def validate_event_bulk(commands: Sequence[Any], now: float, body_size: int, row
     """
     if not commands:
         return None
+    columns = _event_columns(commands)
+    if columns is None or not _strings_valid(columns):
+        return None
+    timestamp_types = _timestamp_types(columns.timestamps)
+    if timestamp_types is None:
+        return None
+    customers = _customer_columns(columns.ids)
+    if customers is None:
+        return None
+    fixed = _size_besides_properties(columns, customers, timestamp_types, body_size)
+    keys = list(zip(columns.companies, columns.command_ids))
+    if not rows:
+        if not _properties_fit_uncoded(columns.properties, fixed, body_size):
+            return None  # one command might be too large: measured one by one
+        return EventBatch(columns.company_set, keys, None)
+    events = _event_rows(columns, customers, timestamp_types, fixed, body_size)
+    return None if events is None else EventBatch(columns.company_set, keys, events)
+
+
+class _EventColumns(NamedTuple):
+    """The six fields of every command of a bulk, a list per field, and the sets and joins checked."""
+
+    companies: List[Any]
+    ids: List[Any]
+    types: List[Any]
+    properties: List[Any]
+    timestamps: List[Any]
+    command_ids: List[Any]
+    company_set: AbstractSet[str]
+    type_set: AbstractSet[Any]
+    joined_ids: str
+
+
+class _CustomerColumns(NamedTuple):
+    """The customer ids of every command: how many each has, their types and their values."""
+
+    counts: AbstractSet[int]
+    types: AbstractSet[Any]
+    values: List[Any]
+
+
+def _event_columns(commands: Sequence[Any]) -> Optional[_EventColumns]:
+    """The fields as columns, when every command is a ``crm/events`` command with exactly the six fields."""
     try:
         # Only a dict has a length and gives a value for a string key (TypeError for numbers, strings, lists...).
         if set(map(len, commands)) != _TWO:
@@ -387,20 +430,29 @@ def validate_event_bulk(commands: Sequence[Any], now: float, body_size: int, row
         joined = _join(command_ids)  # TypeError: not a string
     except (KeyError, TypeError):
         return None
+    return _EventColumns(companies, ids, types, properties, timestamps, command_ids, company_set, type_set, joined)
+
+
+def _strings_valid(columns: _EventColumns) -> bool:
+    """Whether the company tokens, event types and command ids are valid, and every properties a dict."""
     # Equal values of different types are only numbers in JSON: checking one string of each value is enough.
-    for company in company_set:
+    for company in columns.company_set:
         if type(company) is not str or not company:
-            return None
-    for event_type in type_set:
+            return False
+    for event_type in columns.type_set:
         if type(event_type) is not str or not 0 < len(event_type) <= MAX_EVENT_TYPE_LENGTH:
-            return None
-    id_lengths = set(map(len, command_ids))
+            return False
+    id_lengths = set(map(len, columns.command_ids))
     if min(id_lengths) < 1 or max(id_lengths) > _COMMAND_ID_MAX:
-        return None
+        return False
+    joined = columns.joined_ids
     if not joined.isascii() or joined.encode("ascii").translate(None, _COMMAND_ID_CHARS):
-        return None
-    if set(map(type, properties)) != _ONLY_DICT:
-        return None
+        return False
+    return set(map(type, columns.properties)) == _ONLY_DICT
+
+
+def _timestamp_types(timestamps: List[Any]) -> Optional[AbstractSet[type]]:
+    """The types of the timestamps when all are valid (numbers, finite, from 0 to the largest float); else None."""
     timestamp_types = set(map(type, timestamps))
     if not timestamp_types <= _NUMBER_TYPE_SET:  # bool is not a number here
         return None
@@ -411,6 +463,11 @@ def validate_event_bulk(commands: Sequence[Any], now: float, body_size: int, row
             return None
     except OverflowError:  # an int too large for a float
         return None
+    return timestamp_types
+
+
+def _customer_columns(ids: List[Any]) -> Optional[_CustomerColumns]:
+    """The customer ids as columns, when every command has at least one, all non-empty strings; else None."""
     if set(map(type, ids)) != _ONLY_DICT:
         return None
     id_counts = set(map(len, ids))
@@ -434,44 +491,61 @@ def validate_event_bulk(commands: Sequence[Any], now: float, body_size: int, row
             return None
     except TypeError:
         return None
-    # An upper bound of every command's size as compact UTF-8 JSON: at most 6 bytes per character of a raw
-    # string (an escape such as \u0000), at most 4 per character of encoded JSON text.
-    limit = MAX_COMMAND_BYTES
+    return _CustomerColumns(id_counts, id_types, id_values)
+
+
+def _size_besides_properties(
+    columns: _EventColumns, customers: _CustomerColumns, timestamp_types: AbstractSet[type], body_size: int
+) -> int:
+    """An upper bound of every command's size as compact UTF-8 JSON, without its properties: at most 6 bytes
+    per character of a raw string (an escape such as \\u0000). Bounded by the fields only when the body
+    itself could hold a command too large."""
     fixed = _EVENT_OVERHEAD + (_INT_TIMESTAMP_EXTRA if int in timestamp_types else 0)
-    if body_size > limit:
-        fixed += 6 * (max(map(len, company_set)) + max(map(len, type_set)))
-        fixed += max(id_counts) * (6 * (max(map(len, id_types)) + max(map(len, id_values))) + 6) + 2
-    keys = list(zip(companies, command_ids))
-    if not rows:
-        # Counting only: flat properties are bounded without encoding them; others encoded as a whole (which
-        # refuses NaN and Infinity too).
-        bound = _flat_properties_size(properties)
-        if bound is None:
-            try:
-                bound = _utf8_size(_ENCODE(properties))
-            except ValueError:
-                return None
-        if body_size > limit and fixed + bound > limit:
-            return None  # one command might be too large: measured one by one
-        return EventBatch(company_set, keys, None)
+    if body_size > MAX_COMMAND_BYTES:
+        fixed += 6 * (max(map(len, columns.company_set)) + max(map(len, columns.type_set)))
+        longest_id = max(map(len, customers.types)) + max(map(len, customers.values))
+        fixed += max(customers.counts) * (6 * longest_id + 6) + 2
+    return fixed
+
+
+def _properties_fit_uncoded(properties: List[Any], fixed: int, body_size: int) -> bool:
+    """Counting only: whether no command can be too large. Flat properties are bounded without encoding
+    them; others encoded as a whole (which refuses NaN and Infinity too: False)."""
+    bound = _flat_properties_size(properties)
+    if bound is None:
+        try:
+            bound = _utf8_size(_ENCODE(properties))
+        except ValueError:
+            return False
+    return not (body_size > MAX_COMMAND_BYTES and fixed + bound > MAX_COMMAND_BYTES)
+
+
+def _event_rows(
+    columns: _EventColumns, customers: _CustomerColumns, timestamp_types: AbstractSet[type], fixed: int,
+    body_size: int,
+) -> Optional[List[EventRow]]:
+    """The rows to store (properties encoded: at most 4 bytes per character of JSON text); None when the
+    properties hold NaN or Infinity, or when a command might be too large."""
+    limit = MAX_COMMAND_BYTES
     try:
         if _C_ENCODE_PROPERTIES is not None:
-            properties_json = list(map(_join, map(_C_ENCODE_PROPERTIES, properties, repeat(0))))
+            properties_json = list(map(_join, map(_C_ENCODE_PROPERTIES, columns.properties, repeat(0))))
         else:  # pragma: no cover - Python without the C accelerator
-            properties_json = list(map(_ENCODE, properties))
+            properties_json = list(map(_ENCODE, columns.properties))
     except ValueError:
         return None
     if body_size > limit and fixed + 4 * max(map(len, properties_json)) > limit:
         if fixed + max(map(_utf8_size, properties_json)) > limit:
             return None
-    if id_counts == _ONE and len(id_types) == 1:
-        (id_type,) = id_types
-        customer_keys = list(map(_ID_KEY, zip(repeat(_encode_string(id_type)), map(_encode_string, id_values))))
+    if customers.counts == _ONE and len(customers.types) == 1:
+        (id_type,) = customers.types
+        customer_keys = list(map(_ID_KEY, zip(repeat(_encode_string(id_type)), map(_encode_string, customers.values))))
     else:
-        customer_keys = list(map(_CANONICAL, ids))
+        customer_keys = list(map(_CANONICAL, columns.ids))
+    timestamps = columns.timestamps
     floats = list(map(float, timestamps)) if int in timestamp_types else timestamps
-    events = list(map(_new_event, zip(companies, customer_keys, types, properties_json, floats, command_ids)))
-    return EventBatch(company_set, keys, events)
+    fields = zip(columns.companies, customer_keys, columns.types, properties_json, floats, columns.command_ids)
+    return list(map(_new_event, fields))
 
 
 _C_ENCODE_PROPERTIES: Any = c_json_encoder()
