@@ -16,7 +16,7 @@ from seven_segments.testing import LocalServer
 
 pytestmark = pytest.mark.timeout(60)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(ROOT, "seven_segments.py")
 TOKEN = "spool-cli-token-SECRET-31337"
 
