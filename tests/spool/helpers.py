@@ -2,36 +2,18 @@
 
 from __future__ import annotations
 
-import gc
 import json
-import logging
 import os
-import random
-import re
-import resource
 import select
-import signal
-import struct
 import subprocess
 import sys
 import textwrap
-import threading
-import time
-from typing import Any, Dict, Iterator, List, Set, Tuple
+from typing import Dict, List, Tuple
 
-import pytest
 
-from seven_segments import spool as spool_module
 from seven_segments.spool import (
-    FORMAT_VERSION,
-    HEADER_BYTES,
-    RECORD_HEADER_BYTES,
     Record,
     Spool,
-    SpoolError,
-    inspect,
-    is_command,
-    parse_records,
 )
 
 

@@ -6,7 +6,7 @@ import json
 import os
 import subprocess
 import sys
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 import pytest
 
@@ -220,3 +220,20 @@ def test_deliver_sends_each_file_to_its_own_target_unless_told_otherwise(
     assert status == 1 and "2 commands kept" in err  # the other target is gone: only its own stay
     assert len(fresh.events()) == 7 and inspect(folder).commands == 2
     assert {entry.target for entry in inspect(folder).files} == {other.url}
+
+
+@pytest.mark.parametrize("status", [401, 404])
+def test_deliver_keeps_everything_when_a_request_fails_for_another_reason_than_its_commands(
+    status: int, folder: str, fresh: LocalServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A client's engine fails such commands for good, and confirms them; made on the folder by
+    # --deliver, it deleted them from the spool at the first 401 (a wrong token, found while moving
+    # deliver onto the engine). They stay, for a run with the right target or token.
+    spooled(folder, range(5), target=fresh.url)
+    fresh.faults.fail_next(1, status=status)
+    status_code, out, err = deliver_here(folder, monkeypatch=monkeypatch, capsys=capsys)
+    assert status_code == 1 and "delivered 0 commands, 0 refused, 5 kept" in out
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("spool: bulk: ") and "5 commands kept in" in lines[0], err
+    assert TOKEN not in out + err
+    assert inspect(folder).commands == 5 and fresh.events() == []

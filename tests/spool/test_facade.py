@@ -6,40 +6,23 @@ Children are small scripts run with ``PYTHONPATH`` set to this checkout; each is
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import os
 import random
-import re
-import resource
-import select
-import signal
-import struct
-import subprocess
-import sys
-import textwrap
 import threading
-import time
-from typing import Any, Dict, Iterator, List, Set, Tuple
+from typing import Any, List
 
 import pytest
 
-from seven_segments import spool as spool_module
 from seven_segments.spool import (
-    FORMAT_VERSION,
     HEADER_BYTES,
-    RECORD_HEADER_BYTES,
     Record,
     Spool,
-    SpoolError,
-    inspect,
-    is_command,
-    parse_records,
 )
 
 from seven_segments.spool.segments import SegmentMaker
 
-from .helpers import payload, number_of, recover_all, segments, folder_bytes, stat_mode, _record_bytes, command
+from .helpers import payload, number_of, recover_all, segments, folder_bytes, stat_mode, _record_bytes
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -5,40 +5,29 @@ Children are small scripts run with ``PYTHONPATH`` set to this checkout; each is
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
 import os
-import random
 import re
-import resource
 import select
 import signal
-import struct
 import subprocess
 import sys
-import textwrap
 import threading
 import time
-from typing import Any, Dict, Iterator, List, Set, Tuple
+from typing import Any, Dict, List, Set
 
 import pytest
 
 from seven_segments import spool as spool_module
 from seven_segments.spool import (
-    FORMAT_VERSION,
-    HEADER_BYTES,
-    RECORD_HEADER_BYTES,
     Record,
     Spool,
-    SpoolError,
     inspect,
-    is_command,
-    parse_records,
 )
 
 from ..conftest import exit_code
-from .helpers import ROOT, LOGGER, payload, number_of, recover_all, segments, child_env, start_child, read_line, command
+from .helpers import ROOT, LOGGER, payload, number_of, recover_all, segments, child_env, start_child, read_line
 
 pytestmark = pytest.mark.timeout(60)
 
