@@ -136,7 +136,8 @@ def _deliver_to(
     engine = BufferedEngine("", transport, Limits(retry_deadline=retry_deadline, timeout=timeout), on_error, spool=spool)
     try:
         _flush_unless_stopped(engine, transport.stopped)
-        engine.close(0 if transport.failure else None)  # stopped: what is queued stays in the spool
+        # Flushed, or stopped: what was not delivered is let go of, or queued, and stays in the spool.
+        engine.close(0)
     finally:
         transport.close()
     stats, figures = engine.stats(), engine.figures()
