@@ -47,14 +47,18 @@ from .format import (
 )
 
 # Importable from here as from the module this package was (the fork registry: tests reach it).
+from .format import ACK_SUFFIX as ACK_SUFFIX
 from .format import HEADER_BYTES as HEADER_BYTES
 from .format import MAX_RECORD_BYTES as MAX_RECORD_BYTES
 from .format import MAX_SEGMENT_FILE_BYTES as MAX_SEGMENT_FILE_BYTES
 from .format import RECORD_HEADER_BYTES as RECORD_HEADER_BYTES
+from .format import SEGMENT_SUFFIX as SEGMENT_SUFFIX
+from .format import TEMP_SUFFIX as TEMP_SUFFIX
 from .format import parse_records as parse_records
 from .processes import _SPOOLS as _SPOOLS
 from .processes import FORK_WAIT_SECONDS as FORK_WAIT_SECONDS
 from .processes import lock_held_here
+from .recovery import TEMP_GRACE_SECONDS as TEMP_GRACE_SECONDS
 from .segments import _IN_HAND as _IN_HAND
 from .segments import _MAKING_BY_PID as _MAKING_BY_PID
 from .segments import _forget_the_parents as _forget_the_parents

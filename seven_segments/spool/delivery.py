@@ -16,7 +16,7 @@ from ..errors import InvalidRequest, SevenSegmentsError
 from ..protocol import DEFAULT_TARGET
 from ..transport import TransientError, Transport
 from .facade import Spool
-from .format import Record, SpoolError, is_command
+from .format import Record, is_command
 from .report import SpoolFile, inspect
 
 __all__ = ["Delivery", "deliver", "deliver_and_report"]
@@ -101,12 +101,8 @@ def deliver(
     _ENGINE_LOGGER.addFilter(quiet)
     try:
         for where in _targets(dead, target, default_target):
-            try:
-                outcomes.append(_deliver_to(folder, where, bool(target), timeout, retry_deadline, refused))
-            except ValueError as error:  # a file naming a target that is no URL: its commands stay
-                if isinstance(error, SpoolError):
-                    raise
-                outcomes.append(_Outcome(0, sum(entry.commands for entry in dead if entry.target == where), str(error)))
+            waiting = sum(entry.commands for entry in dead if target or (entry.target or default_target) == where)
+            outcomes.append(_deliver_to(folder, where, bool(target), timeout, retry_deadline, refused, waiting))
     finally:
         _ENGINE_LOGGER.removeFilter(quiet)
     delivered = sum(outcome.delivered for outcome in outcomes)
@@ -117,14 +113,18 @@ def deliver(
 
 
 def _deliver_to(
-    folder: str, where: str, every_target: bool, timeout: float, retry_deadline: float, refused: List[str]
+    folder: str, where: str, every_target: bool, timeout: float, retry_deadline: float, refused: List[str], waiting: int
 ) -> _Outcome:
     """Make a buffered engine for ``where`` on the folder, flush it and close it (see ``deliver``);
-    lines for the commands it refused are added to ``refused``. ``ValueError`` when ``where`` is no URL."""
+    lines for the commands it refused are added to ``refused``. When ``where`` is no URL (a file
+    naming a target that is none), nothing is taken: its ``waiting`` commands stay."""
     from .._buffered.engine import BufferedEngine
     from .._buffered.limits import Limits
 
-    transport = _StopsAtAFailure(where, timeout=timeout, gzip=True)  # ValueError for a target that is no URL
+    try:
+        transport = _StopsAtAFailure(where, timeout=timeout, gzip=True)
+    except ValueError as error:
+        return _Outcome(0, waiting, str(error))
 
     def on_error(error: SevenSegmentsError, commands: List[Dict[str, Any]]) -> None:
         reasons = list(getattr(error, "errors", ()) or ())

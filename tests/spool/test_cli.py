@@ -147,6 +147,7 @@ def test_deliver_reports_refused_commands(folder: str, fresh: LocalServer) -> No
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 2 and lines[0].startswith("spool: crm/events cmd-2 refused: "), result.stderr
     assert lines[1].startswith("spool: crm/events cmd-4 refused: ")
+    assert "delivered 4 commands, 2 refused, 0 kept" in result.stdout
     assert TOKEN not in result.stderr + result.stdout
     assert sorted(command_ids(fresh)) == ["cmd-0", "cmd-1", "cmd-3", "cmd-5"]
     assert inspect(folder).commands == 0  # refused for good: not sent again
@@ -237,3 +238,16 @@ def test_deliver_keeps_everything_when_a_request_fails_for_another_reason_than_i
     assert len(lines) == 1 and lines[0].startswith("spool: bulk: ") and "5 commands kept in" in lines[0], err
     assert TOKEN not in out + err
     assert inspect(folder).commands == 5 and fresh.events() == []
+
+
+def test_deliver_leaves_the_files_of_a_target_that_is_no_url_and_delivers_the_others(
+    folder: str, fresh: LocalServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spooled(folder, range(3), target="not a url")
+    spooled(folder, range(3, 5), target=fresh.url)
+    status, out, err = deliver_here(folder, monkeypatch=monkeypatch, capsys=capsys)
+    assert status == 1 and "delivered 2 commands, 0 refused, 3 kept" in out
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].endswith(f"; 3 commands kept in {folder}"), err
+    assert sorted(command_ids(fresh)) == ["cmd-3", "cmd-4"]
+    assert {entry.target for entry in inspect(folder).files} == {"not a url"} and inspect(folder).commands == 3
