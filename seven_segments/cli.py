@@ -493,33 +493,19 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 
 def _run_spool(args: argparse.Namespace) -> int:
-    from .spool import deliver, inspect
+    from .spool.delivery import deliver_and_report
+    from .spool.report import show
 
     if not args.deliver:
-        report = inspect(args.path)
-        sys.stdout.write(f"{report.folder}: {len(report.files)} files, {report.commands} commands, {report.bytes} bytes\n")
-        for entry in report.files:
-            damaged = f", {entry.damaged} damaged" if entry.damaged else ""
-            writer = "alive" if entry.alive else "dead"
-            target = f", for {entry.target}" if entry.target else ""
-            sys.stdout.write(f"  {entry.name}: {entry.commands} commands, {entry.bytes} bytes, writer {writer}{damaged}{target}\n")
+        show(args.path, sys.stdout)
         return EXIT_OK
     if not (args.timeout > 0 and args.retry_deadline >= 0):
         raise UsageError(f"--timeout must be > 0 and --retry-deadline >= 0, not {args.timeout} and {args.retry_deadline}")
-    default_target = os.environ.get(TARGET_ENV) or DEFAULT_TARGET
-    done = deliver(
-        args.path, args.target, default_target=default_target, timeout=args.timeout, retry_deadline=args.retry_deadline
+    delivered = deliver_and_report(
+        args.path, args.target, default_target=os.environ.get(TARGET_ENV) or DEFAULT_TARGET, timeout=args.timeout,
+        retry_deadline=args.retry_deadline, out=sys.stdout, err=sys.stderr,
     )
-    for line in done.refused:
-        sys.stderr.write(f"spool: {line}\n")
-    if done.failure is not None:
-        sys.stderr.write(f"spool: {done.failure}; {done.kept} commands kept in {args.path}\n")
-    elif done.kept:
-        sys.stderr.write(f"spool: {done.kept} commands not delivered (the API asked to retry them), kept in {args.path}\n")
-    sys.stdout.write(f"delivered {done.delivered} commands, {len(done.refused)} refused, {done.kept} kept\n")
-    if done.live_files:
-        sys.stdout.write(f"left {done.live_files} files of live processes ({done.live_commands} commands)\n")
-    return EXIT_OK if done.failure is None and not done.kept and not done.refused else EXIT_API_ERROR
+    return EXIT_OK if delivered else EXIT_API_ERROR
 
 
 def _run_import(args: argparse.Namespace) -> int:

@@ -354,17 +354,18 @@ def test_a_command_dropped_by_a_full_queue_is_reported_with_its_properties(dead_
 def test_segments_after_the_first_are_made_by_the_worker_not_by_track(
     server: LocalServer, tmp_path: Path, monkeypatch: Any
 ) -> None:
-    from seven_segments import spool as spool_module
+    from seven_segments.spool import facade
+    from seven_segments.spool.segments import SegmentMaker
 
-    monkeypatch.setattr(spool_module, "SEGMENT_BYTES", 16 * 1024)
+    monkeypatch.setattr(facade, "SEGMENT_BYTES", 16 * 1024)
     makers: List[str] = []
-    make = spool_module.Spool._make_segment
+    make = SegmentMaker.make
 
     def noting_the_thread(self: Any, *args: Any, **kwargs: Any) -> Any:
         makers.append(threading.current_thread().name)
         return make(self, *args, **kwargs)
 
-    monkeypatch.setattr(spool_module.Spool, "_make_segment", noting_the_thread)
+    monkeypatch.setattr(SegmentMaker, "make", noting_the_thread)
     client = SevenSegments(TOKEN, "john", target=server.url, buffered=True, spool=str(tmp_path / "spool"))
     for number in range(600):  # about 150 bytes each on disk: several 16 KiB segments
         client.track("view", {"n": number, "padding": "x" * 40})
@@ -742,7 +743,7 @@ def test_a_segment_replaced_by_a_link_while_it_is_read_back_truncates_nothing_el
             swapped.append(name)
         return parse(data, start)
 
-    monkeypatch.setattr(spool_module, "parse_records", swapping)
+    monkeypatch.setattr(spool_module.recovery, "parse_records", swapping)
     client = SevenSegments(TOKEN, "john", target=server.url, buffered=True, spool=str(folder))
     assert client.flush(10) is True
     client.close()

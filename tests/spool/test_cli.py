@@ -6,7 +6,7 @@ import json
 import os
 import subprocess
 import sys
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 import pytest
 
@@ -16,7 +16,7 @@ from seven_segments.testing import LocalServer
 
 pytestmark = pytest.mark.timeout(60)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(ROOT, "seven_segments.py")
 TOKEN = "spool-cli-token-SECRET-31337"
 
@@ -147,6 +147,7 @@ def test_deliver_reports_refused_commands(folder: str, fresh: LocalServer) -> No
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 2 and lines[0].startswith("spool: crm/events cmd-2 refused: "), result.stderr
     assert lines[1].startswith("spool: crm/events cmd-4 refused: ")
+    assert "delivered 4 commands, 2 refused, 0 kept" in result.stdout
     assert TOKEN not in result.stderr + result.stdout
     assert sorted(command_ids(fresh)) == ["cmd-0", "cmd-1", "cmd-3", "cmd-5"]
     assert inspect(folder).commands == 0  # refused for good: not sent again
@@ -220,3 +221,33 @@ def test_deliver_sends_each_file_to_its_own_target_unless_told_otherwise(
     assert status == 1 and "2 commands kept" in err  # the other target is gone: only its own stay
     assert len(fresh.events()) == 7 and inspect(folder).commands == 2
     assert {entry.target for entry in inspect(folder).files} == {other.url}
+
+
+@pytest.mark.parametrize("status", [401, 404])
+def test_deliver_keeps_everything_when_a_request_fails_for_another_reason_than_its_commands(
+    status: int, folder: str, fresh: LocalServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A client's engine fails such commands for good, and confirms them; made on the folder by
+    # --deliver, it deleted them from the spool at the first 401 (a wrong token, found while moving
+    # deliver onto the engine). They stay, for a run with the right target or token.
+    spooled(folder, range(5), target=fresh.url)
+    fresh.faults.fail_next(1, status=status)
+    status_code, out, err = deliver_here(folder, monkeypatch=monkeypatch, capsys=capsys)
+    assert status_code == 1 and "delivered 0 commands, 0 refused, 5 kept" in out
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("spool: bulk: ") and "5 commands kept in" in lines[0], err
+    assert TOKEN not in out + err
+    assert inspect(folder).commands == 5 and fresh.events() == []
+
+
+def test_deliver_leaves_the_files_of_a_target_that_is_no_url_and_delivers_the_others(
+    folder: str, fresh: LocalServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spooled(folder, range(3), target="not a url")
+    spooled(folder, range(3, 5), target=fresh.url)
+    status, out, err = deliver_here(folder, monkeypatch=monkeypatch, capsys=capsys)
+    assert status == 1 and "delivered 2 commands, 0 refused, 3 kept" in out
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].endswith(f"; 3 commands kept in {folder}"), err
+    assert sorted(command_ids(fresh)) == ["cmd-3", "cmd-4"]
+    assert {entry.target for entry in inspect(folder).files} == {"not a url"} and inspect(folder).commands == 3
