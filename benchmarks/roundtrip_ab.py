@@ -44,7 +44,7 @@ REPO = HERE.parent
 NAIVE = {"naive orjson": "floor_bulk_orjson", "naive json": "floor_bulk"}
 
 
-def _child(row: str, url: str, n: int, max_in_flight: int) -> int:
+def _child(row: str, url: str, n: int, max_in_flight: int, switch_interval: float) -> int:
     """One measured run in this process (its ``seven_segments`` comes from PYTHONPATH)."""
     import gc
     import resource
@@ -62,6 +62,8 @@ def _child(row: str, url: str, n: int, max_in_flight: int) -> int:
         options = {"max_in_flight": max_in_flight} if max_in_flight else {}
         lib.client = SevenSegments(libs.TOKEN, customer=libs.CUSTOMER, target=url, buffered=True, **options)
         lib._track = lib.client.track
+    if switch_interval:
+        sys.setswitchinterval(switch_interval)
     gc.collect()
     track = lib.track
     usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -100,7 +102,7 @@ def measure(row: str, tree: str, args: argparse.Namespace) -> Dict[str, Any]:
         server_cpu = _process_cpu(server.process.pid)
         process = subprocess.Popen(
             [sys.executable, str(Path(__file__).resolve()), "--child", row, server.url, str(args.n),
-             row.split(" w")[1] if row.startswith("ours w") else "0"],
+             row.split(" w")[1] if row.startswith("ours w") else "0", repr(args.switch_interval)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors, text=True, env=env, cwd=tree,
         )
         assert process.stdin is not None and process.stdout is not None
@@ -147,7 +149,7 @@ def _spread(values: List[float]) -> str:
 def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "--child":
-        return _child(argv[1], argv[2], int(argv[3]), int(argv[4]))
+        return _child(argv[1], argv[2], int(argv[3]), int(argv[4]), float(argv[5]))
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=100_000, help="events per run")
     parser.add_argument("--repeat", type=int, default=5, help="rounds (medians are shown)")
@@ -157,6 +159,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="ours: LocalServer(counting_only=True); sink: the asyncio sink")
     parser.add_argument("--naive", default="naive orjson", help="comma-separated naive rows ('' for none)")
     parser.add_argument("--windows", default="", help="comma-separated max_in_flight values: a row 'ours wN' each")
+    parser.add_argument("--switch-interval", type=float, default=0.0,
+                        help="diagnostic: sys.setswitchinterval in the client (0: Python's 5 ms); see the README")
     parser.add_argument("--json", default="", help="also write every run's figures here")
     args = parser.parse_args(argv)
     rows = {"ours": str(REPO)}
