@@ -138,7 +138,9 @@ def child(client: str, url: str, n: int) -> Dict[str, Any]:
             sys.modules["orjson"] = None  # type: ignore[assignment]
         from seven_segments import SevenSegments
 
-        ours = SevenSegments(TOKEN, "john123", target=url, buffered=True)
+        window = client.partition(" w")[2]  # "ours w8": max_in_flight=8
+        options = {"max_in_flight": int(window)} if window.isdigit() else {}
+        ours = SevenSegments(TOKEN, "john123", target=url, buffered=True, **options)
 
         def run() -> None:
             track = ours.track
@@ -227,6 +229,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="rounds (medians are shown)")
     parser.add_argument("--latency", type=float, default=0.0, help="delay every server answer by this many seconds")
     parser.add_argument("--base", default="", help="also run our client from this checkout (A/B)")
+    parser.add_argument("--windows", default="", help="comma-separated max_in_flight values: a row 'ours wN' each")
+    parser.add_argument("--only", default="", help="comma-separated rows to run (default: all)")
     parser.add_argument("--smoke", action="store_true", help="tiny: 2,000 events, 1 round")
     parser.add_argument("--json", default="", help="also write every run's figures here")
     args = parser.parse_args(argv)
@@ -239,11 +243,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("orjson is not installed: no 'naive orjson' row", file=sys.stderr)
     else:
         clients.append("naive orjson")
+    clients += [f"ours w{int(window)}" for window in filter(None, args.windows.split(","))]
     paths = {client: str(REPO) for client in clients}
     if args.base:
         for client in ("ours", "ours (json)"):
             paths["base " + client] = str(Path(args.base).resolve())
         clients += ["base ours", "base ours (json)"]
+    if args.only:
+        clients = [client for client in clients if client in {name.strip() for name in args.only.split(",")}]
     runs: Dict[str, List[Dict[str, Any]]] = {client: [] for client in clients}
     for round_number in range(args.repeat):
         for client in clients:

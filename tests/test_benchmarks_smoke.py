@@ -113,6 +113,23 @@ def test_the_cpu_per_event_benchmark_prints_ours_and_the_naive_clients(tmp_path:
     assert all(run["delivered"] == 2000 and run["duplicates"] == 0 for results in runs.values() for run in results)
 
 
+def test_the_round_trip_ab_runs_a_checkout_against_the_same_server_and_says_what_bounded_it(tmp_path: Path) -> None:
+    raw = tmp_path / "roundtrip.json"
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "roundtrip_ab.py"), "--n", "3000", "--repeat", "1", "--latency",
+         "0.01", "--base", str(REPO), "--naive", "naive json", "--json", str(raw)],
+        capture_output=True, text=True, timeout=60, cwd=str(REPO),
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = {line.split(" | ")[0].strip("| "): [cell.strip(" |") for cell in line.split(" | ")[1:]]
+            for line in done.stdout.splitlines() if line.startswith("| ") and not line.startswith("| client")}
+    assert set(rows) == {"ours", "base", "naive json"}, done.stdout
+    assert all(cells[-1] == "0" for cells in rows.values()), done.stdout  # nothing lost
+    runs = json.loads(raw.read_text())["runs"]
+    assert all(run["events_per_s"] > 0 and run["produce_s"] > 0 and run["server_cpu_us"] >= 0
+               for results in runs.values() for run in results)
+
+
 def test_the_web_app_profile_sums_py_spy_samples_by_thread_and_function(tmp_path: Path) -> None:
     """``benchmarks/webapp_profile.py`` reads py-spy's raw stacks: each kind of thread's share, what
     ``track`` spends its time in, and our background threads' innermost functions."""

@@ -144,3 +144,25 @@ def test_the_life_cycle_moves_only_as_written() -> None:
     assert lifecycle.stopped.is_set() and not lifecycle.admitting
     assert MOVES[Phase.STOPPED] == frozenset()
     assert lifecycle.move(Phase.RUNNING) is False
+
+
+@pytest.mark.parametrize("fast", [True, False])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"success":true,"results":[{"status":"ok"},{"status":"error","errors":["x"]},{"status":"ok"}]}',
+        b'{"success": true, "n": NaN, "results": []}',  # json takes NaN, orjson does not
+        b'{"success": true, "big": 123456789012345678901234567890, "s": "\\ud800"}',  # past 64 bits, a lone surrogate
+        '{"success": true, "results": []}'.encode("utf-16"),  # json.loads detects UTF-16; orjson refuses it
+    ],
+)
+def test_an_answer_is_decoded_as_json_loads_decodes_it_with_orjson_or_without(
+    body: bytes, fast: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from seven_segments._buffered import answers
+
+    if not fast:
+        monkeypatch.setattr(answers, "_orjson_loads", None)
+    assert json.dumps(answers.decode_answer(body)) == json.dumps(json.loads(body))  # NaN != NaN: compared as text
+    with pytest.raises(ValueError):
+        answers.decode_answer(b'{"success": tr')

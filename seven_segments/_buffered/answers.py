@@ -4,11 +4,24 @@ from __future__ import annotations
 
 import functools
 import json
-from typing import Any, Callable, List, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 from ..protocol import RESULT_ERROR, RESULT_OK
 
-__all__ = ["ALL_OK", "Verdict", "answer_reader", "read_results"]
+
+def _fast_loads() -> Optional[Callable[[bytes], Any]]:
+    """``orjson.loads``, or None when ``orjson`` cannot be imported (it is an extra)."""
+    try:
+        import orjson
+    except ImportError:  # pragma: no cover - depends on the install
+        return None
+    return orjson.loads
+
+
+#: Read at each call (a test puts None in place to read as without orjson).
+_orjson_loads = _fast_loads()
+
+__all__ = ["ALL_OK", "Verdict", "answer_reader", "decode_answer", "read_results"]
 
 
 class _AllOk:
@@ -55,15 +68,31 @@ def answer_reader(count: int) -> Callable[[bytes], Any]:
 
     An answer that is, byte for byte, the usual "every command applied" (see
     :func:`_all_ok_spellings`) is recognised without decoding 1,000 result objects: its ``results``
-    is :data:`ALL_OK`. Anything else is decoded as JSON and read entry by entry.
+    is :data:`ALL_OK`. Anything else is decoded as JSON (see :func:`decode_answer`) and read entry
+    by entry.
     """
 
     def read(content: bytes) -> Any:
         if content in _all_ok_spellings(count):
             return {"success": True, "results": ALL_OK}
-        return json.loads(content)
+        return decode_answer(content)
 
     return read
+
+
+def decode_answer(content: bytes) -> Any:
+    """The JSON value of an answer's body, as ``json.loads`` reads it; ``ValueError`` when it is not JSON.
+
+    ``orjson`` reads it when installed (a server that spells the usual answer its own way sends
+    1,000 result objects per request). What ``orjson`` refuses, ``json.loads`` reads or refuses as
+    before (``NaN``, a lone surrogate escaped, UTF-16), so the value is the same either way.
+    """
+    if _orjson_loads is not None:
+        try:
+            return _orjson_loads(content)
+        except ValueError:
+            pass
+    return json.loads(content)
 
 
 def read_results(results: Any, count: int) -> Verdict:
