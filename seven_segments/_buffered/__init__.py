@@ -10,8 +10,9 @@ The stages, each with one job:
   answer flushes, give up at the close deadline;
 - ``batching.py``: when a batch is due and how it is cut; ``window.py``: how many requests may be in
   flight; ``retry.py``: the retry policy; ``answers.py``: what a ``bulk`` answer means;
-- ``sender.py``: one attempt per batch on a sender thread; ``ledger.py``: the counters and the requests
-  in flight; ``reporting.py``: ``on_error`` in chunks and warnings; ``registry.py``: exit and fork.
+- ``sender.py``: one attempt per batch on a sender thread; ``settlement.py``: the one writer of counts,
+  the budget, flush verdicts, ``on_error`` chunks and loss warnings (through ``reporting.py``: chunks
+  and rate-limited warnings); ``registry.py``: exit and fork.
 - ``progress.py``: how long the oldest command has waited and how the last requests ended (for
   ``stats()`` and ``health()``); ``stall.py``: when to warn that delivery stalled, and resumed.
 """

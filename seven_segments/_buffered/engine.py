@@ -30,7 +30,6 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Tuple
 
 from ..clock import Clock, monotonic
-from ..errors import ServiceUnavailable
 from ..health import Figures
 from ..process_hooks import keep_signals_off_this_thread, threads_hang_forks_here
 from ..serialization import BulkCommandEncoder, Command
@@ -38,13 +37,13 @@ from ..transport import TransientError, Transport
 from ..watchdog import WATCHDOG
 from . import registry
 from .batching import Batch
-from .ledger import CLOSED, FULL, Ledger
 from .lifecycle import Lifecycle, Phase
 from .limits import Limits
-from .pump import COMMAND_COST, FlushTicket, Pump, Spooled
+from .pump import FlushTicket, Pump, Spooled
 from ..types import ErrorCallback
 from .reporting import Reporter
 from .sender import Outcome, SenderPool, attempt_batch
+from .settlement import CLOSED, COMMAND_COST, FULL, Settlement
 
 if TYPE_CHECKING:
     from ..spool import Record, Spool
@@ -116,8 +115,9 @@ class Core:
         self.incoming: Deque[Any] = deque()  # commands (bytes, or Spooled) and FlushTickets, in call order
         self.lifecycle = Lifecycle()
         keep = 0 if on_error is None else max(1000, limits.max_queue_bytes // DROP_KEEP_SHARE // TYPICAL_COMMAND_BYTES)
-        self.ledger = Ledger(keep_drops=keep)
         self.reporter = Reporter(on_error, clock)
+        self.settlement = Settlement(limits, self.reporter, self.lifecycle, clock, keep_drops=keep)
+        self.budget = self.settlement.budget
         self.senders = SenderPool("seven-segments-sender", max_threads=limits.max_in_flight)
         #: While a flush runs the pump on its own thread: when that flush ends (attempts made on
         #: that thread end by then too).
@@ -132,8 +132,7 @@ class Core:
             limits=limits,
             incoming=self.incoming,
             lifecycle=self.lifecycle,
-            ledger=self.ledger,
-            reporter=self.reporter,
+            settlement=self.settlement,
             launch=self._launch,
             clock=clock,
             scrub=transport.scrub,
@@ -158,17 +157,17 @@ class Core:
             encoders.encode = BulkCommandEncoder(self._token).encode
             payload = encoders.encode(command)
         incoming = self.incoming
-        pump = self.pump
+        budget = self.budget
         lifecycle = self.lifecycle
         phase = lifecycle.phase
         if phase is not _RUNNING and phase is not _IDLE:
             self._drop(payload, CLOSED)
             return
         waiting = len(incoming)
-        held = pump.held
+        held = budget.held
         if (
             waiting + held >= self._max_queue_size
-            or pump.held_bytes + (held + waiting + 1) * COMMAND_COST + waiting * pump.typical_size + len(payload)
+            or budget.held_bytes + (held + waiting + 1) * COMMAND_COST + waiting * budget.typical_size + len(payload)
             > self._max_queue_bytes
         ):
             self._drop(payload, FULL)
@@ -177,7 +176,7 @@ class Core:
         if self.spool is not None:
             record = self.spool.append(payload, self.pid)  # the facade checked: this is the core's process
             if record is None:  # the spool cannot take it (full, the disk full): sent from memory only
-                self.ledger.count_not_spooled()
+                self.settlement.not_spooled()
             else:
                 item = Spooled(payload, record)
         incoming.append(item)
@@ -193,9 +192,9 @@ class Core:
             self.wakeup.set()
 
     def _drop(self, payload: bytes, reason: str) -> None:
-        first, overflow = self.ledger.drop(payload, reason)
+        first, overflow = self.settlement.dropped(payload, reason)
         if overflow is not None:  # drops outpace the pump: this caller reports them, so that none is lost
-            self.pump.report_dropped(reason, overflow, 0)
+            self.settlement.report_dropped(reason, overflow, 0)
             self.reporter.drain()
         if self.lifecycle.phase is _STOPPED:  # no pump will report it: do it here
             self.fail_late()
@@ -211,8 +210,7 @@ class Core:
             logger.warning("seven_segments: flush() from on_error cannot wait for the worker it runs on")
             return False
         ticket = FlushTicket()
-        with self.ledger.lock:
-            self.ledger.tickets_queued += 1
+        self.settlement.ticket_queued()
         self.incoming.append(ticket)
         self.wakeup.set()
         phase = lifecycle.phase
@@ -231,44 +229,34 @@ class Core:
                 timeout = max(0.0, deadline - self.clock())
         if not ticket.done.wait(timeout):
             return False
-        ledger = self.ledger
-        with ledger.lock:
-            ledger.reported_upto = max(ledger.reported_upto, ticket.upto)
-            ledger.reported_drops = max(ledger.reported_drops, ticket.drops)
+        self.settlement.flush_seen(ticket)
         return ticket.delivered_all
 
     def _result_after_close(self, timeout: Optional[float]) -> bool:
         remaining = max(0.0, self.pump.close_deadline - self.clock()) + CLOSE_GRACE
         if not self.lifecycle.stopped.wait(remaining if timeout is None else min(timeout, remaining)):
             return False
-        ledger = self.ledger
-        with ledger.lock:
-            return (
-                ledger.last_failed_seq <= ledger.reported_upto
-                and ledger.total_dropped <= ledger.reported_drops
-                and ledger.unconfirmed == 0
-                and ledger.taken == ledger.sent + ledger.failed
-            )
+        return self.settlement.all_delivered_after_close()
 
     def stats(self) -> Dict[str, float]:
         """Counts since the client was made (see ``Ledger.snapshot``); the memory (as ``max_queue_bytes``
         counts it) and spool bytes held; ``oldest_pending_seconds``."""
-        waiting = len(self.incoming) - self.ledger.tickets_queued
-        stats: Dict[str, float] = dict(self.ledger.snapshot(max(0, waiting)))
+        waiting = len(self.incoming) - self.settlement.counts.tickets_queued
+        stats: Dict[str, float] = dict(self.settlement.snapshot(max(0, waiting)))
         pump = self.pump
-        stats["pending_bytes"] = pump.queued_bytes(max(0, waiting))
+        stats["pending_bytes"] = self.budget.queued_bytes(max(0, waiting))
         stats["spool_bytes"] = 0 if self.spool is None else self.spool.bytes_held
         stats["oldest_pending_seconds"] = pump.oldest_pending(self.clock())
         return stats
 
     def figures(self) -> Figures:
         """What ``health()`` judges (see ``seven_segments.health``)."""
-        pump, ledger, limits = self.pump, self.ledger, self.limits
+        pump, budget, limits = self.pump, self.budget, self.limits
         now = self.clock()
-        waiting = max(0, len(self.incoming) - ledger.tickets_queued)
+        waiting = max(0, len(self.incoming) - self.settlement.counts.tickets_queued)
         fill = max(
-            (pump.held + waiting) / limits.max_queue_size,
-            pump.queued_bytes(waiting) / limits.max_queue_bytes,
+            (budget.held + waiting) / limits.max_queue_size,
+            budget.queued_bytes(waiting) / limits.max_queue_bytes,
         )
         return Figures(
             enabled=True,
@@ -454,7 +442,7 @@ class Core:
             if delay < 0:
                 self._stop()
                 return
-            if delay == math.inf and pump.empty and not pump.tickets and until is None:
+            if delay == math.inf and pump.empty and not self.settlement.tickets and until is None:
                 now = self.clock()
                 if idle_since is None:
                     idle_since = now
@@ -469,7 +457,7 @@ class Core:
         """Wait for producers (a batch's worth, or the first command), an answer, a flush, a close or a timer."""
         pump = self.pump
         waiting = len(pump.fresh)
-        if not pump.window.room(len(self.ledger.in_flight), self.clock()):
+        if not pump.window.room(len(self.settlement.in_flight), self.clock()):
             self.wake_at = _BUSY  # nothing could go now: an answer or the gate's timer wakes us, not callers
         else:
             self.wake_at = max(1, self.limits.batch_size - waiting) if waiting else 1
@@ -487,7 +475,7 @@ class Core:
             lifecycle.move_locked(_IDLE)
             self.thread = None
         self.pump.progress.drained_at = math.inf  # the next command queued starts a pump (see start)
-        if not self.incoming and not any(self.ledger.drops.values()):
+        if not self.incoming and not self.settlement.drops.waiting:
             return True
         with lifecycle.lock:  # a producer appended as we left: carry on, unless a new pump started
             if lifecycle.phase is _IDLE and lifecycle.move_locked(_RUNNING):
@@ -514,41 +502,11 @@ class Core:
         if not self.lifecycle.move(_STOPPED):
             return
         pump = self.pump
-        spooled = self.spool is not None
-        in_flight = self.ledger.give_up_in_flight(unconfirmed=False) + pump.take_cut_at_close()
+        in_flight = self.settlement.take_in_flight() + pump.take_cut_at_close()
         late = pump.drain_incoming()
         waiting = [payload for batch in pump.line for payload in batch.payloads] + list(pump.fresh)
-        ledger = self.ledger
-        with ledger.lock:  # everything taken and not settled: in flight, waiting, late
-            left = max(0, ledger.taken - (ledger.sent + ledger.failed + ledger.unconfirmed + ledger.kept))
-            flying = min(left, sum(map(len, in_flight)))
-            if spooled:
-                ledger.kept += left
-            else:
-                ledger.unconfirmed += flying
-                ledger.failed += left - flying
-        logger.warning(
-            "seven_segments: %d commands were %s at close: the worker was still busy past the close deadline"
-            " (%g s; a slow on_error, or an attempt that would not end)%s",
-            left,
-            "kept in the spool" if spooled else "lost",
-            pump.close_timeout,
-            f"; {sum(map(len, in_flight))} were in flight and may have been applied" if in_flight else "",
-        )
-        for ticket in pump.tickets:
-            ticket.delivered_all = False
-            ticket.done.set()
-        if not spooled:
-            self.reporter.failed(
-                ServiceUnavailable(
-                    f"not confirmed within the close deadline ({pump.close_timeout:g} s): the request was in flight"
-                    " and may have been applied"
-                ),
-                [payload for batch in in_flight for payload in batch.payloads],
-            )
-            error = ServiceUnavailable(f"not delivered within the close deadline ({pump.close_timeout:g} s)")
-            self.reporter.failed(error, waiting)
-            self.reporter.failed(error, [item for item in late if type(item) is bytes])
+        waiting += [item for item in late if type(item) is bytes]
+        self.settlement.abandoned(in_flight, waiting, self.spool is not None, pump.close_timeout)
         self._release()
 
     def fail_late(self) -> None:

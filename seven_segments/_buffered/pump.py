@@ -6,8 +6,8 @@ the window has room, answers the flushes whose commands all settled, and says ho
 It never waits inside a step: a retried batch goes back in line with a "not before" time, and the
 engine's thread sleeps until the earliest moment the pump knows of, or until woken.
 
-Ownership: the pump alone touches the waiting line (``fresh``, ``line``), the flush tickets, the
-window; the ledger counts; senders only do I/O. Every command taken ends exactly once
+Ownership: the pump alone touches the waiting line (``fresh``, ``line``) and the window; the
+settlement (``settlement.py``) counts, answers flushes and reports; senders only do I/O. Every command taken ends exactly once
 as sent, failed or unconfirmed.
 """
 
@@ -25,26 +25,25 @@ from itertools import islice, repeat
 from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, Iterator, List, Optional, Sequence, Set, Tuple, Union, cast
 
 from ..clock import Clock
-from ..errors import InvalidRequest, QueueFull, SevenSegmentsError, ServiceUnavailable
+from ..errors import InvalidRequest, SevenSegmentsError, ServiceUnavailable
 from ..protocol import MAX_COMMAND_BYTES, PATH_BULK, PATH_CUSTOMERS, PATH_EVENTS
 from ..serialization import BulkCommandEncoder
 from ..transport import TransientError
 from .answers import Verdict
 from .batching import Batch, fit_to_bytes, fresh_batch_due
-from .ledger import FULL, Ledger
 from .lifecycle import Lifecycle, Phase
 from .limits import Limits
-from .progress import Progress
-from .reporting import NO_REASON, Reporter, refusal_summary
+from .reporting import NO_REASON, Reporter
 from .retry import RetryPolicy
 from .sender import Outcome
+from .settlement import Settlement
 from .stall import Say, StallAlarm
 from .window import Window
 
 if TYPE_CHECKING:
     from ..spool import Record, Spool
 
-__all__ = ["COMMAND_COST", "FlushTicket", "Pump", "Launch", "Spooled"]
+__all__ = ["FlushTicket", "Pump", "Launch", "Spooled"]
 
 logger = logging.getLogger("seven_segments")
 
@@ -53,16 +52,8 @@ Launch = Callable[[int, Batch, float, Callable[[Outcome], None]], None]
 
 #: Commands taken from the incoming queue per step, at most.
 TAKE_PER_STEP = 2_000
-#: With a spool, commands let go of during an outage, or that it could not take, are warned about at
-#: most this often.
-LET_GO_WARNING_SECONDS = 60.0
-#: ... and read back at most this many at a time.
+#: With a spool, commands let go of during an outage are read back at most this many at a time.
 READ_BACK_CHUNK = 1_000
-#: What a queued command costs besides its JSON's bytes, against ``max_queue_bytes``: the bytes
-#: object's header and its slot in the queue (and in a batch).
-COMMAND_COST = 64
-#: What the pump takes a command still in the incoming queue to weigh before it has taken any.
-FIRST_TYPICAL_SIZE = 256
 
 
 class Spooled:
@@ -126,8 +117,7 @@ class Pump:
         limits: Limits,
         incoming: "Deque[Any]",
         lifecycle: Lifecycle,
-        ledger: Ledger,
-        reporter: Reporter,
+        settlement: Settlement,
         launch: Launch,
         clock: Clock,
         policy: Optional[RetryPolicy] = None,
@@ -138,8 +128,9 @@ class Pump:
         self.limits = limits
         self.incoming = incoming
         self.lifecycle = lifecycle
-        self.ledger = ledger
-        self.reporter = reporter
+        self.settlement = settlement
+        self.reporter = settlement.reporter
+        settlement.scrub = scrub
         self._launch = launch
         self.clock = clock
         self.policy = policy if policy is not None else RetryPolicy(limits.retry_deadline)
@@ -150,7 +141,7 @@ class Pump:
         self._tokens_seen: Set[str] = {token}
         self.window = Window(limits.max_in_flight)
         #: How long the oldest command has waited, how the last requests ended; the stall warnings.
-        self.progress = Progress(limits.stall_warning_after)
+        self.progress = settlement.progress
         self.stall = StallAlarm(limits.stall_warning_after)
         #: Encoded commands never sent, oldest first; the i-th is numbered ``fresh_head + i``.
         self.fresh: Deque[bytes] = deque()
@@ -159,7 +150,6 @@ class Pump:
         self._oldest_at = 0.0  # when the oldest fresh command was taken
         #: Batches to send again, by age (their first sequence number).
         self.line: List[Batch] = []
-        self.tickets: List[FlushTicket] = []
         self.seq = 0
         self._number = 0
         #: Batches whose request the close deadline cut short: unconfirmed, not failed.
@@ -171,13 +161,8 @@ class Pump:
         #: Set by the engine when a close begins.
         self.close_deadline = math.inf
         self.close_timeout = 0.0
-        #: What callers check, without a lock, before queuing: commands and their JSON's bytes held
-        #: here, and the mean size of the commands taken last (for those not taken yet).
-        self.held = 0
-        self.held_bytes = 0
-        self.typical_size = FIRST_TYPICAL_SIZE
-        self.losses_at_close = 0
-        self.last_close_error = ""
+        #: What callers check, without a lock, before queuing (written by the settlement).
+        self.budget = settlement.budget
         self.last_trouble = ""  # the last passing failure, for the close summary
         #: Called when an outcome arrives (the engine wakes its thread).
         self.wake: Callable[[], None] = lambda: None
@@ -196,17 +181,10 @@ class Pump:
         #: a flush, and once by a close (``_read_back_given_up``).
         #: Kept as offsets by segment name, 8 bytes each: an outage may let go of millions.
         self._given_up: "Dict[str, array.array[int]]" = {}
-        #: Commands let go of since the last warning about it, and when that was (rate-limited).
-        self._let_go_unsaid = 0
-        self._let_go_said_at = -math.inf
-        #: Commands the spool could not take (``Ledger.not_spooled``) said so far, and when.
-        self._not_spooled_said = 0
-        self._not_spooled_said_at = -math.inf
         #: Commands refused alone after a batch they were in was refused as a whole and split (400,
         #: 413), with their reasons and statuses: reported together once no part of a split is left
         #: (a server refusing every request would otherwise make one warning and call per command).
         self._split_refusals: List[Tuple[bytes, str, Optional[int]]] = []
-        self._kept_said = False  # the close's warning about what stays in the spool was given
         #: A close reads back what was let go of once (not again after each new failure: an API still
         #: down would get a request per step until the deadline).
         self._read_back_at_close = False
@@ -248,14 +226,14 @@ class Pump:
     @property
     def empty(self) -> bool:
         """Nothing waits to be sent and nothing is in flight."""
-        return not self.fresh and not self.line and not self.ledger.in_flight and not self._cut_at_close
+        return not self.fresh and not self.line and not self.settlement.in_flight and not self._cut_at_close
 
     def sleep_for(self, now: float, draining: bool) -> float:
         """Seconds until the pump has something to do, unless woken before."""
         moments = []
         if draining:
             moments.append(self.close_deadline)
-        if self.window.room(len(self.ledger.in_flight), now) or self.window.opens_at(now) is not None:
+        if self.window.room(len(self.settlement.in_flight), now) or self.window.opens_at(now) is not None:
             gate = self.window.opens_at(now) or now
             if self.fresh:
                 moments.append(max(gate, self._oldest_at + self.limits.flush_interval))
@@ -283,7 +261,7 @@ class Pump:
         if self.spool is None:
             with self._popping:  # a closer that gave up on this pump empties the queue meanwhile
                 count = min(len(incoming), TAKE_PER_STEP)
-                if not self.ledger.tickets_queued:
+                if not self.settlement.counts.tickets_queued:
                     # Only bytes (a flush counts its ticket before queuing it, and only a spool queues
                     # Spooled): the step's worth at once, in C loops.
                     items = list(islice(iter(popleft, None), count))
@@ -319,17 +297,12 @@ class Pump:
         taken = seq - start
         if taken:
             self._fresh_bytes += added
-            self.held_bytes += added
-            self.typical_size = added // taken
-            with self.ledger.lock:
-                self.ledger.taken += taken
-            self.held += taken
-            self.progress.taken(start + 1, self.clock())
+            self.settlement.taken(taken, added, start + 1)
             if self.spool is not None:
                 self._prepare_spool()
         if was_empty and fresh:
             self._oldest_at = self.clock()
-        if self.tickets:
+        if self.settlement.tickets:
             self.settle_tickets()
 
     def _prepare_spool(self) -> None:
@@ -353,27 +326,14 @@ class Pump:
         self.line.insert(bisect.bisect(firsts, batch.first_seq), batch)
 
     def _place(self, ticket: FlushTicket) -> None:
-        ticket.upto = self.seq
-        ledger = self.ledger
-        with ledger.lock:
-            ledger.tickets_queued -= 1
-            ticket.drops = ledger.total_dropped
-            if ledger.last_failed_seq > ledger.reported_upto or ticket.drops > ledger.reported_drops:
-                ticket.delivered_all = False  # failed or dropped since the last flush its caller saw
         if self._given_up:  # commands let go of in an outage: a flush tries them again, and waits for them
             self._read_back_given_up()
-            if self._given_up:  # cannot now (the files of dead processes are still being read)
-                ticket.delivered_all = False
-        self.tickets.append(ticket)
-
-    def queued_bytes(self, waiting: int) -> int:
-        """What ``max_queue_bytes`` counts now: the JSON of the commands held and ``COMMAND_COST`` each,
-        and ``waiting`` commands not taken yet, at the mean size of those taken last."""
-        return self.held_bytes + (self.held + waiting) * COMMAND_COST + waiting * self.typical_size
+        # Still there: cannot now (the files of dead processes are still being read).
+        self.settlement.place(ticket, self.seq, kept_waiting=bool(self._given_up))
 
     def _room_to_replay(self) -> bool:
         limits = self.limits
-        return not self.held or self.held < limits.max_queue_size // 2 and self.held_bytes < limits.max_queue_bytes // 2
+        return not self.budget.held or self.budget.held < limits.max_queue_size // 2 and self.budget.held_bytes < limits.max_queue_bytes // 2
 
     def replay(self) -> None:
         """Take what the spool holds (from processes that died, or let go of in an outage), before
@@ -391,7 +351,7 @@ class Pump:
                 logger.exception("seven_segments: reading the spool failed; what is left stays on disk")
                 self._end_reading()
                 break
-            self.progress.taken(self.seq + 1, self.clock())
+            first_seq = self.seq + 1
             if not fresh:
                 self.fresh_head = self.seq + 1
                 self._oldest_at = self.clock()
@@ -406,7 +366,7 @@ class Pump:
                     # Spooled before sizes were checked at the call: failed here, not split by 413s.
                     if fresh:  # the commands before it become a batch of their own: numbers stay contiguous
                         self._line_fresh_up_to(len(fresh))
-                    self._settle_failed([self.seq], [payload], None, held_bytes=0)  # counted as held below
+                    self._fail([self.seq], [payload], None, held_bytes=0)  # counted as held below
                     too_large.append(payload)
                     continue
                 if not fresh:
@@ -414,17 +374,12 @@ class Pump:
                 fresh.append(payload)
                 size += len(payload)
             self._fresh_bytes += size
-            self.held += len(chunk)
-            self.held_bytes += size
-            with self.ledger.lock:
-                if self._reading is Reading.DEAD_WRITERS:
-                    self.ledger.taken += len(chunk)
-                    self.ledger.replayed += len(chunk)
-                else:  # taken and counted before: no longer kept
-                    self.ledger.kept -= len(chunk)
+            if self._reading is Reading.DEAD_WRITERS:
+                self.settlement.taken(len(chunk), size, first_seq, replayed=True)
+            else:  # taken and counted before: no longer kept
+                self.settlement.read_back(len(chunk), size, first_seq)
             if self._reading is Reading.LET_GO:  # queued before every flush waiting now
-                for ticket in self.tickets:
-                    ticket.upto = max(ticket.upto, self.seq)
+                self.settlement.wait_for_read_back(self.seq)
             if too_large:
                 self._report_too_large(too_large)
         if self._reading is Reading.DEAD_WRITERS and self.lifecycle.phase is Phase.DRAINING:
@@ -434,8 +389,7 @@ class Pump:
         """Replayed commands too large for the server, failed without a request: one warning, and
         ``on_error`` in chunks giving each one's size (as a 413 for it alone would)."""
         reasons = [f"the command takes {_data_size(payload)} bytes as JSON, more than {MAX_COMMAND_BYTES}" for payload in payloads]
-        self._say_failed(len(payloads), f"{PATH_BULK}: not sent, too large: {refusal_summary(reasons)}")
-        self.reporter.refused(payloads, reasons, 413)
+        self.settlement.refused_before(payloads, reasons, 413, f"{PATH_BULK}: not sent, too large")
 
     def _learn_tokens(self, chunk: "List[Tuple[Record, bytes]]") -> None:
         """Mask the company tokens of replayed commands (written by another client, perhaps with
@@ -475,51 +429,22 @@ class Pump:
     def report_drops(self) -> None:
         """Pass dropped commands to ``on_error`` and warn (rate-limited), each with its true reason;
         warn about commands the spool could not take (rate-limited)."""
-        if self.ledger.not_spooled != self._not_spooled_said:
-            self._say_not_spooled()
-        if not any(self.ledger.drops.values()) and not any(self.ledger.drops_not_kept.values()):
-            return
-        for reason, commands, not_kept in self.ledger.take_drops():
-            self.report_dropped(reason, commands, not_kept)
-
-    def _say_not_spooled(self) -> None:
-        """One warning (at most a minute) for the commands the spool could not take since the last."""
-        now = self.clock()
-        if now - self._not_spooled_said_at < LET_GO_WARNING_SECONDS or self.spool is None:
-            return
-        total = self.ledger.not_spooled
-        logger.warning(
-            "seven_segments: %d commands are not in the spool %s (%s): they are sent from memory, and lost if"
-            " this process dies before they are delivered",
-            total - self._not_spooled_said,
-            self.spool.folder,
-            self.spool.last_failure or "it cannot be written",
-        )
-        self._not_spooled_said, self._not_spooled_said_at = total, now
-
-    def report_dropped(self, reason: str, commands: List[bytes], not_kept: int) -> None:
-        """Queue dropped commands for ``on_error`` and warn (rate-limited), with their true reason."""
-        limits = self.limits
-        if reason == FULL:
-            text = f"the queue is full ({limits.max_queue_size} commands or {limits.max_queue_bytes} bytes)"
-        else:
-            text = "the client is closed"
-        self.progress.dropped_at = self.clock()
-        self.reporter.dropped(len(commands) + not_kept, text)
-        self.reporter.failed(QueueFull(f"{len(commands) + not_kept} commands dropped: {text}"), commands)
+        if self.spool is not None and self.settlement.not_spooled_unsaid:
+            self.settlement.say_not_spooled(self.spool.folder, self.spool.last_failure)
+        self.settlement.report_drops()
 
     # Sending ------------------------------------------------------------------------------------
 
     def dispatch(self, now: float, draining: bool) -> None:
         """Start every batch that is due while the window has room."""
         window = self.window
-        ledger = self.ledger
-        while window.room(len(ledger.in_flight), now):
+        settlement = self.settlement
+        while window.room(len(settlement.in_flight), now):
             batch = self._next_batch(now, draining)
             if batch is None:
                 return
             self._number += 1
-            ledger.launch(self._number, batch)
+            settlement.launch(self._number, batch)
             timeout = self.limits.timeout
             if draining:
                 timeout = max(0.001, min(timeout, self.close_deadline - now))
@@ -544,7 +469,7 @@ class Pump:
             batch_size=limits.batch_size,
             max_batch_bytes=limits.max_batch_bytes,
             flush_interval=limits.flush_interval,
-            flush_waiting=bool(self.tickets) and self.tickets[-1].upto >= self.fresh_head,
+            flush_waiting=bool(self.settlement.tickets) and self.settlement.tickets[-1].upto >= self.fresh_head,
             draining=draining,
         ):
             return None
@@ -571,7 +496,7 @@ class Pump:
         outcomes = self.outcomes
         while outcomes:
             number, verdict, error = outcomes.popleft()
-            batch = self.ledger.land(number)
+            batch = self.settlement.land(number)
             if batch is None:
                 continue  # a closer gave up on it and counted it
             now = self.clock()
@@ -588,7 +513,7 @@ class Pump:
                 for half in batch.halves():
                     self._insort(half)
             elif isinstance(error, InvalidRequest) and error.status in (400, 413) and batch.split:
-                self._settle_failed(batch.seqs, batch.payloads, None)
+                self._fail(batch.seqs, batch.payloads, None)
                 reason = "; ".join(error.errors) if error.errors else str(error)
                 self._split_refusals.extend((payload, reason, error.status) for payload in batch.payloads)
             else:
@@ -601,8 +526,8 @@ class Pump:
         """Whether a part of a batch refused as a whole is still to be sent or answered."""
         if any(batch.split for batch in self.line):
             return True
-        with self.ledger.lock:
-            return any(batch.split for batch in self.ledger.in_flight.values())
+        with self.settlement.lock:
+            return any(batch.split for batch in self.settlement.in_flight.values())
 
     def _report_split_refusals(self) -> None:
         """The commands refused alone after their batches were refused as a whole: one warning, and
@@ -612,25 +537,23 @@ class Pump:
         for status in statuses:
             payloads = [payload for payload, _, given in refusals if (given or 0) == status]
             reasons = [reason for _, reason, given in refusals if (given or 0) == status]
-            self._say_failed(
-                len(payloads),
-                f"{PATH_BULK}: refused for good, each alone, after their batch was refused as a whole"
-                f" (HTTP {status}): {refusal_summary(reasons)}",
+            self.settlement.refused_before(
+                payloads,
+                reasons,
+                status,
+                f"{PATH_BULK}: refused for good, each alone, after their batch was refused as a whole (HTTP {status})",
             )
-            self.reporter.refused(payloads, reasons, status)
 
     def _answered(self, batch: Batch, verdict: Verdict, now: float) -> None:
         self.window.on_success()
         if self._given_up and verdict.progress:
             self._read_back_given_up()
         if verdict.all_ok:
-            self.ledger.count(sent=len(batch), batches=1)
-            self._release(len(batch), sum(map(len, batch.payloads)))
+            self.settlement.delivered(len(batch), sum(map(len, batch.payloads)))
             self._confirm(batch.seqs)
             return
         ok = verdict.ok
-        self.ledger.count(sent=len(ok), batches=1)
-        self._release(len(ok), sum(len(batch.payloads[i]) for i in ok))
+        self.settlement.delivered(len(ok), sum(len(batch.payloads[i]) for i in ok))
         self._confirm([batch.seqs[i] for i in ok])
         if verdict.errors:
             self._refused(batch, verdict.errors)
@@ -644,7 +567,7 @@ class Pump:
                 )
                 return
             attempts, not_before = plan
-            self.ledger.count(retried=len(verdict.retry))
+            self.settlement.retried(len(verdict.retry))
             if not_before > now:
                 self.window.gate_until = max(self.window.gate_until, not_before)
             self._insort(batch.subset(verdict.retry, attempts, not_before))
@@ -677,7 +600,7 @@ class Pump:
         batch.attempts += 1
         batch.not_before = again
         self.window.gate_until = max(self.window.gate_until, again)  # no request at all before then
-        self.ledger.count(retried=len(batch))
+        self.settlement.retried(len(batch))
         self._insort(batch)
 
     # Settling -----------------------------------------------------------------------------------
@@ -704,33 +627,16 @@ class Pump:
         ``on_error``: they are not lost."""
         if not seqs:
             return
-        self.progress.let_go(seqs)
-        self.ledger.count_kept(len(seqs))
-        self._release(len(seqs), sum(map(len, payloads)))
         given_up = self._given_up
         for name, offset in map(self._records.pop, seqs):
             offsets = given_up.get(name)
             if offsets is None:
                 offsets = given_up[name] = array.array("Q")
             offsets.append(offset)
-        first = min(seqs)
-        for ticket in self.tickets:
-            if ticket.upto >= first:
-                ticket.delivered_all = False
         if self._reading is Reading.LET_GO:
             self._reading = Reading.LET_GO_AGAIN
-        self._let_go_unsaid += len(seqs)
-        now = self.clock()
-        if now - self._let_go_said_at >= LET_GO_WARNING_SECONDS:
-            logger.warning(
-                "seven_segments: %d commands stay in the spool %s for now: %s; they are sent again when the"
-                " API answers (or by the next client on that folder)",
-                self._let_go_unsaid,
-                self.spool.folder if self.spool is not None else "",
-                self._scrub(str(error)),
-            )
-            self._let_go_unsaid = 0
-            self._let_go_said_at = now
+        folder = self.spool.folder if self.spool is not None else ""
+        self.settlement.kept(seqs, sum(map(len, payloads)), error, folder)
 
     @property
     def has_let_go(self) -> bool:
@@ -751,18 +657,7 @@ class Pump:
     def _lost_on_disk(self, count: int, path: str) -> None:
         """Commands let go of in an outage that cannot be read back (damaged, or their file cannot
         be read): failed, and every flush waiting or to come for them says not all was delivered."""
-        with self.ledger.lock:
-            self.ledger.kept -= count
-        self.ledger.count_failed(count, self.seq)
-        for ticket in self.tickets:
-            ticket.delivered_all = False
-        logger.warning(
-            "seven_segments: %d commands let go of in an outage cannot be read back from %s (damaged): lost", count, path
-        )
-
-    def _release(self, count: int, size: int) -> None:
-        self.held -= count
-        self.held_bytes -= size
+        self.settlement.lost_on_disk(count, path, self.seq)
 
     def _refused(self, batch: Batch, refusals: List[Tuple[int, Tuple[str, ...]]]) -> None:
         """The commands of ``batch`` its answer refused for good: failed together, with one warning
@@ -770,76 +665,49 @@ class Pump:
         own reason (``Reporter.refused``)."""
         reasons = [self._scrub("; ".join(given)) if given else NO_REASON for _, given in refusals]
         payloads = [batch.payloads[index] for index, _ in refusals]
-        why = f"{PATH_BULK}: the server refused them for good: {refusal_summary(reasons)}"
-        self._settle_failed([batch.seqs[index] for index, _ in refusals], payloads, why)
-        self.reporter.refused(payloads, reasons)
+        seqs = [batch.seqs[index] for index, _ in refusals]
+        self._confirm(seqs)  # refused for good and reported: not to be replayed
+        self.settlement.refused(seqs, payloads, reasons, 200, f"{PATH_BULK}: the server refused them for good")
 
     def _fail(
         self,
         seqs: Sequence[int],
         items: Sequence[bytes],
-        error: SevenSegmentsError,
+        error: Optional[SevenSegmentsError],
         held_bytes: Optional[int] = None,
     ) -> None:
-        """Count commands as failed for good, mark the flushes they concern, and report them."""
+        """Commands failed for good: not to be replayed; counted, said and reported (``error``: none
+        when None, said later)."""
         if not seqs:
             return
-        self._settle_failed(seqs, items, error, held_bytes)
-        self.reporter.failed(error, items)
-
-    def _settle_failed(
-        self,
-        seqs: Sequence[int],
-        items: Sequence[bytes],
-        why: Union[str, SevenSegmentsError, None],
-        held_bytes: Optional[int] = None,
-    ) -> None:
-        """Count commands as failed for good, mark the flushes they concern, and say ``why`` (unless
-        None: said later) in one warning (at close, in the close's summary)."""
-        self.ledger.count_failed(len(seqs), max(seqs))
-        self.progress.failed_for_good(self.clock(), "" if why is None else self._scrub(str(why)))
-        size = sum(map(len, items)) if held_bytes is None else held_bytes
-        self._release(len(seqs), size)
-        self._confirm(seqs)  # failed for good and reported: not to be replayed
-        first = min(seqs)
-        for ticket in self.tickets:
-            if ticket.upto >= first:
-                ticket.delivered_all = False
-        if why is not None:
-            self._say_failed(len(seqs), why)
-
-    def _say_failed(self, count: int, why: Union[str, SevenSegmentsError]) -> None:
-        """One warning for ``count`` commands failed for good (at close, in the close's summary)."""
-        if self.lifecycle.phase is Phase.DRAINING:
-            self.losses_at_close += count
-            self.last_close_error = str(why)
-        else:
-            logger.warning("seven_segments: %d commands could not be delivered: %s", count, why)
+        self._confirm(seqs)
+        self.settlement.failed(seqs, items, error, held_bytes=held_bytes)
 
     def first_unsettled(self) -> float:
         """The oldest sequence number not settled yet (infinity when all are)."""
         first = float(self.fresh_head) if self.fresh else math.inf
         if self.line:
             first = min(first, self.line[0].first_seq)
-        if self.ledger.in_flight:
-            first = min(first, self.ledger.first_in_flight())
+        if self.settlement.in_flight:
+            first = min(first, self.settlement.first_in_flight())
         return first
 
     def oldest_pending(self, now: float) -> float:
         """Seconds the oldest command not delivered yet has waited (0 when none); from any thread."""
         incoming = self.incoming
-        waiting = len(incoming) - self.ledger.tickets_queued
+        waiting = len(incoming) - self.settlement.counts.tickets_queued
         head = None
         if waiting > 0:
             try:
                 head = incoming[0]
             except IndexError:
                 waiting = 0
-        return self.progress.oldest_age(now, self.held, waiting, head)
+        return self.progress.oldest_age(now, self.budget.held, waiting, head)
 
     def waiting(self) -> int:
         """Commands not delivered yet: held here, queued, and let go of into the spool in an outage."""
-        return self.held + max(0, len(self.incoming) - self.ledger.tickets_queued) + self.ledger.kept
+        counts = self.settlement.counts
+        return self.budget.held + max(0, len(self.incoming) - counts.tickets_queued) + counts.kept
 
     def look_at_progress(self, now: float) -> float:
         """Forget the marks of what settled; warn when delivery stalls or resumes (see ``StallAlarm``).
@@ -847,12 +715,12 @@ class Pump:
         progress = self.progress
         if progress.let_go_since < math.inf and not self._given_up and not self._reading_back:
             progress.let_go_since = math.inf
-        progress.settled_before(self.first_unsettled() if self.held else math.inf)
+        progress.settled_before(self.first_unsettled() if self.budget.held else math.inf)
         age = self.oldest_pending(now)
         said = self.stall.look(now, age)
         if said is not None:
             self._say_stall(said, now, age)
-        if not self.held and not self.incoming:
+        if not self.budget.held and not self.incoming:
             return math.inf  # only commands let go of into the spool wait: they need no pump awake
         return self.stall.next_look(now, age)
 
@@ -880,19 +748,9 @@ class Pump:
         before every flush waiting: while they are read back with room to go on, flushes wait; when
         the read-back stalls (the queue is full) or what it read is let go of again (the API is still
         down), they answer that not all was delivered."""
-        if not self.tickets or self._reading is Reading.LET_GO and self._room_to_replay():
+        if not self.settlement.tickets or self._reading is Reading.LET_GO and self._room_to_replay():
             return
-        first = self.first_unsettled()
-        left_on_disk = self._reading_back or bool(self._given_up)
-        waiting = []
-        for ticket in self.tickets:
-            if ticket.upto < first:
-                if left_on_disk:
-                    ticket.delivered_all = False
-                ticket.done.set()
-            else:
-                waiting.append(ticket)
-        self.tickets = waiting
+        self.settlement.answer_flushes(self.first_unsettled(), self._reading_back or bool(self._given_up))
 
     def give_up(self) -> None:
         """The close deadline passed: settle everything left, warning first, then ``on_error`` in chunks."""
@@ -901,14 +759,8 @@ class Pump:
         if self.spool is not None:
             self._keep_in_spool()
             return
-        in_flight = self.ledger.give_up_in_flight()
-        if self._cut_at_close:
-            cut, self._cut_at_close = self._cut_at_close, []
-            with self.ledger.lock:
-                self.ledger.unconfirmed += sum(map(len, cut))
-            in_flight += cut
-        unconfirmed = sum(map(len, in_flight))
-        self._release(unconfirmed, sum(sum(map(len, batch.payloads)) for batch in in_flight))
+        settlement = self.settlement
+        in_flight = settlement.take_in_flight() + self.take_cut_at_close()
         late = cast(List[bytes], self.drain_incoming())  # no spool here: bytes only
         line, self.line = self.line, []
         fresh = list(self.fresh)
@@ -917,43 +769,27 @@ class Pump:
         self.fresh.clear()
         self._fresh_bytes = 0
         payloads = [payload for batch in line for payload in batch.payloads] + fresh
-        lost = len(payloads) + len(late) + unconfirmed + self.losses_at_close
         timeout = f"{self.close_timeout:g} s"
-        parts = []
-        if self.losses_at_close:
-            parts.append(f"{self.losses_at_close} failed ({self.last_close_error})")
-        if payloads or late:
-            last = f"; last error: {self.last_trouble}" if self.last_trouble else ""
-            parts.append(f"{len(payloads) + len(late)} not delivered within the close deadline ({timeout}{last})")
-        if unconfirmed:
-            parts.append(
-                f"{unconfirmed} unconfirmed (in flight at the deadline: the server may have applied them; sending"
-                " them again is safe)"
-            )
-        logger.warning("seven_segments: %d commands were lost at close: %s", lost, ", ".join(parts))
-        if unconfirmed:
-            self.reporter.failed(
-                ServiceUnavailable(
-                    f"not confirmed within the close deadline ({timeout}): the request was in flight and may have been applied"
-                ),
-                [payload for batch in in_flight for payload in batch.payloads],
-            )
+        settlement.lost_at_close(len(payloads) + len(late), sum(map(len, in_flight)), self.close_timeout, self.last_trouble)
+        settlement.unconfirmed(
+            in_flight,
+            ServiceUnavailable(
+                f"not confirmed within the close deadline ({timeout}): the request was in flight and may have been applied"
+            ),
+        )
         error = ServiceUnavailable(f"not delivered within the close deadline ({timeout})")
         if payloads:
             self._fail(seqs, payloads, error)
         if late:
             self._fail([self.seq] * len(late), late, error, held_bytes=0)
-        self.losses_at_close = 0  # all said above: the close summary adds nothing
-        for ticket in self.tickets:
-            ticket.delivered_all = False
+        settlement.not_all_delivered()
         self.settle_tickets()
         self.reporter.drain()
 
     def _keep_in_spool(self) -> None:
         """The close deadline passed with a spool: what is left stays in it, for the next client on the
         folder to deliver (the requests in flight too: resending them is safe). Nothing is lost."""
-        in_flight = self.ledger.give_up_in_flight(unconfirmed=False) + self._cut_at_close
-        self._cut_at_close = []
+        in_flight = self.settlement.take_in_flight() + self.take_cut_at_close()
         self._end_reading()  # what was not read back yet stays in the spool (counted as kept already)
         late = self.drain_incoming()
         kept = sum(map(len, in_flight)) + sum(map(len, self.line)) + len(self.fresh) + len(late)
@@ -962,31 +798,17 @@ class Pump:
         self.fresh.clear()
         self._fresh_bytes = 0
         self._records.clear()
-        self.held = self.held_bytes = 0
-        with self.ledger.lock:
-            self.ledger.kept += kept
-            on_disk = self.ledger.kept  # with those let go of earlier (see _let_go)
-        self._kept_said = True
-        if on_disk:
-            last = f"; last error: {self.last_trouble}" if self.last_trouble else ""
-            logger.warning(
-                "seven_segments: %d commands were kept in the spool %s: not delivered within the close deadline"
-                " (%g s%s); the next client on that folder delivers them",
-                on_disk,
-                self.spool.folder if self.spool is not None else "",
-                self.close_timeout,
-                last,
-            )
-        for ticket in self.tickets:
-            ticket.delivered_all = False
+        on_disk = self.settlement.kept_at_close(kept)  # with those let go of earlier (see _let_go)
+        folder = self.spool.folder if self.spool is not None else ""
+        self.settlement.kept_said(on_disk, folder, self.close_timeout, self.last_trouble)
         self.settle_tickets()
         self.reporter.drain()
 
     def _fail_not_spooled(self, in_flight: List[Batch], late: "List[Union[bytes, Spooled]]") -> int:
         """At the close deadline, with a spool: fail (and report) the commands left that it could
-        not take (``Ledger.not_spooled``), which only memory held; returns how many."""
+        not take (``Counts.not_spooled``), which only memory held; returns how many."""
         records = self._records
-        if self.ledger.not_spooled == 0:
+        if self.settlement.counts.not_spooled == 0:
             return 0
         error = ServiceUnavailable(
             f"not delivered within the close deadline ({self.close_timeout:g} s), and not in the spool"
@@ -1020,49 +842,21 @@ class Pump:
                 else:
                     commands.append(item)
         if commands:
-            with self.ledger.lock:
-                self.ledger.taken += len(commands)
-            self.held += len(commands)
+            self.settlement.taken_late(len(commands))
         return commands
 
     def fail_late(self) -> None:
         """After the stop: fail what reached the queue after the last look, answer late flushes."""
         items = self.drain_incoming()
         late = [item for item in items if type(item) is bytes]
-        spooled = len(items) - len(late)
-        if spooled:  # on disk already: the next client on the folder delivers them
-            self._release(spooled, 0)
-            self.ledger.count_kept(spooled)
-            for ticket in self.tickets:
-                ticket.delivered_all = False
         if late:
-            error = ServiceUnavailable(f"{len(late)} commands arrived after the client was closed")
-            logger.warning("seven_segments: %s", error)
             self.seq += 1
-            self.ledger.count_failed(len(late), self.seq)
-            self._release(len(late), 0)
-            self.reporter.failed(error, late)
-            for ticket in self.tickets:
-                ticket.delivered_all = False
-        for ticket in self.tickets:
-            ticket.done.set()
-        self.tickets = []
+        # Spooled ones are on disk already: the next client on the folder delivers them.
+        self.settlement.late(late, len(items) - len(late), self.seq)
         self.report_drops()
         self.reporter.drain()
 
     def close_summary(self) -> None:
         """The one warning of a close that lost commands before its deadline (none when give_up spoke),
         and, with a spool, of commands let go of during an outage and not read back since."""
-        if self.spool is not None and not self._kept_said and self.ledger.kept:
-            self._kept_said = True
-            logger.warning(
-                "seven_segments: %d commands were kept in the spool %s: not delivered within retry_deadline;"
-                " the next client on that folder delivers them",
-                self.ledger.kept,
-                self.spool.folder,
-            )
-        if self.losses_at_close:
-            logger.warning(
-                "seven_segments: %d commands were lost at close: %s", self.losses_at_close, self.last_close_error
-            )
-        self.reporter.flush_drop_warnings()
+        self.settlement.close_summary(self.spool.folder if self.spool is not None else None)
