@@ -17,7 +17,8 @@ from seven_segments._buffered.answers import Verdict
 from seven_segments._buffered.batching import Batch
 from seven_segments._buffered.lifecycle import Lifecycle, Phase
 from seven_segments._buffered.limits import Limits
-from seven_segments._buffered.pump import FlushTicket, Pump, Spooled
+from seven_segments._buffered.pump import FlushTicket, Pump
+from seven_segments._buffered.store import SpoolStore, Spooled
 from seven_segments._buffered import reporting
 from seven_segments._buffered.reporting import Reporter
 from seven_segments._buffered.retry import RetryPolicy
@@ -42,6 +43,7 @@ class FakeSpool:
     """Stands in for ``Spool``: records are ``("segment", n)``, each payload remembered for ``reread``."""
 
     folder = "/fake/spool"
+    last_failure = ""
 
     def __init__(self) -> None:
         self.payloads: Dict[Tuple[str, int], bytes] = {}
@@ -92,7 +94,7 @@ class Harness:
             launch=lambda number, batch, timeout, done: self.launched.__setitem__(number, (batch, timeout, done)),
             clock=self.clock,
             policy=RetryPolicy(60.0, backoff=lambda attempt: 1.0 * attempt),
-            spool=spool,  # type: ignore[arg-type]
+            store=None if spool is None else SpoolStore(self.settlement, spool, self.limits, "secret-token", lambda secret: None),  # type: ignore[arg-type]
         )
         self.spool = spool
         self.serial = 0

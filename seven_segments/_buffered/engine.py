@@ -27,7 +27,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional
 
 from ..clock import Clock, monotonic
 from ..health import Figures
@@ -39,14 +39,15 @@ from . import registry
 from .batching import Batch
 from .lifecycle import Lifecycle, Phase
 from .limits import Limits
-from .pump import FlushTicket, Pump, Spooled
+from .pump import FlushTicket, Pump
 from ..types import ErrorCallback
 from .reporting import Reporter
 from .sender import Outcome, SenderPool, attempt_batch
 from .settlement import CLOSED, COMMAND_COST, FULL, Settlement
+from .store import SpoolStore, Store
 
 if TYPE_CHECKING:
-    from ..spool import Record, Spool
+    from ..spool import Spool
 
 __all__ = ["BufferedEngine", "Core", "PUMP_IDLE_SECONDS"]
 
@@ -112,12 +113,20 @@ class Core:
         self.limits = limits
         self.transport = transport
         self.clock = clock
-        self.incoming: Deque[Any] = deque()  # commands (bytes, or Spooled) and FlushTickets, in call order
+        #: Queued commands (one kind per store: bytes, or ``Spooled``) and FlushTickets, in call order.
+        self.incoming: Deque[Any] = deque()
         self.lifecycle = Lifecycle()
         keep = 0 if on_error is None else max(1000, limits.max_queue_bytes // DROP_KEEP_SHARE // TYPICAL_COMMAND_BYTES)
         self.reporter = Reporter(on_error, clock)
         self.settlement = Settlement(limits, self.reporter, self.lifecycle, clock, keep_drops=keep)
         self.budget = self.settlement.budget
+        self.store: Store = (
+            Store(self.settlement)
+            if spool is None
+            else SpoolStore(self.settlement, spool, limits, token, transport.add_secret)
+        )
+        #: With a spool: writes a command down on the caller's thread before it is queued.
+        self._admit = self.store.admit if isinstance(self.store, SpoolStore) else None
         self.senders = SenderPool("seven-segments-sender", max_threads=limits.max_in_flight)
         #: While a flush runs the pump on its own thread: when that flush ends (attempts made on
         #: that thread end by then too).
@@ -136,8 +145,7 @@ class Core:
             launch=self._launch,
             clock=clock,
             scrub=transport.scrub,
-            add_secret=transport.add_secret,
-            spool=spool,
+            store=self.store,
         )
         self.pump.wake = self.wakeup.set
 
@@ -172,14 +180,9 @@ class Core:
         ):
             self._drop(payload, FULL)
             return
-        item: Any = payload
-        if self.spool is not None:
-            record = self.spool.append(payload, self.pid)  # the facade checked: this is the core's process
-            if record is None:  # the spool cannot take it (full, the disk full): sent from memory only
-                self.settlement.not_spooled()
-            else:
-                item = Spooled(payload, record)
-        incoming.append(item)
+        admit = self._admit
+        # With a spool, written down first (the facade checked: this is the core's process).
+        incoming.append(payload if admit is None else admit(payload, self.pid))
         phase = lifecycle.phase
         if phase is _RUNNING:
             if waiting + 1 >= self.wake_at and not self.wakeup.is_set():
@@ -322,7 +325,7 @@ class Core:
         self.wakeup.set()
         if had_pump:
             return
-        if pump.empty and not self.incoming and not pump.has_let_go:
+        if pump.empty and not self.incoming and not self.store.has_kept:
             self._stop()
             return
         with lifecycle.lock:
@@ -505,8 +508,8 @@ class Core:
         in_flight = self.settlement.take_in_flight() + pump.take_cut_at_close()
         late = pump.drain_incoming()
         waiting = [payload for batch in pump.line for payload in batch.payloads] + list(pump.fresh)
-        waiting += [item for item in late if type(item) is bytes]
-        self.settlement.abandoned(in_flight, waiting, self.spool is not None, pump.close_timeout)
+        waiting += self.store.payloads(late)
+        self.settlement.abandoned(in_flight, waiting, self.store.folder is not None, pump.close_timeout)
         self._release()
 
     def fail_late(self) -> None:
@@ -517,8 +520,7 @@ class Core:
     def _release(self) -> None:
         self.senders.close()
         self.transport.close()
-        if self.spool is not None:
-            self.spool.close()
+        self.store.close()
         registry.stopped(self)
 
     # Sending --------------------------------------------------------------------------------------

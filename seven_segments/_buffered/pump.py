@@ -13,37 +13,32 @@ as sent, failed or unconfirmed.
 
 from __future__ import annotations
 
-import array
 import bisect
-import enum
 import json
 import logging
 import math
 import threading
 from collections import deque
-from itertools import islice, repeat
-from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, Iterator, List, Optional, Sequence, Set, Tuple, Union, cast
+from itertools import islice
+from typing import Any, Callable, Deque, List, Optional, Sequence, Tuple
 
 from ..clock import Clock
 from ..errors import InvalidRequest, SevenSegmentsError, ServiceUnavailable
 from ..protocol import MAX_COMMAND_BYTES, PATH_BULK, PATH_CUSTOMERS, PATH_EVENTS
-from ..serialization import BulkCommandEncoder
 from ..transport import TransientError
 from .answers import Verdict
 from .batching import Batch, fit_to_bytes, fresh_batch_due
 from .lifecycle import Lifecycle, Phase
 from .limits import Limits
-from .reporting import NO_REASON, Reporter
+from .reporting import NO_REASON
 from .retry import RetryPolicy
 from .sender import Outcome
 from .settlement import Settlement
+from .store import Left, Reading, Store
 from .stall import Say, StallAlarm
 from .window import Window
 
-if TYPE_CHECKING:
-    from ..spool import Record, Spool
-
-__all__ = ["FlushTicket", "Pump", "Launch", "Spooled"]
+__all__ = ["FlushTicket", "Pump", "Launch"]
 
 logger = logging.getLogger("seven_segments")
 
@@ -52,19 +47,6 @@ Launch = Callable[[int, Batch, float, Callable[[Outcome], None]], None]
 
 #: Commands taken from the incoming queue per step, at most.
 TAKE_PER_STEP = 2_000
-#: With a spool, commands let go of during an outage are read back at most this many at a time.
-READ_BACK_CHUNK = 1_000
-
-
-class Spooled:
-    """A command a client with a spool queued: its bytes, and where the spool holds them."""
-
-    __slots__ = ("payload", "record")
-
-    def __init__(self, payload: bytes, record: "Record") -> None:
-        self.payload = payload
-        self.record = record
-
 #: Bytes of a bulk command that are not its ``data``: ``{"name":"<path>","data":`` and ``}``.
 _ENVELOPE = {path: len('{"name":"' + path + '","data":}') for path in (PATH_EVENTS, PATH_CUSTOMERS)}
 _LARGEST_ENVELOPE = max(_ENVELOPE.values())
@@ -78,21 +60,6 @@ def _data_size(payload: bytes) -> int:
         return len(json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
     except (ValueError, KeyError, TypeError, RecursionError):
         return 0
-
-
-class Reading(enum.Enum):
-    """What the pump is reading from the spool (``Pump._replay``), before or between new commands."""
-
-    #: Nothing: the spool is only written.
-    NOTHING = "nothing"
-    #: The files of processes that died (``Spool.recover``): before any new command.
-    DEAD_WRITERS = "dead writers"
-    #: This process's commands let go of in an outage (``Spool.reread``): counted once already,
-    #: between new commands; flushes wait for them while they can go on.
-    LET_GO = "let go"
-    #: The same, but some of what was read back was let go of again (the API is still down):
-    #: flushes no longer wait for the rest.
-    LET_GO_AGAIN = "let go again"
 
 
 class FlushTicket:
@@ -122,8 +89,7 @@ class Pump:
         clock: Clock,
         policy: Optional[RetryPolicy] = None,
         scrub: Callable[[str], str] = lambda text: text,
-        add_secret: Callable[[str], None] = lambda secret: None,
-        spool: "Optional[Spool]" = None,
+        store: Optional[Store] = None,
     ) -> None:
         self.limits = limits
         self.incoming = incoming
@@ -135,10 +101,6 @@ class Pump:
         self.clock = clock
         self.policy = policy if policy is not None else RetryPolicy(limits.retry_deadline)
         self._scrub = scrub
-        #: Keeps a company token out of what ``scrub`` lets through; and the tokens of replayed
-        #: commands given to it (a dead client's spool may have been written with another token).
-        self._add_secret = add_secret
-        self._tokens_seen: Set[str] = {token}
         self.window = Window(limits.max_in_flight)
         #: How long the oldest command has waited, how the last requests ended; the stall warnings.
         self.progress = settlement.progress
@@ -166,21 +128,8 @@ class Pump:
         self.last_trouble = ""  # the last passing failure, for the close summary
         #: Called when an outcome arrives (the engine wakes its thread).
         self.wake: Callable[[], None] = lambda: None
-        #: The durable spool, if any: the record of each spooled command by sequence number (confirmed
-        #: when it settles), and what is left to replay from processes that died.
-        self.spool = spool
-        self._records: "Dict[int, Record]" = {}
-        #: The chunks being read from the spool, and what they are (see ``Reading``): set and ended
-        #: together, by ``_read`` and ``_end_reading``.
-        self._replay: "Optional[Iterator[List[Tuple[Record, bytes]]]]" = None
-        self._reading = Reading.NOTHING
-        if spool is not None:
-            self._read(spool.recover(), Reading.DEAD_WRITERS)
-        #: With a spool: the records of commands let go of after ``retry_deadline`` (an outage). They
-        #: stay on disk, counted as kept, and are read back after an answer that settles anything, for
-        #: a flush, and once by a close (``_read_back_given_up``).
-        #: Kept as offsets by segment name, 8 bytes each: an outage may let go of millions.
-        self._given_up: "Dict[str, array.array[int]]" = {}
+        #: Where the commands held lie: in memory only, or in a spool too (see ``store.py``).
+        self.store = store if store is not None else Store(settlement)
         #: Commands refused alone after a batch they were in was refused as a whole and split (400,
         #: 413), with their reasons and statuses: reported together once no part of a split is left
         #: (a server refusing every request would otherwise make one warning and call per command).
@@ -197,14 +146,15 @@ class Pump:
         Returns ``-1.0`` when a close is done: everything settled or given up.
         """
         self.report_drops()  # first: dropped commands are held outside the queue's bounds
-        if self._reading is not Reading.NOTHING:
+        store = self.store
+        if store.reading is not Reading.NOTHING:
             self.replay()
         self.take()
         self.apply_outcomes()
         draining = self.lifecycle.phase is Phase.DRAINING
-        if draining and self._given_up and not self._read_back_at_close:  # a close tries them once more
+        if draining and store.has_kept and not self._read_back_at_close:  # a close tries them once more
             self._read_back_at_close = True
-            self._read_back_given_up()
+            store.read_back_kept(Phase.DRAINING)
         now = self.clock()
         if not self.incoming:
             self.progress.drained_at = now
@@ -214,12 +164,12 @@ class Pump:
         self.dispatch(now, draining)
         self.settle_tickets()
         self.reporter.drain()
-        if draining and self.empty and not self.incoming and not self._reading_back:
+        if draining and self.empty and not self.incoming and not store.reading_back:
             return -1.0
         look = self.look_at_progress(now)
-        if self.incoming and self._reading is not Reading.DEAD_WRITERS:
+        if self.incoming and store.reading is not Reading.DEAD_WRITERS:
             return 0.0  # more to take than one step takes
-        if self._reading is not Reading.NOTHING and self._room_to_replay():
+        if store.reading is not Reading.NOTHING and self._room_to_replay():
             return 0.0  # more to read from the spool (read back after an outage, since this step began)
         return min(look, self.sleep_for(now, draining))
 
@@ -248,70 +198,53 @@ class Pump:
     def take(self) -> None:
         """Number queued commands (their bytes, made by the callers); place flush tickets behind them."""
         incoming = self.incoming
-        if not incoming or self._reading is Reading.DEAD_WRITERS:  # dead processes' files go first
+        if not incoming or self.store.reading is Reading.DEAD_WRITERS:  # dead processes' files go first
             return
         fresh = self.fresh
-        records = self._records
         was_empty = not fresh
+        start = self.seq
         added = 0
-        seq = start = self.seq
-        popleft = incoming.popleft
-        append = fresh.append
-        count = TAKE_PER_STEP  # bounded, so that answers and drops are seen between takes
-        if self.spool is None:
-            with self._popping:  # a closer that gave up on this pump empties the queue meanwhile
-                count = min(len(incoming), TAKE_PER_STEP)
-                if not self.settlement.counts.tickets_queued:
-                    # Only bytes (a flush counts its ticket before queuing it, and only a spool queues
-                    # Spooled): the step's worth at once, in C loops.
-                    items = list(islice(iter(popleft, None), count))
-                    if was_empty:
-                        self.fresh_head = seq + 1
-                    fresh.extend(items)
-                    added = sum(map(len, items))
-                    seq += count
-                    count = 0
-        for _ in range(count):
-            try:
-                item = popleft()
-            except IndexError:
-                break
-            kind = type(item)
-            if kind is bytes:
-                seq += 1
-                if not fresh:
-                    self.fresh_head = seq
-                append(item)
-                added += len(item)
-            elif kind is Spooled:
-                seq += 1
-                records[seq] = item.record
-                if not fresh:
-                    self.fresh_head = seq
-                append(item.payload)
-                added += len(item.payload)
-            else:
-                self.seq = seq
-                self._place(item)
-        self.seq = seq
-        taken = seq - start
+        with self._popping:  # a closer that gave up on this pump empties the queue meanwhile
+            # Bounded, so that answers and drops are seen between takes.
+            items = list(islice(iter(incoming.popleft, None), min(len(incoming), TAKE_PER_STEP)))
+        # A flush counts its ticket before queuing it: with none counted, only commands were taken.
+        runs = [items] if not self.settlement.counts.tickets_queued else self._split_at_tickets(items)
+        for run in runs:
+            if type(run) is FlushTicket:
+                self._place(run)
+                continue
+            payloads = self.store.take(run, self.seq + 1)
+            if not fresh:
+                self.fresh_head = self.seq + 1
+            fresh.extend(payloads)
+            added += sum(map(len, payloads))
+            self.seq += len(payloads)
+        taken = self.seq - start
         if taken:
             self._fresh_bytes += added
             self.settlement.taken(taken, added, start + 1)
-            if self.spool is not None:
-                self._prepare_spool()
+            self.store.taken()
         if was_empty and fresh:
             self._oldest_at = self.clock()
         if self.settlement.tickets:
             self.settle_tickets()
 
-    def _prepare_spool(self) -> None:
-        """Let the spool make its next segment here, not on a caller's thread (see ``Spool.prepare_next``)."""
-        assert self.spool is not None
-        try:
-            self.spool.prepare_next()
-        except Exception:  # never stops delivery: the caller that needs the segment makes it
-            logger.exception("seven_segments: preparing the next spool segment failed")
+    @staticmethod
+    def _split_at_tickets(items: List[Any]) -> List[Any]:
+        """``items`` as runs of commands (lists) and the flush tickets between them, in order."""
+        runs: List[Any] = []
+        run: List[Any] = []
+        for item in items:
+            if type(item) is FlushTicket:
+                if run:
+                    runs.append(run)
+                    run = []
+                runs.append(item)
+            else:
+                run.append(item)
+        if run:
+            runs.append(run)
+        return runs
 
     def _line_fresh_up_to(self, count: int) -> None:
         while count > 0:
@@ -326,64 +259,61 @@ class Pump:
         self.line.insert(bisect.bisect(firsts, batch.first_seq), batch)
 
     def _place(self, ticket: FlushTicket) -> None:
-        if self._given_up:  # commands let go of in an outage: a flush tries them again, and waits for them
-            self._read_back_given_up()
-        # Still there: cannot now (the files of dead processes are still being read).
-        self.settlement.place(ticket, self.seq, kept_waiting=bool(self._given_up))
+        # Commands let go of in an outage: a flush tries them again, and waits for them; still kept,
+        # they cannot be read back now (the files of dead processes are still being read).
+        self.store.read_back_kept(self.lifecycle.phase)
+        self.settlement.place(ticket, self.seq, kept_waiting=self.store.has_kept)
 
     def _room_to_replay(self) -> bool:
         limits = self.limits
         return not self.budget.held or self.budget.held < limits.max_queue_size // 2 and self.budget.held_bytes < limits.max_queue_bytes // 2
 
     def replay(self) -> None:
-        """Take what the spool holds (from processes that died, or let go of in an outage), before
+        """Take what the store reads back (from processes that died, or let go of in an outage), before
         any new command, within half the queue's bounds (the rest waits on disk for the next step); a
         chunk at least when nothing is held, however small the bounds."""
-        replay = self._replay
-        fresh = self.fresh
-        while replay is not None and self._room_to_replay():
-            try:
-                chunk = next(replay)
-            except StopIteration:
-                self._end_reading()
-                break
-            except Exception:  # a damaged spool must never stop delivery of new commands
-                logger.exception("seven_segments: reading the spool failed; what is left stays on disk")
-                self._end_reading()
-                break
+        store = self.store
+        while store.reading is not Reading.NOTHING and self._room_to_replay():
+            reading = store.reading
             first_seq = self.seq + 1
-            if not fresh:
-                self.fresh_head = self.seq + 1
-                self._oldest_at = self.clock()
-            if self._reading is Reading.DEAD_WRITERS:
-                self._learn_tokens(chunk)
-            size = 0
-            too_large: List[bytes] = []
-            for record, payload in chunk:
-                self.seq += 1
-                self._records[self.seq] = record
-                if len(payload) > MAX_COMMAND_BYTES + _LARGEST_ENVELOPE and _data_size(payload) > MAX_COMMAND_BYTES:
-                    # Spooled before sizes were checked at the call: failed here, not split by 413s.
-                    if fresh:  # the commands before it become a batch of their own: numbers stay contiguous
-                        self._line_fresh_up_to(len(fresh))
-                    self._fail([self.seq], [payload], None, held_bytes=0)  # counted as held below
-                    too_large.append(payload)
-                    continue
-                if not fresh:
-                    self.fresh_head = self.seq
-                fresh.append(payload)
-                size += len(payload)
-            self._fresh_bytes += size
-            if self._reading is Reading.DEAD_WRITERS:
-                self.settlement.taken(len(chunk), size, first_seq, replayed=True)
-            else:  # taken and counted before: no longer kept
-                self.settlement.read_back(len(chunk), size, first_seq)
-            if self._reading is Reading.LET_GO:  # queued before every flush waiting now
+            chunk = store.read(first_seq)
+            if chunk is None:
+                break
+            self._hold_read_back(chunk, replayed=reading is Reading.DEAD_WRITERS)
+            if reading is Reading.LET_GO:  # queued before every flush waiting now
                 self.settlement.wait_for_read_back(self.seq)
-            if too_large:
-                self._report_too_large(too_large)
-        if self._reading is Reading.DEAD_WRITERS and self.lifecycle.phase is Phase.DRAINING:
-            self._end_reading()  # closing: what was not read stays in the spool for the next start
+        if store.reading is Reading.DEAD_WRITERS and self.lifecycle.phase is Phase.DRAINING:
+            store.end_reading()  # closing: what was not read stays in the spool for the next start
+
+    def _hold_read_back(self, chunk: List[bytes], replayed: bool) -> None:
+        """Number and hold a chunk read back; commands too large for the server (spooled before sizes
+        were checked at the call) fail here, not split by 413s."""
+        fresh = self.fresh
+        first_seq = self.seq + 1
+        if not fresh:
+            self.fresh_head = first_seq
+            self._oldest_at = self.clock()
+        size = 0
+        too_large: List[bytes] = []
+        for payload in chunk:
+            self.seq += 1
+            if len(payload) > MAX_COMMAND_BYTES + _LARGEST_ENVELOPE and _data_size(payload) > MAX_COMMAND_BYTES:
+                if fresh:  # the commands before it become a batch of their own: numbers stay contiguous
+                    self._line_fresh_up_to(len(fresh))
+                self._fail([self.seq], [payload], None, held_bytes=0)  # counted as held below
+                too_large.append(payload)
+                continue
+            if not fresh:
+                self.fresh_head = self.seq
+            fresh.append(payload)
+            size += len(payload)
+        self._fresh_bytes += size
+        if replayed:
+            self.settlement.taken(len(chunk), size, first_seq, replayed=True)
+        else:  # taken and counted before: no longer kept
+            self.settlement.read_back(len(chunk), size, first_seq)
+        if too_large:
+            self._report_too_large(too_large)
 
     def _report_too_large(self, payloads: List[bytes]) -> None:
         """Replayed commands too large for the server, failed without a request: one warning, and
@@ -391,46 +321,14 @@ class Pump:
         reasons = [f"the command takes {_data_size(payload)} bytes as JSON, more than {MAX_COMMAND_BYTES}" for payload in payloads]
         self.settlement.refused_before(payloads, reasons, 413, f"{PATH_BULK}: not sent, too large")
 
-    def _learn_tokens(self, chunk: "List[Tuple[Record, bytes]]") -> None:
-        """Mask the company tokens of replayed commands (written by another client, perhaps with
-        another token) wherever the server's text is quoted, as this client's own token is."""
-        seen = self._tokens_seen
-        for _, payload in chunk:
-            token = BulkCommandEncoder.company_of(payload)
-            if token is not None and token not in seen:
-                seen.add(token)
-                self._add_secret(token)
-
-    def _read(self, chunks: "Iterator[List[Tuple[Record, bytes]]]", reading: Reading) -> None:
-        self._replay = chunks
-        self._reading = reading
-
-    def _end_reading(self) -> None:
-        self._replay = None
-        self._reading = Reading.NOTHING
-
-    @property
-    def _reading_back(self) -> bool:
-        """Reading back commands this process let go of in an outage."""
-        return self._reading is Reading.LET_GO or self._reading is Reading.LET_GO_AGAIN
-
     def _confirm(self, seqs: Sequence[int]) -> None:
-        """Tell the spool that these commands settled (delivered, or failed and reported)."""
-        records = self._records
-        if not records or self.spool is None:
-            return
-        settled = [record for record in map(records.pop, seqs, repeat(None)) if record is not None]
-        if settled:
-            try:
-                self.spool.confirm(settled)
-            except Exception:  # the commands were delivered: at worst they are sent again (ids dedupe)
-                logger.exception("seven_segments: confirming spooled commands failed")
+        """Tell the store that these commands settled (delivered, or failed and reported)."""
+        self.store.settled(seqs)
 
     def report_drops(self) -> None:
         """Pass dropped commands to ``on_error`` and warn (rate-limited), each with its true reason;
         warn about commands the spool could not take (rate-limited)."""
-        if self.spool is not None and self.settlement.not_spooled_unsaid:
-            self.settlement.say_not_spooled(self.spool.folder, self.spool.last_failure)
+        self.store.say()
         self.settlement.report_drops()
 
     # Sending ------------------------------------------------------------------------------------
@@ -546,8 +444,8 @@ class Pump:
 
     def _answered(self, batch: Batch, verdict: Verdict, now: float) -> None:
         self.window.on_success()
-        if self._given_up and verdict.progress:
-            self._read_back_given_up()
+        if verdict.progress and self.store.has_kept:
+            self.store.read_back_kept(self.lifecycle.phase)
         if verdict.all_ok:
             self.settlement.delivered(len(batch), sum(map(len, batch.payloads)))
             self._confirm(batch.seqs)
@@ -606,58 +504,14 @@ class Pump:
     # Settling -----------------------------------------------------------------------------------
 
     def _fail_or_let_go(self, seqs: Sequence[int], payloads: Sequence[bytes], error: SevenSegmentsError) -> None:
-        """Commands the API did not take within ``retry_deadline`` (down, or answering "retry"):
-        failed for good without a spool; with one, let go of (see ``_let_go``), since they are safe on
-        disk and the API has not refused them; those the spool could not take are failed."""
-        records = self._records
-        if self.spool is None:
+        """Commands the API did not take within ``retry_deadline`` (down, or answering "retry"): let go
+        of (see ``Store.let_go``): those the store keeps stay on disk, safe, since the API has not
+        refused them; the others fail for good."""
+        lost = self.store.let_go(seqs, payloads, error)
+        if len(lost) == len(seqs):
             self._fail(seqs, payloads, error)
-        elif all(seq in records for seq in seqs):
-            self._let_go(seqs, payloads, error)
-        else:
-            on_disk = [index for index, seq in enumerate(seqs) if seq in records]
-            in_memory = [index for index, seq in enumerate(seqs) if seq not in records]
-            self._let_go([seqs[i] for i in on_disk], [payloads[i] for i in on_disk], error)
-            self._fail([seqs[i] for i in in_memory], [payloads[i] for i in in_memory], error)
-
-    def _let_go(self, seqs: Sequence[int], payloads: Sequence[bytes], error: SevenSegmentsError) -> None:
-        """Take spooled commands out of memory without confirming them: they stay in the spool,
-        counted as kept, and are read back (``Spool.reread``) once an answer settles anything, or
-        delivered by the next client on the folder if this process ends first. Not passed to
-        ``on_error``: they are not lost."""
-        if not seqs:
-            return
-        given_up = self._given_up
-        for name, offset in map(self._records.pop, seqs):
-            offsets = given_up.get(name)
-            if offsets is None:
-                offsets = given_up[name] = array.array("Q")
-            offsets.append(offset)
-        if self._reading is Reading.LET_GO:
-            self._reading = Reading.LET_GO_AGAIN
-        folder = self.spool.folder if self.spool is not None else ""
-        self.settlement.kept(seqs, sum(map(len, payloads)), error, folder)
-
-    @property
-    def has_let_go(self) -> bool:
-        """Commands let go of in an outage wait on disk to be read back (a close tries them)."""
-        return bool(self._given_up)
-
-    def _read_back_given_up(self) -> None:
-        """Read back what was let go of (once the API answers again, for a flush, or when a close
-        begins), before new commands; not while the files of dead processes are still being read.
-        Flushes waiting meanwhile wait for it too (``settle_tickets``)."""
-        if self._reading is not Reading.NOTHING or self.spool is None or self.lifecycle.phase not in (Phase.RUNNING, Phase.DRAINING):
-            return
-        given_up, self._given_up = self._given_up, {}
-        # Chunks of a quarter of the queue at most: new commands keep room while these go again.
-        chunk = max(1, min(READ_BACK_CHUNK, self.limits.max_queue_size // 4))
-        self._read(self.spool.reread(given_up, chunk, self._lost_on_disk), Reading.LET_GO)
-
-    def _lost_on_disk(self, count: int, path: str) -> None:
-        """Commands let go of in an outage that cannot be read back (damaged, or their file cannot
-        be read): failed, and every flush waiting or to come for them says not all was delivered."""
-        self.settlement.lost_on_disk(count, path, self.seq)
+        elif lost:
+            self._fail([seqs[i] for i in lost], [payloads[i] for i in lost], error)
 
     def _refused(self, batch: Batch, refusals: List[Tuple[int, Tuple[str, ...]]]) -> None:
         """The commands of ``batch`` its answer refused for good: failed together, with one warning
@@ -713,7 +567,7 @@ class Pump:
         """Forget the marks of what settled; warn when delivery stalls or resumes (see ``StallAlarm``).
         Returns how long the pump may sleep before it must look again."""
         progress = self.progress
-        if progress.let_go_since < math.inf and not self._given_up and not self._reading_back:
+        if progress.let_go_since < math.inf and not self.store.has_kept and not self.store.reading_back:
             progress.let_go_since = math.inf
         progress.settled_before(self.first_unsettled() if self.budget.held else math.inf)
         age = self.oldest_pending(now)
@@ -748,89 +602,32 @@ class Pump:
         before every flush waiting: while they are read back with room to go on, flushes wait; when
         the read-back stalls (the queue is full) or what it read is let go of again (the API is still
         down), they answer that not all was delivered."""
-        if not self.settlement.tickets or self._reading is Reading.LET_GO and self._room_to_replay():
+        store = self.store
+        if not self.settlement.tickets or store.reading is Reading.LET_GO and self._room_to_replay():
             return
-        self.settlement.answer_flushes(self.first_unsettled(), self._reading_back or bool(self._given_up))
+        self.settlement.answer_flushes(self.first_unsettled(), store.reading_back or store.has_kept)
 
     def give_up(self) -> None:
-        """The close deadline passed: settle everything left, warning first, then ``on_error`` in chunks."""
+        """The close deadline passed: the store settles everything left (lost, or kept on disk), warning
+        first, then ``on_error`` in chunks."""
         if self._split_refusals:
             self._report_split_refusals()  # what is left of their splits is given up below
-        if self.spool is not None:
-            self._keep_in_spool()
-            return
-        settlement = self.settlement
-        in_flight = settlement.take_in_flight() + self.take_cut_at_close()
-        late = cast(List[bytes], self.drain_incoming())  # no spool here: bytes only
-        line, self.line = self.line, []
-        fresh = list(self.fresh)
-        seqs: List[int] = [seq for batch in line for seq in batch.seqs]
-        seqs += range(self.fresh_head, self.fresh_head + len(fresh))
-        self.fresh.clear()
-        self._fresh_bytes = 0
-        payloads = [payload for batch in line for payload in batch.payloads] + fresh
-        timeout = f"{self.close_timeout:g} s"
-        settlement.lost_at_close(len(payloads) + len(late), sum(map(len, in_flight)), self.close_timeout, self.last_trouble)
-        settlement.unconfirmed(
-            in_flight,
-            ServiceUnavailable(
-                f"not confirmed within the close deadline ({timeout}): the request was in flight and may have been applied"
-            ),
-        )
-        error = ServiceUnavailable(f"not delivered within the close deadline ({timeout})")
-        if payloads:
-            self._fail(seqs, payloads, error)
-        if late:
-            self._fail([self.seq] * len(late), late, error, held_bytes=0)
-        settlement.not_all_delivered()
-        self.settle_tickets()
-        self.reporter.drain()
-
-    def _keep_in_spool(self) -> None:
-        """The close deadline passed with a spool: what is left stays in it, for the next client on the
-        folder to deliver (the requests in flight too: resending them is safe). Nothing is lost."""
         in_flight = self.settlement.take_in_flight() + self.take_cut_at_close()
-        self._end_reading()  # what was not read back yet stays in the spool (counted as kept already)
+        self.store.end_reading()  # what was not read back yet stays on disk (counted as kept already)
         late = self.drain_incoming()
-        kept = sum(map(len, in_flight)) + sum(map(len, self.line)) + len(self.fresh) + len(late)
-        kept -= self._fail_not_spooled(in_flight, late)
-        self.line = []
+        waiting, self.line = self.line, []
+        if self.fresh:
+            waiting.append(Batch(range(self.fresh_head, self.fresh_head + len(self.fresh)), list(self.fresh), 0.0))
         self.fresh.clear()
         self._fresh_bytes = 0
-        self._records.clear()
-        on_disk = self.settlement.kept_at_close(kept)  # with those let go of earlier (see _let_go)
-        folder = self.spool.folder if self.spool is not None else ""
-        self.settlement.kept_said(on_disk, folder, self.close_timeout, self.last_trouble)
+        self.store.close_deadline(Left(in_flight, waiting, late, self.seq, self.close_timeout, self.last_trouble))
         self.settle_tickets()
         self.reporter.drain()
 
-    def _fail_not_spooled(self, in_flight: List[Batch], late: "List[Union[bytes, Spooled]]") -> int:
-        """At the close deadline, with a spool: fail (and report) the commands left that it could
-        not take (``Counts.not_spooled``), which only memory held; returns how many."""
-        records = self._records
-        if self.settlement.counts.not_spooled == 0:
-            return 0
-        error = ServiceUnavailable(
-            f"not delivered within the close deadline ({self.close_timeout:g} s), and not in the spool"
-        )
-        failed = 0
-        fresh = Batch(range(self.fresh_head, self.fresh_head + len(self.fresh)), list(self.fresh), 0.0)
-        batches = in_flight + self.line + [fresh]
-        for batch in batches:
-            lost = [index for index, seq in enumerate(batch.seqs) if seq not in records]
-            if lost:
-                self._fail([batch.seqs[i] for i in lost], [batch.payloads[i] for i in lost], error)
-                failed += len(lost)
-        late_in_memory = [item for item in late if type(item) is bytes]
-        if late_in_memory:
-            self._fail([self.seq] * len(late_in_memory), late_in_memory, error, held_bytes=0)
-            failed += len(late_in_memory)
-        return failed
-
-    def drain_incoming(self) -> "List[Union[bytes, Spooled]]":
+    def drain_incoming(self) -> List[Any]:
         """Empty the incoming queue: its commands (counted as taken, not as held bytes), and its
         tickets, placed."""
-        commands: "List[Union[bytes, Spooled]]" = []
+        commands: List[Any] = []
         with self._popping:
             while True:
                 try:
@@ -848,15 +645,13 @@ class Pump:
     def fail_late(self) -> None:
         """After the stop: fail what reached the queue after the last look, answer late flushes."""
         items = self.drain_incoming()
-        late = [item for item in items if type(item) is bytes]
-        if late:
+        if items:
             self.seq += 1
-        # Spooled ones are on disk already: the next client on the folder delivers them.
-        self.settlement.late(late, len(items) - len(late), self.seq)
+        self.store.late(items, self.seq)
         self.report_drops()
         self.reporter.drain()
 
     def close_summary(self) -> None:
         """The one warning of a close that lost commands before its deadline (none when give_up spoke),
         and, with a spool, of commands let go of during an outage and not read back since."""
-        self.settlement.close_summary(self.spool.folder if self.spool is not None else None)
+        self.settlement.close_summary(self.store.folder)

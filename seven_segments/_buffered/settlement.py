@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tupl
 
 from ..clock import Clock
 from ..errors import QueueFull, SevenSegmentsError, ServiceUnavailable
-from ..protocol import PATH_BULK
 from .batching import Batch
 from .lifecycle import Lifecycle, Phase
 from .limits import Limits
