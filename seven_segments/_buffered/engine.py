@@ -317,8 +317,7 @@ class Core:
         with lifecycle.lock:
             if not lifecycle.admitting:
                 return
-            pump.close_timeout = self.limits.shutdown_timeout if timeout is None else max(0.0, timeout)
-            pump.close_deadline = self.clock() + pump.close_timeout
+            pump.begin_close(self.limits.shutdown_timeout if timeout is None else max(0.0, timeout))
             had_pump = lifecycle.phase is _RUNNING
             lifecycle.move_locked(Phase.DRAINING)
         WATCHDOG.shorten(self, pump.close_deadline)  # requests in flight end by the deadline too
@@ -501,15 +500,18 @@ class Core:
 
     def _abandon_from_closer(self) -> None:
         """The pump is still busy past the deadline (a slow on_error, or an attempt that would not end):
-        settle everything from the closer. The pump, when it comes back, finds the engine STOPPED."""
+        the closer runs the pump's own close path (``Pump.give_up``), without calling ``on_error``. The
+        pump, when it comes back, finds the engine STOPPED."""
         if not self.lifecycle.move(_STOPPED):
             return
         pump = self.pump
-        in_flight = self.settlement.take_in_flight() + pump.take_cut_at_close()
-        late = pump.drain_incoming()
-        waiting = [payload for batch in pump.line for payload in batch.payloads] + list(pump.fresh)
-        waiting += self.store.payloads(late)
-        self.settlement.abandoned(in_flight, waiting, self.store.folder is not None, pump.close_timeout)
+        if not pump.empty or self.incoming:
+            logger.warning(
+                "seven_segments: the worker was still busy past the close deadline (%g s; a slow on_error, or an"
+                " attempt that would not end): the closer settles what it held",
+                pump.close_timeout,
+            )
+        pump.give_up()
         self._release()
 
     def fail_late(self) -> None:

@@ -120,7 +120,7 @@ class Pump:
         self._popping = threading.Lock()
         #: Finished answers from senders, applied at the next step.
         self.outcomes: Deque[Outcome] = deque()
-        #: Set by the engine when a close begins.
+        #: Set when a close begins (``begin_close``).
         self.close_deadline = math.inf
         self.close_timeout = 0.0
         #: What callers check, without a lock, before queuing (written by the settlement).
@@ -160,6 +160,7 @@ class Pump:
             self.progress.drained_at = now
         if draining and now >= self.close_deadline and not self.empty:
             self.give_up()
+            self.reporter.drain()
             return -1.0
         self.dispatch(now, draining)
         self.settle_tickets()
@@ -607,9 +608,16 @@ class Pump:
             return
         self.settlement.answer_flushes(self.first_unsettled(), store.reading_back or store.has_kept)
 
+    def begin_close(self, timeout: float) -> None:
+        """A close began: deliver what is held within ``timeout`` seconds, then give up on the rest."""
+        self.close_timeout = timeout
+        self.close_deadline = self.clock() + timeout
+
     def give_up(self) -> None:
         """The close deadline passed: the store settles everything left (lost, or kept on disk), warning
-        first, then ``on_error`` in chunks."""
+        first, and queues ``on_error`` chunks (the caller drains them: the pump, never a closer), then
+        every flush is answered. The one close path: the pump runs it at the deadline, or a closer when
+        the pump does not come back (see ``Core.finish_close``)."""
         if self._split_refusals:
             self._report_split_refusals()  # what is left of their splits is given up below
         in_flight = self.settlement.take_in_flight() + self.take_cut_at_close()
@@ -620,9 +628,9 @@ class Pump:
             waiting.append(Batch(range(self.fresh_head, self.fresh_head + len(self.fresh)), list(self.fresh), 0.0))
         self.fresh.clear()
         self._fresh_bytes = 0
-        self.store.close_deadline(Left(in_flight, waiting, late, self.seq, self.close_timeout, self.last_trouble))
-        self.settle_tickets()
-        self.reporter.drain()
+        if in_flight or waiting or late:
+            self.store.close_deadline(Left(in_flight, waiting, late, self.seq, self.close_timeout, self.last_trouble))
+        self.settlement.answer_all(delivered_all=False)
 
     def drain_incoming(self) -> List[Any]:
         """Empty the incoming queue: its commands (counted as taken, not as held bytes), and its

@@ -371,7 +371,8 @@ class Settlement:
 
     def _say_failed(self, count: int, why: Why) -> None:
         """One warning for ``count`` commands failed for good (while closing: in the close's summary)."""
-        if self._lifecycle.phase is Phase.DRAINING:
+        phase = self._lifecycle.phase
+        if phase is Phase.DRAINING or phase is Phase.STOPPED:
             self.close_losses.add(count, str(why))
         else:
             logger.warning("seven_segments: %d commands could not be delivered: %s", count, why)
@@ -568,40 +569,6 @@ class Settlement:
             self.reporter.failed(error, late)
             self.not_all_delivered()
         self.answer_all(delivered_all=True)
-
-    def abandoned(
-        self, in_flight: Sequence[Batch], waiting: Sequence[bytes], kept: bool, timeout: float
-    ) -> None:
-        """A closer gave up on a pump still busy past the deadline: every command taken and not settled
-        is settled here (``kept`` in the spool, or lost: those ``in_flight`` unconfirmed)."""
-        flying_count = sum(map(len, in_flight))
-        with self.lock:
-            left = self.counts.unsettled
-            flying = min(left, flying_count)
-            if kept:
-                self.counts.kept += left
-            else:
-                self.counts.unconfirmed += flying
-                self.counts.failed += left - flying
-        logger.warning(
-            "seven_segments: %d commands were %s at close: the worker was still busy past the close deadline"
-            " (%g s; a slow on_error, or an attempt that would not end)%s",
-            left,
-            "kept in the spool" if kept else "lost",
-            timeout,
-            f"; {flying_count} were in flight and may have been applied" if in_flight else "",
-        )
-        self.answer_all(delivered_all=False)
-        if not kept:
-            self.reporter.failed(
-                ServiceUnavailable(
-                    f"not confirmed within the close deadline ({timeout:g} s): the request was in flight"
-                    " and may have been applied"
-                ),
-                [payload for batch in in_flight for payload in batch.payloads],
-            )
-            error = ServiceUnavailable(f"not delivered within the close deadline ({timeout:g} s)")
-            self.reporter.failed(error, waiting)
 
 
 def _as_is(text: str) -> str:

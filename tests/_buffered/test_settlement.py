@@ -139,16 +139,3 @@ def test_kept_then_read_back_moves_commands_between_disk_and_memory() -> None:
     assert settlement.counts.kept == 4 and settlement.budget.held == 0 and heard == []
     settlement.read_back(4, 40, first_seq=5)
     assert settlement.counts.kept == 0 and settlement.budget.held == 4
-
-
-def test_a_closer_abandoning_settles_every_command_taken() -> None:
-    settlement, heard = _settlement()
-    ticket = FlushTicket()
-    settlement.ticket_queued()
-    settlement.place(ticket, upto=5, kept_waiting=False)
-    settlement.taken(5, 50, first_seq=1)
-    flying = Batch(range(1, 3), [b"{}", b"{}"], 0.0)
-    settlement.abandoned([flying], [b"{}"] * 3, kept=False, timeout=1.0)
-    counts = settlement.counts
-    assert (counts.unconfirmed, counts.failed, counts.unsettled) == (2, 3, 0)
-    assert ticket.done.is_set() and not ticket.delivered_all
