@@ -86,7 +86,6 @@ class Harness:
         self.settlement = Settlement(self.limits, self.reporter, self.lifecycle, self.clock, keep_drops=100)
         self.ledger = self.settlement.counts
         self.pump = Pump(
-            token="secret-token",
             limits=self.limits,
             incoming=self.incoming,
             lifecycle=self.lifecycle,
@@ -299,8 +298,7 @@ def test_at_the_close_deadline_what_is_in_flight_is_unconfirmed_and_what_waits_f
     run = Harness(max_in_flight=1, batch_size=1000)
     run.track(2500)
     run.step()
-    run.pump.close_timeout = 2.0
-    run.pump.close_deadline = run.clock.now + 2.0
+    run.pump.begin_close(2.0)
     run.lifecycle.move(Phase.DRAINING)
     assert run.step() == pytest.approx(2.0)
     run.clock.now += 2.0
@@ -311,7 +309,7 @@ def test_at_the_close_deadline_what_is_in_flight_is_unconfirmed_and_what_waits_f
     assert [len(commands) for _, commands in run.reports] == [1000, 1000, 500]  # chunks of at most 1000
     assert "may have been applied" in str(run.reports[0][0])
     run.answer(1)  # the request's answer comes late: nothing is counted twice
-    run.pump.apply_outcomes()
+    run.pump.outcomes.apply()
     assert (run.ledger.sent, run.ledger.unconfirmed) == (0, 1000)
 
 
@@ -320,7 +318,7 @@ def test_a_request_cut_by_the_close_deadline_is_unconfirmed() -> None:
     run.track(5)
     run.flush()
     run.step()
-    run.pump.close_deadline = run.clock.now + 0.1
+    run.pump.begin_close(0.1)
     run.lifecycle.move(Phase.DRAINING)
     run.clock.now += 0.1
     run.answer(1, None, TransientError("bulk: no complete answer within 0.1 s"))

@@ -274,7 +274,7 @@ def test_a_flush_returns_when_its_own_commands_settle_not_later_ones(server: Loc
     engine = client._worker
     assert engine is not None
     core = engine._core
-    assert wait_until(lambda: core.settlement.counts.tickets_queued + len(core.settlement.tickets) == 1)  # queued behind the first ten
+    assert wait_until(lambda: core.settlement.counts.tickets_queued + len(core.settlement.flushes.tickets) == 1)  # queued behind the first ten
     assert wait_until(lambda: len(server.requests()) == 1)  # the first ten reached the server (and its delay)
     for number in range(10):
         client.track("second", {"n": number})

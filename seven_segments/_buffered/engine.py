@@ -137,7 +137,6 @@ class Core:
         self._late_lock = threading.Lock()
         self._restarted_at = -math.inf  # when a pump thread that died was last started again
         self.pump = Pump(
-            token=token,
             limits=limits,
             incoming=self.incoming,
             lifecycle=self.lifecycle,
@@ -213,7 +212,7 @@ class Core:
             logger.warning("seven_segments: flush() from on_error cannot wait for the worker it runs on")
             return False
         ticket = FlushTicket()
-        self.settlement.ticket_queued()
+        self.settlement.flushes.queued()
         self.incoming.append(ticket)
         self.wakeup.set()
         phase = lifecycle.phase
@@ -232,14 +231,14 @@ class Core:
                 timeout = max(0.0, deadline - self.clock())
         if not ticket.done.wait(timeout):
             return False
-        self.settlement.flush_seen(ticket)
+        self.settlement.flushes.seen(ticket)
         return ticket.delivered_all
 
     def _result_after_close(self, timeout: Optional[float]) -> bool:
-        remaining = max(0.0, self.pump.close_deadline - self.clock()) + CLOSE_GRACE
+        remaining = max(0.0, self.pump.closing.deadline - self.clock()) + CLOSE_GRACE
         if not self.lifecycle.stopped.wait(remaining if timeout is None else min(timeout, remaining)):
             return False
-        return self.settlement.all_delivered_after_close()
+        return self.settlement.flushes.all_delivered_after_close()
 
     def stats(self) -> Dict[str, float]:
         """Counts since the client was made (see ``Ledger.snapshot``); the memory (as ``max_queue_bytes``
@@ -249,7 +248,7 @@ class Core:
         pump = self.pump
         stats["pending_bytes"] = self.budget.queued_bytes(max(0, waiting))
         stats["spool_bytes"] = 0 if self.spool is None else self.spool.bytes_held
-        stats["oldest_pending_seconds"] = pump.oldest_pending(self.clock())
+        stats["oldest_pending_seconds"] = pump.watch.oldest_pending(self.clock())
         return stats
 
     def figures(self) -> Figures:
@@ -264,16 +263,16 @@ class Core:
         return Figures(
             enabled=True,
             closed=not self.lifecycle.admitting,
-            pending=pump.waiting(),
-            oldest_pending_seconds=pump.oldest_pending(now),
+            pending=pump.watch.waiting(),
+            oldest_pending_seconds=pump.watch.oldest_pending(now),
             queue_fill=min(1.0, fill),
-            retrying=sum(map(len, list(pump.line))),
-            requests_failed_in_a_row=pump.progress.failed_in_a_row,
-            seconds_since_drop=now - pump.progress.dropped_at,
-            last_error=pump.progress.last_error,
-            seconds_since_failure=now - pump.progress.failed_at,
-            requests_refused_in_a_row=pump.progress.refused_in_a_row,
-            last_failure=pump.progress.last_failure,
+            retrying=sum(map(len, list(pump.line.retries))),
+            requests_failed_in_a_row=self.settlement.progress.failed_in_a_row,
+            seconds_since_drop=now - self.settlement.progress.dropped_at,
+            last_error=self.settlement.progress.last_error,
+            seconds_since_failure=now - self.settlement.progress.failed_at,
+            requests_refused_in_a_row=self.settlement.progress.refused_in_a_row,
+            last_failure=self.settlement.progress.last_failure,
             stall_warning_after=limits.stall_warning_after,
         )
 
@@ -281,7 +280,7 @@ class Core:
 
     def start(self) -> None:
         """Start a pump thread if there is none (IDLE -> RUNNING)."""
-        progress = self.pump.progress
+        progress = self.settlement.progress
         if progress.drained_at == math.inf:  # idle with nothing queued until the call that starts us
             progress.drained_at = self.clock()
         lifecycle = self.lifecycle
@@ -320,7 +319,7 @@ class Core:
             pump.begin_close(self.limits.shutdown_timeout if timeout is None else max(0.0, timeout))
             had_pump = lifecycle.phase is _RUNNING
             lifecycle.move_locked(Phase.DRAINING)
-        WATCHDOG.shorten(self, pump.close_deadline)  # requests in flight end by the deadline too
+        WATCHDOG.shorten(self, pump.closing.deadline)  # requests in flight end by the deadline too
         self.wakeup.set()
         if had_pump:
             return
@@ -342,7 +341,7 @@ class Core:
         thread = self.thread
         if thread is not None and thread is threading.current_thread():
             return  # close() from on_error: the pump finishes the close itself
-        deadline = self.pump.close_deadline + CLOSE_GRACE
+        deadline = self.pump.closing.deadline + CLOSE_GRACE
         if thread is not None and thread.is_alive():
             lifecycle.stopped.wait(max(0.0, deadline - self.clock()))
         elif lifecycle.phase is Phase.DRAINING:
@@ -444,7 +443,7 @@ class Core:
             if delay < 0:
                 self._stop()
                 return
-            if delay == math.inf and pump.empty and not self.settlement.tickets and until is None:
+            if delay == math.inf and pump.empty and not self.settlement.flushes.tickets and until is None:
                 now = self.clock()
                 if idle_since is None:
                     idle_since = now
@@ -458,12 +457,12 @@ class Core:
     def _sleep(self, delay: float) -> None:
         """Wait for producers (a batch's worth, or the first command), an answer, a flush, a close or a timer."""
         pump = self.pump
-        waiting = len(pump.fresh)
+        waiting = len(pump.line.fresh)
         if not pump.window.room(len(self.settlement.in_flight), self.clock()):
             self.wake_at = _BUSY  # nothing could go now: an answer or the gate's timer wakes us, not callers
         else:
             self.wake_at = max(1, self.limits.batch_size - waiting) if waiting else 1
-        if len(self.incoming) < self.wake_at and not pump.outcomes:
+        if len(self.incoming) < self.wake_at and not pump.outcomes.arrived:
             self.wakeup.wait(None if delay == math.inf else delay)
         self.wakeup.clear()
         self.wake_at = _BUSY  # busy: producers need not wake us
@@ -476,7 +475,7 @@ class Core:
                 return False
             lifecycle.move_locked(_IDLE)
             self.thread = None
-        self.pump.progress.drained_at = math.inf  # the next command queued starts a pump (see start)
+        self.settlement.progress.drained_at = math.inf  # the next command queued starts a pump (see start)
         if not self.incoming and not self.settlement.drops.waiting:
             return True
         with lifecycle.lock:  # a producer appended as we left: carry on, unless a new pump started
@@ -509,7 +508,7 @@ class Core:
             logger.warning(
                 "seven_segments: the worker was still busy past the close deadline (%g s; a slow on_error, or an"
                 " attempt that would not end): the closer settles what it held",
-                pump.close_timeout,
+                pump.closing.timeout,
             )
         pump.give_up()
         self._release()

@@ -29,7 +29,7 @@ from .reporting import Reporter, refusal_summary
 if TYPE_CHECKING:
     from .pump import FlushTicket
 
-__all__ = ["Budget", "Counts", "DropReason", "FULL", "CLOSED", "REASONS", "Settlement", "COMMAND_COST"]
+__all__ = ["Budget", "CloseReport", "Counts", "Flushes", "DropReason", "FULL", "CLOSED", "REASONS", "Settlement", "COMMAND_COST"]
 
 logger = logging.getLogger("seven_segments")
 
@@ -178,10 +178,9 @@ class Settlement:
         self._clock = clock
         #: Masks secrets in what the server said (the transport's, set by the pump).
         self.scrub: Callable[[str], str] = _as_is
-        #: Flushes placed by the pump, waiting for the commands queued before them to settle.
-        self.tickets: List["FlushTicket"] = []
-        #: Losses said in the close's summary rather than one warning each (see ``_say_failed``).
-        self.close_losses = _CloseLosses()
+        #: Flush tickets and their verdicts; the warnings of a close.
+        self.flushes = Flushes(self.lock, self.counts)
+        self.close_report = CloseReport(self.counts, reporter)
         #: Rate-limited warnings: commands let go of, and commands the spool could not take.
         self._let_go = _RateLimited()
         self._not_spooled_said = _RateLimited()
@@ -207,6 +206,11 @@ class Settlement:
             batches = list(self.in_flight.values())
             self.in_flight.clear()
         return batches
+
+    def any_in_flight(self, test: Callable[[Batch], bool]) -> bool:
+        """Whether a batch in flight passes ``test``."""
+        with self.lock:
+            return any(map(test, self.in_flight.values()))
 
     def first_in_flight(self) -> float:
         """The oldest sequence number in flight (infinity when none is)."""
@@ -288,7 +292,7 @@ class Settlement:
         said = why if why is not None else error
         self.progress.failed_for_good(self._clock(), "" if said is None else self.scrub(str(said)))
         self._release(len(seqs), sum(map(len, payloads)) if held_bytes is None else held_bytes)
-        self.not_all_delivered(min(seqs))
+        self.flushes.not_all_delivered(min(seqs))
         if said is not None:
             self._say_failed(len(seqs), said)
         if error is not None:
@@ -331,7 +335,7 @@ class Settlement:
         with self.lock:
             self.counts.kept += len(seqs)
         self._release(len(seqs), size)
-        self.not_all_delivered(min(seqs))
+        self.flushes.not_all_delivered(min(seqs))
         if why is None:
             return
         unsaid = self._let_go.add(len(seqs), self._clock())
@@ -351,7 +355,7 @@ class Settlement:
             self.counts.kept += count
             kept = self.counts.kept
         self.budget.held = self.budget.held_bytes = 0
-        self.not_all_delivered()
+        self.flushes.not_all_delivered()
         return kept
 
     def lost_on_disk(self, count: int, path: str, seq: int) -> None:
@@ -360,7 +364,7 @@ class Settlement:
             self.counts.kept -= count
             self.counts.failed += count
             self.counts.last_failed_seq = max(self.counts.last_failed_seq, seq)
-        self.not_all_delivered()
+        self.flushes.not_all_delivered()
         logger.warning(
             "seven_segments: %d commands let go of in an outage cannot be read back from %s (damaged): lost", count, path
         )
@@ -373,7 +377,7 @@ class Settlement:
         """One warning for ``count`` commands failed for good (while closing: in the close's summary)."""
         phase = self._lifecycle.phase
         if phase is Phase.DRAINING or phase is Phase.STOPPED:
-            self.close_losses.add(count, str(why))
+            self.close_report.add(count, str(why))
         else:
             logger.warning("seven_segments: %d commands could not be delivered: %s", count, why)
 
@@ -428,20 +432,51 @@ class Settlement:
         )
         said.total, said.said_at = total, now
 
-    # Flushes ------------------------------------------------------------------------------------
+    def late(self, late: Sequence[bytes], spooled: int, seq: int) -> None:
+        """After the stop: commands that reached the queue after the pump's last look (``spooled`` of
+        them on disk already: kept) failed, and every flush waiting answered."""
+        if spooled:
+            with self.lock:
+                self.counts.kept += spooled
+            self._release(spooled, 0)
+            self.flushes.not_all_delivered()
+        if late:
+            error = ServiceUnavailable(f"{len(late)} commands arrived after the client was closed")
+            logger.warning("seven_segments: %s", error)
+            with self.lock:
+                self.counts.failed += len(late)
+                self.counts.last_failed_seq = max(self.counts.last_failed_seq, seq)
+            self._release(len(late), 0)
+            self.reporter.failed(error, late)
+            self.flushes.not_all_delivered()
+        self.flushes.answer_all(delivered_all=True)
 
-    def ticket_queued(self) -> None:
+
+def _as_is(text: str) -> str:
+    return text
+
+
+class Flushes:
+    """Flush tickets placed by the pump, and their verdicts (written here only: see ``Settlement``)."""
+
+    def __init__(self, lock: threading.Lock, counts: Counts) -> None:
+        self._lock = lock
+        self._counts = counts
+        #: Flushes placed by the pump, waiting for the commands queued before them to settle.
+        self.tickets: List["FlushTicket"] = []
+
+    def queued(self) -> None:
         """A caller queued a flush ticket."""
-        with self.lock:
-            self.counts.tickets_queued += 1
+        with self._lock:
+            self._counts.tickets_queued += 1
 
     def place(self, ticket: "FlushTicket", upto: int, kept_waiting: bool) -> None:
         """The pump took ``ticket``, behind command ``upto``: it waits with the others. It cannot say all
         was delivered when commands failed or were dropped since the flush its caller saw last, or
         (``kept_waiting``) commands kept on disk cannot be read back now."""
         ticket.upto = upto
-        with self.lock:
-            counts = self.counts
+        with self._lock:
+            counts = self._counts
             counts.tickets_queued -= 1
             ticket.drops = counts.total_dropped
             if counts.last_failed_seq > counts.reported_upto or ticket.drops > counts.reported_drops:
@@ -461,7 +496,7 @@ class Settlement:
             if ticket.upto >= first:
                 ticket.delivered_all = False
 
-    def answer_flushes(self, first_unsettled: float, left_on_disk: bool) -> None:
+    def answer(self, first_unsettled: float, left_on_disk: bool) -> None:
         """Answer the flushes whose commands all settled (before ``first_unsettled``); not all was
         delivered when commands were left on disk."""
         waiting = []
@@ -482,17 +517,17 @@ class Settlement:
             ticket.done.set()
         self.tickets = []
 
-    def flush_seen(self, ticket: "FlushTicket") -> None:
+    def seen(self, ticket: "FlushTicket") -> None:
         """The caller of ``ticket`` was told its result: later flushes judge from here."""
-        with self.lock:
-            counts = self.counts
+        with self._lock:
+            counts = self._counts
             counts.reported_upto = max(counts.reported_upto, ticket.upto)
             counts.reported_drops = max(counts.reported_drops, ticket.drops)
 
     def all_delivered_after_close(self) -> bool:
         """After the stop: whether everything since the last flush seen was delivered."""
-        with self.lock:
-            counts = self.counts
+        with self._lock:
+            counts = self._counts
             return (
                 counts.last_failed_seq <= counts.reported_upto
                 and counts.total_dropped <= counts.reported_drops
@@ -500,12 +535,27 @@ class Settlement:
                 and counts.taken == counts.sent + counts.failed
             )
 
-    # Close --------------------------------------------------------------------------------------
 
-    def lost_at_close(self, waiting: int, unconfirmed: int, timeout: float, last_trouble: str) -> None:
+class CloseReport:
+    """The warnings of a close: commands failed while closing are said once, in its summary."""
+
+    def __init__(self, counts: Counts, reporter: Reporter) -> None:
+        self._counts = counts
+        self._reporter = reporter
+        self.count = 0
+        self.last = ""
+        self.said = False
+        self.kept_said = False
+
+    def add(self, count: int, why: str) -> None:
+        """``count`` commands failed while closing, for ``why``: said in the summary."""
+        self.count += count
+        self.last = why
+
+    def lost(self, waiting: int, unconfirmed: int, timeout: float, last_trouble: str) -> None:
         """The one warning of a close deadline that passed in memory: ``waiting`` commands not
         delivered, ``unconfirmed`` in flight, with the losses said before in the close's summary."""
-        losses = self.close_losses
+        losses = self
         lost = waiting + unconfirmed + losses.count
         parts = []
         if losses.count:
@@ -521,9 +571,9 @@ class Settlement:
         logger.warning("seven_segments: %d commands were lost at close: %s", lost, ", ".join(parts))
         losses.said = True
 
-    def kept_said(self, kept: int, folder: str, timeout: float, last_trouble: str) -> None:
+    def kept(self, kept: int, folder: str, timeout: float, last_trouble: str) -> None:
         """The one warning of a close deadline that passed with a spool: ``kept`` commands stay in it."""
-        self.close_losses.kept_said = True
+        self.kept_said = True
         if kept:
             last = f"; last error: {last_trouble}" if last_trouble else ""
             logger.warning(
@@ -535,60 +585,21 @@ class Settlement:
                 last,
             )
 
-    def close_summary(self, folder: Optional[str]) -> None:
+    def summary(self, folder: Optional[str]) -> None:
         """The one warning of a close that lost commands before its deadline (none when the deadline's
         warning spoke), and, with a spool (``folder``), of commands kept and not read back since."""
-        losses = self.close_losses
-        if folder is not None and not losses.kept_said and self.counts.kept:
+        losses = self
+        if folder is not None and not losses.kept_said and self._counts.kept:
             losses.kept_said = True
             logger.warning(
                 "seven_segments: %d commands were kept in the spool %s: not delivered within retry_deadline;"
                 " the next client on that folder delivers them",
-                self.counts.kept,
+                self._counts.kept,
                 folder,
             )
         if losses.count and not losses.said:
             logger.warning("seven_segments: %d commands were lost at close: %s", losses.count, losses.last)
-        self.reporter.flush_drop_warnings()
-
-    def late(self, late: Sequence[bytes], spooled: int, seq: int) -> None:
-        """After the stop: commands that reached the queue after the pump's last look (``spooled`` of
-        them on disk already: kept) failed, and every flush waiting answered."""
-        if spooled:
-            with self.lock:
-                self.counts.kept += spooled
-            self._release(spooled, 0)
-            self.not_all_delivered()
-        if late:
-            error = ServiceUnavailable(f"{len(late)} commands arrived after the client was closed")
-            logger.warning("seven_segments: %s", error)
-            with self.lock:
-                self.counts.failed += len(late)
-                self.counts.last_failed_seq = max(self.counts.last_failed_seq, seq)
-            self._release(len(late), 0)
-            self.reporter.failed(error, late)
-            self.not_all_delivered()
-        self.answer_all(delivered_all=True)
-
-
-def _as_is(text: str) -> str:
-    return text
-
-
-class _CloseLosses:
-    """Commands failed while closing, said once in the close's summary."""
-
-    __slots__ = ("count", "last", "said", "kept_said")
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.last = ""
-        self.said = False
-        self.kept_said = False
-
-    def add(self, count: int, why: str) -> None:
-        self.count += count
-        self.last = why
+        self._reporter.flush_drop_warnings()
 
 
 class _RateLimited:

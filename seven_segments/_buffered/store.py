@@ -104,6 +104,20 @@ class Store:
     def settled(self, seqs: Sequence[int]) -> None:
         """These commands settled (delivered, or failed and reported): not to be read back."""
 
+    def fail(
+        self,
+        seqs: Sequence[int],
+        payloads: Sequence[bytes],
+        error: Optional[SevenSegmentsError],
+        held_bytes: Optional[int] = None,
+    ) -> None:
+        """Commands failed for good: not to be read back; counted, said and reported (``error``: none
+        when None, said later)."""
+        if not seqs:
+            return
+        self.settled(seqs)
+        self.settlement.failed(seqs, payloads, error, held_bytes=held_bytes)
+
     def let_go(self, seqs: Sequence[int], payloads: Sequence[bytes], why: SevenSegmentsError) -> List[int]:
         """The API did not take these commands within ``retry_deadline``: those the store keeps are
         settled as kept; returns the indexes of the others (the pump fails them)."""
@@ -140,7 +154,7 @@ class Store:
         waiting = [payload for batch in left.waiting for payload in batch.payloads]
         seqs = [seq for batch in left.waiting for seq in batch.seqs]
         late = self.payloads(left.late)
-        settlement.lost_at_close(len(waiting) + len(late), sum(map(len, left.in_flight)), left.timeout, left.last_trouble)
+        settlement.close_report.lost(len(waiting) + len(late), sum(map(len, left.in_flight)), left.timeout, left.last_trouble)
         timeout = f"{left.timeout:g} s"
         settlement.unconfirmed(
             left.in_flight,
@@ -151,7 +165,7 @@ class Store:
         error = ServiceUnavailable(f"not delivered within the close deadline ({timeout})")
         settlement.failed(seqs, waiting, error)
         settlement.failed([left.seq] * len(late), late, error, held_bytes=0)
-        settlement.not_all_delivered()
+        settlement.flushes.not_all_delivered()
 
     def late(self, items: List[Any], seq: int) -> None:
         """After the stop: settle commands that reached the queue after the pump's last look."""
@@ -323,7 +337,7 @@ class SpoolStore(Store):
         self.settlement.failed([left.seq] * len(late), late, error, held_bytes=0)
         records.clear()
         on_disk = self.settlement.kept_at_close(kept)  # with those let go of earlier
-        self.settlement.kept_said(on_disk, self.spool.folder, left.timeout, left.last_trouble)
+        self.settlement.close_report.kept(on_disk, self.spool.folder, left.timeout, left.last_trouble)
 
     def late(self, items: List[Any], seq: int) -> None:
         in_memory = [item.payload for item in items if item.record is None]

@@ -73,7 +73,6 @@ class Run:
         self.settlement = Settlement(self.limits, reporter, self.lifecycle, self.clock, keep_drops=100)
         self.transport = MockTransport(handler)
         self.pump = Pump(
-            token="secret-token",
             limits=self.limits,
             incoming=self.incoming,
             lifecycle=self.lifecycle,
@@ -92,7 +91,7 @@ class Run:
 
     def flush(self) -> FlushTicket:
         ticket = FlushTicket()
-        self.settlement.ticket_queued()
+        self.settlement.flushes.queued()
         self.incoming.append(ticket)
         return ticket
 

@@ -99,13 +99,13 @@ def test_taken_then_delivered_releases_the_budget_and_counts() -> None:
 def test_failed_marks_the_flushes_waiting_and_reaches_on_error() -> None:
     settlement, heard = _settlement()
     before, after = FlushTicket(), FlushTicket()
-    settlement.ticket_queued()
-    settlement.place(before, upto=1, kept_waiting=False)
+    settlement.flushes.queued()
+    settlement.flushes.place(before, upto=1, kept_waiting=False)
     settlement.taken(2, 20, first_seq=1)
-    settlement.ticket_queued()
-    settlement.place(after, upto=2, kept_waiting=False)
+    settlement.flushes.queued()
+    settlement.flushes.place(after, upto=2, kept_waiting=False)
     settlement.failed([2], [b'{"name":"crm/events","data":{"n":2}}'], ServiceUnavailable("down"))
-    settlement.answer_flushes(first_unsettled=3, left_on_disk=False)
+    settlement.flushes.answer(first_unsettled=3, left_on_disk=False)
     settlement.reporter.drain()
     assert before.done.is_set() and before.delivered_all
     assert after.done.is_set() and not after.delivered_all
