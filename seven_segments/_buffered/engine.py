@@ -24,14 +24,12 @@ import logging
 import math
 import os
 import threading
-import time
 import weakref
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional
 
 from ..clock import Clock, monotonic
 from ..health import Figures
-from ..process_hooks import keep_signals_off_this_thread, threads_hang_forks_here
 from ..serialization import BulkCommandEncoder, Command
 from ..transport import TransientError, Transport
 from ..watchdog import WATCHDOG
@@ -45,47 +43,25 @@ from .reporting import Reporter
 from .sender import Outcome, SenderPool, attempt_batch
 from .settlement import CLOSED, COMMAND_COST, FULL, Settlement
 from .store import SpoolStore, Store
+from .thread import PumpThread
 
 if TYPE_CHECKING:
     from ..spool import Spool
 
-__all__ = ["BufferedEngine", "Core", "PUMP_IDLE_SECONDS"]
+__all__ = ["BufferedEngine", "Core"]
 
 logger = logging.getLogger("seven_segments")
 
 #: The size of a typical command, to bound how many dropped ones are kept for ``on_error``.
 TYPICAL_COMMAND_BYTES = 320
-#: The pump thread ends after this long with nothing to do (the next call starts it again).
-PUMP_IDLE_SECONDS = 10.0
 #: How long ``close()`` waits past its deadline for a pump that is finishing (reporting, answering).
 CLOSE_GRACE = 0.25
 #: How long, past the close deadline, ``on_error`` may take to receive what a close gave up on.
 REPORT_GRACE = 5.0
-#: When delivering on a caller's thread (no thread can start at interpreter exit), waits are this short.
-INLINE_POLL = 0.05
 #: Dropped commands kept for ``on_error`` until the pump reports them: this share of the queue's bytes.
 DROP_KEEP_SHARE = 4
-_BUSY = 1 << 62
-#: A pump thread that dies within this long (seconds) of the last restart is started by the next call.
-RESTART_PAUSE = 1.0
 #: The shortest attempt made on a flushing thread whose flush has (almost) no time left (seconds).
 MIN_INLINE_ATTEMPT = 0.05
-
-_uwsgi_master_warned_pid = 0
-
-
-def _warn_once_about_the_uwsgi_master(incoming: Deque[Any]) -> None:
-    """Once per process, when ``incoming`` holds a command (not only a flush ticket)."""
-    global _uwsgi_master_warned_pid
-    if _uwsgi_master_warned_pid == os.getpid() or all(type(item) is FlushTicket for item in incoming):
-        return
-    _uwsgi_master_warned_pid = os.getpid()
-    logger.warning(
-        "seven_segments: a command was queued in the uwsgi master, where no background thread can run "
-        "(uwsgi forks its workers without the interpreter's fork hooks) and which runs no atexit: it is "
-        "sent only by client.flush() or client.close() called in the master. Call flush() after tracking "
-        "at import, or start uwsgi with --py-call-uwsgi-fork-hooks"
-    )
 
 _RUNNING = Phase.RUNNING
 _IDLE = Phase.IDLE
@@ -105,37 +81,24 @@ class Core:
         spool: "Optional[Spool]" = None,
     ) -> None:
         self.pid = os.getpid()
-        self.spool = spool
         self._max_queue_size = limits.max_queue_size  # read by every call: one attribute, not two
         self._max_queue_bytes = limits.max_queue_bytes
         self._token = token
         self._encoders = threading.local()  # callers encode: one encoder per thread
         self.limits = limits
         self.transport = transport
-        self.clock = clock
         #: Queued commands (one kind per store: bytes, or ``Spooled``) and FlushTickets, in call order.
         self.incoming: Deque[Any] = deque()
         self.lifecycle = Lifecycle()
         keep = 0 if on_error is None else max(1000, limits.max_queue_bytes // DROP_KEEP_SHARE // TYPICAL_COMMAND_BYTES)
-        self.reporter = Reporter(on_error, clock)
-        self.settlement = Settlement(limits, self.reporter, self.lifecycle, clock, keep_drops=keep)
+        self.settlement = Settlement(limits, Reporter(on_error, clock), self.lifecycle, clock, keep_drops=keep)
         self.budget = self.settlement.budget
         self.store: Store = (
             Store(self.settlement)
             if spool is None
             else SpoolStore(self.settlement, spool, limits, token, transport.add_secret)
         )
-        #: With a spool: writes a command down on the caller's thread before it is queued.
-        self._admit = self.store.admit if isinstance(self.store, SpoolStore) else None
         self.senders = SenderPool("seven-segments-sender", max_threads=limits.max_in_flight)
-        #: While a flush runs the pump on its own thread: when that flush ends (attempts made on
-        #: that thread end by then too).
-        self._inline_until = math.inf
-        self.wakeup = threading.Event()
-        self.wake_at = 1  # a producer wakes the pump when len(incoming) reaches this
-        self.thread: Optional[threading.Thread] = None
-        self._late_lock = threading.Lock()
-        self._restarted_at = -math.inf  # when a pump thread that died was last started again
         self.pump = Pump(
             limits=limits,
             incoming=self.incoming,
@@ -146,7 +109,15 @@ class Core:
             scrub=transport.scrub,
             store=self.store,
         )
-        self.pump.wake = self.wakeup.set
+        self.pump_thread = PumpThread(
+            self.pump, self.lifecycle, clock, lambda: registry.started(self), self._stop, transport.scrub
+        )
+        self.pump.wake = self.pump_thread.wakeup.set
+
+    @property
+    def clock(self) -> Clock:
+        """The engine's clock (monotonic seconds)."""
+        return self.pump.clock
 
     # The caller's side ------------------------------------------------------------------------
 
@@ -179,54 +150,56 @@ class Core:
         ):
             self._drop(payload, FULL)
             return
-        admit = self._admit
+        admit = self.store.admit
         # With a spool, written down first (the facade checked: this is the core's process).
         incoming.append(payload if admit is None else admit(payload, self.pid))
         phase = lifecycle.phase
         if phase is _RUNNING:
-            if waiting + 1 >= self.wake_at and not self.wakeup.is_set():
-                self.wakeup.set()
+            pump_thread = self.pump_thread
+            if waiting + 1 >= pump_thread.wake_at and not pump_thread.wakeup.is_set():
+                pump_thread.wakeup.set()
         elif phase is _IDLE:
-            self.start()
+            self.pump_thread.start()
         elif phase is _STOPPED:  # lost a race with close(): the pump will not see it
             self.fail_late()
         else:
-            self.wakeup.set()
+            self.pump_thread.wakeup.set()
 
     def _drop(self, payload: bytes, reason: str) -> None:
         first, overflow = self.settlement.dropped(payload, reason)
         if overflow is not None:  # drops outpace the pump: this caller reports them, so that none is lost
             self.settlement.report_dropped(reason, overflow, 0)
-            self.reporter.drain()
+            self.settlement.reporter.drain()
         if self.lifecycle.phase is _STOPPED:  # no pump will report it: do it here
             self.fail_late()
         elif first:
-            self.wakeup.set()
+            self.pump_thread.wakeup.set()
 
     def flush(self, timeout: Optional[float]) -> bool:
         """Wait until every command queued before this call settled; True when all were delivered."""
         lifecycle = self.lifecycle
         if not lifecycle.admitting:
             return self._result_after_close(timeout)
-        if self.thread is threading.current_thread():
+        pump_thread = self.pump_thread
+        if pump_thread.current:
             logger.warning("seven_segments: flush() from on_error cannot wait for the worker it runs on")
             return False
         ticket = FlushTicket()
         self.settlement.flushes.queued()
         self.incoming.append(ticket)
-        self.wakeup.set()
+        pump_thread.wakeup.set()
         phase = lifecycle.phase
         if phase is _IDLE:
-            self.start()
+            pump_thread.start()
         elif phase is _STOPPED:
             self.fail_late()
-        if self.thread is None and not ticket.done.is_set():  # no pump thread could start: deliver here
+        if pump_thread.thread is None and not ticket.done.is_set():  # no pump thread could start: deliver here
             deadline = math.inf if timeout is None else self.clock() + timeout
-            self._inline_until = deadline
+            pump_thread.inline_until = deadline
             try:
-                self._run_inline(until=lambda: ticket.done.is_set() or self.clock() >= deadline)
+                pump_thread.run_inline(until=lambda: ticket.done.is_set() or self.clock() >= deadline)
             finally:
-                self._inline_until = math.inf
+                pump_thread.inline_until = math.inf
             if timeout is not None:
                 timeout = max(0.0, deadline - self.clock())
         if not ticket.done.wait(timeout):
@@ -247,7 +220,7 @@ class Core:
         stats: Dict[str, float] = dict(self.settlement.snapshot(max(0, waiting)))
         pump = self.pump
         stats["pending_bytes"] = self.budget.queued_bytes(max(0, waiting))
-        stats["spool_bytes"] = 0 if self.spool is None else self.spool.bytes_held
+        stats["spool_bytes"] = self.store.bytes_held
         stats["oldest_pending_seconds"] = pump.watch.oldest_pending(self.clock())
         return stats
 
@@ -278,37 +251,6 @@ class Core:
 
     # Life ---------------------------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Start a pump thread if there is none (IDLE -> RUNNING)."""
-        progress = self.settlement.progress
-        if progress.drained_at == math.inf:  # idle with nothing queued until the call that starts us
-            progress.drained_at = self.clock()
-        lifecycle = self.lifecycle
-        with lifecycle.lock:
-            if lifecycle.phase is not _IDLE or self.thread is not None or not lifecycle.move_locked(_RUNNING):
-                return
-            in_a_uwsgi_master = threads_hang_forks_here()
-            if in_a_uwsgi_master or not self._start_thread_locked():
-                # A uwsgi master (see process_hooks.threads_hang_forks_here), or the interpreter is
-                # shutting down (Python 3.12+ starts no thread then): flush() and close() deliver
-                # on the caller's thread instead.
-                lifecycle.phase = _IDLE
-                logger.debug("no worker thread here; delivering on the flushing or closing thread")
-        if in_a_uwsgi_master:
-            _warn_once_about_the_uwsgi_master(self.incoming)
-        registry.started(self)
-
-    def _start_thread_locked(self) -> bool:
-        """Start the pump thread (the lifecycle lock is held): the one owner of the pump from now on."""
-        thread = threading.Thread(target=self._run, name="seven-segments-worker", daemon=True)
-        self.thread = thread
-        try:
-            thread.start()
-        except RuntimeError:
-            self.thread = None
-            return False
-        return True
-
     def begin_close(self, timeout: Optional[float] = None) -> None:
         """Stop taking commands and let the pump deliver what it holds, within ``timeout``."""
         lifecycle = self.lifecycle
@@ -320,15 +262,15 @@ class Core:
             had_pump = lifecycle.phase is _RUNNING
             lifecycle.move_locked(Phase.DRAINING)
         WATCHDOG.shorten(self, pump.closing.deadline)  # requests in flight end by the deadline too
-        self.wakeup.set()
+        self.pump_thread.wakeup.set()
         if had_pump:
             return
         if pump.empty and not self.incoming and not self.store.has_kept:
             self._stop()
             return
         with lifecycle.lock:
-            if self.thread is None:
-                self._start_thread_locked()  # else finish_close delivers on its own thread
+            if self.pump_thread.thread is None:
+                self.pump_thread.start_locked()  # else finish_close delivers on its own thread
 
     def finish_close(self) -> None:
         """Wait (bounded by the close deadline) for the pump to finish; give up on it if it does not.
@@ -338,16 +280,16 @@ class Core:
         calls ``on_error`` while the pump thread lives, so a slow one cannot hold the close.
         """
         lifecycle = self.lifecycle
-        thread = self.thread
+        thread = self.pump_thread.thread
         if thread is not None and thread is threading.current_thread():
             return  # close() from on_error: the pump finishes the close itself
         deadline = self.pump.closing.deadline + CLOSE_GRACE
         if thread is not None and thread.is_alive():
             lifecycle.stopped.wait(max(0.0, deadline - self.clock()))
         elif lifecycle.phase is Phase.DRAINING:
-            self._run_inline(until=lambda: lifecycle.stopped.is_set() or self.clock() >= deadline)
+            self.pump_thread.run_inline(until=lambda: lifecycle.stopped.is_set() or self.clock() >= deadline)
         report_until = self.clock() + REPORT_GRACE
-        pump_thread = self.thread
+        pump_thread = self.pump_thread.thread
         while not lifecycle.stopped.is_set() and pump_thread is not None and pump_thread.is_alive():
             if self.clock() >= report_until:
                 break
@@ -357,145 +299,18 @@ class Core:
                 pump_thread.join(CLOSE_GRACE)  # its last words: late commands, releasing the connections
         else:
             self._abandon_from_closer()
-        pump_thread = self.thread
-        if pump_thread is None or not pump_thread.is_alive():
-            self.reporter.drain(until=report_until)  # nobody else will
-        else:  # the pump is still reporting: let it finish the chunks it has, within the grace
-            while self.reporter.pending and self.clock() < report_until:
-                time.sleep(0.005)
-        unreported = self.reporter.abandon()
-        if unreported:
-            logger.warning(
-                "seven_segments: %d commands given up at close were not passed to on_error: it did not keep up"
-                " within %g s after the close deadline",
-                unreported,
-                REPORT_GRACE,
-            )
-
-    def _run(self) -> None:
-        keep_signals_off_this_thread()
-        cause: Optional[BaseException] = None
-        try:
-            self._loop()
-        except BaseException as error:  # SystemExit from a callback, an exception raised into the thread
-            cause = error
-        finally:
-            lifecycle = self.lifecycle
-            died = False
-            with lifecycle.lock:
-                if self.thread is threading.current_thread():
-                    self.thread = None
-                    if lifecycle.phase is _RUNNING:  # died
-                        lifecycle.phase = _IDLE
-                        died = True
-            if died:
-                self._restart_after(cause)
-
-    def _restart_after(self, cause: Optional[BaseException]) -> None:
-        """The pump thread died: start another now (one line says so), unless one died a moment ago
-        (then the next call starts it: a loop of deaths must not spin)."""
-        what = "" if cause is None else f" ({type(cause).__name__}: {self.transport.scrub(str(cause))})"
-        now = self.clock()
-        if now - self._restarted_at < RESTART_PAUSE:
-            logger.error("seven_segments worker: stopped unexpectedly%s; it starts again on the next call", what)
-            return
-        self._restarted_at = now
-        self.start()
-        started = self.thread is not None
-        logger.error(
-            "seven_segments worker: stopped unexpectedly%s; %s",
-            what,
-            "started again" if started else "it starts again on the next call",
-        )
-
-    def _run_inline(self, until: Callable[[], bool]) -> None:
-        """Deliver on the caller's thread (no thread can start at interpreter exit), polling ``until``,
-        if no other thread owns the pump; then give the pump back."""
-        lifecycle = self.lifecycle
-        with lifecycle.lock:
-            if self.thread is not None or lifecycle.phase is _STOPPED:
-                return  # another thread owns the pump (it appeared meanwhile): wait for it instead
-            self.thread = threading.current_thread()
-            if lifecycle.phase is _IDLE:
-                lifecycle.move_locked(_RUNNING)
-        try:
-            self._loop(until=until, poll=INLINE_POLL)
-        finally:
-            self.wake_at = 1
-            with lifecycle.lock:
-                if self.thread is threading.current_thread():
-                    self.thread = None
-                    if lifecycle.phase is _RUNNING:
-                        lifecycle.phase = _IDLE
-
-    def _loop(self, until: Optional[Callable[[], bool]] = None, poll: float = math.inf) -> None:
-        pump = self.pump
-        lifecycle = self.lifecycle
-        idle_since: Optional[float] = None
-        while until is None or not until():
-            if lifecycle.phase is _STOPPED:
-                return  # a closer gave up on us and settled everything
-            try:
-                delay = pump.step()
-            except Exception:  # a bug of ours must not kill delivery for good
-                logger.exception("seven_segments worker: unexpected error; carrying on")
-                delay = INLINE_POLL
-            if delay < 0:
-                self._stop()
-                return
-            if delay == math.inf and pump.empty and not self.settlement.flushes.tickets and until is None:
-                now = self.clock()
-                if idle_since is None:
-                    idle_since = now
-                elif now - idle_since >= PUMP_IDLE_SECONDS and self._go_idle():
-                    return
-                delay = PUMP_IDLE_SECONDS
-            else:
-                idle_since = None
-            self._sleep(min(delay, poll))
-
-    def _sleep(self, delay: float) -> None:
-        """Wait for producers (a batch's worth, or the first command), an answer, a flush, a close or a timer."""
-        pump = self.pump
-        waiting = len(pump.line.fresh)
-        if not pump.window.room(len(self.settlement.in_flight), self.clock()):
-            self.wake_at = _BUSY  # nothing could go now: an answer or the gate's timer wakes us, not callers
-        else:
-            self.wake_at = max(1, self.limits.batch_size - waiting) if waiting else 1
-        if len(self.incoming) < self.wake_at and not pump.outcomes.arrived:
-            self.wakeup.wait(None if delay == math.inf else delay)
-        self.wakeup.clear()
-        self.wake_at = _BUSY  # busy: producers need not wake us
-
-    def _go_idle(self) -> bool:
-        """RUNNING -> IDLE after a long while with nothing to do; False when work came meanwhile."""
-        lifecycle = self.lifecycle
-        with lifecycle.lock:
-            if lifecycle.phase is not _RUNNING:
-                return False
-            lifecycle.move_locked(_IDLE)
-            self.thread = None
-        self.settlement.progress.drained_at = math.inf  # the next command queued starts a pump (see start)
-        if not self.incoming and not self.settlement.drops.waiting:
-            return True
-        with lifecycle.lock:  # a producer appended as we left: carry on, unless a new pump started
-            if lifecycle.phase is _IDLE and lifecycle.move_locked(_RUNNING):
-                self.thread = threading.current_thread()
-                return False
-        return True
+        pump_thread = self.pump_thread.thread
+        alive = pump_thread is not None and pump_thread.is_alive()
+        self.settlement.close_report.report(until=report_until, pump_alive=alive, grace=REPORT_GRACE)
 
     def _stop(self) -> None:
         """The pump's last act: from now on, whoever appends to the queue settles it."""
-        self.report_drops_now()
+        self.pump.report_drops()
+        self.settlement.reporter.drain()
         self.pump.close_summary()  # before STOPPED: a closer waiting for it sees the summary logged
         self.lifecycle.move(_STOPPED)
         self.fail_late()
         self._release()
-
-    def report_drops_now(self) -> None:
-        """Pass the drops not reported yet to ``on_error``."""
-        self.pump.report_drops()
-        self.reporter.drain()
 
     def _abandon_from_closer(self) -> None:
         """The pump is still busy past the deadline (a slow on_error, or an attempt that would not end):
@@ -515,7 +330,7 @@ class Core:
 
     def fail_late(self) -> None:
         """Fail commands (and answer flushes) that reached the queue after the pump's last look."""
-        with self._late_lock:
+        with self.lifecycle.late:
             self.pump.fail_late()
 
     def _release(self) -> None:
@@ -541,7 +356,7 @@ class Core:
         if not self.senders.run(attempt):
             # No sender thread can start (interpreter exit, a uwsgi master): the attempt runs here,
             # within what is left of the flush that runs the pump on this thread.
-            attempt(max(MIN_INLINE_ATTEMPT, min(timeout, self._inline_until - self.clock())))
+            attempt(max(MIN_INLINE_ATTEMPT, min(timeout, self.pump_thread.inline_until - self.clock())))
 
 
 class BufferedEngine:
@@ -570,7 +385,7 @@ class BufferedEngine:
         finalizer = weakref.finalize(self, _close_dropped, self._holder)
         finalizer.atexit = False  # at exit, registry.close_all_at_exit closes every core
         if spool is not None:
-            self._core.start()  # deliver what processes that died left in the spool, now
+            self._core.pump_thread.start()  # deliver what processes that died left in the spool, now
 
     def _new_core(self) -> Core:
         return Core(self._token, self._transport, self._limits, self._on_error, self._clock, self._spool)

@@ -35,6 +35,8 @@ class Lifecycle:
         self.lock = threading.Lock()
         #: Set once the engine is STOPPED.
         self.stopped = threading.Event()
+        #: Held while settling what reached the queue after the stop (callers and the pump's last act).
+        self.late = threading.Lock()
 
     def move(self, to: Phase) -> bool:
         """Move to ``to`` if allowed from the current phase; False (and no change) otherwise."""

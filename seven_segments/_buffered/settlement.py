@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import time
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from ..clock import Clock
@@ -600,6 +601,28 @@ class CloseReport:
         if losses.count and not losses.said:
             logger.warning("seven_segments: %d commands were lost at close: %s", losses.count, losses.last)
         self._reporter.flush_drop_warnings()
+
+    def report(self, until: float, pump_alive: bool, grace: float) -> None:
+        """After the close: ``on_error`` receives what was given up until ``until`` (on this thread
+        when the pump's thread is gone; else the pump finishes the chunks it has); what is left then is
+        counted in a warning."""
+        reporter = self._reporter
+        if not pump_alive:
+            reporter.drain(until=until)  # nobody else will
+        else:
+            while reporter.pending and reporter.clock() < until:
+                time.sleep(REPORT_POLL)
+        unreported = reporter.abandon()
+        if unreported:
+            logger.warning(
+                "seven_segments: %d commands given up at close were not passed to on_error: it did not keep up"
+                " within %g s after the close deadline",
+                unreported,
+                grace,
+            )
+
+
+REPORT_POLL = 0.005
 
 
 class _RateLimited:

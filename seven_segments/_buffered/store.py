@@ -85,10 +85,17 @@ class Store:
 
     #: The folder a close's warning names (None: memory only).
     folder: Optional[str] = None
+    #: On the caller's thread, before a command is queued: what to queue (None: its bytes as they are).
+    admit: Optional[Callable[[bytes, int], Any]] = None
 
     def __init__(self, settlement: Settlement) -> None:
         self.settlement = settlement
         self.reading = Reading.NOTHING
+
+    @property
+    def bytes_held(self) -> int:
+        """Bytes the store holds on disk (0 in memory)."""
+        return 0
 
     def take(self, items: List[Any], first_seq: int) -> List[bytes]:
         """The bytes of ``items`` (queued commands), numbered from ``first_seq``."""
@@ -206,6 +213,10 @@ class SpoolStore(Store):
         #: for a flush, and once by a close.
         self._kept: "Dict[str, array.array[int]]" = {}
         self._start(spool.recover(), Reading.DEAD_WRITERS)
+
+    @property
+    def bytes_held(self) -> int:
+        return self.spool.bytes_held
 
     def admit(self, payload: bytes, pid: int) -> Spooled:
         """On the caller's thread: write ``payload`` down; a command the spool cannot take (full, the
