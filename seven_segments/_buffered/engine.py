@@ -33,15 +33,14 @@ from ..health import Figures
 from ..serialization import BulkCommandEncoder, Command
 from ..transport import TransientError, Transport
 from ..watchdog import WATCHDOG
-from . import registry
 from .batching import Batch
-from .lifecycle import Lifecycle, Phase
+from .lifecycle import Lifecycle, Phase, arm_exit_hooks, fork_lock, started, stopped
 from .limits import Limits
-from .pump import FlushTicket, Pump
+from .pump import Pump
 from ..types import ErrorCallback
 from .reporting import Reporter
 from .sender import Outcome, SenderPool, attempt_batch
-from .settlement import CLOSED, COMMAND_COST, FULL, Settlement
+from .settlement import CLOSED, COMMAND_COST, FULL, FlushTicket, Settlement
 from .store import SpoolStore, Store
 from .thread import PumpThread
 
@@ -110,7 +109,7 @@ class Core:
             store=self.store,
         )
         self.pump_thread = PumpThread(
-            self.pump, self.lifecycle, clock, lambda: registry.started(self), self._stop, transport.scrub
+            self.pump, self.lifecycle, clock, lambda: started(self), self._stop, transport.scrub
         )
         self.pump.wake = self.pump_thread.wakeup.set
 
@@ -337,7 +336,7 @@ class Core:
         self.senders.close()
         self.transport.close()
         self.store.close()
-        registry.stopped(self)
+        stopped(self)
 
     # Sending --------------------------------------------------------------------------------------
 
@@ -379,11 +378,10 @@ class BufferedEngine:
         self._clock = clock
         self._holder: List[Core] = [self._new_core()]
         self._core = self._holder[0]
-        registry.engines.add(self)
-        registry.arm_exit_hooks()  # on the constructing thread: SIGTERM's handler needs the main thread
+        arm_exit_hooks()  # on the constructing thread: SIGTERM's handler needs the main thread
         # Dropped without close(): deliver what it holds (bounded by shutdown_timeout), keep nothing.
         finalizer = weakref.finalize(self, _close_dropped, self._holder)
-        finalizer.atexit = False  # at exit, registry.close_all_at_exit closes every core
+        finalizer.atexit = False  # at exit, lifecycle.close_all_at_exit closes every core
         if spool is not None:
             self._core.pump_thread.start()  # deliver what processes that died left in the spool, now
 
@@ -393,7 +391,7 @@ class BufferedEngine:
     def _current(self) -> Core:
         core = self._core
         if core.pid != os.getpid():
-            with registry.fork_lock():
+            with fork_lock():
                 if self._core.pid != os.getpid():
                     self.after_fork()
             core = self._core

@@ -29,7 +29,7 @@ from .line import Line
 from .outcomes import Closing, Outcomes
 from .retry import RetryPolicy
 from .sender import Outcome
-from .settlement import Settlement
+from .settlement import FlushTicket, Settlement
 from .store import Left, Reading, Store
 from .watch import Watch
 from .window import Window
@@ -56,18 +56,6 @@ def _data_size(payload: bytes) -> int:
         return len(json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
     except (ValueError, KeyError, TypeError, RecursionError):
         return 0
-
-
-class FlushTicket:
-    """A ``flush()`` waiting, in the queue, for the commands queued before it to settle."""
-
-    __slots__ = ("done", "upto", "drops", "delivered_all")
-
-    def __init__(self) -> None:
-        self.done = threading.Event()
-        self.upto = -1  # the sequence number of the last command queued before it
-        self.drops = 0  # commands dropped before it
-        self.delivered_all = True
 
 
 class Pump:

@@ -17,7 +17,7 @@ import logging
 import math
 import threading
 import time
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from ..clock import Clock
 from ..errors import QueueFull, SevenSegmentsError, ServiceUnavailable
@@ -27,10 +27,7 @@ from .limits import Limits
 from .progress import Progress
 from .reporting import Reporter, refusal_summary
 
-if TYPE_CHECKING:
-    from .pump import FlushTicket
-
-__all__ = ["Budget", "CloseReport", "Counts", "Flushes", "DropReason", "FULL", "CLOSED", "REASONS", "Settlement", "COMMAND_COST"]
+__all__ = ["FlushTicket", "Budget", "CloseReport", "Counts", "Flushes", "DropReason", "FULL", "CLOSED", "REASONS", "Settlement", "COMMAND_COST"]
 
 logger = logging.getLogger("seven_segments")
 
@@ -50,6 +47,18 @@ FIRST_TYPICAL_SIZE = 256
 LET_GO_WARNING_SECONDS = 60.0
 
 Why = Union[str, SevenSegmentsError]
+
+
+class FlushTicket:
+    """A ``flush()`` waiting, in the queue, for the commands queued before it to settle."""
+
+    __slots__ = ("done", "upto", "drops", "delivered_all")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.upto = -1  # the sequence number of the last command queued before it
+        self.drops = 0  # commands dropped before it
+        self.delivered_all = True
 
 
 class Budget:
@@ -464,14 +473,14 @@ class Flushes:
         self._lock = lock
         self._counts = counts
         #: Flushes placed by the pump, waiting for the commands queued before them to settle.
-        self.tickets: List["FlushTicket"] = []
+        self.tickets: List[FlushTicket] = []
 
     def queued(self) -> None:
         """A caller queued a flush ticket."""
         with self._lock:
             self._counts.tickets_queued += 1
 
-    def place(self, ticket: "FlushTicket", upto: int, kept_waiting: bool) -> None:
+    def place(self, ticket: FlushTicket, upto: int, kept_waiting: bool) -> None:
         """The pump took ``ticket``, behind command ``upto``: it waits with the others. It cannot say all
         was delivered when commands failed or were dropped since the flush its caller saw last, or
         (``kept_waiting``) commands kept on disk cannot be read back now."""
@@ -518,7 +527,7 @@ class Flushes:
             ticket.done.set()
         self.tickets = []
 
-    def seen(self, ticket: "FlushTicket") -> None:
+    def seen(self, ticket: FlushTicket) -> None:
         """The caller of ``ticket`` was told its result: later flushes judge from here."""
         with self._lock:
             counts = self._counts

@@ -18,7 +18,8 @@ from typing import Any, Callable, Deque, Optional
 from ..clock import Clock
 from ..process_hooks import keep_signals_off_this_thread, threads_hang_forks_here
 from .lifecycle import Lifecycle, Phase
-from .pump import FlushTicket, Pump
+from .pump import Pump
+from .settlement import FlushTicket
 
 __all__ = ["PumpThread", "PUMP_IDLE_SECONDS", "INLINE_POLL"]
 
