@@ -6,7 +6,7 @@ reads, a ``deque.append`` and, now and then, an ``Event.set``: no I/O, no lock (
 Nothing is encoded again after the call: the queue, batches, retries and the spool carry those
 bytes. Everything else runs on the pump thread (``pump.py``) and on sender threads (``sender.py``).
 
-Threads of one client: one pump thread while it has work (it ends after ``PUMP_IDLE_SECONDS`` with
+Threads of one client: one pump thread while it has work (``thread.py``; it ends after ``PUMP_IDLE_SECONDS`` with
 nothing to do, and the next call starts it again), and up to ``max_in_flight`` sender threads, each
 ending after ``sender.IDLE_SECONDS`` idle; all are daemons. A closed or garbage-collected client
 keeps none.
@@ -213,7 +213,7 @@ class Core:
         return self.settlement.flushes.all_delivered_after_close()
 
     def stats(self) -> Dict[str, float]:
-        """Counts since the client was made (see ``Ledger.snapshot``); the memory (as ``max_queue_bytes``
+        """Counts since the client was made (see ``Counts.snapshot``); the memory (as ``max_queue_bytes``
         counts it) and spool bytes held; ``oldest_pending_seconds``."""
         waiting = len(self.incoming) - self.settlement.counts.tickets_queued
         stats: Dict[str, float] = dict(self.settlement.snapshot(max(0, waiting)))
