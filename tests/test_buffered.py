@@ -420,7 +420,7 @@ def test_invalid_buffered_settings_raise_in_blocking_mode_too(server: LocalServe
 def test_max_queue_bytes_counts_each_command_as_its_json_and_a_small_constant(dead_url: str) -> None:
     """With the API down, a queue of ``max_queue_bytes`` holds as many commands as their JSON plus
     ``COMMAND_COST`` each fits: not their JSON alone (which let the real memory pass the bound)."""
-    from seven_segments._buffered.pump import COMMAND_COST
+    from seven_segments._buffered.settlement import COMMAND_COST
     from seven_segments.serialization import BulkCommandEncoder
 
     bound = 64 * 1024

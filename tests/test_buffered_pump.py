@@ -15,14 +15,15 @@ import pytest
 
 from seven_segments._buffered.answers import Verdict
 from seven_segments._buffered.batching import Batch
-from seven_segments._buffered.ledger import FULL, Ledger
 from seven_segments._buffered.lifecycle import Lifecycle, Phase
 from seven_segments._buffered.limits import Limits
-from seven_segments._buffered.pump import FlushTicket, Pump, Spooled
+from seven_segments._buffered.pump import FlushTicket, Pump
+from seven_segments._buffered.store import SpoolStore, Spooled
 from seven_segments._buffered import reporting
 from seven_segments._buffered.reporting import Reporter
 from seven_segments._buffered.retry import RetryPolicy
 from seven_segments._buffered.sender import Outcome
+from seven_segments._buffered.settlement import FULL, Settlement
 from seven_segments.serialization import BulkCommandEncoder
 from seven_segments.errors import InvalidRequest, QueueFull, SevenSegmentsError, ServiceUnavailable
 from seven_segments.transport import TransientError
@@ -42,6 +43,7 @@ class FakeSpool:
     """Stands in for ``Spool``: records are ``("segment", n)``, each payload remembered for ``reread``."""
 
     folder = "/fake/spool"
+    last_failure = ""
 
     def __init__(self) -> None:
         self.payloads: Dict[Tuple[str, int], bytes] = {}
@@ -75,23 +77,23 @@ class Harness:
         self.incoming: "deque[Any]" = deque()
         self.lifecycle = Lifecycle()
         self.lifecycle.move(Phase.RUNNING)
-        self.ledger = Ledger(keep_drops=100)
         self.reports: List[Tuple[SevenSegmentsError, List[Dict[str, Any]]]] = []
         self.reporter = Reporter(lambda error, commands: self.reports.append((error, commands)), self.clock)
         self.launched: Dict[int, Tuple[Batch, float, Callable[[Outcome], None]]] = {}
         settings = dict(batch_size=1000, flush_interval=0.5, max_in_flight=4, retry_deadline=60.0, timeout=10.0)
         settings.update(limits)
+        self.limits = Limits(**settings)  # type: ignore[arg-type]
+        self.settlement = Settlement(self.limits, self.reporter, self.lifecycle, self.clock, keep_drops=100)
+        self.ledger = self.settlement.counts
         self.pump = Pump(
-            token="secret-token",
-            limits=Limits(**settings),  # type: ignore[arg-type]
+            limits=self.limits,
             incoming=self.incoming,
             lifecycle=self.lifecycle,
-            ledger=self.ledger,
-            reporter=self.reporter,
+            settlement=self.settlement,
             launch=lambda number, batch, timeout, done: self.launched.__setitem__(number, (batch, timeout, done)),
             clock=self.clock,
             policy=RetryPolicy(60.0, backoff=lambda attempt: 1.0 * attempt),
-            spool=spool,  # type: ignore[arg-type]
+            store=None if spool is None else SpoolStore(self.settlement, spool, self.limits, "secret-token", lambda secret: None),  # type: ignore[arg-type]
         )
         self.spool = spool
         self.serial = 0
@@ -150,7 +152,7 @@ def test_one_request_in_flight_sends_the_next_batch_only_after_the_answer() -> N
     run.answer(min(run.launched))
     run.step()
     assert ticket.done.is_set() and ticket.delivered_all
-    assert run.ledger.snapshot(0)["sent"] == 2500 and run.ledger.batches == 3
+    assert run.settlement.snapshot(0)["sent"] == 2500 and run.ledger.batches == 3
 
 
 def test_several_requests_go_at_once_and_may_land_in_any_order() -> None:
@@ -168,7 +170,7 @@ def test_several_requests_go_at_once_and_may_land_in_any_order() -> None:
         run.answer(number)
         run.step()
     assert ticket.done.is_set() and ticket.delivered_all and run.ledger.sent == 2500
-    assert run.pump.held == 0 and run.pump.held_bytes == 0
+    assert run.settlement.budget.held == 0 and run.settlement.budget.held_bytes == 0
 
 
 def test_a_full_window_waits_for_an_answer_not_for_a_timer() -> None:
@@ -296,8 +298,7 @@ def test_at_the_close_deadline_what_is_in_flight_is_unconfirmed_and_what_waits_f
     run = Harness(max_in_flight=1, batch_size=1000)
     run.track(2500)
     run.step()
-    run.pump.close_timeout = 2.0
-    run.pump.close_deadline = run.clock.now + 2.0
+    run.pump.begin_close(2.0)
     run.lifecycle.move(Phase.DRAINING)
     assert run.step() == pytest.approx(2.0)
     run.clock.now += 2.0
@@ -308,7 +309,7 @@ def test_at_the_close_deadline_what_is_in_flight_is_unconfirmed_and_what_waits_f
     assert [len(commands) for _, commands in run.reports] == [1000, 1000, 500]  # chunks of at most 1000
     assert "may have been applied" in str(run.reports[0][0])
     run.answer(1)  # the request's answer comes late: nothing is counted twice
-    run.pump.apply_outcomes()
+    run.pump.outcomes.apply()
     assert (run.ledger.sent, run.ledger.unconfirmed) == (0, 1000)
 
 
@@ -317,7 +318,7 @@ def test_a_request_cut_by_the_close_deadline_is_unconfirmed() -> None:
     run.track(5)
     run.flush()
     run.step()
-    run.pump.close_deadline = run.clock.now + 0.1
+    run.pump.begin_close(0.1)
     run.lifecycle.move(Phase.DRAINING)
     run.clock.now += 0.1
     run.answer(1, None, TransientError("bulk: no complete answer within 0.1 s"))
@@ -329,11 +330,11 @@ def test_drops_are_reported_with_their_own_reason() -> None:
     run = Harness()
     command = run.encoder.encode(("crm/events", {"registered": "john"}, "view", {}, 1.0, "id-x"))
     for _ in range(3):
-        run.ledger.drop(command, FULL)
+        run.settlement.dropped(command, FULL)
     run.step()
     error, commands = run.reports[0]
     assert isinstance(error, QueueFull) and "queue is full" in str(error) and len(commands) == 3
-    assert run.ledger.snapshot(0)["dropped_queue_full"] == 3
+    assert run.settlement.snapshot(0)["dropped_queue_full"] == 3
 
 
 def outage(run: Harness, number: int) -> None:
@@ -381,7 +382,7 @@ def test_a_flush_stops_waiting_once_what_it_read_back_is_let_go_of_again() -> No
     assert not ticket.done.is_set() and run.launched
     outage(run, min(run.launched))  # the first chunk read back fails again
     assert ticket.done.is_set() and not ticket.delivered_all
-    assert run.ledger.kept + run.pump.held == 30 and spool.confirmed == []
+    assert run.ledger.kept + run.settlement.budget.held == 30 and spool.confirmed == []
 
 
 def test_a_batch_refused_as_a_whole_400_is_split_until_the_bad_command_fails_alone() -> None:

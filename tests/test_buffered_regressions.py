@@ -168,9 +168,9 @@ def client_threads() -> int:
 
 
 def test_an_idle_client_keeps_no_thread(server: LocalServer, monkeypatch: Any) -> None:
-    from seven_segments._buffered import engine, sender
+    from seven_segments._buffered import sender, thread
 
-    monkeypatch.setattr(engine, "PUMP_IDLE_SECONDS", 0.05)
+    monkeypatch.setattr(thread, "PUMP_IDLE_SECONDS", 0.05)
     monkeypatch.setattr(sender, "IDLE_SECONDS", 0.05)
     client = SevenSegments(TOKEN, "john", target=server.url, buffered=True, flush_interval=0.01)
     client.track("view")

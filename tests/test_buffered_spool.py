@@ -533,9 +533,9 @@ def test_a_close_sends_what_an_outage_let_go_of_when_the_api_is_back(server: Loc
 def test_a_close_after_the_worker_went_idle_still_sends_what_an_outage_let_go_of(
     server: LocalServer, tmp_path: Path, monkeypatch: Any
 ) -> None:
-    from seven_segments._buffered import engine
+    from seven_segments._buffered import thread
 
-    monkeypatch.setattr(engine, "PUMP_IDLE_SECONDS", 0.05)
+    monkeypatch.setattr(thread, "PUMP_IDLE_SECONDS", 0.05)
     client = let_go_in_an_outage(server, str(tmp_path / "spool"), 10)
     assert wait_until(lambda: not any(t.name == "seven-segments-worker" for t in threading.enumerate()), timeout=10)
     server.faults.clear()

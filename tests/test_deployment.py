@@ -566,9 +566,9 @@ def test_a_command_queued_in_a_uwsgi_master_is_warned_about_once(
 ) -> None:
     """uwsgi's master runs no atexit: only a flush() there sends what it tracked."""
     from seven_segments import SevenSegments
-    from seven_segments._buffered import engine
+    from seven_segments._buffered import thread
 
-    monkeypatch.setattr(engine, "_uwsgi_master_warned_pid", 0)
+    monkeypatch.setattr(thread, "_uwsgi_master_warned_pid", 0)
     client = SevenSegments(TOKEN, "john", target=server.url, buffered=True)
     with caplog.at_level("WARNING", logger="seven_segments"):
         assert client.flush(5) is True  # nothing queued: nothing to say

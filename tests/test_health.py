@@ -81,12 +81,12 @@ def test_the_pump_warns_when_delivery_stalls_then_once_a_minute_and_once_when_it
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     run = Harness(stall_warning_after=300.0, retry_deadline=3600.0)
-    run.pump.policy = RetryPolicy(3600.0, backoff=lambda attempt: 1.0)
+    run.pump.outcomes.policy = RetryPolicy(3600.0, backoff=lambda attempt: 1.0)
     run.track(10)
     run.step()
     run.clock.now += 0.5
     run.step()
-    assert run.pump.oldest_pending(run.clock.now) == pytest.approx(0.5)
+    assert run.pump.watch.oldest_pending(run.clock.now) == pytest.approx(0.5)
     caplog.set_level(logging.WARNING, logger="seven_segments")
     for _ in range(3):  # the API is down: every attempt fails, for 300 s
         run.answer(min(run.launched), None, TransientError("bulk: connection refused"))
@@ -105,7 +105,7 @@ def test_the_pump_warns_when_delivery_stalls_then_once_a_minute_and_once_when_it
     run.step()
     lines = _stall_lines(caplog)
     assert len(lines) == 3 and "delivery resumed" in lines[2] and "0 commands wait" in lines[2]
-    assert run.pump.oldest_pending(run.clock.now) == 0.0
+    assert run.pump.watch.oldest_pending(run.clock.now) == 0.0
 
 
 # The rules of health() ---------------------------------------------------------------------------

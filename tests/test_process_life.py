@@ -17,7 +17,7 @@ import pytest
 
 from seven_segments import SevenSegments
 from seven_segments import serialization as serialization_module
-from seven_segments._buffered import registry as registry_module
+from seven_segments._buffered import lifecycle as registry_module
 from seven_segments.testing import LocalServer
 
 from .conftest import TOKEN, exit_code

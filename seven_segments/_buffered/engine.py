@@ -6,7 +6,7 @@ reads, a ``deque.append`` and, now and then, an ``Event.set``: no I/O, no lock (
 Nothing is encoded again after the call: the queue, batches, retries and the spool carry those
 bytes. Everything else runs on the pump thread (``pump.py``) and on sender threads (``sender.py``).
 
-Threads of one client: one pump thread while it has work (it ends after ``PUMP_IDLE_SECONDS`` with
+Threads of one client: one pump thread while it has work (``thread.py``; it ends after ``PUMP_IDLE_SECONDS`` with
 nothing to do, and the next call starts it again), and up to ``max_in_flight`` sender threads, each
 ending after ``sender.IDLE_SECONDS`` idle; all are daemons. A closed or garbage-collected client
 keeps none.
@@ -24,68 +24,43 @@ import logging
 import math
 import os
 import threading
-import time
 import weakref
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional
 
 from ..clock import Clock, monotonic
-from ..errors import ServiceUnavailable
 from ..health import Figures
-from ..process_hooks import keep_signals_off_this_thread, threads_hang_forks_here
 from ..serialization import BulkCommandEncoder, Command
 from ..transport import TransientError, Transport
 from ..watchdog import WATCHDOG
-from . import registry
 from .batching import Batch
-from .ledger import CLOSED, FULL, Ledger
-from .lifecycle import Lifecycle, Phase
+from .lifecycle import Lifecycle, Phase, arm_exit_hooks, fork_lock, started, stopped
 from .limits import Limits
-from .pump import COMMAND_COST, FlushTicket, Pump, Spooled
+from .pump import Pump
 from ..types import ErrorCallback
 from .reporting import Reporter
 from .sender import Outcome, SenderPool, attempt_batch
+from .settlement import CLOSED, COMMAND_COST, FULL, FlushTicket, Settlement
+from .store import SpoolStore, Store
+from .thread import PumpThread
 
 if TYPE_CHECKING:
-    from ..spool import Record, Spool
+    from ..spool import Spool
 
-__all__ = ["BufferedEngine", "Core", "PUMP_IDLE_SECONDS"]
+__all__ = ["BufferedEngine", "Core"]
 
 logger = logging.getLogger("seven_segments")
 
 #: The size of a typical command, to bound how many dropped ones are kept for ``on_error``.
 TYPICAL_COMMAND_BYTES = 320
-#: The pump thread ends after this long with nothing to do (the next call starts it again).
-PUMP_IDLE_SECONDS = 10.0
 #: How long ``close()`` waits past its deadline for a pump that is finishing (reporting, answering).
 CLOSE_GRACE = 0.25
 #: How long, past the close deadline, ``on_error`` may take to receive what a close gave up on.
 REPORT_GRACE = 5.0
-#: When delivering on a caller's thread (no thread can start at interpreter exit), waits are this short.
-INLINE_POLL = 0.05
 #: Dropped commands kept for ``on_error`` until the pump reports them: this share of the queue's bytes.
 DROP_KEEP_SHARE = 4
-_BUSY = 1 << 62
-#: A pump thread that dies within this long (seconds) of the last restart is started by the next call.
-RESTART_PAUSE = 1.0
 #: The shortest attempt made on a flushing thread whose flush has (almost) no time left (seconds).
 MIN_INLINE_ATTEMPT = 0.05
-
-_uwsgi_master_warned_pid = 0
-
-
-def _warn_once_about_the_uwsgi_master(incoming: Deque[Any]) -> None:
-    """Once per process, when ``incoming`` holds a command (not only a flush ticket)."""
-    global _uwsgi_master_warned_pid
-    if _uwsgi_master_warned_pid == os.getpid() or all(type(item) is FlushTicket for item in incoming):
-        return
-    _uwsgi_master_warned_pid = os.getpid()
-    logger.warning(
-        "seven_segments: a command was queued in the uwsgi master, where no background thread can run "
-        "(uwsgi forks its workers without the interpreter's fork hooks) and which runs no atexit: it is "
-        "sent only by client.flush() or client.close() called in the master. Call flush() after tracking "
-        "at import, or start uwsgi with --py-call-uwsgi-fork-hooks"
-    )
 
 _RUNNING = Phase.RUNNING
 _IDLE = Phase.IDLE
@@ -105,42 +80,43 @@ class Core:
         spool: "Optional[Spool]" = None,
     ) -> None:
         self.pid = os.getpid()
-        self.spool = spool
         self._max_queue_size = limits.max_queue_size  # read by every call: one attribute, not two
         self._max_queue_bytes = limits.max_queue_bytes
         self._token = token
         self._encoders = threading.local()  # callers encode: one encoder per thread
         self.limits = limits
         self.transport = transport
-        self.clock = clock
-        self.incoming: Deque[Any] = deque()  # commands (bytes, or Spooled) and FlushTickets, in call order
+        #: Queued commands (one kind per store: bytes, or ``Spooled``) and FlushTickets, in call order.
+        self.incoming: Deque[Any] = deque()
         self.lifecycle = Lifecycle()
         keep = 0 if on_error is None else max(1000, limits.max_queue_bytes // DROP_KEEP_SHARE // TYPICAL_COMMAND_BYTES)
-        self.ledger = Ledger(keep_drops=keep)
-        self.reporter = Reporter(on_error, clock)
+        self.settlement = Settlement(limits, Reporter(on_error, clock), self.lifecycle, clock, keep_drops=keep)
+        self.budget = self.settlement.budget
+        self.store: Store = (
+            Store(self.settlement)
+            if spool is None
+            else SpoolStore(self.settlement, spool, limits, token, transport.add_secret)
+        )
         self.senders = SenderPool("seven-segments-sender", max_threads=limits.max_in_flight)
-        #: While a flush runs the pump on its own thread: when that flush ends (attempts made on
-        #: that thread end by then too).
-        self._inline_until = math.inf
-        self.wakeup = threading.Event()
-        self.wake_at = 1  # a producer wakes the pump when len(incoming) reaches this
-        self.thread: Optional[threading.Thread] = None
-        self._late_lock = threading.Lock()
-        self._restarted_at = -math.inf  # when a pump thread that died was last started again
         self.pump = Pump(
-            token=token,
             limits=limits,
             incoming=self.incoming,
             lifecycle=self.lifecycle,
-            ledger=self.ledger,
-            reporter=self.reporter,
+            settlement=self.settlement,
             launch=self._launch,
             clock=clock,
             scrub=transport.scrub,
-            add_secret=transport.add_secret,
-            spool=spool,
+            store=self.store,
         )
-        self.pump.wake = self.wakeup.set
+        self.pump_thread = PumpThread(
+            self.pump, self.lifecycle, clock, lambda: started(self), self._stop, transport.scrub
+        )
+        self.pump.wake = self.pump_thread.wakeup.set
+
+    @property
+    def clock(self) -> Clock:
+        """The engine's clock (monotonic seconds)."""
+        return self.pump.clock
 
     # The caller's side ------------------------------------------------------------------------
 
@@ -158,166 +134,121 @@ class Core:
             encoders.encode = BulkCommandEncoder(self._token).encode
             payload = encoders.encode(command)
         incoming = self.incoming
-        pump = self.pump
+        budget = self.budget
         lifecycle = self.lifecycle
         phase = lifecycle.phase
         if phase is not _RUNNING and phase is not _IDLE:
             self._drop(payload, CLOSED)
             return
         waiting = len(incoming)
-        held = pump.held
+        held = budget.held
         if (
             waiting + held >= self._max_queue_size
-            or pump.held_bytes + (held + waiting + 1) * COMMAND_COST + waiting * pump.typical_size + len(payload)
+            or budget.held_bytes + (held + waiting + 1) * COMMAND_COST + waiting * budget.typical_size + len(payload)
             > self._max_queue_bytes
         ):
             self._drop(payload, FULL)
             return
-        item: Any = payload
-        if self.spool is not None:
-            record = self.spool.append(payload, self.pid)  # the facade checked: this is the core's process
-            if record is None:  # the spool cannot take it (full, the disk full): sent from memory only
-                self.ledger.count_not_spooled()
-            else:
-                item = Spooled(payload, record)
-        incoming.append(item)
+        admit = self.store.admit
+        # With a spool, written down first (the facade checked: this is the core's process).
+        incoming.append(payload if admit is None else admit(payload, self.pid))
         phase = lifecycle.phase
         if phase is _RUNNING:
-            if waiting + 1 >= self.wake_at and not self.wakeup.is_set():
-                self.wakeup.set()
+            pump_thread = self.pump_thread
+            if waiting + 1 >= pump_thread.wake_at and not pump_thread.wakeup.is_set():
+                pump_thread.wakeup.set()
         elif phase is _IDLE:
-            self.start()
+            self.pump_thread.start()
         elif phase is _STOPPED:  # lost a race with close(): the pump will not see it
             self.fail_late()
         else:
-            self.wakeup.set()
+            self.pump_thread.wakeup.set()
 
     def _drop(self, payload: bytes, reason: str) -> None:
-        first, overflow = self.ledger.drop(payload, reason)
+        first, overflow = self.settlement.dropped(payload, reason)
         if overflow is not None:  # drops outpace the pump: this caller reports them, so that none is lost
-            self.pump.report_dropped(reason, overflow, 0)
-            self.reporter.drain()
+            self.settlement.report_dropped(reason, overflow, 0)
+            self.settlement.reporter.drain()
         if self.lifecycle.phase is _STOPPED:  # no pump will report it: do it here
             self.fail_late()
         elif first:
-            self.wakeup.set()
+            self.pump_thread.wakeup.set()
 
     def flush(self, timeout: Optional[float]) -> bool:
         """Wait until every command queued before this call settled; True when all were delivered."""
         lifecycle = self.lifecycle
         if not lifecycle.admitting:
             return self._result_after_close(timeout)
-        if self.thread is threading.current_thread():
+        pump_thread = self.pump_thread
+        if pump_thread.current:
             logger.warning("seven_segments: flush() from on_error cannot wait for the worker it runs on")
             return False
         ticket = FlushTicket()
-        with self.ledger.lock:
-            self.ledger.tickets_queued += 1
+        self.settlement.flushes.queued()
         self.incoming.append(ticket)
-        self.wakeup.set()
+        pump_thread.wakeup.set()
         phase = lifecycle.phase
         if phase is _IDLE:
-            self.start()
+            pump_thread.start()
         elif phase is _STOPPED:
             self.fail_late()
-        if self.thread is None and not ticket.done.is_set():  # no pump thread could start: deliver here
+        if pump_thread.thread is None and not ticket.done.is_set():  # no pump thread could start: deliver here
             deadline = math.inf if timeout is None else self.clock() + timeout
-            self._inline_until = deadline
+            pump_thread.inline_until = deadline
             try:
-                self._run_inline(until=lambda: ticket.done.is_set() or self.clock() >= deadline)
+                pump_thread.run_inline(until=lambda: ticket.done.is_set() or self.clock() >= deadline)
             finally:
-                self._inline_until = math.inf
+                pump_thread.inline_until = math.inf
             if timeout is not None:
                 timeout = max(0.0, deadline - self.clock())
         if not ticket.done.wait(timeout):
             return False
-        ledger = self.ledger
-        with ledger.lock:
-            ledger.reported_upto = max(ledger.reported_upto, ticket.upto)
-            ledger.reported_drops = max(ledger.reported_drops, ticket.drops)
+        self.settlement.flushes.seen(ticket)
         return ticket.delivered_all
 
     def _result_after_close(self, timeout: Optional[float]) -> bool:
-        remaining = max(0.0, self.pump.close_deadline - self.clock()) + CLOSE_GRACE
+        remaining = max(0.0, self.pump.closing.deadline - self.clock()) + CLOSE_GRACE
         if not self.lifecycle.stopped.wait(remaining if timeout is None else min(timeout, remaining)):
             return False
-        ledger = self.ledger
-        with ledger.lock:
-            return (
-                ledger.last_failed_seq <= ledger.reported_upto
-                and ledger.total_dropped <= ledger.reported_drops
-                and ledger.unconfirmed == 0
-                and ledger.taken == ledger.sent + ledger.failed
-            )
+        return self.settlement.flushes.all_delivered_after_close()
 
     def stats(self) -> Dict[str, float]:
-        """Counts since the client was made (see ``Ledger.snapshot``); the memory (as ``max_queue_bytes``
+        """Counts since the client was made (see ``Counts.snapshot``); the memory (as ``max_queue_bytes``
         counts it) and spool bytes held; ``oldest_pending_seconds``."""
-        waiting = len(self.incoming) - self.ledger.tickets_queued
-        stats: Dict[str, float] = dict(self.ledger.snapshot(max(0, waiting)))
+        waiting = len(self.incoming) - self.settlement.counts.tickets_queued
+        stats: Dict[str, float] = dict(self.settlement.snapshot(max(0, waiting)))
         pump = self.pump
-        stats["pending_bytes"] = pump.queued_bytes(max(0, waiting))
-        stats["spool_bytes"] = 0 if self.spool is None else self.spool.bytes_held
-        stats["oldest_pending_seconds"] = pump.oldest_pending(self.clock())
+        stats["pending_bytes"] = self.budget.queued_bytes(max(0, waiting))
+        stats["spool_bytes"] = self.store.bytes_held
+        stats["oldest_pending_seconds"] = pump.watch.oldest_pending(self.clock())
         return stats
 
     def figures(self) -> Figures:
         """What ``health()`` judges (see ``seven_segments.health``)."""
-        pump, ledger, limits = self.pump, self.ledger, self.limits
+        pump, budget, limits = self.pump, self.budget, self.limits
         now = self.clock()
-        waiting = max(0, len(self.incoming) - ledger.tickets_queued)
+        waiting = max(0, len(self.incoming) - self.settlement.counts.tickets_queued)
         fill = max(
-            (pump.held + waiting) / limits.max_queue_size,
-            pump.queued_bytes(waiting) / limits.max_queue_bytes,
+            (budget.held + waiting) / limits.max_queue_size,
+            budget.queued_bytes(waiting) / limits.max_queue_bytes,
         )
         return Figures(
             enabled=True,
             closed=not self.lifecycle.admitting,
-            pending=pump.waiting(),
-            oldest_pending_seconds=pump.oldest_pending(now),
+            pending=pump.watch.waiting(),
+            oldest_pending_seconds=pump.watch.oldest_pending(now),
             queue_fill=min(1.0, fill),
-            retrying=sum(map(len, list(pump.line))),
-            requests_failed_in_a_row=pump.progress.failed_in_a_row,
-            seconds_since_drop=now - pump.progress.dropped_at,
-            last_error=pump.progress.last_error,
-            seconds_since_failure=now - pump.progress.failed_at,
-            requests_refused_in_a_row=pump.progress.refused_in_a_row,
-            last_failure=pump.progress.last_failure,
+            retrying=sum(map(len, list(pump.line.retries))),
+            requests_failed_in_a_row=self.settlement.progress.failed_in_a_row,
+            seconds_since_drop=now - self.settlement.progress.dropped_at,
+            last_error=self.settlement.progress.last_error,
+            seconds_since_failure=now - self.settlement.progress.failed_at,
+            requests_refused_in_a_row=self.settlement.progress.refused_in_a_row,
+            last_failure=self.settlement.progress.last_failure,
             stall_warning_after=limits.stall_warning_after,
         )
 
     # Life ---------------------------------------------------------------------------------------
-
-    def start(self) -> None:
-        """Start a pump thread if there is none (IDLE -> RUNNING)."""
-        progress = self.pump.progress
-        if progress.drained_at == math.inf:  # idle with nothing queued until the call that starts us
-            progress.drained_at = self.clock()
-        lifecycle = self.lifecycle
-        with lifecycle.lock:
-            if lifecycle.phase is not _IDLE or self.thread is not None or not lifecycle.move_locked(_RUNNING):
-                return
-            in_a_uwsgi_master = threads_hang_forks_here()
-            if in_a_uwsgi_master or not self._start_thread_locked():
-                # A uwsgi master (see process_hooks.threads_hang_forks_here), or the interpreter is
-                # shutting down (Python 3.12+ starts no thread then): flush() and close() deliver
-                # on the caller's thread instead.
-                lifecycle.phase = _IDLE
-                logger.debug("no worker thread here; delivering on the flushing or closing thread")
-        if in_a_uwsgi_master:
-            _warn_once_about_the_uwsgi_master(self.incoming)
-        registry.started(self)
-
-    def _start_thread_locked(self) -> bool:
-        """Start the pump thread (the lifecycle lock is held): the one owner of the pump from now on."""
-        thread = threading.Thread(target=self._run, name="seven-segments-worker", daemon=True)
-        self.thread = thread
-        try:
-            thread.start()
-        except RuntimeError:
-            self.thread = None
-            return False
-        return True
 
     def begin_close(self, timeout: Optional[float] = None) -> None:
         """Stop taking commands and let the pump deliver what it holds, within ``timeout``."""
@@ -326,20 +257,19 @@ class Core:
         with lifecycle.lock:
             if not lifecycle.admitting:
                 return
-            pump.close_timeout = self.limits.shutdown_timeout if timeout is None else max(0.0, timeout)
-            pump.close_deadline = self.clock() + pump.close_timeout
+            pump.begin_close(self.limits.shutdown_timeout if timeout is None else max(0.0, timeout))
             had_pump = lifecycle.phase is _RUNNING
             lifecycle.move_locked(Phase.DRAINING)
-        WATCHDOG.shorten(self, pump.close_deadline)  # requests in flight end by the deadline too
-        self.wakeup.set()
+        WATCHDOG.shorten(self, pump.closing.deadline)  # requests in flight end by the deadline too
+        self.pump_thread.wakeup.set()
         if had_pump:
             return
-        if pump.empty and not self.incoming and not pump.has_let_go:
+        if pump.empty and not self.incoming and not self.store.has_kept:
             self._stop()
             return
         with lifecycle.lock:
-            if self.thread is None:
-                self._start_thread_locked()  # else finish_close delivers on its own thread
+            if self.pump_thread.thread is None:
+                self.pump_thread.start_locked()  # else finish_close delivers on its own thread
 
     def finish_close(self) -> None:
         """Wait (bounded by the close deadline) for the pump to finish; give up on it if it does not.
@@ -349,16 +279,16 @@ class Core:
         calls ``on_error`` while the pump thread lives, so a slow one cannot hold the close.
         """
         lifecycle = self.lifecycle
-        thread = self.thread
+        thread = self.pump_thread.thread
         if thread is not None and thread is threading.current_thread():
             return  # close() from on_error: the pump finishes the close itself
-        deadline = self.pump.close_deadline + CLOSE_GRACE
+        deadline = self.pump.closing.deadline + CLOSE_GRACE
         if thread is not None and thread.is_alive():
             lifecycle.stopped.wait(max(0.0, deadline - self.clock()))
         elif lifecycle.phase is Phase.DRAINING:
-            self._run_inline(until=lambda: lifecycle.stopped.is_set() or self.clock() >= deadline)
+            self.pump_thread.run_inline(until=lambda: lifecycle.stopped.is_set() or self.clock() >= deadline)
         report_until = self.clock() + REPORT_GRACE
-        pump_thread = self.thread
+        pump_thread = self.pump_thread.thread
         while not lifecycle.stopped.is_set() and pump_thread is not None and pump_thread.is_alive():
             if self.clock() >= report_until:
                 break
@@ -368,200 +298,45 @@ class Core:
                 pump_thread.join(CLOSE_GRACE)  # its last words: late commands, releasing the connections
         else:
             self._abandon_from_closer()
-        pump_thread = self.thread
-        if pump_thread is None or not pump_thread.is_alive():
-            self.reporter.drain(until=report_until)  # nobody else will
-        else:  # the pump is still reporting: let it finish the chunks it has, within the grace
-            while self.reporter.pending and self.clock() < report_until:
-                time.sleep(0.005)
-        unreported = self.reporter.abandon()
-        if unreported:
-            logger.warning(
-                "seven_segments: %d commands given up at close were not passed to on_error: it did not keep up"
-                " within %g s after the close deadline",
-                unreported,
-                REPORT_GRACE,
-            )
-
-    def _run(self) -> None:
-        keep_signals_off_this_thread()
-        cause: Optional[BaseException] = None
-        try:
-            self._loop()
-        except BaseException as error:  # SystemExit from a callback, an exception raised into the thread
-            cause = error
-        finally:
-            lifecycle = self.lifecycle
-            died = False
-            with lifecycle.lock:
-                if self.thread is threading.current_thread():
-                    self.thread = None
-                    if lifecycle.phase is _RUNNING:  # died
-                        lifecycle.phase = _IDLE
-                        died = True
-            if died:
-                self._restart_after(cause)
-
-    def _restart_after(self, cause: Optional[BaseException]) -> None:
-        """The pump thread died: start another now (one line says so), unless one died a moment ago
-        (then the next call starts it: a loop of deaths must not spin)."""
-        what = "" if cause is None else f" ({type(cause).__name__}: {self.transport.scrub(str(cause))})"
-        now = self.clock()
-        if now - self._restarted_at < RESTART_PAUSE:
-            logger.error("seven_segments worker: stopped unexpectedly%s; it starts again on the next call", what)
-            return
-        self._restarted_at = now
-        self.start()
-        started = self.thread is not None
-        logger.error(
-            "seven_segments worker: stopped unexpectedly%s; %s",
-            what,
-            "started again" if started else "it starts again on the next call",
-        )
-
-    def _run_inline(self, until: Callable[[], bool]) -> None:
-        """Deliver on the caller's thread (no thread can start at interpreter exit), polling ``until``,
-        if no other thread owns the pump; then give the pump back."""
-        lifecycle = self.lifecycle
-        with lifecycle.lock:
-            if self.thread is not None or lifecycle.phase is _STOPPED:
-                return  # another thread owns the pump (it appeared meanwhile): wait for it instead
-            self.thread = threading.current_thread()
-            if lifecycle.phase is _IDLE:
-                lifecycle.move_locked(_RUNNING)
-        try:
-            self._loop(until=until, poll=INLINE_POLL)
-        finally:
-            self.wake_at = 1
-            with lifecycle.lock:
-                if self.thread is threading.current_thread():
-                    self.thread = None
-                    if lifecycle.phase is _RUNNING:
-                        lifecycle.phase = _IDLE
-
-    def _loop(self, until: Optional[Callable[[], bool]] = None, poll: float = math.inf) -> None:
-        pump = self.pump
-        lifecycle = self.lifecycle
-        idle_since: Optional[float] = None
-        while until is None or not until():
-            if lifecycle.phase is _STOPPED:
-                return  # a closer gave up on us and settled everything
-            try:
-                delay = pump.step()
-            except Exception:  # a bug of ours must not kill delivery for good
-                logger.exception("seven_segments worker: unexpected error; carrying on")
-                delay = INLINE_POLL
-            if delay < 0:
-                self._stop()
-                return
-            if delay == math.inf and pump.empty and not pump.tickets and until is None:
-                now = self.clock()
-                if idle_since is None:
-                    idle_since = now
-                elif now - idle_since >= PUMP_IDLE_SECONDS and self._go_idle():
-                    return
-                delay = PUMP_IDLE_SECONDS
-            else:
-                idle_since = None
-            self._sleep(min(delay, poll))
-
-    def _sleep(self, delay: float) -> None:
-        """Wait for producers (a batch's worth, or the first command), an answer, a flush, a close or a timer."""
-        pump = self.pump
-        waiting = len(pump.fresh)
-        if not pump.window.room(len(self.ledger.in_flight), self.clock()):
-            self.wake_at = _BUSY  # nothing could go now: an answer or the gate's timer wakes us, not callers
-        else:
-            self.wake_at = max(1, self.limits.batch_size - waiting) if waiting else 1
-        if len(self.incoming) < self.wake_at and not pump.outcomes:
-            self.wakeup.wait(None if delay == math.inf else delay)
-        self.wakeup.clear()
-        self.wake_at = _BUSY  # busy: producers need not wake us
-
-    def _go_idle(self) -> bool:
-        """RUNNING -> IDLE after a long while with nothing to do; False when work came meanwhile."""
-        lifecycle = self.lifecycle
-        with lifecycle.lock:
-            if lifecycle.phase is not _RUNNING:
-                return False
-            lifecycle.move_locked(_IDLE)
-            self.thread = None
-        self.pump.progress.drained_at = math.inf  # the next command queued starts a pump (see start)
-        if not self.incoming and not any(self.ledger.drops.values()):
-            return True
-        with lifecycle.lock:  # a producer appended as we left: carry on, unless a new pump started
-            if lifecycle.phase is _IDLE and lifecycle.move_locked(_RUNNING):
-                self.thread = threading.current_thread()
-                return False
-        return True
+        pump_thread = self.pump_thread.thread
+        alive = pump_thread is not None and pump_thread.is_alive()
+        self.settlement.close_report.report(until=report_until, pump_alive=alive, grace=REPORT_GRACE)
 
     def _stop(self) -> None:
         """The pump's last act: from now on, whoever appends to the queue settles it."""
-        self.report_drops_now()
+        self.pump.report_drops()
+        self.settlement.reporter.drain()
         self.pump.close_summary()  # before STOPPED: a closer waiting for it sees the summary logged
         self.lifecycle.move(_STOPPED)
         self.fail_late()
         self._release()
 
-    def report_drops_now(self) -> None:
-        """Pass the drops not reported yet to ``on_error``."""
-        self.pump.report_drops()
-        self.reporter.drain()
-
     def _abandon_from_closer(self) -> None:
         """The pump is still busy past the deadline (a slow on_error, or an attempt that would not end):
-        settle everything from the closer. The pump, when it comes back, finds the engine STOPPED."""
+        the closer runs the pump's own close path (``Pump.give_up``), without calling ``on_error``. The
+        pump, when it comes back, finds the engine STOPPED."""
         if not self.lifecycle.move(_STOPPED):
             return
         pump = self.pump
-        spooled = self.spool is not None
-        in_flight = self.ledger.give_up_in_flight(unconfirmed=False) + pump.take_cut_at_close()
-        late = pump.drain_incoming()
-        waiting = [payload for batch in pump.line for payload in batch.payloads] + list(pump.fresh)
-        ledger = self.ledger
-        with ledger.lock:  # everything taken and not settled: in flight, waiting, late
-            left = max(0, ledger.taken - (ledger.sent + ledger.failed + ledger.unconfirmed + ledger.kept))
-            flying = min(left, sum(map(len, in_flight)))
-            if spooled:
-                ledger.kept += left
-            else:
-                ledger.unconfirmed += flying
-                ledger.failed += left - flying
-        logger.warning(
-            "seven_segments: %d commands were %s at close: the worker was still busy past the close deadline"
-            " (%g s; a slow on_error, or an attempt that would not end)%s",
-            left,
-            "kept in the spool" if spooled else "lost",
-            pump.close_timeout,
-            f"; {sum(map(len, in_flight))} were in flight and may have been applied" if in_flight else "",
-        )
-        for ticket in pump.tickets:
-            ticket.delivered_all = False
-            ticket.done.set()
-        if not spooled:
-            self.reporter.failed(
-                ServiceUnavailable(
-                    f"not confirmed within the close deadline ({pump.close_timeout:g} s): the request was in flight"
-                    " and may have been applied"
-                ),
-                [payload for batch in in_flight for payload in batch.payloads],
+        if not pump.empty or self.incoming:
+            logger.warning(
+                "seven_segments: the worker was still busy past the close deadline (%g s; a slow on_error, or an"
+                " attempt that would not end): the closer settles what it held",
+                pump.closing.timeout,
             )
-            error = ServiceUnavailable(f"not delivered within the close deadline ({pump.close_timeout:g} s)")
-            self.reporter.failed(error, waiting)
-            self.reporter.failed(error, [item for item in late if type(item) is bytes])
+        pump.give_up()
         self._release()
 
     def fail_late(self) -> None:
         """Fail commands (and answer flushes) that reached the queue after the pump's last look."""
-        with self._late_lock:
+        with self.lifecycle.late:
             self.pump.fail_late()
 
     def _release(self) -> None:
         self.senders.close()
         self.transport.close()
-        if self.spool is not None:
-            self.spool.close()
-        registry.stopped(self)
+        self.store.close()
+        stopped(self)
 
     # Sending --------------------------------------------------------------------------------------
 
@@ -580,7 +355,7 @@ class Core:
         if not self.senders.run(attempt):
             # No sender thread can start (interpreter exit, a uwsgi master): the attempt runs here,
             # within what is left of the flush that runs the pump on this thread.
-            attempt(max(MIN_INLINE_ATTEMPT, min(timeout, self._inline_until - self.clock())))
+            attempt(max(MIN_INLINE_ATTEMPT, min(timeout, self.pump_thread.inline_until - self.clock())))
 
 
 class BufferedEngine:
@@ -603,13 +378,12 @@ class BufferedEngine:
         self._clock = clock
         self._holder: List[Core] = [self._new_core()]
         self._core = self._holder[0]
-        registry.engines.add(self)
-        registry.arm_exit_hooks()  # on the constructing thread: SIGTERM's handler needs the main thread
+        arm_exit_hooks()  # on the constructing thread: SIGTERM's handler needs the main thread
         # Dropped without close(): deliver what it holds (bounded by shutdown_timeout), keep nothing.
         finalizer = weakref.finalize(self, _close_dropped, self._holder)
-        finalizer.atexit = False  # at exit, registry.close_all_at_exit closes every core
+        finalizer.atexit = False  # at exit, lifecycle.close_all_at_exit closes every core
         if spool is not None:
-            self._core.start()  # deliver what processes that died left in the spool, now
+            self._core.pump_thread.start()  # deliver what processes that died left in the spool, now
 
     def _new_core(self) -> Core:
         return Core(self._token, self._transport, self._limits, self._on_error, self._clock, self._spool)
@@ -617,7 +391,7 @@ class BufferedEngine:
     def _current(self) -> Core:
         core = self._core
         if core.pid != os.getpid():
-            with registry.fork_lock():
+            with fork_lock():
                 if self._core.pid != os.getpid():
                     self.after_fork()
             core = self._core

@@ -121,6 +121,10 @@ class Reporter:
                 with self._busy_lock:
                     self.busy -= 1
 
+    def clock(self) -> float:
+        """Now, on the engine's clock."""
+        return self._clock()
+
     def abandon(self) -> int:
         """Forget the chunks not reported yet (``on_error`` did not keep up); how many commands they held."""
         count = 0

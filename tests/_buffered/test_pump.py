@@ -1,0 +1,204 @@
+"""The pump's decisions, driven step by step with a fake clock and a scripted transport in the style
+of httpx's ``MockTransport`` (a function from a request to its answer): no socket, no thread, no sleep.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from typing import Any, Callable, Dict, List, Tuple
+
+from seven_segments._buffered.batching import Batch
+from seven_segments._buffered.lifecycle import Lifecycle, Phase
+from seven_segments._buffered.limits import Limits
+from seven_segments._buffered.pump import FlushTicket, Pump
+from seven_segments._buffered.reporting import Reporter
+from seven_segments._buffered.retry import RetryPolicy
+from seven_segments._buffered.sender import Outcome, attempt_batch
+from seven_segments._buffered.settlement import Settlement
+from seven_segments.errors import InvalidRequest
+from seven_segments.transport import TransientError
+
+
+class Request:
+    """What the pump sent: the path and the commands of one ``bulk`` body."""
+
+    def __init__(self, path: str, body: bytes) -> None:
+        self.path = path
+        self.commands: List[Dict[str, Any]] = json.loads(body)["commands"]
+
+
+Handler = Callable[[Request], Dict[str, Any]]
+
+
+class MockTransport:
+    """A transport whose every ``post`` is answered by ``handler`` (which may raise, as a server's
+    failure does); what it was asked is kept in ``requests``."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.requests: List[Request] = []
+
+    def post(self, path: str, body: bytes, **_: Any) -> Dict[str, Any]:
+        request = Request(path, body)
+        self.requests.append(request)
+        return self.handler(request)
+
+
+def all_ok(request: Request) -> Dict[str, Any]:
+    return {"success": True, "results": [{"status": "ok"} for _ in request.commands]}
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Run:
+    """A pump whose attempts are answered at once by a ``MockTransport`` (applied at the next step)."""
+
+    def __init__(self, handler: Handler, **limits: Any) -> None:
+        self.clock = FakeClock()
+        self.lifecycle = Lifecycle()
+        self.lifecycle.move(Phase.RUNNING)
+        self.incoming: "deque[Any]" = deque()
+        self.reports: List[Tuple[Any, List[Dict[str, Any]]]] = []
+        reporter = Reporter(lambda error, commands: self.reports.append((error, commands)), self.clock)
+        settings = dict(batch_size=100, flush_interval=0.5, max_in_flight=2, retry_deadline=30.0, timeout=5.0)
+        settings.update(limits)
+        self.limits = Limits(**settings)  # type: ignore[arg-type]
+        self.settlement = Settlement(self.limits, reporter, self.lifecycle, self.clock, keep_drops=100)
+        self.transport = MockTransport(handler)
+        self.pump = Pump(
+            limits=self.limits,
+            incoming=self.incoming,
+            lifecycle=self.lifecycle,
+            settlement=self.settlement,
+            launch=self._launch,
+            clock=self.clock,
+            policy=RetryPolicy(30.0, backoff=lambda attempt: 1.0),
+        )
+
+    def _launch(self, number: int, batch: Batch, timeout: float, done: Callable[[Outcome], None]) -> None:
+        done(attempt_batch(self.transport, None, number, batch, timeout))  # type: ignore[arg-type]
+
+    def track(self, count: int) -> None:
+        for number in range(count):
+            self.incoming.append(b'{"name":"crm/events","data":{"n":%d}}' % number)
+
+    def flush(self) -> FlushTicket:
+        ticket = FlushTicket()
+        self.settlement.flushes.queued()
+        self.incoming.append(ticket)
+        return ticket
+
+    def step(self, seconds: float = 0.0) -> float:
+        self.clock.now += seconds
+        return self.pump.step()
+
+
+def test_a_batch_waits_for_flush_interval_then_goes_and_is_delivered() -> None:
+    run = Run(all_ok)
+    run.track(10)
+    assert run.step() == 0.5 and run.transport.requests == []  # not due before flush_interval
+    run.step(0.5)
+    assert [len(request.commands) for request in run.transport.requests] == [10]
+    run.step()  # the answer is applied
+    assert run.settlement.counts.sent == 10 and run.settlement.budget.held == 0
+
+
+def test_a_flush_sends_at_once_and_is_answered_when_all_settled() -> None:
+    run = Run(all_ok)
+    run.track(150)
+    ticket = run.flush()
+    run.step()
+    assert [len(request.commands) for request in run.transport.requests] == [100, 50]
+    run.step()
+    assert ticket.done.is_set() and ticket.delivered_all
+
+
+def test_a_503_is_sent_again_after_the_backoff() -> None:
+    answers = iter([TransientError("503", status=503)])
+
+    def handler(request: Request) -> Dict[str, Any]:
+        for error in answers:
+            raise error
+        return all_ok(request)
+
+    run = Run(handler)
+    run.track(5)
+    run.flush()
+    run.step()
+    assert run.step() == 1.0  # the backoff: nothing to do for a second
+    run.step(1.0)
+    run.step()
+    counts = run.settlement.counts
+    assert (len(run.transport.requests), counts.sent, counts.retried) == (2, 5, 5)
+
+
+def test_a_refused_command_fails_alone_and_reaches_on_error_with_its_reason() -> None:
+    def handler(request: Request) -> Dict[str, Any]:
+        results: List[Dict[str, Any]] = [{"status": "ok"} for _ in request.commands]
+        results[1] = {"status": "error", "errors": ["bad property"]}
+        return {"success": True, "results": results}
+
+    run = Run(handler)
+    run.track(3)
+    ticket = run.flush()
+    run.step()
+    run.step()
+    assert (run.settlement.counts.sent, run.settlement.counts.failed) == (2, 1)
+    assert ticket.done.is_set() and not ticket.delivered_all
+    error, commands = run.reports[0]
+    assert isinstance(error, InvalidRequest) and error.errors == ("bad property",) and commands[0]["data"] == {"n": 1}
+
+
+def test_a_413_splits_the_batch_until_the_command_at_fault_is_alone() -> None:
+    def handler(request: Request) -> Dict[str, Any]:
+        if any(command["data"]["n"] == 2 for command in request.commands):
+            raise InvalidRequest("too large", status=413)
+        return all_ok(request)
+
+    run = Run(handler)
+    run.track(4)
+    run.flush()
+    for _ in range(5):
+        run.step()
+    counts = run.settlement.counts
+    assert (counts.sent, counts.failed) == (3, 1) and len(run.reports) == 1
+
+
+def test_at_the_close_deadline_what_is_left_in_memory_is_lost_and_said() -> None:
+    def down(request: Request) -> Dict[str, Any]:
+        raise TransientError("connection refused")
+
+    run = Run(down)
+    run.track(7)
+    ticket = run.flush()
+    run.step()
+    run.step()  # the failure is applied: the batch waits in line for its backoff
+    run.lifecycle.move(Phase.DRAINING)
+    run.pump.begin_close(2.0)
+    assert run.step(2.0) == -1.0  # the close is done
+    counts = run.settlement.counts
+    assert counts.failed == 7 and counts.unsettled == 0
+    assert ticket.done.is_set() and not ticket.delivered_all
+    assert sum(len(commands) for _, commands in run.reports) == 7
+
+
+def test_a_request_the_close_deadline_cuts_short_is_unconfirmed() -> None:
+    def down(request: Request) -> Dict[str, Any]:
+        raise TransientError("connection refused")
+
+    run = Run(down)
+    run.track(7)
+    run.flush()
+    run.step()  # sent; its failure comes back after the deadline
+    run.lifecycle.move(Phase.DRAINING)
+    run.pump.begin_close(2.0)
+    assert run.step(2.0) == -1.0
+    counts = run.settlement.counts
+    assert (counts.unconfirmed, counts.failed, counts.unsettled) == (7, 0, 0)
