@@ -149,27 +149,24 @@ _BIG_INT = 1 << 63
 def capture_properties_json(properties: Any, path: str = "properties") -> Tuple[str, int]:
     """Check ``properties`` exactly as :func:`capture_properties` does, and return their compact
     JSON text and its length, instead of a copy (see :func:`capture_properties_written`)."""
-    written, size = capture_properties_written(properties, path)
-    if isinstance(written, str):
-        return written, size
-    text = written.decode()
+    text = capture_properties_written(properties, path)[0].decode()
     return text, len(text)
 
 
-def capture_properties_written(properties: Any, path: str = "properties") -> Tuple[Union[str, bytes], int]:
+def capture_properties_written(properties: Any, path: str = "properties") -> Tuple[bytes, int]:
     """Check ``properties`` exactly as :func:`capture_properties` does, and return their compact
-    JSON (text, or UTF-8 bytes when ``orjson`` wrote it) and its length, instead of a copy.
+    JSON as UTF-8 bytes and its length, instead of a copy.
 
     For a buffered client, which makes each command the bytes it sends before ``track`` returns:
     the JSON is what goes into the command, so a copy would only be thrown away. A flat dict of
-    ASCII keys to strings, numbers, booleans and None is written in one loop here; anything else
-    goes through :func:`capture_properties` and the C encoder, and raises the same errors. With
-    ``orjson`` installed, the loop only checks, and ``orjson`` writes the dict.
+    strings, numbers, booleans and None is checked in one loop and written by ``orjson`` when it
+    is installed, else by that loop itself; anything else goes through :func:`capture_properties`
+    and the writer, and raises the same errors.
     """
-    if type(properties) is not dict:
-        return _capture_json_carefully(properties, path)
-    dumps = _FAST_DUMPS
-    if dumps is not None:
+    if type(properties) is dict:
+        dumps = _FAST_DUMPS
+        if dumps is None:
+            return _written_here(properties, path)
         # orjson writes the dict once this loop found only values JSON takes as they are. It looks
         # at values only: what else a flat dict may hold that the checks refuse, orjson refuses too
         # (a key that is not a string, an integer outside 64 bits, a lone surrogate), and the
@@ -184,49 +181,58 @@ def capture_properties_written(properties: Any, path: str = "properties") -> Tup
             data = dumps(properties)
         except TypeError:  # orjson.JSONEncodeError: the careful path names what it refused
             return _capture_json_carefully(properties, path)
-        # The same bound as the loop's below, on the UTF-8 length, which is at least the text's:
-        # capture_properties counts a string by its UTF-8 length too.
-        if len(data) * 5 > MAX_COMMAND_BYTES:
-            return _capture_json_carefully(properties, path)
-        return data, len(data)
+        # The same bound as _written_here's, on the UTF-8 length (capture_properties counts a
+        # string by its UTF-8 length too).
+        if len(data) <= _WRITTEN_HERE_BYTES:
+            return data, len(data)
+    return _capture_json_carefully(properties, path)
+
+
+def _written_here(properties: JSONObject, path: str) -> Tuple[bytes, int]:
+    """The standard library's ``capture_properties_written`` of a dict: one loop that checks and
+    writes a flat dict of plain values (other values go the careful way)."""
     text = "{"
-    try:
-        for key, value in properties.items():
-            try:
-                head = _KEY_JSON[key]  # only strings are kept: another key is never found
-            except KeyError:
-                if type(key) is not str:
-                    return _capture_json_carefully(properties, path)
-                head = _encode_string(key) + ":"
-                if len(key) <= _KEY_KEPT_LENGTH and len(_KEY_JSON) < _KEYS_KEPT:
-                    _KEY_JSON[key] = head
-            kind = type(value)
-            if kind is str:
-                text += head + _encode_string(value) + ","
-            elif kind is int:
-                text += f"{head}{value},"  # ValueError past 4300 digits: the careful path says so
-            elif kind is float:
-                if value - value:  # NaN or an infinity (for any other float, 0.0)
-                    return _capture_json_carefully(properties, path)
-                text += f"{head}{value!r},"
-            elif kind is bool:
-                text += head + ("true," if value else "false,")
-            elif value is None:
-                text += head + "null,"
-            else:
+    for key, value in properties.items():
+        try:
+            head = _KEY_JSON[key]  # '"amount":'; only strings are kept, so another key is never found
+        except KeyError:
+            if type(key) is not str:
                 return _capture_json_carefully(properties, path)
-    except ValueError:
+            head = _encode_string(key) + ":"
+            if len(key) <= _KEY_KEPT_LENGTH and len(_KEY_JSON) < _KEYS_KEPT:
+                _KEY_JSON[key] = head
+        kind = type(value)
+        if kind is str:
+            text += f"{head}{_encode_string(value)},"
+        elif kind is int:
+            if not _LEAST_INT < value < _BIG_INT:  # the careful path counts its digits
+                return _capture_json_carefully(properties, path)
+            text += f"{head}{value},"
+        elif kind is float:
+            if value - value:  # NaN or an infinity (for any other float, 0.0)
+                return _capture_json_carefully(properties, path)
+            text += f"{head}{value!r},"
+        elif kind is bool:
+            text += head + ("true," if value else "false,")
+        elif value is None:
+            text += head + "null,"
+        else:
+            return _capture_json_carefully(properties, path)
+    try:
+        data = (text[:-1] + "}").encode() if len(text) > 1 else b"{}"  # the brace takes the last comma's place
+    except UnicodeEncodeError:  # a lone surrogate: the careful path names it
         return _capture_json_carefully(properties, path)
-    # Outside ASCII, the careful path checks for lone surrogates (UTF-8 cannot carry them). Whether
-    # the properties are too large is decided on capture_properties' estimate of their size, which
-    # is at most 4.8 times the text's length (an entry ``"":0,`` of 5 characters counts 24): a text
-    # of up to a fifth of the limit is always under it, and a longer one goes the careful way.
-    size = len(text)  # the closing brace takes the last comma's place
-    if size * 5 > MAX_COMMAND_BYTES or not text.isascii():
-        return _capture_json_carefully(properties, path)
-    return (text[:-1] + "}", size) if size > 1 else ("{}", 2)
+    # Whether the properties are too large is decided on capture_properties' estimate of their
+    # size, which is at most 4.8 times the JSON's length (an entry ``"":0,`` of 5 bytes counts 24):
+    # JSON of up to a fifth of the limit is always under it, and longer JSON goes the careful way.
+    if len(data) <= _WRITTEN_HERE_BYTES:
+        return data, len(data)
+    return _capture_json_carefully(properties, path)
 
 
+#: The longest JSON of properties the fast paths return (see ``_written_here``).
+_WRITTEN_HERE_BYTES = MAX_COMMAND_BYTES // 5
+_LEAST_INT = -_BIG_INT
 #: The types of values a flat dict's fast path writes as they are (exactly these: no subclass).
 _PLAIN_TYPES = frozenset((str, int, bool, type(None)))
 #: JSON of property keys seen, with the colon (``'"amount":'``): keys of at most _KEY_KEPT_LENGTH
@@ -236,12 +242,12 @@ _KEYS_KEPT = 1024
 _KEY_KEPT_LENGTH = 64
 
 
-def _capture_json_carefully(properties: Any, path: str) -> Tuple[str, int]:
-    """``capture_properties_json`` for anything but a flat dict of plain values: check and copy,
+def _capture_json_carefully(properties: Any, path: str) -> Tuple[bytes, int]:
+    """``capture_properties_written`` for anything but a flat dict of plain values: check and copy,
     then write the copy."""
     copy, _ = capture_properties(properties, path)
-    text = _WRITER.text(copy) if copy else "{}"
-    return text, len(text)
+    data = _WRITER.data(copy) if copy else b"{}"
+    return data, len(data)
 
 
 #: The most digits of an int written as JSON: Python's own default limit for int-to-str.
@@ -467,16 +473,15 @@ def check_command_size(command: Command, company_id: str) -> int:
     ``ValueError`` naming the largest part when that is more than a command may take."""
     path, ids, kind, properties, timestamp, command_id = command
     parts = {"the customer ids": ids.json_bytes if type(ids) is LargeCustomerIds else _json_bytes(_write_plain(ids))}
-    if type(properties) is bytes:
-        parts["the properties"] = len(properties)
-    elif type(properties) is str:
-        parts["the properties"] = _json_bytes(properties)
+    # The longer of the two spellings: the server's (the standard library's) and the one sent
+    # (orjson's, when installed: 0.00006103515625 where the standard library writes 6.103515625e-05,
+    # 1e16 where it writes 1e+16). JSON written at the call is read back for the server's.
+    if type(properties) is bytes or type(properties) is str:
+        sent = len(properties) if type(properties) is bytes else _json_bytes(cast(str, properties))
+        properties = json.loads(properties)
     else:
-        # The longer of the two spellings: the server's (the standard library's) and the one sent
-        # (orjson's, when installed: 0.00006103515625 where the standard library writes 6.103515625e-05).
-        parts["the properties"] = (
-            max(_json_bytes(_join(_write_tree(properties, 0))), len(_WRITER.data(properties))) if properties else 2
-        )
+        sent = len(_WRITER.data(properties)) if properties else 2
+    parts["the properties"] = max(_json_bytes(_join(_write_tree(properties, 0))), sent) if properties else 2
     if kind is not None:
         parts["the event type"] = _json_bytes(_encode_string(kind))
     parts["the company token"] = _json_bytes(_encode_string(company_id))
@@ -713,29 +718,14 @@ class BulkCommandEncoder:
             head = self._event_head
         else:
             head = self._customer_head
-        kind_of = type(properties)
-        dumps = _FAST_DUMPS
-        if kind_of is bytes and dumps is not None:  # written by orjson in capture_properties_written
-            return _join_bytes((
-                head, cast(bytes, properties), b',"timestamp":', dumps(round(timestamp * 1e6)),
-                b'e-6,"command_id":', dumps(command_id), b"}}",
-            ))
-        if kind_of is bytes:
-            body: str = cast(bytes, properties).decode()
-        elif kind_of is str:  # already written by capture_properties_json
-            body = cast(str, properties)
-        elif not properties:
-            body = "{}"
-        elif _FAST_DUMPS is not None:
-            try:
-                written = _FAST_DUMPS(properties)
-            except TypeError:  # an integer past 64 bits (orjson.JSONEncodeError): the standard library writes it
-                body = _join(_write_tree(properties, 0))
-            else:
-                return head + written + f',"timestamp":{round(timestamp * 1e6)}e-6,"command_id":"{command_id}"}}}}'.encode()
+        if type(properties) is bytes:  # written on the caller's thread (capture_properties_written)
+            # The command id is checked to [A-Za-z0-9_-]: it needs no escaping.
+            return head + properties + f',"timestamp":{round(timestamp * 1e6)}e-6,"command_id":"{command_id}"}}}}'.encode()
+        if type(properties) is str:  # written by capture_properties_json
+            body = properties.encode()
         else:
-            body = _join(_write_tree(properties, 0))
-        return head + f'{body},"timestamp":{round(timestamp * 1e6)}e-6,"command_id":"{command_id}"}}}}'.encode()
+            body = _WRITER.data(properties) if properties else b"{}"
+        return head + body + f',"timestamp":{round(timestamp * 1e6)}e-6,"command_id":"{command_id}"}}}}'.encode()
 
     @staticmethod
     def company_of(payload: bytes) -> Optional[str]:
