@@ -317,6 +317,21 @@ def test_ints_past_4300_digits_are_refused_whatever_the_interpreters_limit() -> 
         sys.set_int_max_str_digits(limit)
 
 
+def test_a_flat_int_past_4300_digits_is_refused_as_json_whatever_the_interpreters_limit(stdlib_writer: None) -> None:
+    """The standard library's loop writes flat ints itself: one past 4300 digits is refused as
+    ``capture_properties`` refuses it, even where the interpreter would write it."""
+    if not hasattr(sys, "set_int_max_str_digits"):
+        pytest.skip("no int-to-str limit on this interpreter")
+    limit = sys.get_int_max_str_digits()
+    sys.set_int_max_str_digits(0)
+    try:
+        with pytest.raises(ValueError, match=r"^properties\['n'\]: int with more than 4300 digits"):
+            capture_properties_json({"a": 1, "n": 10**4300})
+        assert capture_properties_json({"n": -(2**63), "m": 2**63})[0] == f'{{"n":{-(2**63)},"m":{2**63}}}'
+    finally:
+        sys.set_int_max_str_digits(limit)
+
+
 _valid_text = st.text(st.characters(blacklist_categories=("Cs",)) | st.sampled_from(['"', "\\", "\n", "\x00", "é", "💥"]), min_size=1, max_size=12)
 
 
@@ -342,6 +357,20 @@ def test_the_size_checked_at_the_call_is_what_the_pump_measures_and_no_less_than
     pumps = len(payload) - len('{"name":"' + path + '","data":}')  # the pump refuses a command past the limit
     servers = len(json.dumps(json.loads(payload)["data"], separators=(",", ":"), ensure_ascii=False).encode())
     assert max(pumps, servers) <= size <= max(pumps, servers) + 24  # only the timestamp's spelling differs
+
+
+@needs_orjson
+def test_json_written_at_the_call_is_measured_in_the_servers_spelling_too() -> None:
+    """orjson writes 1e-07 as 1e-7, a byte shorter than the standard library (the server): the size
+    of properties written by orjson at the call is no less than the server's."""
+    assert ORJSON is not None
+    with writing_with(ORJSON):
+        written, _ = serialization.capture_properties_written({key: 1e-07 for key in "abcdefgh"})
+    assert written.count(b"1e-7,") == 7
+    command = ("crm/events", {"registered": "a"}, "view", written, 1700000000.123456, "c-1")
+    payload = BulkCommandEncoder("token").encode(command)
+    servers = len(json.dumps(json.loads(payload)["data"], separators=(",", ":"), ensure_ascii=False).encode())
+    assert check_command_size(command, "token") >= servers
 
 
 @pytest.mark.parametrize("id_length", [1, serialization.SMALL_IDS_CHARACTERS - 2, 15_000])
