@@ -325,6 +325,12 @@ def _capture_value(value: Any, path: str, depth: int) -> Tuple[Any, int]:
             listed.append(captured)
             size += item_size + 1
         return listed, size
+    return _capture_other(value, path)
+
+
+def _capture_other(value: Any, path: str) -> Tuple[Any, int]:
+    """``_capture_value`` of anything but JSON's own types and enums: moments, decimals, UUIDs,
+    and the refusal of everything else."""
     if isinstance(value, (_dt.datetime, _dt.date, _dt.time)):
         if isinstance(value, _dt.datetime) and value.utcoffset() is None:
             raise ValueError(_naive_message(value, path))
