@@ -165,78 +165,78 @@ def capture_properties_written(properties: Any, path: str = "properties") -> Tup
     """
     if type(properties) is dict:
         dumps = _FAST_DUMPS
-        if dumps is None:
-            return _written_here(properties, path)
-        # orjson writes the dict once this loop found only values JSON takes as they are. It looks
-        # at values only: what else a flat dict may hold that the checks refuse, orjson refuses too
-        # (a key that is not a string, an integer outside 64 bits, a lone surrogate), and the
-        # careful path then names it.
-        for value in properties.values():
-            if type(value) in _PLAIN_TYPES:
-                continue
-            if type(value) is float and not value - value:  # NaN or an infinity: orjson would write null
-                continue
-            return _capture_json_carefully(properties, path)
-        try:
-            data = dumps(properties)
-        except TypeError:  # orjson.JSONEncodeError: the careful path names what it refused
-            return _capture_json_carefully(properties, path)
-        # The same bound as _written_here's, on the UTF-8 length (capture_properties counts a
-        # string by its UTF-8 length too).
-        if len(data) <= _WRITTEN_HERE_BYTES:
+        data = _whole_here("", properties, "", _WRITTEN_HERE_BYTES) if dumps is None else _flat_by_orjson(properties, dumps)
+        if data is not None and len(data) <= _WRITTEN_HERE_BYTES:
             return data, len(data)
     return _capture_json_carefully(properties, path)
 
 
-def _written_here(properties: JSONObject, path: str) -> Tuple[bytes, int]:
-    """The standard library's ``capture_properties_written`` of a dict: one loop that checks and
-    writes a flat dict of plain values (other values go the careful way)."""
-    text = "{"
+def _flat_by_orjson(properties: JSONObject, dumps: Callable[[Any], bytes]) -> Optional[bytes]:
+    """``orjson``'s JSON of a flat dict of plain values; None for any other dict (the careful path
+    then checks it). ``BulkCommandEncoder.encode`` has this inline."""
+    # orjson writes the dict once this loop found only values JSON takes as they are. It looks at
+    # values only: what else a flat dict may hold that the checks refuse, orjson refuses too (a key
+    # that is not a string, an integer outside 64 bits, a lone surrogate), and the careful path
+    # then names it.
+    for value in properties.values():
+        if type(value) in _PLAIN_TYPES or (type(value) is float and not value - value):  # not NaN nor infinite
+            continue
+        return None
+    try:
+        return dumps(properties)
+    except TypeError:  # orjson.JSONEncodeError
+        return None
+
+
+def _whole_here(head: str, properties: JSONObject, tail: str, most: int) -> Optional[bytes]:
+    """``head``, the JSON of a flat dict of plain values and ``tail``, as UTF-8 bytes, written by
+    the standard library in the loop that checks the values; None when the dict holds anything
+    else, or a lone surrogate, or the whole is longer than ``most`` bytes (the careful path then
+    checks, and perhaps refuses, the properties)."""
+    text = ""
     for key, value in properties.items():
         try:
-            head = _KEY_JSON[key]  # '"amount":'; only strings are kept, so another key is never found
+            item = _KEY_JSON[key]  # ',"amount":'; only strings are kept, so another key is never found
         except KeyError:
             if type(key) is not str:
-                return _capture_json_carefully(properties, path)
-            head = _encode_string(key) + ":"
+                return None
+            item = "," + _encode_string(key) + ":"
             if len(key) <= _KEY_KEPT_LENGTH and len(_KEY_JSON) < _KEYS_KEPT:
-                _KEY_JSON[key] = head
+                _KEY_JSON[key] = item
         kind = type(value)
         if kind is str:
-            text += f"{head}{_encode_string(value)},"
+            text += f"{item}{_encode_string(value)}"
         elif kind is int:
             if not _LEAST_INT < value < _BIG_INT:  # the careful path counts its digits
-                return _capture_json_carefully(properties, path)
-            text += f"{head}{value},"
+                return None
+            text += f"{item}{value}"
         elif kind is float:
             if value - value:  # NaN or an infinity (for any other float, 0.0)
-                return _capture_json_carefully(properties, path)
-            text += f"{head}{value!r},"
+                return None
+            text += f"{item}{value!r}"
         elif kind is bool:
-            text += head + ("true," if value else "false,")
+            text += item + ("true" if value else "false")
         elif value is None:
-            text += head + "null,"
+            text += item + "null"
         else:
-            return _capture_json_carefully(properties, path)
+            return None
     try:
-        data = (text[:-1] + "}").encode() if len(text) > 1 else b"{}"  # the brace takes the last comma's place
-    except UnicodeEncodeError:  # a lone surrogate: the careful path names it
-        return _capture_json_carefully(properties, path)
-    # Whether the properties are too large is decided on capture_properties' estimate of their
-    # size, which is at most 4.8 times the JSON's length (an entry ``"":0,`` of 5 bytes counts 24):
-    # JSON of up to a fifth of the limit is always under it, and longer JSON goes the careful way.
-    if len(data) <= _WRITTEN_HERE_BYTES:
-        return data, len(data)
-    return _capture_json_carefully(properties, path)
+        whole = f"{head}{{{text[1:]}}}{tail}".encode()
+    except UnicodeEncodeError:  # a lone surrogate
+        return None
+    return whole if len(whole) <= most else None
 
 
-#: The longest JSON of properties the fast paths return (see ``_written_here``).
+#: The longest JSON of properties the fast paths return. Whether properties are too large is decided
+#: on capture_properties' estimate of their size, which is at most 4.8 times the JSON's length (an
+#: entry ``"":0,`` of 5 bytes counts 24): JSON of up to a fifth of the limit is always under it,
+#: and longer JSON goes the careful way.
 _WRITTEN_HERE_BYTES = MAX_COMMAND_BYTES // 5
 _LEAST_INT = -_BIG_INT
 #: The types of values a flat dict's fast path writes as they are (exactly these: no subclass).
 _PLAIN_TYPES = frozenset((str, int, bool, type(None)))
-#: JSON of property keys seen, with the colon (``'"amount":'``): keys of at most _KEY_KEPT_LENGTH
-#: characters, until there are _KEYS_KEPT of them.
+#: JSON of property keys seen, after a comma and with the colon (``',"amount":'``): keys of at
+#: most _KEY_KEPT_LENGTH characters, until there are _KEYS_KEPT of them.
 _KEY_JSON: Dict[str, str] = {}
 _KEYS_KEPT = 1024
 _KEY_KEPT_LENGTH = 64
@@ -682,32 +682,52 @@ def _company_token(text: bytes) -> Optional[str]:
 
 
 class BulkCommandEncoder:
-    """Turns queued ``Command`` tuples into the JSON of one ``bulk`` command, for one company token.
+    """Turns ``Command`` tuples into the JSON of one ``bulk`` command, for one company token.
+
+    A buffered client's engine encodes each command on the caller's thread, before ``track``
+    returns. ``track`` and ``update`` hand it the caller's own properties dict when nothing else
+    needs checking first (no ``command_id``, ``timestamp`` or ``before_send``): the encoder checks,
+    writes and measures them in one pass, raising what :func:`capture_properties_written` and
+    :func:`check_command_size` raise; otherwise it gets their JSON (written by
+    ``capture_properties_written`` or ``capture_properties_json``) or a checked copy.
 
     The token is encoded once, the JSON of the last customer ids and event type is reused (for the
     same object, or for equal ids: the client passes one ids object for a run of calls for one
-    customer), and only the properties are written (by ``orjson`` when it is installed, else by the
-    standard library's C encoder).
-    The timestamp is written with microsecond precision as a JSON number in exponent form
-    (``1700000000123456e-6``), which costs a fifth of writing the float itself.
+    customer). The timestamp is written with microsecond precision as a JSON number in exponent
+    form (``1700000000123456e-6``), which costs a fifth of writing the float itself.
     """
 
     def __init__(self, token: str) -> None:
+        self._token = token
         self._company = _encode_string(token)
+        #: The JSON that properties surely fit in with small ids (see properties_room), a fifth of
+        #: the limit at most (see _WRITTEN_HERE_BYTES): longer goes the careful way.
+        self._room = min(properties_room(token), _WRITTEN_HERE_BYTES)
         self._ids: Optional[CustomerIds] = None
         self._type: Optional[str] = None
-        self._event_head = b""  # everything before the properties, for the last ids and type seen
-        self._customer_head = b""  # the same for customer updates, for the last ids seen
+        self._event_text = ""  # everything before the properties, for the last ids and type seen
+        self._event_head = b""  # the same as UTF-8
+        self._customer_text = ""  # the same for customer updates, for the last ids seen
+        self._customer_head = b""
         self._set_ids({})
 
     def _set_ids(self, ids: CustomerIds) -> None:
         self._ids = ids
         self._ids_json = _write_plain(ids)
         self._type = None
-        self._customer_head = (
+        self._customer_text = (
             '{"name":"' + PATH_CUSTOMERS + '","data":{"company_id":' + self._company + ',"ids":' + self._ids_json
             + ',"properties":'
-        ).encode()
+        )
+        self._customer_head = self._customer_text.encode()
+
+    def _set_type(self, kind: str) -> None:
+        self._type = kind
+        self._event_text = (
+            '{"name":"crm/events","data":{"company_id":' + self._company + ',"customer_ids":' + self._ids_json
+            + ',"type":' + _encode_string(kind) + ',"properties":'
+        )
+        self._event_head = self._event_text.encode()
 
     def encode(self, command: Command) -> bytes:
         """``{"name": path, "data": {...}}`` as UTF-8 JSON bytes (``command`` is exactly a ``Command``)."""
@@ -716,22 +736,50 @@ class BulkCommandEncoder:
             self._set_ids(ids)
         if path == PATH_EVENTS:
             if kind is not self._type:
-                self._type = kind
-                self._event_head = (
-                    '{"name":"crm/events","data":{"company_id":' + self._company + ',"customer_ids":' + self._ids_json
-                    + ',"type":' + _encode_string(cast(str, kind)) + ',"properties":'
-                ).encode()
+                self._set_type(cast(str, kind))
             head = self._event_head
         else:
             head = self._customer_head
-        if type(properties) is bytes:  # written on the caller's thread (capture_properties_written)
-            # The command id is checked to [A-Za-z0-9_-]: it needs no escaping.
-            return head + properties + f',"timestamp":{round(timestamp * 1e6)}e-6,"command_id":"{command_id}"}}}}'.encode()
+        # The command id is checked to [A-Za-z0-9_-]: it needs no escaping.
+        tail = f',"timestamp":{round(timestamp * 1e6)}e-6,"command_id":"{command_id}"}}}}'
+        if type(properties) is bytes:  # written by capture_properties_written
+            return head + properties + tail.encode()
+        if type(properties) is dict and type(ids) is not LargeCustomerIds:
+            # A flat dict of plain values is checked and written here (capture_properties_written,
+            # inline: this runs in every track) and, shorter than the room, surely fits a command.
+            dumps = _FAST_DUMPS
+            if dumps is None:
+                # At most the room besides the head and tail (which take at least as many bytes as characters).
+                text = self._event_text if path == PATH_EVENTS else self._customer_text
+                whole = _whole_here(text, properties, tail, self._room + len(text) + len(tail))
+                if whole is not None:
+                    return whole
+            else:
+                for value in properties.values():
+                    if type(value) in _PLAIN_TYPES or (type(value) is float and not value - value):
+                        continue
+                    break
+                else:
+                    try:
+                        data = dumps(properties)
+                    except TypeError:  # orjson.JSONEncodeError: the careful path names what it refused
+                        pass
+                    else:
+                        if len(data) <= self._room:
+                            return head + data + tail.encode()
+        return head + self._written(command) + tail.encode()
+
+    def _written(self, command: Command) -> bytes:
+        """The JSON of ``command``'s properties, checked as the client checks them at the call
+        (``ValueError`` when the command is larger than the server takes)."""
+        path, ids, kind, properties, timestamp, command_id = command
         if type(properties) is str:  # written by capture_properties_json
-            body = properties.encode()
-        else:
-            body = _WRITER.data(properties) if properties else b"{}"
-        return head + body + f',"timestamp":{round(timestamp * 1e6)}e-6,"command_id":"{command_id}"}}}}'.encode()
+            return properties.encode()
+        written, size = capture_properties_written(properties)
+        if size > self._room or type(ids) is LargeCustomerIds:
+            if type(ids) is not LargeCustomerIds or size > properties_room(self._token, ids.json_bytes):
+                check_command_size((path, ids, kind, written, timestamp, command_id), self._token)
+        return written
 
     @staticmethod
     def company_of(payload: bytes) -> Optional[str]:

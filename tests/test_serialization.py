@@ -493,3 +493,49 @@ print("ok")
 """
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+# A buffered client's track/update hand the caller's own dict to the engine's encoder, which checks,
+# writes and measures it in one pass: the same errors, and the same bytes, as checking it first. ----
+
+
+def _writers() -> "list[JsonWriter]":
+    return [STDLIB] if ORJSON is None else [STDLIB, ORJSON]
+
+
+@settings(max_examples=300, deadline=None)
+@given(_commands)
+@example((("crm/events", "view"), {"registered": "a"}, {"nan": float("nan"), "x": 1}, 1.0))
+@example((("crm/events", "view"), {"registered": "a"}, {"big": 2**64, "s": "\ud800"}, 1.0))
+@example((("crm/customers", None), {"registered": "a"}, {"at": datetime(2026, 1, 2), "b": None}, 1.0))
+def test_the_encoder_checks_a_callers_dict_as_the_call_does(command: Any) -> None:
+    (path, kind), ids, properties, timestamp = command
+    for writer in _writers():
+        with writing_with(writer):
+            encoder = BulkCommandEncoder("token")
+            whole = _outcome(lambda: encoder.encode((path, ids, kind, properties, timestamp, "id-1")))
+            written = _outcome(lambda: serialization.capture_properties_written(properties))
+            if isinstance(written, tuple) and isinstance(written[0], type):
+                assert whole == written
+            else:
+                assert whole == encoder.encode((path, ids, kind, written[0], timestamp, "id-1"))
+
+
+@pytest.mark.parametrize("writer", _writers(), ids=lambda writer: writer.name)
+@pytest.mark.parametrize("large_ids", [False, True])
+def test_the_encoder_measures_a_callers_dict_as_the_call_does(writer: JsonWriter, large_ids: bool) -> None:
+    """Properties past the room are measured exactly, up to the server's limit and one byte past it."""
+    token = "t" * 40
+    ids = customer_ids({"email": "e" * 40_000}) if large_ids else customer_ids("ann")
+    with writing_with(writer):
+        encoder = BulkCommandEncoder(token)
+        room = serialization.properties_room(token)
+        for length in (room - 10, room - 9, room + 1, 30_000):
+            encoder.encode(("crm/events", ids, "view", {"s": "x" * length}, 1.5, "id-1"))
+        command = ("crm/events", ids, "view", {"s": ""}, 1.5, "id-1")
+        room_left = serialization.MAX_COMMAND_BYTES - check_command_size(command, token)
+        fits = ("crm/events", ids, "view", {"s": "x" * room_left}, 1.5, "id-1")
+        assert json.loads(encoder.encode(fits))["data"]["properties"]["s"] == "x" * room_left
+        too_large = ("crm/events", ids, "view", {"s": "x" * (room_left + 1)}, 1.5, "id-1")
+        with pytest.raises(ValueError, match=r"^the (properties|customer ids) take \d+ bytes as JSON, too many"):
+            encoder.encode(too_large)
