@@ -481,7 +481,7 @@ def check_command_size(command: Command, company_id: str) -> int:
     parts = {"the customer ids": ids.json_bytes if type(ids) is LargeCustomerIds else _json_bytes(_write_plain(ids))}
     # The longer of the two spellings: the server's (the standard library's) and the one sent
     # (orjson's, when installed: 0.00006103515625 where the standard library writes 6.103515625e-05,
-    # 1e16 where it writes 1e+16). JSON written at the call is read back for the server's.
+    # but 1e-7 where it writes 1e-07). JSON written at the call is read back for the server's.
     if type(properties) is bytes or type(properties) is str:
         sent = len(properties) if type(properties) is bytes else _json_bytes(cast(str, properties))
         properties = json.loads(properties)
@@ -645,7 +645,6 @@ if hasattr(os, "register_at_fork"):
 
 
 _join = "".join
-_join_bytes = b"".join
 #: ``value -> compact JSON text`` of a plain tree (what ``capture_properties`` returns), with the
 #: standard library: for the ids' JSON, kept and reused (see BulkCommandEncoder).
 _write_plain = compact_json_encoder()
@@ -700,8 +699,9 @@ class BulkCommandEncoder:
     def __init__(self, token: str) -> None:
         self._token = token
         self._company = _encode_string(token)
-        #: The JSON that properties surely fit in with small ids (see properties_room), a fifth of
-        #: the limit at most (see _WRITTEN_HERE_BYTES): longer goes the careful way.
+        #: The longest JSON of properties that surely fits a command with small ids (see
+        #: properties_room; a fifth of the limit at most, see _WRITTEN_HERE_BYTES): longer JSON, or
+        #: LargeCustomerIds, go the careful way, which measures the command.
         self._room = min(properties_room(token), _WRITTEN_HERE_BYTES)
         self._ids: Optional[CustomerIds] = None
         self._type: Optional[str] = None
