@@ -190,9 +190,27 @@ def _flat_by_orjson(properties: JSONObject, dumps: Callable[[Any], bytes]) -> Op
 
 def _whole_here(head: str, properties: JSONObject, tail: str, most: int) -> Optional[bytes]:
     """``head``, the JSON of a flat dict of plain values and ``tail``, as UTF-8 bytes, written by
-    the standard library in the loop that checks the values; None when the dict holds anything
-    else, or a lone surrogate, or the whole is longer than ``most`` bytes (the careful path then
-    checks, and perhaps refuses, the properties)."""
+    the standard library as it checks the values; None when the dict holds anything else, or a
+    lone surrogate, or the whole is longer than ``most`` bytes (the careful path then checks, and
+    perhaps refuses, the properties)."""
+    keys = tuple(properties)
+    write = _SHAPES.get(keys)
+    if write is None:
+        write = _shape_writer(keys, properties)
+    text = write(head, tail, *properties.values())
+    if text is None:  # values of other types than the shape's first: the general loop
+        text = _looped(head, properties, tail)
+        if text is None:
+            return None
+    try:
+        whole = text.encode()
+    except UnicodeEncodeError:  # a lone surrogate
+        return None
+    return whole if len(whole) <= most else None
+
+
+def _looped(head: str, properties: JSONObject, tail: str) -> Optional[str]:
+    """``_whole_here``'s text, one value after another; None as there."""
     text = ""
     for key, value in properties.items():
         try:
@@ -220,11 +238,58 @@ def _whole_here(head: str, properties: JSONObject, tail: str, most: int) -> Opti
             text += item + "null"
         else:
             return None
-    try:
-        whole = f"{head}{{{text[1:]}}}{tail}".encode()
-    except UnicodeEncodeError:  # a lone surrogate
-        return None
-    return whole if len(whole) <= most else None
+    return f"{head}{{{text[1:]}}}{tail}"
+
+
+#: The writers of the shapes of properties seen (their keys, in order: most call sites pass the same
+#: keys every time), each made for the types of values it first saw (see _shape_writer).
+_SHAPES: Dict[Tuple[Any, ...], Callable[..., Optional[str]]] = {}
+_SHAPES_KEPT = 256
+_SHAPE_KEYS_MOST = 32
+
+
+def _no_shape(*_: Any) -> Optional[str]:
+    return None
+
+
+def _shape_writer(keys: Tuple[Any, ...], properties: JSONObject) -> Callable[..., Optional[str]]:
+    """A function ``(head, tail, *values) -> text`` that checks and writes, in one f-string, properties
+    with ``keys`` and values of the types ``properties`` has now (None for values of other types, or
+    that JSON refuses). Made from code that names only its own variables (keys and types are bound
+    as values), and kept up to a bound; ``_no_shape`` for keys or values it does not take."""
+    if (  # past the bound, or keys not kept: the general loop (a long key is not kept for ever)
+        len(_SHAPES) >= _SHAPES_KEPT or len(keys) > _SHAPE_KEYS_MOST
+        or not all(type(key) is str and len(key) <= _KEY_KEPT_LENGTH for key in keys)
+    ):
+        return _no_shape
+    types = tuple(map(type, properties.values()))
+    if not _WRITTEN_TYPES.issuperset(types):  # nested values, say: the general loop, which sends them on
+        write: Callable[..., Optional[str]] = _no_shape
+    else:
+        names: Dict[str, Any] = {"_encode": _encode_string, "_least": _LEAST_INT, "_big": _BIG_INT}
+        refused, parts = [], []
+        for number, (key, kind) in enumerate(zip(keys, types)):
+            names[f"k{number}"], names[f"t{number}"] = ("," if number else "") + _encode_string(key) + ":", kind
+            refused.append(f"type(v{number}) is not t{number}")
+            if kind is float:
+                refused.append(f"v{number} - v{number}")  # NaN or an infinity
+            elif kind is int:
+                refused.append(f"not _least < v{number} < _big")  # the careful path counts its digits
+            parts.append("{k%d}" % number + _SHAPE_VALUE[kind].replace("V", f"v{number}"))
+        arguments = "".join(f", v{number}" for number in range(len(keys)))
+        source = (
+            f"def write(head, tail{arguments}):\n    if {' or '.join(refused) or 'False'}:\n        return None\n"
+            f"    return f\"{{head}}{{{{{''.join(parts)}}}}}{{tail}}\"\n"
+        )
+        exec(source, names)  # noqa: S102 - the source holds no value passed in, only the names above
+        write = names["write"]
+    _SHAPES[keys] = write
+    return write
+
+
+#: How a shape's f-string writes a value of each type (V stands for the value's variable).
+_SHAPE_VALUE = {str: "{_encode(V)}", int: "{V}", float: "{V!r}", bool: "{'true' if V else 'false'}", type(None): "null"}
+_WRITTEN_TYPES = frozenset(_SHAPE_VALUE)
 
 
 #: The longest JSON of properties the fast paths return. Whether properties are too large is decided

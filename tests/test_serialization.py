@@ -241,20 +241,25 @@ def test_the_largest_properties_a_copy_takes_are_written_whole() -> None:
 
 def test_the_keys_written_once_are_kept_only_up_to_a_bound(monkeypatch: pytest.MonkeyPatch, stdlib_writer: None) -> None:
     monkeypatch.setattr(serialization, "_KEY_JSON", {})
-    for number in range(serialization._KEYS_KEPT + 500):
+    monkeypatch.setattr(serialization, "_SHAPES", {})
+    for number in range(serialization._SHAPES_KEPT + serialization._KEYS_KEPT + 500):
         assert capture_properties_json({f"key-{number}": number})[0] == f'{{"key-{number}":{number}}}'
+    assert len(serialization._SHAPES) == serialization._SHAPES_KEPT
     assert len(serialization._KEY_JSON) == serialization._KEYS_KEPT
 
 
 def test_long_keys_are_not_kept(monkeypatch: pytest.MonkeyPatch, stdlib_writer: None) -> None:
     """A key the cache kept would stay for the life of the process, refused properties' keys too."""
     monkeypatch.setattr(serialization, "_KEY_JSON", {})
+    monkeypatch.setattr(serialization, "_SHAPES", {})
     long_key = "k" * 1_000_000
     with pytest.raises(ValueError, match="a command may take at most"):
         capture_properties_json({long_key: 1})
+    assert capture_properties_json({"k" * 65: 1, "n": [1]})[0] == '{"' + "k" * 65 + '":1,"n":[1]}'
     assert capture_properties_json({"k" * 65: 1})[0] == '{"' + "k" * 65 + '":1}'
     assert capture_properties_json({"k" * 64: 1})[0] == '{"' + "k" * 64 + '":1}'
-    assert list(serialization._KEY_JSON) == ["k" * 64]
+    assert list(serialization._KEY_JSON) == ["n"]  # the general loop's (a shape takes no nested value)
+    assert list(serialization._SHAPES) == [("k" * 64,)]
 
 
 def test_a_command_queued_with_the_json_of_its_properties_is_encoded_and_reported_as_with_a_copy() -> None:
@@ -539,3 +544,47 @@ def test_the_encoder_measures_a_callers_dict_as_the_call_does(writer: JsonWriter
         too_large = ("crm/events", ids, "view", {"s": "x" * (room_left + 1)}, 1.5, "id-1")
         with pytest.raises(ValueError, match=r"^the (properties|customer ids) take \d+ bytes as JSON, too many"):
             encoder.encode(too_large)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_strings(6), max_size=6, unique=True), st.data())
+def test_a_shapes_writer_writes_what_the_careful_path_does_or_leaves_it_to_it(keys: Any, data: Any) -> None:
+    """The standard library's writer made for the keys (and the value types) of the first dict
+    writes any later dict of those keys as the checked copy's JSON, or refuses it as the copy does."""
+    dicts = [{key: data.draw(_plain_values) for key in keys} for _ in range(3)]
+    saved = serialization._SHAPES
+    serialization._SHAPES = {}
+    try:
+        with writing_with(STDLIB):
+            for properties in dicts + dicts[:1]:
+                careful = _outcome(lambda: capture_properties(properties))
+                written = _outcome(lambda: capture_properties_json(properties))
+                if isinstance(careful, tuple) and isinstance(careful[0], type):
+                    assert written == careful
+                else:
+                    text = json.dumps(careful[0], separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+                    assert written == (text, len(text))
+        assert list(serialization._SHAPES) == [tuple(keys)]
+    finally:
+        serialization._SHAPES = saved
+
+
+@pytest.mark.parametrize(
+    "later",
+    [{"a": None, "b": 1}, {"a": "x", "b": float("nan")}, {"a": "x", "b": 2**63}, {"a": "\ud800", "b": 1},
+     {"a": "x", "b": True}, {"a": "x", "b": [1]}, {"a": "x", "b": -(2**63) + 1}],
+)
+def test_a_shapes_writer_takes_only_the_types_it_was_made_for(later: Dict[str, Any]) -> None:
+    saved = serialization._SHAPES
+    serialization._SHAPES = {}
+    try:
+        with writing_with(STDLIB):
+            assert capture_properties_json({"a": "first", "b": 0})[0] == '{"a":"first","b":0}'
+            careful = _outcome(lambda: capture_properties(later))
+            written = _outcome(lambda: capture_properties_json(later))
+            if isinstance(careful, tuple) and isinstance(careful[0], type):
+                assert written == careful
+            else:
+                assert json.loads(written[0]) == careful[0]
+    finally:
+        serialization._SHAPES = saved
