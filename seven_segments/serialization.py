@@ -814,9 +814,19 @@ class BulkCommandEncoder:
             # inline: this runs in every track) and, shorter than the room, surely fits a command.
             dumps = _FAST_DUMPS
             if dumps is None:
-                # At most the room besides the head and tail (which take at least as many bytes as characters).
+                # _whole_here, its shape's writer inline. At most the room besides the head and tail
+                # (which take at least as many bytes as characters).
                 text = self._event_text if path == PATH_EVENTS else self._customer_text
-                whole = _whole_here(text, properties, tail, self._room + len(text) + len(tail))
+                most = self._room + len(text) + len(tail)
+                write = _SHAPES.get(tuple(properties))
+                written = None if write is None else write(text, tail, *properties.values())
+                if written is not None:
+                    try:
+                        encoded = written.encode()
+                    except UnicodeEncodeError:  # a lone surrogate: the careful path names it
+                        encoded = b""
+                    return encoded if 0 < len(encoded) <= most else head + self._written(command) + tail.encode()
+                whole = _whole_here(text, properties, tail, most)
                 if whole is not None:
                     return whole
             else:

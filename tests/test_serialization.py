@@ -572,9 +572,12 @@ def test_a_shapes_writer_writes_what_the_careful_path_does_or_leaves_it_to_it(ke
 @pytest.mark.parametrize(
     "later",
     [{"a": None, "b": 1}, {"a": "x", "b": float("nan")}, {"a": "x", "b": 2**63}, {"a": "\ud800", "b": 1},
-     {"a": "x", "b": True}, {"a": "x", "b": [1]}, {"a": "x", "b": -(2**63) + 1}],
+     {"a": "x", "b": True}, {"a": "x", "b": [1]}, {"a": "x", "b": -(2**63) + 1}, {"a": "é💥", "b": 1},
+     {"a": "x" * 30_000, "b": 1}],
 )
 def test_a_shapes_writer_takes_only_the_types_it_was_made_for(later: Dict[str, Any]) -> None:
+    """At the call (capture_properties_json) and in the encoder (a caller's dict, customer ids
+    outside ASCII): the checked copy's JSON, or its error."""
     saved = serialization._SHAPES
     serialization._SHAPES = {}
     try:
@@ -582,9 +585,11 @@ def test_a_shapes_writer_takes_only_the_types_it_was_made_for(later: Dict[str, A
             assert capture_properties_json({"a": "first", "b": 0})[0] == '{"a":"first","b":0}'
             careful = _outcome(lambda: capture_properties(later))
             written = _outcome(lambda: capture_properties_json(later))
+            encoder = BulkCommandEncoder("token")
+            encoded = _outcome(lambda: encoder.encode(("crm/events", {"registered": "jöhn"}, "view", later, 1.0, "id-1")))
             if isinstance(careful, tuple) and isinstance(careful[0], type):
-                assert written == careful
+                assert written == careful and encoded == careful
             else:
-                assert json.loads(written[0]) == careful[0]
+                assert json.loads(written[0]) == careful[0] == json.loads(encoded)["data"]["properties"]
     finally:
         serialization._SHAPES = saved
