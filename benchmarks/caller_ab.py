@@ -8,7 +8,8 @@ The revision's ``seven_segments`` is extracted (``git archive``) and imported un
 block of ``--block`` calls of each client, alternating which goes first, every call timed on its
 own (``perf_counter_ns``), then flushes both (outside the timing; a block is under a batch, so
 nothing is sent during one). The event is the 6-property event of ``cpu_per_event.py``. The table
-shows, per client, the median of all calls and the median of the rounds' means, in µs, and their ratio.
+shows, per client, the median of all calls and the median of the rounds' means, in µs, their ratio,
+and the quartiles of the ratio of the two clients' medians round by round (how noisy the machine was).
 """
 
 from __future__ import annotations
@@ -49,33 +50,48 @@ def main() -> None:
             options.rev: base.SevenSegments("ab-token", "john123", target=server.url, buffered=True, flush_interval=60),
             "this tree": ours.SevenSegments("ab-token", "john123", target=server.url, buffered=True, flush_interval=60),
         }
-        calls: Dict[str, List[float]] = {name: [] for name in clients}
-        means: Dict[str, List[float]] = {name: [] for name in clients}
-        clock = time.perf_counter_ns
-        names = list(clients)
-        for number in range(options.rounds + 1):
-            for name in names if number % 2 == 0 else names[::-1]:
-                track = clients[name].track
-                spent = []
-                for _ in range(options.block):
-                    started = clock()
-                    track("purchase", PROPERTIES)
-                    spent.append((clock() - started) / 1000)
-                if number:  # the first round warms up
-                    calls[name] += spent
-                    means[name].append(sum(spent) / len(spent))
-            for client in clients.values():
-                client.flush(10)
+        rounds = _timed_rounds(clients, options.rounds, options.block)
         writer = "json" if options.no_orjson else "orjson if installed"
         print(f"track (buffered, 6 properties, {writer}), {options.rounds} rounds of {options.block} calls per client")
-        print("| client | median call (µs) | median of round means (µs) | ratio to " + options.rev + " |")
-        print("|---|---|---|---|")
-        reference = statistics.median(calls[options.rev])
-        for name in names:
-            median = statistics.median(calls[name])
-            print(f"| {name} | {median:.3f} | {statistics.median(means[name]):.3f} | {median / reference:.2f} |")
+        _print_table(rounds, options.rev)
         for client in clients.values():
             client.close(10)
+
+
+def _timed_rounds(clients: Dict[str, Any], rounds: int, block: int) -> Dict[str, List[List[float]]]:
+    """Per client, the calls' times (µs) of each round, the clients alternating which goes first."""
+    timed: Dict[str, List[List[float]]] = {name: [] for name in clients}
+    clock = time.perf_counter_ns
+    names = list(clients)
+    for number in range(rounds + 1):
+        for name in names if number % 2 == 0 else names[::-1]:
+            track = clients[name].track
+            spent = []
+            for _ in range(block):
+                started = clock()
+                track("purchase", PROPERTIES)
+                spent.append((clock() - started) / 1000)
+            if number:  # the first round warms up
+                timed[name].append(spent)
+        for client in clients.values():
+            client.flush(10)
+    return timed
+
+
+def _print_table(rounds: Dict[str, List[List[float]]], reference_name: str) -> None:
+    """The medians, their ratio, and how noisy the ratio is from round to round (quartiles of the
+    ratios of the rounds' medians)."""
+    print("| client | median call (µs) | median of round means (µs) | ratio to " + reference_name
+          + " | ratio per round: quartiles |")
+    print("|---|---|---|---|---|")
+    reference = statistics.median(call for spent in rounds[reference_name] for call in spent)
+    reference_rounds = [statistics.median(spent) for spent in rounds[reference_name]]
+    for name, timed in rounds.items():
+        median = statistics.median(call for spent in timed for call in spent)
+        mean = statistics.median(sum(spent) / len(spent) for spent in timed)
+        ratios = [statistics.median(spent) / base for spent, base in zip(timed, reference_rounds)]
+        low, middle, high = statistics.quantiles(ratios, n=4)
+        print(f"| {name} | {median:.3f} | {mean:.3f} | {median / reference:.2f} | {low:.2f} / {middle:.2f} / {high:.2f} |")
 
 
 if __name__ == "__main__":

@@ -332,6 +332,15 @@ class SevenSegments(_ApiClient, CustomerChoice):
         if ids is None:
             ids = self._ids(customer)
         kind = event_type if event_type is self._last_event_type else self._event_type(event_type)
+        worker = self._worker
+        if worker is not None and command_id is None and timestamp is None and type(properties) is dict:
+            if self._before_send is None:
+                # The engine's encoder checks, writes and measures the properties on this thread, in one
+                # pass, raising what capture_properties_written and _check_size raise (BulkCommandEncoder).
+                pid = _getpid()
+                command_id = _new_command_id(pid)
+                worker.submit((PATH_EVENTS, ids, kind, properties, time.time(), command_id), pid)
+                return command_id
         captured, size = self._capture(properties)
         pid = _getpid()  # once per call: the id and the engine both need it (a fork changes both)
         command_id = _new_command_id(pid) if command_id is None else check_command_id(command_id)
@@ -341,7 +350,6 @@ class SevenSegments(_ApiClient, CustomerChoice):
         )
         if size > self._properties_room or type(ids) is LargeCustomerIds:
             self._check_size(command, size)  # perhaps more than the server takes
-        worker = self._worker
         if worker is not None and self._before_send is None:
             worker.submit(command, pid)
             return command_id
@@ -366,6 +374,13 @@ class SevenSegments(_ApiClient, CustomerChoice):
         ids = self._customer_ids if customer is None else None
         if ids is None:
             ids = self._ids(customer)
+        worker = self._worker
+        if worker is not None and command_id is None and timestamp is None and type(properties) is dict:
+            if self._before_send is None:  # checked, written and measured as in track
+                pid = _getpid()
+                command_id = _new_command_id(pid)
+                worker.submit((PATH_CUSTOMERS, ids, None, properties, time.time(), command_id), pid)
+                return command_id
         captured, size = self._capture(properties)
         pid = _getpid()  # once per call: the id and the engine both need it (a fork changes both)
         command_id = _new_command_id(pid) if command_id is None else check_command_id(command_id)
@@ -375,7 +390,6 @@ class SevenSegments(_ApiClient, CustomerChoice):
         )
         if size > self._properties_room or type(ids) is LargeCustomerIds:
             self._check_size(command, size)  # perhaps more than the server takes
-        worker = self._worker
         if worker is not None and self._before_send is None:
             worker.submit(command, pid)
             return command_id

@@ -149,99 +149,170 @@ _BIG_INT = 1 << 63
 def capture_properties_json(properties: Any, path: str = "properties") -> Tuple[str, int]:
     """Check ``properties`` exactly as :func:`capture_properties` does, and return their compact
     JSON text and its length, instead of a copy (see :func:`capture_properties_written`)."""
-    written, size = capture_properties_written(properties, path)
-    if isinstance(written, str):
-        return written, size
-    text = written.decode()
+    text = capture_properties_written(properties, path)[0].decode()
     return text, len(text)
 
 
-def capture_properties_written(properties: Any, path: str = "properties") -> Tuple[Union[str, bytes], int]:
+def capture_properties_written(properties: Any, path: str = "properties") -> Tuple[bytes, int]:
     """Check ``properties`` exactly as :func:`capture_properties` does, and return their compact
-    JSON (text, or UTF-8 bytes when ``orjson`` wrote it) and its length, instead of a copy.
+    JSON as UTF-8 bytes and its length, instead of a copy.
 
     For a buffered client, which makes each command the bytes it sends before ``track`` returns:
     the JSON is what goes into the command, so a copy would only be thrown away. A flat dict of
-    ASCII keys to strings, numbers, booleans and None is written in one loop here; anything else
-    goes through :func:`capture_properties` and the C encoder, and raises the same errors. With
-    ``orjson`` installed, the loop only checks, and ``orjson`` writes the dict.
+    strings, numbers, booleans and None is checked in one loop and written by ``orjson`` when it
+    is installed, else by that loop itself; anything else goes through :func:`capture_properties`
+    and the writer, and raises the same errors.
     """
-    if type(properties) is not dict:
-        return _capture_json_carefully(properties, path)
-    dumps = _FAST_DUMPS
-    if dumps is not None:
-        # orjson writes the dict once this loop found only values JSON takes as they are. It looks
-        # at values only: what else a flat dict may hold that the checks refuse, orjson refuses too
-        # (a key that is not a string, an integer outside 64 bits, a lone surrogate), and the
-        # careful path then names it.
-        for value in properties.values():
-            if type(value) in _PLAIN_TYPES:
-                continue
-            if type(value) is float and not value - value:  # NaN or an infinity: orjson would write null
-                continue
-            return _capture_json_carefully(properties, path)
-        try:
-            data = dumps(properties)
-        except TypeError:  # orjson.JSONEncodeError: the careful path names what it refused
-            return _capture_json_carefully(properties, path)
-        # The same bound as the loop's below, on the UTF-8 length, which is at least the text's:
-        # capture_properties counts a string by its UTF-8 length too.
-        if len(data) * 5 > MAX_COMMAND_BYTES:
-            return _capture_json_carefully(properties, path)
-        return data, len(data)
-    text = "{"
+    if type(properties) is dict:
+        dumps = _FAST_DUMPS
+        data = _whole_here("", properties, "", _WRITTEN_HERE_BYTES) if dumps is None else _flat_by_orjson(properties, dumps)
+        if data is not None and len(data) <= _WRITTEN_HERE_BYTES:
+            return data, len(data)
+    return _capture_json_carefully(properties, path)
+
+
+def _flat_by_orjson(properties: JSONObject, dumps: Callable[[Any], bytes]) -> Optional[bytes]:
+    """``orjson``'s JSON of a flat dict of plain values; None for any other dict (the careful path
+    then checks it). ``BulkCommandEncoder.encode`` has this inline."""
+    # orjson writes the dict once this loop found only values JSON takes as they are. It looks at
+    # values only: what else a flat dict may hold that the checks refuse, orjson refuses too (a key
+    # that is not a string, an integer outside 64 bits, a lone surrogate), and the careful path
+    # then names it.
+    for value in properties.values():
+        if type(value) in _PLAIN_TYPES or (type(value) is float and not value - value):  # not NaN nor infinite
+            continue
+        return None
     try:
-        for key, value in properties.items():
-            try:
-                head = _KEY_JSON[key]  # only strings are kept: another key is never found
-            except KeyError:
-                if type(key) is not str:
-                    return _capture_json_carefully(properties, path)
-                head = _encode_string(key) + ":"
-                if len(key) <= _KEY_KEPT_LENGTH and len(_KEY_JSON) < _KEYS_KEPT:
-                    _KEY_JSON[key] = head
-            kind = type(value)
-            if kind is str:
-                text += head + _encode_string(value) + ","
+        return dumps(properties)
+    except TypeError:  # orjson.JSONEncodeError
+        return None
+
+
+def _whole_here(head: str, properties: JSONObject, tail: str, most: int) -> Optional[bytes]:
+    """``head``, the JSON of a flat dict of plain values and ``tail``, as UTF-8 bytes, written by
+    the standard library as it checks the values; None when the dict holds anything else, or a
+    lone surrogate, or the whole is longer than ``most`` bytes (the careful path then checks, and
+    perhaps refuses, the properties)."""
+    keys = tuple(properties)
+    write = _SHAPES.get(keys)
+    if write is None:
+        write = _shape_writer(keys, properties)
+    text = write(head, tail, *properties.values())
+    if text is None:  # values of other types than the shape's first: the general loop
+        text = _looped(head, properties, tail)
+        if text is None:
+            return None
+    try:
+        whole = text.encode()
+    except UnicodeEncodeError:  # a lone surrogate
+        return None
+    return whole if len(whole) <= most else None
+
+
+def _looped(head: str, properties: JSONObject, tail: str) -> Optional[str]:
+    """``_whole_here``'s text, one value after another; None as there."""
+    text = ""
+    for key, value in properties.items():
+        try:
+            item = _KEY_JSON[key]  # ',"amount":'; only strings are kept, so another key is never found
+        except KeyError:
+            if type(key) is not str:
+                return None
+            item = "," + _encode_string(key) + ":"
+            if len(key) <= _KEY_KEPT_LENGTH and len(_KEY_JSON) < _KEYS_KEPT:
+                _KEY_JSON[key] = item
+        kind = type(value)
+        if kind is str:
+            text += f"{item}{_encode_string(value)}"
+        elif kind is int:
+            if not _LEAST_INT < value < _BIG_INT:  # the careful path counts its digits
+                return None
+            text += f"{item}{value}"
+        elif kind is float:
+            if value - value:  # NaN or an infinity (for any other float, 0.0)
+                return None
+            text += f"{item}{value!r}"
+        elif kind is bool:
+            text += item + ("true" if value else "false")
+        elif value is None:
+            text += item + "null"
+        else:
+            return None
+    return f"{head}{{{text[1:]}}}{tail}"
+
+
+#: The writers of the shapes of properties seen (their keys, in order: most call sites pass the same
+#: keys every time), each made for the types of values it first saw (see _shape_writer).
+_SHAPES: Dict[Tuple[Any, ...], Callable[..., Optional[str]]] = {}
+_SHAPES_KEPT = 256
+_SHAPE_KEYS_MOST = 32
+
+
+def _no_shape(*_: Any) -> Optional[str]:
+    return None
+
+
+def _shape_writer(keys: Tuple[Any, ...], properties: JSONObject) -> Callable[..., Optional[str]]:
+    """A function ``(head, tail, *values) -> text`` that checks and writes, in one f-string, properties
+    with ``keys`` and values of the types ``properties`` has now (None for values of other types, or
+    that JSON refuses). Made from code that names only its own variables (keys and types are bound
+    as values), and kept up to a bound; ``_no_shape`` for keys or values it does not take."""
+    if (  # past the bound, or keys not kept: the general loop (a long key is not kept for ever)
+        len(_SHAPES) >= _SHAPES_KEPT or len(keys) > _SHAPE_KEYS_MOST
+        or not all(type(key) is str and len(key) <= _KEY_KEPT_LENGTH for key in keys)
+    ):
+        return _no_shape
+    types = tuple(map(type, properties.values()))
+    if not _WRITTEN_TYPES.issuperset(types):  # nested values, say: the general loop, which sends them on
+        write: Callable[..., Optional[str]] = _no_shape
+    else:
+        names: Dict[str, Any] = {"_encode": _encode_string, "_least": _LEAST_INT, "_big": _BIG_INT}
+        refused, parts = [], []
+        for number, (key, kind) in enumerate(zip(keys, types)):
+            names[f"k{number}"], names[f"t{number}"] = ("," if number else "") + _encode_string(key) + ":", kind
+            refused.append(f"type(v{number}) is not t{number}")
+            if kind is float:
+                refused.append(f"v{number} - v{number}")  # NaN or an infinity
             elif kind is int:
-                text += f"{head}{value},"  # ValueError past 4300 digits: the careful path says so
-            elif kind is float:
-                if value - value:  # NaN or an infinity (for any other float, 0.0)
-                    return _capture_json_carefully(properties, path)
-                text += f"{head}{value!r},"
-            elif kind is bool:
-                text += head + ("true," if value else "false,")
-            elif value is None:
-                text += head + "null,"
-            else:
-                return _capture_json_carefully(properties, path)
-    except ValueError:
-        return _capture_json_carefully(properties, path)
-    # Outside ASCII, the careful path checks for lone surrogates (UTF-8 cannot carry them). Whether
-    # the properties are too large is decided on capture_properties' estimate of their size, which
-    # is at most 4.8 times the text's length (an entry ``"":0,`` of 5 characters counts 24): a text
-    # of up to a fifth of the limit is always under it, and a longer one goes the careful way.
-    size = len(text)  # the closing brace takes the last comma's place
-    if size * 5 > MAX_COMMAND_BYTES or not text.isascii():
-        return _capture_json_carefully(properties, path)
-    return (text[:-1] + "}", size) if size > 1 else ("{}", 2)
+                refused.append(f"not _least < v{number} < _big")  # the careful path counts its digits
+            parts.append("{k%d}" % number + _SHAPE_VALUE[kind].replace("V", f"v{number}"))
+        arguments = "".join(f", v{number}" for number in range(len(keys)))
+        source = (
+            f"def write(head, tail{arguments}):\n    if {' or '.join(refused) or 'False'}:\n        return None\n"
+            f"    return f\"{{head}}{{{{{''.join(parts)}}}}}{{tail}}\"\n"
+        )
+        exec(source, names)  # noqa: S102 - the source holds no value passed in, only the names above
+        write = names["write"]
+    _SHAPES[keys] = write
+    return write
 
 
+#: How a shape's f-string writes a value of each type (V stands for the value's variable).
+_SHAPE_VALUE = {str: "{_encode(V)}", int: "{V}", float: "{V!r}", bool: "{'true' if V else 'false'}", type(None): "null"}
+_WRITTEN_TYPES = frozenset(_SHAPE_VALUE)
+
+
+#: The longest JSON of properties the fast paths return. Whether properties are too large is decided
+#: on capture_properties' estimate of their size, which is at most 4.8 times the JSON's length (an
+#: entry ``"":0,`` of 5 bytes counts 24): JSON of up to a fifth of the limit is always under it,
+#: and longer JSON goes the careful way.
+_WRITTEN_HERE_BYTES = MAX_COMMAND_BYTES // 5
+_LEAST_INT = -_BIG_INT
 #: The types of values a flat dict's fast path writes as they are (exactly these: no subclass).
 _PLAIN_TYPES = frozenset((str, int, bool, type(None)))
-#: JSON of property keys seen, with the colon (``'"amount":'``): keys of at most _KEY_KEPT_LENGTH
-#: characters, until there are _KEYS_KEPT of them.
+#: JSON of property keys seen, after a comma and with the colon (``',"amount":'``): keys of at
+#: most _KEY_KEPT_LENGTH characters, until there are _KEYS_KEPT of them.
 _KEY_JSON: Dict[str, str] = {}
 _KEYS_KEPT = 1024
 _KEY_KEPT_LENGTH = 64
 
 
-def _capture_json_carefully(properties: Any, path: str) -> Tuple[str, int]:
-    """``capture_properties_json`` for anything but a flat dict of plain values: check and copy,
+def _capture_json_carefully(properties: Any, path: str) -> Tuple[bytes, int]:
+    """``capture_properties_written`` for anything but a flat dict of plain values: check and copy,
     then write the copy."""
     copy, _ = capture_properties(properties, path)
-    text = _WRITER.text(copy) if copy else "{}"
-    return text, len(text)
+    data = _WRITER.data(copy) if copy else b"{}"
+    return data, len(data)
 
 
 #: The most digits of an int written as JSON: Python's own default limit for int-to-str.
@@ -319,6 +390,12 @@ def _capture_value(value: Any, path: str, depth: int) -> Tuple[Any, int]:
             listed.append(captured)
             size += item_size + 1
         return listed, size
+    return _capture_other(value, path)
+
+
+def _capture_other(value: Any, path: str) -> Tuple[Any, int]:
+    """``_capture_value`` of anything but JSON's own types and enums: moments, decimals, UUIDs,
+    and the refusal of everything else."""
     if isinstance(value, (_dt.datetime, _dt.date, _dt.time)):
         if isinstance(value, _dt.datetime) and value.utcoffset() is None:
             raise ValueError(_naive_message(value, path))
@@ -467,16 +544,15 @@ def check_command_size(command: Command, company_id: str) -> int:
     ``ValueError`` naming the largest part when that is more than a command may take."""
     path, ids, kind, properties, timestamp, command_id = command
     parts = {"the customer ids": ids.json_bytes if type(ids) is LargeCustomerIds else _json_bytes(_write_plain(ids))}
-    if type(properties) is bytes:
-        parts["the properties"] = len(properties)
-    elif type(properties) is str:
-        parts["the properties"] = _json_bytes(properties)
+    # The longer of the two spellings: the server's (the standard library's) and the one sent
+    # (orjson's, when installed: 0.00006103515625 where the standard library writes 6.103515625e-05,
+    # but 1e-7 where it writes 1e-07). JSON written at the call is read back for the server's.
+    if type(properties) is bytes or type(properties) is str:
+        sent = len(properties) if type(properties) is bytes else _json_bytes(cast(str, properties))
+        properties = json.loads(properties)
     else:
-        # The longer of the two spellings: the server's (the standard library's) and the one sent
-        # (orjson's, when installed: 0.00006103515625 where the standard library writes 6.103515625e-05).
-        parts["the properties"] = (
-            max(_json_bytes(_join(_write_tree(properties, 0))), len(_WRITER.data(properties))) if properties else 2
-        )
+        sent = len(_WRITER.data(properties)) if properties else 2
+    parts["the properties"] = max(_json_bytes(_join(_write_tree(properties, 0))), sent) if properties else 2
     if kind is not None:
         parts["the event type"] = _json_bytes(_encode_string(kind))
     parts["the company token"] = _json_bytes(_encode_string(company_id))
@@ -634,7 +710,6 @@ if hasattr(os, "register_at_fork"):
 
 
 _join = "".join
-_join_bytes = b"".join
 #: ``value -> compact JSON text`` of a plain tree (what ``capture_properties`` returns), with the
 #: standard library: for the ids' JSON, kept and reused (see BulkCommandEncoder).
 _write_plain = compact_json_encoder()
@@ -671,32 +746,53 @@ def _company_token(text: bytes) -> Optional[str]:
 
 
 class BulkCommandEncoder:
-    """Turns queued ``Command`` tuples into the JSON of one ``bulk`` command, for one company token.
+    """Turns ``Command`` tuples into the JSON of one ``bulk`` command, for one company token.
+
+    A buffered client's engine encodes each command on the caller's thread, before ``track``
+    returns. ``track`` and ``update`` hand it the caller's own properties dict when nothing else
+    needs checking first (no ``command_id``, ``timestamp`` or ``before_send``): the encoder checks,
+    writes and measures them in one pass, raising what :func:`capture_properties_written` and
+    :func:`check_command_size` raise; otherwise it gets their JSON (written by
+    ``capture_properties_written`` or ``capture_properties_json``) or a checked copy.
 
     The token is encoded once, the JSON of the last customer ids and event type is reused (for the
     same object, or for equal ids: the client passes one ids object for a run of calls for one
-    customer), and only the properties are written (by ``orjson`` when it is installed, else by the
-    standard library's C encoder).
-    The timestamp is written with microsecond precision as a JSON number in exponent form
-    (``1700000000123456e-6``), which costs a fifth of writing the float itself.
+    customer). The timestamp is written with microsecond precision as a JSON number in exponent
+    form (``1700000000123456e-6``), which costs a fifth of writing the float itself.
     """
 
     def __init__(self, token: str) -> None:
+        self._token = token
         self._company = _encode_string(token)
+        #: The longest JSON of properties that surely fits a command with small ids (see
+        #: properties_room; a fifth of the limit at most, see _WRITTEN_HERE_BYTES): longer JSON, or
+        #: LargeCustomerIds, go the careful way, which measures the command.
+        self._room = min(properties_room(token), _WRITTEN_HERE_BYTES)
         self._ids: Optional[CustomerIds] = None
         self._type: Optional[str] = None
-        self._event_head = b""  # everything before the properties, for the last ids and type seen
-        self._customer_head = b""  # the same for customer updates, for the last ids seen
+        self._event_text = ""  # everything before the properties, for the last ids and type seen
+        self._event_head = b""  # the same as UTF-8
+        self._customer_text = ""  # the same for customer updates, for the last ids seen
+        self._customer_head = b""
         self._set_ids({})
 
     def _set_ids(self, ids: CustomerIds) -> None:
         self._ids = ids
         self._ids_json = _write_plain(ids)
         self._type = None
-        self._customer_head = (
+        self._customer_text = (
             '{"name":"' + PATH_CUSTOMERS + '","data":{"company_id":' + self._company + ',"ids":' + self._ids_json
             + ',"properties":'
-        ).encode()
+        )
+        self._customer_head = self._customer_text.encode()
+
+    def _set_type(self, kind: str) -> None:
+        self._type = kind
+        self._event_text = (
+            '{"name":"crm/events","data":{"company_id":' + self._company + ',"customer_ids":' + self._ids_json
+            + ',"type":' + _encode_string(kind) + ',"properties":'
+        )
+        self._event_head = self._event_text.encode()
 
     def encode(self, command: Command) -> bytes:
         """``{"name": path, "data": {...}}`` as UTF-8 JSON bytes (``command`` is exactly a ``Command``)."""
@@ -705,37 +801,60 @@ class BulkCommandEncoder:
             self._set_ids(ids)
         if path == PATH_EVENTS:
             if kind is not self._type:
-                self._type = kind
-                self._event_head = (
-                    '{"name":"crm/events","data":{"company_id":' + self._company + ',"customer_ids":' + self._ids_json
-                    + ',"type":' + _encode_string(cast(str, kind)) + ',"properties":'
-                ).encode()
+                self._set_type(cast(str, kind))
             head = self._event_head
         else:
             head = self._customer_head
-        kind_of = type(properties)
-        dumps = _FAST_DUMPS
-        if kind_of is bytes and dumps is not None:  # written by orjson in capture_properties_written
-            return _join_bytes((
-                head, cast(bytes, properties), b',"timestamp":', dumps(round(timestamp * 1e6)),
-                b'e-6,"command_id":', dumps(command_id), b"}}",
-            ))
-        if kind_of is bytes:
-            body: str = cast(bytes, properties).decode()
-        elif kind_of is str:  # already written by capture_properties_json
-            body = cast(str, properties)
-        elif not properties:
-            body = "{}"
-        elif _FAST_DUMPS is not None:
-            try:
-                written = _FAST_DUMPS(properties)
-            except TypeError:  # an integer past 64 bits (orjson.JSONEncodeError): the standard library writes it
-                body = _join(_write_tree(properties, 0))
+        # The command id is checked to [A-Za-z0-9_-]: it needs no escaping.
+        tail = f',"timestamp":{round(timestamp * 1e6)}e-6,"command_id":"{command_id}"}}}}'
+        if type(properties) is bytes:  # written by capture_properties_written
+            return head + properties + tail.encode()
+        if type(properties) is dict and type(ids) is not LargeCustomerIds:
+            # A flat dict of plain values is checked and written here (capture_properties_written,
+            # inline: this runs in every track) and, shorter than the room, surely fits a command.
+            dumps = _FAST_DUMPS
+            if dumps is None:
+                # _whole_here, its shape's writer inline. At most the room besides the head and tail
+                # (which take at least as many bytes as characters).
+                text = self._event_text if path == PATH_EVENTS else self._customer_text
+                most = self._room + len(text) + len(tail)
+                write = _SHAPES.get(tuple(properties))
+                written = None if write is None else write(text, tail, *properties.values())
+                if written is not None:
+                    try:
+                        encoded = written.encode()
+                    except UnicodeEncodeError:  # a lone surrogate: the careful path names it
+                        encoded = b""
+                    return encoded if 0 < len(encoded) <= most else head + self._written(command) + tail.encode()
+                whole = _whole_here(text, properties, tail, most)
+                if whole is not None:
+                    return whole
             else:
-                return head + written + f',"timestamp":{round(timestamp * 1e6)}e-6,"command_id":"{command_id}"}}}}'.encode()
-        else:
-            body = _join(_write_tree(properties, 0))
-        return head + f'{body},"timestamp":{round(timestamp * 1e6)}e-6,"command_id":"{command_id}"}}}}'.encode()
+                for value in properties.values():
+                    if type(value) in _PLAIN_TYPES or (type(value) is float and not value - value):
+                        continue
+                    break
+                else:
+                    try:
+                        data = dumps(properties)
+                    except TypeError:  # orjson.JSONEncodeError: the careful path names what it refused
+                        pass
+                    else:
+                        if len(data) <= self._room:
+                            return head + data + tail.encode()
+        return head + self._written(command) + tail.encode()
+
+    def _written(self, command: Command) -> bytes:
+        """The JSON of ``command``'s properties, checked as the client checks them at the call
+        (``ValueError`` when the command is larger than the server takes)."""
+        path, ids, kind, properties, timestamp, command_id = command
+        if type(properties) is str:  # written by capture_properties_json
+            return properties.encode()
+        written, size = capture_properties_written(properties)
+        if size > self._room or type(ids) is LargeCustomerIds:
+            if type(ids) is not LargeCustomerIds or size > properties_room(self._token, ids.json_bytes):
+                check_command_size((path, ids, kind, written, timestamp, command_id), self._token)
+        return written
 
     @staticmethod
     def company_of(payload: bytes) -> Optional[str]:

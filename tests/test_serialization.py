@@ -241,20 +241,25 @@ def test_the_largest_properties_a_copy_takes_are_written_whole() -> None:
 
 def test_the_keys_written_once_are_kept_only_up_to_a_bound(monkeypatch: pytest.MonkeyPatch, stdlib_writer: None) -> None:
     monkeypatch.setattr(serialization, "_KEY_JSON", {})
-    for number in range(serialization._KEYS_KEPT + 500):
+    monkeypatch.setattr(serialization, "_SHAPES", {})
+    for number in range(serialization._SHAPES_KEPT + serialization._KEYS_KEPT + 500):
         assert capture_properties_json({f"key-{number}": number})[0] == f'{{"key-{number}":{number}}}'
+    assert len(serialization._SHAPES) == serialization._SHAPES_KEPT
     assert len(serialization._KEY_JSON) == serialization._KEYS_KEPT
 
 
 def test_long_keys_are_not_kept(monkeypatch: pytest.MonkeyPatch, stdlib_writer: None) -> None:
     """A key the cache kept would stay for the life of the process, refused properties' keys too."""
     monkeypatch.setattr(serialization, "_KEY_JSON", {})
+    monkeypatch.setattr(serialization, "_SHAPES", {})
     long_key = "k" * 1_000_000
     with pytest.raises(ValueError, match="a command may take at most"):
         capture_properties_json({long_key: 1})
+    assert capture_properties_json({"k" * 65: 1, "n": [1]})[0] == '{"' + "k" * 65 + '":1,"n":[1]}'
     assert capture_properties_json({"k" * 65: 1})[0] == '{"' + "k" * 65 + '":1}'
     assert capture_properties_json({"k" * 64: 1})[0] == '{"' + "k" * 64 + '":1}'
-    assert list(serialization._KEY_JSON) == ["k" * 64]
+    assert list(serialization._KEY_JSON) == ["n"]  # the general loop's (a shape takes no nested value)
+    assert list(serialization._SHAPES) == [("k" * 64,)]
 
 
 def test_a_command_queued_with_the_json_of_its_properties_is_encoded_and_reported_as_with_a_copy() -> None:
@@ -317,6 +322,21 @@ def test_ints_past_4300_digits_are_refused_whatever_the_interpreters_limit() -> 
         sys.set_int_max_str_digits(limit)
 
 
+def test_a_flat_int_past_4300_digits_is_refused_as_json_whatever_the_interpreters_limit(stdlib_writer: None) -> None:
+    """The standard library's loop writes flat ints itself: one past 4300 digits is refused as
+    ``capture_properties`` refuses it, even where the interpreter would write it."""
+    if not hasattr(sys, "set_int_max_str_digits"):
+        pytest.skip("no int-to-str limit on this interpreter")
+    limit = sys.get_int_max_str_digits()
+    sys.set_int_max_str_digits(0)
+    try:
+        with pytest.raises(ValueError, match=r"^properties\['n'\]: int with more than 4300 digits"):
+            capture_properties_json({"a": 1, "n": 10**4300})
+        assert capture_properties_json({"n": -(2**63), "m": 2**63})[0] == f'{{"n":{-(2**63)},"m":{2**63}}}'
+    finally:
+        sys.set_int_max_str_digits(limit)
+
+
 _valid_text = st.text(st.characters(blacklist_categories=("Cs",)) | st.sampled_from(['"', "\\", "\n", "\x00", "é", "💥"]), min_size=1, max_size=12)
 
 
@@ -342,6 +362,20 @@ def test_the_size_checked_at_the_call_is_what_the_pump_measures_and_no_less_than
     pumps = len(payload) - len('{"name":"' + path + '","data":}')  # the pump refuses a command past the limit
     servers = len(json.dumps(json.loads(payload)["data"], separators=(",", ":"), ensure_ascii=False).encode())
     assert max(pumps, servers) <= size <= max(pumps, servers) + 24  # only the timestamp's spelling differs
+
+
+@needs_orjson
+def test_json_written_at_the_call_is_measured_in_the_servers_spelling_too() -> None:
+    """orjson writes 1e-07 as 1e-7, a byte shorter than the standard library (the server): the size
+    of properties written by orjson at the call is no less than the server's."""
+    assert ORJSON is not None
+    with writing_with(ORJSON):
+        written, _ = serialization.capture_properties_written({key: 1e-07 for key in "abcdefgh"})
+    assert written.count(b"1e-7,") == 7
+    command = ("crm/events", {"registered": "a"}, "view", written, 1700000000.123456, "c-1")
+    payload = BulkCommandEncoder("token").encode(command)
+    servers = len(json.dumps(json.loads(payload)["data"], separators=(",", ":"), ensure_ascii=False).encode())
+    assert check_command_size(command, "token") >= servers
 
 
 @pytest.mark.parametrize("id_length", [1, serialization.SMALL_IDS_CHARACTERS - 2, 15_000])
@@ -464,3 +498,98 @@ print("ok")
 """
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+# A buffered client's track/update hand the caller's own dict to the engine's encoder, which checks,
+# writes and measures it in one pass: the same errors, and the same bytes, as checking it first. ----
+
+
+def _writers() -> "list[JsonWriter]":
+    return [STDLIB] if ORJSON is None else [STDLIB, ORJSON]
+
+
+@settings(max_examples=300, deadline=None)
+@given(_commands)
+@example((("crm/events", "view"), {"registered": "a"}, {"nan": float("nan"), "x": 1}, 1.0))
+@example((("crm/events", "view"), {"registered": "a"}, {"big": 2**64, "s": "\ud800"}, 1.0))
+@example((("crm/customers", None), {"registered": "a"}, {"at": datetime(2026, 1, 2), "b": None}, 1.0))
+def test_the_encoder_checks_a_callers_dict_as_the_call_does(command: Any) -> None:
+    (path, kind), ids, properties, timestamp = command
+    for writer in _writers():
+        with writing_with(writer):
+            encoder = BulkCommandEncoder("token")
+            whole = _outcome(lambda: encoder.encode((path, ids, kind, properties, timestamp, "id-1")))
+            written = _outcome(lambda: serialization.capture_properties_written(properties))
+            if isinstance(written, tuple) and isinstance(written[0], type):
+                assert whole == written
+            else:
+                assert whole == encoder.encode((path, ids, kind, written[0], timestamp, "id-1"))
+
+
+@pytest.mark.parametrize("writer", _writers(), ids=lambda writer: writer.name)
+@pytest.mark.parametrize("large_ids", [False, True])
+def test_the_encoder_measures_a_callers_dict_as_the_call_does(writer: JsonWriter, large_ids: bool) -> None:
+    """Properties past the room are measured exactly, up to the server's limit and one byte past it."""
+    token = "t" * 40
+    ids = customer_ids({"email": "e" * 40_000}) if large_ids else customer_ids("ann")
+    with writing_with(writer):
+        encoder = BulkCommandEncoder(token)
+        room = serialization.properties_room(token)
+        for length in (room - 10, room - 9, room + 1, 30_000):
+            encoder.encode(("crm/events", ids, "view", {"s": "x" * length}, 1.5, "id-1"))
+        command = ("crm/events", ids, "view", {"s": ""}, 1.5, "id-1")
+        room_left = serialization.MAX_COMMAND_BYTES - check_command_size(command, token)
+        fits = ("crm/events", ids, "view", {"s": "x" * room_left}, 1.5, "id-1")
+        assert json.loads(encoder.encode(fits))["data"]["properties"]["s"] == "x" * room_left
+        too_large = ("crm/events", ids, "view", {"s": "x" * (room_left + 1)}, 1.5, "id-1")
+        with pytest.raises(ValueError, match=r"^the (properties|customer ids) take \d+ bytes as JSON, too many"):
+            encoder.encode(too_large)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_strings(6), max_size=6, unique=True), st.data())
+def test_a_shapes_writer_writes_what_the_careful_path_does_or_leaves_it_to_it(keys: Any, data: Any) -> None:
+    """The standard library's writer made for the keys (and the value types) of the first dict
+    writes any later dict of those keys as the checked copy's JSON, or refuses it as the copy does."""
+    dicts = [{key: data.draw(_plain_values) for key in keys} for _ in range(3)]
+    saved = serialization._SHAPES
+    serialization._SHAPES = {}
+    try:
+        with writing_with(STDLIB):
+            for properties in dicts + dicts[:1]:
+                careful = _outcome(lambda: capture_properties(properties))
+                written = _outcome(lambda: capture_properties_json(properties))
+                if isinstance(careful, tuple) and isinstance(careful[0], type):
+                    assert written == careful
+                else:
+                    text = json.dumps(careful[0], separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+                    assert written == (text, len(text))
+        assert list(serialization._SHAPES) == [tuple(keys)]
+    finally:
+        serialization._SHAPES = saved
+
+
+@pytest.mark.parametrize(
+    "later",
+    [{"a": None, "b": 1}, {"a": "x", "b": float("nan")}, {"a": "x", "b": 2**63}, {"a": "\ud800", "b": 1},
+     {"a": "x", "b": True}, {"a": "x", "b": [1]}, {"a": "x", "b": -(2**63) + 1}, {"a": "é💥", "b": 1},
+     {"a": "x" * 30_000, "b": 1}],
+)
+def test_a_shapes_writer_takes_only_the_types_it_was_made_for(later: Dict[str, Any]) -> None:
+    """At the call (capture_properties_json) and in the encoder (a caller's dict, customer ids
+    outside ASCII): the checked copy's JSON, or its error."""
+    saved = serialization._SHAPES
+    serialization._SHAPES = {}
+    try:
+        with writing_with(STDLIB):
+            assert capture_properties_json({"a": "first", "b": 0})[0] == '{"a":"first","b":0}'
+            careful = _outcome(lambda: capture_properties(later))
+            written = _outcome(lambda: capture_properties_json(later))
+            encoder = BulkCommandEncoder("token")
+            encoded = _outcome(lambda: encoder.encode(("crm/events", {"registered": "jöhn"}, "view", later, 1.0, "id-1")))
+            if isinstance(careful, tuple) and isinstance(careful[0], type):
+                assert written == careful and encoded == careful
+            else:
+                assert json.loads(written[0]) == careful[0] == json.loads(encoded)["data"]["properties"]
+    finally:
+        serialization._SHAPES = saved
