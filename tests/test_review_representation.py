@@ -28,11 +28,6 @@ def _server_size(data: Dict[str, Any]) -> int:
     return len(json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="check_command_size measures properties orjson wrote (bytes, or text from the careful path) by "
-    "orjson's spelling: 1e-7 is '1e-7' there and '1e-07' as the server writes it, so track() accepts a command the server refuses (413)",
-)
 @pytest.mark.parametrize("nested", [False, True], ids=["flat (bytes)", "nested (text)"])
 def test_a_command_the_server_would_measure_too_large_is_refused_at_the_call(fresh: LocalServer, nested: bool) -> None:
     pytest.importorskip("orjson")
