@@ -21,7 +21,8 @@ from seven_segments.testing import LocalServer
 TOKEN = "test-token-5f1c9d0e-secret"
 
 #: Modules whose tests start real web servers, interpreters, builds or benchmarks: marked ``slow``,
-#: so that ``pytest -m "not slow"`` is the quick loop while working (CI runs everything).
+#: so that ``pytest -m "not slow"`` is the quick loop while working (CI runs everything). Elsewhere, a
+#: test that starts an interpreter or waits long in real time carries ``@pytest.mark.slow`` itself.
 SLOW_MODULES = frozenset({
     "test_benchmarks_smoke", "test_demo", "test_deployment", "test_deployment_customers", "test_import_kill",
     "test_packaging", "test_process_life", "test_server_cli", "test_typing",

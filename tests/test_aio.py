@@ -114,6 +114,7 @@ def test_bad_input_raises_at_the_call_not_in_a_thread(server: LocalServer) -> No
     run(main)
 
 
+@pytest.mark.slow
 def test_the_loop_never_stalls_while_the_server_is_slow() -> None:
     with LocalServer(campaigns=CAMPAIGNS, latency=1.0) as slow:
 
@@ -136,6 +137,7 @@ def test_the_loop_never_stalls_while_the_server_is_slow() -> None:
         assert slow.stats()["events"] == 5000 and slow.stats()["duplicates"] == 0
 
 
+@pytest.mark.slow
 def test_the_loop_never_stalls_while_the_server_is_down(dead_url: str) -> None:
     async def main() -> None:
         client = AsyncSevenSegments(TOKEN, "john", target=dead_url, shutdown_timeout=1.0, timeout=1)
@@ -333,6 +335,7 @@ sys.exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else 9)
 """
 
 
+@pytest.mark.slow
 def test_get_html_works_in_a_child_forked_after_the_parent_used_it(campaign_server: LocalServer) -> None:
     """gunicorn --preload with an asyncio worker class forks after the app may have called the API."""
     import os

@@ -283,7 +283,7 @@ def test_retries_end_at_the_retry_deadline_and_are_reported(server: LocalServer,
 
 def test_a_full_queue_drops_counts_and_reports(server: LocalServer, caplog: Any) -> None:
     reports, on_error = collector()
-    server.faults.delay_next(1, 2.0)
+    server.faults.delay_next(1, 1.0)  # long enough for 30 tracks, on however busy a machine
     with buffered(server, flush_interval=60, max_queue_size=10, on_error=on_error) as client:
         client.track("first")
         client.flush(0)  # starts the delayed request

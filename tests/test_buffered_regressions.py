@@ -91,6 +91,7 @@ for number in range(int(sys.argv[2])):
 """
 
 
+@pytest.mark.slow
 def test_at_exit_every_undelivered_command_reaches_on_error_in_chunks_after_the_warning(dead_url: str) -> None:
     result = run_script(ON_ERROR_AT_EXIT, dead_url, "200000", "1000000")
     assert result.returncode == 0, result.stderr
@@ -103,6 +104,7 @@ def test_at_exit_every_undelivered_command_reaches_on_error_in_chunks_after_the_
     assert "exit-token" not in result.stderr
 
 
+@pytest.mark.slow
 def test_every_dropped_command_reaches_on_error(dead_url: str) -> None:
     result = run_script(ON_ERROR_AT_EXIT, dead_url, "26001", "1000")
     assert result.returncode == 0, result.stderr
@@ -132,6 +134,7 @@ print(before, peak_before, peak, seen[0], stats["failed"] + stats["dropped"] + s
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="reads /proc")
+@pytest.mark.slow
 def test_memory_during_close_stays_near_the_queue_bound(dead_url: str) -> None:
     result = run_script(MEMORY_AT_CLOSE, dead_url)
     assert result.returncode == 0, result.stderr
@@ -284,6 +287,7 @@ atexit.register(at_exit)
 
 
 @pytest.mark.parametrize("python", __import__("tests.test_process_life", fromlist=["_pythons"])._pythons())
+@pytest.mark.slow
 def test_exit_ends_on_time_when_the_server_trickles_even_without_threads(python: str, server: LocalServer) -> None:
     server.faults.trickle_next(1, seconds=0.05)  # every byte well within `timeout`, the answer far past the deadline
     started = time.monotonic()

@@ -86,6 +86,7 @@ def back_up(dead_url: str) -> LocalServer:
     return LocalServer(port=int(dead_url.rsplit(":", 1)[1]))
 
 
+@pytest.mark.slow
 def test_sigkill_with_the_api_down_loses_nothing_accepted(dead_url: str, tmp_path: Path) -> None:
     spool = tmp_path / "spool"
     accepted = kill_mid_burst(dead_url, spool, after=3000)
@@ -100,6 +101,7 @@ def test_sigkill_with_the_api_down_loses_nothing_accepted(dead_url: str, tmp_pat
     assert [name for name in os.listdir(spool) if name.endswith(".seg")] == []  # space given back
 
 
+@pytest.mark.slow
 def test_sigkill_while_the_api_is_up_and_losing_answers_delivers_each_event_once(server: LocalServer, tmp_path: Path) -> None:
     spool = tmp_path / "spool"
     server.faults.random(0.2, seed=3, kinds=["drop_after", "503"], retry_after=0.01)  # applied, answer lost
@@ -116,6 +118,7 @@ def test_sigkill_while_the_api_is_up_and_losing_answers_delivers_each_event_once
     client.close()
 
 
+@pytest.mark.slow
 def test_exit_with_the_api_down_keeps_what_it_could_not_send(dead_url: str, tmp_path: Path) -> None:
     spool = tmp_path / "spool"
     script = """
@@ -390,9 +393,9 @@ def test_a_queue_of_one_command_with_a_spool_still_delivers(server: LocalServer,
 
 def let_go_in_an_outage(server: LocalServer, folder: str, count: int, **options: Any) -> SevenSegments:
     """A spooling client whose first ``count`` events (``{"n": 0..}``) the API, down from now on, never
-    took within ``retry_deadline`` (1 s): let go of, on disk."""
+    took within ``retry_deadline`` (0.3 s: short, since each test waits it out): let go of, on disk."""
     server.faults.fail_next(100_000, status=503)
-    options = {"retry_deadline": 1, "flush_interval": 0.01, **options}
+    options = {"retry_deadline": 0.3, "flush_interval": 0.01, **options}
     client = SevenSegments(TOKEN, "john", target=server.url, buffered=True, spool=folder, **options)
     for number in range(count):
         client.track("view", {"n": number})
@@ -461,6 +464,7 @@ time.sleep(30)  # the signal comes again now: the clients are closed, and the pr
 """
 
 
+@pytest.mark.slow
 def test_sigterm_while_this_thread_holds_the_spool_lock_closes_once_it_is_released(server: LocalServer, tmp_path: Path) -> None:
     # The handler waited for a close that needed the lock the interrupted append held: 60 s, past
     # Kubernetes' grace period (found by review).
@@ -497,6 +501,7 @@ client.close(5)
 """
 
 
+@pytest.mark.slow
 def test_a_logging_handler_that_tracks_a_spool_warning_hangs_nothing(server: LocalServer, tmp_path: Path) -> None:
     # The warning about a damaged file was logged while the lock that makes fork() wait was held; the
     # handler's track() needed that lock to make its first segment: the pump and every track hung.
@@ -543,6 +548,7 @@ def test_a_close_after_the_worker_went_idle_still_sends_what_an_outage_let_go_of
     assert delivered_numbers(server) == list(range(10))
 
 
+@pytest.mark.slow
 def test_a_flush_during_an_outage_leaves_room_for_new_commands(server: LocalServer, tmp_path: Path) -> None:
     # The read-back a flush starts held every new command back, and the queue filled up with them.
     server.faults.fail_next(100_000, status=503)
@@ -578,6 +584,7 @@ def test_a_close_with_the_api_still_down_tries_what_was_let_go_of_once_not_in_a_
     assert client.stats()["kept_in_spool"] == 50
 
 
+@pytest.mark.slow
 def test_a_flush_during_an_outage_answers_once_what_it_read_back_is_let_go_of_again(
     server: LocalServer, tmp_path: Path
 ) -> None:

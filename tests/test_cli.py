@@ -86,6 +86,7 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *secrets: str) ->
 # -- SEED's commands -------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_seed_commands_exactly_as_written(server: LocalServer) -> None:
     result = subprocess.run(
         ["bash", "-e", "-c", SEED_SCRIPT], cwd=ROOT, env=environment(SEVEN_SEGMENTS_TARGET=server.url),
@@ -109,6 +110,7 @@ def test_seed_commands_exactly_as_written(server: LocalServer) -> None:
     assert server.customer("john123") == {"first_name": "John", "last_name": "Smith"}
 
 
+@pytest.mark.slow
 def test_track_with_target_option(server: LocalServer) -> None:
     result = run(["track", SEED_TOKEN, "john123", "purchase", "--properties", "product=bottle", "amount=5",
                   "vip=true", "--target", server.url])
@@ -119,6 +121,7 @@ def test_track_with_target_option(server: LocalServer) -> None:
     assert event["properties"]["vip"] is True
 
 
+@pytest.mark.slow
 def test_target_option_wins_over_env(server: LocalServer) -> None:
     env = environment(SEVEN_SEGMENTS_TARGET="http://127.0.0.1:9")
     result = run(["update", SEED_TOKEN, "john123", "vip=true", "--target", server.url], env=env)
@@ -126,6 +129,7 @@ def test_target_option_wins_over_env(server: LocalServer) -> None:
     assert server.customer("john123") == {"vip": True}
 
 
+@pytest.mark.slow
 def test_track_without_properties_and_with_timestamp(server: LocalServer) -> None:
     result = run(["track", SEED_TOKEN, "john123", "visit", "--timestamp", "1700000000.5", "--target", server.url])
     assert result.returncode == 0, result.stderr
@@ -133,6 +137,7 @@ def test_track_without_properties_and_with_timestamp(server: LocalServer) -> Non
     assert event["properties"] == {} and event["timestamp"] == 1700000000.5
 
 
+@pytest.mark.slow
 def test_dict_customer_and_json_values(server: LocalServer) -> None:
     result = run(["update", SEED_TOKEN, '{"cookie": "abc"}', "tags=[1,2]", "name=John Smith", "n=null",
                   "--target", server.url])
@@ -142,6 +147,7 @@ def test_dict_customer_and_json_values(server: LocalServer) -> None:
     assert request["body"]["properties"] == {"tags": [1, 2], "name": "John Smith", "n": None}
 
 
+@pytest.mark.slow
 def test_get_html_with_module_entry_point(server: LocalServer) -> None:
     result = run(["get_html", SEED_TOKEN, "john123", "Banner left", "--target", server.url], module=True)
     assert result.returncode == 0, result.stderr
@@ -151,6 +157,7 @@ def test_get_html_with_module_entry_point(server: LocalServer) -> None:
 # -- failures --------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_unknown_campaign_exits_1(server: LocalServer) -> None:
     result = run(["get_html", SECRET_TOKEN, "john123", "missing", "--target", server.url])
     assert result.returncode == 1
@@ -158,6 +165,7 @@ def test_unknown_campaign_exits_1(server: LocalServer) -> None:
     assert "404" in result.stderr and "InvalidRequest" in result.stderr
 
 
+@pytest.mark.slow
 def test_refused_token_exits_1_without_token() -> None:
     with LocalServer(tokens=["only-this-one"]) as local:
         result = run(["track", SECRET_TOKEN, "john123", "purchase", "--target", local.url])
@@ -188,6 +196,7 @@ def test_refused_token_exits_1_without_token() -> None:
         ([], "COMMAND"),
     ],
 )
+@pytest.mark.slow
 def test_usage_errors_exit_2(server: LocalServer, args: List[str], shown: str) -> None:
     if "--target" not in args and args and args[0] != "export":
         args = args + ["--target", server.url]
@@ -208,6 +217,7 @@ def test_usage_errors_exit_2(server: LocalServer, args: List[str], shown: str) -
         ("export", ["ANALYSIS_TYPE", "JSON", "--username", "--token", "SEVEN_SEGMENTS_PASSWORD"]),
     ],
 )
+@pytest.mark.slow
 def test_help_of_each_command(command: str, words: List[str]) -> None:
     result = run([command, "--help"])
     assert result.returncode == 0, result.stderr
@@ -215,6 +225,7 @@ def test_help_of_each_command(command: str, words: List[str]) -> None:
         assert word in result.stdout
 
 
+@pytest.mark.slow
 def test_top_level_help_via_module() -> None:
     result = run(["--help"], module=True)
     assert result.returncode == 0, result.stderr
@@ -225,6 +236,7 @@ def test_top_level_help_via_module() -> None:
 # -- export ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_export_prints_json(server: LocalServer) -> None:
     for customer, types in (("a", ["visit", "purchase"]), ("b", ["visit"])):
         for index, event_type in enumerate(types):
@@ -248,6 +260,7 @@ def test_export_prints_json(server: LocalServer) -> None:
     assert export_request["user"] == "alice"
 
 
+@pytest.mark.slow
 def test_export_with_token_option(server: LocalServer) -> None:
     result = run(
         ["export", "funnel", json.dumps({"analysis_id": FUNNEL_ID}), "--username", "alice", "--token", SECRET_TOKEN,
@@ -259,6 +272,7 @@ def test_export_with_token_option(server: LocalServer) -> None:
     assert server.requests()[-1]["path"] == f"/analytics/funnel?company={SECRET_TOKEN}"
 
 
+@pytest.mark.slow
 def test_export_without_password_and_no_tty(server: LocalServer) -> None:
     result = run(["export", "funnel", json.dumps({"analysis_id": FUNNEL_ID}), "--username", "alice",
                   "--target", server.url])
@@ -268,6 +282,7 @@ def test_export_without_password_and_no_tty(server: LocalServer) -> None:
     assert server.requests() == []
 
 
+@pytest.mark.slow
 def test_export_wrong_password_exits_1(server: LocalServer) -> None:
     wrong = "pw-SECRET-wrong-guess-99"
     result = run(
@@ -279,6 +294,7 @@ def test_export_wrong_password_exits_1(server: LocalServer) -> None:
     assert "401" in result.stderr
 
 
+@pytest.mark.slow
 def test_export_unknown_analysis_exits_1(server: LocalServer) -> None:
     result = run(
         ["export", "report", json.dumps({"analysis_id": "nope"}), "--username", "alice", "--target", server.url],
@@ -289,6 +305,7 @@ def test_export_unknown_analysis_exits_1(server: LocalServer) -> None:
     assert "404" in result.stderr
 
 
+@pytest.mark.slow
 def test_values_json_cannot_carry_stay_strings(server: LocalServer) -> None:
     result = run(
         ["track", SEED_TOKEN, "john123", "purchase", "--properties", "x=NaN", "y=Infinity", "z=1e400", "--target", server.url]
@@ -300,12 +317,14 @@ def test_values_json_cannot_carry_stay_strings(server: LocalServer) -> None:
 # -- options anywhere, properties, timestamps, the token from the environment ----------------------
 
 
+@pytest.mark.slow
 def test_options_before_the_command(server: LocalServer) -> None:
     result = run(["--target", server.url, "--timeout", "5", "track", SEED_TOKEN, "john123", "purchase"])
     assert result.returncode == 0, result.stderr
     assert [event["type"] for event in server.events()] == ["purchase"]
 
 
+@pytest.mark.slow
 def test_an_option_before_serve_is_refused_in_one_line() -> None:
     result = run(["--target", "http://127.0.0.1:9", "serve"])
     assert result.returncode == 2
@@ -313,6 +332,7 @@ def test_an_option_before_serve_is_refused_in_one_line() -> None:
     assert "--target" in result.stderr
 
 
+@pytest.mark.slow
 def test_properties_before_the_event_type_and_repeated(server: LocalServer) -> None:
     first = run(["track", SEED_TOKEN, "john123", "--properties", "a=1", "purchase", "--target", server.url])
     assert first.returncode == 0, first.stderr
@@ -324,6 +344,7 @@ def test_properties_before_the_event_type_and_repeated(server: LocalServer) -> N
     assert (view["type"], view["properties"]) == ("view", {"a": 1, "b": "x", "c": True, "d": 2})
 
 
+@pytest.mark.slow
 def test_timestamp_in_iso_8601_with_a_zone(server: LocalServer) -> None:
     result = run(["update", SEED_TOKEN, "john123", "vip=true", "--timestamp", "2023-11-14T23:13:20.500+01:00",
                   "--target", server.url])
@@ -331,6 +352,7 @@ def test_timestamp_in_iso_8601_with_a_zone(server: LocalServer) -> None:
     assert server.requests()[0]["body"]["timestamp"] == 1700000000.5
 
 
+@pytest.mark.slow
 def test_a_naive_iso_timestamp_is_refused_in_one_line(server: LocalServer) -> None:
     result = run(["track", SEED_TOKEN, "john123", "purchase", "--timestamp", "2023-11-14T22:13:20", "--target", server.url])
     assert result.returncode == 2
@@ -339,6 +361,7 @@ def test_a_naive_iso_timestamp_is_refused_in_one_line(server: LocalServer) -> No
     assert server.requests() == []
 
 
+@pytest.mark.slow
 def test_the_token_from_the_environment(server: LocalServer) -> None:
     env = environment(SEVEN_SEGMENTS_TOKEN=SECRET_TOKEN, SEVEN_SEGMENTS_TARGET=server.url)
     for args in (["track", "john123", "purchase", "--properties", "a=1"], ["update", "john123", "a=1", "b=2"],
@@ -350,6 +373,7 @@ def test_the_token_from_the_environment(server: LocalServer) -> None:
     assert server.customer("john123", company_id=SECRET_TOKEN) == {"a": 1, "b": 2}
 
 
+@pytest.mark.slow
 def test_no_token_anywhere_says_where_to_put_it(server: LocalServer) -> None:
     result = run(["get_html", "john123", "banner", "--target", server.url])
     assert result.returncode == 2
@@ -359,6 +383,7 @@ def test_no_token_anywhere_says_where_to_put_it(server: LocalServer) -> None:
     assert "SEVEN_SEGMENTS_TOKEN" in helped.stdout
 
 
+@pytest.mark.slow
 def test_verbose_logs_one_line_per_request_without_the_token(server: LocalServer) -> None:
     server.faults.fail_next(1, status=503)
     result = run(["--verbose", "track", SECRET_TOKEN, "john123", "purchase", "--target", server.url])
@@ -372,6 +397,7 @@ def test_verbose_logs_one_line_per_request_without_the_token(server: LocalServer
     assert SECRET_TOKEN not in result.stderr
 
 
+@pytest.mark.slow
 def test_export_verbose_with_the_token_from_the_environment(server: LocalServer) -> None:
     env = environment(SEVEN_SEGMENTS_PASSWORD=PASSWORD, SEVEN_SEGMENTS_TOKEN=SECRET_TOKEN)
     result = run(["export", "funnel", json.dumps({"analysis_id": FUNNEL_ID}), "--username", "alice",
@@ -382,6 +408,7 @@ def test_export_verbose_with_the_token_from_the_environment(server: LocalServer)
     assert server.requests()[-1]["path"] == f"/analytics/funnel?company={SECRET_TOKEN}"
 
 
+@pytest.mark.slow
 def test_a_wrong_password_says_it_was_not_accepted(server: LocalServer) -> None:
     result = run(["export", "funnel", json.dumps({"analysis_id": FUNNEL_ID}), "--username", "alice",
                   "--target", server.url], env=environment(SEVEN_SEGMENTS_PASSWORD="a"))
@@ -398,6 +425,7 @@ def test_a_wrong_password_says_it_was_not_accepted(server: LocalServer) -> None:
         (["export", "funnel", json.dumps({"analysis_id": FUNNEL_ID}), "--username", "alice"], "/analytics/funnel"),
     ],
 )
+@pytest.mark.slow
 def test_a_reader_that_closes_the_pipe_early(server: LocalServer, args: List[str], path: str) -> None:
     with subprocess.Popen(
         [sys.executable, SCRIPT, *args, "--target", server.url], cwd=ROOT,

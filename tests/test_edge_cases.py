@@ -203,6 +203,7 @@ def test_a_blocking_client_used_across_fork_does_not_share_its_connection(server
     assert kinds.count("child") == 200 and kinds.count("parent") == 200
 
 
+@pytest.mark.slow
 def test_verbose_command_line_never_logs_the_company_token() -> None:
     company = "company-token-0123456789-secret"
     with LocalServer(users={"jane": "pw"}) as server:

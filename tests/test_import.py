@@ -155,6 +155,7 @@ def test_csv_gzip_and_a_resume_after_the_file_grew_are_refused_or_read(
     assert [e["properties"]["amount"] for e in fresh.events()] == [5, 5, 6]  # --restart: new ids, as it warns
 
 
+@pytest.mark.slow
 def test_standard_input_needs_a_source_id_and_resumes_by_it(tmp_path: Path, fresh: LocalServer) -> None:
     env = dict(os.environ, SEVEN_SEGMENTS_TOKEN=TOKEN, PYTHONPATH=str(ROOT))
     lines = "".join(json.dumps(event(i)) + "\n" for i in range(1, 4)).encode()

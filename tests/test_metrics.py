@@ -194,6 +194,7 @@ def test_a_forked_child_reports_its_own_counts(fresh: LocalServer) -> None:
     client.close()
 
 
+@pytest.mark.slow
 def test_the_package_imports_and_says_what_to_install_without_either_sdk() -> None:
     code = """
 import sys

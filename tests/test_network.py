@@ -286,6 +286,7 @@ def test_the_asyncio_clients_take_the_network_keywords(mtls_server: LocalServer,
         AsyncAuthenticatedSevenSegments("jane", PASSWORD, target=mtls_server.url, cert="/no/such/client.pem")
 
 
+@pytest.mark.slow
 def test_serve_with_tls_options_requires_the_client_certificate(tmp_path: Path, pki: PKI) -> None:
     process = subprocess.Popen(
         [sys.executable, "-m", "seven_segments", "serve", "--port", "0", "--tls-cert", pki.server,

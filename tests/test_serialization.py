@@ -473,6 +473,7 @@ def test_orjson_never_sees_what_it_would_write_wrongly() -> None:
         assert b'"properties":{"big":[-1180591620717411303424]}' in encoded
 
 
+@pytest.mark.slow
 def test_the_standard_library_writes_when_orjson_cannot_be_imported() -> None:
     """Without orjson (its import blocked), the package imports, checks, and writes with json."""
     script = """

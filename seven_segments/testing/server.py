@@ -405,8 +405,10 @@ class LocalServer:
             raise refused from None
         self.port = int(httpd.server_address[1])
         self._httpd = httpd
+        # stop() waits for the serving loop to notice, up to one poll interval: test suites start and
+        # stop a server per test, so the loop polls often (an idle wake-up costs next to nothing).
         self._thread = threading.Thread(
-            target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, name=f"seven-segments-local:{self.port}",
+            target=httpd.serve_forever, kwargs={"poll_interval": 0.01}, name=f"seven-segments-local:{self.port}",
             daemon=True,
         )
         self._thread.start()

@@ -80,6 +80,7 @@ def test_show(folder: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert TOKEN not in result.out
 
 
+@pytest.mark.slow
 def test_deliver_each_once_and_leave_live_files(folder: str, fresh: LocalServer) -> None:
     spooled(folder, range(0, 700))
     spooled(folder, range(700, 1500))  # more than one bulk request
@@ -102,6 +103,7 @@ def test_deliver_each_once_and_leave_live_files(folder: str, fresh: LocalServer)
         live.close()
 
 
+@pytest.mark.slow
 def test_deliver_with_the_api_down(folder: str, dead_url: str) -> None:
     spooled(folder, range(20))
     result = run("spool", folder, "--deliver", "--target", dead_url, "--retry-deadline", "0.2", "--timeout", "1")
@@ -112,6 +114,7 @@ def test_deliver_with_the_api_down(folder: str, dead_url: str) -> None:
     assert inspect(folder).commands == 20  # nothing lost
 
 
+@pytest.mark.slow
 def test_deliver_never_follows_a_redirect(folder: str, fresh: LocalServer, witness: Any) -> None:
     spooled(folder, range(5), target=fresh.url)
     fresh.faults.redirect_next(1, witness.url, status=308)
@@ -124,6 +127,7 @@ def test_deliver_never_follows_a_redirect(folder: str, fresh: LocalServer, witne
 
 
 
+@pytest.mark.slow
 def test_deliver_splits_a_request_refused_for_a_command_too_large_and_delivers_the_others(
     folder: str, fresh: LocalServer
 ) -> None:
@@ -140,6 +144,7 @@ def test_deliver_splits_a_request_refused_for_a_command_too_large_and_delivers_t
     assert sorted(command_ids(fresh)) == [f"cmd-{number}" for number in range(6)]
     assert inspect(folder).commands == 0  # refused for good: not sent again
 
+@pytest.mark.slow
 def test_deliver_reports_refused_commands(folder: str, fresh: LocalServer) -> None:
     spooled(folder, range(6), n2="", n4="")
     result = run("spool", folder, "--deliver", "--target", fresh.url)
