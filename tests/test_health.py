@@ -1,6 +1,6 @@
 """How long the oldest command waits, the stall warning, ``health()``, and a background thread that dies.
 
-The decisions are driven with a fake clock (the pump step by step, as in test_buffered_pump); one
+The decisions are driven with a fake clock (the pump step by step, as in _buffered/test_delivery.py); one
 real-time test runs a client against the local server with short settings.
 """
 
@@ -24,7 +24,7 @@ from seven_segments.testing import LocalServer
 from seven_segments.transport import TransientError
 
 from .conftest import TOKEN, wait_until
-from .test_buffered_pump import Harness
+from ._buffered.test_delivery import Harness
 
 
 def _stall_lines(caplog: pytest.LogCaptureFixture) -> List[str]:

@@ -18,9 +18,9 @@ import pytest
 from seven_segments import ServiceUnavailable, SevenSegments
 from seven_segments.testing import LocalServer
 
-from .conftest import collector, TOKEN, wait_until
+from ..conftest import collector, TOKEN, wait_until
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -20,10 +20,10 @@ import pytest
 
 from seven_segments.testing import LocalServer
 
-from .conftest import TOKEN, wait_until
+from ..conftest import TOKEN, wait_until
 
 LINES = int(os.environ.get("SEVEN_SEGMENTS_IMPORT_LINES", "1000000"))
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def write_events(path: Path, count: int) -> None:

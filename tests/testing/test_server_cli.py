@@ -15,7 +15,7 @@ import requests
 
 pytest_plugins = ["pytester"]
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SERVE = "import sys; from seven_segments.testing.serve import main; sys.exit(main())"
 
 

@@ -23,9 +23,9 @@ from seven_segments import InvalidRequest, SevenSegments
 from seven_segments.spool import Spool, SpoolError, inspect
 from seven_segments.testing import LocalServer
 
-from .conftest import TOKEN, collector, wait_until
+from ..conftest import TOKEN, collector, wait_until
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")]
 

@@ -21,7 +21,7 @@ from seven_segments import (
 )
 from seven_segments.testing import LocalServer
 
-from .conftest import collector, TOKEN, wait_until
+from ..conftest import collector, TOKEN, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 

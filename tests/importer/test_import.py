@@ -17,9 +17,9 @@ from seven_segments.importer.formats import LineError, parse_json_line
 from seven_segments.importer.sources import id_prefix
 from seven_segments.testing import LocalServer
 
-from .conftest import TOKEN
+from ..conftest import TOKEN
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 T0 = 1700000000
 
 
