@@ -162,8 +162,8 @@ def _open_delivery(
             spool, max_bytes=spool_max_bytes, fsync=spool_fsync, target=transport.target, accepts=is_command
         )
         process_hooks.register_lock_check(lock_held_here)
-    worker = BufferedEngine(token, transport, limits, on_error, spool=durable)
-    return worker, worker
+    buffered = BufferedEngine(token, transport, limits, on_error, spool=durable)
+    return buffered, buffered
 
 
 class SevenSegments(_ApiClient, CustomerChoice):
@@ -261,12 +261,12 @@ class SevenSegments(_ApiClient, CustomerChoice):
             flush_interval=flush_interval, max_queue_size=max_queue_size, max_queue_bytes=max_queue_bytes,
             max_in_flight=max_in_flight, shutdown_timeout=shutdown_timeout, stall_warning_after=stall_warning_after,
         )
-        self._worker, self._delivery = _open_delivery(
+        self._engine, self._delivery = _open_delivery(
             token, self._transport, self._call, limits, engine=bool(buffered) and enabled, enabled=enabled,
             on_error=on_error, spool=spool, spool_max_bytes=check_spool(spool, spool_max_bytes, buffered),
             spool_fsync=bool(spool_fsync),
         )
-        if self._worker is not None and before_send is None:
+        if self._engine is not None and before_send is None:
             self._capture = capture_properties_written  # queued commands are their JSON from the call on: no copy
 
     def _init_fast_path(self) -> None:
@@ -332,14 +332,14 @@ class SevenSegments(_ApiClient, CustomerChoice):
         if ids is None:
             ids = self._ids(customer)
         kind = event_type if event_type is self._last_event_type else self._event_type(event_type)
-        worker = self._worker
-        if worker is not None and command_id is None and timestamp is None and type(properties) is dict:
+        engine = self._engine
+        if engine is not None and command_id is None and timestamp is None and type(properties) is dict:
             if self._before_send is None:
                 # The engine's encoder checks, writes and measures the properties on this thread, in one
                 # pass, raising what capture_properties_written and _check_size raise (BulkCommandEncoder).
                 pid = _getpid()
                 command_id = _new_command_id(pid)
-                worker.submit((PATH_EVENTS, ids, kind, properties, time.time(), command_id), pid)
+                engine.submit((PATH_EVENTS, ids, kind, properties, time.time(), command_id), pid)
                 return command_id
         captured, size = self._capture(properties)
         pid = _getpid()  # once per call: the id and the engine both need it (a fork changes both)
@@ -350,8 +350,8 @@ class SevenSegments(_ApiClient, CustomerChoice):
         )
         if size > self._properties_room or type(ids) is LargeCustomerIds:
             self._check_size(command, size)  # perhaps more than the server takes
-        if worker is not None and self._before_send is None:
-            worker.submit(command, pid)
+        if engine is not None and self._before_send is None:
+            engine.submit(command, pid)
             return command_id
         return self._dispatch(command, size)
 
@@ -374,12 +374,12 @@ class SevenSegments(_ApiClient, CustomerChoice):
         ids = self._customer_ids if customer is None else None
         if ids is None:
             ids = self._ids(customer)
-        worker = self._worker
-        if worker is not None and command_id is None and timestamp is None and type(properties) is dict:
+        engine = self._engine
+        if engine is not None and command_id is None and timestamp is None and type(properties) is dict:
             if self._before_send is None:  # checked, written and measured as in track
                 pid = _getpid()
                 command_id = _new_command_id(pid)
-                worker.submit((PATH_CUSTOMERS, ids, None, properties, time.time(), command_id), pid)
+                engine.submit((PATH_CUSTOMERS, ids, None, properties, time.time(), command_id), pid)
                 return command_id
         captured, size = self._capture(properties)
         pid = _getpid()  # once per call: the id and the engine both need it (a fork changes both)
@@ -390,8 +390,8 @@ class SevenSegments(_ApiClient, CustomerChoice):
         )
         if size > self._properties_room or type(ids) is LargeCustomerIds:
             self._check_size(command, size)  # perhaps more than the server takes
-        if worker is not None and self._before_send is None:
-            worker.submit(command, pid)
+        if engine is not None and self._before_send is None:
+            engine.submit(command, pid)
             return command_id
         return self._dispatch(command, size)
 

@@ -90,7 +90,7 @@ def test_a_command_that_races_close_is_failed_and_reported_not_left_behind(serve
     reports, on_error = collector()
     client = SevenSegments(TOKEN, "john", target=server.url, buffered=True, on_error=on_error)
     client.track("view")
-    engine = client._worker
+    engine = client._engine
     assert engine is not None
     client.close()
     core = engine._core
@@ -275,7 +275,7 @@ def test_a_flush_returns_when_its_own_commands_settle_not_later_ones(server: Loc
 
     flusher = threading.Thread(target=flush_first)
     flusher.start()
-    engine = client._worker
+    engine = client._engine
     assert engine is not None
     core = engine._core
     assert wait_until(lambda: core.settlement.counts.tickets_queued + len(core.settlement.flushes.tickets) == 1)  # queued behind the first ten

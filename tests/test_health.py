@@ -213,8 +213,8 @@ def test_a_pump_thread_that_dies_is_started_again_at_once_and_says_so(
 ) -> None:
     client = SevenSegments(TOKEN, "u", target=fresh.url, buffered=True, flush_interval=0.01)
     try:
-        assert client._worker is not None
-        pump = client._worker._current().pump
+        assert client._engine is not None
+        pump = client._engine._current().pump
         real_step, deaths = pump.step, []
 
         def dying_step() -> float:

@@ -208,9 +208,9 @@ def test_commands_tracked_after_close_began_are_dropped_as_closed(server: LocalS
     reports, on_error = collector()
     client = SevenSegments(TOKEN, "john", target=server.url, buffered=True, on_error=on_error)
     client.track("view")
-    client._worker._current().begin_close()  # type: ignore[union-attr]  # what exit does, behind the client's back
+    client._engine._current().begin_close()  # type: ignore[union-attr]  # what exit does, behind the client's back
     client.track("late")
-    client._worker._current().finish_close()  # type: ignore[union-attr]
+    client._engine._current().finish_close()  # type: ignore[union-attr]
     stats = client.stats()
     assert (stats["sent"], stats["dropped_closed"], stats["dropped_queue_full"]) == (1, 1, 0)
     assert any("the client is closed" in str(error) for error, _ in reports)
