@@ -1,4 +1,4 @@
-"""Issue 12 against the local server: caller-chosen command ids (idempotent imports), the
+"""The public client's options against the local server: caller-chosen command ids (idempotent imports), the
 ``before_send`` hook, ``enabled=False``, blocking ``stats()``, ``on_error`` payloads without the
 token, and a target whose host does not resolve."""
 
