@@ -1,0 +1,37 @@
+"""Regression tests for defects found in a hostile review of the restructured buffered engine.
+
+Each test fails on the code as reviewed (``xfail(strict=True)``): the fix turns it into a pass, and
+strict mode then asks for the mark to go.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from seven_segments import SevenSegments
+
+TOKEN = "test-token-5f1c9d0e-secret"
+NOWHERE = "http://127.0.0.1:9"
+
+
+@pytest.mark.xfail(strict=True, reason="_options.number: an int too large for a float raises a bare OverflowError "
+                   "that names neither the setting nor the value")
+@pytest.mark.parametrize("setting", ["max_queue_size", "batch_size", "timeout", "retry_deadline", "flush_interval",
+                                     "shutdown_timeout", "spool_max_bytes"])
+def test_a_huge_integer_setting_is_refused_naming_the_setting(setting: str) -> None:
+    with pytest.raises((TypeError, ValueError)) as refused:
+        SevenSegments(TOKEN, target=NOWHERE, buffered=True, **{setting: 10**400})
+    assert setting in str(refused.value)
+
+
+@pytest.mark.xfail(strict=True, reason="client.flush/close: a huge integer timeout raises a bare OverflowError "
+                   "that does not name timeout")
+@pytest.mark.parametrize("method", ["flush", "close"])
+def test_a_huge_integer_timeout_is_refused_naming_it(method: str) -> None:
+    client = SevenSegments(TOKEN, target=NOWHERE, buffered=True)
+    try:
+        with pytest.raises((TypeError, ValueError)) as refused:
+            getattr(client, method)(10**400)
+        assert "timeout" in str(refused.value)
+    finally:
+        client.close(0)
