@@ -6,9 +6,14 @@ strict mode then asks for the mark to go.
 
 from __future__ import annotations
 
+import os
+import socket
+from typing import Any
+
 import pytest
 
 from seven_segments import SevenSegments
+from seven_segments.spool import inspect
 
 TOKEN = "test-token-5f1c9d0e-secret"
 NOWHERE = "http://127.0.0.1:9"
@@ -49,3 +54,27 @@ def test_a_refused_target_never_quotes_its_secrets(target: str) -> None:
     with pytest.raises(ValueError) as refused:
         SevenSegments(TOKEN, target=target)
     assert "hunter2-SECRET" not in str(refused.value)
+
+
+@pytest.mark.xfail(strict=True, reason="outcomes.Outcomes._failed/Store.fail: with a spool, a failure that is no refusal "
+                   "by the API (the host does not resolve; likewise a TLS or proxy refusal) confirms the commands, so "
+                   "they are deleted from the spool, against README 'Only what the API refused (error, a 4xx) is settled'")
+def test_a_spooled_command_stays_on_disk_when_the_host_does_not_resolve(
+    tmp_path: "os.PathLike[str]", monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = socket.getaddrinfo
+
+    def no_such_host(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if host == "api.example.invalid":
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_such_host)
+    folder = os.path.join(os.fspath(tmp_path), "spool")
+    client = SevenSegments(TOKEN, target="http://api.example.invalid", buffered=True, customer="c", spool=folder,
+                           on_error=lambda error, commands: None)
+    for _ in range(3):
+        client.track("purchase")
+    client.flush(5)
+    client.close(1)
+    assert inspect(folder).commands == 3  # for the next client on the folder, once the name resolves again
