@@ -78,3 +78,24 @@ def test_a_spooled_command_stays_on_disk_when_the_host_does_not_resolve(
     client.flush(5)
     client.close(1)
     assert inspect(folder).commands == 3  # for the next client on the folder, once the name resolves again
+
+
+@pytest.mark.xfail(strict=True, reason="_options.check_spool/spool.facade._checked: spool='' is taken as the current "
+                   "working directory (segment files written there) instead of refused naming spool")
+def test_an_empty_spool_folder_is_refused(tmp_path: "os.PathLike[str]", monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # private (0700): accepted, the spool would write its files here
+    try:
+        with pytest.raises(ValueError) as refused:
+            SevenSegments(TOKEN, target=NOWHERE, buffered=True, spool="").close(0)
+        assert "spool" in str(refused.value)
+    finally:
+        assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.xfail(strict=True, reason="client.SevenSegments: buffered, gzip and spool_fsync take any value by its "
+                   "truth (buffered='false' makes a buffered client), while enabled is refused unless True or False")
+@pytest.mark.parametrize("setting", ["buffered", "gzip", "spool_fsync"])
+def test_a_string_for_a_true_or_false_setting_is_refused_naming_it(setting: str) -> None:
+    with pytest.raises(TypeError) as refused:
+        SevenSegments(TOKEN, target=NOWHERE, **{setting: "false"}).close(0)
+    assert setting in str(refused.value)
