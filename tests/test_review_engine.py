@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from seven_segments import SevenSegments
+from seven_segments import QueueFull, SevenSegments
+from seven_segments.testing import LocalServer
 from seven_segments.spool import inspect
 
 TOKEN = "test-token-5f1c9d0e-secret"
@@ -99,3 +100,19 @@ def test_a_string_for_a_true_or_false_setting_is_refused_naming_it(setting: str)
     with pytest.raises(TypeError) as refused:
         SevenSegments(TOKEN, target=NOWHERE, **{setting: "false"}).close(0)
     assert setting in str(refused.value)
+
+
+@pytest.mark.xfail(strict=True, reason="settlement.Settlement.report_dropped: commands dropped because the client was "
+                   "closing reach on_error as QueueFull, which README documents as 'dropped because the queue was full'")
+def test_a_command_dropped_by_a_closing_client_is_not_reported_as_queue_full(server: LocalServer) -> None:
+    reports: "list[Any]" = []
+    client = SevenSegments(TOKEN, "c", target=server.url, buffered=True,
+                           on_error=lambda error, commands: reports.append((error, commands)))
+    client.track("view")
+    core = client._worker._current()  # type: ignore[union-attr]
+    core.begin_close()  # what exit (atexit, SIGTERM) does, while another thread still tracks
+    client.track("late")
+    core.finish_close()
+    assert client.stats()["dropped_closed"] == 1 and client.stats()["dropped_queue_full"] == 0
+    closed = [error for error, _ in reports if "closed" in str(error)]
+    assert closed and not any(isinstance(error, QueueFull) for error in closed)
