@@ -116,3 +116,55 @@ def test_a_command_dropped_by_a_closing_client_is_not_reported_as_queue_full(ser
     assert client.stats()["dropped_closed"] == 1 and client.stats()["dropped_queue_full"] == 0
     closed = [error for error, _ in reports if "closed" in str(error)]
     assert closed and not any(isinstance(error, QueueFull) for error in closed)
+
+
+class _UwsgiMaster:
+    """What ``sys.modules["uwsgi"]`` is in a uwsgi master that forks without the interpreter's hooks."""
+
+    version = b"2.0.30"
+    opt: "dict[str, Any]" = {}
+
+    @staticmethod
+    def worker_id() -> int:
+        return 0
+
+
+def _our_threads() -> "list[str]":
+    import threading
+
+    return sorted(thread.name for thread in threading.enumerate() if thread.name.startswith("seven-segments"))
+
+
+@pytest.mark.xfail(strict=True, reason="engine.Core.begin_close: with work queued and no pump, close() starts a pump "
+                   "thread via PumpThread.start_locked, which skips threads_hang_forks_here(): a thread in a uwsgi master")
+def test_close_in_a_uwsgi_master_delivers_on_the_closing_thread(server: LocalServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+    import threading
+
+    monkeypatch.setitem(sys.modules, "uwsgi", _UwsgiMaster())
+    called_on: "list[str]" = []
+    client = SevenSegments(TOKEN, "c", target=server.url, buffered=True, shutdown_timeout=0.3,
+                           on_error=lambda error, commands: called_on.append(threading.current_thread().name))
+    client.track("view")
+    server.faults.fail_next(10_000, status=503)
+    try:
+        client.close()
+    finally:
+        server.faults.clear()
+    assert called_on == [threading.current_thread().name]
+
+
+@pytest.mark.xfail(strict=True, reason="engine._close_dropped -> Core.begin_close: a client dropped in a uwsgi master "
+                   "with work queued starts a pump thread there, which lives while the master may fork its workers")
+def test_a_client_dropped_in_a_uwsgi_master_starts_no_thread(server: LocalServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    import gc
+    import sys
+
+    monkeypatch.setitem(sys.modules, "uwsgi", _UwsgiMaster())
+    before = _our_threads()
+    client = SevenSegments(TOKEN, "c", target=server.url, buffered=True, shutdown_timeout=1.0)
+    client.track("view")
+    server.faults.delay_next(1, seconds=1.0)  # the delivery takes a while: any thread doing it is still there
+    del client
+    gc.collect()
+    assert _our_threads() == before
