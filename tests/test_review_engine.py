@@ -174,3 +174,44 @@ def test_a_client_dropped_in_a_uwsgi_master_starts_no_thread(server: LocalServer
             break
         time.sleep(0.01)
     assert right_after == before
+
+
+def _spooled_by_a_dead_writer(folder: str, target: str, count: int) -> None:
+    """``count`` commands left in ``folder`` by a writer that is gone (closed: its files unlocked)."""
+    import json
+
+    from seven_segments.spool import Spool
+
+    writer = Spool(folder, target=target)
+    for number in range(count):
+        payload = {"name": "crm/events", "data": {
+            "company_id": TOKEN, "customer_ids": {"registered": "c"}, "type": "view", "properties": {"n": number},
+            "timestamp": 1_700_000_000 + number, "command_id": f"cmd-{number}"}}
+        assert writer.append(json.dumps(payload).encode()) is not None
+    assert writer.close() == count
+
+
+@pytest.mark.xfail(strict=True, reason="pump.Pump.replay/Spool.recover: a dead writer's commands are taken a recovery "
+                   "chunk at a time whatever max_queue_size (500 held with max_queue_size=100), so with the API down "
+                   "every new command is dropped as 'queue full' (and not spooled) until they are let go")
+def test_replaying_a_dead_writers_spool_keeps_within_the_queue_and_leaves_room_for_new_commands(
+    server: LocalServer, tmp_path: "os.PathLike[str]"
+) -> None:
+    folder = os.path.join(os.fspath(tmp_path), "spool")
+    _spooled_by_a_dead_writer(folder, server.url, 500)
+    server.faults.fail_next(1_000_000, status=503)
+    client = SevenSegments(TOKEN, "c", target=server.url, buffered=True, spool=folder, max_queue_size=100,
+                           retry_deadline=60, on_error=lambda error, commands: None)
+    try:
+        for _ in range(300):
+            if client.stats()["replayed"]:
+                break
+            time.sleep(0.01)
+        stats = client.stats()
+        assert stats["replayed"] and stats["pending"] <= 100  # README: at most max_queue_size commands are held
+        for _ in range(10):
+            client.track("new")
+        assert client.stats()["dropped_queue_full"] == 0
+    finally:
+        server.faults.clear()
+        client.close(2)
