@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from seven_segments import QueueFull, SevenSegments
-from seven_segments.testing import LocalServer
 from seven_segments.spool import inspect
+from seven_segments.testing import LocalServer
 
 TOKEN = "test-token-5f1c9d0e-secret"
 NOWHERE = "http://127.0.0.1:9"
@@ -62,7 +62,7 @@ def test_a_refused_target_never_quotes_its_secrets(target: str) -> None:
                    "by the API (the host does not resolve; likewise a TLS or proxy refusal) confirms the commands, so "
                    "they are deleted from the spool, against README 'Only what the API refused (error, a 4xx) is settled'")
 def test_a_spooled_command_stays_on_disk_when_the_host_does_not_resolve(
-    tmp_path: "os.PathLike[str]", monkeypatch: pytest.MonkeyPatch
+    tmp_path: os.PathLike[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     real = socket.getaddrinfo
 
@@ -84,7 +84,7 @@ def test_a_spooled_command_stays_on_disk_when_the_host_does_not_resolve(
 
 @pytest.mark.xfail(strict=True, reason="_options.check_spool/spool.facade._checked: spool='' is taken as the current "
                    "working directory (segment files written there) instead of refused naming spool")
-def test_an_empty_spool_folder_is_refused(tmp_path: "os.PathLike[str]", monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_empty_spool_folder_is_refused(tmp_path: os.PathLike[str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)  # private (0700): accepted, the spool would write its files here
     try:
         with pytest.raises(ValueError) as refused:
@@ -106,7 +106,7 @@ def test_a_string_for_a_true_or_false_setting_is_refused_naming_it(setting: str)
 @pytest.mark.xfail(strict=True, reason="settlement.Settlement.report_dropped: commands dropped because the client was "
                    "closing reach on_error as QueueFull, which README documents as 'dropped because the queue was full'")
 def test_a_command_dropped_by_a_closing_client_is_not_reported_as_queue_full(server: LocalServer) -> None:
-    reports: "list[Any]" = []
+    reports: list[Any] = []
     client = SevenSegments(TOKEN, "c", target=server.url, buffered=True,
                            on_error=lambda error, commands: reports.append((error, commands)))
     client.track("view")
@@ -123,14 +123,16 @@ class _UwsgiMaster:
     """What ``sys.modules["uwsgi"]`` is in a uwsgi master that forks without the interpreter's hooks."""
 
     version = b"2.0.30"
-    opt: "dict[str, Any]" = {}
+
+    def __init__(self) -> None:
+        self.opt: dict[str, Any] = {}
 
     @staticmethod
     def worker_id() -> int:
         return 0
 
 
-def _our_threads() -> "list[str]":
+def _our_threads() -> list[str]:
     import threading
 
     return sorted(thread.name for thread in threading.enumerate() if thread.name.startswith("seven-segments"))
@@ -143,7 +145,7 @@ def test_close_in_a_uwsgi_master_delivers_on_the_closing_thread(server: LocalSer
     import threading
 
     monkeypatch.setitem(sys.modules, "uwsgi", _UwsgiMaster())
-    called_on: "list[str]" = []
+    called_on: list[str] = []
     client = SevenSegments(TOKEN, "c", target=server.url, buffered=True, shutdown_timeout=0.3,
                            on_error=lambda error, commands: called_on.append(threading.current_thread().name))
     client.track("view")
@@ -195,7 +197,7 @@ def _spooled_by_a_dead_writer(folder: str, target: str, count: int) -> None:
                    "chunk at a time whatever max_queue_size (500 held with max_queue_size=100), so with the API down "
                    "every new command is dropped as 'queue full' (and not spooled) until they are let go")
 def test_replaying_a_dead_writers_spool_keeps_within_the_queue_and_leaves_room_for_new_commands(
-    server: LocalServer, tmp_path: "os.PathLike[str]"
+    server: LocalServer, tmp_path: os.PathLike[str]
 ) -> None:
     folder = os.path.join(os.fspath(tmp_path), "spool")
     _spooled_by_a_dead_writer(folder, server.url, 500)
