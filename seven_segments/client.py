@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -23,6 +24,7 @@ from .protocol import (
 )
 from .serialization import (
     Command,
+    CustomerIds,
     JSONObject,
     LargeCustomerIds,
     Timestamp,
@@ -142,6 +144,15 @@ class _ApiClient:
         self.close()
 
 
+def _check_size(token: str, command: Command, size: int) -> None:
+    """``ValueError`` naming the largest part of a command that the server would refuse as too
+    large (its properties counted ``size``: see ``properties_room``)."""
+    ids = command[1]
+    if type(ids) is LargeCustomerIds and size <= properties_room(token, ids.json_bytes):
+        return
+    check_command_size(command, token)
+
+
 def _open_delivery(
     token: str, transport: Transport, call: Call, limits: Limits, *, engine: bool, enabled: bool,
     on_error: Optional[ErrorCallback], spool: Optional[str], spool_max_bytes: int, spool_fsync: bool,
@@ -196,20 +207,18 @@ class SevenSegments(_ApiClient, CustomerChoice):
       path of a CA bundle, a file or a folder; default: ``REQUESTS_CA_BUNDLE`` or certifi's;
       ``False`` is refused) and ``cert`` (a client certificate for mutual TLS: a PEM file with its
       key, or a ``(certificate, key)`` pair). See ``seven_segments.network``.
-    - ``before_send(command)`` (both modes): called with each tracking command as a plain dict
-      (``CommandDict``: ``name``, ``customer_ids`` or ``ids``, ``type``, ``properties``, ``timestamp``,
-      ``command_id``) on the CALLER's thread, inside ``track``/``update``, before it is queued or sent
-      (so a slow hook slows only the call that runs it); it returns the command to send (changed or
-      not, checked again exactly as a caller's input) or ``None`` to drop it (counted as
-      ``filtered``). A hook that raises or returns something invalid drops that command (never sent as
-      it was): ``on_error`` is called with it at once, on the caller's thread, and it counts as
-      ``failed``; ``track``/``update`` do not raise for the hook's mistakes.
+    - ``before_send(command)`` (both modes): called on the CALLER's thread, inside ``track``/``update``,
+      with each tracking command as a plain dict (``CommandDict``: ``name``, ``customer_ids`` or ``ids``,
+      ``type``, ``properties``, ``timestamp``, ``command_id``); it returns the command to send (checked
+      again as a caller's input) or ``None`` to drop it (``filtered``). A hook that raises or returns
+      something invalid drops that command: ``on_error`` gets it at once, it counts as ``failed``, and
+      ``track``/``update`` do not raise for the hook's mistakes.
     - ``enabled`` (True): with ``False`` every call is checked as usual (bad input still raises) but
       nothing is queued, sent or kept, no thread is started: ``track``/``update`` count the command as
       ``discarded``, ``get_html`` returns ``''``, ``flush`` returns True. For development and CI.
-    - ``stall_warning_after`` (300 s, buffered): when a command has waited this long for delivery, a
-      warning says how many wait, for how long, and the last error (then at most one a minute while it
-      lasts, and one line when delivery resumes); ``health()`` says ``"failing"`` meanwhile.
+    - ``stall_warning_after`` (300 s, buffered): a warning when a command has waited this long, naming
+      how many wait and the last error (then one a minute at most, and one line when delivery resumes);
+      ``health()`` says ``"failing"`` meanwhile.
 
     One client may be shared by all threads; pass ``customer=`` per call, or run the request inside
     ``customer_context(customer)``, rather than ``identify`` when threads serve different customers.
@@ -274,6 +283,7 @@ class SevenSegments(_ApiClient, CustomerChoice):
         #: Properties that ``capture_properties`` counts at most this large fit in a command with
         #: any customer ids that are not ``LargeCustomerIds``; a command past it is measured.
         self._properties_room = properties_room(self._token)
+        self._check_size: Callable[[Command, int], None] = functools.partial(_check_size, self._token)
         #: The last event type ``track`` checked (see ``_event_type``): at first, no string at all.
         self._last_event_type: object = _NO_EVENT_TYPE
         self._capture = capture_properties
@@ -341,19 +351,7 @@ class SevenSegments(_ApiClient, CustomerChoice):
                 command_id = _new_command_id(pid)
                 engine.submit((PATH_EVENTS, ids, kind, properties, time.time(), command_id), pid)
                 return command_id
-        captured, size = self._capture(properties)
-        pid = _getpid()  # once per call: the id and the engine both need it (a fork changes both)
-        command_id = _new_command_id(pid) if command_id is None else check_command_id(command_id)
-        command = (
-            PATH_EVENTS, ids, kind, captured, time.time() if timestamp is None else timestamp_seconds(timestamp),
-            command_id,
-        )
-        if size > self._properties_room or type(ids) is LargeCustomerIds:
-            self._check_size(command, size)  # perhaps more than the server takes
-        if engine is not None and self._before_send is None:
-            engine.submit(command, pid)
-            return command_id
-        return self._dispatch(command, size)
+        return self._checked_command(PATH_EVENTS, ids, kind, properties, timestamp, command_id)
 
     def update(
         self,
@@ -381,27 +379,27 @@ class SevenSegments(_ApiClient, CustomerChoice):
                 command_id = _new_command_id(pid)
                 engine.submit((PATH_CUSTOMERS, ids, None, properties, time.time(), command_id), pid)
                 return command_id
+        return self._checked_command(PATH_CUSTOMERS, ids, None, properties, timestamp, command_id)
+
+    def _checked_command(
+        self, path: str, ids: CustomerIds, kind: Optional[str], properties: Optional[Mapping[str, Any]],
+        timestamp: Optional[Timestamp], command_id: Optional[str],
+    ) -> str:
+        """``track`` and ``update`` the careful way (a command id, a timestamp, a hook, not a dict, or
+        not buffered): the properties checked and captured, the command measured, then queued or sent."""
         captured, size = self._capture(properties)
         pid = _getpid()  # once per call: the id and the engine both need it (a fork changes both)
         command_id = _new_command_id(pid) if command_id is None else check_command_id(command_id)
         command = (
-            PATH_CUSTOMERS, ids, None, captured, time.time() if timestamp is None else timestamp_seconds(timestamp),
-            command_id,
+            path, ids, kind, captured, time.time() if timestamp is None else timestamp_seconds(timestamp), command_id,
         )
         if size > self._properties_room or type(ids) is LargeCustomerIds:
             self._check_size(command, size)  # perhaps more than the server takes
+        engine = self._engine
         if engine is not None and self._before_send is None:
             engine.submit(command, pid)
             return command_id
         return self._dispatch(command, size)
-
-    def _check_size(self, command: Command, size: int) -> None:
-        """``ValueError`` naming the largest part of a command that the server would refuse as too
-        large (its properties counted ``size``: see ``properties_room``)."""
-        ids = command[1]
-        if type(ids) is LargeCustomerIds and size <= properties_room(self._token, ids.json_bytes):
-            return
-        check_command_size(command, self._token)
 
     def _dispatch(self, command: Command, size: int) -> str:
         """Every checked command that is not simply queued: disabled, through ``before_send``, or
