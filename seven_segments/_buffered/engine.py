@@ -26,7 +26,7 @@ import os
 import threading
 import weakref
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Tuple
 
 from ..clock import Clock, monotonic
 from ..health import Figures
@@ -82,8 +82,7 @@ class Core:
         self.pid = os.getpid()
         self._max_queue_size = limits.max_queue_size  # read by every call: one attribute, not two
         self._max_queue_bytes = limits.max_queue_bytes
-        self._token = token
-        self._encoders = threading.local()  # callers encode: one encoder per thread
+        self._encoders = _Encoders(token)  # callers encode: one encoder per thread
         self.limits = limits
         self.transport = transport
         #: Queued commands (one kind per store: bytes, or ``Spooled``) and FlushTickets, in call order.
@@ -91,7 +90,11 @@ class Core:
         self.lifecycle = Lifecycle()
         keep = 0 if on_error is None else max(1000, limits.max_queue_bytes // DROP_KEEP_SHARE // TYPICAL_COMMAND_BYTES)
         self.settlement = Settlement(limits, Reporter(on_error, clock), self.lifecycle, clock, keep_drops=keep)
-        self.budget = self.settlement.budget
+        #: Commands callers queued (not flush tickets), and their bytes: written by callers only, with
+        #: one ``+=`` each (under the GIL no other thread runs between its read and its write); less
+        #: what the pump took (``Budget.taken``), what waits in ``incoming``, exactly.
+        self.arrived = 0
+        self.arrived_bytes = 0
         self.store: Store = (
             Store(self.settlement)
             if spool is None
@@ -123,18 +126,12 @@ class Core:
     def submit(self, command: Command) -> None:
         """Make ``command`` (checked) its bytes and queue them without blocking, or drop it.
 
-        A command costs its JSON's bytes and ``COMMAND_COST`` against ``max_queue_bytes``: exactly for
-        those the pump holds; those still in ``incoming`` (a step's worth, unless the pump is starved)
-        are taken to be the size of the commands it took last.
+        A command costs its JSON's bytes and ``COMMAND_COST`` against ``max_queue_bytes``, exactly,
+        whether the pump holds it or it still waits in ``incoming``.
         """
-        encoders = self._encoders
-        try:
-            payload: bytes = encoders.encode(command)
-        except AttributeError:
-            encoders.encode = BulkCommandEncoder(self._token).encode
-            payload = encoders.encode(command)
+        payload: bytes = self._encoders.encode(command)
         incoming = self.incoming
-        budget = self.budget
+        budget = self.settlement.budget
         lifecycle = self.lifecycle
         phase = lifecycle.phase
         if phase is not _RUNNING and phase is not _IDLE:
@@ -142,16 +139,21 @@ class Core:
             return
         waiting = len(incoming)
         held = budget.held
+        size = len(payload)
+        taken_bytes = budget.taken_bytes  # before held_bytes (see Budget)
         if (
             waiting + held >= self._max_queue_size
-            or budget.held_bytes + (held + waiting + 1) * COMMAND_COST + waiting * budget.typical_size + len(payload)
+            or budget.held_bytes + (held + waiting + 1) * COMMAND_COST + self.arrived_bytes - taken_bytes + size
             > self._max_queue_bytes
         ):
             self._drop(payload, FULL)
             return
         admit = self.store.admit
         # With a spool, written down first (the facade checked: this is the core's process).
-        incoming.append(payload if admit is None else admit(payload, self.pid))
+        item = payload if admit is None else admit(payload, self.pid)
+        self.arrived_bytes += size  # before the append: the pump never takes what is not counted yet
+        self.arrived += 1
+        incoming.append(item)
         phase = lifecycle.phase
         if phase is _RUNNING:
             pump_thread = self.pump_thread
@@ -184,7 +186,7 @@ class Core:
             logger.warning("seven_segments: flush() from on_error cannot wait for the worker it runs on")
             return False
         ticket = FlushTicket()
-        self.settlement.flushes.queued()
+        self.settlement.flushes.queued(ticket)
         self.incoming.append(ticket)
         pump_thread.wakeup.set()
         phase = lifecycle.phase
@@ -215,22 +217,21 @@ class Core:
     def stats(self) -> Dict[str, float]:
         """Counts since the client was made (see ``Counts.snapshot``); the memory (as ``max_queue_bytes``
         counts it) and spool bytes held; ``oldest_pending_seconds``."""
-        waiting = len(self.incoming) - self.settlement.counts.tickets_queued
-        stats: Dict[str, float] = dict(self.settlement.snapshot(max(0, waiting)))
+        stats: Dict[str, float] = dict(self.settlement.snapshot(self.arrived))
         pump = self.pump
-        stats["pending_bytes"] = self.budget.queued_bytes(max(0, waiting))
+        stats["pending_bytes"] = self.settlement.budget.queued_bytes(*self._waiting())
         stats["spool_bytes"] = self.store.bytes_held
         stats["oldest_pending_seconds"] = pump.watch.oldest_pending(self.clock())
         return stats
 
     def figures(self) -> Figures:
         """What ``health()`` judges (see ``seven_segments.health``)."""
-        pump, budget, limits = self.pump, self.budget, self.limits
+        pump, budget, limits = self.pump, self.settlement.budget, self.limits
         now = self.clock()
-        waiting = max(0, len(self.incoming) - self.settlement.counts.tickets_queued)
+        waiting, waiting_bytes = self._waiting()
         fill = max(
             (budget.held + waiting) / limits.max_queue_size,
-            budget.queued_bytes(waiting) / limits.max_queue_bytes,
+            budget.queued_bytes(waiting, waiting_bytes) / limits.max_queue_bytes,
         )
         return Figures(
             enabled=True,
@@ -247,6 +248,13 @@ class Core:
             last_failure=self.settlement.progress.last_failure,
             stall_warning_after=limits.stall_warning_after,
         )
+
+    def _waiting(self) -> Tuple[int, int]:
+        """The commands in ``incoming`` (not taken yet) and their bytes: what callers queued less what
+        the pump took (read first: a take meanwhile may count a command twice, never none)."""
+        budget = self.settlement.budget
+        taken, taken_bytes = budget.taken, budget.taken_bytes
+        return max(0, self.arrived - taken), max(0, self.arrived_bytes - taken_bytes)
 
     # Life ---------------------------------------------------------------------------------------
 
@@ -356,6 +364,13 @@ class Core:
             # No sender thread can start (interpreter exit, a uwsgi master): the attempt runs here,
             # within what is left of the flush that runs the pump on this thread.
             attempt(max(MIN_INLINE_ATTEMPT, min(timeout, self.pump_thread.inline_until - self.clock())))
+
+
+class _Encoders(threading.local):
+    """One encoder per calling thread (``threading.local`` runs this constructor in each thread)."""
+
+    def __init__(self, token: str) -> None:
+        self.encode = BulkCommandEncoder(token).encode
 
 
 class BufferedEngine:

@@ -319,7 +319,7 @@ class Pump:
                 else:
                     commands.append(item)
         if commands:
-            self.settlement.taken_late(len(commands))
+            self.settlement.taken_late(len(commands), sum(map(len, self.store.payloads(commands))))
         return commands
 
     def fail_late(self) -> None:

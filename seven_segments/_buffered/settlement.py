@@ -40,8 +40,6 @@ REASONS = (FULL, CLOSED)
 #: What a queued command costs besides its JSON's bytes, against ``max_queue_bytes``: the bytes
 #: object's header and its slot in the queue (and in a batch).
 COMMAND_COST = 64
-#: What the pump takes a command still in the incoming queue to weigh before it has taken any.
-FIRST_TYPICAL_SIZE = 256
 #: Commands let go of during an outage, or that the spool could not take, are warned about at most
 #: this often.
 LET_GO_WARNING_SECONDS = 60.0
@@ -62,21 +60,28 @@ class FlushTicket:
 
 
 class Budget:
-    """What the pump holds (commands taken and not settled) and their JSON's bytes, checked by callers
-    without a lock against ``max_queue_size`` and ``max_queue_bytes``; written by settlement only."""
+    """What the pump holds (commands taken and not settled) and their JSON's bytes, and what it ever
+    took from the incoming queue, checked by callers without a lock against ``max_queue_size`` and
+    ``max_queue_bytes``; written by settlement only.
 
-    __slots__ = ("held", "held_bytes", "typical_size")
+    Callers count what they queue (``Core.arrived``, ``Core.arrived_bytes``); less ``taken`` and
+    ``taken_bytes``, that is exactly what waits in the queue, at its own size. The pump writes
+    ``taken_bytes`` after ``held_bytes``: a caller reading them the other way round may count a
+    command twice for a moment, never not at all."""
+
+    __slots__ = ("held", "held_bytes", "taken", "taken_bytes")
 
     def __init__(self) -> None:
         self.held = 0
         self.held_bytes = 0
-        #: The mean size of the commands taken last (for those not taken yet).
-        self.typical_size = FIRST_TYPICAL_SIZE
+        #: Commands taken from the incoming queue since the engine began, and their bytes.
+        self.taken = 0
+        self.taken_bytes = 0
 
-    def queued_bytes(self, waiting: int) -> int:
+    def queued_bytes(self, waiting: int, waiting_bytes: int) -> int:
         """What ``max_queue_bytes`` counts now: the JSON of the commands held and ``COMMAND_COST`` each,
-        and ``waiting`` commands not taken yet, at the mean size of those taken last."""
-        return self.held_bytes + (self.held + waiting) * COMMAND_COST + waiting * self.typical_size
+        and of the ``waiting`` commands not taken yet (``waiting_bytes`` of JSON)."""
+        return self.held_bytes + (self.held + waiting) * COMMAND_COST + waiting_bytes
 
 
 class Counts:
@@ -112,9 +117,10 @@ class Counts:
         """Commands taken and not settled yet."""
         return max(0, self.taken - (self.sent + self.failed + self.unconfirmed + self.kept))
 
-    def snapshot(self, waiting: int, in_flight: int) -> Dict[str, int]:
-        """The counters as ``stats()`` shows them; ``waiting``: commands queued but not yet taken."""
-        queued = self.taken + waiting
+    def snapshot(self, arrived: int, in_flight: int) -> Dict[str, int]:
+        """The counters as ``stats()`` shows them; ``arrived``: the commands callers queued so far (read
+        before this call). ``queued`` never goes backwards: both terms only grow."""
+        queued = max(self.taken, arrived + self.replayed)
         settled = self.sent + self.failed + self.unconfirmed + self.kept
         return {
             "queued": queued,
@@ -227,10 +233,10 @@ class Settlement:
         with self.lock:
             return min((batch.first_seq for batch in self.in_flight.values()), default=float("inf"))
 
-    def snapshot(self, waiting: int) -> Dict[str, int]:
-        """The counters as ``stats()`` shows them; ``waiting``: commands queued but not yet taken."""
+    def snapshot(self, arrived: int) -> Dict[str, int]:
+        """The counters as ``stats()`` shows them; ``arrived``: the commands callers queued so far."""
         with self.lock:
-            return self.counts.snapshot(waiting, len(self.in_flight))
+            return self.counts.snapshot(arrived, len(self.in_flight))
 
     # Taken --------------------------------------------------------------------------------------
 
@@ -243,7 +249,7 @@ class Settlement:
                 self.counts.replayed += count
         self._hold(count, size, first_seq)
         if not replayed:
-            self.budget.typical_size = size // count
+            self._taken_from_queue(count, size)
 
     def read_back(self, count: int, size: int, first_seq: int) -> None:
         """``count`` commands kept on disk in an outage were read back: held again, no longer kept."""
@@ -258,11 +264,18 @@ class Settlement:
         if count:
             self.progress.taken(first_seq, self._clock())
 
-    def taken_late(self, count: int) -> None:
-        """``count`` commands were taken when the queue was emptied (at close): held, not as bytes."""
+    def _taken_from_queue(self, count: int, size: int) -> None:
+        budget = self.budget
+        budget.taken += count
+        budget.taken_bytes += size  # after held_bytes (see Budget)
+
+    def taken_late(self, count: int, size: int) -> None:
+        """``count`` commands (``size`` bytes) were taken when the queue was emptied (at close): held,
+        not as bytes."""
         with self.lock:
             self.counts.taken += count
         self.budget.held += count
+        self._taken_from_queue(count, size)
 
     def not_spooled(self) -> None:
         """A command the spool could not take was queued in memory only (from a caller)."""
@@ -475,20 +488,21 @@ class Flushes:
         #: Flushes placed by the pump, waiting for the commands queued before them to settle.
         self.tickets: List[FlushTicket] = []
 
-    def queued(self) -> None:
-        """A caller queued a flush ticket."""
+    def queued(self, ticket: FlushTicket) -> None:
+        """A caller is queuing ``ticket``: it answers for the commands dropped before this call only
+        (a drop is counted before its call returns)."""
         with self._lock:
             self._counts.tickets_queued += 1
+            ticket.drops = self._counts.total_dropped
 
     def place(self, ticket: FlushTicket, upto: int, kept_waiting: bool) -> None:
         """The pump took ``ticket``, behind command ``upto``: it waits with the others. It cannot say all
-        was delivered when commands failed or were dropped since the flush its caller saw last, or
-        (``kept_waiting``) commands kept on disk cannot be read back now."""
+        was delivered when commands failed or were dropped (before its call: see ``queued``) since the
+        flush its caller saw last, or (``kept_waiting``) commands kept on disk cannot be read back now."""
         ticket.upto = upto
         with self._lock:
             counts = self._counts
             counts.tickets_queued -= 1
-            ticket.drops = counts.total_dropped
             if counts.last_failed_seq > counts.reported_upto or ticket.drops > counts.reported_drops:
                 ticket.delivered_all = False
         if kept_waiting:

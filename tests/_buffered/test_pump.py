@@ -91,7 +91,7 @@ class Run:
 
     def flush(self) -> FlushTicket:
         ticket = FlushTicket()
-        self.settlement.flushes.queued()
+        self.settlement.flushes.queued(ticket)
         self.incoming.append(ticket)
         return ticket
 
