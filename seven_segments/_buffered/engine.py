@@ -82,17 +82,16 @@ class Core:
         self.pid = os.getpid()
         self._max_queue_size = limits.max_queue_size  # read by every call: one attribute, not two
         self._max_queue_bytes = limits.max_queue_bytes
-        self._encoders = _Encoders(token)  # callers encode: one encoder per thread
-        self.limits = limits
+        self._token = token
+        self._encoders = threading.local()  # callers encode: one encoder per thread
         self.transport = transport
         #: Queued commands (one kind per store: bytes, or ``Spooled``) and FlushTickets, in call order.
         self.incoming: Deque[Any] = deque()
         self.lifecycle = Lifecycle()
         keep = 0 if on_error is None else max(1000, limits.max_queue_bytes // DROP_KEEP_SHARE // TYPICAL_COMMAND_BYTES)
         self.settlement = Settlement(limits, Reporter(on_error, clock), self.lifecycle, clock, keep_drops=keep)
-        #: Commands callers queued (not flush tickets), and their bytes: written by callers only, with
-        #: one ``+=`` each (under the GIL no other thread runs between its read and its write); less
-        #: what the pump took (``Budget.taken``), what waits in ``incoming``, exactly.
+        #: Commands callers queued (not flush tickets) and their bytes, written by callers only (one ``+=``:
+        #: under the GIL, no thread runs between its read and write); less ``Budget.taken``: ``incoming``.
         self.arrived = 0
         self.arrived_bytes = 0
         self.store: Store = (
@@ -129,7 +128,12 @@ class Core:
         A command costs its JSON's bytes and ``COMMAND_COST`` against ``max_queue_bytes``, exactly,
         whether the pump holds it or it still waits in ``incoming``.
         """
-        payload: bytes = self._encoders.encode(command)
+        encoders = self._encoders
+        try:
+            payload: bytes = encoders.encode(command)
+        except AttributeError:
+            encoders.encode = BulkCommandEncoder(self._token).encode
+            payload = encoders.encode(command)
         incoming = self.incoming
         budget = self.settlement.budget
         lifecycle = self.lifecycle
@@ -137,10 +141,10 @@ class Core:
         if phase is not _RUNNING and phase is not _IDLE:
             self._drop(payload, CLOSED)
             return
-        waiting = len(incoming)
+        taken_bytes = budget.taken_bytes  # before held_bytes (see Budget)
+        waiting = self.arrived - budget.taken  # what the pump has not taken yet
         held = budget.held
         size = len(payload)
-        taken_bytes = budget.taken_bytes  # before held_bytes (see Budget)
         if (
             waiting + held >= self._max_queue_size
             or budget.held_bytes + (held + waiting + 1) * COMMAND_COST + self.arrived_bytes - taken_bytes + size
@@ -226,7 +230,7 @@ class Core:
 
     def figures(self) -> Figures:
         """What ``health()`` judges (see ``seven_segments.health``)."""
-        pump, budget, limits = self.pump, self.settlement.budget, self.limits
+        pump, budget, limits = self.pump, self.settlement.budget, self.pump.limits
         now = self.clock()
         waiting, waiting_bytes = self._waiting()
         fill = max(
@@ -250,8 +254,7 @@ class Core:
         )
 
     def _waiting(self) -> Tuple[int, int]:
-        """The commands in ``incoming`` (not taken yet) and their bytes: what callers queued less what
-        the pump took (read first: a take meanwhile may count a command twice, never none)."""
+        """The commands in ``incoming`` and their bytes (the pump's side read first: see ``Budget``)."""
         budget = self.settlement.budget
         taken, taken_bytes = budget.taken, budget.taken_bytes
         return max(0, self.arrived - taken), max(0, self.arrived_bytes - taken_bytes)
@@ -265,7 +268,7 @@ class Core:
         with lifecycle.lock:
             if not lifecycle.admitting:
                 return
-            pump.begin_close(self.limits.shutdown_timeout if timeout is None else max(0.0, timeout))
+            pump.begin_close(pump.limits.shutdown_timeout if timeout is None else max(0.0, timeout))
             had_pump = lifecycle.phase is _RUNNING
             lifecycle.move_locked(Phase.DRAINING)
         WATCHDOG.shorten(self, pump.closing.deadline)  # requests in flight end by the deadline too
@@ -364,13 +367,6 @@ class Core:
             # No sender thread can start (interpreter exit, a uwsgi master): the attempt runs here,
             # within what is left of the flush that runs the pump on this thread.
             attempt(max(MIN_INLINE_ATTEMPT, min(timeout, self.pump_thread.inline_until - self.clock())))
-
-
-class _Encoders(threading.local):
-    """One encoder per calling thread (``threading.local`` runs this constructor in each thread)."""
-
-    def __init__(self, token: str) -> None:
-        self.encode = BulkCommandEncoder(token).encode
 
 
 class BufferedEngine:
