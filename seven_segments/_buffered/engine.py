@@ -173,8 +173,8 @@ class Core:
     def _drop(self, payload: bytes, reason: str) -> None:
         first, overflow = self.settlement.dropped(payload, reason)
         if overflow is not None:  # drops outpace the pump: this caller reports them, so that none is lost
-            self.settlement.report_dropped(reason, overflow, 0)
-            self.settlement.reporter.drain()
+            chunks = self.settlement.report_dropped(reason, overflow, 0)
+            self.settlement.reporter.drain(drop_chunks=chunks, failures=False)
         if self.lifecycle.phase is _STOPPED:  # no pump will report it: do it here
             self.fail_late()
         elif first:

@@ -25,7 +25,7 @@ from .batching import Batch
 from .lifecycle import Lifecycle, Phase
 from .limits import Limits
 from .progress import Progress
-from .reporting import Reporter, refusal_summary
+from .reporting import CHUNK, Reporter, refusal_summary
 
 __all__ = ["FlushTicket", "Budget", "CloseReport", "Counts", "Flushes", "DropReason", "FULL", "CLOSED", "REASONS", "Settlement", "COMMAND_COST"]
 
@@ -150,8 +150,9 @@ class Drops:
         self.not_kept: Dict[DropReason, int] = {reason: 0 for reason in REASONS}
 
     def add(self, command: bytes, reason: DropReason) -> Tuple[bool, Optional[List[bytes]]]:
-        """Keep ``command``; whether it is the first one waiting, and the kept ones when they reached
-        the bound (taken out, for the caller to report)."""
+        """Keep ``command``; whether it is the first one waiting, and, when the kept ones reached the
+        bound, the oldest ``CHUNK`` of them (taken out, for the caller to report: the one that drops
+        pays for one ``on_error`` call, not for the whole bound)."""
         if not self.keep:
             self.not_kept[reason] += 1
             return self.not_kept[reason] == 1, None
@@ -159,8 +160,8 @@ class Drops:
         kept.append(command)
         if len(kept) < self.keep:
             return len(kept) == 1, None
-        self.kept[reason] = []
-        return False, kept
+        self.kept[reason] = kept[CHUNK:]
+        return False, kept[:CHUNK]
 
     @property
     def waiting(self) -> bool:
@@ -412,17 +413,19 @@ class Settlement:
             self.counts.dropped[reason] += 1
             return self.drops.add(command, reason)
 
-    def report_drops(self) -> None:
-        """Pass the dropped commands waiting to ``on_error`` and warn (rate-limited)."""
-        if not self.drops.waiting:
+    def report_drops(self, bounded: bool = False) -> None:
+        """Pass the dropped commands waiting to ``on_error`` and warn (rate-limited); ``bounded``: not
+        while earlier ones still wait for it (they stay in ``drops``, within its bound)."""
+        if not self.drops.waiting or bounded and self.reporter.drops_waiting:
             return
         with self.lock:
             taken = self.drops.take()
         for reason, commands, not_kept in taken:
             self.report_dropped(reason, commands, not_kept)
 
-    def report_dropped(self, reason: DropReason, commands: List[bytes], not_kept: int) -> None:
-        """Queue dropped commands for ``on_error`` and warn (rate-limited), with their true reason."""
+    def report_dropped(self, reason: DropReason, commands: List[bytes], not_kept: int) -> int:
+        """Queue dropped commands for ``on_error`` and warn (rate-limited), with their true reason; how
+        many chunks were queued."""
         limits = self._limits
         if reason == FULL:
             text = f"the queue is full ({limits.max_queue_size} commands or {limits.max_queue_bytes} bytes)"
@@ -430,7 +433,7 @@ class Settlement:
             text = "the client is closed"
         self.progress.dropped_at = self._clock()
         self.reporter.dropped(len(commands) + not_kept, text)
-        self.reporter.failed(QueueFull(f"{len(commands) + not_kept} commands dropped: {text}"), commands)
+        return self.reporter.dropped_commands(QueueFull(f"{len(commands) + not_kept} commands dropped: {text}"), commands)
 
     @property
     def not_spooled_unsaid(self) -> bool:
