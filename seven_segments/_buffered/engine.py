@@ -219,8 +219,7 @@ class Core:
         return self.settlement.flushes.all_delivered_after_close()
 
     def stats(self) -> Dict[str, float]:
-        """Counts since the client was made (see ``Counts.snapshot``); the memory (as ``max_queue_bytes``
-        counts it) and spool bytes held; ``oldest_pending_seconds``."""
+        """Counts (``Counts.snapshot``), memory (as ``max_queue_bytes`` counts it) and spool bytes held, oldest age."""
         stats: Dict[str, float] = dict(self.settlement.snapshot(self.arrived))
         pump = self.pump
         stats["pending_bytes"] = self.settlement.budget.queued_bytes(*self._waiting())
@@ -336,6 +335,7 @@ class Core:
                 pump.closing.timeout,
             )
         pump.give_up()
+        pump.close_summary()  # the pump's summary: it may never come back to say it
         self._release()
 
     def fail_late(self) -> None:

@@ -625,6 +625,7 @@ class CloseReport:
                 folder,
             )
         if losses.count and not losses.said:
+            losses.said = True  # once: the closer and a pump that comes back both sum up
             logger.warning("seven_segments: %d commands were lost at close: %s", losses.count, losses.last)
         self._reporter.flush_drop_warnings()
 

@@ -230,3 +230,28 @@ def test_a_running_pump_passes_drops_to_on_error_a_chunk_at_a_time_within_its_sh
     run.pump.begin_close(5.0)
     run.step()
     assert [len(commands) for _, commands in reports] == [1000] * 3
+
+
+def test_giving_up_at_the_close_passes_the_refusals_of_a_split_still_under_way_to_on_error() -> None:
+    """The close path a closer runs when the pump does not come back (``Pump.give_up``): commands refused
+    alone while another part of their split waits to be sent again reach on_error with their reason."""
+
+    def handler(request: Request) -> Dict[str, Any]:
+        numbers = [command["data"]["n"] for command in request.commands]
+        if 0 in numbers:
+            raise InvalidRequest("bad command", status=400, errors=("bad property",))
+        raise TransientError("503", status=503)
+
+    run = Run(handler)
+    run.track(2)
+    run.flush()
+    for _ in range(3):
+        run.step()  # refused as a whole, split; [0] refused alone, [1] waits for its backoff
+    assert run.reports == [] and run.settlement.counts.failed == 1
+    run.lifecycle.move(Phase.DRAINING)
+    run.pump.begin_close(0.0)
+    run.pump.give_up()
+    run.settlement.reporter.drain()
+    reported = {commands[0]["data"]["n"]: error for error, commands in run.reports}
+    assert set(reported) == {0, 1}
+    assert isinstance(reported[0], InvalidRequest) and reported[0].errors == ("bad property",)
