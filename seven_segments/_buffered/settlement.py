@@ -8,7 +8,8 @@ releases what the commands held (the :class:`Budget`), marks the flushes waiting
 ``on_error`` chunks and warns: a new counter is added here and nowhere else.
 
 Counters are written under ``lock`` (``stats()`` reads them from any thread). The budget and the
-flush tickets are written by the pump's thread only; callers read the budget without a lock.
+flush tickets are written by the pump's thread only (but a ticket's drops, by its caller before
+queuing it); callers read the budget without a lock.
 """
 
 from __future__ import annotations
