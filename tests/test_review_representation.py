@@ -57,12 +57,6 @@ def test_a_command_the_server_would_measure_too_large_is_refused_at_the_call(fre
     assert delivered, reports  # not reached today: the server refused it (413) and on_error got it
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Core.stats counts the commands not taken yet (len(incoming)) before it reads the ledger: a pump "
-    "step taking them in between counts them twice, so stats()['queued'] (the Prometheus counter "
-    "seven_segments_commands_accepted) goes backwards at the next read",
-)
 def test_stats_queued_never_goes_backwards_while_the_pump_takes(fresh: LocalServer) -> None:
     client = SevenSegments(TOKEN, "john", target=fresh.url, buffered=True)
     stop = threading.Event()
@@ -91,11 +85,6 @@ def test_stats_queued_never_goes_backwards_while_the_pump_takes(fresh: LocalServ
     assert decreases == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Pump._place takes ticket.drops = ledger.total_dropped when the pump reaches the ticket, not when "
-    "flush() was called: commands dropped after the call (tracked after it) make that flush return False",
-)
 def test_a_flush_is_not_failed_by_drops_of_commands_tracked_after_it(fresh: LocalServer) -> None:
     fresh.faults.command_results(1, "error")
     in_on_error, release = threading.Event(), threading.Event()
@@ -124,12 +113,6 @@ def test_a_flush_is_not_failed_by_drops_of_commands_tracked_after_it(fresh: Loca
         client.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Core.submit counts commands the pump has not taken yet at the mean size of those it took last "
-    "(typical_size), not at their own: while the pump is busy (on_error runs on it), large commands queue "
-    "far past max_queue_bytes (5 MB held under a bound of 1 MiB; before 2996347 the call counted them)",
-)
 def test_max_queue_bytes_bounds_large_commands_the_pump_has_not_taken_yet(fresh: LocalServer) -> None:
     fresh.faults.command_results(1, "error")
     in_on_error, release = threading.Event(), threading.Event()
@@ -157,12 +140,6 @@ def test_max_queue_bytes_bounds_large_commands_the_pump_has_not_taken_yet(fresh:
     assert stats["dropped"] >= 70
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Core.submit counts commands the pump has not taken yet at the mean size of those it took last: "
-    "after a step that took one large command, small ones are dropped as 'queue full' while the pump is "
-    "busy (907 of 1000 commands of 100 bytes under max_queue_bytes=8 MiB; none before 2996347)",
-)
 def test_small_commands_are_not_dropped_for_the_size_of_a_large_one_taken_before(fresh: LocalServer) -> None:
     fresh.faults.command_results(1, "error")
     in_on_error, release = threading.Event(), threading.Event()

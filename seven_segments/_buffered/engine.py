@@ -26,7 +26,7 @@ import os
 import threading
 import weakref
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Tuple
 
 from ..clock import Clock, monotonic
 from ..health import Figures
@@ -84,14 +84,16 @@ class Core:
         self._max_queue_bytes = limits.max_queue_bytes
         self._token = token
         self._encoders = threading.local()  # callers encode: one encoder per thread
-        self.limits = limits
         self.transport = transport
         #: Queued commands (one kind per store: bytes, or ``Spooled``) and FlushTickets, in call order.
         self.incoming: Deque[Any] = deque()
         self.lifecycle = Lifecycle()
         keep = 0 if on_error is None else max(1000, limits.max_queue_bytes // DROP_KEEP_SHARE // TYPICAL_COMMAND_BYTES)
         self.settlement = Settlement(limits, Reporter(on_error, clock), self.lifecycle, clock, keep_drops=keep)
-        self.budget = self.settlement.budget
+        #: Commands callers queued (not flush tickets) and their bytes, written by callers only (one ``+=``:
+        #: under the GIL, no thread runs between its read and write); less ``Budget.taken``: ``incoming``.
+        self.arrived = 0
+        self.arrived_bytes = 0
         self.store: Store = (
             Store(self.settlement)
             if spool is None
@@ -123,9 +125,8 @@ class Core:
     def submit(self, command: Command) -> None:
         """Make ``command`` (checked) its bytes and queue them without blocking, or drop it.
 
-        A command costs its JSON's bytes and ``COMMAND_COST`` against ``max_queue_bytes``: exactly for
-        those the pump holds; those still in ``incoming`` (a step's worth, unless the pump is starved)
-        are taken to be the size of the commands it took last.
+        A command costs its JSON's bytes and ``COMMAND_COST`` against ``max_queue_bytes``, exactly,
+        whether the pump holds it or it still waits in ``incoming``.
         """
         encoders = self._encoders
         try:
@@ -134,24 +135,29 @@ class Core:
             encoders.encode = BulkCommandEncoder(self._token).encode
             payload = encoders.encode(command)
         incoming = self.incoming
-        budget = self.budget
+        budget = self.settlement.budget
         lifecycle = self.lifecycle
         phase = lifecycle.phase
         if phase is not _RUNNING and phase is not _IDLE:
             self._drop(payload, CLOSED)
             return
-        waiting = len(incoming)
+        taken_bytes = budget.taken_bytes  # before held_bytes (see Budget)
+        waiting = self.arrived - budget.taken  # what the pump has not taken yet
         held = budget.held
+        size = len(payload)
         if (
             waiting + held >= self._max_queue_size
-            or budget.held_bytes + (held + waiting + 1) * COMMAND_COST + waiting * budget.typical_size + len(payload)
+            or budget.held_bytes + (held + waiting + 1) * COMMAND_COST + self.arrived_bytes - taken_bytes + size
             > self._max_queue_bytes
         ):
             self._drop(payload, FULL)
             return
         admit = self.store.admit
         # With a spool, written down first (the facade checked: this is the core's process).
-        incoming.append(payload if admit is None else admit(payload, self.pid))
+        item = payload if admit is None else admit(payload, self.pid)
+        self.arrived_bytes += size  # before the append: the pump never takes what is not counted yet
+        self.arrived += 1
+        incoming.append(item)
         phase = lifecycle.phase
         if phase is _RUNNING:
             pump_thread = self.pump_thread
@@ -167,8 +173,8 @@ class Core:
     def _drop(self, payload: bytes, reason: str) -> None:
         first, overflow = self.settlement.dropped(payload, reason)
         if overflow is not None:  # drops outpace the pump: this caller reports them, so that none is lost
-            self.settlement.report_dropped(reason, overflow, 0)
-            self.settlement.reporter.drain()
+            chunks = self.settlement.report_dropped(reason, overflow, 0)
+            self.settlement.reporter.drain(drop_chunks=chunks, failures=False)
         if self.lifecycle.phase is _STOPPED:  # no pump will report it: do it here
             self.fail_late()
         elif first:
@@ -184,7 +190,7 @@ class Core:
             logger.warning("seven_segments: flush() from on_error cannot wait for the worker it runs on")
             return False
         ticket = FlushTicket()
-        self.settlement.flushes.queued()
+        self.settlement.flushes.queued(ticket)
         self.incoming.append(ticket)
         pump_thread.wakeup.set()
         phase = lifecycle.phase
@@ -213,24 +219,22 @@ class Core:
         return self.settlement.flushes.all_delivered_after_close()
 
     def stats(self) -> Dict[str, float]:
-        """Counts since the client was made (see ``Counts.snapshot``); the memory (as ``max_queue_bytes``
-        counts it) and spool bytes held; ``oldest_pending_seconds``."""
-        waiting = len(self.incoming) - self.settlement.counts.tickets_queued
-        stats: Dict[str, float] = dict(self.settlement.snapshot(max(0, waiting)))
+        """Counts (``Counts.snapshot``), memory (as ``max_queue_bytes`` counts it) and spool bytes held, oldest age."""
+        stats: Dict[str, float] = dict(self.settlement.snapshot(self.arrived))
         pump = self.pump
-        stats["pending_bytes"] = self.budget.queued_bytes(max(0, waiting))
+        stats["pending_bytes"] = self.settlement.budget.queued_bytes(*self._waiting())
         stats["spool_bytes"] = self.store.bytes_held
         stats["oldest_pending_seconds"] = pump.watch.oldest_pending(self.clock())
         return stats
 
     def figures(self) -> Figures:
         """What ``health()`` judges (see ``seven_segments.health``)."""
-        pump, budget, limits = self.pump, self.budget, self.limits
+        pump, budget, limits = self.pump, self.settlement.budget, self.pump.limits
         now = self.clock()
-        waiting = max(0, len(self.incoming) - self.settlement.counts.tickets_queued)
+        waiting, waiting_bytes = self._waiting()
         fill = max(
             (budget.held + waiting) / limits.max_queue_size,
-            budget.queued_bytes(waiting) / limits.max_queue_bytes,
+            budget.queued_bytes(waiting, waiting_bytes) / limits.max_queue_bytes,
         )
         return Figures(
             enabled=True,
@@ -248,6 +252,12 @@ class Core:
             stall_warning_after=limits.stall_warning_after,
         )
 
+    def _waiting(self) -> Tuple[int, int]:
+        """The commands in ``incoming`` and their bytes (the pump's side read first: see ``Budget``)."""
+        budget = self.settlement.budget
+        taken, taken_bytes = budget.taken, budget.taken_bytes
+        return max(0, self.arrived - taken), max(0, self.arrived_bytes - taken_bytes)
+
     # Life ---------------------------------------------------------------------------------------
 
     def begin_close(self, timeout: Optional[float] = None) -> None:
@@ -257,7 +267,7 @@ class Core:
         with lifecycle.lock:
             if not lifecycle.admitting:
                 return
-            pump.begin_close(self.limits.shutdown_timeout if timeout is None else max(0.0, timeout))
+            pump.begin_close(pump.limits.shutdown_timeout if timeout is None else max(0.0, timeout))
             had_pump = lifecycle.phase is _RUNNING
             lifecycle.move_locked(Phase.DRAINING)
         WATCHDOG.shorten(self, pump.closing.deadline)  # requests in flight end by the deadline too
@@ -325,6 +335,7 @@ class Core:
                 pump.closing.timeout,
             )
         pump.give_up()
+        pump.close_summary()  # the pump's summary: it may never come back to say it
         self._release()
 
     def fail_late(self) -> None:

@@ -104,7 +104,9 @@ class Pump:
 
         Returns ``-1.0`` when a close is done: everything settled or given up.
         """
-        self.report_drops()  # first: dropped commands are held outside the queue's bounds
+        # First: dropped commands are held outside the queue's bounds (while running, not faster than
+        # on_error receives them: see reporting.DROP_CHUNKS_PER_STEP).
+        self.report_drops(bounded=self.lifecycle.phase is Phase.RUNNING)
         store = self.store
         if store.reading is not Reading.NOTHING:
             self.replay()
@@ -123,7 +125,11 @@ class Pump:
             return -1.0
         self.dispatch(now, draining)
         self.settle_tickets()
-        self.settlement.reporter.drain()
+        reporter = self.settlement.reporter
+        if draining:
+            reporter.drain()
+        else:
+            reporter.drain_paced()
         if draining and self.empty and not self.incoming and not store.reading_back:
             return -1.0
         look = self.watch.look(now, self.first_unsettled)
@@ -131,6 +137,8 @@ class Pump:
             return 0.0  # more to take than one step takes
         if store.reading is not Reading.NOTHING and self._room_to_replay():
             return 0.0  # more to read from the spool (read back after an outage, since this step began)
+        if reporter.drops_waiting:  # when the next chunk of drops is due
+            look = min(look, max(0.0, reporter.drops_due_at - self.clock()))
         return min(look, self.sleep_for(now, draining))
 
     @property
@@ -242,11 +250,12 @@ class Pump:
             reasons = [f"the command takes {_data_size(payload)} bytes as JSON, more than {MAX_COMMAND_BYTES}" for payload in too_large]
             self.settlement.refused_before(too_large, reasons, 413, f"{PATH_BULK}: not sent, too large")
 
-    def report_drops(self) -> None:
-        """Pass dropped commands to ``on_error`` and warn (rate-limited), each with its true reason;
-        warn about commands the store could not take (rate-limited)."""
+    def report_drops(self, bounded: bool = False) -> None:
+        """Pass dropped commands to ``on_error`` and warn (rate-limited), each with its true reason
+        (``bounded``: see ``Settlement.report_drops``); warn about commands the store could not take
+        (rate-limited)."""
         self.store.say()
-        self.settlement.report_drops()
+        self.settlement.report_drops(bounded)
 
     # Sending ------------------------------------------------------------------------------------
 
@@ -319,7 +328,7 @@ class Pump:
                 else:
                     commands.append(item)
         if commands:
-            self.settlement.taken_late(len(commands))
+            self.settlement.taken_late(len(commands), sum(map(len, self.store.payloads(commands))))
         return commands
 
     def fail_late(self) -> None:

@@ -2,8 +2,13 @@
 
 Failed commands are handed over as the bytes they were queued as, and decoded to dicts only
 chunk by chunk (at most ``CHUNK`` commands per ``on_error`` call), so reporting 200,000 commands at
-exit never holds more than one chunk of dicts. Chunks wait in one queue that the pump drains, and
+exit never holds more than one chunk of dicts. Chunks wait in a queue that the pump drains, and
 that a closer which gave up on the pump drains too: each chunk is taken by exactly one of them.
+Commands dropped at the call wait in a queue of their own, which a running pump reports a chunk at
+a time, spending at most ``DROP_REPORT_SHARE`` of its time on it (``drain_paced``): a full queue that
+drops commands as fast as a caller makes them must not leave the pump no time to deliver. Meanwhile
+the drops wait, bounded (``settlement.Drops``); past the bound, the caller that drops reports a chunk
+itself.
 The commands passed to ``on_error`` never carry the company token. The commands one ``bulk`` answer
 refused are reported together too (``refused``), each with its own reason.
 """
@@ -12,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 from collections import deque
 from typing import Any, Deque, Dict, Optional, Sequence, Tuple
@@ -21,12 +27,14 @@ from ..errors import InvalidRequest, SevenSegmentsError
 from ..protocol import PATH_BULK
 from ..types import ErrorCallback
 
-__all__ = ["Reporter", "CHUNK", "DROP_WARNING_INTERVAL", "refusal_summary"]
+__all__ = ["Reporter", "CHUNK", "DROP_REPORT_SHARE", "DROP_WARNING_INTERVAL", "refusal_summary"]
 
 logger = logging.getLogger("seven_segments")
 
 #: Commands per ``on_error`` call, at most.
 CHUNK = 1000
+#: The share of a running pump's time spent passing dropped commands to ``on_error``, at most.
+DROP_REPORT_SHARE = 0.25
 #: A warning about dropped commands is logged at most this often (seconds).
 DROP_WARNING_INTERVAL = 10.0
 
@@ -74,18 +82,37 @@ class Reporter:
         self.on_error = on_error
         self._clock = clock
         self._chunks: Deque[Tuple[SevenSegmentsError, Items]] = deque()
+        #: Chunks of commands dropped at the call (see the module), and when a running pump reports
+        #: the next one.
+        self._drop_chunks: Deque[Tuple[SevenSegmentsError, Items]] = deque()
+        self.drops_due_at = -math.inf
         self._drop_warning_at = -float("inf")
         self._drops_unwarned: Dict[str, int] = {}
         #: ``on_error`` calls under way (on the pump, or on a closer helping it).
         self.busy = 0
-        self._busy_lock = threading.Lock()
+        #: Guards ``busy`` and the drop warnings (written by the pump and by callers that drop).
+        self._lock = threading.Lock()
 
     def failed(self, error: SevenSegmentsError, items: Items) -> None:
         """Queue ``items`` (encoded commands) for ``on_error`` with ``error``, in chunks."""
+        self._queue(self._chunks, error, items)
+
+    def dropped_commands(self, error: SevenSegmentsError, items: Items) -> int:
+        """Queue commands dropped at the call for ``on_error`` with ``error``, in chunks (see
+        ``drain_paced``); how many chunks."""
+        return self._queue(self._drop_chunks, error, items)
+
+    def _queue(self, chunks: "Deque[Tuple[SevenSegmentsError, Items]]", error: SevenSegmentsError, items: Items) -> int:
         if self.on_error is None or not items:
-            return
+            return 0
         for start in range(0, len(items), CHUNK):
-            self._chunks.append((error, items[start : start + CHUNK]))
+            chunks.append((error, items[start : start + CHUNK]))
+        return -(-len(items) // CHUNK)
+
+    @property
+    def drops_waiting(self) -> bool:
+        """Chunks of dropped commands wait for ``on_error``."""
+        return bool(self._drop_chunks)
 
     def refused(self, items: Sequence[bytes], reasons: Sequence[str], status: int = 200) -> None:
         """Queue commands the server refused for good for ``on_error``, in chunks: each with an
@@ -99,26 +126,43 @@ class Reporter:
             error = InvalidRequest(f"{PATH_BULK}: {what}", status=status, errors=part)
             self._chunks.append((error, items[start : start + CHUNK]))
 
-    def drain(self, until: Optional[float] = None) -> None:
-        """Call ``on_error`` for every queued chunk (outside every lock; its exceptions are logged),
+    def drain(self, until: Optional[float] = None, drop_chunks: float = math.inf, failures: bool = True) -> None:
+        """Call ``on_error`` for every queued chunk of failures (none unless ``failures``), then for at
+        most ``drop_chunks`` chunks of dropped commands (outside every lock; its exceptions are logged),
         taking none after ``until`` (on this clock)."""
+        if failures:
+            self._report(self._chunks, math.inf, until)
+        self._report(self._drop_chunks, drop_chunks, until)
+
+    def drain_paced(self) -> None:
+        """A running pump's turn: every chunk of failures, and one of dropped commands when it is due,
+        so that at most ``DROP_REPORT_SHARE`` of the pump's time goes to them."""
+        self._report(self._chunks, math.inf, None)
+        started = self._clock()
+        if not self._drop_chunks or started < self.drops_due_at:
+            return
+        self._report(self._drop_chunks, 1, None)
+        ended = self._clock()
+        self.drops_due_at = ended + (ended - started) * (1 - DROP_REPORT_SHARE) / DROP_REPORT_SHARE
+
+    def _report(self, chunks: "Deque[Tuple[SevenSegmentsError, Items]]", most: float, until: Optional[float]) -> None:
         callback = self.on_error
-        chunks = self._chunks
-        while until is None or self._clock() < until:
+        while most > 0 and (until is None or self._clock() < until):
             try:
                 error, items = chunks.popleft()
             except IndexError:
                 return
+            most -= 1
             if callback is None:
                 continue
-            with self._busy_lock:
+            with self._lock:
                 self.busy += 1
             try:
-                callback(error, [_decode(item) for item in items])
+                callback(error, [_decode(item) for item in items])  # decoded here only: what is reported
             except BaseException:  # even SystemExit: delivery must live on
                 logger.exception("seven_segments: the on_error callback raised")
             finally:
-                with self._busy_lock:
+                with self._lock:
                     self.busy -= 1
 
     def clock(self) -> float:
@@ -128,29 +172,34 @@ class Reporter:
     def abandon(self) -> int:
         """Forget the chunks not reported yet (``on_error`` did not keep up); how many commands they held."""
         count = 0
-        while True:
-            try:
-                count += len(self._chunks.popleft()[1])
-            except IndexError:
-                return count
+        for chunks in (self._chunks, self._drop_chunks):
+            while True:
+                try:
+                    count += len(chunks.popleft()[1])
+                except IndexError:
+                    break
+        return count
 
     @property
     def pending(self) -> bool:
         """True while chunks wait for ``on_error`` or are being reported."""
-        return bool(self._chunks) or self.busy > 0
+        return bool(self._chunks) or bool(self._drop_chunks) or self.busy > 0
 
     def dropped(self, count: int, reason: str) -> None:
         """Warn about ``count`` commands dropped for ``reason`` (rate-limited: at most one warning per
-        ``DROP_WARNING_INTERVAL``, giving each reason its own count)."""
-        self._drops_unwarned[reason] = self._drops_unwarned.get(reason, 0) + count
+        ``DROP_WARNING_INTERVAL``, giving each reason its own count). From the pump or a caller."""
         now = self._clock()
-        if now - self._drop_warning_at >= DROP_WARNING_INTERVAL:
-            self.flush_drop_warnings()
+        with self._lock:
+            self._drops_unwarned[reason] = self._drops_unwarned.get(reason, 0) + count
+            if now - self._drop_warning_at < DROP_WARNING_INTERVAL:
+                return
             self._drop_warning_at = now
+        self.flush_drop_warnings()
 
     def flush_drop_warnings(self) -> None:
         """Log the drops not warned about yet, each with its own reason (at close, or when due)."""
-        unwarned, self._drops_unwarned = self._drops_unwarned, {}
+        with self._lock:
+            unwarned, self._drops_unwarned = self._drops_unwarned, {}
         for reason, count in unwarned.items():
             if count:
                 logger.warning("seven_segments: dropped %d commands: %s", count, reason)

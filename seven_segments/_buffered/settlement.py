@@ -8,7 +8,8 @@ releases what the commands held (the :class:`Budget`), marks the flushes waiting
 ``on_error`` chunks and warns: a new counter is added here and nowhere else.
 
 Counters are written under ``lock`` (``stats()`` reads them from any thread). The budget and the
-flush tickets are written by the pump's thread only; callers read the budget without a lock.
+flush tickets are written by the pump's thread only (but a ticket's drops, by its caller before
+queuing it); callers read the budget without a lock.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from .batching import Batch
 from .lifecycle import Lifecycle, Phase
 from .limits import Limits
 from .progress import Progress
-from .reporting import Reporter, refusal_summary
+from .reporting import CHUNK, Reporter, refusal_summary
 
 __all__ = ["FlushTicket", "Budget", "CloseReport", "Counts", "Flushes", "DropReason", "FULL", "CLOSED", "REASONS", "Settlement", "COMMAND_COST"]
 
@@ -40,8 +41,6 @@ REASONS = (FULL, CLOSED)
 #: What a queued command costs besides its JSON's bytes, against ``max_queue_bytes``: the bytes
 #: object's header and its slot in the queue (and in a batch).
 COMMAND_COST = 64
-#: What the pump takes a command still in the incoming queue to weigh before it has taken any.
-FIRST_TYPICAL_SIZE = 256
 #: Commands let go of during an outage, or that the spool could not take, are warned about at most
 #: this often.
 LET_GO_WARNING_SECONDS = 60.0
@@ -62,21 +61,28 @@ class FlushTicket:
 
 
 class Budget:
-    """What the pump holds (commands taken and not settled) and their JSON's bytes, checked by callers
-    without a lock against ``max_queue_size`` and ``max_queue_bytes``; written by settlement only."""
+    """What the pump holds (commands taken and not settled) and their JSON's bytes, and what it ever
+    took from the incoming queue, checked by callers without a lock against ``max_queue_size`` and
+    ``max_queue_bytes``; written by settlement only.
 
-    __slots__ = ("held", "held_bytes", "typical_size")
+    Callers count what they queue (``Core.arrived``, ``Core.arrived_bytes``); less ``taken`` and
+    ``taken_bytes``, that is exactly what waits in the queue, at its own size. The pump writes
+    ``taken_bytes`` after ``held_bytes``: a caller reading them the other way round may count a
+    command twice for a moment, never not at all."""
+
+    __slots__ = ("held", "held_bytes", "taken", "taken_bytes")
 
     def __init__(self) -> None:
         self.held = 0
         self.held_bytes = 0
-        #: The mean size of the commands taken last (for those not taken yet).
-        self.typical_size = FIRST_TYPICAL_SIZE
+        #: Commands taken from the incoming queue since the engine began, and their bytes.
+        self.taken = 0
+        self.taken_bytes = 0
 
-    def queued_bytes(self, waiting: int) -> int:
+    def queued_bytes(self, waiting: int, waiting_bytes: int) -> int:
         """What ``max_queue_bytes`` counts now: the JSON of the commands held and ``COMMAND_COST`` each,
-        and ``waiting`` commands not taken yet, at the mean size of those taken last."""
-        return self.held_bytes + (self.held + waiting) * COMMAND_COST + waiting * self.typical_size
+        and of the ``waiting`` commands not taken yet (``waiting_bytes`` of JSON)."""
+        return self.held_bytes + (self.held + waiting) * COMMAND_COST + waiting_bytes
 
 
 class Counts:
@@ -112,9 +118,10 @@ class Counts:
         """Commands taken and not settled yet."""
         return max(0, self.taken - (self.sent + self.failed + self.unconfirmed + self.kept))
 
-    def snapshot(self, waiting: int, in_flight: int) -> Dict[str, int]:
-        """The counters as ``stats()`` shows them; ``waiting``: commands queued but not yet taken."""
-        queued = self.taken + waiting
+    def snapshot(self, arrived: int, in_flight: int) -> Dict[str, int]:
+        """The counters as ``stats()`` shows them; ``arrived``: the commands callers queued so far (read
+        before this call). ``queued`` never goes backwards: both terms only grow."""
+        queued = max(self.taken, arrived + self.replayed)
         settled = self.sent + self.failed + self.unconfirmed + self.kept
         return {
             "queued": queued,
@@ -144,8 +151,9 @@ class Drops:
         self.not_kept: Dict[DropReason, int] = {reason: 0 for reason in REASONS}
 
     def add(self, command: bytes, reason: DropReason) -> Tuple[bool, Optional[List[bytes]]]:
-        """Keep ``command``; whether it is the first one waiting, and the kept ones when they reached
-        the bound (taken out, for the caller to report)."""
+        """Keep ``command``; whether it is the first one waiting, and, when the kept ones reached the
+        bound, the oldest ``CHUNK`` of them (taken out, for the caller to report: the one that drops
+        pays for one ``on_error`` call, not for the whole bound)."""
         if not self.keep:
             self.not_kept[reason] += 1
             return self.not_kept[reason] == 1, None
@@ -153,8 +161,8 @@ class Drops:
         kept.append(command)
         if len(kept) < self.keep:
             return len(kept) == 1, None
-        self.kept[reason] = []
-        return False, kept
+        self.kept[reason] = kept[CHUNK:]
+        return False, kept[:CHUNK]
 
     @property
     def waiting(self) -> bool:
@@ -227,10 +235,10 @@ class Settlement:
         with self.lock:
             return min((batch.first_seq for batch in self.in_flight.values()), default=float("inf"))
 
-    def snapshot(self, waiting: int) -> Dict[str, int]:
-        """The counters as ``stats()`` shows them; ``waiting``: commands queued but not yet taken."""
+    def snapshot(self, arrived: int) -> Dict[str, int]:
+        """The counters as ``stats()`` shows them; ``arrived``: the commands callers queued so far."""
         with self.lock:
-            return self.counts.snapshot(waiting, len(self.in_flight))
+            return self.counts.snapshot(arrived, len(self.in_flight))
 
     # Taken --------------------------------------------------------------------------------------
 
@@ -243,7 +251,7 @@ class Settlement:
                 self.counts.replayed += count
         self._hold(count, size, first_seq)
         if not replayed:
-            self.budget.typical_size = size // count
+            self._taken_from_queue(count, size)
 
     def read_back(self, count: int, size: int, first_seq: int) -> None:
         """``count`` commands kept on disk in an outage were read back: held again, no longer kept."""
@@ -258,11 +266,18 @@ class Settlement:
         if count:
             self.progress.taken(first_seq, self._clock())
 
-    def taken_late(self, count: int) -> None:
-        """``count`` commands were taken when the queue was emptied (at close): held, not as bytes."""
+    def _taken_from_queue(self, count: int, size: int) -> None:
+        budget = self.budget
+        budget.taken += count
+        budget.taken_bytes += size  # after held_bytes (see Budget)
+
+    def taken_late(self, count: int, size: int) -> None:
+        """``count`` commands (``size`` bytes) were taken when the queue was emptied (at close): held,
+        not as bytes."""
         with self.lock:
             self.counts.taken += count
         self.budget.held += count
+        self._taken_from_queue(count, size)
 
     def not_spooled(self) -> None:
         """A command the spool could not take was queued in memory only (from a caller)."""
@@ -399,17 +414,19 @@ class Settlement:
             self.counts.dropped[reason] += 1
             return self.drops.add(command, reason)
 
-    def report_drops(self) -> None:
-        """Pass the dropped commands waiting to ``on_error`` and warn (rate-limited)."""
-        if not self.drops.waiting:
+    def report_drops(self, bounded: bool = False) -> None:
+        """Pass the dropped commands waiting to ``on_error`` and warn (rate-limited); ``bounded``: not
+        while earlier ones still wait for it (they stay in ``drops``, within its bound)."""
+        if not self.drops.waiting or bounded and self.reporter.drops_waiting:
             return
         with self.lock:
             taken = self.drops.take()
         for reason, commands, not_kept in taken:
             self.report_dropped(reason, commands, not_kept)
 
-    def report_dropped(self, reason: DropReason, commands: List[bytes], not_kept: int) -> None:
-        """Queue dropped commands for ``on_error`` and warn (rate-limited), with their true reason."""
+    def report_dropped(self, reason: DropReason, commands: List[bytes], not_kept: int) -> int:
+        """Queue dropped commands for ``on_error`` and warn (rate-limited), with their true reason; how
+        many chunks were queued."""
         limits = self._limits
         if reason == FULL:
             text = f"the queue is full ({limits.max_queue_size} commands or {limits.max_queue_bytes} bytes)"
@@ -417,7 +434,7 @@ class Settlement:
             text = "the client is closed"
         self.progress.dropped_at = self._clock()
         self.reporter.dropped(len(commands) + not_kept, text)
-        self.reporter.failed(QueueFull(f"{len(commands) + not_kept} commands dropped: {text}"), commands)
+        return self.reporter.dropped_commands(QueueFull(f"{len(commands) + not_kept} commands dropped: {text}"), commands)
 
     @property
     def not_spooled_unsaid(self) -> bool:
@@ -475,20 +492,21 @@ class Flushes:
         #: Flushes placed by the pump, waiting for the commands queued before them to settle.
         self.tickets: List[FlushTicket] = []
 
-    def queued(self) -> None:
-        """A caller queued a flush ticket."""
+    def queued(self, ticket: FlushTicket) -> None:
+        """A caller is queuing ``ticket``: it answers for the commands dropped before this call only
+        (a drop is counted before its call returns)."""
         with self._lock:
             self._counts.tickets_queued += 1
+            ticket.drops = self._counts.total_dropped
 
     def place(self, ticket: FlushTicket, upto: int, kept_waiting: bool) -> None:
         """The pump took ``ticket``, behind command ``upto``: it waits with the others. It cannot say all
-        was delivered when commands failed or were dropped since the flush its caller saw last, or
-        (``kept_waiting``) commands kept on disk cannot be read back now."""
+        was delivered when commands failed or were dropped (before its call: see ``queued``) since the
+        flush its caller saw last, or (``kept_waiting``) commands kept on disk cannot be read back now."""
         ticket.upto = upto
         with self._lock:
             counts = self._counts
             counts.tickets_queued -= 1
-            ticket.drops = counts.total_dropped
             if counts.last_failed_seq > counts.reported_upto or ticket.drops > counts.reported_drops:
                 ticket.delivered_all = False
         if kept_waiting:
@@ -608,6 +626,7 @@ class CloseReport:
                 folder,
             )
         if losses.count and not losses.said:
+            losses.said = True  # once: the closer and a pump that comes back both sum up
             logger.warning("seven_segments: %d commands were lost at close: %s", losses.count, losses.last)
         self._reporter.flush_drop_warnings()
 

@@ -438,3 +438,28 @@ def test_max_queue_bytes_counts_each_command_as_its_json_and_a_small_constant(de
     size = len(BulkCommandEncoder(TOKEN).encode(("crm/events", {"registered": "john123"}, "purchase", properties, 1.7e9, "x" * 22)))
     assert accepted * (size + COMMAND_COST) <= bound + 2 * (size + COMMAND_COST)
     assert accepted * (size + COMMAND_COST) >= 0.8 * bound
+
+
+def test_what_callers_queue_is_counted_exactly_from_many_threads(fresh: LocalServer) -> None:
+    """Callers count the commands and bytes they queue without a lock (one ``+=`` each): with eight
+    threads tracking at once, what the pump took matches them exactly."""
+    client = SevenSegments(TOKEN, "john", target=fresh.url, buffered=True)
+
+    def produce() -> None:
+        for number in range(3000):
+            client.track("view", {"n": number})
+
+    producers = [threading.Thread(target=produce) for _ in range(8)]
+    for producer in producers:
+        producer.start()
+    for producer in producers:
+        producer.join()
+    try:
+        assert client.flush(30)
+        core = client._worker._current()  # type: ignore[union-attr]
+        budget = core.settlement.budget
+        assert core.arrived == budget.taken == 24000 and core.arrived_bytes == budget.taken_bytes
+        stats = client.stats()
+        assert (stats["queued"], stats["sent"], stats["pending_bytes"]) == (24000, 24000, 0)
+    finally:
+        client.close()

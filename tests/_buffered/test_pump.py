@@ -91,7 +91,7 @@ class Run:
 
     def flush(self) -> FlushTicket:
         ticket = FlushTicket()
-        self.settlement.flushes.queued()
+        self.settlement.flushes.queued(ticket)
         self.incoming.append(ticket)
         return ticket
 
@@ -202,3 +202,56 @@ def test_a_request_the_close_deadline_cuts_short_is_unconfirmed() -> None:
     assert run.step(2.0) == -1.0
     counts = run.settlement.counts
     assert (counts.unconfirmed, counts.failed, counts.unsettled) == (7, 0, 0)
+
+
+def test_a_running_pump_passes_drops_to_on_error_a_chunk_at_a_time_within_its_share_of_time() -> None:
+    """Dropped commands are decoded for on_error on the pump's thread: reported all at once, a queue that
+    drops as fast as a caller tracks left the pump no time to deliver."""
+    run = Run(all_ok)
+    reports = run.reports
+
+    def slow_on_error(error: Any, commands: List[Dict[str, Any]]) -> None:
+        run.clock.now += 0.01  # each call takes 10 ms
+        reports.append((error, commands))
+
+    run.settlement.reporter.on_error = slow_on_error
+    run.settlement.report_dropped("full", [b'{"name":"crm/events","data":{"n":1}}'] * 3000, 0)  # 3 chunks
+    run.track(10)
+    run.flush()
+    delay = run.step()
+    assert [len(request.commands) for request in run.transport.requests] == [10]  # delivery goes on
+    assert [len(commands) for _, commands in reports] == [1000]  # one chunk of drops in this step ...
+    assert abs(delay - 0.03) < 1e-6  # ... and the next when the pump has spent 3 times as long on the rest
+    run.step()
+    assert len(reports) == 1
+    run.step(delay + 1e-6)
+    assert len(reports) == 2
+    run.lifecycle.move(Phase.DRAINING)  # a close reports them all
+    run.pump.begin_close(5.0)
+    run.step()
+    assert [len(commands) for _, commands in reports] == [1000] * 3
+
+
+def test_giving_up_at_the_close_passes_the_refusals_of_a_split_still_under_way_to_on_error() -> None:
+    """The close path a closer runs when the pump does not come back (``Pump.give_up``): commands refused
+    alone while another part of their split waits to be sent again reach on_error with their reason."""
+
+    def handler(request: Request) -> Dict[str, Any]:
+        numbers = [command["data"]["n"] for command in request.commands]
+        if 0 in numbers:
+            raise InvalidRequest("bad command", status=400, errors=("bad property",))
+        raise TransientError("503", status=503)
+
+    run = Run(handler)
+    run.track(2)
+    run.flush()
+    for _ in range(3):
+        run.step()  # refused as a whole, split; [0] refused alone, [1] waits for its backoff
+    assert run.reports == [] and run.settlement.counts.failed == 1
+    run.lifecycle.move(Phase.DRAINING)
+    run.pump.begin_close(0.0)
+    run.pump.give_up()
+    run.settlement.reporter.drain()
+    reported = {commands[0]["data"]["n"]: error for error, commands in run.reports}
+    assert set(reported) == {0, 1}
+    assert isinstance(reported[0], InvalidRequest) and reported[0].errors == ("bad property",)

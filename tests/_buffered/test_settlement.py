@@ -89,7 +89,8 @@ def test_on_error_chunks_are_queued_from_settlement_only() -> None:
 def test_taken_then_delivered_releases_the_budget_and_counts() -> None:
     settlement, _ = _settlement()
     settlement.taken(3, 300, first_seq=1)
-    assert (settlement.budget.held, settlement.budget.held_bytes, settlement.budget.typical_size) == (3, 300, 100)
+    assert (settlement.budget.held, settlement.budget.held_bytes) == (3, 300)
+    assert (settlement.budget.taken, settlement.budget.taken_bytes) == (3, 300)
     settlement.delivered(3, 300)
     snapshot = settlement.snapshot(0)
     assert (snapshot["queued"], snapshot["sent"], snapshot["batches"], snapshot["pending"]) == (3, 3, 1, 0)
@@ -99,10 +100,10 @@ def test_taken_then_delivered_releases_the_budget_and_counts() -> None:
 def test_failed_marks_the_flushes_waiting_and_reaches_on_error() -> None:
     settlement, heard = _settlement()
     before, after = FlushTicket(), FlushTicket()
-    settlement.flushes.queued()
+    settlement.flushes.queued(before)
     settlement.flushes.place(before, upto=1, kept_waiting=False)
     settlement.taken(2, 20, first_seq=1)
-    settlement.flushes.queued()
+    settlement.flushes.queued(after)
     settlement.flushes.place(after, upto=2, kept_waiting=False)
     settlement.failed([2], [b'{"name":"crm/events","data":{"n":2}}'], ServiceUnavailable("down"))
     settlement.flushes.answer(first_unsettled=3, left_on_disk=False)

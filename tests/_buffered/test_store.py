@@ -94,7 +94,7 @@ def test_at_the_close_deadline_a_spool_keeps_all_but_what_only_memory_held() -> 
     payloads = store.take(queued, 1)
     settlement.taken(2, sum(map(len, payloads)), 1)
     late = [store.admit(_command(3), 0)]
-    settlement.taken_late(1)
+    settlement.taken_late(1, len(_command(3)))
     store.close_deadline(Left([Batch(range(1, 3), payloads, 0.0)], [], late, 2, 1.0, ""))
     settlement.reporter.drain()
     counts = settlement.counts
