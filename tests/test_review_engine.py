@@ -110,7 +110,7 @@ def test_a_command_dropped_by_a_closing_client_is_not_reported_as_queue_full(ser
     client = SevenSegments(TOKEN, "c", target=server.url, buffered=True,
                            on_error=lambda error, commands: reports.append((error, commands)))
     client.track("view")
-    core = client._worker._current()  # type: ignore[union-attr]
+    core = client._engine._current()  # type: ignore[union-attr]
     core.begin_close()  # what exit (atexit, SIGTERM) does, while another thread still tracks
     client.track("late")
     core.finish_close()

@@ -456,7 +456,7 @@ def test_what_callers_queue_is_counted_exactly_from_many_threads(fresh: LocalSer
         producer.join()
     try:
         assert client.flush(30)
-        core = client._worker._current()  # type: ignore[union-attr]
+        core = client._engine._current()  # type: ignore[union-attr]
         budget = core.settlement.budget
         assert core.arrived == budget.taken == 24000 and core.arrived_bytes == budget.taken_bytes
         stats = client.stats()
