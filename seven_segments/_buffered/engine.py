@@ -90,11 +90,8 @@ class Core:
         self.lifecycle = Lifecycle()
         keep = 0 if on_error is None else max(1000, limits.max_queue_bytes // DROP_KEEP_SHARE // TYPICAL_COMMAND_BYTES)
         self.settlement = Settlement(limits, Reporter(on_error, clock), self.lifecycle, clock, keep_drops=keep)
-        #: Commands callers queued (not flush tickets) and their bytes, written by callers only, less
-        #: ``Budget.taken``: what waits in ``incoming``. One ``+=`` each, without a lock: CPython 3.10+
-        #: switches threads only at calls and backward jumps, never between its read and its write; where
-        #: a switch can fall there (3.8, 3.9, a build without the GIL) an increment may be lost, which
-        #: loosens the queue's bounds by that command and loses none.
+        #: Commands callers queued and their bytes, written by callers (one lock-free ``+=`` each: a switch
+        #: inside one, possible on 3.8/3.9 or without a GIL, loosens the bounds by a command and loses none).
         self.arrived = 0
         self.arrived_bytes = 0
         self.store: Store = (
