@@ -29,6 +29,23 @@ SLOW_MODULES = frozenset({
 })
 
 
+#: Whether this run is the quick loop (``-m "not slow"``); set before the test modules are imported.
+QUICK_LOOP = False
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Note whether slow tests are left out (see ``examples``)."""
+    global QUICK_LOOP
+    QUICK_LOOP = "not slow" in (config.getoption("markexpr", "") or "")
+
+
+def examples(count: int) -> int:
+    """Hypothesis examples for a property test: ``count`` in the whole suite (CI, the README's
+    command), a fifth of it (at least 30) in the quick loop, where the same properties are only
+    sampled more thinly."""
+    return max(30, count // 5) if QUICK_LOOP else count
+
+
 def pytest_collection_modifyitems(items: List[pytest.Item]) -> None:
     """Mark the tests of ``SLOW_MODULES`` ``slow``."""
     for item in items:

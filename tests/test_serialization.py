@@ -28,6 +28,8 @@ from seven_segments.serialization import (
 )
 from seven_segments.json_writer import STDLIB, JsonWriter, orjson_writer
 
+from .conftest import examples
+
 #: The orjson writer, when orjson is installed (``pip install 'seven-segments[fast]'``).
 ORJSON = orjson_writer()
 needs_orjson = pytest.mark.skipif(ORJSON is None, reason="orjson is not installed")
@@ -48,7 +50,7 @@ def stdlib_writer() -> Iterator[None]:
     with writing_with(STDLIB):
         yield
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.floats(min_value=0, max_value=MAX_TIMESTAMP, exclude_max=True))
 def test_the_timestamp_is_written_to_the_microsecond(timestamp: float) -> None:
     encoder = BulkCommandEncoder("token")
@@ -155,7 +157,7 @@ def _assert_the_same_json_or_error(fast: Any, written: Any) -> None:
         assert json.loads(fast[0]) == json.loads(written[0]) and fast[1] == len(fast[0])
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(400), deadline=None)
 @given(st.dictionaries(_strings(6), _values, max_size=6))
 @example({"lone": "\ud800"})
 @example({"a": 1, "\ud800": 2})
@@ -340,7 +342,7 @@ def test_a_flat_int_past_4300_digits_is_refused_as_json_whatever_the_interpreter
 _valid_text = st.text(st.characters(blacklist_categories=("Cs",)) | st.sampled_from(['"', "\\", "\n", "\x00", "é", "💥"]), min_size=1, max_size=12)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(
     path=st.sampled_from(["crm/events", "crm/customers"]),
     ids=st.dictionaries(_valid_text, _valid_text, min_size=1, max_size=3),
@@ -417,7 +419,7 @@ _commands = st.tuples(
 
 
 @needs_orjson
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(_commands)
 @example((("crm/events", "view"), {"registered": "a"}, {"big": 2**64, "small": -(2**63) - 1, "top": 2**64 - 1}, 1.0))
 @example((("crm/events", "view"), {"registered": "a"}, {"huge": 10**4299, "nested": [{"x": 2**70}]}, 1.0))
@@ -509,7 +511,7 @@ def _writers() -> "list[JsonWriter]":
     return [STDLIB] if ORJSON is None else [STDLIB, ORJSON]
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(_commands)
 @example((("crm/events", "view"), {"registered": "a"}, {"nan": float("nan"), "x": 1}, 1.0))
 @example((("crm/events", "view"), {"registered": "a"}, {"big": 2**64, "s": "\ud800"}, 1.0))
@@ -547,7 +549,7 @@ def test_the_encoder_measures_a_callers_dict_as_the_call_does(writer: JsonWriter
             encoder.encode(too_large)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.lists(_strings(6), max_size=6, unique=True), st.data())
 def test_a_shapes_writer_writes_what_the_careful_path_does_or_leaves_it_to_it(keys: Any, data: Any) -> None:
     """The standard library's writer made for the keys (and the value types) of the first dict
