@@ -219,9 +219,6 @@ def test_replaying_a_dead_writers_spool_keeps_within_the_queue_and_leaves_room_f
         client.close(2)
 
 
-@pytest.mark.xfail(strict=True, reason="thread.PumpThread._sleep: it never waits while the incoming queue holds a "
-                   "command, but Pump.take takes none while a dead writer's spool is read (Reading.DEAD_WRITERS) and the "
-                   "replay waits for room: the pump thread spins, a core busy for as long as a request is in flight")
 def test_the_pump_does_not_spin_while_a_replay_waits_for_room(server: LocalServer, tmp_path: os.PathLike[str]) -> None:
     folder = os.path.join(os.fspath(tmp_path), "spool")
     _spooled_by_a_dead_writer(folder, server.url, 2500)  # a first chunk of replay fills more than half the queue
