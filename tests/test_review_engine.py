@@ -58,9 +58,6 @@ def test_a_refused_target_never_quotes_its_secrets(target: str) -> None:
     assert "hunter2-SECRET" not in str(refused.value)
 
 
-@pytest.mark.xfail(strict=True, reason="outcomes.Outcomes._failed/Store.fail: with a spool, a failure that is no refusal "
-                   "by the API (the host does not resolve; likewise a TLS or proxy refusal) confirms the commands, so "
-                   "they are deleted from the spool, against README 'Only what the API refused (error, a 4xx) is settled'")
 def test_a_spooled_command_stays_on_disk_when_the_host_does_not_resolve(
     tmp_path: os.PathLike[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

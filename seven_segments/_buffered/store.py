@@ -125,6 +125,11 @@ class Store:
         self.settled(seqs)
         self.settlement.failed(seqs, payloads, error, held_bytes=held_bytes)
 
+    def fail_unrefused(self, seqs: Sequence[int], payloads: Sequence[bytes], error: SevenSegmentsError) -> None:
+        """Commands that failed without the API refusing them (the host does not resolve, TLS, a proxy,
+        a redirect): failed and reported like others; a spool keeps them on disk (see ``SpoolStore``)."""
+        self.fail(seqs, payloads, error)
+
     def let_go(self, seqs: Sequence[int], payloads: Sequence[bytes], why: SevenSegmentsError) -> List[int]:
         """The API did not take these commands within ``retry_deadline``: those the store keeps are
         settled as kept; returns the indexes of the others (the pump fails them)."""
@@ -254,6 +259,14 @@ class SpoolStore(Store):
                 self.spool.confirm(settled)
             except Exception:  # the commands were delivered: at worst they are sent again (ids dedupe)
                 logger.exception("seven_segments: confirming spooled commands failed")
+
+    def fail_unrefused(self, seqs: Sequence[int], payloads: Sequence[bytes], error: SevenSegmentsError) -> None:
+        """Failed and reported, but not confirmed: only what the API refused is settled on disk; these
+        stay in the spool for the next client on the folder (their ``command_id`` dedupes a resend)."""
+        records = self._records
+        for seq in seqs:
+            records.pop(seq, None)
+        self.settlement.failed(seqs, payloads, error)
 
     def let_go(self, seqs: Sequence[int], payloads: Sequence[bytes], why: SevenSegmentsError) -> List[int]:
         records = self._records
