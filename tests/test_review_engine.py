@@ -135,8 +135,6 @@ def _our_threads() -> list[str]:
     return sorted(thread.name for thread in threading.enumerate() if thread.name.startswith("seven-segments"))
 
 
-@pytest.mark.xfail(strict=True, reason="engine.Core.begin_close: with work queued and no pump, close() starts a pump "
-                   "thread via PumpThread.start_locked, which skips threads_hang_forks_here(): a thread in a uwsgi master")
 def test_close_in_a_uwsgi_master_delivers_on_the_closing_thread(server: LocalServer, monkeypatch: pytest.MonkeyPatch) -> None:
     import sys
     import threading
@@ -154,8 +152,6 @@ def test_close_in_a_uwsgi_master_delivers_on_the_closing_thread(server: LocalSer
     assert called_on == [threading.current_thread().name]
 
 
-@pytest.mark.xfail(strict=True, reason="engine._close_dropped -> Core.begin_close: a client dropped in a uwsgi master "
-                   "with work queued starts a pump thread there, which lives while the master may fork its workers")
 def test_a_client_dropped_in_a_uwsgi_master_starts_no_thread(server: LocalServer, monkeypatch: pytest.MonkeyPatch) -> None:
     import gc
     import sys

@@ -108,7 +108,11 @@ class PumpThread:
         self._on_start()
 
     def start_locked(self) -> bool:
-        """Start the pump thread (the lifecycle lock is held): the one owner of the pump from now on."""
+        """Start the pump thread (the lifecycle lock is held): the one owner of the pump from now on.
+        False when none started: in a uwsgi master (whatever the caller, a close too: a thread there
+        hangs the workers it forks), or at interpreter exit; a flush or close delivers on its thread."""
+        if threads_hang_forks_here():
+            return False
         thread = threading.Thread(target=self._run, name="seven-segments-worker", daemon=True)
         self.thread = thread
         try:
