@@ -186,9 +186,6 @@ def _spooled_by_a_dead_writer(folder: str, target: str, count: int) -> None:
     assert writer.close() == count
 
 
-@pytest.mark.xfail(strict=True, reason="pump.Pump.replay/Spool.recover: a dead writer's commands are taken a recovery "
-                   "chunk at a time whatever max_queue_size (500 held with max_queue_size=100), so with the API down "
-                   "every new command is dropped as 'queue full' (and not spooled) until they are let go")
 def test_replaying_a_dead_writers_spool_keeps_within_the_queue_and_leaves_room_for_new_commands(
     server: LocalServer, tmp_path: os.PathLike[str]
 ) -> None:

@@ -217,7 +217,12 @@ class SpoolStore(Store):
         #: each (an outage may let go of millions): read back after an answer that settles anything,
         #: for a flush, and once by a close.
         self._kept: "Dict[str, array.array[int]]" = {}
-        self._start(spool.recover(), Reading.DEAD_WRITERS)
+        # Chunks of a quarter of the queue at most, as for read_back_kept: replay (within half the
+        # queue) leaves room for the commands queued meanwhile.
+        self._start(spool.recover(chunk_size=self._chunk_size()), Reading.DEAD_WRITERS)
+
+    def _chunk_size(self) -> int:
+        return max(1, min(READ_BACK_CHUNK, self._limits.max_queue_size // 4))
 
     @property
     def bytes_held(self) -> int:
@@ -297,8 +302,7 @@ class SpoolStore(Store):
             return
         kept, self._kept = self._kept, {}
         # Chunks of a quarter of the queue at most: new commands keep room while these go again.
-        chunk = max(1, min(READ_BACK_CHUNK, self._limits.max_queue_size // 4))
-        self._start(self.spool.reread(kept, chunk, self._lost_on_disk), Reading.LET_GO)
+        self._start(self.spool.reread(kept, self._chunk_size(), self._lost_on_disk), Reading.LET_GO)
 
     def _lost_on_disk(self, count: int, path: str) -> None:
         self.settlement.lost_on_disk(count, path, self._last_seq)
