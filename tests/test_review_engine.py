@@ -44,8 +44,6 @@ def test_a_huge_integer_timeout_is_refused_naming_it(method: str) -> None:
         client.close(0)
 
 
-@pytest.mark.xfail(strict=True, reason="transport.normalize_target: a target refused for another reason (its port, a "
-                   "query, a fragment, its scheme) quotes it whole in the ValueError, with its password or ?company= token")
 @pytest.mark.parametrize("target", [
     "https://user:hunter2-SECRET@api.example.com:99999",
     "ftp://user:hunter2-SECRET@api.example.com",
