@@ -98,14 +98,12 @@ def test_a_string_for_a_true_or_false_setting_is_refused_naming_it(setting: str)
     assert setting in str(refused.value)
 
 
-@pytest.mark.xfail(strict=True, reason="settlement.Settlement.report_dropped: commands dropped because the client was "
-                   "closing reach on_error as QueueFull, which README documents as 'dropped because the queue was full'")
 def test_a_command_dropped_by_a_closing_client_is_not_reported_as_queue_full(server: LocalServer) -> None:
     reports: list[Any] = []
     client = SevenSegments(TOKEN, "c", target=server.url, buffered=True,
                            on_error=lambda error, commands: reports.append((error, commands)))
     client.track("view")
-    core = client._worker._current()  # type: ignore[union-attr]
+    core = client._engine._current()  # type: ignore[union-attr]
     core.begin_close()  # what exit (atexit, SIGTERM) does, while another thread still tracks
     client.track("late")
     core.finish_close()
