@@ -21,8 +21,6 @@ TOKEN = "test-token-5f1c9d0e-secret"
 NOWHERE = "http://127.0.0.1:9"
 
 
-@pytest.mark.xfail(strict=True, reason="_options.number: an int too large for a float raises a bare OverflowError "
-                   "that names neither the setting nor the value")
 @pytest.mark.parametrize("setting", ["max_queue_size", "batch_size", "timeout", "retry_deadline", "flush_interval",
                                      "shutdown_timeout", "spool_max_bytes"])
 def test_a_huge_integer_setting_is_refused_naming_the_setting(setting: str) -> None:
@@ -31,8 +29,6 @@ def test_a_huge_integer_setting_is_refused_naming_the_setting(setting: str) -> N
     assert setting in str(refused.value)
 
 
-@pytest.mark.xfail(strict=True, reason="client.flush/close: a huge integer timeout raises a bare OverflowError "
-                   "that does not name timeout")
 @pytest.mark.parametrize("method", ["flush", "close"])
 def test_a_huge_integer_timeout_is_refused_naming_it(method: str) -> None:
     client = SevenSegments(TOKEN, target=NOWHERE, buffered=True)
@@ -77,8 +73,6 @@ def test_a_spooled_command_stays_on_disk_when_the_host_does_not_resolve(
     assert inspect(folder).commands == 3  # for the next client on the folder, once the name resolves again
 
 
-@pytest.mark.xfail(strict=True, reason="_options.check_spool/spool.facade._checked: spool='' is taken as the current "
-                   "working directory (segment files written there) instead of refused naming spool")
 def test_an_empty_spool_folder_is_refused(tmp_path: os.PathLike[str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)  # private (0700): accepted, the spool would write its files here
     try:
@@ -89,8 +83,6 @@ def test_an_empty_spool_folder_is_refused(tmp_path: os.PathLike[str], monkeypatc
         assert os.listdir(tmp_path) == []
 
 
-@pytest.mark.xfail(strict=True, reason="client.SevenSegments: buffered, gzip and spool_fsync take any value by its "
-                   "truth (buffered='false' makes a buffered client), while enabled is refused unless True or False")
 @pytest.mark.parametrize("setting", ["buffered", "gzip", "spool_fsync"])
 def test_a_string_for_a_true_or_false_setting_is_refused_naming_it(setting: str) -> None:
     with pytest.raises(TypeError) as refused:
