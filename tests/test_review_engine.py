@@ -1,7 +1,7 @@
 """Regression tests for defects found in a hostile review of the restructured buffered engine.
 
-Each test fails on the code as reviewed (``xfail(strict=True)``): the fix turns it into a pass, and
-strict mode then asks for the mark to go.
+Each test failed on the code as reviewed (it was marked ``xfail(strict=True)`` until its fix, whose
+commit removed the mark); a new finding comes in the same way.
 """
 
 from __future__ import annotations
