@@ -13,18 +13,40 @@ from .protocol import MAX_BULK_COMMANDS
 from .types import BeforeSend, ErrorCallback
 from ._buffered.limits import MAX_BATCH_BYTES, MAX_IN_FLIGHT, Limits
 
-__all__ = ["number", "utf8_problem", "secret", "check_callbacks", "buffered_limits", "check_spool"]
+__all__ = ["MAX_SECONDS", "number", "flag", "utf8_problem", "secret", "check_callbacks", "buffered_limits", "check_spool"]
 
 
-def number(name: str, value: Any, *, minimum: float, allow_equal: bool = True, integer: bool = False) -> Any:
-    """Check one numeric setting; raises ``ValueError``/``TypeError`` naming it and the bad value."""
+#: The longest a time setting may be: a thread's wait cannot be much longer (``threading.TIMEOUT_MAX``,
+#: about 292 years), and a longer one means "for ever", which the settings say otherwise.
+MAX_SECONDS = 365 * 24 * 3600.0
+
+
+def number(
+    name: str, value: Any, *, minimum: float, allow_equal: bool = True, integer: bool = False, seconds: bool = False
+) -> Any:
+    """Check one numeric setting (``seconds``: a time, at most ``MAX_SECONDS``); raises
+    ``ValueError``/``TypeError`` naming it and the bad value."""
     kinds = (int,) if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, kinds):
         kind = "an integer" if integer else "a number"
         raise TypeError(f"{name} must be {kind}, not {type(value).__name__} {value!r}")
-    if not math.isfinite(value) or value < minimum or (value == minimum and not allow_equal):
-        bound = f">= {minimum}" if allow_equal else f"> {minimum}"
+    bound = f">= {minimum}" if allow_equal else f"> {minimum}"
+    try:
+        finite = math.isfinite(value)
+    except OverflowError:  # an int too large for a float: not quoted (it may have thousands of digits)
+        raise ValueError(f"{name} must be a finite number {bound}, not an integer of {int(value).bit_length()} bits") from None
+    if not finite or value < minimum or (value == minimum and not allow_equal):
         raise ValueError(f"{name} must be a finite number {bound}, not {value!r}")
+    if seconds and value > MAX_SECONDS:
+        raise ValueError(f"{name} must be at most {MAX_SECONDS:.0f} s (a year), not {value!r}")
+    return value
+
+
+def flag(name: str, value: Any) -> bool:
+    """Check a True/False setting: anything else (``"false"``, 0, None) is refused naming it, not taken
+    by its truth."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, not {type(value).__name__} {value!r}")
     return value
 
 
@@ -56,8 +78,7 @@ def check_callbacks(on_error: Optional[ErrorCallback], before_send: Optional[Bef
         raise TypeError(f"on_error must be callable, not {type(on_error).__name__}")
     if before_send is not None and not callable(before_send):
         raise TypeError(f"before_send must be callable, not {type(before_send).__name__}")
-    if not isinstance(enabled, bool):
-        raise TypeError(f"enabled must be True or False, not {type(enabled).__name__} {enabled!r}")
+    flag("enabled", enabled)
 
 
 def buffered_limits(
@@ -85,20 +106,22 @@ def buffered_limits(
     return Limits(
         batch_size=batch_size,
         max_batch_bytes=MAX_BATCH_BYTES,
-        flush_interval=number("flush_interval", flush_interval, minimum=0, allow_equal=False),
+        flush_interval=number("flush_interval", flush_interval, minimum=0, allow_equal=False, seconds=True),
         max_queue_size=number("max_queue_size", max_queue_size, minimum=1, integer=True),
         max_queue_bytes=number("max_queue_bytes", max_queue_bytes, minimum=1024, integer=True),
         max_in_flight=max_in_flight,
         retry_deadline=retry_deadline,
-        shutdown_timeout=number("shutdown_timeout", shutdown_timeout, minimum=0),
+        shutdown_timeout=number("shutdown_timeout", shutdown_timeout, minimum=0, seconds=True),
         timeout=timeout,
-        stall_warning_after=number("stall_warning_after", stall_warning_after, minimum=0, allow_equal=False),
+        stall_warning_after=number("stall_warning_after", stall_warning_after, minimum=0, allow_equal=False, seconds=True),
     )
 
 
 def check_spool(spool: Optional[str], spool_max_bytes: Any, buffered: bool) -> int:
     """Check the spool's settings (the folder itself is checked when the spool opens); returns ``spool_max_bytes``."""
     spool_max_bytes = number("spool_max_bytes", spool_max_bytes, minimum=1024, integer=True)
+    if isinstance(spool, (str, bytes)) and not spool:  # would be the current directory
+        raise ValueError("spool must name a folder, not an empty string (None: no spool)")
     if spool is not None and not buffered:
         raise ValueError("spool= needs buffered=True: a blocking client sends each command before it returns")
     return int(spool_max_bytes)

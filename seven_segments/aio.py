@@ -39,6 +39,7 @@ from .context import CustomerContext
 from .health import Health
 from .errors import ClientClosedError
 from ._flush_waiter import FlushWaiter
+from ._options import number
 from .client import (
     DEFAULT_BLOCKING_RETRY_DEADLINE,
     DEFAULT_TIMEOUT,
@@ -265,6 +266,8 @@ class AsyncSevenSegments(_AsyncBase):
         """
         if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0):
             raise ValueError(f"timeout must be a number of seconds >= 0, not {timeout!r}")
+        if timeout is not None:
+            number("timeout", timeout, minimum=0, seconds=True)  # not too large to wait for
         return await self._flushes.flush(timeout)
 
     async def aclose(self, timeout: Optional[float] = None) -> None:

@@ -45,7 +45,7 @@ from ._buffered import BufferedEngine, Limits
 from ._before_send import BeforeSendHook, CallerCounts
 from ._blocking import BlockingDelivery, Call, Delivery, encode as _encode
 from ._options import buffered_limits, check_callbacks, check_spool
-from ._options import number as _number, secret as _secret, utf8_problem as _utf8_problem
+from ._options import flag as _flag, number as _number, secret as _secret, utf8_problem as _utf8_problem
 from ._buffered.limits import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_FLUSH_INTERVAL,
@@ -89,8 +89,8 @@ class _ApiClient:
         call_deadline: Optional[float] = None,
         network: Optional[Dict[str, Any]] = None,
     ) -> None:
-        self._timeout = _number("timeout", timeout, minimum=0, allow_equal=False)
-        self._retry_deadline = _number("retry_deadline", retry_deadline, minimum=0)
+        self._timeout = _number("timeout", timeout, minimum=0, allow_equal=False, seconds=True)
+        self._retry_deadline = _number("retry_deadline", retry_deadline, minimum=0, seconds=True)
         #: How long a call that the caller waits for (blocking track/update, get_html, export) retries.
         self._call_deadline = self._retry_deadline if call_deadline is None else call_deadline
         # network: the keywords proxies, verify and cert, checked (and the environment read) by Transport.
@@ -249,6 +249,7 @@ class SevenSegments(_ApiClient, CustomerChoice):
         stall_warning_after: float = DEFAULT_STALL_WARNING_AFTER,
     ) -> None:
         self._token = _secret("token", token)
+        buffered, gzip, spool_fsync = _flag("buffered", buffered), _flag("gzip", gzip), _flag("spool_fsync", spool_fsync)
         if retry_deadline is None:
             retry_deadline = DEFAULT_BUFFERED_RETRY_DEADLINE if buffered else DEFAULT_BLOCKING_RETRY_DEADLINE
         # A buffered client's retry_deadline is the worker's; get_html still answers within seconds.
@@ -439,7 +440,7 @@ class SevenSegments(_ApiClient, CustomerChoice):
         have nothing queued: True unless ``before_send`` failed on a command since the last flush.
         """
         if timeout is not None:
-            _number("timeout", timeout, minimum=0)
+            _number("timeout", timeout, minimum=0, seconds=True)
         delivered = self._delivery.flush(timeout)
         clean = self._counts.flush_clean()  # read after the flush: a hook that failed meanwhile counts
         return delivered and clean
@@ -451,7 +452,7 @@ class SevenSegments(_ApiClient, CustomerChoice):
         never closed is closed at interpreter exit.
         """
         if timeout is not None:
-            _number("timeout", timeout, minimum=0)
+            _number("timeout", timeout, minimum=0, seconds=True)
         self._closed = True
         self._delivery.close(timeout)
 

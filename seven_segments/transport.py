@@ -134,24 +134,42 @@ for _name in ("urllib3.connectionpool", "urllib3.poolmanager", "urllib3.util.ret
 del _name
 
 
+def shown_target(target: str) -> str:
+    """A target as an error may quote it: its user information as ``***@``, every query value and
+    its fragment as ``***`` (a password, a ``?company=`` token), as proxy URLs are shown."""
+    text, hash_mark, fragment = target.partition("#")
+    text, question_mark, query = text.partition("?")
+    scheme, separator, rest = text.rpartition("://")
+    authority, slash, path = rest.partition("/")
+    if "@" in authority:
+        authority = "***@" + authority.rpartition("@")[2]
+    shown = f"{scheme}{separator}{authority}{slash}{path}"
+    if question_mark:
+        shown += "?" + _redact_query(query)
+    return shown + ("#***" if hash_mark and fragment else hash_mark)
+
+
 def normalize_target(target: Any) -> str:
     """Check a base URL ``http(s)://host[:port][/prefix]`` and return it without a trailing slash.
 
-    Raises ``ValueError`` naming the bad value for any other scheme, no host, a query or fragment.
+    Raises ``ValueError`` naming the bad value (its secrets masked: ``shown_target``) for any other
+    scheme, no host, a query or fragment.
     """
     if not isinstance(target, str):
         raise TypeError(f"target must be a URL string such as 'https://api.7segments.com', not {type(target).__name__}")
+    shown = shown_target(target)
     try:
         parts = urlsplit(target.strip())
         port = parts.port  # raises ValueError for a port that is not a number in range
     except ValueError as error:
-        raise ValueError(f"target {target!r} is not a valid URL: {error}") from None
+        reason = shown_target(str(error))  # urllib's message may quote a part of the URL
+        raise ValueError(f"target {shown!r} is not a valid URL: {reason}") from None
     if parts.scheme not in ("http", "https"):
-        raise ValueError(f"target {target!r} must start with http:// or https://")
+        raise ValueError(f"target {shown!r} must start with http:// or https://")
     if not parts.hostname:
-        raise ValueError(f"target {target!r} has no host")
+        raise ValueError(f"target {shown!r} has no host")
     if parts.query or parts.fragment:
-        raise ValueError(f"target {target!r} must not have a query or fragment")
+        raise ValueError(f"target {shown!r} must not have a query or fragment")
     if parts.username is not None or parts.password is not None:
         raise ValueError("target must not contain credentials; pass them to the client instead")
     del port

@@ -517,7 +517,7 @@ def test_default_target() -> None:
 def test_bad_targets(target: str) -> None:
     with pytest.raises(ValueError) as caught:
         SevenSegments(SEED_TOKEN, target=target)
-    assert repr(target) in str(caught.value)
+    assert repr(target.replace("?q=1", "?q=***")) in str(caught.value)  # query values masked: they may be tokens
 
 
 def test_target_with_credentials_refused_without_echo() -> None:

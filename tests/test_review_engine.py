@@ -1,7 +1,7 @@
 """Regression tests for defects found in a hostile review of the restructured buffered engine.
 
-Each test fails on the code as reviewed (``xfail(strict=True)``): the fix turns it into a pass, and
-strict mode then asks for the mark to go.
+Each test failed on the code as reviewed (it was marked ``xfail(strict=True)`` until its fix, whose
+commit removed the mark); a new finding comes in the same way.
 """
 
 from __future__ import annotations
@@ -21,8 +21,6 @@ TOKEN = "test-token-5f1c9d0e-secret"
 NOWHERE = "http://127.0.0.1:9"
 
 
-@pytest.mark.xfail(strict=True, reason="_options.number: an int too large for a float raises a bare OverflowError "
-                   "that names neither the setting nor the value")
 @pytest.mark.parametrize("setting", ["max_queue_size", "batch_size", "timeout", "retry_deadline", "flush_interval",
                                      "shutdown_timeout", "spool_max_bytes"])
 def test_a_huge_integer_setting_is_refused_naming_the_setting(setting: str) -> None:
@@ -31,8 +29,6 @@ def test_a_huge_integer_setting_is_refused_naming_the_setting(setting: str) -> N
     assert setting in str(refused.value)
 
 
-@pytest.mark.xfail(strict=True, reason="client.flush/close: a huge integer timeout raises a bare OverflowError "
-                   "that does not name timeout")
 @pytest.mark.parametrize("method", ["flush", "close"])
 def test_a_huge_integer_timeout_is_refused_naming_it(method: str) -> None:
     client = SevenSegments(TOKEN, target=NOWHERE, buffered=True)
@@ -44,8 +40,6 @@ def test_a_huge_integer_timeout_is_refused_naming_it(method: str) -> None:
         client.close(0)
 
 
-@pytest.mark.xfail(strict=True, reason="transport.normalize_target: a target refused for another reason (its port, a "
-                   "query, a fragment, its scheme) quotes it whole in the ValueError, with its password or ?company= token")
 @pytest.mark.parametrize("target", [
     "https://user:hunter2-SECRET@api.example.com:99999",
     "ftp://user:hunter2-SECRET@api.example.com",
@@ -58,9 +52,6 @@ def test_a_refused_target_never_quotes_its_secrets(target: str) -> None:
     assert "hunter2-SECRET" not in str(refused.value)
 
 
-@pytest.mark.xfail(strict=True, reason="outcomes.Outcomes._failed/Store.fail: with a spool, a failure that is no refusal "
-                   "by the API (the host does not resolve; likewise a TLS or proxy refusal) confirms the commands, so "
-                   "they are deleted from the spool, against README 'Only what the API refused (error, a 4xx) is settled'")
 def test_a_spooled_command_stays_on_disk_when_the_host_does_not_resolve(
     tmp_path: os.PathLike[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -82,8 +73,6 @@ def test_a_spooled_command_stays_on_disk_when_the_host_does_not_resolve(
     assert inspect(folder).commands == 3  # for the next client on the folder, once the name resolves again
 
 
-@pytest.mark.xfail(strict=True, reason="_options.check_spool/spool.facade._checked: spool='' is taken as the current "
-                   "working directory (segment files written there) instead of refused naming spool")
 def test_an_empty_spool_folder_is_refused(tmp_path: os.PathLike[str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)  # private (0700): accepted, the spool would write its files here
     try:
@@ -94,8 +83,6 @@ def test_an_empty_spool_folder_is_refused(tmp_path: os.PathLike[str], monkeypatc
         assert os.listdir(tmp_path) == []
 
 
-@pytest.mark.xfail(strict=True, reason="client.SevenSegments: buffered, gzip and spool_fsync take any value by its "
-                   "truth (buffered='false' makes a buffered client), while enabled is refused unless True or False")
 @pytest.mark.parametrize("setting", ["buffered", "gzip", "spool_fsync"])
 def test_a_string_for_a_true_or_false_setting_is_refused_naming_it(setting: str) -> None:
     with pytest.raises(TypeError) as refused:
@@ -103,8 +90,6 @@ def test_a_string_for_a_true_or_false_setting_is_refused_naming_it(setting: str)
     assert setting in str(refused.value)
 
 
-@pytest.mark.xfail(strict=True, reason="settlement.Settlement.report_dropped: commands dropped because the client was "
-                   "closing reach on_error as QueueFull, which README documents as 'dropped because the queue was full'")
 def test_a_command_dropped_by_a_closing_client_is_not_reported_as_queue_full(server: LocalServer) -> None:
     reports: list[Any] = []
     client = SevenSegments(TOKEN, "c", target=server.url, buffered=True,
@@ -138,8 +123,6 @@ def _our_threads() -> list[str]:
     return sorted(thread.name for thread in threading.enumerate() if thread.name.startswith("seven-segments"))
 
 
-@pytest.mark.xfail(strict=True, reason="engine.Core.begin_close: with work queued and no pump, close() starts a pump "
-                   "thread via PumpThread.start_locked, which skips threads_hang_forks_here(): a thread in a uwsgi master")
 def test_close_in_a_uwsgi_master_delivers_on_the_closing_thread(server: LocalServer, monkeypatch: pytest.MonkeyPatch) -> None:
     import sys
     import threading
@@ -157,8 +140,6 @@ def test_close_in_a_uwsgi_master_delivers_on_the_closing_thread(server: LocalSer
     assert called_on == [threading.current_thread().name]
 
 
-@pytest.mark.xfail(strict=True, reason="engine._close_dropped -> Core.begin_close: a client dropped in a uwsgi master "
-                   "with work queued starts a pump thread there, which lives while the master may fork its workers")
 def test_a_client_dropped_in_a_uwsgi_master_starts_no_thread(server: LocalServer, monkeypatch: pytest.MonkeyPatch) -> None:
     import gc
     import sys
@@ -193,9 +174,6 @@ def _spooled_by_a_dead_writer(folder: str, target: str, count: int) -> None:
     assert writer.close() == count
 
 
-@pytest.mark.xfail(strict=True, reason="pump.Pump.replay/Spool.recover: a dead writer's commands are taken a recovery "
-                   "chunk at a time whatever max_queue_size (500 held with max_queue_size=100), so with the API down "
-                   "every new command is dropped as 'queue full' (and not spooled) until they are let go")
 def test_replaying_a_dead_writers_spool_keeps_within_the_queue_and_leaves_room_for_new_commands(
     server: LocalServer, tmp_path: os.PathLike[str]
 ) -> None:
@@ -219,9 +197,6 @@ def test_replaying_a_dead_writers_spool_keeps_within_the_queue_and_leaves_room_f
         client.close(2)
 
 
-@pytest.mark.xfail(strict=True, reason="thread.PumpThread._sleep: it never waits while the incoming queue holds a "
-                   "command, but Pump.take takes none while a dead writer's spool is read (Reading.DEAD_WRITERS) and the "
-                   "replay waits for room: the pump thread spins, a core busy for as long as a request is in flight")
 def test_the_pump_does_not_spin_while_a_replay_waits_for_room(server: LocalServer, tmp_path: os.PathLike[str]) -> None:
     folder = os.path.join(os.fspath(tmp_path), "spool")
     _spooled_by_a_dead_writer(folder, server.url, 2500)  # a first chunk of replay fills more than half the queue

@@ -13,7 +13,7 @@ from collections import deque
 from typing import Callable, Deque, List, Optional, Sequence, Tuple, Union
 
 from ..clock import Clock
-from ..errors import InvalidRequest, SevenSegmentsError, ServiceUnavailable
+from ..errors import AuthenticationError, InvalidRequest, SevenSegmentsError, ServiceUnavailable
 from ..protocol import PATH_BULK
 from ..transport import TransientError
 from .answers import Verdict
@@ -30,6 +30,14 @@ from .window import Window
 __all__ = ["Closing", "Outcomes"]
 
 logger = logging.getLogger("seven_segments")
+
+
+def _refused_by_the_api(error: SevenSegmentsError) -> bool:
+    """The API answered and refused (``error`` in a 200, a 4xx other than a proxy's 407): settled for
+    good. Anything else (no answer, a redirect, a bug of ours) is no verdict on the commands."""
+    if isinstance(error, (InvalidRequest, AuthenticationError)):
+        return True
+    return error.status is not None and 400 <= error.status <= 499 and error.status != 407
 
 
 class Closing:
@@ -108,8 +116,10 @@ class Outcomes:
             self._store.fail(batch.seqs, batch.payloads, None)
             reason = "; ".join(error.errors) if error.errors else str(error)
             self._split_refusals.extend((payload, reason, error.status) for payload in batch.payloads)
-        else:
+        elif _refused_by_the_api(error):
             self._store.fail(batch.seqs, batch.payloads, error)
+        else:  # the host does not resolve, TLS, a proxy, a redirect, a bug: the API never refused them
+            self._store.fail_unrefused(batch.seqs, batch.payloads, error)
 
     def _splitting(self) -> bool:
         """Whether a part of a batch refused as a whole is still to be sent or answered."""

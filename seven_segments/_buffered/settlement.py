@@ -21,7 +21,7 @@ import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from ..clock import Clock
-from ..errors import QueueFull, SevenSegmentsError, ServiceUnavailable
+from ..errors import ClientClosedError, QueueFull, SevenSegmentsError, ServiceUnavailable
 from .batching import Batch
 from .lifecycle import Lifecycle, Phase
 from .limits import Limits
@@ -434,7 +434,8 @@ class Settlement:
             text = "the client is closed"
         self.progress.dropped_at = self._clock()
         self.reporter.dropped(len(commands) + not_kept, text)
-        return self.reporter.dropped_commands(QueueFull(f"{len(commands) + not_kept} commands dropped: {text}"), commands)
+        kind = QueueFull if reason == FULL else ClientClosedError  # what on_error gets says which
+        return self.reporter.dropped_commands(kind(f"{len(commands) + not_kept} commands dropped: {text}"), commands)
 
     @property
     def not_spooled_unsaid(self) -> bool:

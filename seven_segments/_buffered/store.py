@@ -125,6 +125,11 @@ class Store:
         self.settled(seqs)
         self.settlement.failed(seqs, payloads, error, held_bytes=held_bytes)
 
+    def fail_unrefused(self, seqs: Sequence[int], payloads: Sequence[bytes], error: SevenSegmentsError) -> None:
+        """Commands that failed without the API refusing them (the host does not resolve, TLS, a proxy,
+        a redirect): failed and reported like others; a spool keeps them on disk (see ``SpoolStore``)."""
+        self.fail(seqs, payloads, error)
+
     def let_go(self, seqs: Sequence[int], payloads: Sequence[bytes], why: SevenSegmentsError) -> List[int]:
         """The API did not take these commands within ``retry_deadline``: those the store keeps are
         settled as kept; returns the indexes of the others (the pump fails them)."""
@@ -212,7 +217,12 @@ class SpoolStore(Store):
         #: each (an outage may let go of millions): read back after an answer that settles anything,
         #: for a flush, and once by a close.
         self._kept: "Dict[str, array.array[int]]" = {}
-        self._start(spool.recover(), Reading.DEAD_WRITERS)
+        # Chunks of a quarter of the queue at most, as for read_back_kept: replay (within half the
+        # queue) leaves room for the commands queued meanwhile.
+        self._start(spool.recover(chunk_size=self._chunk_size()), Reading.DEAD_WRITERS)
+
+    def _chunk_size(self) -> int:
+        return max(1, min(READ_BACK_CHUNK, self._limits.max_queue_size // 4))
 
     @property
     def bytes_held(self) -> int:
@@ -255,6 +265,14 @@ class SpoolStore(Store):
             except Exception:  # the commands were delivered: at worst they are sent again (ids dedupe)
                 logger.exception("seven_segments: confirming spooled commands failed")
 
+    def fail_unrefused(self, seqs: Sequence[int], payloads: Sequence[bytes], error: SevenSegmentsError) -> None:
+        """Failed and reported, but not confirmed: only what the API refused is settled on disk; these
+        stay in the spool for the next client on the folder (their ``command_id`` dedupes a resend)."""
+        records = self._records
+        for seq in seqs:
+            records.pop(seq, None)
+        self.settlement.failed(seqs, payloads, error)
+
     def let_go(self, seqs: Sequence[int], payloads: Sequence[bytes], why: SevenSegmentsError) -> List[int]:
         records = self._records
         on_disk = [index for index, seq in enumerate(seqs) if seq in records]
@@ -284,8 +302,7 @@ class SpoolStore(Store):
             return
         kept, self._kept = self._kept, {}
         # Chunks of a quarter of the queue at most: new commands keep room while these go again.
-        chunk = max(1, min(READ_BACK_CHUNK, self._limits.max_queue_size // 4))
-        self._start(self.spool.reread(kept, chunk, self._lost_on_disk), Reading.LET_GO)
+        self._start(self.spool.reread(kept, self._chunk_size(), self._lost_on_disk), Reading.LET_GO)
 
     def _lost_on_disk(self, count: int, path: str) -> None:
         self.settlement.lost_on_disk(count, path, self._last_seq)

@@ -20,6 +20,7 @@ from ..process_hooks import keep_signals_off_this_thread, threads_hang_forks_her
 from .lifecycle import Lifecycle, Phase
 from .pump import Pump
 from .settlement import FlushTicket
+from .store import Reading
 
 __all__ = ["PumpThread", "PUMP_IDLE_SECONDS", "INLINE_POLL"]
 
@@ -107,7 +108,11 @@ class PumpThread:
         self._on_start()
 
     def start_locked(self) -> bool:
-        """Start the pump thread (the lifecycle lock is held): the one owner of the pump from now on."""
+        """Start the pump thread (the lifecycle lock is held): the one owner of the pump from now on.
+        False when none started: in a uwsgi master (whatever the caller, a close too: a thread there
+        hangs the workers it forks), or at interpreter exit; a flush or close delivers on its thread."""
+        if threads_hang_forks_here():
+            return False
         thread = threading.Thread(target=self._run, name="seven-segments-worker", daemon=True)
         self.thread = thread
         try:
@@ -204,6 +209,10 @@ class PumpThread:
         waiting = len(pump.line.fresh)
         if not pump.window.room(len(pump.settlement.in_flight), self._clock()):
             self.wake_at = _BUSY  # nothing could go now: an answer or the gate's timer wakes us, not callers
+        elif pump.store.reading is Reading.DEAD_WRITERS:
+            # Nothing is taken from the queue until the dead writers' files are read, and reading
+            # waits for room: an answer wakes us (or a flush, a close), not what callers queue.
+            self.wake_at = _BUSY
         else:
             self.wake_at = max(1, pump.limits.batch_size - waiting) if waiting else 1
         if len(pump.incoming) < self.wake_at and not pump.outcomes.arrived:

@@ -16,7 +16,7 @@ from ..errors import InvalidRequest, SevenSegmentsError
 from ..protocol import DEFAULT_TARGET
 from ..transport import TransientError, Transport
 from .facade import Spool
-from .format import Record, is_command
+from .format import RECOVER_CHUNK, Record, is_command
 from .report import SpoolFile, inspect
 
 __all__ = ["Delivery", "deliver", "deliver_and_report"]
@@ -41,9 +41,9 @@ class Delivery(NamedTuple):
 class _EveryTarget(Spool):
     """A spool whose ``recover`` takes the files of every target (``deliver --target``)."""
 
-    def recover(self, every_target: bool = True) -> Iterator[List[Tuple[Record, bytes]]]:
+    def recover(self, every_target: bool = True, chunk_size: int = RECOVER_CHUNK) -> Iterator[List[Tuple[Record, bytes]]]:
         """Every dead writer's records, whatever target its files name."""
-        return super().recover(True)
+        return super().recover(True, chunk_size)
 
 
 class _Outcome(NamedTuple):

@@ -288,9 +288,11 @@ class Spool:
         with self._held.lock:
             self._held.confirm(by_segment)
 
-    def recover(self, every_target: bool = False) -> Iterator[List[Tuple[Record, bytes]]]:
+    def recover(
+        self, every_target: bool = False, chunk_size: int = RECOVER_CHUNK
+    ) -> Iterator[List[Tuple[Record, bytes]]]:
         """The records never confirmed of the segments whose writer is dead, in chunks of at most
-        ``RECOVER_CHUNK``, oldest first: of the files written for this spool's target or naming
+        ``chunk_size`` (``RECOVER_CHUNK``), oldest first: of the files written for this spool's target or naming
         none (version 1, or a spool made without one); with ``every_target``, of all (``target_of``
         says whose each is).
 
@@ -302,7 +304,7 @@ class Spool:
         """
         if self._pid != os.getpid():
             self.after_fork()
-        yield from self._recovery.recover(every_target)
+        yield from self._recovery.recover(every_target, max(1, chunk_size))
 
     def reread(
         self,

@@ -59,7 +59,7 @@ class Recovery:
         self.target = target
         self.accepts = accepts
 
-    def recover(self, every_target: bool) -> Iterator[Chunk]:
+    def recover(self, every_target: bool, chunk_size: int = RECOVER_CHUNK) -> Iterator[Chunk]:
         """See ``Spool.recover``."""
         chunk: Chunk = []
         for name in self._candidates(every_target):
@@ -71,7 +71,7 @@ class Recovery:
             segment, payloads = taken
             for offset, payload in payloads:
                 chunk.append(((segment.name, offset), payload))
-                if len(chunk) >= RECOVER_CHUNK:
+                if len(chunk) >= chunk_size:
                     self.held.tally.replayed += len(chunk)
                     yield chunk
                     chunk = []

@@ -54,7 +54,7 @@ class FakeSpool:
         self.payloads[record] = payload
         return record
 
-    def recover(self) -> Any:
+    def recover(self, chunk_size: int = 1000) -> Any:
         return iter(())
 
     def prepare_next(self) -> None:

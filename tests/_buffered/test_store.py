@@ -30,7 +30,7 @@ class FakeSpool:
         self.payloads[record] = payload
         return record
 
-    def recover(self) -> Iterator[Any]:
+    def recover(self, chunk_size: int = 1000) -> Iterator[Any]:
         return iter(())
 
     def prepare_next(self) -> None:
