@@ -255,13 +255,13 @@ class SevenSegments(_ApiClient, CustomerChoice):
         # A buffered client's retry_deadline is the worker's; get_html still answers within seconds.
         call_deadline = DEFAULT_BLOCKING_RETRY_DEADLINE if buffered else None
         super().__init__(
-            target, timeout, retry_deadline, (token,), bool(gzip), None, call_deadline,
+            target, timeout, retry_deadline, (token,), gzip, None, call_deadline,
             network={"proxies": proxies, "verify": verify, "cert": cert},
         )
         self._init_customer(None if customer is None else customer_ids(customer))
         self._init_fast_path()
         check_callbacks(on_error, before_send, enabled)
-        self._before_send, self._enabled, self._buffered = before_send, enabled, bool(buffered)
+        self._before_send, self._enabled, self._buffered = before_send, enabled, buffered
         self._counts = CallerCounts()
         self._hook = None if before_send is None else BeforeSendHook(
             before_send, on_error, self._counts, self._properties_room, self._check_size
@@ -272,9 +272,8 @@ class SevenSegments(_ApiClient, CustomerChoice):
             max_in_flight=max_in_flight, shutdown_timeout=shutdown_timeout, stall_warning_after=stall_warning_after,
         )
         self._engine, self._delivery = _open_delivery(
-            token, self._transport, self._call, limits, engine=bool(buffered) and enabled, enabled=enabled,
-            on_error=on_error, spool=spool, spool_max_bytes=check_spool(spool, spool_max_bytes, buffered),
-            spool_fsync=bool(spool_fsync),
+            token, self._transport, self._call, limits, engine=buffered and enabled, enabled=enabled, on_error=on_error,
+            spool=spool, spool_max_bytes=check_spool(spool, spool_max_bytes, buffered), spool_fsync=spool_fsync,
         )
         if self._engine is not None and before_send is None:
             self._capture = capture_properties_written  # queued commands are their JSON from the call on: no copy
