@@ -18,7 +18,8 @@ How each one is pointed at the sink (read from the installed packages' source):
   200 every 10 s through ``urllib`` (a new connection per request) on a pool of up to 16 threads; it
   registers ``shutdown()`` (a flush) to run at exit.
 
-``Floor`` (not a library anyone ships, only in the web-app scenario and ``cpu_per_event.py``) is the naive
+``Floor`` (not a library anyone ships: in the web-app scenario, ``cpu_per_event.py`` and, as ``FloorBulk``, the
+naive columns of ``run.py``) is the naive
 floor of issues 13 and 19: a ``deque.append`` per event and one thread posting ``json.dumps`` (``FloorOrjson``:
 ``orjson.dumps``) of up to 1,000 events, gzipped at level 1, with ``http.client``, to ``{url}/floor``
 (``FloorBulk``: as ``bulk`` commands to ``{url}/bulk``).

@@ -116,7 +116,25 @@ def error_of(results: Results, lib: str, key: str) -> str:
     return str(cell.get("error", "-"))
 
 
-def summary(results: Results, peers: List[str]) -> str:
+#: How the naive clients are named in the tables.
+LABELS = {"floor_bulk": "naive json", "floor_bulk_orjson": "naive orjson"}
+
+
+def lib_label(lib: str) -> str:
+    return LABELS.get(lib, lib)
+
+
+def floor_cells(results: Results, figure: "Figure", floors: List[str], ours: Optional[float]) -> List[str]:
+    """A naive client's figure per floor, then ours divided by each (``-`` where it was not run)."""
+    values = [figure.value(results, f) if figure.key in results.get(f, {}) else None for f in floors]
+    cells = [fmt(v) if v is not None else ("-" if figure.key not in results.get(f, {}) else error_of(results, f, figure.key))
+             for f, v in zip(floors, values)]
+    ratios = [f"{ours / v:.2f}×" if ours is not None and v else "-" for v in values]
+    return cells + ratios
+
+
+def summary(results: Results, peers: List[str], floors: List[str] = ()) -> str:
+    floors = list(floors)
     rows = []
     for figure in figures(results):
         ours = figure.value(results, "ours")
@@ -136,22 +154,26 @@ def summary(results: Results, peers: List[str]) -> str:
             if best_cell.get("capped"):
                 best_text = f"{fmt(best[1])} ({best[0]}{mark}: {capped_text(best_cell)})"
             ratio = f"{ours / best[1]:.2f}×" if ours is not None and best[1] else "-"
-        rows.append([figure.label, ours_text, best_text, ratio, "lower" if figure.lower_is_better else "higher"])
+        rows.append([figure.label, ours_text, *floor_cells(results, figure, floors, ours), best_text, ratio,
+                     "lower" if figure.lower_is_better else "higher"])
+    pad = ["-"] * (2 * len(floors))
     delivery = results.get("ours", {}).get("delivery", {})
     exit_ = results.get("ours", {}).get("exit", {})
     down = results.get("ours", {}).get("exit_down", {})
     rows.append(["delivery: lost / duplicated events", f"{fmt(delivery.get('lost'))} / {fmt(delivery.get('duplicates'))}",
-                 "see detail", "-", "lower"])
-    rows.append(["exit: events lost without a flush call", fmt(exit_.get("lost")), "see detail", "-", "lower"])
-    rows.append(["exit, server down: loss reported", yes_no(down.get("loss_reported")), "see detail", "-", "yes"])
-    return table(["figure", "ours", "best peer", "ratio ours/best", "better"], rows)
+                 *pad, "see detail", "-", "lower"])
+    rows.append(["exit: events lost without a flush call", fmt(exit_.get("lost")), *pad, "see detail", "-", "lower"])
+    rows.append(["exit, server down: loss reported", yes_no(down.get("loss_reported")), *pad, "see detail", "-", "yes"])
+    header = ["figure", "ours", *(lib_label(f) for f in floors), *(f"ours/{lib_label(f)}" for f in floors), "best peer",
+              "ratio ours/best", "better"]
+    return table(header, rows)
 
 
 def yes_no(value: Any) -> str:
     return "-" if value is None else ("yes" if value else "no")
 
 
-def floors(results: Results) -> str:
+def floors_table(results: Results) -> str:
     cell = results.get("ours", {}).get("floors", {})
     if "error" in cell or not cell:
         return f"floors: {cell.get('error', 'not run')}"
@@ -232,9 +254,9 @@ def roundtrip(results: Results, columns: List[str]) -> str:
             rows.append(row)
     servers = {results.get("ours", {}).get(key, {}).get("server") for key in roundtrip_keys(results)} - {None}
     names = {"ours": "the local server (counting only, same latency)", "sink": "the sink"}
-    note = (f"\n\n(ours sent to {', '.join(names.get(s, s) for s in sorted(servers))}; the peers to the sink; every answer delayed by the "
+    note = (f"\n\n(ours and the naive clients sent to {', '.join(names.get(s, s) for s in sorted(servers))}; the peers to the sink; every answer delayed by the "
             "round trip; events/s from the first call until the server held every event)")
-    return table(["figure"] + columns, rows) + note
+    return table(["figure"] + [lib_label(c) for c in columns], rows) + note
 
 
 def targets(results: Results) -> str:
@@ -297,14 +319,16 @@ def detail(results: Results, columns: List[str]) -> str:
             cell = entry.get(key)
             row.append("not run" if cell is None else cell["error"] if "error" in cell else render(cell))
         rows.append(row)
-    notes = ["what it does at exit without a call"] + [libs.LIBRARIES[lib].exit_flush for lib in columns]
+    notes = ["what it does at exit without a call"] + [libs.get(lib).exit_flush for lib in columns]
     rows.append(notes)
-    return table(["figure"] + columns, rows)
+    return table(["figure"] + [lib_label(c) for c in columns], rows)
 
 
 def render(results: Results, machine: Dict[str, str], versions: Dict[str, str], *, mode: str, repeat: int,
-           sizes: Dict[str, int], peers: List[str], elapsed: float, max_seconds: float = 60.0) -> str:
-    columns = ["ours"] + peers
+           sizes: Dict[str, int], peers: List[str], elapsed: float, max_seconds: float = 60.0,
+           floors: List[str] = ()) -> str:
+    floors = list(floors)
+    columns = ["ours"] + floors + peers
     parts = [
         "## seven_segments benchmarks",
         "",
@@ -312,12 +336,15 @@ def render(results: Results, machine: Dict[str, str], versions: Dict[str, str], 
         f"{machine['os']}; commit {machine['commit'] or '?'}; {machine['date']}",
         f"mode: {mode}, {repeat} round(s), medians of rounds; took {elapsed:.0f} s; counts: "
         + ", ".join(f"{k}={v:,}" for k, v in sizes.items()),
-        "versions: " + ", ".join(f"{lib} {versions.get(lib) or '?'}" for lib in columns),
+        "versions: " + ", ".join(f"{lib} {versions.get(lib) or '?'}" for lib in ["ours"] + peers),
         "",
-        summary(results, peers),
+        summary(results, peers, floors),
         "",
         "† no peer delivered every event here; best among those that delivered some. ratio < 1 is better for "
-        "'lower' rows, > 1 for 'higher' rows.",
+        "'lower' rows, > 1 for 'higher' rows."
+        + (" naive json / naive orjson: a deque.append on the caller and one thread posting json.dumps / orjson.dumps "
+           "of up to 1,000 events as `bulk` commands, gzip level 1, http.client, to the same server as ours; no checks, "
+           "no retries, no bound" if floors else ""),
         "",
         "### Targets",
         "",
@@ -325,7 +352,7 @@ def render(results: Results, machine: Dict[str, str], versions: Dict[str, str], 
         "",
         "### Floors (the same process, measured the same way)",
         "",
-        floors(results),
+        floors_table(results),
         "",
         "### Blocking mode, command line, delivery to the sink (ours)",
         "",

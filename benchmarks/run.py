@@ -9,7 +9,7 @@
 It makes ``benchmarks/.venv`` for the peers (see :mod:`setup_env`), then runs every (library,
 scenario) in its own subprocess (:mod:`runner`) with a time limit, rounds interleaved so that noise
 falls on every library alike, and prints markdown tables: the summary (figure, ours, best peer,
-ratio), the floors, our blocking client and command line, the targets, and a per-library detail.
+ratio), the naive clients beside ours, the floors, our blocking client and command line, the targets, and a per-library detail.
 A peer that cannot be installed, crashes or times out shows as such in the tables.
 """
 
@@ -50,6 +50,13 @@ ROUNDTRIP_MAX_SECONDS: Dict[str, float] = {"full": 60.0, "quick": 30.0, "smoke":
 
 Job = Tuple[str, str, List[str], float]  # (library, key, runner arguments, timeout in seconds)
 
+#: The naive clients of issue 19, shown beside ours: ``bulk`` bodies to the same local server
+#: (:class:`libs.FloorBulk`, :class:`libs.FloorBulkOrjson`).
+FLOORS = ["floor_bulk", "floor_bulk_orjson"]
+#: The scenarios they run: with the API down they lose everything at once (no retries), so the
+#: memory and server-down exit figures would say nothing.
+FLOOR_KEYS = {"caller1", "caller4", "delivery", "exit", "exit_explicit"}
+
 
 def roundtrip_key(latency: float) -> str:
     """The scenario key of the round trip ``latency`` (seconds): ``roundtrip50`` for 50 ms."""
@@ -70,6 +77,8 @@ def jobs_for(lib: str, sizes: Dict[str, int], latencies: Sequence[float] = (), m
     jobs += [(lib, roundtrip_key(latency), ["roundtrip", "--n", str(sizes["roundtrip"]), "--latency", repr(latency),
                                           "--max-seconds", repr(max_seconds)], max_seconds + 90)
              for latency in latencies]
+    if lib in FLOORS:
+        return [job for job in jobs if job[1] in FLOOR_KEYS or job[1].startswith("roundtrip")]
     if lib == "ours":
         jobs += [
             # the same delivery against the sink, to tell the client's limit from the local server's
@@ -155,6 +164,11 @@ def can_run_ours(python: str) -> bool:
     return subprocess.run(probe, capture_output=True, timeout=60, env=env, cwd=str(REPO)).returncode == 0
 
 
+def has_orjson(python: str) -> bool:
+    """Whether ``python`` can import orjson (the naive orjson client's encoder)."""
+    return subprocess.run([python, "-c", "import orjson"], capture_output=True, timeout=60).returncode == 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description="Run the seven_segments benchmarks and print markdown tables.")
     parser.add_argument("--quick", action="store_true", help="reduced counts (under a minute with --ours-only)")
@@ -173,6 +187,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--roundtrip-max-seconds", type=float, default=0.0,
                         help="roundtrip: time one run may take from its first call (default 60 s); a library "
                              "still delivering then shows what it received in that time")
+    parser.add_argument("--no-floors", action="store_true",
+                        help="skip the naive clients (a deque and one thread posting json/orjson dumps)")
     parser.add_argument("--from-json", metavar="FILE", help="print the tables of a saved --json file; run nothing")
     args = parser.parse_args(argv)
 
@@ -180,7 +196,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         saved = json.loads(Path(args.from_json).read_text())
         print(report.render(saved["results"], saved["machine"], saved["versions"], mode=saved["mode"],
                             repeat=saved["repeat"], sizes=saved["sizes"], peers=saved.get("peers", []), elapsed=saved.get("elapsed", 0),
-                            max_seconds=saved.get("roundtrip_max_seconds", 60.0)))
+                            max_seconds=saved.get("roundtrip_max_seconds", 60.0), floors=saved.get("floors", [])))
         return 0
 
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
@@ -209,7 +225,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         setup_env.ensure([], log=lambda m: print(m, file=sys.stderr))
         python = str(setup_env.venv_python())
 
-    libraries = ["ours"] + [p for p in peers if p not in failures]
+    floors = [] if (args.smoke or args.no_floors) else [f for f in FLOORS if f != "floor_bulk_orjson" or has_orjson(python)]
+    libraries = ["ours"] + floors + [p for p in peers if p not in failures]
     only = {k for k in args.only.split(",") if k}
     jobs = [job for lib in libraries for job in jobs_for(lib, sizes, latencies, max_seconds)
             if not only or job[1] in only or job[1].rstrip("0123456789") in only]
@@ -229,11 +246,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     info = machine()
     versions = setup_env.versions(python, ["ours"] + peers)
     text = report.render(results, info, versions, mode=mode, repeat=args.repeat, sizes=sizes,
-                         peers=peers, elapsed=time.perf_counter() - started, max_seconds=max_seconds)
+                         peers=peers, elapsed=time.perf_counter() - started, max_seconds=max_seconds, floors=floors)
     print(text)
     if args.json:
         saved = {"machine": info, "versions": versions, "mode": mode, "sizes": sizes, "repeat": args.repeat,
-                 "peers": peers, "elapsed": time.perf_counter() - started, "roundtrip_max_seconds": max_seconds,
+                 "peers": peers, "floors": floors, "elapsed": time.perf_counter() - started, "roundtrip_max_seconds": max_seconds,
                  "results": results, "raw": raw}
         Path(args.json).write_text(json.dumps(saved, indent=1))
     return 0

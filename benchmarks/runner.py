@@ -535,7 +535,7 @@ def run(args: argparse.Namespace) -> Result:
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description="Run one benchmark scenario for one library.")
-    parser.add_argument("lib", choices=sorted(libs.LIBRARIES) + ["-"])
+    parser.add_argument("lib", choices=sorted(libs.LIBRARIES) + sorted(libs.EXTRAS) + ["-"])
     parser.add_argument("scenario")
     parser.add_argument("--n", type=int, default=10_000)
     parser.add_argument("--threads", type=int, default=1)

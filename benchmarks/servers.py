@@ -109,14 +109,15 @@ PREFER_LOCAL_SERVER = True
 
 
 def start_for(lib: str, latency: float = 0.0) -> Server:
-    """Our client talks to the local server's counting-only mode; the peers talk to the sink.
+    """Our client (and the naive ``bulk`` clients) talk to the local server's counting-only mode; the
+    peers talk to the sink.
 
     When the local server cannot start (not importable yet, or broken), our client falls back to the
     sink, which also speaks the 7SEGMENTS ``/bulk`` protocol; ``Server.kind`` says which it was.
     ``latency`` delays every answer of either server by that many seconds (``LocalServer(latency=...)``,
     ``sink.py --latency``).
     """
-    if lib in ("ours", "floors") and PREFER_LOCAL_SERVER:
+    if lib in ("ours", "floors", "floor_bulk", "floor_bulk_orjson") and PREFER_LOCAL_SERVER:
         try:
             return Server("ours", latency=latency)
         except Exception as exc:  # reported in the results as server="sink"
