@@ -72,7 +72,7 @@ def test_stats_queued_never_goes_backwards_while_the_pump_takes(fresh: LocalServ
     decreases: List[Tuple[float, float]] = []
     last = 0.0
     try:
-        until = time.monotonic() + 3.0  # seen within half a second here, in each of 5 runs
+        until = time.monotonic() + 1.0  # the defect showed within half a second, in each of 5 runs
         while time.monotonic() < until and not decreases:
             queued = client.stats()["queued"]
             if queued < last:
