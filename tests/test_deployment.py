@@ -393,7 +393,7 @@ def test_green_threads_sigterm_delivers(library: str, server: LocalServer, tmp_p
     run.kill(signal.SIGTERM)
     result = run.finish()
     assert result["code"] == -signal.SIGTERM, result["stderr"]
-    assert server.stats()["events"] == 2000
+    assert server.stats()["events"] == 2000, result["stderr"]
 
 
 # --------------------------------------------------------------------------------------------
