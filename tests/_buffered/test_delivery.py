@@ -28,6 +28,8 @@ from seven_segments.serialization import BulkCommandEncoder
 from seven_segments.errors import InvalidRequest, QueueFull, SevenSegmentsError, ServiceUnavailable
 from seven_segments.transport import TransientError
 
+from .fakes import FakeSpool
+
 ALL_OK = Verdict([], [], [], True)
 
 
@@ -39,34 +41,6 @@ class FakeClock:
         return self.now
 
 
-class FakeSpool:
-    """Stands in for ``Spool``: records are ``("segment", n)``, each payload remembered for ``reread``."""
-
-    folder = "/fake/spool"
-    last_failure = ""
-
-    def __init__(self) -> None:
-        self.payloads: Dict[Tuple[str, int], bytes] = {}
-        self.confirmed: List[Tuple[str, int]] = []
-
-    def append(self, payload: bytes) -> Tuple[str, int]:
-        record = ("segment", len(self.payloads))
-        self.payloads[record] = payload
-        return record
-
-    def recover(self, chunk_size: int = 1000) -> Any:
-        return iter(())
-
-    def prepare_next(self) -> None:
-        pass
-
-    def confirm(self, records: Any) -> None:
-        self.confirmed.extend(records)
-
-    def reread(self, by_name: Any, chunk_size: int, lost: Any) -> Any:
-        records = [(name, offset) for name, offsets in by_name.items() for offset in offsets]
-        for start in range(0, len(records), chunk_size):
-            yield [(record, self.payloads[record]) for record in records[start : start + chunk_size]]
 
 
 class Harness:
