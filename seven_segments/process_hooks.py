@@ -252,7 +252,7 @@ def _on_sigterm(signum: int, frame: Optional[FrameType]) -> None:
         # gevent/eventlet: this handler may be running in the hub, which must not block; a new
         # green thread closes and then ends the process, while the hub keeps the clients' I/O going.
         try:
-            threading.Thread(target=_close_then_end, args=(signum,), name="seven-segments-sigterm", daemon=True).start()
+            _spawn_green(_close_then_end, signum)
             return
         except BaseException:
             logger.exception("seven_segments: cannot start a green thread to close the clients at SIGTERM")
@@ -301,6 +301,15 @@ def _green_threads() -> bool:
         return True
     patcher = sys.modules.get("eventlet.patcher")
     return bool(patcher is not None and patcher.is_monkey_patched("thread"))
+
+
+def _spawn_green(target: Callable[[int], None], signum: int) -> None:
+    """Run ``target(signum)`` in a new green thread, without switching to it: this may run in the hub,
+    which cannot wait, and ``threading.Thread.start`` waits until the thread has started (eventlet
+    then raises "Cannot switch to MAINLOOP from MAINLOOP")."""
+    monkey = sys.modules.get("gevent.monkey")
+    library: Any = sys.modules["gevent" if monkey is not None and monkey.is_module_patched("threading") else "eventlet"]
+    library.spawn(target, signum)  # scheduled: it runs at the hub's next turn
 
 
 def _end_by(signum: int) -> None:

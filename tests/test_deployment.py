@@ -396,6 +396,26 @@ def test_green_threads_sigterm_delivers(library: str, server: LocalServer, tmp_p
     assert server.stats()["events"] == 2000, result["stderr"]
 
 
+#: A SIGTERM whose handler runs inside the hub: the process sends it from a callback of the hub's loop.
+SIGTERM_IN_THE_HUB = {
+    "eventlet": "from eventlet import hubs\nhubs.get_hub().schedule_call_global(0.01, os.kill, os.getpid(), signal.SIGTERM)\n",
+    "gevent": "import gevent\ngevent.get_hub().loop.run_callback(os.kill, os.getpid(), signal.SIGTERM)\n",
+}
+
+
+@pytest.mark.parametrize("library", sorted(GREEN))
+def test_green_threads_sigterm_handled_inside_the_hub_delivers(library: str, server: LocalServer, tmp_path: Path) -> None:
+    """The hub cannot wait, and starting a thread waits for it to start: eventlet refused ("Cannot
+    switch to MAINLOOP from MAINLOOP") and the process ended with nothing delivered."""
+    body = TRACK_AND_WAIT.replace("COUNT", "2000").replace("SHUTDOWN", "5.0").replace(
+        "wait_for_signal()", "import os, signal\n" + SIGTERM_IN_THE_HUB[library] + "wait_for_signal()"
+    )
+    result = Run(tmp_path, green(library, body), server.url).finish()
+    assert result["code"] == -signal.SIGTERM, result["stderr"]
+    assert server.stats()["events"] == 2000, result["stderr"]
+    assert "cannot start a green thread" not in result["stderr"]
+
+
 # --------------------------------------------------------------------------------------------
 # uwsgi (the pyuwsgi wheel)
 
