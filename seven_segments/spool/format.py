@@ -91,11 +91,6 @@ class SpoolError(ValueError):
     not writable, written by a newer version)."""
 
 
-def record_bytes(payload: bytes) -> bytes:
-    """``payload`` as a record: its header (magic, length, checksum), then the payload."""
-    return RECORD_HEADER.pack(RECORD_MAGIC, len(payload), zlib.crc32(payload)) + payload
-
-
 def valid_at(data: bytes, view: memoryview, position: int) -> int:
     """The end of the record at ``position`` when one is there whole and sound, else -1."""
     if len(data) - position < RECORD_HEADER_BYTES:

@@ -145,7 +145,7 @@ class Recovery:
         if os.path.exists(os.path.join(self.folder, name + SEGMENT_SUFFIX)):
             return
         try:
-            os.unlink(os.path.join(self.folder, name + ACK_SUFFIX))
+            os.unlink(files.ack_path_of(self.folder, name))
         except OSError:
             pass
 

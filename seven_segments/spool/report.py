@@ -8,7 +8,7 @@ import os
 from typing import List, NamedTuple, Optional, TextIO
 
 from . import files
-from .format import ACK_SUFFIX, FORMAT_VERSION, SEGMENT_SUFFIX, SpoolError, parse_records, read_header
+from .format import FORMAT_VERSION, SEGMENT_SUFFIX, SpoolError, parse_records, read_header
 
 __all__ = ["SpoolFile", "SpoolReport", "inspect", "show"]
 
@@ -104,7 +104,7 @@ def _inspect_file(folder: str, name: str) -> Optional[SpoolFile]:
     if header.version > FORMAT_VERSION:
         return SpoolFile(name + SEGMENT_SUFFIX, 0, len(data), alive, 0, header.version)
     records, lost = parse_records(data, header.start)
-    acked = files.read_acks(os.path.join(folder, name + ACK_SUFFIX))
+    acked = files.read_acks(files.ack_path_of(folder, name))
     pending = sum(1 for offset, _, _ in records if offset not in acked)
     return SpoolFile(name + SEGMENT_SUFFIX, pending, len(data), alive, lost, header.version, header.target)
 
