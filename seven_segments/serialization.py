@@ -757,7 +757,8 @@ class BulkCommandEncoder:
 
     The token is encoded once, the JSON of the last customer ids and event type is reused (for the
     same object, or for equal ids: the client passes one ids object for a run of calls for one
-    customer). The timestamp is written with microsecond precision as a JSON number in exponent
+    customer). One encoder serves every thread of a client: what it keeps is replaced whole, one
+    tuple at a time, never changed in place. The timestamp is written with microsecond precision as a JSON number in exponent
     form (``1700000000123456e-6``), which costs a fifth of writing the float itself.
     """
 
@@ -768,43 +769,51 @@ class BulkCommandEncoder:
         #: properties_room; a fifth of the limit at most, see _WRITTEN_HERE_BYTES): longer JSON, or
         #: LargeCustomerIds, go the careful way, which measures the command.
         self._room = min(properties_room(token), _WRITTEN_HERE_BYTES)
-        self._ids: Optional[CustomerIds] = None
-        self._type: Optional[str] = None
-        self._event_text = ""  # everything before the properties, for the last ids and type seen
-        self._event_head = b""  # the same as UTF-8
-        self._customer_text = ""  # the same for customer updates, for the last ids seen
-        self._customer_head = b""
-        self._set_ids({})
+        # What comes before the properties, for the last ids (and event type) seen: each kept in one
+        # tuple replaced whole, so that threads sharing the encoder never read one customer's ids
+        # with another's text. Events: (ids, type, text, UTF-8); updates: (ids, text, UTF-8).
+        self._ids_json: Tuple[Any, str] = (None, "")
+        self._event: Tuple[Any, Any, str, bytes] = (None, None, "", b"")
+        self._customer: Tuple[Any, str, bytes] = (None, "", b"")
 
-    def _set_ids(self, ids: CustomerIds) -> None:
-        self._ids = ids
-        self._ids_json = _write_plain(ids)
-        self._type = None
-        self._customer_text = (
-            '{"name":"' + PATH_CUSTOMERS + '","data":{"company_id":' + self._company + ',"ids":' + self._ids_json
-            + ',"properties":'
-        )
-        self._customer_head = self._customer_text.encode()
+    def _json_of_ids(self, ids: CustomerIds) -> str:
+        known, text = self._ids_json
+        if ids is not known and ids != known:
+            text = _write_plain(ids)
+            self._ids_json = (ids, text)
+        return text
 
-    def _set_type(self, kind: str) -> None:
-        self._type = kind
-        self._event_text = (
-            '{"name":"crm/events","data":{"company_id":' + self._company + ',"customer_ids":' + self._ids_json
-            + ',"type":' + _encode_string(kind) + ',"properties":'
+    def _event_start(self, ids: CustomerIds, kind: str) -> Tuple[str, bytes]:
+        text = (
+            '{"name":"' + PATH_EVENTS + '","data":{"company_id":' + self._company + ',"customer_ids":'
+            + self._json_of_ids(ids) + ',"type":' + _encode_string(kind) + ',"properties":'
         )
-        self._event_head = self._event_text.encode()
+        head = text.encode()
+        self._event = (ids, kind, text, head)
+        return text, head
+
+    def _customer_start(self, ids: CustomerIds) -> Tuple[str, bytes]:
+        text = (
+            '{"name":"' + PATH_CUSTOMERS + '","data":{"company_id":' + self._company + ',"ids":'
+            + self._json_of_ids(ids) + ',"properties":'
+        )
+        head = text.encode()
+        self._customer = (ids, text, head)
+        return text, head
 
     def encode(self, command: Command) -> bytes:
-        """``{"name": path, "data": {...}}`` as UTF-8 JSON bytes (``command`` is exactly a ``Command``)."""
+        """``{"name": path, "data": {...}}`` as UTF-8 JSON bytes (``command`` is exactly a ``Command``).
+        Safe to call from several threads at once."""
         path, ids, kind, properties, timestamp, command_id = command
-        if ids is not self._ids and ids != self._ids:  # the same object, or equal ids: the same JSON
-            self._set_ids(ids)
         if path == PATH_EVENTS:
-            if kind is not self._type:
-                self._set_type(cast(str, kind))
-            head = self._event_head
+            known_ids, known_kind, text, head = self._event
+            # The same ids object, or equal ids, write the same JSON.
+            if ids is not known_ids and ids != known_ids or kind is not known_kind:
+                text, head = self._event_start(ids, cast(str, kind))
         else:
-            head = self._customer_head
+            known_ids, text, head = self._customer
+            if ids is not known_ids and ids != known_ids:
+                text, head = self._customer_start(ids)
         # The command id is checked to [A-Za-z0-9_-]: it needs no escaping.
         tail = f',"timestamp":{round(timestamp * 1e6)}e-6,"command_id":"{command_id}"}}}}'
         if type(properties) is bytes:  # written by capture_properties_written
@@ -816,7 +825,6 @@ class BulkCommandEncoder:
             if dumps is None:
                 # _whole_here, its shape's writer inline. At most the room besides the head and tail
                 # (which take at least as many bytes as characters).
-                text = self._event_text if path == PATH_EVENTS else self._customer_text
                 most = self._room + len(text) + len(tail)
                 write = _SHAPES.get(tuple(properties))
                 written = None if write is None else write(text, tail, *properties.values())

@@ -596,3 +596,39 @@ def test_a_shapes_writer_takes_only_the_types_it_was_made_for(later: Dict[str, A
                 assert json.loads(written[0]) == careful[0] == json.loads(encoded)["data"]["properties"]
     finally:
         serialization._SHAPES = saved
+
+
+@pytest.mark.parametrize("writer", ["json", "orjson"])
+def test_one_encoder_shared_by_threads_never_mixes_customers(writer: str) -> None:
+    """A buffered client's callers share its encoder: what it keeps of the last customer and event
+    type is replaced whole, so a command never carries another thread's customer or type."""
+    if writer == "orjson" and ORJSON is None:
+        pytest.skip("orjson is not installed")
+    import threading
+
+    encoder = BulkCommandEncoder("token")
+    wrong: list = []
+    start = threading.Barrier(4)
+
+    def calls(n: int) -> None:
+        ids, kind = {"registered": f"customer-{n}"}, f"type-{n}"
+        start.wait()
+        for i in range(2000):
+            path = "crm/events" if i % 3 else "crm/customers"
+            command = (path, dict(ids) if i % 2 else ids, kind if path == "crm/events" else None, {"n": n}, 1.0, f"id-{n}")
+            data = json.loads(encoder.encode(command))["data"]
+            if data.get("customer_ids", data.get("ids")) != ids or data.get("type", kind) != kind:
+                wrong.append(data)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # a switch between almost any two bytecodes
+    try:
+        with writing_with(ORJSON if writer == "orjson" else STDLIB):  # type: ignore[arg-type]
+            threads = [threading.Thread(target=calls, args=(n,)) for n in range(4)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert wrong == []

@@ -26,7 +26,7 @@ import os
 import threading
 import weakref
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Protocol, Tuple
 
 from ..clock import Clock, monotonic
 from ..health import Figures
@@ -62,9 +62,17 @@ DROP_KEEP_SHARE = 4
 #: The shortest attempt made on a flushing thread whose flush has (almost) no time left (seconds).
 MIN_INLINE_ATTEMPT = 0.05
 
+_getpid = os.getpid
 _RUNNING = Phase.RUNNING
 _IDLE = Phase.IDLE
 _STOPPED = Phase.STOPPED
+
+
+class Submit(Protocol):
+    """``submit(command, pid=0)``, as :attr:`BufferedEngine.submit` takes it."""
+
+    def __call__(self, command: Command, pid: int = 0) -> None:
+        """Queue ``command``."""
 
 
 class Core:
@@ -78,12 +86,14 @@ class Core:
         on_error: Optional[ErrorCallback],
         clock: Clock,
         spool: "Optional[Spool]" = None,
+        elsewhere: Callable[[Command], None] = lambda command: None,
     ) -> None:
         self.pid = os.getpid()
+        #: Where a command submitted in another process (a forked child) goes: its own core.
+        self._elsewhere = elsewhere
         self._max_queue_size = limits.max_queue_size  # read by every call: one attribute, not two
         self._max_queue_bytes = limits.max_queue_bytes
-        self._token = token
-        self._encoders = threading.local()  # callers encode: one encoder per thread
+        self._encode = BulkCommandEncoder(token).encode  # callers encode on their threads: one, shared
         self.transport = transport
         #: Queued commands (one kind per store: bytes, or ``Spooled``) and FlushTickets, in call order.
         self.incoming: Deque[Any] = deque()
@@ -122,18 +132,16 @@ class Core:
 
     # The caller's side ------------------------------------------------------------------------
 
-    def submit(self, command: Command) -> None:
+    def submit(self, command: Command, pid: int = 0) -> None:
         """Make ``command`` (checked) its bytes and queue them without blocking, or drop it.
 
-        A command costs its JSON's bytes and ``COMMAND_COST`` against ``max_queue_bytes``, exactly,
-        whether the pump holds it or it still waits in ``incoming``.
-        """
-        encoders = self._encoders
-        try:
-            payload: bytes = encoders.encode(command)
-        except AttributeError:
-            encoders.encode = BulkCommandEncoder(self._token).encode
-            payload = encoders.encode(command)
+        ``pid``: the process id the caller just read (0: read it here); a forked child's command goes to
+        the child's core. A command costs its JSON's bytes and ``COMMAND_COST`` against
+        ``max_queue_bytes``, exactly, whether the pump holds it or it still waits in ``incoming``."""
+        if (pid or _getpid()) != self.pid:
+            self._elsewhere(command)
+            return
+        payload = self._encode(command)
         incoming = self.incoming
         budget = self.settlement.budget
         lifecycle = self.lifecycle
@@ -389,6 +397,9 @@ class BufferedEngine:
         self._clock = clock
         self._holder: List[Core] = [self._new_core()]
         self._core = self._holder[0]
+        #: ``submit(command, pid=0)``: queue ``command`` (checked) as its bytes, or drop it (see
+        #: ``Core.submit``): the current core's own method, no call in between on the caller's path.
+        self.submit: Submit = self._core.submit
         arm_exit_hooks()  # on the constructing thread: SIGTERM's handler needs the main thread
         # Dropped without close(): deliver what it holds (bounded by shutdown_timeout), keep nothing.
         finalizer = weakref.finalize(self, _close_dropped, self._holder)
@@ -397,7 +408,14 @@ class BufferedEngine:
             self._core.pump_thread.start()  # deliver what processes that died left in the spool, now
 
     def _new_core(self) -> Core:
-        return Core(self._token, self._transport, self._limits, self._on_error, self._clock, self._spool)
+        engine = weakref.ref(self)  # a core never keeps its engine alive (see _close_dropped)
+
+        def elsewhere(command: Command) -> None:
+            alive = engine()
+            if alive is not None:
+                alive._current().submit(command)
+
+        return Core(self._token, self._transport, self._limits, self._on_error, self._clock, self._spool, elsewhere)
 
     def _current(self) -> Core:
         core = self._core
@@ -412,17 +430,7 @@ class BufferedEngine:
         """Start over in a forked child: nothing of the parent's queue, threads, locks or sockets."""
         self._transport.renew_after_fork()
         self._core = self._holder[0] = self._new_core()
-
-    def submit(self, command: Command, pid: int = 0) -> None:
-        """Queue ``command`` (checked) as its bytes without blocking; drop it (counted, reported) when
-        full or closed.
-
-        ``pid`` is the current process id when the caller has just read it (0: read it here).
-        """
-        core = self._core
-        if core.pid != (pid or os.getpid()):
-            core = self._current()
-        core.submit(command)
+        self.submit = self._core.submit
 
     def flush(self, timeout: Optional[float] = None) -> bool:
         """Wait until everything queued before this call settled (or ``timeout``); True when all was delivered."""
