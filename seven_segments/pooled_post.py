@@ -13,7 +13,7 @@ here is stored in the session, so the next request goes the ``requests`` way and
 
 from __future__ import annotations
 
-from typing import Any, Optional, Tuple, cast
+from typing import Any, Dict, Optional, Tuple, cast
 from urllib.parse import urlsplit
 
 import requests
@@ -35,6 +35,8 @@ class PooledPost:
         self._path = parts.path + ("?" + parts.query if parts.query else "")
         self._request = requests.PreparedRequest()
         self._request.prepare(method="POST", url=url)
+        #: (adapter, verify, cert, host, pool_kwargs): the pool key of the last settings seen.
+        self._key: Optional[Tuple[Any, Any, Any, Dict[str, Any], Dict[str, Any]]] = None
 
     def usable(self) -> bool:
         """Whether this path may carry the request: no proxy for the URL, no cookie to send."""
@@ -46,8 +48,13 @@ class PooledPost:
         verify, cert = self._session.verify, self._session.cert  # as network.NetworkSettings set them
         attributes = getattr(adapter, "build_connection_pool_key_attributes", None)
         if attributes is not None:  # requests 2.32+: the pool key requests itself uses (CA bundle, client certificate)
-            host, pool_kwargs = attributes(self._request, verify, cert)
-            return adapter.poolmanager.connection_from_host(**host, pool_kwargs=pool_kwargs)
+            # Worked out once for the adapter and settings in use: requests looks at the CA bundle's
+            # path on the disk each time (a system call, and a hand-back of the interpreter's lock).
+            key = self._key
+            if key is None or key[0] is not adapter or key[1] != verify or key[2] != cert:
+                host, pool_kwargs = attributes(self._request, verify, cert)
+                key = self._key = (adapter, verify, cert, host, pool_kwargs)
+            return adapter.poolmanager.connection_from_host(**key[3], pool_kwargs=key[4])
         pool = adapter.get_connection(self._url)  # pragma: no cover - requests before 2.32
         adapter.cert_verify(pool, self._url, verify, cert)  # type: ignore[no-untyped-call] # pragma: no cover
         return pool  # pragma: no cover
