@@ -193,7 +193,7 @@ class SevenSegments(_ApiClient, CustomerChoice):
       queued command waits at most this long), ``max_queue_size`` (1,000,000 commands) and
       ``max_queue_bytes`` (64 MiB) bound the queue (past them commands are dropped, counted and passed
       to ``on_error``), ``shutdown_timeout`` (5 s: how long exit or ``close()`` may take to deliver),
-      ``max_in_flight`` (16: requests in flight at once; the window shrinks to one on a passing failure
+      ``max_in_flight`` (32: requests in flight at once; the window shrinks to one on a passing failure
       and grows back on success), ``spool`` (a folder: every command is written there before ``track``
       returns, so that a process killed at any moment loses nothing; the next client on the folder
       for the same ``target`` delivers what was left), ``spool_max_bytes`` (256 MiB: past it, or on a full

@@ -31,10 +31,11 @@ DEFAULT_BATCH_SIZE = MAX_BULK_COMMANDS
 DEFAULT_FLUSH_INTERVAL = 0.5
 #: Requests of one client in flight at once. Throughput is about ``max_in_flight * batch_size / RTT``,
 #: where the RTT includes the waits of sender threads for the GIL while the application runs (up to
-#: the 5 ms switch interval, several times per request). Measured with ``benchmarks/run.py --only
-#: roundtrip``: 16 delivered 89,000 events/s at a 50 ms round trip and 79,000 at 100 ms, where 8
-#: delivered about 60,000 and 50,000; more than 16 gained nothing measurable.
-DEFAULT_MAX_IN_FLIGHT = 16
+#: the 5 ms switch interval, several times per request). A backlog (a burst, a backfill, the end of
+#: an outage) drains at that rate once the producer stops: with a server that keeps up, 32 drained it
+#: in about half the time 16 took (``benchmarks/roundtrip_ab.py --server sink --windows 32``). Sender
+#: threads start only as requests need them, so a client that sends less keeps fewer.
+DEFAULT_MAX_IN_FLIGHT = 32
 #: The most a user may ask for (each request in flight is a sender thread and a connection).
 MAX_IN_FLIGHT = 32
 #: Commands, and about how many bytes, a client holds at most; past them commands are dropped.

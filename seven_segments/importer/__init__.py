@@ -15,7 +15,7 @@ import os
 import sys
 
 from .formats import FORMATS
-from .job import Options, UsageProblem
+from .job import IMPORT_MAX_IN_FLIGHT, Options, UsageProblem
 from .job import run as run_options
 
 __all__ = ["add_arguments", "run", "UsageProblem"]
@@ -56,8 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry-run", action="store_true", help="check every line, send nothing, print the summary")
     parser.add_argument("--max-errors", type=_positive_int, default=1000, metavar="N",
                         help="stop once more than N lines of an input were rejected (default: 1000)")
-    parser.add_argument("--max-in-flight", type=_in_flight, default=16, metavar="N",
-                        help="requests in flight at once, 1 to 32 (default: 16)")
+    parser.add_argument("--max-in-flight", type=_in_flight, default=IMPORT_MAX_IN_FLIGHT, metavar="N",
+                        help=f"requests in flight at once, 1 to 32 (default: {IMPORT_MAX_IN_FLIGHT})")
     parser.add_argument("--retry-deadline", type=float, default=300.0, metavar="SECONDS",
                         help="how long passing failures are retried before the import stops (default: 300)")
     parser.add_argument("--progress-interval", type=float, default=10.0, metavar="SECONDS",

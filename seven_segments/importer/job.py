@@ -29,6 +29,9 @@ SHOWN_REJECTS = 20
 #: about WINDOW_BYTES of their lines (the engine holds a few times that in memory).
 WINDOW_PER_REQUEST = 2000
 WINDOW_BYTES = 32 << 20
+#: Requests in flight by default: the engine's ``DEFAULT_MAX_IN_FLIGHT``, written out so that the
+#: command line does not import the engine.
+IMPORT_MAX_IN_FLIGHT = 32
 #: The token of a dry run without ``$SEVEN_SEGMENTS_TOKEN``: it is never sent; only its length counts
 #: (a command's size includes it), that of the usual UUID.
 _DRY_RUN_TOKEN = "00000000-0000-0000-0000-000000000000"
@@ -54,7 +57,7 @@ class Options(NamedTuple):
     restart: bool = False
     dry_run: bool = False
     max_errors: int = 1000
-    max_in_flight: int = 16
+    max_in_flight: int = IMPORT_MAX_IN_FLIGHT
     retry_deadline: float = 300.0
     progress_interval: float = 10.0
     confirm_interval: float = 0.5

@@ -433,3 +433,19 @@ def test_a_token_the_api_refuses_stops_the_import_and_confirms_no_line(
         assert len(server.events()) == 40
     finally:
         server.stop()
+
+
+def test_the_import_takes_the_engines_window_by_default_and_its_bounds() -> None:
+    """The import's defaults are the client's (written out there so that the command line does not
+    import the engine)."""
+    import argparse
+
+    from seven_segments._buffered.limits import DEFAULT_MAX_IN_FLIGHT, MAX_IN_FLIGHT
+    from seven_segments.importer import add_arguments
+    from seven_segments.importer.job import IMPORT_MAX_IN_FLIGHT
+
+    assert IMPORT_MAX_IN_FLIGHT == DEFAULT_MAX_IN_FLIGHT
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert parser.parse_args(["x.jsonl"]).max_in_flight == DEFAULT_MAX_IN_FLIGHT
+    assert f"1 to {MAX_IN_FLIGHT} (default: {DEFAULT_MAX_IN_FLIGHT})" in " ".join(parser.format_help().split())
