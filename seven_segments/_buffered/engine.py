@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Pr
 
 from ..clock import Clock, monotonic
 from ..health import Figures
+from ..process_id import current_pid
 from ..serialization import BulkCommandEncoder, Command
 from ..transport import TransientError, Transport
 from ..watchdog import WATCHDOG
@@ -62,7 +63,7 @@ DROP_KEEP_SHARE = 4
 #: The shortest attempt made on a flushing thread whose flush has (almost) no time left (seconds).
 MIN_INLINE_ATTEMPT = 0.05
 
-_getpid = os.getpid
+_getpid = current_pid
 _RUNNING = Phase.RUNNING
 _IDLE = Phase.IDLE
 _STOPPED = Phase.STOPPED
