@@ -37,6 +37,7 @@ from collections.abc import Mapping
 from itertools import count
 from typing import Any, Callable, Dict, Iterator, Optional, Tuple, Union, cast
 
+from .process_id import current_pid
 from .protocol import (
     COMMAND_ID_RE,
     DEFAULT_ID_TYPE,
@@ -194,10 +195,10 @@ def _whole_here(head: str, properties: JSONObject, tail: str, most: int) -> Opti
     lone surrogate, or the whole is longer than ``most`` bytes (the careful path then checks, and
     perhaps refuses, the properties)."""
     keys = tuple(properties)
-    write = _SHAPES.get(keys)
-    if write is None:
-        write = _shape_writer(keys, properties)
-    text = write(head, tail, *properties.values())
+    writers = _SHAPES.get(keys)
+    if writers is None:
+        writers = _shape_writers(keys, properties)
+    text = writers[0](head, tail, *properties.values())
     if text is None:  # values of other types than the shape's first: the general loop
         text = _looped(head, properties, tail)
         if text is None:
@@ -242,8 +243,8 @@ def _looped(head: str, properties: JSONObject, tail: str) -> Optional[str]:
 
 
 #: The writers of the shapes of properties seen (their keys, in order: most call sites pass the same
-#: keys every time), each made for the types of values it first saw (see _shape_writer).
-_SHAPES: Dict[Tuple[Any, ...], Callable[..., Optional[str]]] = {}
+#: keys every time), each made for the types of values it first saw (see _shape_writers).
+_SHAPES: Dict[Tuple[Any, ...], Tuple[Callable[..., Optional[str]], Callable[..., Optional[str]]]] = {}
 _SHAPES_KEPT = 256
 _SHAPE_KEYS_MOST = 32
 
@@ -252,19 +253,26 @@ def _no_shape(*_: Any) -> Optional[str]:
     return None
 
 
-def _shape_writer(keys: Tuple[Any, ...], properties: JSONObject) -> Callable[..., Optional[str]]:
-    """A function ``(head, tail, *values) -> text`` that checks and writes, in one f-string, properties
-    with ``keys`` and values of the types ``properties`` has now (None for values of other types, or
-    that JSON refuses). Made from code that names only its own variables (keys and types are bound
-    as values), and kept up to a bound; ``_no_shape`` for keys or values it does not take."""
+_NO_SHAPE = (_no_shape, _no_shape)
+
+
+def _shape_writers(
+    keys: Tuple[Any, ...], properties: JSONObject
+) -> Tuple[Callable[..., Optional[str]], Callable[..., Optional[str]]]:
+    """Two functions that check and write, in one f-string, properties with ``keys`` and values of
+    the types ``properties`` has now (None for values of other types, or that JSON refuses):
+    ``(head, tail, *values) -> text``, and ``(head, timestamp, command_id, *values) -> text`` which
+    writes the rest of a bulk command after them (see ``BulkCommandEncoder.encode``). Made from code
+    that names only its own variables (keys and types are bound as values), and kept up to a bound;
+    ``_no_shape`` for keys or values they do not take."""
     if (  # past the bound, or keys not kept: the general loop (a long key is not kept for ever)
         len(_SHAPES) >= _SHAPES_KEPT or len(keys) > _SHAPE_KEYS_MOST
         or not all(type(key) is str and len(key) <= _KEY_KEPT_LENGTH for key in keys)
     ):
-        return _no_shape
+        return _NO_SHAPE
     types = tuple(map(type, properties.values()))
     if not _WRITTEN_TYPES.issuperset(types):  # nested values, say: the general loop, which sends them on
-        write: Callable[..., Optional[str]] = _no_shape
+        writers = _NO_SHAPE
     else:
         names: Dict[str, Any] = {"_encode": _encode_string, "_least": _LEAST_INT, "_big": _BIG_INT}
         refused, parts = [], []
@@ -277,14 +285,18 @@ def _shape_writer(keys: Tuple[Any, ...], properties: JSONObject) -> Callable[...
                 refused.append(f"not _least < v{number} < _big")  # the careful path counts its digits
             parts.append("{k%d}" % number + _SHAPE_VALUE[kind].replace("V", f"v{number}"))
         arguments = "".join(f", v{number}" for number in range(len(keys)))
+        check = f"    if {' or '.join(refused) or 'False'}:\n        return None\n"
+        written = "{head}{{" + "".join(parts) + "}}"
+        # The rest of a command as encode's tail writes it (the command id needs no escaping).
+        rest = ',\\"timestamp\\":{round(timestamp * 1e6)}e-6,\\"command_id\\":\\"{command_id}\\"}}}}'
         source = (
-            f"def write(head, tail{arguments}):\n    if {' or '.join(refused) or 'False'}:\n        return None\n"
-            f"    return f\"{{head}}{{{{{''.join(parts)}}}}}{{tail}}\"\n"
+            f"def write(head, tail{arguments}):\n{check}    return f\"{written}{{tail}}\"\n"
+            f"def write_command(head, timestamp, command_id{arguments}):\n{check}    return f\"{written}{rest}\"\n"
         )
         exec(source, names)  # noqa: S102 - the source holds no value passed in, only the names above
-        write = names["write"]
-    _SHAPES[keys] = write
-    return write
+        writers = (names["write"], names["write_command"])
+    _SHAPES[keys] = writers
+    return writers
 
 
 #: How a shape's f-string writes a value of each type (V stands for the value's variable).
@@ -659,7 +671,7 @@ def timestamp_seconds(timestamp: Optional[Timestamp]) -> float:
     return seconds
 
 
-_getpid = os.getpid
+_getpid = current_pid
 
 
 class _CommandIds:
@@ -745,6 +757,16 @@ def _company_token(text: bytes) -> Optional[str]:
     return token if isinstance(token, str) else None
 
 
+def _tail(timestamp: float, command_id: str) -> bytes:
+    """What follows a bulk command's properties. The command id is checked to [A-Za-z0-9_-]: it
+    needs no escaping. (Inline where every call writes it.)"""
+    return f',"timestamp":{round(timestamp * 1e6)}e-6,"command_id":"{command_id}"}}}}'.encode()
+
+
+#: The length of the shortest tail (see ``_tail``).
+_LEAST_REST = len(_tail(0.0, "x"))
+
+
 class BulkCommandEncoder:
     """Turns ``Command`` tuples into the JSON of one ``bulk`` command, for one company token.
 
@@ -814,27 +836,27 @@ class BulkCommandEncoder:
             known_ids, text, head = self._customer
             if ids is not known_ids and ids != known_ids:
                 text, head = self._customer_start(ids)
-        # The command id is checked to [A-Za-z0-9_-]: it needs no escaping.
-        tail = f',"timestamp":{round(timestamp * 1e6)}e-6,"command_id":"{command_id}"}}}}'
-        if type(properties) is bytes:  # written by capture_properties_written
-            return head + properties + tail.encode()
         if type(properties) is dict and type(ids) is not LargeCustomerIds:
             # A flat dict of plain values is checked and written here (capture_properties_written,
             # inline: this runs in every track) and, shorter than the room, surely fits a command.
             dumps = _FAST_DUMPS
             if dumps is None:
-                # _whole_here, its shape's writer inline. At most the room besides the head and tail
-                # (which take at least as many bytes as characters).
-                most = self._room + len(text) + len(tail)
-                write = _SHAPES.get(tuple(properties))
-                written = None if write is None else write(text, tail, *properties.values())
-                if written is not None:
-                    try:
-                        encoded = written.encode()
-                    except UnicodeEncodeError:  # a lone surrogate: the careful path names it
-                        encoded = b""
-                    return encoded if 0 < len(encoded) <= most else head + self._written(command) + tail.encode()
-                whole = _whole_here(text, properties, tail, most)
+                # _whole_here, its shape's writer inline, with the rest of the command. At most the
+                # room besides the head and the shortest rest (which take at least as many bytes as
+                # characters): the properties take at most the room.
+                most = self._room + len(text) + _LEAST_REST
+                writers = _SHAPES.get(tuple(properties))
+                if writers is not None:
+                    written = writers[1](text, timestamp, command_id, *properties.values())
+                    if written is not None:
+                        try:
+                            encoded = written.encode()
+                        except UnicodeEncodeError:  # a lone surrogate: the careful path names it
+                            encoded = b""
+                        if 0 < len(encoded) <= most:
+                            return encoded
+                        return head + self._written(command) + _tail(timestamp, command_id)
+                whole = _whole_here(text, properties, _tail(timestamp, command_id).decode(), most)
                 if whole is not None:
                     return whole
             else:
@@ -848,9 +870,12 @@ class BulkCommandEncoder:
                     except TypeError:  # orjson.JSONEncodeError: the careful path names what it refused
                         pass
                     else:
-                        if len(data) <= self._room:
+                        if len(data) <= self._room:  # _tail, inline
+                            tail = f',"timestamp":{round(timestamp * 1e6)}e-6,"command_id":"{command_id}"}}}}'
                             return head + data + tail.encode()
-        return head + self._written(command) + tail.encode()
+        elif type(properties) is bytes:  # written by capture_properties_written
+            return head + properties + _tail(timestamp, command_id)
+        return head + self._written(command) + _tail(timestamp, command_id)
 
     def _written(self, command: Command) -> bytes:
         """The JSON of ``command``'s properties, checked as the client checks them at the call

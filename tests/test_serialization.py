@@ -552,21 +552,28 @@ def test_the_encoder_measures_a_callers_dict_as_the_call_does(writer: JsonWriter
 @settings(max_examples=examples(300), deadline=None)
 @given(st.lists(_strings(6), max_size=6, unique=True), st.data())
 def test_a_shapes_writer_writes_what_the_careful_path_does_or_leaves_it_to_it(keys: Any, data: Any) -> None:
-    """The standard library's writer made for the keys (and the value types) of the first dict
-    writes any later dict of those keys as the checked copy's JSON, or refuses it as the copy does."""
+    """The standard library's writers made for the keys (and the value types) of the first dict
+    write any later dict of those keys as the checked copy's JSON, or refuse it as the copy does:
+    alone (at the call) and inside a whole bulk command (the encoder)."""
     dicts = [{key: data.draw(_plain_values) for key in keys} for _ in range(3)]
+    timestamp = data.draw(st.floats(min_value=0, max_value=MAX_TIMESTAMP, exclude_max=True))
     saved = serialization._SHAPES
     serialization._SHAPES = {}
     try:
         with writing_with(STDLIB):
+            encoder = BulkCommandEncoder("token")
             for properties in dicts + dicts[:1]:
                 careful = _outcome(lambda: capture_properties(properties))
                 written = _outcome(lambda: capture_properties_json(properties))
+                encoded = _outcome(lambda: encoder.encode(("crm/events", {"registered": "j"}, "view", properties, timestamp, "id-1")))
                 if isinstance(careful, tuple) and isinstance(careful[0], type):
-                    assert written == careful
+                    assert written == careful and encoded == careful
                 else:
                     text = json.dumps(careful[0], separators=(",", ":"), ensure_ascii=False, allow_nan=False)
                     assert written == (text, len(text))
+                    command = json.loads(encoded)
+                    assert command["data"]["properties"] == careful[0] and command["data"]["command_id"] == "id-1"
+                    assert command["data"]["timestamp"] == round(timestamp * 1e6) / 1e6
         assert list(serialization._SHAPES) == [tuple(keys)]
     finally:
         serialization._SHAPES = saved
