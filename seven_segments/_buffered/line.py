@@ -85,8 +85,11 @@ class Line:
     def cut_fresh(self, count: int, now: float) -> Batch:
         """The first ``count`` fresh commands, as a batch first sent ``now``."""
         fresh = self.fresh
-        popleft = fresh.popleft
-        payloads = [popleft() for _ in range(count)]
+        if count == len(fresh):
+            payloads = list(fresh)
+            fresh.clear()
+        else:  # popped by C code, not by a Python loop
+            payloads = list(islice(iter(fresh.popleft, None), count))
         batch = Batch(range(self.head, self.head + count), payloads, now)
         self.head += count
         self.fresh_bytes -= sum(map(len, payloads))

@@ -347,17 +347,20 @@ class Pump:
 
 
 def _split_at_tickets(items: List[Any]) -> List[Any]:
-    """``items`` as runs of commands (lists) and the flush tickets between them, in order."""
+    """``items`` as runs of commands (lists) and the flush tickets between them, in order. (The
+    tickets are found by C code: a flush waits behind every command queued before it.)"""
+    kinds = list(map(type, items))
     runs: List[Any] = []
-    run: List[Any] = []
-    for item in items:
-        if type(item) is FlushTicket:
-            if run:
-                runs.append(run)
-                run = []
-            runs.append(item)
-        else:
-            run.append(item)
-    if run:
-        runs.append(run)
+    start = 0
+    while True:
+        try:
+            at = kinds.index(FlushTicket, start)
+        except ValueError:
+            break
+        if at > start:
+            runs.append(items[start:at])
+        runs.append(items[at])
+        start = at + 1
+    if start < len(items):
+        runs.append(items[start:] if start else items)
     return runs

@@ -8,6 +8,9 @@ import json
 from collections import deque
 from typing import Any, Callable, Dict, List, Tuple
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from seven_segments._buffered.batching import Batch
 from seven_segments._buffered.lifecycle import Lifecycle, Phase
 from seven_segments._buffered.limits import Limits
@@ -18,6 +21,8 @@ from seven_segments._buffered.sender import Outcome, attempt_batch
 from seven_segments._buffered.settlement import Settlement
 from seven_segments.errors import InvalidRequest
 from seven_segments.transport import TransientError
+
+from ..conftest import examples
 
 
 class Request:
@@ -255,3 +260,33 @@ def test_giving_up_at_the_close_passes_the_refusals_of_a_split_still_under_way_t
     reported = {commands[0]["data"]["n"]: error for error, commands in run.reports}
     assert set(reported) == {0, 1}
     assert isinstance(reported[0], InvalidRequest) and reported[0].errors == ("bad property",)
+
+
+@settings(max_examples=examples(200), deadline=None)
+@given(st.lists(st.one_of(st.binary(min_size=1, max_size=3), st.just(None)), max_size=30))
+def test_taken_items_split_at_flush_tickets_keep_their_order(shape: List[Any]) -> None:
+    """Commands between flush tickets go on as runs (lists), each ticket alone, in the queue's order."""
+    from seven_segments._buffered.pump import _split_at_tickets
+
+    items = [FlushTicket() if item is None else item for item in shape]
+    runs = _split_at_tickets(items)
+    flattened: List[Any] = []
+    for run in runs:
+        if type(run) is FlushTicket:
+            flattened.append(run)
+        else:
+            assert type(run) is list and run and all(type(item) is bytes for item in run)
+            flattened.extend(run)
+    assert [id(item) for item in flattened] == [id(item) for item in items]
+    assert all(type(a) is FlushTicket or type(b) is FlushTicket for a, b in zip(runs, runs[1:]))  # runs never adjacent
+
+
+def test_a_batch_cut_from_the_line_takes_the_oldest_commands() -> None:
+    from seven_segments._buffered.line import Line
+
+    line = Line(Limits())
+    line.extend([b"a", b"bb", b"ccc"], 6)
+    first = line.cut_fresh(2, 1.0)
+    assert first.payloads == [b"a", b"bb"] and list(first.seqs) == [1, 2] and line.fresh_bytes == 3
+    rest = line.cut_fresh(1, 2.0)
+    assert rest.payloads == [b"ccc"] and list(rest.seqs) == [3] and not line.fresh and line.fresh_bytes == 0
