@@ -414,7 +414,8 @@ class BufferedEngine:
         def elsewhere(command: Command) -> None:
             alive = engine()
             if alive is not None:
-                alive._current().submit(command)
+                core = alive._current()
+                core.submit(command, core.pid)  # its own pid: never handed on again
 
         return Core(self._token, self._transport, self._limits, self._on_error, self._clock, self._spool, elsewhere)
 

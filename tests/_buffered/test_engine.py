@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import threading
 import time
@@ -463,3 +464,20 @@ def test_what_callers_queue_is_counted_exactly_from_many_threads(fresh: LocalSer
         assert (stats["queued"], stats["sent"], stats["pending_bytes"]) == (24000, 24000, 0)
     finally:
         client.close()
+
+
+def test_a_command_handed_to_the_current_core_is_queued_there_even_when_the_process_ids_disagree(
+    server: LocalServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A core handed a command by another process's core queues it, whatever each read of the process
+    id said (a test playing a forked child by patching os.getpid): it never hands it on again."""
+    client = SevenSegments(TOKEN, "c", target=server.url, buffered=True, flush_interval=60)
+    real = os.getpid
+    monkeypatch.setattr(os, "getpid", lambda: -12345)
+    try:
+        client.flush(0)  # a core for "process -12345"
+        client.track("view")  # the call reads the real id: the core it reaches hands the command on
+        assert client.stats()["queued"] == 1
+    finally:
+        monkeypatch.setattr(os, "getpid", real)
+        client.close(1)
