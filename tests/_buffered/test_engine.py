@@ -472,12 +472,12 @@ def test_a_command_handed_to_the_current_core_is_queued_there_even_when_the_proc
     """A core handed a command by another process's core queues it, whatever each read of the process
     id said (a test playing a forked child by patching os.getpid): it never hands it on again."""
     client = SevenSegments(TOKEN, "c", target=server.url, buffered=True, flush_interval=60)
-    real = os.getpid
     monkeypatch.setattr(os, "getpid", lambda: -12345)
     try:
         client.flush(0)  # a core for "process -12345"
         client.track("view")  # the call reads the real id: the core it reaches hands the command on
         assert client.stats()["queued"] == 1
     finally:
-        monkeypatch.setattr(os, "getpid", real)
-        client.close(1)
+        client.close(5)  # the core of "process -12345", which holds the command
+        monkeypatch.undo()
+    assert [event["type"] for event in server.events()] == ["view"]
