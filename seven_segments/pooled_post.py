@@ -1,10 +1,12 @@
-"""``bulk`` requests straight through the urllib3 connection pool that ``requests`` keeps for a session.
+"""``bulk`` requests on a connection of the urllib3 pool that ``requests`` keeps for a session.
 
 ``Session.send`` does work per request that a ``bulk`` POST does not need (hooks, cookies, redirect
-handling, response objects), on the background thread that sends thousands of events a second. So
-a ``bulk`` POST goes to the session adapter's own pool (connections, TLS settings and the watchdog's
-connection classes are shared with the blocking calls), without retries and never following a
-redirect: a 3xx answer is read as the answer it is.
+handling, response objects), on the background thread that sends thousands of events a second, and
+so do urllib3's ``urlopen`` and ``http.client``. So a ``bulk`` POST takes a connection of the session
+adapter's own pool (connected, with the session's TLS settings, by urllib3; shared with the blocking
+calls; joined to the watchdog's attempt), and the request and its answer are written and read by
+``http_exchange.py``: without retries and never following a redirect (a 3xx answer is read as the
+answer it is).
 
 Not taken when a proxy serves the target (``requests`` does the proxying) or when the session holds
 cookies (a load balancer's sticky cookie goes back through ``requests``); a cookie set by an answer
@@ -13,16 +15,30 @@ here is stored in the session, so the next request goes the ``requests`` way and
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple, cast
+import http.client
+import socket
+import ssl
+from typing import Any, Dict, List, Optional, Tuple, cast
 from urllib.parse import urlsplit
 
 import requests
 import urllib3
 
+from .http_exchange import exchange, request_head
+from .watchdog import adopt
+
+try:  # the error a certificate of another host raises, where Python still has it
+    from ssl import CertificateError
+except ImportError:  # pragma: no cover
+    CertificateError = ValueError  # type: ignore[misc,assignment]
+
 __all__ = ["PooledPost", "Answer"]
 
 #: What an answer is made of: its status, its body (decoded from gzip if need be) and its headers.
 Answer = Tuple[int, bytes, Any]
+
+#: Headers written here, whatever the session says.
+_OURS = frozenset(("host", "accept-encoding", "content-length", "content-encoding", "transfer-encoding"))
 
 
 class PooledPost:
@@ -33,6 +49,11 @@ class PooledPost:
         self._url = url
         parts = urlsplit(url)
         self._path = parts.path + ("?" + parts.query if parts.query else "")
+        host = parts.hostname or ""
+        if ":" in host:  # IPv6
+            host = f"[{host}]"
+        default_port = 443 if parts.scheme == "https" else 80
+        self._host = host if parts.port in (None, default_port) else f"{host}:{parts.port}"
         self._request = requests.PreparedRequest()
         self._request.prepare(method="POST", url=url)
         #: (adapter, verify, cert, host, pool_kwargs): the pool key of the last settings seen.
@@ -60,25 +81,60 @@ class PooledPost:
         return pool  # pragma: no cover
 
     def post(self, body: bytes, gzipped: bool, timeout: float) -> Answer:
-        """One attempt: send ``body`` and read the whole answer. Raises urllib3's exceptions (and
-        ``OSError``) as they come: no retry, no redirect followed."""
-        headers = dict(self._session.headers)
-        headers["Content-Length"] = str(len(body))
+        """One attempt: send ``body`` and read the whole answer (see http_exchange.py), each socket
+        operation within ``timeout`` (the watchdog ends the whole attempt by its deadline). Raises
+        as urllib3's ``urlopen`` does without retries: ``NewConnectionError`` and
+        ``ConnectTimeoutError`` from connecting, ``SSLError``, ``ReadTimeoutError``, or
+        ``ProtocolError`` for a connection that broke or an answer that is no HTTP. No redirect is
+        followed: a 3xx answer is read as the answer it is."""
+        headers = [
+            (name, value if isinstance(value, str) else value.decode("latin-1"))
+            for name, value in self._session.headers.items()
+            if name.lower() not in _OURS
+        ]
+        headers.append(("Content-Length", str(len(body))))
         if gzipped:
-            headers["Content-Encoding"] = "gzip"
-        response = self._pool().urlopen(
-            "POST", self._path, body=body, headers=headers, retries=False, redirect=False,
-            assert_same_host=False, timeout=urllib3.Timeout(connect=timeout, read=timeout),
-            preload_content=True, decode_content=True,
-        )
-        if response.headers.get("Set-Cookie") is not None:
-            self._keep_cookies(response)
-        return response.status, response.data, response.headers
+            headers.append(("Content-Encoding", "gzip"))
+        head = request_head("POST", self._path, [("Host", self._host), ("Accept-Encoding", "gzip"), *headers])
+        pool = self._pool()
+        conn = pool._get_conn()  # a kept connection that the server dropped is closed here
+        reusable = False
+        try:
+            if conn.sock is None:
+                conn.timeout = timeout
+                conn.connect()  # TCP and TLS, as the pool's settings say; the socket joins the attempt
+            sock = conn.sock
+            adopt(sock)  # a kept connection joins the attempt too
+            sock.settimeout(timeout)
+            answer = exchange(sock, head, body)
+            reusable = answer.reusable
+        except socket.timeout:
+            raise urllib3.exceptions.ReadTimeoutError(pool, self._url, "Read timed out.") from None
+        except (ssl.SSLError, CertificateError) as error:
+            raise urllib3.exceptions.SSLError(error) from None
+        except (OSError, http.client.HTTPException) as error:
+            raise urllib3.exceptions.ProtocolError("Connection aborted.", error) from None
+        finally:
+            if not reusable:
+                conn.close()
+            pool._put_conn(conn)
+        if answer.cookies:
+            self._keep_cookies(answer.cookies)
+        return answer.status, answer.body, answer.headers
 
-    def _keep_cookies(self, response: Any) -> None:
+    def _keep_cookies(self, cookies: List[str]) -> None:
         """Store the answer's cookies in the session, as ``Session.send`` would have."""
-        original: Optional[Any] = getattr(response, "_original_response", None)
-        if original is not None:
-            requests.cookies.extract_cookies_to_jar(  # type: ignore[no-untyped-call]
-                self._session.cookies, self._request, response
-            )
+        message = http.client.HTTPMessage()
+        for cookie in cookies:
+            message["Set-Cookie"] = cookie
+        requests.cookies.extract_cookies_to_jar(  # type: ignore[no-untyped-call]
+            self._session.cookies, self._request, _AnswerForCookies(message)
+        )
+
+
+class _AnswerForCookies:
+    """What ``requests.cookies.extract_cookies_to_jar`` reads of an answer: its headers."""
+
+    def __init__(self, message: http.client.HTTPMessage) -> None:
+        self._original_response = self
+        self.msg = message

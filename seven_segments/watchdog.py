@@ -31,7 +31,7 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from .clock import Clock, monotonic
 from .process_hooks import keep_signals_off_this_thread, threads_hang_forks_here
 
-__all__ = ["Attempt", "Watchdog", "WATCHDOG", "WatchedHTTPConnectionPool", "WatchedHTTPSConnectionPool"]
+__all__ = ["Attempt", "Watchdog", "WATCHDOG", "adopt", "WatchedHTTPConnectionPool", "WatchedHTTPSConnectionPool"]
 
 logger = logging.getLogger(__name__)
 
@@ -227,10 +227,14 @@ WATCHDOG = Watchdog()
 # id): made then, not in an at-fork hook, its locks are gevent's when the child patches after the fork.
 
 
-def _adopt(sock: Optional[socket.socket]) -> None:
+def adopt(sock: Optional[socket.socket]) -> None:
+    """``sock`` joins the attempt the calling thread is making, if any."""
     attempt = WATCHDOG.current()
     if attempt is not None:
         attempt.adopt(sock)
+
+
+_adopt = adopt
 
 
 class WatchedHTTPConnection(HTTPConnection):
