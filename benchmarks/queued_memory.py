@@ -54,7 +54,8 @@ def child(n: int) -> Dict[str, Any]:
     for _ in range(n):
         client.track("purchase", dict(PROPERTIES))
     deadline = time.monotonic() + 60
-    while client.stats()["queued"] - client.stats()["pending"] > 0 or client._worker._core.incoming:  # type: ignore[union-attr]
+    engine = getattr(client, "_engine", None) or getattr(client, "_worker")  # the engine's name before 0.1.0's split
+    while client.stats()["queued"] - client.stats()["pending"] > 0 or engine._core.incoming:
         if time.monotonic() > deadline:
             break
         time.sleep(0.05)

@@ -170,3 +170,14 @@ def test_the_spool_benchmark_prints_both_variants(tmp_path: Path) -> None:
         assert NUMBER.match(plain) and NUMBER.match(spooled) and ratio.endswith("×"), rows[figure]
     figures = json.loads(raw.read_text())
     assert set(figures) == {"plain", "spool"} and len(figures["spool"]["caller 1: median µs"]) == 1
+
+
+def test_the_queued_memory_benchmark_measures_our_client(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "queued_memory.py"), "--n", "500"],
+        capture_output=True, text=True, timeout=120, cwd=str(REPO),
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    row = next(line for line in done.stdout.splitlines() if line.startswith("| this tree"))
+    per_command, its_json, beyond = (cell.strip() for cell in row.split("|")[2:5])
+    assert NUMBER.match(per_command) and NUMBER.match(its_json) and NUMBER.match(beyond), row
