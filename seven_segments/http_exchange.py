@@ -34,8 +34,11 @@ MAX_HEAD_BYTES = 64 * 1024
 MAX_HEADERS = 100
 #: The body of an answer, at most, before and after decoding.
 MAX_BODY_BYTES = 64 * 1024 * 1024
+#: Interim (1xx) answers before the answer, at most.
+MAX_INTERIM = 16
 _RECEIVE = 256 * 1024
 _CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
+_DIGITS = re.compile(r"[0-9]+")
 _STATUS_LINE = re.compile(rb"HTTP/(1\.[01]) ([0-9]{3})(?: [^\r\n]*)?")
 #: What may not appear in a request line or header: it would end the line or the head early.
 _LINE_BREAKING = re.compile(r"[\r\n\x00]")
@@ -125,23 +128,42 @@ class _Reader:
 
 
 def exchange(sock: socket.socket, head: bytes, body: bytes, *, method: str = "POST") -> Exchanged:
-    """Send ``head`` and ``body`` in one write, then read the answer whole."""
-    sock.sendall(head + body)  # one write: the head never waits alone for the peer's acknowledgement
+    """Send ``head`` and ``body`` in one write, then read the answer whole.
+
+    A server may answer before it has read the whole body (a 413 from a proxy that refuses large
+    bodies) and close: the write then fails, and the answer is read all the same (the error of the
+    write is raised when there is none)."""
+    cut_short: Optional[OSError] = None
+    try:
+        sock.sendall(head + body)  # one write: the head never waits alone for the peer's acknowledgement
+    except (BrokenPipeError, ConnectionResetError) as error:
+        cut_short = error
     reader = _Reader(sock)
-    while True:
-        status, keep_alive = _status(reader.line(MAX_HEAD_BYTES))
-        headers, cookies = _headers(reader)
-        if 100 <= status < 200 and status != 101:
-            continue  # interim: the answer follows
-        break
-    content, whole = _body(reader, status, headers, method)
+    try:
+        status, keep_alive, headers, cookies = _final_head(reader)
+        content, whole = _body(reader, status, headers, method)
+    except (OSError, http.client.HTTPException):
+        if cut_short is not None:
+            raise cut_short from None
+        raise
     content = _decoded(content, headers.get("Content-Encoding"))
     connection = {token.strip().lower() for token in (headers.get("Connection") or "").split(",")}
     if "close" in connection:
         keep_alive = False
     elif "keep-alive" in connection:  # HTTP/1.0 that keeps it
         keep_alive = True
-    return Exchanged(status, content, headers, cookies, whole and keep_alive and status != 101 and not reader.left)
+    reusable = whole and keep_alive and cut_short is None and status != 101 and not reader.left
+    return Exchanged(status, content, headers, cookies, reusable)
+
+
+def _final_head(reader: _Reader) -> Tuple[int, bool, "CaseInsensitiveDict[str]", List[str]]:
+    """The status, version's keep-alive, headers and cookies of the answer after any interim ones."""
+    for _ in range(MAX_INTERIM + 1):
+        status, keep_alive = _status(reader.line(MAX_HEAD_BYTES))
+        headers, cookies = _headers(reader)
+        if not (100 <= status < 200 and status != 101):
+            return status, keep_alive, headers, cookies
+    raise http.client.HTTPException(f"more than {MAX_INTERIM} interim answers")
 
 
 def _status(line: bytes) -> Tuple[int, bool]:
@@ -184,9 +206,10 @@ def _body(reader: _Reader, status: int, headers: "CaseInsensitiveDict[str]", met
     length = headers.get("Content-Length")
     if length is not None:
         values = {value.strip() for value in length.split(",")}
-        if len(values) != 1 or not next(iter(values)).isdigit() or not next(iter(values)).isascii():
+        value = next(iter(values)).lstrip("0") or "0"
+        if len(values) != 1 or not _DIGITS.fullmatch(value):
             raise http.client.HTTPException("a malformed Content-Length in the answer")
-        count = int(next(iter(values)))
+        count = int(value) if len(value) <= 12 else MAX_BODY_BYTES + 1  # past the bound either way
         if count > MAX_BODY_BYTES:
             raise http.client.HTTPException("the answer's body is too long")
         return reader.exactly(count), True

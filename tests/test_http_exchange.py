@@ -175,3 +175,40 @@ def test_a_line_break_never_reaches_the_wire(where: str) -> None:
         request_head("POST", target, [(name, value)])
     with pytest.raises(ValueError, match="space"):
         request_head("POST", "/bulk x", [])
+
+
+def test_a_content_length_of_many_digits_is_read_or_refused_without_an_unexpected_error(closing: List[socket.socket]) -> None:
+    assert ask(closing, b"HTTP/1.1 200 OK\r\nContent-Length: " + b"0" * 5000 + b"2\r\n\r\nok").body == b"ok"
+    with pytest.raises(http.client.HTTPException, match="too long"):
+        ask(closing, b"HTTP/1.1 200 OK\r\nContent-Length: 1" + b"0" * 5000 + b"\r\n\r\nok")
+
+
+def test_endless_interim_answers_are_refused(closing: List[socket.socket]) -> None:
+    with pytest.raises(http.client.HTTPException, match="interim"):
+        ask(closing, b"HTTP/1.1 100 Continue\r\n\r\n" * 100)
+
+
+def test_an_answer_sent_before_the_body_was_read_is_read_when_the_write_fails() -> None:
+    """A proxy refusing a large body answers 413 after the head and closes: the write fails, the
+    answer is what counts (the engine splits a batch refused so)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def refuse() -> None:
+        peer, _ = listener.accept()
+        with peer:
+            peer.recv(1024)  # some of the head
+            peer.sendall(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 9\r\nConnection: close\r\n\r\ntoo large")
+            peer.shutdown(socket.SHUT_WR)
+            time.sleep(0.2)  # then closes with the body unread: a reset
+
+    server = threading.Thread(target=refuse, daemon=True)
+    server.start()
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    try:
+        answer = exchange(sock, HEAD, b"x" * (32 << 20))
+    finally:
+        sock.close()
+        listener.close()
+        server.join(5)
+    assert (answer.status, answer.body, answer.reusable) == (413, b"too large", False)
