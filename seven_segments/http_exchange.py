@@ -87,19 +87,20 @@ class _Reader:
         return True
 
     def line(self, most: int) -> bytes:
-        """The next line, without its CRLF; ``LineTooLong`` past ``most`` bytes."""
+        """The next line, without its CRLF (or a bare LF, which a client may take as one: RFC 9112,
+        2.2); ``LineTooLong`` past ``most`` bytes."""
         searched = 0
         while True:
-            end = self._buffer.find(b"\r\n", searched)
+            end = self._buffer.find(b"\n", searched)
             if end > most:
                 raise http.client.LineTooLong("answer header")
             if end >= 0:
-                line = bytes(self._buffer[:end])
-                del self._buffer[: end + 2]
+                line = bytes(self._buffer[: end - 1 if end and self._buffer[end - 1] == 13 else end])
+                del self._buffer[: end + 1]
                 return line
             if len(self._buffer) > most:
                 raise http.client.LineTooLong("answer header")
-            searched = max(0, len(self._buffer) - 1)
+            searched = len(self._buffer)
             if not self._more():
                 raise http.client.RemoteDisconnected("the connection closed before the answer's head ended")
 
@@ -233,7 +234,7 @@ def _chunked(reader: _Reader) -> bytes:
         if total > MAX_BODY_BYTES:
             raise http.client.HTTPException("the answer's body is too long")
         parts.append(reader.exactly(size))
-        if reader.exactly(2) != b"\r\n":
+        if reader.line(2):
             raise http.client.HTTPException("a chunk of the answer does not end where its size says")
 
 
@@ -242,19 +243,30 @@ def _decoded(content: bytes, coding: Optional[str]) -> bytes:
     name = (coding or "").strip().lower()
     if name in ("", "identity"):
         return content
-    if name in ("gzip", "x-gzip"):
-        return _inflated(content, zlib.decompressobj(16 + zlib.MAX_WBITS))
+    if name in ("gzip", "x-gzip"):  # one gzip member or several, one after another
+        members: List[bytes] = []
+        left = MAX_BODY_BYTES
+        while True:
+            decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            members.append(_inflated(content, decompressor, left))
+            left -= len(members[-1])
+            content = decompressor.unused_data
+            if not decompressor.eof:
+                raise http.client.HTTPException("the answer's body ends inside a gzip member")
+            if not content:
+                return b"".join(members)
     if name == "deflate":  # zlib-wrapped as the standard says, or raw as some servers send it
         try:
-            return _inflated(content, zlib.decompressobj())
+            return _inflated(content, zlib.decompressobj(), MAX_BODY_BYTES)
         except http.client.HTTPException:
-            return _inflated(content, zlib.decompressobj(-zlib.MAX_WBITS))
+            return _inflated(content, zlib.decompressobj(-zlib.MAX_WBITS), MAX_BODY_BYTES)
     raise http.client.HTTPException(f"the answer is encoded as {name[:40]!r}, which was not asked for")
 
 
-def _inflated(content: bytes, decompressor: "zlib._Decompress") -> bytes:
+def _inflated(content: bytes, decompressor: "zlib._Decompress", most: int) -> bytes:
+    """What ``decompressor`` makes of ``content``: at most ``most`` bytes."""
     try:
-        data = decompressor.decompress(content, MAX_BODY_BYTES)
+        data = decompressor.decompress(content, max(1, most))
     except zlib.error:
         raise http.client.HTTPException("the answer's body does not decode") from None
     if decompressor.unconsumed_tail:

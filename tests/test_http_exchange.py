@@ -212,3 +212,17 @@ def test_an_answer_sent_before_the_body_was_read_is_read_when_the_write_fails() 
         listener.close()
         server.join(5)
     assert (answer.status, answer.body, answer.reusable) == (413, b"too large", False)
+
+
+def test_a_gzip_answer_of_several_members_is_read_whole_and_a_cut_one_refused(closing: List[socket.socket]) -> None:
+    members = gzip.compress(b'{"success":') + gzip.compress(b"true}")
+    head = b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n"
+    assert ask(closing, head % len(members) + members).body == b'{"success":true}'
+    cut = gzip.compress(b'{"success":true}')[:-6]
+    with pytest.raises(http.client.HTTPException, match="inside a gzip member"):
+        ask(closing, head % len(cut) + cut)
+
+
+def test_head_lines_ending_in_a_bare_line_feed_are_read(closing: List[socket.socket]) -> None:
+    answer = ask(closing, b"HTTP/1.1 200 OK\nTransfer-Encoding: chunked\nX: y\r\n\n2\nok\n0\n\n")
+    assert (answer.status, answer.body, answer.headers["X"], answer.reusable) == (200, b"ok", "y", True)
