@@ -264,10 +264,8 @@ class AsyncSevenSegments(_AsyncBase):
 
         As ``SevenSegments.flush``. Cancelling it stops the waiting, never the delivery.
         """
-        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0):
-            raise ValueError(f"timeout must be a number of seconds >= 0, not {timeout!r}")
         if timeout is not None:
-            number("timeout", timeout, minimum=0, seconds=True)  # not too large to wait for
+            number("timeout", timeout, minimum=0, seconds=True)  # as SevenSegments.flush checks it
         return await self._flushes.flush(timeout)
 
     async def aclose(self, timeout: Optional[float] = None) -> None:

@@ -128,7 +128,7 @@ class _Reader:
         return bool(self._buffer)
 
 
-def exchange(sock: socket.socket, head: bytes, body: bytes, *, method: str = "POST") -> Exchanged:
+def exchange(sock: socket.socket, head: bytes, body: bytes) -> Exchanged:
     """Send ``head`` and ``body`` in one write, then read the answer whole.
 
     A server may answer before it has read the whole body (a 413 from a proxy that refuses large
@@ -142,7 +142,7 @@ def exchange(sock: socket.socket, head: bytes, body: bytes, *, method: str = "PO
     reader = _Reader(sock)
     try:
         status, keep_alive, headers, cookies = _final_head(reader)
-        content, whole = _body(reader, status, headers, method)
+        content, whole = _body(reader, status, headers)
     except (OSError, http.client.HTTPException):
         if cut_short is not None:
             raise cut_short from None
@@ -185,7 +185,7 @@ def _headers(reader: _Reader) -> Tuple["CaseInsensitiveDict[str]", List[str]]:
             return headers, cookies
         size += len(line) + 2
         name, colon, value = line.partition(b":")
-        if not colon or not name or name != name.strip() or line[:1] in (b" ", b"\t"):
+        if not colon or not name or name != name.strip():  # a folded line starts with a space
             raise http.client.HTTPException("a malformed header line in the answer")
         key, text = name.decode("latin-1"), value.strip(b" \t").decode("latin-1")
         if key.lower() == "set-cookie":
@@ -195,9 +195,9 @@ def _headers(reader: _Reader) -> Tuple["CaseInsensitiveDict[str]", List[str]]:
     raise http.client.HTTPException(f"more than {MAX_HEADERS} header lines in the answer")
 
 
-def _body(reader: _Reader, status: int, headers: "CaseInsensitiveDict[str]", method: str) -> Tuple[bytes, bool]:
-    """The body, and whether its end was known (else the connection ended it)."""
-    if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
+def _body(reader: _Reader, status: int, headers: "CaseInsensitiveDict[str]") -> Tuple[bytes, bool]:
+    """The body (of an answer to a POST), and whether its end was known (else the connection ended it)."""
+    if status in (204, 304) or 100 <= status < 200:
         return b"", True
     coding = headers.get("Transfer-Encoding")
     if coding is not None:

@@ -27,11 +27,6 @@ import urllib3
 from .http_exchange import exchange, request_head
 from .watchdog import adopt
 
-try:  # the error a certificate of another host raises, where Python still has it
-    from ssl import CertificateError
-except ImportError:  # pragma: no cover
-    CertificateError = ValueError  # type: ignore[misc,assignment]
-
 __all__ = ["PooledPost", "Answer"]
 
 #: What an answer is made of: its status, its body (decoded from gzip if need be) and its headers.
@@ -110,7 +105,7 @@ class PooledPost:
             reusable = answer.reusable
         except socket.timeout:
             raise urllib3.exceptions.ReadTimeoutError(pool, self._url, "Read timed out.") from None
-        except (ssl.SSLError, CertificateError) as error:
+        except ssl.SSLError as error:  # a certificate refused among them
             raise urllib3.exceptions.SSLError(error) from None
         except (OSError, http.client.HTTPException) as error:
             raise urllib3.exceptions.ProtocolError("Connection aborted.", error) from None

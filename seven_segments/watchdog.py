@@ -234,27 +234,25 @@ def adopt(sock: Optional[socket.socket]) -> None:
         attempt.adopt(sock)
 
 
-_adopt = adopt
-
 
 class WatchedHTTPConnection(HTTPConnection):
     """urllib3's connection, whose socket joins the attempt the calling thread is making."""
 
     def _new_conn(self) -> socket.socket:
         sock = super()._new_conn()
-        _adopt(sock)  # before any TLS handshake or proxy tunnel, which read from it too
+        adopt(sock)  # before any TLS handshake or proxy tunnel, which read from it too
         return sock
 
     def connect(self) -> None:
         super().connect()
-        _adopt(self.sock)
+        adopt(self.sock)
 
     def request(self, *args: Any, **kwargs: Any) -> None:
-        _adopt(self.sock)  # a pooled connection, reused
+        adopt(self.sock)  # a pooled connection, reused
         super().request(*args, **kwargs)
 
     def getresponse(self) -> Any:
-        _adopt(self.sock)
+        adopt(self.sock)
         return super().getresponse()
 
 
@@ -263,19 +261,19 @@ class WatchedHTTPSConnection(HTTPSConnection):
 
     def _new_conn(self) -> socket.socket:
         sock = super()._new_conn()
-        _adopt(sock)
+        adopt(sock)
         return sock
 
     def connect(self) -> None:
         super().connect()
-        _adopt(self.sock)
+        adopt(self.sock)
 
     def request(self, *args: Any, **kwargs: Any) -> None:
-        _adopt(self.sock)
+        adopt(self.sock)
         super().request(*args, **kwargs)
 
     def getresponse(self) -> Any:
-        _adopt(self.sock)
+        adopt(self.sock)
         return super().getresponse()
 
 

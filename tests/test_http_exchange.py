@@ -18,11 +18,13 @@ from seven_segments.http_exchange import exchange, request_head
 HEAD = request_head("POST", "/bulk", [("Host", "api.test"), ("Content-Length", "2")])
 
 
-def answered(*answers: bytes, pause: float = 0.0) -> Tuple[socket.socket, List[bytes]]:
-    """A socket whose peer sends ``answers`` (byte by byte when ``pause``), and what the peer read."""
+def answered(*answers: bytes, pause: float = 0.0) -> Tuple[socket.socket, List[bytes], threading.Event]:
+    """A socket whose peer sends ``answers`` (byte by byte when ``pause``), what the peer read, and
+    an event set once it read."""
     ours, theirs = socket.socketpair()
     ours.settimeout(5)
     received: List[bytes] = []
+    read = threading.Event()
 
     def peer() -> None:
         for answer in answers:
@@ -37,10 +39,11 @@ def answered(*answers: bytes, pause: float = 0.0) -> Tuple[socket.socket, List[b
             received.append(theirs.recv(65536))
         except OSError:
             pass
+        read.set()
         theirs.shutdown(socket.SHUT_WR)
 
     threading.Thread(target=peer, daemon=True).start()
-    return ours, received
+    return ours, received, read
 
 
 @pytest.fixture
@@ -52,22 +55,18 @@ def closing() -> Iterator[List[socket.socket]]:
 
 
 def ask(closing: List[socket.socket], *answers: bytes, pause: float = 0.0) -> http_exchange.Exchanged:
-    sock, _ = answered(*answers, pause=pause)
+    sock, _, _ = answered(*answers, pause=pause)
     closing.append(sock)
     return exchange(sock, HEAD, b"{}")
 
 
 def test_the_request_goes_in_one_write_and_a_sized_answer_keeps_the_connection(closing: List[socket.socket]) -> None:
-    sock, received = answered(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nRetry-After: 3\r\n\r\nok")
+    sock, received, read = answered(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nRetry-After: 3\r\n\r\nok")
     closing.append(sock)
     answer = exchange(sock, HEAD, b"{}")
     assert (answer.status, answer.body, answer.reusable) == (200, b"ok", True)
     assert answer.headers["retry-after"] == "3" and answer.headers.get("RETRY-AFTER") == "3"
-    sock.shutdown(socket.SHUT_WR)
-    for _ in range(50):
-        if received:
-            break
-        time.sleep(0.02)
+    assert read.wait(5)
     assert received == [b"POST /bulk HTTP/1.1\r\nHost: api.test\r\nContent-Length: 2\r\n\r\n{}"]
 
 

@@ -86,8 +86,8 @@ class Core:
         limits: Limits,
         on_error: Optional[ErrorCallback],
         clock: Clock,
-        spool: "Optional[Spool]" = None,
-        elsewhere: Callable[[Command], None] = lambda command: None,
+        spool: "Optional[Spool]",
+        elsewhere: Callable[[Command], None],
     ) -> None:
         self.pid = os.getpid()
         #: Where a command submitted in another process (a forked child) goes: its own core.
